@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, starts the emulators on
+# free loopback ports, runs every test, stops what it started, and fails on
+# any failure. CI runs exactly this (.ci/run).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export ROOT
+
+# shellcheck source=infra/tools.sh
+source infra/tools.sh
+
+started=()
+cleanup() {
+  for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits (up to a deadline) until an HTTP server answers; no fixed sleeps.
+wait_http() {
+  local url=$1 deadline=$((SECONDS + 60))
+  until curl -s -o /dev/null "$url"; do
+    if [ $SECONDS -ge $deadline ]; then echo "timed out waiting for $url" >&2; return 1; fi
+    sleep 0.2
+  done
+}
+
+mkdir -p .tools/logs
+echo "==> starting moto server (DynamoDB, EventBridge, SQS emulator)"
+MOTO_PORT=$(free_port)
+moto_server -H 127.0.0.1 -p "$MOTO_PORT" > .tools/logs/moto.log 2>&1 &
+started+=($!)
+wait_http "http://127.0.0.1:$MOTO_PORT/"
+
+export CRMBRIDGE_TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
+
+echo "==> cargo test (every crate, every backend)"
+cargo test --workspace --locked
+
+echo "==> all tests passed"

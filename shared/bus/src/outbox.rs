@@ -1,0 +1,316 @@
+//! The embedded, durable bus: an outbox table in the store's SQLite file and
+//! a pool of workers that drain it.
+//!
+//! `publish` returns once the rows are committed (WAL, synchronous = FULL),
+//! so an event the webhook has acknowledged survives `kill -9`. A worker
+//! claims a row with a lease, runs the handler, and deletes the row on
+//! success; a failure is retried with exponential backoff, and after
+//! `max_attempts` the row is kept as dead (the local twin of the dispatch
+//! dead-letter queue). On open, leases left by a crashed process are
+//! released: one process owns a data directory.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use crmbridge_mapping::Event;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::{Bus, BusError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    available_at INTEGER NOT NULL,
+    leased_until INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (dead, available_at, seq);
+";
+
+/// Handles one event taken off the bus (the engine's dispatch).
+#[async_trait]
+pub trait EventHandler: Send + Sync {
+    async fn handle(&self, event: Event) -> Result<(), HandlerError>;
+}
+
+/// A failed delivery; the event will be retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    pub workers: usize,
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    /// How long a claimed row stays invisible to other workers.
+    pub lease: Duration,
+    /// How often idle workers look for rows whose backoff has passed.
+    pub poll_interval: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            max_attempts: 8,
+            base_backoff: Duration::from_millis(500),
+            lease: Duration::from_secs(300),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Counts for health checks and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub dead: u64,
+}
+
+#[derive(Clone)]
+pub struct OutboxBus {
+    conn: Arc<Mutex<Connection>>,
+    wake: Arc<Notify>,
+    config: OutboxConfig,
+}
+
+impl std::fmt::Debug for OutboxBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxBus").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn backend(operation: &'static str) -> impl Fn(rusqlite::Error) -> BusError {
+    move |err| BusError::Backend {
+        backend: "sqlite outbox",
+        operation,
+        message: err.to_string(),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+struct Claimed {
+    seq: i64,
+    body: String,
+    attempts: u32,
+}
+
+impl OutboxBus {
+    /// Opens the outbox in `path` (normally the store's file) and releases
+    /// the leases of a previous process.
+    pub fn open(path: &Path, config: OutboxConfig) -> Result<Self, BusError> {
+        let conn = crmbridge_store::open_connection(path).map_err(backend("open"))?;
+        conn.execute_batch(SCHEMA).map_err(backend("create schema"))?;
+        conn.execute("UPDATE outbox SET leased_until = 0 WHERE dead = 0", [])
+            .map_err(backend("release leases"))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            wake: Arc::new(Notify::new()),
+            config,
+        })
+    }
+
+    async fn with_conn<T, F>(&self, operation: &'static str, f: F) -> Result<T, BusError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poison| poison.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|err| BusError::Backend {
+            backend: "sqlite outbox",
+            operation,
+            message: format!("blocking task failed: {err}"),
+        })?
+        .map_err(backend(operation))
+    }
+
+    pub async fn stats(&self) -> Result<OutboxStats, BusError> {
+        self.with_conn("stats", |conn| {
+            conn.query_row(
+                "SELECT COALESCE(SUM(dead = 0), 0), COALESCE(SUM(dead = 1), 0) FROM outbox",
+                [],
+                |row| {
+                    Ok(OutboxStats {
+                        pending: row.get::<_, i64>(0)? as u64,
+                        dead: row.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    async fn claim(&self) -> Result<Option<Claimed>, BusError> {
+        let lease_ms = self.config.lease.as_millis() as i64;
+        self.with_conn("claim", move |conn| {
+            let now = now_ms();
+            conn.query_row(
+                "UPDATE outbox SET leased_until = ?1, attempts = attempts + 1
+                 WHERE seq = (SELECT seq FROM outbox
+                              WHERE dead = 0 AND available_at <= ?2 AND leased_until <= ?2
+                              ORDER BY seq LIMIT 1)
+                 RETURNING seq, body, attempts",
+                params![now + lease_ms, now],
+                |row| {
+                    Ok(Claimed {
+                        seq: row.get(0)?,
+                        body: row.get(1)?,
+                        attempts: row.get::<_, i64>(2)? as u32,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn complete(&self, seq: i64) -> Result<(), BusError> {
+        self.with_conn("complete", move |conn| {
+            conn.execute("DELETE FROM outbox WHERE seq = ?1", params![seq]).map(|_| ())
+        })
+        .await
+    }
+
+    async fn fail(&self, claimed: &Claimed, error: String) -> Result<(), BusError> {
+        let dead = claimed.attempts >= self.config.max_attempts;
+        let backoff = self
+            .config
+            .base_backoff
+            .saturating_mul(1 << claimed.attempts.saturating_sub(1).min(16));
+        let seq = claimed.seq;
+        self.with_conn("fail", move |conn| {
+            conn.execute(
+                "UPDATE outbox SET leased_until = 0, available_at = ?2, dead = ?3, last_error = ?4
+                 WHERE seq = ?1",
+                params![seq, now_ms() + backoff.as_millis() as i64, dead, error],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Starts the worker pool. Workers stop when `shutdown` becomes true,
+    /// after finishing the event in hand.
+    pub fn spawn_workers(
+        &self,
+        handler: Arc<dyn EventHandler>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        (0..self.config.workers.max(1))
+            .map(|worker| {
+                let bus = self.clone();
+                let handler = Arc::clone(&handler);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { bus.work(worker, handler, shutdown).await })
+            })
+            .collect()
+    }
+
+    async fn work(&self, worker: usize, handler: Arc<dyn EventHandler>, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            // Register for a wake-up *before* looking, so a publish that lands
+            // between an empty claim and the wait is not missed.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.claim().await {
+                Ok(Some(claimed)) => self.deliver(worker, handler.as_ref(), claimed).await,
+                Ok(None) => {
+                    // Idle: wake on a publish, a shutdown, or the poll tick
+                    // (for rows whose backoff has just passed).
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(worker, error = %err, "outbox claim failed");
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, worker: usize, handler: &dyn EventHandler, claimed: Claimed) {
+        let outcome = match serde_json::from_str::<Event>(&claimed.body) {
+            Ok(event) => {
+                let event_id = event.id.to_string();
+                handler
+                    .handle(event)
+                    .await
+                    .map_err(|err| (event_id, err.to_string()))
+            }
+            // A row that is not an event can never succeed: dead at once.
+            Err(err) => Err((String::new(), format!("undecodable outbox row: {err}"))),
+        };
+        let result = match outcome {
+            Ok(()) => self.complete(claimed.seq).await,
+            Err((event_id, error)) => {
+                tracing::warn!(worker, event_id, attempt = claimed.attempts, error = %error, "dispatch failed; will retry");
+                self.fail(&claimed, error).await
+            }
+        };
+        if let Err(err) = result {
+            // The lease expires and the row is delivered again: at least once.
+            tracing::error!(worker, error = %err, "outbox bookkeeping failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for OutboxBus {
+    async fn publish(&self, events: &[Event]) -> Result<(), BusError> {
+        let rows = events
+            .iter()
+            .map(|event| {
+                serde_json::to_string(event)
+                    .map(|body| (event.id.to_string(), body))
+                    .map_err(|err| BusError::Backend {
+                        backend: "sqlite outbox",
+                        operation: "serialise",
+                        message: err.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with_conn("publish", move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO outbox (event_id, body, available_at) VALUES (?1, ?2, ?3)",
+                )?;
+                let now = now_ms();
+                for (event_id, body) in &rows {
+                    insert.execute(params![event_id, body, now])?;
+                }
+            }
+            tx.commit()
+        })
+        .await?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! Bus tests: the embedded outbox (durability, retries, dead letters) and
+//! EventBridge on moto server, where a rule routes our events to an SQS queue
+//! and the test reads them back as dispatch would receive them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crmbridge_bus::{Bus, EventBridgeBus, EventHandler, HandlerError, OutboxBus, OutboxConfig, SOURCE};
+use crmbridge_mapping::{Event, EventId, Subject};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+fn event(n: usize) -> Event {
+    Event {
+        id: EventId::from_source("conn-1", &format!("call-{n}")),
+        tenant: "tenant-1".into(),
+        connection: "conn-1".into(),
+        app: "generic".into(),
+        kind: "generic.call.completed".into(),
+        subject: Subject {
+            kind: "call".into(),
+            id: format!("call-{n}"),
+        },
+        occurred_at: chrono::DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap(),
+        received_at: chrono::DateTime::from_timestamp(1_700_000_100, 0).unwrap(),
+        data: json!({"n": n, "phone": "+7 (912) 345-67-89", "name": "Звонок №{n}", "tags": ["a", "b"]}),
+    }
+}
+
+fn fast_config() -> OutboxConfig {
+    OutboxConfig {
+        workers: 3,
+        max_attempts: 3,
+        base_backoff: Duration::from_millis(5),
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(20),
+    }
+}
+
+/// Forwards every delivered event to the test; fails the first `failures`
+/// deliveries of each event.
+struct Recorder {
+    tx: mpsc::UnboundedSender<Event>,
+    failures: u32,
+    attempts: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl EventHandler for Recorder {
+    async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+        let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
+        if attempt < self.failures {
+            return Err(HandlerError(format!("injected failure {attempt}")));
+        }
+        self.tx.send(event).map_err(|e| HandlerError(e.to_string()))
+    }
+}
+
+async fn receive(rx: &mut mpsc::UnboundedReceiver<Event>, n: usize) -> Vec<Event> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let event = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("events were not delivered in time")
+            .expect("channel closed");
+        got.push(event);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_delivers_every_event_intact_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = OutboxBus::open(&dir.path().join("s.db"), fast_config()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, shutdown) = watch::channel(false);
+    let workers = bus.spawn_workers(
+        Arc::new(Recorder { tx, failures: 0, attempts: Arc::default() }),
+        shutdown,
+    );
+    let sent: Vec<Event> = (0..25).map(event).collect();
+    bus.publish(&sent).await.unwrap();
+    let mut got = receive(&mut rx, 25).await;
+    got.sort_by_key(|e| e.id.clone());
+    let mut want = sent.clone();
+    want.sort_by_key(|e| e.id.clone());
+    assert_eq!(got, want);
+    stop.send(true).unwrap();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(rx.try_recv().is_err(), "an event was delivered twice");
+    assert_eq!(bus.stats().await.unwrap().pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_keeps_published_events_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    {
+        // Published with no worker running, then the process "dies".
+        let bus = OutboxBus::open(&path, fast_config()).unwrap();
+        bus.publish(&[event(1), event(2)]).await.unwrap();
+    }
+    let bus = OutboxBus::open(&path, fast_config()).unwrap();
+    assert_eq!(bus.stats().await.unwrap().pending, 2);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_stop, shutdown) = watch::channel(false);
+    bus.spawn_workers(Arc::new(Recorder { tx, failures: 0, attempts: Arc::default() }), shutdown);
+    let got: BTreeSet<_> = receive(&mut rx, 2).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(got, BTreeSet::from([event(1).id, event(2).id]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_retries_a_failed_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = OutboxBus::open(&dir.path().join("s.db"), fast_config()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let (_stop, shutdown) = watch::channel(false);
+    bus.spawn_workers(
+        Arc::new(Recorder { tx, failures: 2, attempts: Arc::clone(&attempts) }),
+        shutdown,
+    );
+    bus.publish(&[event(7)]).await.unwrap();
+    let got = receive(&mut rx, 1).await;
+    assert_eq!(got[0].id, event(7).id);
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_dead_letters_after_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = OutboxBus::open(&dir.path().join("s.db"), fast_config()).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let (_stop, shutdown) = watch::channel(false);
+    bus.spawn_workers(
+        Arc::new(Recorder { tx, failures: u32::MAX, attempts: Arc::clone(&attempts) }),
+        shutdown,
+    );
+    bus.publish(&[event(9)]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = bus.stats().await.unwrap();
+        if stats.dead == 1 {
+            assert_eq!(stats.pending, 0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never dead-lettered: {stats:?}");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+}
+
+async fn aws_config() -> aws_config::SdkConfig {
+    let endpoint = std::env::var("CRMBRIDGE_TEST_AWS_ENDPOINT").expect(
+        "CRMBRIDGE_TEST_AWS_ENDPOINT is not set: run the suite through infra/test.sh, \
+         which starts the EventBridge emulator (moto server)",
+    );
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region("us-east-1")
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "bus-test",
+        ))
+        .load()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventbridge_routes_events_to_a_rule_target_intact() {
+    let config = aws_config().await;
+    let eb = aws_sdk_eventbridge::Client::new(&config);
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let suffix = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+    let bus_name = format!("crmbridge-test-{suffix}");
+    eb.create_event_bus().name(&bus_name).send().await.unwrap();
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(format!("dispatch-{suffix}"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    // The same pattern template.yaml gives the dispatch rule.
+    eb.put_rule()
+        .name("to-dispatch")
+        .event_bus_name(&bus_name)
+        .event_pattern(json!({"source": [SOURCE]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    eb.put_targets()
+        .rule("to-dispatch")
+        .event_bus_name(&bus_name)
+        .targets(aws_sdk_eventbridge::types::Target::builder().id("q").arn(queue_arn).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    let bus = EventBridgeBus::new(eb, &bus_name);
+    let sent: Vec<Event> = (0..13).map(event).collect(); // two PutEvents calls
+    bus.publish(&sent).await.unwrap();
+
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while received.len() < sent.len() {
+        assert!(tokio::time::Instant::now() < deadline, "only {} events arrived", received.len());
+        let out = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for message in out.messages() {
+            let envelope: serde_json::Value = serde_json::from_str(message.body().unwrap()).unwrap();
+            assert_eq!(envelope["source"], SOURCE);
+            let detail: Event = serde_json::from_value(envelope["detail"].clone()).unwrap();
+            assert_eq!(envelope["detail-type"], detail.kind.as_str());
+            received.push(detail);
+        }
+    }
+    received.sort_by_key(|e| e.id.clone());
+    let mut want = sent;
+    want.sort_by_key(|e| e.id.clone());
+    assert_eq!(received, want);
+}

@@ -1,0 +1,334 @@
+//! One contract suite, run against every Store implementation: the embedded
+//! SQLite store and DynamoDB (a real emulator, moto server, whose endpoint
+//! `infra/test.sh` exports as CRMBRIDGE_TEST_AWS_ENDPOINT).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use crmbridge_store::{
+    DynamoStore, Item, PutOutcome, Query, SqliteStore, Store, StoreError, Write, now_epoch_seconds,
+};
+use serde_json::json;
+
+async fn dynamo_store() -> DynamoStore {
+    let endpoint = std::env::var("CRMBRIDGE_TEST_AWS_ENDPOINT").expect(
+        "CRMBRIDGE_TEST_AWS_ENDPOINT is not set: run the suite through infra/test.sh, \
+         which starts the DynamoDB emulator (moto server)",
+    );
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region("us-east-1")
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "contract-test",
+        ))
+        .load()
+        .await;
+    let table = format!("contract-{}", unique());
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table);
+    store.create_table().await.unwrap();
+    store
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        now_epoch_seconds(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn sqlite_store() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    (store, dir)
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (store, _dir) = super::sqlite_store();
+                    super::cases::$case(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let store = super::dynamo_store().await;
+                    super::cases::$case(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    get_of_a_missing_item_is_none,
+    put_then_get_round_trips_every_field,
+    put_replaces_an_item,
+    put_if_absent_inserts_once_and_returns_the_existing_item,
+    put_if_absent_replaces_an_expired_item,
+    expired_items_are_invisible,
+    update_if_version_bumps_the_version,
+    update_if_version_rejects_a_stale_or_missing_item,
+    delete_removes_and_tolerates_missing,
+    query_matches_the_prefix_in_order,
+    query_paginates_both_directions,
+    query_rejects_a_bad_limit,
+    transact_applies_every_write,
+    transact_applies_nothing_when_one_condition_fails,
+    transact_rejects_duplicate_keys_and_empty_batches,
+    racing_inserts_have_exactly_one_winner,
+    racing_updates_have_exactly_one_winner,
+);
+
+mod cases {
+    use super::*;
+
+    pub async fn get_of_a_missing_item_is_none(store: Arc<impl Store>) {
+        assert_eq!(store.get("nope", "nope").await.unwrap(), None);
+    }
+
+    pub async fn put_then_get_round_trips_every_field(store: Arc<impl Store>) {
+        let body = json!({"name": "Заказ по звонку", "n": 1.5, "nested": {"list": [1, "два", null]}});
+        let item = Item::new("P#1", "S#1", body.clone()).expiring_at(now_epoch_seconds() + 3600);
+        store.put(item.clone()).await.unwrap();
+        let read = store.get("P#1", "S#1").await.unwrap().unwrap();
+        assert_eq!(read, item);
+        assert_eq!(read.body, body);
+    }
+
+    pub async fn put_replaces_an_item(store: Arc<impl Store>) {
+        store.put(Item::new("P", "S", json!({"a": 1}))).await.unwrap();
+        let mut second = Item::new("P", "S", json!({"b": 2}));
+        second.version = 7;
+        store.put(second.clone()).await.unwrap();
+        assert_eq!(store.get("P", "S").await.unwrap(), Some(second));
+    }
+
+    pub async fn put_if_absent_inserts_once_and_returns_the_existing_item(store: Arc<impl Store>) {
+        let first = Item::new("IDEM#1", "IDEM", json!({"state": "first"}));
+        assert_eq!(store.put_if_absent(first.clone()).await.unwrap(), PutOutcome::Inserted);
+        let second = Item::new("IDEM#1", "IDEM", json!({"state": "second"}));
+        assert_eq!(
+            store.put_if_absent(second).await.unwrap(),
+            PutOutcome::Exists(first.clone())
+        );
+        assert_eq!(store.get("IDEM#1", "IDEM").await.unwrap(), Some(first));
+    }
+
+    pub async fn put_if_absent_replaces_an_expired_item(store: Arc<impl Store>) {
+        let old = Item::new("IDEM#2", "IDEM", json!({"old": true})).expiring_at(now_epoch_seconds() - 10);
+        store.put(old).await.unwrap();
+        let fresh = Item::new("IDEM#2", "IDEM", json!({"old": false}));
+        assert_eq!(store.put_if_absent(fresh.clone()).await.unwrap(), PutOutcome::Inserted);
+        assert_eq!(store.get("IDEM#2", "IDEM").await.unwrap(), Some(fresh));
+    }
+
+    pub async fn expired_items_are_invisible(store: Arc<impl Store>) {
+        let now = now_epoch_seconds();
+        store.put(Item::new("P", "A", json!(1)).expiring_at(now - 1)).await.unwrap();
+        store.put(Item::new("P", "B", json!(2)).expiring_at(now + 3600)).await.unwrap();
+        store.put(Item::new("P", "C", json!(3))).await.unwrap();
+        assert_eq!(store.get("P", "A").await.unwrap(), None);
+        let page = store.query(Query::prefix("P", "")).await.unwrap();
+        let sks: Vec<_> = page.items.iter().map(|i| i.sk.as_str()).collect();
+        assert_eq!(sks, ["B", "C"]);
+        let err = store
+            .update_if_version(Item::new("P", "A", json!(9)), 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    }
+
+    pub async fn update_if_version_bumps_the_version(store: Arc<impl Store>) {
+        store.put(Item::new("CUR", "C", json!({"at": 1}))).await.unwrap();
+        let v2 = store.update_if_version(Item::new("CUR", "C", json!({"at": 2})), 1).await.unwrap();
+        assert_eq!(v2, 2);
+        let v3 = store.update_if_version(Item::new("CUR", "C", json!({"at": 3})), 2).await.unwrap();
+        assert_eq!(v3, 3);
+        let read = store.get("CUR", "C").await.unwrap().unwrap();
+        assert_eq!((read.version, read.body), (3, json!({"at": 3})));
+    }
+
+    pub async fn update_if_version_rejects_a_stale_or_missing_item(store: Arc<impl Store>) {
+        store.put(Item::new("CUR", "C", json!({"at": 1}))).await.unwrap();
+        store.update_if_version(Item::new("CUR", "C", json!({"at": 2})), 1).await.unwrap();
+        let stale = store
+            .update_if_version(Item::new("CUR", "C", json!({"at": "stale"})), 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(stale, StoreError::Conflict { ref pk, .. } if pk == "CUR"), "{stale}");
+        let missing = store
+            .update_if_version(Item::new("CUR", "missing", json!({})), 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, StoreError::Conflict { .. }), "{missing}");
+        assert_eq!(store.get("CUR", "C").await.unwrap().unwrap().body, json!({"at": 2}));
+        assert_eq!(store.get("CUR", "missing").await.unwrap(), None);
+    }
+
+    pub async fn delete_removes_and_tolerates_missing(store: Arc<impl Store>) {
+        store.put(Item::new("D", "1", json!({}))).await.unwrap();
+        store.delete("D", "1").await.unwrap();
+        assert_eq!(store.get("D", "1").await.unwrap(), None);
+        store.delete("D", "1").await.unwrap();
+    }
+
+    pub async fn query_matches_the_prefix_in_order(store: Arc<impl Store>) {
+        for sk in ["RUN#b", "RUN#a", "RUN#c", "RUNX", "CONN#a", "RU"] {
+            store.put(Item::new("T#1", sk, json!(sk))).await.unwrap();
+        }
+        store.put(Item::new("T#2", "RUN#z", json!("other"))).await.unwrap();
+        let asc = store.query(Query::prefix("T#1", "RUN#")).await.unwrap();
+        let sks: Vec<_> = asc.items.iter().map(|i| i.sk.as_str()).collect();
+        assert_eq!(sks, ["RUN#a", "RUN#b", "RUN#c"]);
+        assert_eq!(asc.next, None);
+        let desc = store.query(Query::prefix("T#1", "RUN#").descending()).await.unwrap();
+        let sks: Vec<_> = desc.items.iter().map(|i| i.sk.as_str()).collect();
+        assert_eq!(sks, ["RUN#c", "RUN#b", "RUN#a"]);
+        let unicode = store.query(Query::prefix("T#1", "CONN#")).await.unwrap();
+        assert_eq!(unicode.items.len(), 1);
+    }
+
+    pub async fn query_paginates_both_directions(store: Arc<impl Store>) {
+        for i in 0..25 {
+            store.put(Item::new("PAGE", format!("K#{i:03}"), json!(i))).await.unwrap();
+        }
+        for descending in [false, true] {
+            let mut seen = Vec::new();
+            let mut after = None;
+            let mut pages = 0;
+            loop {
+                let mut query = Query::prefix("PAGE", "K#").limit(10).after(after.clone());
+                if descending {
+                    query = query.descending();
+                }
+                let page = store.query(query).await.unwrap();
+                pages += 1;
+                assert!(page.items.len() <= 10);
+                seen.extend(page.items.iter().map(|i| i.body.as_i64().unwrap()));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+                assert!(pages < 10, "pagination does not end");
+            }
+            let mut expected: Vec<i64> = (0..25).collect();
+            if descending {
+                expected.reverse();
+            }
+            assert_eq!(seen, expected, "descending = {descending}");
+            assert_eq!(pages, 3);
+        }
+    }
+
+    pub async fn query_rejects_a_bad_limit(store: Arc<impl Store>) {
+        let err = store.query(Query::prefix("P", "").limit(0)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    }
+
+    pub async fn transact_applies_every_write(store: Arc<impl Store>) {
+        store.put(Item::new("X", "versioned", json!(1))).await.unwrap();
+        store.put(Item::new("X", "doomed", json!(1))).await.unwrap();
+        store
+            .transact(vec![
+                Write::PutIfAbsent(Item::new("X", "new", json!("n"))),
+                Write::Put(Item::new("Y", "plain", json!("p"))),
+                Write::UpdateIfVersion {
+                    item: Item::new("X", "versioned", json!(2)),
+                    expected: 1,
+                },
+                Write::Delete {
+                    pk: "X".into(),
+                    sk: "doomed".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(store.get("X", "new").await.unwrap().unwrap().body, json!("n"));
+        assert_eq!(store.get("Y", "plain").await.unwrap().unwrap().body, json!("p"));
+        let versioned = store.get("X", "versioned").await.unwrap().unwrap();
+        assert_eq!((versioned.version, versioned.body), (2, json!(2)));
+        assert_eq!(store.get("X", "doomed").await.unwrap(), None);
+    }
+
+    pub async fn transact_applies_nothing_when_one_condition_fails(store: Arc<impl Store>) {
+        store.put(Item::new("X", "taken", json!("original"))).await.unwrap();
+        let err = store
+            .transact(vec![
+                Write::Put(Item::new("X", "a", json!("a"))),
+                Write::PutIfAbsent(Item::new("X", "taken", json!("overwritten"))),
+                Write::Delete {
+                    pk: "X".into(),
+                    sk: "other".into(),
+                },
+            ])
+            .await
+            .unwrap_err();
+        match err {
+            StoreError::TransactionConflict { index, pk, sk } => {
+                assert_eq!((index, pk.as_str(), sk.as_str()), (1, "X", "taken"));
+            }
+            other => panic!("expected a transaction conflict, got {other}"),
+        }
+        assert_eq!(store.get("X", "a").await.unwrap(), None);
+        assert_eq!(store.get("X", "taken").await.unwrap().unwrap().body, json!("original"));
+    }
+
+    pub async fn transact_rejects_duplicate_keys_and_empty_batches(store: Arc<impl Store>) {
+        let dup = store
+            .transact(vec![
+                Write::Put(Item::new("X", "same", json!(1))),
+                Write::Put(Item::new("X", "same", json!(2))),
+            ])
+            .await
+            .unwrap_err();
+        assert!(matches!(dup, StoreError::Invalid(ref m) if m.contains("twice")), "{dup}");
+        assert!(matches!(store.transact(vec![]).await.unwrap_err(), StoreError::Invalid(_)));
+        assert_eq!(store.get("X", "same").await.unwrap(), None);
+    }
+
+    pub async fn racing_inserts_have_exactly_one_winner(store: Arc<impl Store + 'static>) {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                store.put_if_absent(Item::new("RACE", "IDEM", json!(i))).await.unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for task in tasks {
+            if task.await.unwrap() == PutOutcome::Inserted {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1);
+    }
+
+    pub async fn racing_updates_have_exactly_one_winner(store: Arc<impl Store + 'static>) {
+        store.put(Item::new("RACE", "CURSOR", json!(0))).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                store.update_if_version(Item::new("RACE", "CURSOR", json!(i)), 1).await.is_ok()
+            }));
+        }
+        let mut winners = 0;
+        for task in tasks {
+            if task.await.unwrap() {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1);
+        assert_eq!(store.get("RACE", "CURSOR").await.unwrap().unwrap().version, 2);
+    }
+}
