@@ -39,7 +39,15 @@ export CRMBRIDGE_TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 
+echo "==> template checks (cfn-lint, sam validate --lint)"
+export SAM_CLI_TELEMETRY=0
+cfn-lint template.yaml
+sam validate --lint --region us-east-1 --template-file template.yaml
+
 echo "==> cargo test (every crate, every backend)"
 cargo test --workspace --locked
+
+echo "==> Lambda binaries under cargo lambda watch, fed events/ samples"
+bash infra/lambda-smoke.sh
 
 echo "==> all tests passed"

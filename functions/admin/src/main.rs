@@ -1,1 +1,17 @@
-fn main() {}
+//! The admin Lambda: API Gateway → `/v1/…` and `GET /health`. API-key authenticated administration of connections and the run log.
+//!
+//! Glue only: the engine is built once per container, and every request goes
+//! through the same axum routes `crmbridge serve` uses (crmbridge-http).
+
+use crmbridge_http::{HttpState, admin_router};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    crmbridge_runtime::init_tracing();
+    let engine = crmbridge_runtime::aws_engine().await?;
+    let state = HttpState {
+        engine,
+        public_url: crmbridge_runtime::public_url_from_env(),
+    };
+    lambda_http::run(admin_router(state)).await
+}

@@ -1,1 +1,17 @@
-fn main() {}
+//! The chat Lambda: API Gateway → `POST /chat/{connection}/{token}`. Chat relays are synchronous, so the event is dispatched inline and the runs are in the answer.
+//!
+//! Glue only: the engine is built once per container, and every request goes
+//! through the same axum routes `crmbridge serve` uses (crmbridge-http).
+
+use crmbridge_http::{HttpState, chat_router};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    crmbridge_runtime::init_tracing();
+    let engine = crmbridge_runtime::aws_engine().await?;
+    let state = HttpState {
+        engine,
+        public_url: crmbridge_runtime::public_url_from_env(),
+    };
+    lambda_http::run(chat_router(state)).await
+}

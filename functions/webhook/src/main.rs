@@ -1,1 +1,17 @@
-fn main() {}
+//! The webhook Lambda: API Gateway (HTTP API, payload v2) → `GET|POST /hooks/{connection}/{token}`. Verifies and accepts a delivery, publishes its events on EventBridge, answers 202 (200 for a redelivery).
+//!
+//! Glue only: the engine is built once per container, and every request goes
+//! through the same axum routes `crmbridge serve` uses (crmbridge-http).
+
+use crmbridge_http::{HttpState, webhook_router};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    crmbridge_runtime::init_tracing();
+    let engine = crmbridge_runtime::aws_engine().await?;
+    let state = HttpState {
+        engine,
+        public_url: crmbridge_runtime::public_url_from_env(),
+    };
+    lambda_http::run(webhook_router(state)).await
+}

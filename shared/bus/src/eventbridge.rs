@@ -94,7 +94,10 @@ where
         for chunk in pending.chunks(ENTRIES_PER_CALL) {
             match send(chunk.to_vec()).await {
                 Ok(results) => {
-                    for (entry, result) in chunk.iter().zip(results.into_iter().chain(std::iter::repeat(None))) {
+                    for (entry, result) in chunk
+                        .iter()
+                        .zip(results.into_iter().chain(std::iter::repeat(None)))
+                    {
                         if let Some(reason) = result {
                             last_reason = reason;
                             failed.push(entry.clone());
@@ -203,7 +206,10 @@ mod tests {
             async move {
                 Ok(ids
                     .iter()
-                    .map(|id| (first_call && (id == "e1" || id == "e3")).then(|| "ThrottlingException: slow down".to_owned()))
+                    .map(|id| {
+                        (first_call && (id == "e1" || id == "e3"))
+                            .then(|| "ThrottlingException: slow down".to_owned())
+                    })
                     .collect())
             }
         })

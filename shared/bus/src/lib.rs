@@ -25,7 +25,9 @@ pub enum BusError {
         bytes: usize,
         limit: usize,
     },
-    #[error("{failed} of {total} events could not be published after {attempts} attempts: {reason}")]
+    #[error(
+        "{failed} of {total} events could not be published after {attempts} attempts: {reason}"
+    )]
     Undelivered {
         failed: usize,
         total: usize,

@@ -85,7 +85,9 @@ pub struct OutboxBus {
 
 impl std::fmt::Debug for OutboxBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboxBus").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("OutboxBus")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,7 +117,8 @@ impl OutboxBus {
     /// the leases of a previous process.
     pub fn open(path: &Path, config: OutboxConfig) -> Result<Self, BusError> {
         let conn = crmbridge_store::open_connection(path).map_err(backend("open"))?;
-        conn.execute_batch(SCHEMA).map_err(backend("create schema"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(backend("create schema"))?;
         conn.execute("UPDATE outbox SET leased_until = 0 WHERE dead = 0", [])
             .map_err(backend("release leases"))?;
         Ok(Self {
@@ -186,7 +189,8 @@ impl OutboxBus {
 
     async fn complete(&self, seq: i64) -> Result<(), BusError> {
         self.with_conn("complete", move |conn| {
-            conn.execute("DELETE FROM outbox WHERE seq = ?1", params![seq]).map(|_| ())
+            conn.execute("DELETE FROM outbox WHERE seq = ?1", params![seq])
+                .map(|_| ())
         })
         .await
     }
@@ -209,14 +213,15 @@ impl OutboxBus {
         .await
     }
 
-    /// Starts the worker pool. Workers stop when `shutdown` becomes true,
-    /// after finishing the event in hand.
+    /// Starts the worker pool (`workers = 0` starts none: the process only
+    /// accepts, and events wait durably for a process that dispatches).
+    /// Workers stop when `shutdown` becomes true, after the event in hand.
     pub fn spawn_workers(
         &self,
         handler: Arc<dyn EventHandler>,
         shutdown: watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
-        (0..self.config.workers.max(1))
+        (0..self.config.workers)
             .map(|worker| {
                 let bus = self.clone();
                 let handler = Arc::clone(&handler);
@@ -226,7 +231,12 @@ impl OutboxBus {
             .collect()
     }
 
-    async fn work(&self, worker: usize, handler: Arc<dyn EventHandler>, mut shutdown: watch::Receiver<bool>) {
+    async fn work(
+        &self,
+        worker: usize,
+        handler: Arc<dyn EventHandler>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         while !*shutdown.borrow() {
             // Register for a wake-up *before* looking, so a publish that lands
             // between an empty claim and the wait is not missed.

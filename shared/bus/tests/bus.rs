@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crmbridge_bus::{Bus, EventBridgeBus, EventHandler, HandlerError, OutboxBus, OutboxConfig, SOURCE};
+use crmbridge_bus::{
+    Bus, EventBridgeBus, EventHandler, HandlerError, OutboxBus, OutboxConfig, SOURCE,
+};
 use crmbridge_mapping::{Event, EventId, Subject};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -79,7 +81,11 @@ async fn outbox_delivers_every_event_intact_once() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (stop, shutdown) = watch::channel(false);
     let workers = bus.spawn_workers(
-        Arc::new(Recorder { tx, failures: 0, attempts: Arc::default() }),
+        Arc::new(Recorder {
+            tx,
+            failures: 0,
+            attempts: Arc::default(),
+        }),
         shutdown,
     );
     let sent: Vec<Event> = (0..25).map(event).collect();
@@ -110,8 +116,19 @@ async fn outbox_keeps_published_events_across_a_restart() {
     assert_eq!(bus.stats().await.unwrap().pending, 2);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (_stop, shutdown) = watch::channel(false);
-    bus.spawn_workers(Arc::new(Recorder { tx, failures: 0, attempts: Arc::default() }), shutdown);
-    let got: BTreeSet<_> = receive(&mut rx, 2).await.into_iter().map(|e| e.id).collect();
+    bus.spawn_workers(
+        Arc::new(Recorder {
+            tx,
+            failures: 0,
+            attempts: Arc::default(),
+        }),
+        shutdown,
+    );
+    let got: BTreeSet<_> = receive(&mut rx, 2)
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
     assert_eq!(got, BTreeSet::from([event(1).id, event(2).id]));
 }
 
@@ -123,7 +140,11 @@ async fn outbox_retries_a_failed_delivery() {
     let attempts = Arc::new(AtomicU32::new(0));
     let (_stop, shutdown) = watch::channel(false);
     bus.spawn_workers(
-        Arc::new(Recorder { tx, failures: 2, attempts: Arc::clone(&attempts) }),
+        Arc::new(Recorder {
+            tx,
+            failures: 2,
+            attempts: Arc::clone(&attempts),
+        }),
         shutdown,
     );
     bus.publish(&[event(7)]).await.unwrap();
@@ -140,7 +161,11 @@ async fn outbox_dead_letters_after_max_attempts() {
     let attempts = Arc::new(AtomicU32::new(0));
     let (_stop, shutdown) = watch::channel(false);
     bus.spawn_workers(
-        Arc::new(Recorder { tx, failures: u32::MAX, attempts: Arc::clone(&attempts) }),
+        Arc::new(Recorder {
+            tx,
+            failures: u32::MAX,
+            attempts: Arc::clone(&attempts),
+        }),
         shutdown,
     );
     bus.publish(&[event(9)]).await.unwrap();
@@ -151,7 +176,10 @@ async fn outbox_dead_letters_after_max_attempts() {
             assert_eq!(stats.pending, 0);
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never dead-lettered: {stats:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered: {stats:?}"
+        );
         tokio::task::yield_now().await;
     }
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
@@ -177,7 +205,11 @@ async fn eventbridge_routes_events_to_a_rule_target_intact() {
     let config = aws_config().await;
     let eb = aws_sdk_eventbridge::Client::new(&config);
     let sqs = aws_sdk_sqs::Client::new(&config);
-    let suffix = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+    let suffix = format!(
+        "{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    );
     let bus_name = format!("crmbridge-test-{suffix}");
     eb.create_event_bus().name(&bus_name).send().await.unwrap();
     let queue_url = sqs
@@ -209,7 +241,13 @@ async fn eventbridge_routes_events_to_a_rule_target_intact() {
     eb.put_targets()
         .rule("to-dispatch")
         .event_bus_name(&bus_name)
-        .targets(aws_sdk_eventbridge::types::Target::builder().id("q").arn(queue_arn).build().unwrap())
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("q")
+                .arn(queue_arn)
+                .build()
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -221,7 +259,11 @@ async fn eventbridge_routes_events_to_a_rule_target_intact() {
     let mut received = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while received.len() < sent.len() {
-        assert!(tokio::time::Instant::now() < deadline, "only {} events arrived", received.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} events arrived",
+            received.len()
+        );
         let out = sqs
             .receive_message()
             .queue_url(&queue_url)
@@ -231,7 +273,8 @@ async fn eventbridge_routes_events_to_a_rule_target_intact() {
             .await
             .unwrap();
         for message in out.messages() {
-            let envelope: serde_json::Value = serde_json::from_str(message.body().unwrap()).unwrap();
+            let envelope: serde_json::Value =
+                serde_json::from_str(message.body().unwrap()).unwrap();
             assert_eq!(envelope["source"], SOURCE);
             let detail: Event = serde_json::from_value(envelope["detail"].clone()).unwrap();
             assert_eq!(envelope["detail-type"], detail.kind.as_str());

@@ -23,14 +23,15 @@ use aws_sdk_dynamodb::types::{
 };
 
 use crate::item::{check_limit, check_transaction};
-use crate::{Item, Page, PutOutcome, Query, Store, StoreError, StoreResult, Write, now_epoch_seconds};
+use crate::{
+    Item, Page, PutOutcome, Query, Store, StoreError, StoreResult, Write, now_epoch_seconds,
+};
 
 /// The name of the TTL attribute; template.yaml declares the same.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
 const ABSENT_OR_EXPIRED: &str = "attribute_not_exists(pk) OR expires_at <= :now";
-const LIVE_AT_VERSION: &str =
-    "attribute_exists(pk) AND version = :expected AND (attribute_not_exists(expires_at) OR expires_at > :now)";
+const LIVE_AT_VERSION: &str = "attribute_exists(pk) AND version = :expected AND (attribute_not_exists(expires_at) OR expires_at > :now)";
 
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
@@ -113,7 +114,10 @@ fn to_attributes(item: &Item) -> AttributeMap {
     let mut map = AttributeMap::new();
     map.insert("pk".into(), AttributeValue::S(item.pk.clone()));
     map.insert("sk".into(), AttributeValue::S(item.sk.clone()));
-    map.insert("version".into(), AttributeValue::N(item.version.to_string()));
+    map.insert(
+        "version".into(),
+        AttributeValue::N(item.version.to_string()),
+    );
     if let Some(at) = item.expires_at {
         map.insert(TTL_ATTRIBUTE.into(), AttributeValue::N(at.to_string()));
     }
@@ -284,7 +288,10 @@ impl Store for DynamoStore {
         match result {
             Ok(_) => Ok(expected + 1),
             Err(SdkError::ServiceError(service))
-                if matches!(service.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+                if matches!(
+                    service.err(),
+                    PutItemError::ConditionalCheckFailedException(_)
+                ) =>
             {
                 Err(StoreError::Conflict {
                     pk: next.pk,
@@ -329,7 +336,10 @@ impl Store for DynamoStore {
             } else {
                 request
                     .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                    .expression_attribute_values(":prefix", AttributeValue::S(query.sk_prefix.clone()))
+                    .expression_attribute_values(
+                        ":prefix",
+                        AttributeValue::S(query.sk_prefix.clone()),
+                    )
             };
             let out = request
                 .scan_index_forward(!query.descending)
@@ -388,4 +398,3 @@ impl Store for DynamoStore {
         }
     }
 }
-

@@ -30,7 +30,11 @@ pub enum StoreError {
     #[error("conditional write failed on {pk} / {sk}")]
     Conflict { pk: String, sk: String },
     #[error("transaction cancelled: write #{index} on {pk} / {sk} failed its condition")]
-    TransactionConflict { index: usize, pk: String, sk: String },
+    TransactionConflict {
+        index: usize,
+        pk: String,
+        sk: String,
+    },
     #[error("invalid store request: {0}")]
     Invalid(String),
     #[error("item {pk} / {sk} is corrupt: {reason}")]

@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::item::{check_limit, check_transaction};
-use crate::{Item, Page, PutOutcome, Query, Store, StoreError, StoreResult, Write, now_epoch_seconds};
+use crate::{
+    Item, Page, PutOutcome, Query, Store, StoreError, StoreResult, Write, now_epoch_seconds,
+};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -61,7 +63,8 @@ impl SqliteStore {
     /// Opens (and creates if needed) the store in a SQLite file.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let conn = open_connection(path).map_err(backend("open"))?;
-        conn.execute_batch(SCHEMA).map_err(backend("create schema"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(backend("create schema"))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -111,7 +114,13 @@ fn read_item(conn: &Connection, pk: &str, sk: &str, now: i64) -> StoreResult<Opt
     Ok(item.is_live(now).then_some(item))
 }
 
-fn decode(pk: String, sk: String, version: i64, expires_at: Option<i64>, body: &str) -> StoreResult<Item> {
+fn decode(
+    pk: String,
+    sk: String,
+    version: i64,
+    expires_at: Option<i64>,
+    body: &str,
+) -> StoreResult<Item> {
     let body = serde_json::from_str(body).map_err(|err| StoreError::Corrupt {
         pk: pk.clone(),
         sk: sk.clone(),
@@ -169,8 +178,11 @@ fn apply(conn: &Connection, write: &Write, now: i64) -> StoreResult<()> {
             }
         }
         Write::Delete { pk, sk } => {
-            conn.execute("DELETE FROM items WHERE pk = ?1 AND sk = ?2", params![pk, sk])
-                .map_err(backend("delete"))?;
+            conn.execute(
+                "DELETE FROM items WHERE pk = ?1 AND sk = ?2",
+                params![pk, sk],
+            )
+            .map_err(backend("delete"))?;
             Ok(())
         }
     }
@@ -195,12 +207,15 @@ fn in_transaction<T>(
 impl Store for SqliteStore {
     async fn get(&self, pk: &str, sk: &str) -> StoreResult<Option<Item>> {
         let (pk, sk) = (pk.to_owned(), sk.to_owned());
-        self.with_conn("get", move |conn| read_item(conn, &pk, &sk, now_epoch_seconds()))
-            .await
+        self.with_conn("get", move |conn| {
+            read_item(conn, &pk, &sk, now_epoch_seconds())
+        })
+        .await
     }
 
     async fn put(&self, item: Item) -> StoreResult<()> {
-        self.with_conn("put", move |conn| write_item(conn, &item)).await
+        self.with_conn("put", move |conn| write_item(conn, &item))
+            .await
     }
 
     async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome> {
@@ -234,8 +249,10 @@ impl Store for SqliteStore {
             pk: pk.to_owned(),
             sk: sk.to_owned(),
         };
-        self.with_conn("delete", move |conn| apply(conn, &write, now_epoch_seconds()))
-            .await
+        self.with_conn("delete", move |conn| {
+            apply(conn, &write, now_epoch_seconds())
+        })
+        .await
     }
 
     async fn query(&self, query: Query) -> StoreResult<Page> {
@@ -280,7 +297,11 @@ impl Store for SqliteStore {
             }
             let more = items.len() > query.limit;
             items.truncate(query.limit);
-            let next = if more { items.last().map(|item| item.sk.clone()) } else { None };
+            let next = if more {
+                items.last().map(|item| item.sk.clone())
+            } else {
+                None
+            };
             Ok(Page { items, next })
         })
         .await

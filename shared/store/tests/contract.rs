@@ -19,7 +19,11 @@ async fn dynamo_store() -> DynamoStore {
         .region("us-east-1")
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "testing", "testing", None, None, "contract-test",
+            "testing",
+            "testing",
+            None,
+            None,
+            "contract-test",
         ))
         .load()
         .await;
@@ -97,7 +101,8 @@ mod cases {
     }
 
     pub async fn put_then_get_round_trips_every_field(store: Arc<impl Store>) {
-        let body = json!({"name": "Заказ по звонку", "n": 1.5, "nested": {"list": [1, "два", null]}});
+        let body =
+            json!({"name": "Заказ по звонку", "n": 1.5, "nested": {"list": [1, "два", null]}});
         let item = Item::new("P#1", "S#1", body.clone()).expiring_at(now_epoch_seconds() + 3600);
         store.put(item.clone()).await.unwrap();
         let read = store.get("P#1", "S#1").await.unwrap().unwrap();
@@ -106,7 +111,10 @@ mod cases {
     }
 
     pub async fn put_replaces_an_item(store: Arc<impl Store>) {
-        store.put(Item::new("P", "S", json!({"a": 1}))).await.unwrap();
+        store
+            .put(Item::new("P", "S", json!({"a": 1})))
+            .await
+            .unwrap();
         let mut second = Item::new("P", "S", json!({"b": 2}));
         second.version = 7;
         store.put(second.clone()).await.unwrap();
@@ -115,7 +123,10 @@ mod cases {
 
     pub async fn put_if_absent_inserts_once_and_returns_the_existing_item(store: Arc<impl Store>) {
         let first = Item::new("IDEM#1", "IDEM", json!({"state": "first"}));
-        assert_eq!(store.put_if_absent(first.clone()).await.unwrap(), PutOutcome::Inserted);
+        assert_eq!(
+            store.put_if_absent(first.clone()).await.unwrap(),
+            PutOutcome::Inserted
+        );
         let second = Item::new("IDEM#1", "IDEM", json!({"state": "second"}));
         assert_eq!(
             store.put_if_absent(second).await.unwrap(),
@@ -125,17 +136,27 @@ mod cases {
     }
 
     pub async fn put_if_absent_replaces_an_expired_item(store: Arc<impl Store>) {
-        let old = Item::new("IDEM#2", "IDEM", json!({"old": true})).expiring_at(now_epoch_seconds() - 10);
+        let old =
+            Item::new("IDEM#2", "IDEM", json!({"old": true})).expiring_at(now_epoch_seconds() - 10);
         store.put(old).await.unwrap();
         let fresh = Item::new("IDEM#2", "IDEM", json!({"old": false}));
-        assert_eq!(store.put_if_absent(fresh.clone()).await.unwrap(), PutOutcome::Inserted);
+        assert_eq!(
+            store.put_if_absent(fresh.clone()).await.unwrap(),
+            PutOutcome::Inserted
+        );
         assert_eq!(store.get("IDEM#2", "IDEM").await.unwrap(), Some(fresh));
     }
 
     pub async fn expired_items_are_invisible(store: Arc<impl Store>) {
         let now = now_epoch_seconds();
-        store.put(Item::new("P", "A", json!(1)).expiring_at(now - 1)).await.unwrap();
-        store.put(Item::new("P", "B", json!(2)).expiring_at(now + 3600)).await.unwrap();
+        store
+            .put(Item::new("P", "A", json!(1)).expiring_at(now - 1))
+            .await
+            .unwrap();
+        store
+            .put(Item::new("P", "B", json!(2)).expiring_at(now + 3600))
+            .await
+            .unwrap();
         store.put(Item::new("P", "C", json!(3))).await.unwrap();
         assert_eq!(store.get("P", "A").await.unwrap(), None);
         let page = store.query(Query::prefix("P", "")).await.unwrap();
@@ -149,29 +170,50 @@ mod cases {
     }
 
     pub async fn update_if_version_bumps_the_version(store: Arc<impl Store>) {
-        store.put(Item::new("CUR", "C", json!({"at": 1}))).await.unwrap();
-        let v2 = store.update_if_version(Item::new("CUR", "C", json!({"at": 2})), 1).await.unwrap();
+        store
+            .put(Item::new("CUR", "C", json!({"at": 1})))
+            .await
+            .unwrap();
+        let v2 = store
+            .update_if_version(Item::new("CUR", "C", json!({"at": 2})), 1)
+            .await
+            .unwrap();
         assert_eq!(v2, 2);
-        let v3 = store.update_if_version(Item::new("CUR", "C", json!({"at": 3})), 2).await.unwrap();
+        let v3 = store
+            .update_if_version(Item::new("CUR", "C", json!({"at": 3})), 2)
+            .await
+            .unwrap();
         assert_eq!(v3, 3);
         let read = store.get("CUR", "C").await.unwrap().unwrap();
         assert_eq!((read.version, read.body), (3, json!({"at": 3})));
     }
 
     pub async fn update_if_version_rejects_a_stale_or_missing_item(store: Arc<impl Store>) {
-        store.put(Item::new("CUR", "C", json!({"at": 1}))).await.unwrap();
-        store.update_if_version(Item::new("CUR", "C", json!({"at": 2})), 1).await.unwrap();
+        store
+            .put(Item::new("CUR", "C", json!({"at": 1})))
+            .await
+            .unwrap();
+        store
+            .update_if_version(Item::new("CUR", "C", json!({"at": 2})), 1)
+            .await
+            .unwrap();
         let stale = store
             .update_if_version(Item::new("CUR", "C", json!({"at": "stale"})), 1)
             .await
             .unwrap_err();
-        assert!(matches!(stale, StoreError::Conflict { ref pk, .. } if pk == "CUR"), "{stale}");
+        assert!(
+            matches!(stale, StoreError::Conflict { ref pk, .. } if pk == "CUR"),
+            "{stale}"
+        );
         let missing = store
             .update_if_version(Item::new("CUR", "missing", json!({})), 1)
             .await
             .unwrap_err();
         assert!(matches!(missing, StoreError::Conflict { .. }), "{missing}");
-        assert_eq!(store.get("CUR", "C").await.unwrap().unwrap().body, json!({"at": 2}));
+        assert_eq!(
+            store.get("CUR", "C").await.unwrap().unwrap().body,
+            json!({"at": 2})
+        );
         assert_eq!(store.get("CUR", "missing").await.unwrap(), None);
     }
 
@@ -186,12 +228,18 @@ mod cases {
         for sk in ["RUN#b", "RUN#a", "RUN#c", "RUNX", "CONN#a", "RU"] {
             store.put(Item::new("T#1", sk, json!(sk))).await.unwrap();
         }
-        store.put(Item::new("T#2", "RUN#z", json!("other"))).await.unwrap();
+        store
+            .put(Item::new("T#2", "RUN#z", json!("other")))
+            .await
+            .unwrap();
         let asc = store.query(Query::prefix("T#1", "RUN#")).await.unwrap();
         let sks: Vec<_> = asc.items.iter().map(|i| i.sk.as_str()).collect();
         assert_eq!(sks, ["RUN#a", "RUN#b", "RUN#c"]);
         assert_eq!(asc.next, None);
-        let desc = store.query(Query::prefix("T#1", "RUN#").descending()).await.unwrap();
+        let desc = store
+            .query(Query::prefix("T#1", "RUN#").descending())
+            .await
+            .unwrap();
         let sks: Vec<_> = desc.items.iter().map(|i| i.sk.as_str()).collect();
         assert_eq!(sks, ["RUN#c", "RUN#b", "RUN#a"]);
         let unicode = store.query(Query::prefix("T#1", "CONN#")).await.unwrap();
@@ -200,7 +248,10 @@ mod cases {
 
     pub async fn query_paginates_both_directions(store: Arc<impl Store>) {
         for i in 0..25 {
-            store.put(Item::new("PAGE", format!("K#{i:03}"), json!(i))).await.unwrap();
+            store
+                .put(Item::new("PAGE", format!("K#{i:03}"), json!(i)))
+                .await
+                .unwrap();
         }
         for descending in [false, true] {
             let mut seen = Vec::new();
@@ -231,12 +282,18 @@ mod cases {
     }
 
     pub async fn query_rejects_a_bad_limit(store: Arc<impl Store>) {
-        let err = store.query(Query::prefix("P", "").limit(0)).await.unwrap_err();
+        let err = store
+            .query(Query::prefix("P", "").limit(0))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)), "{err}");
     }
 
     pub async fn transact_applies_every_write(store: Arc<impl Store>) {
-        store.put(Item::new("X", "versioned", json!(1))).await.unwrap();
+        store
+            .put(Item::new("X", "versioned", json!(1)))
+            .await
+            .unwrap();
         store.put(Item::new("X", "doomed", json!(1))).await.unwrap();
         store
             .transact(vec![
@@ -253,15 +310,24 @@ mod cases {
             ])
             .await
             .unwrap();
-        assert_eq!(store.get("X", "new").await.unwrap().unwrap().body, json!("n"));
-        assert_eq!(store.get("Y", "plain").await.unwrap().unwrap().body, json!("p"));
+        assert_eq!(
+            store.get("X", "new").await.unwrap().unwrap().body,
+            json!("n")
+        );
+        assert_eq!(
+            store.get("Y", "plain").await.unwrap().unwrap().body,
+            json!("p")
+        );
         let versioned = store.get("X", "versioned").await.unwrap().unwrap();
         assert_eq!((versioned.version, versioned.body), (2, json!(2)));
         assert_eq!(store.get("X", "doomed").await.unwrap(), None);
     }
 
     pub async fn transact_applies_nothing_when_one_condition_fails(store: Arc<impl Store>) {
-        store.put(Item::new("X", "taken", json!("original"))).await.unwrap();
+        store
+            .put(Item::new("X", "taken", json!("original")))
+            .await
+            .unwrap();
         let err = store
             .transact(vec![
                 Write::Put(Item::new("X", "a", json!("a"))),
@@ -280,7 +346,10 @@ mod cases {
             other => panic!("expected a transaction conflict, got {other}"),
         }
         assert_eq!(store.get("X", "a").await.unwrap(), None);
-        assert_eq!(store.get("X", "taken").await.unwrap().unwrap().body, json!("original"));
+        assert_eq!(
+            store.get("X", "taken").await.unwrap().unwrap().body,
+            json!("original")
+        );
     }
 
     pub async fn transact_rejects_duplicate_keys_and_empty_batches(store: Arc<impl Store>) {
@@ -291,8 +360,14 @@ mod cases {
             ])
             .await
             .unwrap_err();
-        assert!(matches!(dup, StoreError::Invalid(ref m) if m.contains("twice")), "{dup}");
-        assert!(matches!(store.transact(vec![]).await.unwrap_err(), StoreError::Invalid(_)));
+        assert!(
+            matches!(dup, StoreError::Invalid(ref m) if m.contains("twice")),
+            "{dup}"
+        );
+        assert!(matches!(
+            store.transact(vec![]).await.unwrap_err(),
+            StoreError::Invalid(_)
+        ));
         assert_eq!(store.get("X", "same").await.unwrap(), None);
     }
 
@@ -301,7 +376,10 @@ mod cases {
         for i in 0..8 {
             let store = Arc::clone(&store);
             tasks.push(tokio::spawn(async move {
-                store.put_if_absent(Item::new("RACE", "IDEM", json!(i))).await.unwrap()
+                store
+                    .put_if_absent(Item::new("RACE", "IDEM", json!(i)))
+                    .await
+                    .unwrap()
             }));
         }
         let mut winners = 0;
@@ -314,12 +392,18 @@ mod cases {
     }
 
     pub async fn racing_updates_have_exactly_one_winner(store: Arc<impl Store + 'static>) {
-        store.put(Item::new("RACE", "CURSOR", json!(0))).await.unwrap();
+        store
+            .put(Item::new("RACE", "CURSOR", json!(0)))
+            .await
+            .unwrap();
         let mut tasks = Vec::new();
         for i in 0..6 {
             let store = Arc::clone(&store);
             tasks.push(tokio::spawn(async move {
-                store.update_if_version(Item::new("RACE", "CURSOR", json!(i)), 1).await.is_ok()
+                store
+                    .update_if_version(Item::new("RACE", "CURSOR", json!(i)), 1)
+                    .await
+                    .is_ok()
             }));
         }
         let mut winners = 0;
@@ -329,6 +413,9 @@ mod cases {
             }
         }
         assert_eq!(winners, 1);
-        assert_eq!(store.get("RACE", "CURSOR").await.unwrap().unwrap().version, 2);
+        assert_eq!(
+            store.get("RACE", "CURSOR").await.unwrap().unwrap().version,
+            2
+        );
     }
 }

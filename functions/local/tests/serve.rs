@@ -1,0 +1,334 @@
+//! `crmbridge serve` as a user runs it: the real binary, over HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    base: String,
+    owner_key: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary and reads its banner for the URL (and, on a first
+/// start, the owner key).
+#[allow(clippy::zombie_processes)] // Server's Drop kills and waits
+fn serve(data_dir: &Path, workers: usize) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crmbridge"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            &workers.to_string(),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("CRMBRIDGE_LOG", "warn")
+        .env_remove("CRMBRIDGE_ENCRYPTION_KEYS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut owner_key = None;
+    loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        if let Some(key) = line.strip_prefix("owner API key (shown once, store it now): ") {
+            owner_key = Some(key.to_owned());
+        }
+        if let Some(url) = line.strip_prefix("crmbridge listening on ") {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines.by_ref() {});
+            return Server {
+                child,
+                base: url.to_owned(),
+                owner_key,
+            };
+        }
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn create_connection(server: &Server, key: &str) -> String {
+    let response = client()
+        .post(format!("{}/v1/connections", server.base))
+        .bearer_auth(key)
+        .json(&json!({"app": "generic", "name": "Shop", "settings": {"event_id_pointer": "/id", "kind": "order.created"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    body["webhook_path"].as_str().unwrap().to_owned()
+}
+
+async fn post_webhooks(
+    server: &Server,
+    path: &str,
+    ids: std::ops::Range<usize>,
+) -> BTreeSet<String> {
+    let mut accepted = BTreeSet::new();
+    for n in ids {
+        let response = client()
+            .post(format!("{}{path}", server.base))
+            .json(&json!({"id": format!("order-{n}"), "sum": n}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "webhook {n}");
+        let body: Value = response.json().await.unwrap();
+        accepted.insert(body["event_ids"][0].as_str().unwrap().to_owned());
+    }
+    accepted
+}
+
+async fn runs(server: &Server, key: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = client()
+            .get(format!("{}/v1/runs", server.base))
+            .bearer_auth(key)
+            .query(&[("limit", "200")]);
+        if let Some(cursor) = &cursor {
+            request = request.query(&[("cursor", cursor)]);
+        }
+        let page: Value = request.send().await.unwrap().json().await.unwrap();
+        all.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return all,
+        }
+    }
+}
+
+/// The interval of a poll-with-deadline loop (the condition is what the
+/// test waits on; this only keeps the loop from spinning a core).
+async fn pause() {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+fn outbox_len(data_dir: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(data_dir.join("crmbridge.db")).unwrap();
+    conn.query_row("SELECT count(*) FROM outbox", [], |row| row.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_accepted_before_a_sigkill_are_each_dispatched_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+
+    // 1. Dispatching normally, killed with SIGKILL right after the last 202.
+    let first = serve(&data, 4);
+    let key = first
+        .owner_key
+        .clone()
+        .expect("a first start prints the owner key");
+    let path = create_connection(&first, &key).await;
+    let mut accepted = post_webhooks(&first, &path, 0..30).await;
+    drop(first); // Child::kill is SIGKILL on Unix
+
+    // 2. Accept-only: every event stays on disk, then SIGKILL again.
+    let second = serve(&data, 0);
+    assert_eq!(second.owner_key, None, "the owner key is printed once only");
+    accepted.extend(post_webhooks(&second, &path, 30..60).await);
+    drop(second);
+    assert!(
+        outbox_len(&data) >= 30,
+        "the accept-only run dispatched something"
+    );
+    assert_eq!(accepted.len(), 60);
+
+    // 3. A normal start drains everything.
+    let third = serve(&data, 4);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outbox_len(&data) > 0 {
+        assert!(Instant::now() < deadline, "the outbox never drained");
+        pause().await;
+    }
+    let runs = runs(&third, &key).await;
+    let dispatched: Vec<String> = runs
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    let unique: BTreeSet<String> = dispatched.iter().cloned().collect();
+    assert_eq!(dispatched.len(), 60, "runs: {}", dispatched.len());
+    assert_eq!(unique, accepted, "every accepted event has exactly one run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_health_and_precise_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("data"), 2);
+    let key = server.owner_key.clone().unwrap();
+    let http = client();
+    let health: Value = http
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health, json!({"status": "ok"}));
+    let path = create_connection(&server, &key).await;
+
+    let checks: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            http.post(format!("{}/hooks/con_nope/x", server.base))
+                .body("{}"),
+            404,
+            "not_found",
+        ),
+        (
+            http.post(format!("{}{}x", server.base, path)).body("{}"),
+            401,
+            "unauthorized",
+        ),
+        (
+            http.post(format!("{}{path}", server.base)).body("{"),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(format!("{}{path}", server.base))
+                .body(vec![b'{'; 1024 * 1024 + 1]),
+            413,
+            "payload_too_large",
+        ),
+        (
+            http.get(format!("{}/v1/runs", server.base)),
+            401,
+            "unauthorized",
+        ),
+        (
+            http.get(format!("{}/v1/runs", server.base))
+                .bearer_auth(&key)
+                .query(&[("limit", "0")]),
+            400,
+            "bad_request",
+        ),
+        (
+            http.get(format!("{}/v1/runs", server.base))
+                .bearer_auth(&key)
+                .query(&[("colour", "red")]),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(format!("{}/v1/connections", server.base))
+                .bearer_auth(&key)
+                .body("{\"app\": 1}"),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(format!("{}/v1/connections", server.base))
+                .bearer_auth(&key)
+                .json(&json!({"app": "nope", "name": ""})),
+            422,
+            "invalid",
+        ),
+        (
+            http.delete(format!("{}/v1/runs", server.base))
+                .bearer_auth(&key),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            http.get(format!("{}/v2/nothing", server.base)),
+            404,
+            "not_found",
+        ),
+    ];
+    for (request, status, code) in checks {
+        let response = request.send().await.unwrap();
+        let got = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            (got, body["error"]["code"].as_str().unwrap()),
+            (status, code),
+            "{body}"
+        );
+        assert!(body["error"]["field"].is_string(), "no field named: {body}");
+    }
+    // The 422 names every problem.
+    let body: Value = http
+        .post(format!("{}/v1/connections", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"app": "nope", "name": ""}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fields: Vec<&str> = body["error"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "app"]);
+
+    // A real delivery: accepted, then a duplicate, then visible as a run.
+    let first = http
+        .post(format!("{}{path}", server.base))
+        .json(&json!({"id": "A-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    let again = http
+        .post(format!("{}{path}", server.base))
+        .json(&json!({"id": "A-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs = runs(&server, &key).await;
+        if let Some(run) = runs.first() {
+            assert_eq!(runs.len(), 1);
+            assert_eq!(run["status"], "no_match");
+            let id = run["id"].as_str().unwrap();
+            let full: Value = http
+                .get(format!("{}/v1/runs/{id}", server.base))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(full["event"]["data"], json!({"id": "A-1"}));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the webhook never became a run");
+        pause().await;
+    }
+}

@@ -1,0 +1,325 @@
+//! Administration: the first tenant and its owner key, API-key
+//! authentication, connections (credentials write-only) and the run log.
+//!
+//! Every read is scoped to the caller's tenant, and an object of another
+//! tenant is reported as not found (404), never as forbidden: ids of other
+//! tenants must not be discoverable.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use crmbridge_store::{Query, Write};
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::secrets_aad;
+use crate::records::{
+    ApiKeyRecord, ConnectionRecord, ConnectionSecrets, Role, RunRecord, RunSummary, TenantRecord,
+};
+use crate::{
+    Engine, EngineError, EngineResult, FieldError, decode, item, keys, random_id, random_secret,
+    sha256_hex,
+};
+
+/// Who is calling: resolved from an API key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub tenant: String,
+    pub role: Role,
+    pub key_id: String,
+}
+
+impl Principal {
+    fn require(&self, needed: Role, doing: &str) -> EngineResult<()> {
+        let allowed = match needed {
+            Role::Owner => self.role == Role::Owner,
+            Role::Admin => matches!(self.role, Role::Owner | Role::Admin),
+            Role::Viewer => true,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(EngineError::Forbidden(doing.to_owned()))
+        }
+    }
+}
+
+/// The result of a first start: shown once, never stored in the clear.
+#[derive(Debug, Clone)]
+pub struct Bootstrapped {
+    pub tenant: TenantRecord,
+    pub owner_key: String,
+}
+
+/// A request to create a connection. Unknown fields are refused so a typo
+/// never silently drops a setting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConnection {
+    pub app: String,
+    pub name: String,
+    #[serde(default = "empty_object")]
+    pub settings: serde_json::Value,
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// A connection as the API shows it: settings, which credentials are set,
+/// and the webhook path (with its secret token) — never credential values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnectionView {
+    pub id: String,
+    pub app: String,
+    pub name: String,
+    pub settings: serde_json::Value,
+    pub credentials_set: Vec<String>,
+    pub webhook_path: String,
+    pub chat_path: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl Engine {
+    /// Creates the first tenant and its owner key, once per deployment.
+    /// Returns `None` when the deployment was bootstrapped before.
+    pub async fn bootstrap(&self, tenant_name: &str) -> EngineResult<Option<Bootstrapped>> {
+        let now = self.now();
+        let tenant = TenantRecord {
+            id: random_id("ten"),
+            name: tenant_name.to_owned(),
+            created_at: now,
+        };
+        let (owner_key, key_record) = new_api_key(&tenant.id, Role::Owner, now);
+        let writes = vec![
+            Write::PutIfAbsent(item(
+                keys::bootstrap(),
+                &serde_json::json!({"tenant": tenant.id, "at": now}),
+            )?),
+            Write::PutIfAbsent(item(keys::tenant(&tenant.id), &tenant)?),
+            Write::PutIfAbsent(item(keys::api_key(&sha256_hex(&owner_key)), &key_record)?),
+            Write::Put(item(
+                keys::tenant_key_index(&tenant.id, &key_record.id),
+                &key_record,
+            )?),
+        ];
+        match self.store.transact(writes).await {
+            Ok(()) => {
+                tracing::info!(tenant = %tenant.id, key_id = %key_record.id, "bootstrapped the first tenant");
+                Ok(Some(Bootstrapped { tenant, owner_key }))
+            }
+            Err(crmbridge_store::StoreError::TransactionConflict { index: 0, .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Resolves `Authorization: Bearer <key>`.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> EngineResult<Principal> {
+        let key = authorization
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .ok_or_else(|| {
+                EngineError::Unauthorized("send an API key as 'Authorization: Bearer <key>'".into())
+            })?;
+        // Keys are looked up by their hash: the store never holds a usable
+        // key, and the lookup itself reveals nothing about near misses.
+        let (record, _) = self
+            .read::<ApiKeyRecord>(&keys::api_key(&sha256_hex(key)))
+            .await?
+            .ok_or_else(|| EngineError::Unauthorized("unknown API key".into()))?;
+        Ok(Principal {
+            tenant: record.tenant,
+            role: record.role,
+            key_id: record.id,
+        })
+    }
+
+    pub async fn create_connection(
+        &self,
+        who: &Principal,
+        new: NewConnection,
+    ) -> EngineResult<ConnectionView> {
+        who.require(Role::Admin, "create connections")?;
+        let mut errors = Vec::new();
+        let name = new.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            errors.push(FieldError {
+                field: "name".into(),
+                message: "must be 1 to 200 characters".into(),
+            });
+        }
+        match self.connectors.get(&new.app) {
+            None => errors.push(FieldError {
+                field: "app".into(),
+                message: format!(
+                    "unknown app '{}'; known: {}",
+                    new.app,
+                    self.connectors.apps().collect::<Vec<_>>().join(", ")
+                ),
+            }),
+            Some(connector) => {
+                if let Err(problems) = connector.validate_settings(&new.settings) {
+                    errors.extend(problems.into_iter().map(|p| FieldError {
+                        field: if p.field.is_empty() {
+                            "settings".into()
+                        } else {
+                            format!("settings.{}", p.field)
+                        },
+                        message: p.message,
+                    }));
+                }
+            }
+        }
+        for (name, value) in &new.credentials {
+            if value.is_empty() {
+                errors.push(FieldError {
+                    field: format!("credentials.{name}"),
+                    message: "must not be empty".into(),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(EngineError::Invalid(errors));
+        }
+        let id = random_id("con");
+        let secrets = ConnectionSecrets {
+            webhook_token: random_secret(),
+            credentials: new.credentials,
+        };
+        let plain = serde_json::to_vec(&secrets).map_err(|err| EngineError::Corrupt {
+            what: "new connection secrets".into(),
+            message: err.to_string(),
+        })?;
+        let record = ConnectionRecord {
+            id: id.clone(),
+            tenant: who.tenant.clone(),
+            app: new.app,
+            name: name.to_owned(),
+            settings: new.settings,
+            credential_names: secrets.credentials.keys().cloned().collect(),
+            secrets: self.keyring.seal(&plain, secrets_aad(&id).as_bytes()),
+            created_at: self.now(),
+        };
+        let index = serde_json::json!({"id": id, "app": record.app, "name": record.name});
+        self.store
+            .transact(vec![
+                Write::PutIfAbsent(item(keys::connection(&id), &record)?),
+                Write::Put(item(
+                    keys::tenant_connection_index(&who.tenant, &id),
+                    &index,
+                )?),
+            ])
+            .await?;
+        tracing::info!(tenant = %who.tenant, connection = %id, app = %record.app, "connection created");
+        Ok(view(&record, &secrets))
+    }
+
+    async fn own_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionRecord> {
+        match self.read::<ConnectionRecord>(&keys::connection(id)).await? {
+            Some((record, _)) if record.tenant == who.tenant => Ok(record),
+            _ => Err(EngineError::NotFound {
+                what: "connection",
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    pub async fn get_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionView> {
+        who.require(Role::Admin, "read connections")?;
+        let record = self.own_connection(who, id).await?;
+        let secrets = self.open_secrets(&record)?;
+        Ok(view(&record, &secrets))
+    }
+
+    pub async fn list_connections(&self, who: &Principal) -> EngineResult<Vec<ConnectionView>> {
+        who.require(Role::Admin, "list connections")?;
+        let (pk, prefix) = keys::tenant_connections(&who.tenant);
+        let mut views = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .query(Query::prefix(pk.clone(), prefix).after(after))
+                .await?;
+            for entry in &page.items {
+                let id = entry.sk.trim_start_matches(prefix);
+                views.push(self.get_connection(who, id).await?);
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(views),
+            }
+        }
+    }
+
+    pub async fn list_runs(
+        &self,
+        who: &Principal,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> EngineResult<Listing<RunSummary>> {
+        who.require(Role::Viewer, "read runs")?;
+        if !(1..=200).contains(&limit) {
+            return Err(EngineError::bad_request(
+                "limit",
+                "must be between 1 and 200",
+            ));
+        }
+        let page = self
+            .store
+            .query(
+                Query::prefix(keys::tenant_runs_pk(&who.tenant), "")
+                    .limit(limit)
+                    .after(cursor)
+                    .descending(),
+            )
+            .await?;
+        Ok(Listing {
+            items: page.items.iter().map(decode).collect::<EngineResult<_>>()?,
+            next_cursor: page.next,
+        })
+    }
+
+    pub async fn get_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord> {
+        who.require(Role::Viewer, "read runs")?;
+        match self.read::<RunRecord>(&keys::run(id)).await? {
+            Some((run, _)) if run.tenant == who.tenant => Ok(run),
+            _ => Err(EngineError::NotFound {
+                what: "run",
+                id: id.to_owned(),
+            }),
+        }
+    }
+}
+
+fn new_api_key(tenant: &str, role: Role, now: DateTime<Utc>) -> (String, ApiKeyRecord) {
+    let record = ApiKeyRecord {
+        id: random_id("key"),
+        tenant: tenant.to_owned(),
+        role,
+        created_at: now,
+    };
+    (format!("cbk_{}", random_secret()), record)
+}
+
+fn view(record: &ConnectionRecord, secrets: &ConnectionSecrets) -> ConnectionView {
+    ConnectionView {
+        id: record.id.clone(),
+        app: record.app.clone(),
+        name: record.name.clone(),
+        settings: record.settings.clone(),
+        credentials_set: record.credential_names.clone(),
+        webhook_path: format!("/hooks/{}/{}", record.id, secrets.webhook_token),
+        chat_path: format!("/chat/{}/{}", record.id, secrets.webhook_token),
+        created_at: record.created_at,
+    }
+}

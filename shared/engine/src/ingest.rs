@@ -1,0 +1,291 @@
+//! Ingress: a webhook is authenticated, decoded by its connector, accepted
+//! (one conditional write per event) and published, and only then answered.
+//!
+//! The idempotency record is written *before* publishing and marked
+//! published after: a crash or a bus failure in between leaves it pending,
+//! and the sender's retry publishes again (dispatch de-duplicates), so an
+//! event is never acknowledged and lost, nor processed twice.
+
+use chrono::{DateTime, Utc};
+use crmbridge_connectors::{ConnectionView, InboundRequest};
+use crmbridge_mapping::{Event, EventId, Subject};
+use crmbridge_store::PutOutcome;
+use subtle::ConstantTimeEq;
+
+use crate::records::{AcceptRecord, AcceptState, ConnectionRecord, ConnectionSecrets};
+use crate::{Engine, EngineError, EngineResult, decode, item, keys, sha256_hex};
+
+/// A webhook delivery, transport-neutral.
+#[derive(Debug, Clone)]
+pub struct WebhookRequest<'a> {
+    pub connection: &'a str,
+    pub token: &'a str,
+    pub method: &'a str,
+    pub query: Vec<(String, String)>,
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// What became of the events of one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// Newly accepted (or re-published after an unfinished attempt).
+    pub accepted: Vec<EventId>,
+    /// Already accepted and published earlier: nothing was done.
+    pub duplicates: Vec<EventId>,
+}
+
+impl Accepted {
+    pub fn is_duplicate(&self) -> bool {
+        self.accepted.is_empty()
+    }
+}
+
+impl Engine {
+    /// Looks a connection up and checks the secret token of its URL.
+    pub(crate) async fn authenticate_hook(
+        &self,
+        connection: &str,
+        token: &str,
+    ) -> EngineResult<(ConnectionRecord, ConnectionSecrets)> {
+        let not_found = || EngineError::NotFound {
+            what: "connection",
+            id: connection.to_owned(),
+        };
+        let (record, _) = self
+            .read::<ConnectionRecord>(&keys::connection(connection))
+            .await?
+            .ok_or_else(not_found)?;
+        let secrets = self.open_secrets(&record)?;
+        // Compare digests: constant time, and the length of the real token
+        // does not leak either.
+        let given = sha256_hex(token);
+        let expected = sha256_hex(&secrets.webhook_token);
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            return Err(EngineError::Unauthorized(
+                "the token in this webhook URL is not this connection's".into(),
+            ));
+        }
+        Ok((record, secrets))
+    }
+
+    pub(crate) fn open_secrets(
+        &self,
+        record: &ConnectionRecord,
+    ) -> EngineResult<ConnectionSecrets> {
+        let plain = self
+            .keyring
+            .open(&record.secrets, secrets_aad(&record.id).as_bytes())
+            .map_err(|source| EngineError::Sealed {
+                connection: record.id.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&plain).map_err(|err| EngineError::Corrupt {
+            what: format!("connection {} secrets", record.id),
+            message: err.to_string(),
+        })
+    }
+
+    /// Decodes a delivery into events (no state is touched).
+    pub(crate) fn decode_events(
+        &self,
+        record: &ConnectionRecord,
+        request: &WebhookRequest<'_>,
+        received_at: DateTime<Utc>,
+    ) -> EngineResult<Vec<Event>> {
+        if request.body.len() > self.config.max_body_bytes {
+            return Err(EngineError::PayloadTooLarge {
+                limit: self.config.max_body_bytes,
+            });
+        }
+        let connector = self
+            .connectors
+            .get(&record.app)
+            .ok_or_else(|| EngineError::Corrupt {
+                what: format!("connection {}", record.id),
+                message: format!("app '{}' has no connector in this build", record.app),
+            })?;
+        let decoded = connector
+            .decode_webhook(
+                ConnectionView {
+                    id: &record.id,
+                    settings: &record.settings,
+                },
+                &InboundRequest {
+                    method: request.method,
+                    query: &request.query,
+                    content_type: request.content_type,
+                    body: request.body,
+                },
+            )
+            .map_err(|err| EngineError::bad_request(err.field, err.message))?;
+        let single = decoded.len() == 1;
+        Ok(decoded
+            .into_iter()
+            .enumerate()
+            .map(|(index, decoded)| {
+                let id = match &decoded.source_id {
+                    Some(source_id) => EventId::from_source(&record.id, source_id),
+                    // A batch without ids: the element, not the whole body,
+                    // identifies each event.
+                    None if single => EventId::from_payload(&record.id, request.body),
+                    None => EventId::from_payload(
+                        &record.id,
+                        format!("{index}:{}", decoded.data).as_bytes(),
+                    ),
+                };
+                let subject_id = if decoded.subject.id.is_empty() {
+                    id.to_string()
+                } else {
+                    decoded.subject.id
+                };
+                Event {
+                    tenant: record.tenant.clone(),
+                    connection: record.id.clone(),
+                    app: record.app.clone(),
+                    kind: decoded.kind,
+                    subject: Subject {
+                        kind: decoded.subject.kind,
+                        id: subject_id,
+                    },
+                    occurred_at: decoded.occurred_at.unwrap_or(received_at),
+                    received_at,
+                    data: decoded.data,
+                    id,
+                }
+            })
+            .collect())
+    }
+
+    /// The webhook use case: authenticate, decode, accept, publish.
+    pub async fn ingest_webhook(&self, request: WebhookRequest<'_>) -> EngineResult<Accepted> {
+        let (record, _secrets) = self
+            .authenticate_hook(request.connection, request.token)
+            .await?;
+        let events = self.decode_events(&record, &request, self.now())?;
+        let outcome = self.accept(events).await?;
+        tracing::info!(
+            tenant = %record.tenant,
+            connection = %record.id,
+            accepted = outcome.accepted.len(),
+            duplicates = outcome.duplicates.len(),
+            "webhook accepted"
+        );
+        Ok(outcome)
+    }
+
+    /// Records each event once and publishes the new ones. Shared by
+    /// webhooks and pollers, so both de-duplicate the same way.
+    pub async fn accept(&self, events: Vec<Event>) -> EngineResult<Accepted> {
+        let mut fresh = Vec::new();
+        let mut duplicates = Vec::new();
+        for event in events {
+            let key = keys::event_accept(event.id.as_str());
+            let record = AcceptRecord {
+                state: AcceptState::Pending,
+                connection: event.connection.clone(),
+                accepted_at: event.received_at,
+            };
+            let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
+            match self
+                .store
+                .put_if_absent(item(key, &record)?.expiring_at(expires))
+                .await?
+            {
+                PutOutcome::Inserted => fresh.push(event),
+                PutOutcome::Exists(existing) => match decode::<AcceptRecord>(&existing)?.state {
+                    AcceptState::Published => duplicates.push(event.id),
+                    AcceptState::Pending => {
+                        tracing::info!(event_id = %event.id, "re-publishing an event whose earlier acceptance did not finish");
+                        fresh.push(event);
+                    }
+                },
+            }
+        }
+        if !fresh.is_empty() {
+            let mut travelling = Vec::with_capacity(fresh.len());
+            for event in &fresh {
+                travelling.push(self.externalise(event).await?);
+            }
+            self.bus.publish(&travelling).await?;
+            for event in &fresh {
+                let record = AcceptRecord {
+                    state: AcceptState::Published,
+                    connection: event.connection.clone(),
+                    accepted_at: event.received_at,
+                };
+                let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
+                let marked = item(keys::event_accept(event.id.as_str()), &record)
+                    .map(|i| i.expiring_at(expires));
+                // Failing here is safe: the record stays pending, and a
+                // redelivery publishes again, which dispatch de-duplicates.
+                if let Err(err) = match marked {
+                    Ok(i) => self.store.put(i).await.map_err(EngineError::from),
+                    Err(err) => Err(err),
+                } {
+                    tracing::warn!(event_id = %event.id, error = %err, "could not mark event published");
+                }
+            }
+        }
+        Ok(Accepted {
+            accepted: fresh.into_iter().map(|e| e.id).collect(),
+            duplicates,
+        })
+    }
+}
+
+pub(crate) fn secrets_aad(connection: &str) -> String {
+    format!("crmbridge:connection:{connection}")
+}
+
+/// What a chat delivery produced: chat relays are synchronous, so the runs
+/// are done by the time the caller is answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatHandled {
+    pub runs: Vec<crate::records::RunSummary>,
+    pub duplicates: Vec<EventId>,
+}
+
+impl Engine {
+    /// The chat use case: like a webhook, but dispatched inline instead of
+    /// through the bus, because the chat's sender waits for the relay.
+    pub async fn ingest_chat(&self, request: WebhookRequest<'_>) -> EngineResult<ChatHandled> {
+        let (record, _secrets) = self
+            .authenticate_hook(request.connection, request.token)
+            .await?;
+        let events = self.decode_events(&record, &request, self.now())?;
+        let mut handled = ChatHandled {
+            runs: Vec::new(),
+            duplicates: Vec::new(),
+        };
+        for event in events {
+            let key = keys::event_accept(event.id.as_str());
+            let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
+            let pending = AcceptRecord {
+                state: AcceptState::Pending,
+                connection: event.connection.clone(),
+                accepted_at: event.received_at,
+            };
+            let outcome = self
+                .store
+                .put_if_absent(item(key.clone(), &pending)?.expiring_at(expires))
+                .await?;
+            if let PutOutcome::Exists(existing) = outcome
+                && decode::<AcceptRecord>(&existing)?.state == AcceptState::Published
+            {
+                handled.duplicates.push(event.id);
+                continue;
+            }
+            let dispatched = self.dispatch(event).await?;
+            handled.runs.extend(dispatched.runs);
+            let done = AcceptRecord {
+                state: AcceptState::Published,
+                ..pending
+            };
+            self.store
+                .put(item(key, &done)?.expiring_at(expires))
+                .await?;
+        }
+        Ok(handled)
+    }
+}

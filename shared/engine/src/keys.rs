@@ -1,0 +1,89 @@
+//! Every key of the single table, in one place, so the layout of DESIGN.md
+//! ("State") can be read here and nowhere else builds a key by hand.
+//!
+//! | item | pk | sk |
+//! |---|---|---|
+//! | bootstrap marker | `BOOTSTRAP` | `BOOTSTRAP` |
+//! | tenant | `TENANT#{tenant}` | `META` |
+//! | API key | `APIKEY#{sha256 of the key}` | `KEY` |
+//! | tenant's key index | `TENANT#{tenant}` | `KEY#{key id}` |
+//! | connection | `CONN#{connection}` | `META` |
+//! | tenant's connection index | `TENANT#{tenant}` | `CONN#{connection}` |
+//! | accepted event (idempotency, TTL) | `EVENT#{event}` | `ACCEPT` |
+//! | event data too large for the bus (TTL) | `EVENT#{event}` | `DATA#{part:04}` |
+//! | run (TTL) | `RUN#{run}` | `RUN` |
+//! | tenant's run index (TTL) | `TENANT#{tenant}#RUNS` | `{created_at}#{run}` |
+//! | trigger index | `TRIGGER#{connection}#{kind}` | `AUTO#{automation}` |
+//! | poll sources | `POLL` | `{connection}#{automation}` |
+//! | tick record (TTL) | `TICK` | `{started_at}` |
+
+/// A table key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub pk: String,
+    pub sk: String,
+}
+
+fn key(pk: String, sk: impl Into<String>) -> Key {
+    Key { pk, sk: sk.into() }
+}
+
+pub fn bootstrap() -> Key {
+    key("BOOTSTRAP".into(), "BOOTSTRAP")
+}
+
+pub fn tenant(tenant: &str) -> Key {
+    key(format!("TENANT#{tenant}"), "META")
+}
+
+pub fn api_key(secret_hash: &str) -> Key {
+    key(format!("APIKEY#{secret_hash}"), "KEY")
+}
+
+pub fn tenant_key_index(tenant: &str, key_id: &str) -> Key {
+    key(format!("TENANT#{tenant}"), format!("KEY#{key_id}"))
+}
+
+pub fn connection(connection: &str) -> Key {
+    key(format!("CONN#{connection}"), "META")
+}
+
+pub fn tenant_connection_index(tenant: &str, connection: &str) -> Key {
+    key(format!("TENANT#{tenant}"), format!("CONN#{connection}"))
+}
+
+pub fn tenant_connections(tenant: &str) -> (String, &'static str) {
+    (format!("TENANT#{tenant}"), "CONN#")
+}
+
+pub fn event_accept(event: &str) -> Key {
+    key(format!("EVENT#{event}"), "ACCEPT")
+}
+
+pub fn event_data_part(event: &str, part: usize) -> Key {
+    key(format!("EVENT#{event}"), format!("DATA#{part:04}"))
+}
+
+pub fn run(run: &str) -> Key {
+    key(format!("RUN#{run}"), "RUN")
+}
+
+pub fn tenant_runs_pk(tenant: &str) -> String {
+    format!("TENANT#{tenant}#RUNS")
+}
+
+pub fn tenant_run_index(tenant: &str, created_at: &str, run: &str) -> Key {
+    key(tenant_runs_pk(tenant), format!("{created_at}#{run}"))
+}
+
+pub fn trigger_pk(connection: &str, kind: &str) -> String {
+    format!("TRIGGER#{connection}#{kind}")
+}
+
+pub fn poll_sources_pk() -> String {
+    "POLL".into()
+}
+
+pub fn tick(started_at: &str) -> Key {
+    key("TICK".into(), started_at)
+}

@@ -1,0 +1,82 @@
+//! The scheduled tick: finds every source whose trigger must be polled and
+//! fans the work out on the bus (one poll request per source), so a single
+//! invocation stays short however many tenants there are. Each tick is
+//! recorded with what it asked to poll.
+
+use chrono::{DateTime, Utc};
+use crmbridge_mapping::{Event, EventId, Subject};
+use crmbridge_store::Query;
+
+use crate::records::TickRecord;
+use crate::{Engine, EngineResult, item, keys};
+
+/// The event kind of a poll request.
+pub const POLL_REQUESTED: &str = "crmbridge.poll.requested";
+
+impl Engine {
+    pub async fn tick(&self, started_at: DateTime<Utc>) -> EngineResult<TickRecord> {
+        let mut sources = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .query(
+                    Query::prefix(keys::poll_sources_pk(), "")
+                        .limit(500)
+                        .after(after),
+                )
+                .await?;
+            for source in &page.items {
+                let tenant = source
+                    .body
+                    .get("tenant")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or_default();
+                sources.push((source.sk.clone(), tenant.to_owned()));
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let stamp = started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let requests: Vec<Event> = sources
+            .iter()
+            .map(|(source, tenant)| {
+                let connection = source.split('#').next().unwrap_or_default().to_owned();
+                Event {
+                    // One poll request per source per tick, even if the tick
+                    // itself is delivered twice.
+                    id: EventId::from_source(&connection, &format!("poll:{source}:{stamp}")),
+                    tenant: tenant.clone(),
+                    connection,
+                    app: "crmbridge".into(),
+                    kind: POLL_REQUESTED.into(),
+                    subject: Subject {
+                        kind: "poll_source".into(),
+                        id: source.clone(),
+                    },
+                    occurred_at: started_at,
+                    received_at: started_at,
+                    data: serde_json::json!({ "source": source }),
+                }
+            })
+            .collect();
+        let published = if requests.is_empty() {
+            0
+        } else {
+            self.accept(requests).await?.accepted.len()
+        };
+        let record = TickRecord {
+            started_at,
+            sources: sources.into_iter().map(|(source, _)| source).collect(),
+            published,
+        };
+        let expires = started_at.timestamp() + self.config.tick_ttl_secs;
+        self.store
+            .put(item(keys::tick(&stamp), &record)?.expiring_at(expires))
+            .await?;
+        tracing::info!(sources = record.sources.len(), published, "tick recorded");
+        Ok(record)
+    }
+}

@@ -1,0 +1,579 @@
+//! The engine's use cases, run on both stores (SQLite and DynamoDB on moto)
+//! with the real durable outbox as the bus.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crmbridge_bus::{Bus, BusError, EventHandler, HandlerError, OutboxBus, OutboxConfig};
+use crmbridge_connectors::Registry;
+use crmbridge_engine::admin::{NewConnection, Principal};
+use crmbridge_engine::ingest::WebhookRequest;
+use crmbridge_engine::records::{Role, RunStatus};
+use crmbridge_engine::{Engine, EngineConfig, EngineError, Keyring};
+use crmbridge_mapping::Event;
+use crmbridge_store::{DynamoStore, Query, SqliteStore, Store};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+/// A bus that fails its first `failures` publishes, then delegates to the
+/// real outbox: the failure of a real bus without a network fault.
+struct FlakyBus {
+    inner: OutboxBus,
+    failures: AtomicU32,
+}
+
+#[async_trait]
+impl Bus for FlakyBus {
+    async fn publish(&self, events: &[Event]) -> Result<(), BusError> {
+        if self.failures.load(Ordering::SeqCst) > 0 {
+            self.failures.fetch_sub(1, Ordering::SeqCst);
+            return Err(BusError::Backend {
+                backend: "test",
+                operation: "publish",
+                message: "injected outage".into(),
+            });
+        }
+        self.inner.publish(events).await
+    }
+}
+
+struct Collect(mpsc::UnboundedSender<Event>);
+
+#[async_trait]
+impl EventHandler for Collect {
+    async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+        self.0.send(event).map_err(|e| HandlerError(e.to_string()))
+    }
+}
+
+struct Harness {
+    engine: Engine,
+    store: Arc<dyn Store>,
+    bus: Arc<FlakyBus>,
+    raw: Raw,
+    _dir: tempfile::TempDir,
+}
+
+/// How to read every stored byte of a backend, for the plaintext check.
+enum Raw {
+    Sqlite(std::path::PathBuf),
+    Dynamo(aws_sdk_dynamodb::Client, String),
+}
+
+impl Raw {
+    async fn dump(&self) -> String {
+        match self {
+            Raw::Sqlite(dir) => {
+                let mut all = Vec::new();
+                for entry in std::fs::read_dir(dir).unwrap() {
+                    all.extend(std::fs::read(entry.unwrap().path()).unwrap());
+                }
+                String::from_utf8_lossy(&all).into_owned()
+            }
+            Raw::Dynamo(client, table) => {
+                let out = client.scan().table_name(table).send().await.unwrap();
+                format!("{:?}", out.items())
+            }
+        }
+    }
+}
+
+async fn harness(dynamo: bool) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crmbridge.db");
+    let (store, raw): (Arc<dyn Store>, Raw) = if dynamo {
+        let endpoint = std::env::var("CRMBRIDGE_TEST_AWS_ENDPOINT")
+            .expect("CRMBRIDGE_TEST_AWS_ENDPOINT is not set: run the suite through infra/test.sh");
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region("us-east-1")
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "testing", "testing", None, None, "t",
+            ))
+            .load()
+            .await;
+        let client = aws_sdk_dynamodb::Client::new(&config);
+        let table = format!("engine-{}", unique());
+        let store = DynamoStore::new(client.clone(), table.clone());
+        store.create_table().await.unwrap();
+        (Arc::new(store), Raw::Dynamo(client, table))
+    } else {
+        (
+            Arc::new(SqliteStore::open(&db).unwrap()),
+            Raw::Sqlite(dir.path().to_owned()),
+        )
+    };
+    let outbox = OutboxBus::open(&dir.path().join("bus.db"), OutboxConfig::default()).unwrap();
+    let bus = Arc::new(FlakyBus {
+        inner: outbox,
+        failures: AtomicU32::new(0),
+    });
+    let config = EngineConfig {
+        max_body_bytes: 400 * 1024,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(
+        Arc::clone(&store),
+        bus.clone(),
+        Registry::builtin(),
+        Keyring::parse(&Keyring::generate_spec("test")).unwrap(),
+        config,
+    );
+    Harness {
+        engine,
+        store,
+        bus,
+        raw,
+        _dir: dir,
+    }
+}
+
+fn unique() -> u128 {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        * 1000
+        + u128::from(N.fetch_add(1, Ordering::SeqCst))
+}
+
+impl Harness {
+    async fn owner(&self) -> Principal {
+        let boot = self.engine.bootstrap("Acme").await.unwrap().unwrap();
+        self.engine
+            .authenticate(Some(&format!("Bearer {}", boot.owner_key)))
+            .await
+            .unwrap()
+    }
+
+    async fn connection(&self, who: &Principal) -> (String, String) {
+        let view = self
+            .engine
+            .create_connection(
+                who,
+                NewConnection {
+                    app: "generic".into(),
+                    name: "Orders".into(),
+                    settings: json!({"event_id_pointer": "/id", "kind": "order.created"}),
+                    credentials: [("api_key".to_owned(), "sk-live-PLAINTEXT-0001".to_owned())]
+                        .into(),
+                },
+            )
+            .await
+            .unwrap();
+        let token = view.webhook_path.rsplit('/').next().unwrap().to_owned();
+        (view.id, token)
+    }
+
+    /// Whether an event id was ever accepted (its idempotency record).
+    async fn was_accepted(&self, id: &crmbridge_mapping::EventId) -> bool {
+        let key = crmbridge_engine::keys::event_accept(id.as_str());
+        self.store.get(&key.pk, &key.sk).await.unwrap().is_some()
+    }
+
+    async fn drain(&self, n: usize) -> Vec<Event> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (_stop, shutdown) = watch::channel(false);
+        self.bus
+            .inner
+            .spawn_workers(Arc::new(Collect(tx)), shutdown);
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.push(
+                tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                    .await
+                    .expect("events not delivered")
+                    .unwrap(),
+            );
+        }
+        got
+    }
+}
+
+fn hook<'a>(connection: &'a str, token: &'a str, body: &'a [u8]) -> WebhookRequest<'a> {
+    WebhookRequest {
+        connection,
+        token,
+        method: "POST",
+        query: vec![],
+        content_type: Some("application/json"),
+        body,
+    }
+}
+
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::cases::$case(super::harness(false).await).await }
+        )* }
+        mod dynamodb { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::cases::$case(super::harness(true).await).await }
+        )* }
+    };
+}
+
+on_both_stores!(
+    a_webhook_is_accepted_once_and_a_redelivery_does_nothing,
+    bad_webhooks_get_precise_errors_and_change_nothing,
+    a_bus_outage_is_a_503_and_the_retry_publishes,
+    dispatch_records_one_run_however_often_it_is_delivered,
+    an_event_too_large_for_the_bus_travels_by_reference,
+    credentials_never_reach_the_store_in_plaintext,
+    tenants_cannot_see_each_other,
+    bootstrap_happens_once,
+    tick_fans_out_one_poll_request_per_source,
+    chat_is_dispatched_inline_once,
+);
+
+mod cases {
+    use super::*;
+
+    pub async fn a_webhook_is_accepted_once_and_a_redelivery_does_nothing(h: Harness) {
+        let owner = h.owner().await;
+        let (conn, token) = h.connection(&owner).await;
+        let body = br#"{"id": "order-1", "sum": 1500}"#;
+        let first = h
+            .engine
+            .ingest_webhook(hook(&conn, &token, body))
+            .await
+            .unwrap();
+        assert_eq!(first.accepted.len(), 1);
+        assert!(first.duplicates.is_empty());
+        let second = h
+            .engine
+            .ingest_webhook(hook(&conn, &token, body))
+            .await
+            .unwrap();
+        assert!(second.is_duplicate());
+        assert_eq!(second.duplicates, first.accepted);
+        assert_eq!(
+            h.bus.inner.stats().await.unwrap().pending,
+            1,
+            "the redelivery published again"
+        );
+        let events = h.drain(1).await;
+        assert_eq!(events[0].id, first.accepted[0]);
+        assert_eq!(events[0].kind, "generic.order.created");
+        assert_eq!(events[0].tenant, owner.tenant);
+        assert_eq!(events[0].data["sum"], 1500);
+    }
+
+    pub async fn bad_webhooks_get_precise_errors_and_change_nothing(h: Harness) {
+        let owner = h.owner().await;
+        let (conn, token) = h.connection(&owner).await;
+        let before = h.raw.dump().await.len();
+        let cases: Vec<(WebhookRequest<'_>, u16, &str)> = vec![
+            (hook("con_missing", &token, b"{}"), 404, ""),
+            (
+                hook(&conn, "wrong-token", b"{\"id\": 1}"),
+                401,
+                "authorization",
+            ),
+            (hook(&conn, "", b"{\"id\": 1}"), 401, "authorization"),
+            (hook(&conn, &token, b"{\"id\": "), 400, "body"),
+            (hook(&conn, &token, b"{\"no_id\": 1}"), 400, "body/id"),
+        ];
+        for (request, status, field) in cases {
+            let err = h.engine.ingest_webhook(request).await.unwrap_err();
+            assert_eq!(err.status(), status, "{err}");
+            if !field.is_empty() {
+                assert_eq!(err.to_body()["error"]["field"], field, "{err}");
+            }
+        }
+        let big = vec![b' '; 400 * 1024 + 1];
+        let err = h
+            .engine
+            .ingest_webhook(hook(&conn, &token, &big))
+            .await
+            .unwrap_err();
+        assert_eq!((err.status(), err.code()), (413, "payload_too_large"));
+        assert_eq!(h.bus.inner.stats().await.unwrap().pending, 0);
+        if let Raw::Dynamo(..) = h.raw {
+            assert_eq!(
+                h.raw.dump().await.len(),
+                before,
+                "a refused webhook wrote to the store"
+            );
+        }
+        use crmbridge_mapping::EventId;
+        for id in [
+            EventId::from_source(&conn, "1"),
+            EventId::from_source("con_missing", "1"),
+            EventId::from_payload(&conn, b"{\"id\": "),
+            EventId::from_payload(&conn, b"{\"no_id\": 1}"),
+        ] {
+            assert!(!h.was_accepted(&id).await, "a refused webhook was accepted");
+        }
+        let ok = h
+            .engine
+            .ingest_webhook(hook(&conn, &token, b"{\"id\": 1}"))
+            .await
+            .unwrap();
+        assert!(
+            h.was_accepted(&ok.accepted[0]).await,
+            "the check above cannot fail"
+        );
+    }
+
+    pub async fn a_bus_outage_is_a_503_and_the_retry_publishes(h: Harness) {
+        let owner = h.owner().await;
+        let (conn, token) = h.connection(&owner).await;
+        h.bus.failures.store(1, Ordering::SeqCst);
+        let body = br#"{"id": "order-2"}"#;
+        let err = h
+            .engine
+            .ingest_webhook(hook(&conn, &token, body))
+            .await
+            .unwrap_err();
+        assert_eq!((err.status(), err.code()), (503, "bus_unavailable"));
+        assert!(matches!(err, EngineError::Bus(_)));
+        // The sender retries: the pending event is published now...
+        let retry = h
+            .engine
+            .ingest_webhook(hook(&conn, &token, body))
+            .await
+            .unwrap();
+        assert_eq!(retry.accepted.len(), 1);
+        // ...and only once.
+        let third = h
+            .engine
+            .ingest_webhook(hook(&conn, &token, body))
+            .await
+            .unwrap();
+        assert!(third.is_duplicate());
+        assert_eq!(h.bus.inner.stats().await.unwrap().pending, 1);
+    }
+
+    pub async fn dispatch_records_one_run_however_often_it_is_delivered(h: Harness) {
+        let owner = h.owner().await;
+        let (conn, token) = h.connection(&owner).await;
+        h.engine
+            .ingest_webhook(hook(&conn, &token, br#"{"id": "o-3"}"#))
+            .await
+            .unwrap();
+        let event = h.drain(1).await.remove(0);
+        let first = h.engine.dispatch(event.clone()).await.unwrap();
+        assert!(!first.duplicate);
+        assert_eq!(first.runs[0].status, RunStatus::NoMatch);
+        assert!(
+            first.runs[0]
+                .outcome
+                .contains("no automation matched generic.order.created")
+        );
+        let again = h.engine.dispatch(event.clone()).await.unwrap();
+        assert!(again.duplicate);
+        let runs = h.engine.list_runs(&owner, 50, None).await.unwrap();
+        assert_eq!(runs.items.len(), 1);
+        let run = h.engine.get_run(&owner, &runs.items[0].id).await.unwrap();
+        assert_eq!(run.event, event);
+    }
+
+    pub async fn an_event_too_large_for_the_bus_travels_by_reference(h: Harness) {
+        let owner = h.owner().await;
+        let (conn, token) = h.connection(&owner).await;
+        let blob = "Заказ ".repeat(30_000); // ~330 KB of two-byte characters
+        let body = serde_json::to_vec(&json!({"id": "big-1", "comment": blob})).unwrap();
+        h.engine
+            .ingest_webhook(hook(&conn, &token, &body))
+            .await
+            .unwrap();
+        let travelling = h.drain(1).await.remove(0);
+        assert!(serde_json::to_string(&travelling).unwrap().len() < crmbridge_bus::MAX_ENTRY_BYTES);
+        let dispatched = h.engine.dispatch(travelling).await.unwrap();
+        let run = h
+            .engine
+            .get_run(&owner, &dispatched.runs[0].id)
+            .await
+            .unwrap();
+        assert_eq!(run.event.data["comment"].as_str().unwrap(), blob);
+    }
+
+    pub async fn credentials_never_reach_the_store_in_plaintext(h: Harness) {
+        let owner = h.owner().await;
+        let (conn, token) = h.connection(&owner).await;
+        let dump = h.raw.dump().await;
+        assert!(
+            dump.contains(&conn),
+            "the dump does not show the store's contents"
+        );
+        assert!(
+            !dump.contains("sk-live-PLAINTEXT-0001"),
+            "a credential is stored in plaintext"
+        );
+        assert!(
+            !dump.contains(&token),
+            "the webhook token is stored in plaintext"
+        );
+        let view = h.engine.get_connection(&owner, &conn).await.unwrap();
+        assert_eq!(view.credentials_set, ["api_key"]);
+        let shown = serde_json::to_string(&view).unwrap();
+        assert!(!shown.contains("sk-live-PLAINTEXT-0001"));
+    }
+
+    pub async fn tenants_cannot_see_each_other(h: Harness) {
+        let owner = h.owner().await;
+        let (conn, token) = h.connection(&owner).await;
+        h.engine
+            .ingest_webhook(hook(&conn, &token, br#"{"id": "o-9"}"#))
+            .await
+            .unwrap();
+        let event = h.drain(1).await.remove(0);
+        let run = h.engine.dispatch(event).await.unwrap().runs.remove(0);
+        let stranger = Principal {
+            tenant: "ten_other".into(),
+            role: Role::Owner,
+            key_id: "key_x".into(),
+        };
+        assert_eq!(
+            h.engine
+                .get_connection(&stranger, &conn)
+                .await
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(
+            h.engine
+                .get_run(&stranger, &run.id)
+                .await
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert!(
+            h.engine
+                .list_runs(&stranger, 50, None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert!(
+            h.engine
+                .list_connections(&stranger)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(h.engine.list_connections(&owner).await.unwrap().len(), 1);
+        let viewer = Principal {
+            role: Role::Viewer,
+            ..owner.clone()
+        };
+        assert_eq!(
+            h.engine
+                .get_connection(&viewer, &conn)
+                .await
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert_eq!(
+            h.engine
+                .list_runs(&viewer, 50, None)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+    }
+
+    pub async fn bootstrap_happens_once(h: Harness) {
+        let first = h.engine.bootstrap("Acme").await.unwrap().unwrap();
+        assert!(first.owner_key.starts_with("cbk_"));
+        assert!(h.engine.bootstrap("Acme").await.unwrap().is_none());
+        let who = h
+            .engine
+            .authenticate(Some(&format!("Bearer {}", first.owner_key)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (who.tenant.as_str(), who.role),
+            (first.tenant.id.as_str(), Role::Owner)
+        );
+        for bad in [
+            None,
+            Some("Bearer "),
+            Some("Basic abc"),
+            Some("Bearer cbk_nope"),
+        ] {
+            assert_eq!(h.engine.authenticate(bad).await.unwrap_err().status(), 401);
+        }
+        assert!(
+            !h.raw.dump().await.contains(&first.owner_key),
+            "an API key is stored in plaintext"
+        );
+    }
+
+    pub async fn tick_fans_out_one_poll_request_per_source(h: Harness) {
+        let now = chrono::Utc::now();
+        let empty = h.engine.tick(now).await.unwrap();
+        assert_eq!((empty.sources.len(), empty.published), (0, 0));
+        for source in ["con_a#auto_1", "con_b#auto_2"] {
+            h.store
+                .put(crmbridge_store::Item::new(
+                    "POLL",
+                    source,
+                    json!({"tenant": "ten_1"}),
+                ))
+                .await
+                .unwrap();
+        }
+        let later = now + chrono::Duration::minutes(5);
+        let record = h.engine.tick(later).await.unwrap();
+        assert_eq!(record.sources, ["con_a#auto_1", "con_b#auto_2"]);
+        assert_eq!(record.published, 2);
+        // The same tick delivered twice asks for nothing more.
+        assert_eq!(h.engine.tick(later).await.unwrap().published, 0);
+        let requests = h.drain(2).await;
+        assert!(
+            requests
+                .iter()
+                .all(|e| e.kind == "crmbridge.poll.requested" && e.tenant == "ten_1")
+        );
+        let ticks = h.store.query(Query::prefix("TICK", "")).await.unwrap();
+        assert_eq!(ticks.items.len(), 2);
+    }
+
+    pub async fn chat_is_dispatched_inline_once(h: Harness) {
+        let owner = h.owner().await;
+        let (conn, token) = h.connection(&owner).await;
+        let body = r#"{"id": "msg-1", "text": "Здравствуйте"}"#.as_bytes();
+        let handled = h
+            .engine
+            .ingest_chat(hook(&conn, &token, body))
+            .await
+            .unwrap();
+        assert_eq!(handled.runs.len(), 1);
+        assert_eq!(handled.runs[0].status, RunStatus::NoMatch);
+        let again = h
+            .engine
+            .ingest_chat(hook(&conn, &token, body))
+            .await
+            .unwrap();
+        assert!(again.runs.is_empty());
+        assert_eq!(again.duplicates.len(), 1);
+        assert_eq!(
+            h.engine
+                .list_runs(&owner, 10, None)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        assert_eq!(
+            h.bus.inner.stats().await.unwrap().pending,
+            0,
+            "chat went through the bus"
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! Start-up wiring shared by every binary: tracing, and an [`Engine`] built
+//! once from environment variables. Lambda `main`s stay glue: they call
+//! [`init_tracing`] and [`aws_engine`], then hand requests to the engine.
+//!
+//! Environment (Lambda; template.yaml sets all of them):
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `CRMBRIDGE_TABLE` | the DynamoDB table | required |
+//! | `CRMBRIDGE_EVENT_BUS` | the EventBridge bus | required |
+//! | `CRMBRIDGE_ENCRYPTION_KEYS` | `kid:base64key[,…]`, first one seals | required |
+//! | `CRMBRIDGE_MAX_BODY_BYTES` | webhook body limit | 1048576 |
+//! | `CRMBRIDGE_PUBLIC_URL` | base URL shown in webhook URLs | from the Host header |
+//! | `CRMBRIDGE_LOG` | tracing filter, e.g. `info,crmbridge_engine=debug` | `info` |
+//! | `AWS_ENDPOINT_URL` | point the AWS SDK at an emulator (tests) | AWS |
+
+use std::sync::Arc;
+
+use crmbridge_bus::EventBridgeBus;
+use crmbridge_connectors::Registry;
+use crmbridge_engine::{Engine, EngineConfig, Keyring};
+use crmbridge_store::DynamoStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+/// JSON logs on Lambda (CloudWatch parses them), readable text elsewhere.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRMBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let result = if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        builder.json().flatten_event(true).without_time().try_init()
+    } else {
+        builder.try_init()
+    };
+    // A second init (tests) keeps the first subscriber.
+    drop(result);
+}
+
+fn required(name: &'static str) -> Result<String, ConfigError> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(ConfigError::Missing(name))
+}
+
+/// The engine limits from the environment, with production defaults.
+pub fn engine_config_from_env() -> Result<EngineConfig, ConfigError> {
+    let mut config = EngineConfig::default();
+    if let Ok(text) = std::env::var("CRMBRIDGE_MAX_BODY_BYTES") {
+        config.max_body_bytes = text.parse().map_err(|_| ConfigError::Invalid {
+            name: "CRMBRIDGE_MAX_BODY_BYTES",
+            message: format!("'{text}' is not a number of bytes"),
+        })?;
+    }
+    Ok(config)
+}
+
+pub fn keyring_from_env() -> Result<Keyring, ConfigError> {
+    Keyring::parse(&required("CRMBRIDGE_ENCRYPTION_KEYS")?).map_err(|err| ConfigError::Invalid {
+        name: "CRMBRIDGE_ENCRYPTION_KEYS",
+        message: err.to_string(),
+    })
+}
+
+pub fn public_url_from_env() -> Option<String> {
+    std::env::var("CRMBRIDGE_PUBLIC_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// The AWS SDK configuration (region, credentials, `AWS_ENDPOINT_URL`).
+pub async fn aws_sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
+/// The DynamoDB store named by `CRMBRIDGE_TABLE`.
+pub fn dynamo_store(sdk: &aws_config::SdkConfig) -> Result<DynamoStore, ConfigError> {
+    Ok(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        required("CRMBRIDGE_TABLE")?,
+    ))
+}
+
+/// The engine every Lambda function uses: DynamoDB + EventBridge.
+pub async fn aws_engine() -> Result<Arc<Engine>, ConfigError> {
+    let sdk = aws_sdk_config().await;
+    let store = dynamo_store(&sdk)?;
+    let bus = EventBridgeBus::new(
+        aws_sdk_eventbridge::Client::new(&sdk),
+        required("CRMBRIDGE_EVENT_BUS")?,
+    );
+    Ok(Arc::new(Engine::new(
+        Arc::new(store),
+        Arc::new(bus),
+        Registry::builtin(),
+        keyring_from_env()?,
+        engine_config_from_env()?,
+    )))
+}
