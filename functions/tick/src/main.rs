@@ -55,8 +55,8 @@ mod tests {
         store
             .put(crmbridge_store::Item::new(
                 "POLL",
-                "con_1#auto_1",
-                json!({"tenant": "ten_1"}),
+                "con_1#retailcrm.order.changed",
+                json!({"tenant": "ten_1", "connection": "con_1", "kind": "retailcrm.order.changed"}),
             ))
             .await
             .unwrap();
@@ -70,6 +70,9 @@ mod tests {
         let reply = handle(&engine, LambdaEvent::new(payload, Default::default()))
             .await
             .unwrap();
-        assert_eq!(reply, json!({"sources": ["con_1#auto_1"], "published": 1}));
+        assert_eq!(
+            reply,
+            json!({"sources": ["con_1#retailcrm.order.changed"], "published": 1})
+        );
     }
 }

@@ -184,12 +184,23 @@ impl GenericJson {
     }
 }
 
+#[async_trait::async_trait]
 impl Connector for GenericJson {
     fn app(&self) -> &'static str {
         "generic"
     }
 
-    fn validate_settings(&self, settings: &Value) -> Result<(), Vec<SettingsError>> {
+    /// Generic kinds are whatever the sender's settings say, so they are
+    /// not listed; the registry accepts any `generic.*` trigger.
+    fn catalog(&self) -> crmbridge_mapping::StaticCatalog {
+        crmbridge_mapping::StaticCatalog::new()
+    }
+
+    fn validate_settings(
+        &self,
+        settings: &Value,
+        _allow_any_base_url: bool,
+    ) -> Result<(), Vec<SettingsError>> {
         let mut errors = Vec::new();
         let Some(map) = settings.as_object() else {
             return Err(vec![SettingsError {
@@ -433,7 +444,7 @@ mod tests {
     #[test]
     fn settings_are_validated_all_at_once() {
         let errors = GenericJson
-            .validate_settings(&json!({"event_id_pointer": "id", "kind": "Bad Kind", "colour": "red", "subject_type": 3}))
+            .validate_settings(&json!({"event_id_pointer": "id", "kind": "Bad Kind", "colour": "red", "subject_type": 3}), false)
             .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
@@ -442,9 +453,12 @@ mod tests {
         );
         assert!(
             GenericJson
-                .validate_settings(&json!({"event_id_pointer": "/id", "kind": "call.completed"}))
+                .validate_settings(
+                    &json!({"event_id_pointer": "/id", "kind": "call.completed"}),
+                    false
+                )
                 .is_ok()
         );
-        assert!(GenericJson.validate_settings(&json!([])).is_err());
+        assert!(GenericJson.validate_settings(&json!([]), false).is_err());
     }
 }

@@ -7,13 +7,23 @@
 //! The [`Registry`] maps an app id (`generic`, `calltouch`, …) to its
 //! connector.
 
+pub mod calltouch;
 pub mod generic;
+pub mod http;
+pub mod moysklad;
+pub mod retailcrm;
+mod support;
 
 use std::collections::BTreeMap;
+
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use crmbridge_mapping::Subject;
+use crmbridge_mapping::{Event, LookupKey, StaticCatalog, Subject};
+use serde_json::{Map, Value};
+
+pub use http::{VendorError, VendorHttp};
 
 /// An HTTP request as a webhook decoder sees it: transport-neutral, so the
 /// same decoder serves API Gateway and the local server.
@@ -73,26 +83,156 @@ pub struct SettingsError {
     pub message: String,
 }
 
+/// Everything an action, a search or a poll may use: the connection's
+/// settings and credentials, the shared HTTP stack, and a key that is the
+/// same every time the same step is retried (vendors that de-duplicate on a
+/// client key — MoySklad `syncId`, retailCRM `externalId` — get it).
+pub struct CallContext<'a> {
+    pub connection: &'a str,
+    pub settings: &'a Value,
+    pub credentials: &'a BTreeMap<String, String>,
+    pub http: &'a VendorHttp,
+    pub idempotency_key: &'a str,
+    /// Tests point connections at fakes on loopback; production refuses
+    /// any base URL outside the vendor's domains.
+    pub allow_any_base_url: bool,
+}
+
+impl std::fmt::Debug for CallContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallContext")
+            .field("connection", &self.connection)
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an action produced: the record's id and the record as the vendor
+/// returned it (normalised field names are the connector's catalog output).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionOutput {
+    pub id: String,
+    pub record: Value,
+    pub response_status: u16,
+    pub attempts: u32,
+}
+
+/// A batch of changes found by a poll and the cursor to resume from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollBatch {
+    pub events: Vec<DecodedEvent>,
+    pub cursor: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ActionError {
+    #[error(transparent)]
+    Vendor(#[from] VendorError),
+    #[error("{field}: {message}")]
+    Field { field: String, message: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("{app} does not support {what}")]
+    Unsupported { app: &'static str, what: String },
+}
+
+impl ActionError {
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Field {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Worth retrying later (the vendor was unavailable); anything else will
+    /// fail the same way again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Vendor(err) if err.is_transient())
+    }
+}
+
+#[async_trait]
 pub trait Connector: Send + Sync {
     /// The app id, e.g. `generic`; the first segment of its event kinds.
     fn app(&self) -> &'static str;
 
+    /// Its event kinds and actions, for validating automations.
+    fn catalog(&self) -> StaticCatalog;
+
+    /// Credentials a connection must carry (names only).
+    fn required_credentials(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Checks a connection's non-secret settings before they are saved;
     /// every problem at once.
-    fn validate_settings(&self, settings: &serde_json::Value) -> Result<(), Vec<SettingsError>>;
+    fn validate_settings(
+        &self,
+        settings: &Value,
+        allow_any_base_url: bool,
+    ) -> Result<(), Vec<SettingsError>>;
 
-    /// Verifies and decodes one webhook delivery.
+    /// Verifies and decodes one webhook delivery. Fast and without IO: some
+    /// vendors (MoySklad: 1.5 s) give up on slow receivers.
     fn decode_webhook(
         &self,
         connection: ConnectionView<'_>,
         request: &InboundRequest<'_>,
     ) -> Result<Vec<DecodedEvent>, DecodeError>;
+
+    /// Completes an event at dispatch time, e.g. fetches the record a
+    /// webhook only pointed at.
+    async fn enrich(&self, _ctx: &CallContext<'_>, _event: &mut Event) -> Result<(), ActionError> {
+        Ok(())
+    }
+
+    /// Finds an existing record for a create step's dedupe keys.
+    async fn find(
+        &self,
+        _ctx: &CallContext<'_>,
+        action: &str,
+        _keys: &[LookupKey],
+    ) -> Result<Option<String>, ActionError> {
+        Err(ActionError::Unsupported {
+            app: self.app(),
+            what: format!("searching for {action}"),
+        })
+    }
+
+    /// Performs an action; `target` is the record an update acts on.
+    async fn execute(
+        &self,
+        _ctx: &CallContext<'_>,
+        action: &str,
+        _fields: &Map<String, Value>,
+        _target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        Err(ActionError::Unsupported {
+            app: self.app(),
+            what: format!("the action {action}"),
+        })
+    }
+
+    /// Asks the source what changed since `cursor` for a polled event kind.
+    async fn poll(
+        &self,
+        _ctx: &CallContext<'_>,
+        kind: &str,
+        _cursor: Option<&Value>,
+        _now: DateTime<Utc>,
+    ) -> Result<PollBatch, ActionError> {
+        Err(ActionError::Unsupported {
+            app: self.app(),
+            what: format!("polling {kind}"),
+        })
+    }
 }
 
 /// App id → connector.
 #[derive(Clone, Default)]
 pub struct Registry {
     connectors: BTreeMap<&'static str, Arc<dyn Connector>>,
+    catalog: StaticCatalog,
 }
 
 impl std::fmt::Debug for Registry {
@@ -106,11 +246,21 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut registry = Self::default();
         registry.register(Arc::new(generic::GenericJson));
+        registry.register(Arc::new(calltouch::Calltouch));
+        registry.register(Arc::new(moysklad::MoySklad::default()));
+        registry.register(Arc::new(retailcrm::RetailCrm));
         registry
     }
 
     pub fn register(&mut self, connector: Arc<dyn Connector>) {
+        let catalog = connector.catalog();
+        self.catalog = std::mem::take(&mut self.catalog).merge(catalog);
         self.connectors.insert(connector.app(), connector);
+    }
+
+    /// The catalog of every registered connector, for validation.
+    pub fn catalog(&self) -> &StaticCatalog {
+        &self.catalog
     }
 
     pub fn get(&self, app: &str) -> Option<&Arc<dyn Connector>> {

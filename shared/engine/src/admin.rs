@@ -29,7 +29,7 @@ pub struct Principal {
 }
 
 impl Principal {
-    fn require(&self, needed: Role, doing: &str) -> EngineResult<()> {
+    pub fn require_role(&self, needed: Role, doing: &str) -> EngineResult<()> {
         let allowed = match needed {
             Role::Owner => self.role == Role::Owner,
             Role::Admin => matches!(self.role, Role::Owner | Role::Admin),
@@ -148,7 +148,7 @@ impl Engine {
         who: &Principal,
         new: NewConnection,
     ) -> EngineResult<ConnectionView> {
-        who.require(Role::Admin, "create connections")?;
+        who.require_role(Role::Admin, "create connections")?;
         let mut errors = Vec::new();
         let name = new.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
@@ -167,7 +167,9 @@ impl Engine {
                 ),
             }),
             Some(connector) => {
-                if let Err(problems) = connector.validate_settings(&new.settings) {
+                if let Err(problems) =
+                    connector.validate_settings(&new.settings, self.config.allow_any_base_url)
+                {
                     errors.extend(problems.into_iter().map(|p| FieldError {
                         field: if p.field.is_empty() {
                             "settings".into()
@@ -234,14 +236,14 @@ impl Engine {
     }
 
     pub async fn get_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionView> {
-        who.require(Role::Admin, "read connections")?;
+        who.require_role(Role::Admin, "read connections")?;
         let record = self.own_connection(who, id).await?;
         let secrets = self.open_secrets(&record)?;
         Ok(view(&record, &secrets))
     }
 
     pub async fn list_connections(&self, who: &Principal) -> EngineResult<Vec<ConnectionView>> {
-        who.require(Role::Admin, "list connections")?;
+        who.require_role(Role::Admin, "list connections")?;
         let (pk, prefix) = keys::tenant_connections(&who.tenant);
         let mut views = Vec::new();
         let mut after = None;
@@ -267,7 +269,7 @@ impl Engine {
         limit: usize,
         cursor: Option<String>,
     ) -> EngineResult<Listing<RunSummary>> {
-        who.require(Role::Viewer, "read runs")?;
+        who.require_role(Role::Viewer, "read runs")?;
         if !(1..=200).contains(&limit) {
             return Err(EngineError::bad_request(
                 "limit",
@@ -290,7 +292,7 @@ impl Engine {
     }
 
     pub async fn get_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord> {
-        who.require(Role::Viewer, "read runs")?;
+        who.require_role(Role::Viewer, "read runs")?;
         match self.read::<RunRecord>(&keys::run(id)).await? {
             Some((run, _)) if run.tenant == who.tenant => Ok(run),
             _ => Err(EngineError::NotFound {

@@ -1,16 +1,36 @@
 //! Dispatch: what happens to an event once it is on the bus.
 //!
 //! Delivery is at least once (EventBridge retries, the outbox re-delivers
-//! after a crash), so a run's id is derived from the event id and the run is
-//! created with a conditional write: a second delivery finds the run and
-//! does nothing. Until automations are stored, every event ends in one run
-//! whose outcome says that no automation matched.
+//! after a crash), so a run's id is derived from the event and the
+//! automation, and the run is created with a conditional write: a second
+//! delivery finds it. A finished run is not run again; an unfinished one
+//! (a crash, or a vendor that was down) resumes, skipping the steps that
+//! already succeeded. Each step's request, outcome and output are saved as
+//! they happen.
+//!
+//! A vendor that stays unavailable after the HTTP stack's retries fails the
+//! run *transiently*: dispatch returns an error so the bus delivers the
+//! event again later (and, in the end, to the dead-letter queue). Anything
+//! that would fail the same way again (a bad template, a refused request)
+//! fails the run for good, with the reason recorded.
 
-use crmbridge_mapping::{Event, EventId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crmbridge_connectors::{ActionError, ActionOutput, CallContext, Connector};
+use crmbridge_mapping::{
+    CompiledAutomation, DedupeDecision, Event, EventId, FilterOutcome, RenderContext, StepPlan,
+};
 use crmbridge_store::{StoreError, Write};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::records::{RunRecord, RunStatus, RunSummary};
+use crate::automations::AutomationRecord;
+use crate::links::RecordRef;
+use crate::records::{
+    ConnectionRecord, ConnectionSecrets, RunRecord, RunStatus, RunSummary, StepRecord,
+};
+use crate::tick::POLL_REQUESTED;
 use crate::{Engine, EngineError, EngineResult, item, keys};
 
 /// The run id of an (event, automation) pair: stable across redeliveries.
@@ -22,12 +42,16 @@ pub fn run_id(event: &EventId, automation: Option<&str>) -> String {
     format!("run_{}", hex::encode(&hasher.finalize()[..16]))
 }
 
-/// Whether a dispatch created the run or found it already there.
+/// What a dispatch did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispatched {
     pub runs: Vec<RunSummary>,
-    /// True when every run already existed (a redelivery).
+    /// True when every run had already finished (a redelivery).
     pub duplicate: bool,
+}
+
+fn entity_of(action: &str) -> String {
+    action.split('.').nth(1).unwrap_or_default().to_owned()
 }
 
 impl Engine {
@@ -41,6 +65,39 @@ impl Engine {
             kind = %event.kind
         );
         let _entered = span.enter();
+        if event.kind == POLL_REQUESTED {
+            return self.poll_requested(&event).await;
+        }
+        let automations = self.automations_for(&event.connection, &event.kind).await?;
+        if automations.is_empty() {
+            return self.record_no_match(event).await;
+        }
+        let mut event = event;
+        self.enrich(&mut event).await?;
+        let mut runs = Vec::new();
+        let mut duplicate = true;
+        let mut transient: Option<EngineError> = None;
+        for record in automations {
+            match self.run_automation(&event, &record).await {
+                Ok((summary, created)) => {
+                    duplicate &= !created;
+                    runs.push(summary);
+                }
+                Err(err) => {
+                    duplicate = false;
+                    transient.get_or_insert(err);
+                }
+            }
+        }
+        match transient {
+            // Some run must be retried: have the bus deliver again. Runs
+            // that finished are not repeated.
+            Some(err) => Err(err),
+            None => Ok(Dispatched { runs, duplicate }),
+        }
+    }
+
+    async fn record_no_match(&self, event: Event) -> EngineResult<Dispatched> {
         let now = self.now();
         let run = RunRecord {
             id: run_id(&event.id, None),
@@ -68,6 +125,466 @@ impl Engine {
         })
     }
 
+    /// Fetches what the event only points at (MoySklad webhooks).
+    async fn enrich(&self, event: &mut Event) -> EngineResult<()> {
+        let Some(connector) = self.connectors.get(&event.app).cloned() else {
+            return Ok(());
+        };
+        let connection = self
+            .open_connection(&event.tenant, &event.connection)
+            .await?;
+        let key = format!("enrich/{}", event.id);
+        let ctx = self.call_context(&connection, &key);
+        connector
+            .enrich(&ctx, event)
+            .await
+            .map_err(|err| EngineError::Action {
+                what: format!("reading the {} record the event points at", event.app),
+                transient: err.is_transient(),
+                message: err.to_string(),
+            })
+    }
+
+    pub(crate) fn call_context<'a>(
+        &'a self,
+        connection: &'a OpenConnection,
+        idempotency_key: &'a str,
+    ) -> CallContext<'a> {
+        CallContext {
+            connection: &connection.record.id,
+            settings: &connection.record.settings,
+            credentials: &connection.secrets.credentials,
+            http: &self.http,
+            idempotency_key,
+            allow_any_base_url: self.config.allow_any_base_url,
+        }
+    }
+
+    pub(crate) async fn open_connection(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> EngineResult<OpenConnection> {
+        let record = match self.read::<ConnectionRecord>(&keys::connection(id)).await? {
+            Some((record, _)) if record.tenant == tenant => record,
+            _ => {
+                return Err(EngineError::Action {
+                    what: format!("opening connection {id}"),
+                    transient: false,
+                    message: "the connection no longer exists".into(),
+                });
+            }
+        };
+        let secrets = self.open_secrets(&record)?;
+        Ok(OpenConnection { record, secrets })
+    }
+
+    fn compiled(&self, record: &AutomationRecord) -> EngineResult<Arc<CompiledAutomation>> {
+        let key = (
+            record.tenant.clone(),
+            record.automation.id.clone(),
+            record.updated_at,
+        );
+        let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = cache.get(&key) {
+            return Ok(Arc::clone(found));
+        }
+        let compiled = Arc::new(CompiledAutomation::compile(&record.automation).map_err(
+            |errors| {
+                EngineError::Invalid(
+                    errors
+                        .iter()
+                        .map(|e| crate::FieldError {
+                            field: e.path.clone(),
+                            message: e.message.clone(),
+                        })
+                        .collect(),
+                )
+            },
+        )?);
+        if cache.len() > 1000 {
+            cache.clear();
+        }
+        cache.insert(key, Arc::clone(&compiled));
+        Ok(compiled)
+    }
+
+    /// Runs (or resumes) one automation for one event; `true` when this
+    /// call created the run.
+    async fn run_automation(
+        &self,
+        event: &Event,
+        record: &AutomationRecord,
+    ) -> EngineResult<(RunSummary, bool)> {
+        let automation = &record.automation;
+        let id = run_id(&event.id, Some(&automation.id));
+        let now = self.now();
+        let fresh = RunRecord {
+            id: id.clone(),
+            tenant: event.tenant.clone(),
+            connection: event.connection.clone(),
+            automation: Some(automation.id.clone()),
+            event_id: event.id.to_string(),
+            event_kind: event.kind.clone(),
+            status: RunStatus::Running,
+            outcome: "running".into(),
+            event: event.clone(),
+            steps: Vec::new(),
+            attempts: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let created = self.create_run(&fresh).await?;
+        let (mut run, mut version) = match self.read::<RunRecord>(&keys::run(&id)).await? {
+            Some(found) => found,
+            None => (fresh, 1),
+        };
+        if !created {
+            if run.status.is_final() {
+                return Ok((RunSummary::from(&run), false));
+            }
+            run.attempts += 1;
+            run.event = event.clone();
+        }
+        let result = self.execute_run(&mut run, &mut version, record).await;
+        match result {
+            Ok(()) => Ok((RunSummary::from(&run), created)),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn save_run(&self, run: &mut RunRecord, version: &mut u64) -> EngineResult<()> {
+        run.updated_at = self.now();
+        let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
+        let created_at = run
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let writes = vec![
+            Write::UpdateIfVersion {
+                item: item(keys::run(&run.id), run)?.expiring_at(expires),
+                expected: *version,
+            },
+            Write::Put(
+                item(
+                    keys::tenant_run_index(&run.tenant, &created_at, &run.id),
+                    &RunSummary::from(&*run),
+                )?
+                .expiring_at(expires),
+            ),
+        ];
+        match self.store.transact(writes).await {
+            Ok(()) => {
+                *version += 1;
+                Ok(())
+            }
+            Err(StoreError::TransactionConflict { index: 0, .. }) => Err(EngineError::Action {
+                what: format!("saving run {}", run.id),
+                transient: true,
+                message: "another worker is running it at the same time".into(),
+            }),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn execute_run(
+        &self,
+        run: &mut RunRecord,
+        version: &mut u64,
+        record: &AutomationRecord,
+    ) -> EngineResult<()> {
+        let compiled = match self.compiled(record) {
+            Ok(compiled) => compiled,
+            Err(err) => {
+                return self
+                    .finish(
+                        run,
+                        version,
+                        RunStatus::Failed,
+                        format!("the automation does not compile: {err}"),
+                    )
+                    .await;
+            }
+        };
+        let event = run.event.clone();
+        // Connections used by the automation, opened once per run.
+        let mut connections: BTreeMap<String, OpenConnection> = BTreeMap::new();
+        let mut settings: BTreeMap<String, Value> = BTreeMap::new();
+        let mut ids: Vec<&str> = vec![record.automation.trigger.connection.as_str()];
+        ids.extend(
+            record
+                .automation
+                .steps
+                .iter()
+                .map(|s| s.connection.as_str()),
+        );
+        for id in ids {
+            if connections.contains_key(id) {
+                continue;
+            }
+            match self.open_connection(&run.tenant, id).await {
+                Ok(open) => {
+                    settings.insert(id.to_owned(), open.record.settings.clone());
+                    connections.insert(id.to_owned(), open);
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    self.set_health(
+                        &record.tenant,
+                        &record.automation.id,
+                        Some(format!("connection {id} is missing")),
+                    )
+                    .await?;
+                    return self.finish(run, version, RunStatus::Failed, message).await;
+                }
+            }
+        }
+        let subject = RecordRef {
+            connection: event.connection.clone(),
+            entity: event.subject.kind.clone(),
+            id: event.subject.id.clone(),
+        };
+        let mut links: BTreeMap<String, String> = self
+            .links_of(&subject)
+            .await?
+            .into_iter()
+            .map(|(name, r)| (name, r.id))
+            .collect();
+        let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
+        for step in &run.steps {
+            if step.status == "succeeded" || step.status == "skipped" {
+                outputs.insert(step.id.clone(), step.output.clone());
+            }
+        }
+        let now = self.now();
+        {
+            let ctx = RenderContext::new(&event, now)
+                .with_links(&links)
+                .with_connections(&settings);
+            match compiled.evaluate_filter(&ctx) {
+                Ok(FilterOutcome::Passed) => {}
+                Ok(FilterOutcome::Filtered { reason }) => {
+                    return self
+                        .finish(
+                            run,
+                            version,
+                            RunStatus::Filtered,
+                            format!("filtered: {reason}"),
+                        )
+                        .await;
+                }
+                Err(err) => {
+                    return self
+                        .finish(
+                            run,
+                            version,
+                            RunStatus::Failed,
+                            format!("{}: {}", err.path, err.message),
+                        )
+                        .await;
+                }
+            }
+        }
+        for index in 0..compiled.step_count() {
+            let step_id = record.automation.steps[index].id.clone();
+            if outputs.contains_key(&step_id) {
+                continue;
+            }
+            let plan = {
+                let ctx = RenderContext::new(&event, now)
+                    .with_steps(&outputs)
+                    .with_links(&links)
+                    .with_connections(&settings);
+                compiled.render_step(index, &ctx)
+            };
+            let request = match plan {
+                Err(err) => {
+                    let message = format!("{}: {}", err.path, err.message);
+                    self.put_step(
+                        run,
+                        StepRecord {
+                            id: step_id,
+                            action: record.automation.steps[index].action.clone(),
+                            status: "failed".into(),
+                            request: Value::Null,
+                            response_status: None,
+                            error: Some(message.clone()),
+                            output: Value::Null,
+                            attempts: 1,
+                        },
+                    );
+                    return self.finish(run, version, RunStatus::Failed, message).await;
+                }
+                Ok(StepPlan::Skip { reason }) => {
+                    self.put_step(
+                        run,
+                        StepRecord {
+                            id: step_id.clone(),
+                            action: record.automation.steps[index].action.clone(),
+                            status: "skipped".into(),
+                            request: Value::Null,
+                            response_status: None,
+                            error: Some(reason),
+                            output: json!({}),
+                            attempts: 0,
+                        },
+                    );
+                    outputs.insert(step_id, json!({}));
+                    self.save_run(run, version).await?;
+                    continue;
+                }
+                Ok(StepPlan::Call(request)) => request,
+            };
+            let Some(connection) = connections.get(&request.connection) else {
+                return self
+                    .finish(
+                        run,
+                        version,
+                        RunStatus::Failed,
+                        format!(
+                            "steps[{index}]: connection {} is not open",
+                            request.connection
+                        ),
+                    )
+                    .await;
+            };
+            let app = request.action.split('.').next().unwrap_or_default();
+            let Some(connector) = self.connectors.get(app).cloned() else {
+                return self
+                    .finish(
+                        run,
+                        version,
+                        RunStatus::Failed,
+                        format!("steps[{index}]: no connector for {app}"),
+                    )
+                    .await;
+            };
+            let key = format!("{}/{}", run.id, step_id);
+            let ctx = self.call_context(connection, &key);
+            let request_json = serde_json::to_value(&request).unwrap_or_default();
+            let previous_attempts = run
+                .steps
+                .iter()
+                .find(|s| s.id == step_id)
+                .map_or(0, |s| s.attempts);
+            let outcome = perform(connector.as_ref(), &ctx, &request).await;
+            match outcome {
+                Ok(StepOutcome::Done(output)) => {
+                    if let Some(name) = &request.link {
+                        let target = RecordRef {
+                            connection: request.connection.clone(),
+                            entity: entity_of(&request.action),
+                            id: output.id.clone(),
+                        };
+                        self.link(&subject, &event.subject.kind, name, &target)
+                            .await?;
+                        links.insert(name.clone(), output.id.clone());
+                    }
+                    let mut record_output = output.record.clone();
+                    if let Value::Object(map) = &mut record_output {
+                        map.insert("id".into(), Value::String(output.id.clone()));
+                    } else {
+                        record_output = json!({"id": output.id});
+                    }
+                    self.put_step(
+                        run,
+                        StepRecord {
+                            id: step_id.clone(),
+                            action: request.action.clone(),
+                            status: "succeeded".into(),
+                            request: request_json,
+                            response_status: Some(output.response_status),
+                            error: None,
+                            output: record_output.clone(),
+                            attempts: previous_attempts + output.attempts,
+                        },
+                    );
+                    outputs.insert(step_id, record_output);
+                    self.save_run(run, version).await?;
+                }
+                Ok(StepOutcome::Stopped(reason)) => {
+                    self.put_step(
+                        run,
+                        StepRecord {
+                            id: step_id,
+                            action: request.action.clone(),
+                            status: "stopped".into(),
+                            request: request_json,
+                            response_status: None,
+                            error: Some(reason.clone()),
+                            output: Value::Null,
+                            attempts: previous_attempts,
+                        },
+                    );
+                    return self
+                        .finish(
+                            run,
+                            version,
+                            RunStatus::Filtered,
+                            format!("stopped: {reason}"),
+                        )
+                        .await;
+                }
+                Err(err) => {
+                    let transient = err.is_transient();
+                    let message = err.to_string();
+                    self.put_step(
+                        run,
+                        StepRecord {
+                            id: step_id.clone(),
+                            action: request.action.clone(),
+                            status: "failed".into(),
+                            request: request_json,
+                            response_status: vendor_status(&err),
+                            error: Some(message.clone()),
+                            output: Value::Null,
+                            attempts: previous_attempts + 1,
+                        },
+                    );
+                    let outcome = format!("steps.{step_id}: {message}");
+                    self.finish(run, version, RunStatus::Failed, outcome.clone())
+                        .await?;
+                    if transient {
+                        return Err(EngineError::Action {
+                            what: format!("run {}", run.id),
+                            transient: true,
+                            message: outcome,
+                        });
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let done = run.steps.iter().filter(|s| s.status == "succeeded").count();
+        self.finish(
+            run,
+            version,
+            RunStatus::Succeeded,
+            format!("{done} step(s) succeeded"),
+        )
+        .await
+    }
+
+    fn put_step(&self, run: &mut RunRecord, step: StepRecord) {
+        match run.steps.iter_mut().find(|s| s.id == step.id) {
+            Some(existing) => *existing = step,
+            None => run.steps.push(step),
+        }
+    }
+
+    async fn finish(
+        &self,
+        run: &mut RunRecord,
+        version: &mut u64,
+        status: RunStatus,
+        outcome: String,
+    ) -> EngineResult<()> {
+        run.status = status;
+        run.outcome = outcome;
+        self.save_run(run, version).await?;
+        tracing::info!(run = %run.id, automation = ?run.automation, status = ?run.status, outcome = %run.outcome, "run finished");
+        Ok(())
+    }
+
     /// Writes a run and its index entry together; `false` if it existed.
     pub(crate) async fn create_run(&self, run: &RunRecord) -> EngineResult<bool> {
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
@@ -89,6 +606,65 @@ impl Engine {
             Err(StoreError::TransactionConflict { index: 0, .. }) => Ok(false),
             Err(err) => Err(EngineError::from(err)),
         }
+    }
+}
+
+/// A connection opened for a run (record + decrypted secrets).
+pub(crate) struct OpenConnection {
+    pub record: ConnectionRecord,
+    pub secrets: ConnectionSecrets,
+}
+
+enum StepOutcome {
+    Done(ActionOutput),
+    Stopped(String),
+}
+
+fn vendor_status(err: &ActionError) -> Option<u16> {
+    match err {
+        ActionError::Vendor(crmbridge_connectors::VendorError::Status { status, .. })
+        | ActionError::Vendor(crmbridge_connectors::VendorError::Rejected { status, .. }) => {
+            Some(*status)
+        }
+        _ => None,
+    }
+}
+
+/// Dedupe, then the action.
+async fn perform(
+    connector: &dyn Connector,
+    ctx: &CallContext<'_>,
+    request: &crmbridge_mapping::RenderedRequest,
+) -> Result<StepOutcome, ActionError> {
+    if let Some(target) = &request.target {
+        return connector
+            .execute(ctx, &request.action, &request.fields, Some(&target.id))
+            .await
+            .map(StepOutcome::Done);
+    }
+    let found = if request.dedupe.needs_search() {
+        connector
+            .find(ctx, &request.action, &request.dedupe.lookup)
+            .await?
+    } else {
+        None
+    };
+    match request.dedupe.decide(found.as_deref()) {
+        DedupeDecision::Create => connector
+            .execute(ctx, &request.action, &request.fields, None)
+            .await
+            .map(StepOutcome::Done),
+        DedupeDecision::UseExisting { id } => Ok(StepOutcome::Done(ActionOutput {
+            id: id.clone(),
+            record: json!({"id": id, "existing": true}),
+            response_status: 200,
+            attempts: 0,
+        })),
+        DedupeDecision::Update { id } => connector
+            .execute(ctx, &request.action, &request.fields, Some(&id))
+            .await
+            .map(StepOutcome::Done),
+        DedupeDecision::Stop { reason } => Ok(StepOutcome::Stopped(reason)),
     }
 }
 

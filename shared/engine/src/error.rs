@@ -41,6 +41,13 @@ pub enum EngineError {
     },
     #[error("corrupt record {what}: {message}")]
     Corrupt { what: String, message: String },
+    /// A vendor call or run step failed; `transient` = worth retrying.
+    #[error("{what}: {message}")]
+    Action {
+        what: String,
+        transient: bool,
+        message: String,
+    },
 }
 
 impl EngineError {
@@ -62,6 +69,12 @@ impl EngineError {
             // The sender should retry: nothing was acknowledged.
             Self::Store(_) | Self::Bus(_) => 503,
             Self::Sealed { .. } | Self::Corrupt { .. } => 500,
+            Self::Action {
+                transient: true, ..
+            } => 503,
+            Self::Action {
+                transient: false, ..
+            } => 502,
         }
     }
 
@@ -76,6 +89,7 @@ impl EngineError {
             Self::Store(_) => "store_unavailable",
             Self::Bus(_) => "bus_unavailable",
             Self::Sealed { .. } | Self::Corrupt { .. } => "internal",
+            Self::Action { .. } => "vendor_failed",
         }
     }
 

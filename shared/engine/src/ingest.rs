@@ -7,7 +7,7 @@
 //! event is never acknowledged and lost, nor processed twice.
 
 use chrono::{DateTime, Utc};
-use crmbridge_connectors::{ConnectionView, InboundRequest};
+use crmbridge_connectors::{ConnectionView, DecodedEvent, InboundRequest};
 use crmbridge_mapping::{Event, EventId, Subject};
 use crmbridge_store::PutOutcome;
 use subtle::ConstantTimeEq;
@@ -124,37 +124,62 @@ impl Engine {
             .into_iter()
             .enumerate()
             .map(|(index, decoded)| {
-                let id = match &decoded.source_id {
-                    Some(source_id) => EventId::from_source(&record.id, source_id),
+                let fallback = if single {
+                    EventId::from_payload(&record.id, request.body)
+                } else {
                     // A batch without ids: the element, not the whole body,
                     // identifies each event.
-                    None if single => EventId::from_payload(&record.id, request.body),
-                    None => EventId::from_payload(
+                    EventId::from_payload(
                         &record.id,
                         format!("{index}:{}", decoded.data).as_bytes(),
-                    ),
+                    )
                 };
-                let subject_id = if decoded.subject.id.is_empty() {
-                    id.to_string()
-                } else {
-                    decoded.subject.id
-                };
-                Event {
-                    tenant: record.tenant.clone(),
-                    connection: record.id.clone(),
-                    app: record.app.clone(),
-                    kind: decoded.kind,
-                    subject: Subject {
-                        kind: decoded.subject.kind,
-                        id: subject_id,
-                    },
-                    occurred_at: decoded.occurred_at.unwrap_or(received_at),
-                    received_at,
-                    data: decoded.data,
-                    id,
-                }
+                self.envelope_with(record, decoded, received_at, fallback)
             })
             .collect())
+    }
+
+    /// Wraps a decoded change in the event envelope.
+    pub(crate) fn envelope(
+        &self,
+        record: &ConnectionRecord,
+        decoded: DecodedEvent,
+        received_at: DateTime<Utc>,
+    ) -> Event {
+        let fallback = EventId::from_payload(&record.id, decoded.data.to_string().as_bytes());
+        self.envelope_with(record, decoded, received_at, fallback)
+    }
+
+    fn envelope_with(
+        &self,
+        record: &ConnectionRecord,
+        decoded: DecodedEvent,
+        received_at: DateTime<Utc>,
+        fallback: EventId,
+    ) -> Event {
+        let id = match &decoded.source_id {
+            Some(source_id) => EventId::from_source(&record.id, source_id),
+            None => fallback,
+        };
+        let subject_id = if decoded.subject.id.is_empty() {
+            id.to_string()
+        } else {
+            decoded.subject.id
+        };
+        Event {
+            tenant: record.tenant.clone(),
+            connection: record.id.clone(),
+            app: record.app.clone(),
+            kind: decoded.kind,
+            subject: Subject {
+                kind: decoded.subject.kind,
+                id: subject_id,
+            },
+            occurred_at: decoded.occurred_at.unwrap_or(received_at),
+            received_at,
+            data: decoded.data,
+            id,
+        }
     }
 
     /// The webhook use case: authenticate, decode, accept, publish.

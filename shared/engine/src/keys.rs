@@ -13,8 +13,12 @@
 //! | event data too large for the bus (TTL) | `EVENT#{event}` | `DATA#{part:04}` |
 //! | run (TTL) | `RUN#{run}` | `RUN` |
 //! | tenant's run index (TTL) | `TENANT#{tenant}#RUNS` | `{created_at}#{run}` |
-//! | trigger index | `TRIGGER#{connection}#{kind}` | `AUTO#{automation}` |
-//! | poll sources | `POLL` | `{connection}#{automation}` |
+//! | automation | `AUTO#{tenant}#{automation}` | `META` |
+//! | tenant's automation index | `TENANT#{tenant}` | `AUTO#{automation}` |
+//! | trigger index | `TRIGGER#{connection}#{kind}` | `AUTO#{tenant}#{automation}` |
+//! | poll sources | `POLL` | `{connection}#{kind}` |
+//! | poll cursor (versioned) | `CURSOR#{connection}#{kind}` | `CURSOR` |
+//! | links of a record | `LINK#{connection}#{entity}#{id}` | `LINKS` |
 //! | tick record (TTL) | `TICK` | `{started_at}` |
 
 /// A table key.
@@ -76,12 +80,43 @@ pub fn tenant_run_index(tenant: &str, created_at: &str, run: &str) -> Key {
     key(tenant_runs_pk(tenant), format!("{created_at}#{run}"))
 }
 
-pub fn trigger_pk(connection: &str, kind: &str) -> String {
-    format!("TRIGGER#{connection}#{kind}")
+pub fn automation(tenant: &str, automation: &str) -> Key {
+    key(format!("AUTO#{tenant}#{automation}"), "META")
+}
+
+pub fn tenant_automation_index(tenant: &str, automation: &str) -> Key {
+    key(format!("TENANT#{tenant}"), format!("AUTO#{automation}"))
+}
+
+pub fn tenant_automations(tenant: &str) -> (String, &'static str) {
+    (format!("TENANT#{tenant}"), "AUTO#")
+}
+
+pub fn trigger(connection: &str, kind: &str, automation: &str) -> Key {
+    key(
+        format!("TRIGGER#{connection}#{kind}"),
+        format!("AUTO#{automation}"),
+    )
+}
+
+pub fn triggers(connection: &str, kind: &str) -> (String, &'static str) {
+    (format!("TRIGGER#{connection}#{kind}"), "AUTO#")
 }
 
 pub fn poll_sources_pk() -> String {
     "POLL".into()
+}
+
+pub fn poll_source(connection: &str, kind: &str) -> Key {
+    key(poll_sources_pk(), format!("{connection}#{kind}"))
+}
+
+pub fn cursor(connection: &str, kind: &str) -> Key {
+    key(format!("CURSOR#{connection}#{kind}"), "CURSOR")
+}
+
+pub fn links(connection: &str, entity: &str, id: &str) -> Key {
+    key(format!("LINK#{connection}#{entity}#{id}"), "LINKS")
 }
 
 pub fn tick(started_at: &str) -> Key {

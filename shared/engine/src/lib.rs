@@ -8,20 +8,26 @@
 //! behaviour holds on both.
 
 pub mod admin;
+pub mod automations;
 pub mod dispatch;
 pub mod error;
 pub mod ingest;
 pub mod keys;
+pub mod links;
 mod payload;
+mod poll;
+pub mod recipes;
 pub mod records;
 pub mod sealed;
 pub mod tick;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use crmbridge_bus::Bus;
-use crmbridge_connectors::Registry;
+use crmbridge_connectors::{Registry, VendorHttp};
+use crmbridge_mapping::CompiledAutomation;
 use crmbridge_store::{Item, Store};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -40,6 +46,9 @@ pub struct EngineConfig {
     pub run_ttl_secs: i64,
     /// How long tick records are kept.
     pub tick_ttl_secs: i64,
+    /// Lets connections point at any http(s) address (tests and fakes).
+    /// Off in production: vendor base URLs must be on the vendor's domain.
+    pub allow_any_base_url: bool,
 }
 
 impl Default for EngineConfig {
@@ -49,9 +58,13 @@ impl Default for EngineConfig {
             idempotency_ttl_secs: 7 * 24 * 3600,
             run_ttl_secs: 30 * 24 * 3600,
             tick_ttl_secs: 7 * 24 * 3600,
+            allow_any_base_url: false,
         }
     }
 }
+
+/// Compiled automations by (tenant, automation, last change).
+type CompiledCache = HashMap<(String, String, DateTime<Utc>), Arc<CompiledAutomation>>;
 
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -59,6 +72,8 @@ pub struct Engine {
     connectors: Registry,
     keyring: Keyring,
     config: EngineConfig,
+    http: VendorHttp,
+    compiled: Mutex<CompiledCache>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -85,6 +100,8 @@ impl Engine {
             connectors,
             keyring,
             config,
+            http: VendorHttp::new(),
+            compiled: Mutex::new(HashMap::new()),
         }
     }
 

@@ -7,15 +7,16 @@ use chrono::{DateTime, Utc};
 use crmbridge_mapping::{Event, EventId, Subject};
 use crmbridge_store::Query;
 
+use crate::automations::PollSource;
 use crate::records::TickRecord;
-use crate::{Engine, EngineResult, item, keys};
+use crate::{Engine, EngineResult, decode, item, keys};
 
 /// The event kind of a poll request.
 pub const POLL_REQUESTED: &str = "crmbridge.poll.requested";
 
 impl Engine {
     pub async fn tick(&self, started_at: DateTime<Utc>) -> EngineResult<TickRecord> {
-        let mut sources = Vec::new();
+        let mut sources: Vec<PollSource> = Vec::new();
         let mut after = None;
         loop {
             let page = self
@@ -27,12 +28,7 @@ impl Engine {
                 )
                 .await?;
             for source in &page.items {
-                let tenant = source
-                    .body
-                    .get("tenant")
-                    .and_then(|t| t.as_str())
-                    .unwrap_or_default();
-                sources.push((source.sk.clone(), tenant.to_owned()));
+                sources.push(decode(source)?);
             }
             match page.next {
                 Some(next) => after = Some(next),
@@ -42,23 +38,23 @@ impl Engine {
         let stamp = started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let requests: Vec<Event> = sources
             .iter()
-            .map(|(source, tenant)| {
-                let connection = source.split('#').next().unwrap_or_default().to_owned();
+            .map(|source| {
+                let name = format!("{}#{}", source.connection, source.kind);
                 Event {
                     // One poll request per source per tick, even if the tick
                     // itself is delivered twice.
-                    id: EventId::from_source(&connection, &format!("poll:{source}:{stamp}")),
-                    tenant: tenant.clone(),
-                    connection,
+                    id: EventId::from_source(&source.connection, &format!("poll:{name}:{stamp}")),
+                    tenant: source.tenant.clone(),
+                    connection: source.connection.clone(),
                     app: "crmbridge".into(),
                     kind: POLL_REQUESTED.into(),
                     subject: Subject {
                         kind: "poll_source".into(),
-                        id: source.clone(),
+                        id: name,
                     },
                     occurred_at: started_at,
                     received_at: started_at,
-                    data: serde_json::json!({ "source": source }),
+                    data: serde_json::to_value(source).unwrap_or_default(),
                 }
             })
             .collect();
@@ -69,7 +65,10 @@ impl Engine {
         };
         let record = TickRecord {
             started_at,
-            sources: sources.into_iter().map(|(source, _)| source).collect(),
+            sources: sources
+                .iter()
+                .map(|s| format!("{}#{}", s.connection, s.kind))
+                .collect(),
             published,
         };
         let expires = started_at.timestamp() + self.config.tick_ttl_secs;

@@ -517,19 +517,26 @@ mod cases {
         let now = chrono::Utc::now();
         let empty = h.engine.tick(now).await.unwrap();
         assert_eq!((empty.sources.len(), empty.published), (0, 0));
-        for source in ["con_a#auto_1", "con_b#auto_2"] {
+        for connection in ["con_a", "con_b"] {
+            let kind = "moysklad.customerorder.updated";
             h.store
                 .put(crmbridge_store::Item::new(
                     "POLL",
-                    source,
-                    json!({"tenant": "ten_1"}),
+                    format!("{connection}#{kind}"),
+                    json!({"tenant": "ten_1", "connection": connection, "kind": kind}),
                 ))
                 .await
                 .unwrap();
         }
         let later = now + chrono::Duration::minutes(5);
         let record = h.engine.tick(later).await.unwrap();
-        assert_eq!(record.sources, ["con_a#auto_1", "con_b#auto_2"]);
+        assert_eq!(
+            record.sources,
+            [
+                "con_a#moysklad.customerorder.updated",
+                "con_b#moysklad.customerorder.updated"
+            ]
+        );
         assert_eq!(record.published, 2);
         // The same tick delivered twice asks for nothing more.
         assert_eq!(h.engine.tick(later).await.unwrap().published, 0);

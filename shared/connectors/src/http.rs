@@ -1,0 +1,637 @@
+//! The one HTTP stack every connector uses to call a vendor.
+//!
+//! What it guarantees, so connectors do not each reinvent it:
+//! - a timeout on every attempt;
+//! - retries with exponential backoff and full jitter on timeouts, transport
+//!   errors, 5xx and 429 — honouring the vendor's retry header (MoySklad's
+//!   `X-Lognex-Retry-After` in milliseconds, `Retry-After` in seconds
+//!   elsewhere). A request that is not idempotent is retried only when the
+//!   vendor cannot have acted on it (429, or a connection that never
+//!   opened); a create made idempotent by the vendor (MoySklad `syncId`,
+//!   retailCRM `externalId`) is marked idempotent by its connector;
+//! - a rate limit (requests per window) and a parallel-request limit per
+//!   connection, so one busy tenant cannot get another's account banned;
+//! - credentials redacted from every error and log line;
+//! - gzip (MoySklad refuses requests without `Accept-Encoding: gzip`).
+//!
+//! The limits are per process: on Lambda each container keeps its own, so
+//! the effective limit is per container; the retry-on-429 path absorbs the
+//! difference.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::header::HeaderMap;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// Which header a vendor uses to say how long to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryHeader {
+    /// `Retry-After: <seconds>`.
+    RetryAfterSeconds,
+    /// MoySklad: `X-Lognex-Retry-After: <milliseconds>`.
+    LognexMillis,
+}
+
+/// A vendor's limits and our retry policy towards it.
+#[derive(Debug, Clone)]
+pub struct VendorPolicy {
+    pub vendor: &'static str,
+    pub requests_per_window: usize,
+    pub window: Duration,
+    pub parallel: usize,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    pub retry_header: RetryHeader,
+}
+
+impl VendorPolicy {
+    /// Defaults for a vendor with the given rate limit.
+    pub fn new(
+        vendor: &'static str,
+        requests_per_window: usize,
+        window: Duration,
+        parallel: usize,
+    ) -> Self {
+        Self {
+            vendor,
+            requests_per_window,
+            window,
+            parallel,
+            timeout: Duration::from_secs(20),
+            max_attempts: 6,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(20),
+            retry_header: RetryHeader::RetryAfterSeconds,
+        }
+    }
+}
+
+/// Whether repeating a request can have an effect twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Reads, and writes the vendor de-duplicates (syncId, externalId, PUT).
+    Idempotent,
+    /// Creates without a vendor-side key: retried only when surely unseen.
+    NotIdempotent,
+}
+
+/// A vendor's answer, whatever its status: connectors interpret 4xx bodies
+/// (each vendor shapes errors differently).
+#[derive(Debug, Clone)]
+pub struct VendorResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// How many attempts it took (1 = first try).
+    pub attempts: u32,
+}
+
+impl VendorResponse {
+    pub fn json(&self) -> Result<serde_json::Value, VendorError> {
+        serde_json::from_slice(&self.body).map_err(|err| VendorError::Decode {
+            status: self.status,
+            message: format!("the response is not JSON: {err}"),
+        })
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VendorError {
+    #[error("{vendor}: no answer after {attempts} attempt(s): {message}")]
+    Unreachable {
+        vendor: &'static str,
+        attempts: u32,
+        message: String,
+    },
+    #[error("{vendor}: HTTP {status} after {attempts} attempt(s): {body}")]
+    Status {
+        vendor: &'static str,
+        status: u16,
+        attempts: u32,
+        body: String,
+    },
+    #[error("unexpected response (HTTP {status}): {message}")]
+    Decode { status: u16, message: String },
+    #[error("{vendor} rejected the request: {message}")]
+    Rejected {
+        vendor: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl VendorError {
+    /// Worth retrying the whole step later (the vendor was unavailable),
+    /// as opposed to a request the vendor will always refuse.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Sliding-window rate limiter plus a parallelism cap.
+#[derive(Debug)]
+struct Limiter {
+    sent: Mutex<VecDeque<Instant>>,
+    permits: Semaphore,
+}
+
+impl Limiter {
+    fn new(parallel: usize) -> Self {
+        Self {
+            sent: Mutex::new(VecDeque::new()),
+            permits: Semaphore::new(parallel.max(1)),
+        }
+    }
+
+    /// Waits until one more request fits in the window, and records it.
+    async fn admit(&self, limit: usize, window: Duration) {
+        loop {
+            let wait = {
+                let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                while sent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= window)
+                {
+                    sent.pop_front();
+                }
+                if sent.len() < limit.max(1) {
+                    sent.push_back(now);
+                    return;
+                }
+                sent.front()
+                    .map(|oldest| window.saturating_sub(now.duration_since(*oldest)))
+            };
+            tokio::time::sleep(wait.unwrap_or(window)).await;
+        }
+    }
+}
+
+/// The shared client: one connection pool, one limiter per connection.
+#[derive(Clone)]
+pub struct VendorHttp {
+    client: reqwest::Client,
+    limiters: Arc<Mutex<HashMap<String, Arc<Limiter>>>>,
+}
+
+impl Default for VendorHttp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for VendorHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VendorHttp").finish_non_exhaustive()
+    }
+}
+
+/// One request to send: built fresh for every attempt.
+#[derive(Debug, Clone)]
+pub struct VendorRequest {
+    pub method: reqwest::Method,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub idempotency: Idempotency,
+}
+
+impl VendorRequest {
+    pub fn get(url: impl Into<String>) -> Self {
+        Self {
+            method: reqwest::Method::GET,
+            url: url.into(),
+            headers: Vec::new(),
+            body: None,
+            idempotency: Idempotency::Idempotent,
+        }
+    }
+
+    pub fn with_body(
+        method: reqwest::Method,
+        url: impl Into<String>,
+        body: Vec<u8>,
+        idempotency: Idempotency,
+    ) -> Self {
+        Self {
+            method,
+            url: url.into(),
+            headers: Vec::new(),
+            body: Some(body),
+            idempotency,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+}
+
+/// Removes every secret from a text before it reaches a log or an error.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(secret, "***");
+    }
+    out
+}
+
+fn truncate(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl VendorHttp {
+    /// Built once at start-up.
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .gzip(true)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("crmbridge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            // Only a broken TLS backend fails here; the plain client then
+            // fails the same way, loudly, at start-up.
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            client,
+            limiters: Arc::default(),
+        }
+    }
+
+    fn limiter(&self, connection: &str, policy: &VendorPolicy) -> Arc<Limiter> {
+        let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            limiters
+                .entry(connection.to_owned())
+                .or_insert_with(|| Arc::new(Limiter::new(policy.parallel))),
+        )
+    }
+
+    /// Sends a request with the policy's limits and retries. Returns the
+    /// final response, success or not; `Err` only when no usable answer
+    /// came (or a retryable status persisted past the last attempt).
+    pub async fn send(
+        &self,
+        connection: &str,
+        policy: &VendorPolicy,
+        request: &VendorRequest,
+        secrets: &[&str],
+    ) -> Result<VendorResponse, VendorError> {
+        let limiter = self.limiter(connection, policy);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = {
+                let _permit = limiter
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|_| VendorError::Invalid("limiter closed".into()))?;
+                limiter
+                    .admit(policy.requests_per_window, policy.window)
+                    .await;
+                self.attempt(policy, request).await
+            };
+            let (retry, wait_hint, failure) = match outcome {
+                Ok(response) => {
+                    let retryable = response.status == 429
+                        || (response.status >= 500
+                            && request.idempotency == Idempotency::Idempotent);
+                    if !retryable {
+                        return Ok(VendorResponse {
+                            attempts: attempt,
+                            ..response
+                        });
+                    }
+                    let hint = retry_hint(&response.headers, policy.retry_header);
+                    let body = truncate(redact(&response.text(), secrets), 500);
+                    let failure = VendorError::Status {
+                        vendor: policy.vendor,
+                        status: response.status,
+                        attempts: attempt,
+                        body,
+                    };
+                    (true, hint, failure)
+                }
+                Err(err) => {
+                    // A request that never connected cannot have been seen.
+                    let unseen = err.is_connect();
+                    let retry = unseen || request.idempotency == Idempotency::Idempotent;
+                    let message = redact(&error_chain(&err), secrets);
+                    let failure = VendorError::Unreachable {
+                        vendor: policy.vendor,
+                        attempts: attempt,
+                        message,
+                    };
+                    (retry, None, failure)
+                }
+            };
+            if !retry || attempt >= policy.max_attempts {
+                return Err(failure);
+            }
+            let backoff = policy
+                .base_backoff
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(policy.max_backoff);
+            // Full jitter, but never sooner than the vendor asked.
+            let jittered =
+                Duration::from_millis(rand::rng().random_range(0..=backoff.as_millis() as u64));
+            let wait = wait_hint
+                .map_or(jittered, |hint| hint.max(jittered))
+                .min(policy.max_backoff);
+            tracing::warn!(
+                vendor = policy.vendor,
+                connection,
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                error = %failure,
+                "vendor call failed; retrying"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        policy: &VendorPolicy,
+        request: &VendorRequest,
+    ) -> Result<VendorResponse, reqwest::Error> {
+        let mut builder = self
+            .client
+            .request(request.method.clone(), &request.url)
+            .timeout(policy.timeout);
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = &request.body {
+            builder = builder.body(body.clone());
+        }
+        let response = builder.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?.to_vec();
+        Ok(VendorResponse {
+            status,
+            headers,
+            body,
+            attempts: 0,
+        })
+    }
+}
+
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut text = if err.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        err.to_string()
+    };
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+fn retry_hint(headers: &HeaderMap, kind: RetryHeader) -> Option<Duration> {
+    let (name, millis) = match kind {
+        RetryHeader::RetryAfterSeconds => ("retry-after", false),
+        RetryHeader::LognexMillis => ("x-lognex-retry-after", true),
+    };
+    let value = headers
+        .get(name)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    Some(if millis {
+        Duration::from_millis(value as u64)
+    } else {
+        Duration::from_secs_f64(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    async fn server(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    fn fast(vendor: &'static str) -> VendorPolicy {
+        VendorPolicy {
+            base_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(50),
+            timeout: Duration::from_millis(300),
+            ..VendorPolicy::new(vendor, 1000, Duration::from_secs(1), 5)
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_5xx_and_429_then_succeeds_honouring_the_header() {
+        let hits = Arc::new(AtomicU32::new(0));
+        let seen = Arc::clone(&hits);
+        let base = server(Router::new().route(
+            "/x",
+            get(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match n {
+                        0 => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+                        1 => (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [("x-lognex-retry-after", "20")],
+                            "slow",
+                        )
+                            .into_response(),
+                        _ => (StatusCode::OK, "{\"ok\":true}").into_response(),
+                    }
+                }
+            }),
+        ))
+        .await;
+        let policy = VendorPolicy {
+            retry_header: RetryHeader::LognexMillis,
+            ..fast("moysklad")
+        };
+        let started = Instant::now();
+        let response = VendorHttp::new()
+            .send("c1", &policy, &VendorRequest::get(format!("{base}/x")), &[])
+            .await
+            .unwrap();
+        assert_eq!((response.status, response.attempts), (200, 3));
+        assert!(
+            started.elapsed() >= Duration::from_millis(20),
+            "the 20 ms retry header was not honoured"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_non_idempotent_create_is_not_retried_after_a_5xx() {
+        let hits = Arc::new(AtomicU32::new(0));
+        let seen = Arc::clone(&hits);
+        let base = server(Router::new().route(
+            "/create",
+            post(move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }
+            }),
+        ))
+        .await;
+        let request = VendorRequest::with_body(
+            reqwest::Method::POST,
+            format!("{base}/create"),
+            b"{}".to_vec(),
+            Idempotency::NotIdempotent,
+        );
+        let response = VendorHttp::new()
+            .send("c1", &fast("x"), &request, &[])
+            .await
+            .unwrap();
+        assert_eq!((response.status, response.attempts), (500, 1));
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_attempts_with_the_secret_redacted() {
+        let base = server(Router::new().route(
+            "/x",
+            get(|| async { (StatusCode::BAD_GATEWAY, "token tok-SECRET-42 is fine") }),
+        ))
+        .await;
+        let policy = VendorPolicy {
+            max_attempts: 3,
+            ..fast("calltouch")
+        };
+        let err = VendorHttp::new()
+            .send(
+                "c1",
+                &policy,
+                &VendorRequest::get(format!("{base}/x?key=tok-SECRET-42")),
+                &["tok-SECRET-42"],
+            )
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("HTTP 502 after 3 attempt(s)"), "{text}");
+        assert!(!text.contains("tok-SECRET-42"), "{text}");
+        assert!(err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn timeouts_are_retried_for_idempotent_requests() {
+        let hits = Arc::new(AtomicU32::new(0));
+        let seen = Arc::clone(&hits);
+        let base = server(Router::new().route(
+            "/slow",
+            get(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    "ok"
+                }
+            }),
+        ))
+        .await;
+        let response = VendorHttp::new()
+            .send(
+                "c1",
+                &fast("x"),
+                &VendorRequest::get(format!("{base}/slow")),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!((response.status, response.attempts), (200, 2));
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_spaces_requests_per_connection() {
+        let base = server(Router::new().route("/x", get(|| async { "ok" }))).await;
+        let policy = VendorPolicy::new("retailcrm", 3, Duration::from_millis(200), 5);
+        let http = VendorHttp::new();
+        let started = Instant::now();
+        for _ in 0..7 {
+            http.send("c1", &policy, &VendorRequest::get(format!("{base}/x")), &[])
+                .await
+                .unwrap();
+        }
+        // 7 requests at 3 per 200 ms need at least two full windows.
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+        // Another connection has its own budget.
+        let other = Instant::now();
+        for _ in 0..3 {
+            http.send("c2", &policy, &VendorRequest::get(format!("{base}/x")), &[])
+                .await
+                .unwrap();
+        }
+        assert!(other.elapsed() < Duration::from_millis(200));
+    }
+
+    #[test]
+    fn retry_headers_parse() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "2".parse().unwrap());
+        headers.insert("x-lognex-retry-after", "1500".parse().unwrap());
+        assert_eq!(
+            retry_hint(&headers, RetryHeader::RetryAfterSeconds),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_hint(&headers, RetryHeader::LognexMillis),
+            Some(Duration::from_millis(1500))
+        );
+        headers.insert("retry-after", "soon".parse().unwrap());
+        assert_eq!(retry_hint(&headers, RetryHeader::RetryAfterSeconds), None);
+    }
+}

@@ -1,0 +1,1023 @@
+//! MoySklad (JSON API 1.2): counterparties, customer orders, order webhooks
+//! and polling. Facts: ../shared/apis/calltouch-moysklad-retailcrm.md, § B.
+//!
+//! - Auth `Authorization: Bearer <token>`; `Accept-Encoding: gzip` is
+//!   mandatory (415 otherwise) — the HTTP stack always sends it.
+//! - 45 requests / 3 s and 5 in parallel per user; 429 carries
+//!   `X-Lognex-Retry-After` in milliseconds.
+//! - Creates carry a `syncId` derived from the step's idempotency key: a
+//!   retried create returns the record the first attempt made, never a
+//!   second one. That makes creates safe to retry after a timeout.
+//! - Phone search: `phone` is free text and `filter=phone=` is an exact
+//!   string match, so `+7 (916) …` never matches `79161…`. We search by the
+//!   last ten digits (`search=`, a substring search over phone among other
+//!   fields) and keep only candidates whose digits really match. Whether
+//!   `search` normalises punctuation is uncertain; the client-side check
+//!   makes the answer right either way.
+//! - Times are Moscow time (UTC+3, no DST since 2014), `YYYY-MM-DD HH:MM:SS.mmm`.
+//! - Webhooks carry no entity: we accept them fast (MoySklad waits 1.5 s)
+//!   and fetch the order at dispatch time (`enrich`). The fetched href must
+//!   be under the connection's base URL (no SSRF through a forged webhook).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset, TimeZone, Utc};
+use crmbridge_mapping::{
+    ActionKind, ActionSpec, Event, EventKindSpec, FieldSpec, FieldType, LookupKey, StaticCatalog,
+    Subject,
+};
+use serde_json::{Map, Value, json};
+
+use crate::http::{Idempotency, RetryHeader, VendorError, VendorPolicy, VendorRequest};
+use crate::support::{
+    base_url, credential, digits, only_known, required_text, same_phone, text,
+    validate_known_settings,
+};
+use crate::{
+    ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
+    InboundRequest, PollBatch, SettingsError,
+};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.moysklad.ru/api/remap/1.2";
+const DOMAINS: &[&str] = &["api.moysklad.ru"];
+const SETTINGS: &[&str] = &["organization"];
+/// Polls re-read this much before the cursor: MoySklad's `updated` is set
+/// when a transaction commits, so a change can appear slightly in the past.
+const POLL_OVERLAP_SECS: i64 = 60;
+const POLL_PAGE: usize = 100;
+const POLL_MAX_PAGES: usize = 20;
+const METADATA_TTL: Duration = Duration::from_secs(300);
+
+fn moscow() -> FixedOffset {
+    // east_opt fails only beyond ±24 h.
+    FixedOffset::east_opt(3 * 3600).unwrap_or(Utc.fix())
+}
+
+pub fn policy() -> VendorPolicy {
+    VendorPolicy {
+        retry_header: RetryHeader::LognexMillis,
+        ..VendorPolicy::new("moysklad", 45, Duration::from_secs(3), 5)
+    }
+}
+
+/// Order states and custom attributes, by name → href. Cached per
+/// connection: every order create needs them and they rarely change.
+#[derive(Debug, Clone)]
+struct OrderMetadata {
+    states: BTreeMap<String, String>,
+    attributes: BTreeMap<String, (String, String)>,
+    fetched: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct MoySklad {
+    metadata: Mutex<HashMap<String, OrderMetadata>>,
+    organizations: Mutex<HashMap<String, Vec<(String, String)>>>,
+}
+
+fn field(name: &str, field_type: FieldType, description: &str) -> FieldSpec {
+    FieldSpec::new(name, field_type).describe(description)
+}
+
+fn order_fields() -> Vec<FieldSpec> {
+    vec![
+        field("id", FieldType::String, "order id"),
+        field("name", FieldType::String, "order number, e.g. 00042"),
+        field("state", FieldType::String, "status name"),
+        field(
+            "state_type",
+            FieldType::String,
+            "Regular, Successful or Unsuccessful",
+        ),
+        field("sum", FieldType::Money, "total in roubles"),
+        field("payed_sum", FieldType::Money, "paid, in roubles"),
+        field("shipped_sum", FieldType::Money, "shipped, in roubles"),
+        field("description", FieldType::String, "comment"),
+        field("agent_id", FieldType::String, "counterparty id"),
+        field("external_code", FieldType::String, "external code"),
+        field("updated", FieldType::String, "last change, Moscow time"),
+        field("attributes", FieldType::Object, "custom attributes by name"),
+        field("href", FieldType::String, "API address of the order"),
+        field(
+            "action",
+            FieldType::String,
+            "CREATE, UPDATE or DELETE (webhooks)",
+        ),
+        field(
+            "updated_fields",
+            FieldType::Array,
+            "changed fields (webhooks with diffType FIELDS)",
+        ),
+    ]
+}
+
+impl MoySklad {
+    fn base(&self, ctx: &CallContext<'_>) -> Result<String, ActionError> {
+        base_url(
+            ctx.settings,
+            DEFAULT_BASE_URL,
+            DOMAINS,
+            ctx.allow_any_base_url,
+        )
+    }
+
+    async fn call(
+        &self,
+        ctx: &CallContext<'_>,
+        request: VendorRequest,
+    ) -> Result<Value, ActionError> {
+        let token = credential(ctx.credentials, "token")?;
+        let request = request
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "application/json;charset=utf-8")
+            .header("content-type", "application/json")
+            .header("accept-encoding", "gzip");
+        let response = ctx
+            .http
+            .send(ctx.connection, &policy(), &request, &[token])
+            .await?;
+        if response.is_success() {
+            if response.body.is_empty() {
+                return Ok(Value::Null);
+            }
+            return Ok(response.json()?);
+        }
+        let body = response.json().unwrap_or(Value::Null);
+        let message = body["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .map(|e| {
+                        let text = e["error"].as_str().unwrap_or("error");
+                        match e["code"].as_i64() {
+                            Some(code) => format!("{text} (code {code})"),
+                            None => text.to_owned(),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| format!("HTTP {} without an error body", response.status));
+        Err(VendorError::Rejected {
+            vendor: "moysklad",
+            status: response.status,
+            message,
+        }
+        .into())
+    }
+
+    async fn order_metadata(
+        &self,
+        ctx: &CallContext<'_>,
+        base: &str,
+    ) -> Result<OrderMetadata, ActionError> {
+        let cached = self
+            .metadata
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ctx.connection)
+            .cloned();
+        if let Some(cached) = cached.filter(|c| c.fetched.elapsed() < METADATA_TTL) {
+            return Ok(cached);
+        }
+        let body = self
+            .call(
+                ctx,
+                VendorRequest::get(format!("{base}/entity/customerorder/metadata")),
+            )
+            .await?;
+        let states = body["states"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                Some((
+                    s["name"].as_str()?.to_owned(),
+                    s["meta"]["href"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        let attributes = match body["attributes"].as_array() {
+            Some(rows) => rows.clone(),
+            None => {
+                // Some accounts return attributes as a reference only.
+                let listed = self
+                    .call(
+                        ctx,
+                        VendorRequest::get(format!(
+                            "{base}/entity/customerorder/metadata/attributes"
+                        )),
+                    )
+                    .await?;
+                listed["rows"].as_array().cloned().unwrap_or_default()
+            }
+        }
+        .iter()
+        .filter_map(|a| {
+            Some((
+                a["name"].as_str()?.to_owned(),
+                (
+                    a["meta"]["href"].as_str()?.to_owned(),
+                    a["type"].as_str().unwrap_or("string").to_owned(),
+                ),
+            ))
+        })
+        .collect();
+        let metadata = OrderMetadata {
+            states,
+            attributes,
+            fetched: Instant::now(),
+        };
+        self.metadata
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ctx.connection.to_owned(), metadata.clone());
+        Ok(metadata)
+    }
+
+    async fn organization_href(
+        &self,
+        ctx: &CallContext<'_>,
+        base: &str,
+        wanted: Option<&str>,
+    ) -> Result<String, ActionError> {
+        let cached = self
+            .organizations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ctx.connection)
+            .cloned();
+        let orgs = match cached {
+            Some(orgs) => orgs,
+            None => {
+                let body = self
+                    .call(
+                        ctx,
+                        VendorRequest::get(format!("{base}/entity/organization")),
+                    )
+                    .await?;
+                let orgs: Vec<(String, String)> = body["rows"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| {
+                        Some((
+                            o["name"].as_str()?.to_owned(),
+                            o["meta"]["href"].as_str()?.to_owned(),
+                        ))
+                    })
+                    .collect();
+                self.organizations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ctx.connection.to_owned(), orgs.clone());
+                orgs
+            }
+        };
+        let found = match wanted {
+            None => orgs.first(),
+            Some(name) => orgs
+                .iter()
+                .find(|(n, href)| n == name || href.ends_with(&format!("/{name}"))),
+        };
+        found.map(|(_, href)| href.clone()).ok_or_else(|| {
+            ActionError::field(
+                "fields.organization",
+                format!(
+                    "no organization {} in this account (known: {})",
+                    wanted.unwrap_or("at all"),
+                    orgs.iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+
+    fn order_body(
+        &self,
+        fields: &Map<String, Value>,
+        metadata: &OrderMetadata,
+    ) -> Result<Map<String, Value>, ActionError> {
+        let mut body = Map::new();
+        if let Some(state) = text(fields, "state") {
+            let href = metadata.states.get(&state).ok_or_else(|| {
+                ActionError::field(
+                    "fields.state",
+                    format!(
+                        "no order status '{state}' in this account (known: {})",
+                        metadata
+                            .states
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+            body.insert("state".into(), json!({"meta": meta(href, "state")}));
+        }
+        if let Some(description) = text(fields, "description") {
+            body.insert("description".into(), Value::String(description));
+        }
+        if let Some(code) = text(fields, "external_code") {
+            body.insert("externalCode".into(), Value::String(code));
+        }
+        if let Some(attributes) = fields.get("attributes").filter(|v| !v.is_null()) {
+            let Some(map) = attributes.as_object() else {
+                return Err(ActionError::field(
+                    "fields.attributes",
+                    "must be an object of attribute name → value",
+                ));
+            };
+            let mut list = Vec::new();
+            for (name, value) in map {
+                let (href, kind) = metadata.attributes.get(name).ok_or_else(|| {
+                    ActionError::field(
+                        format!("fields.attributes.{name}"),
+                        format!(
+                            "no order attribute '{name}' in this account (known: {})",
+                            metadata
+                                .attributes
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?;
+                let value = match (kind.as_str(), value) {
+                    (_, Value::Null) => Value::Null,
+                    ("long", v) => v
+                        .as_str()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .map(Value::from)
+                        .unwrap_or(v.clone()),
+                    ("double", v) => v
+                        .as_str()
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .map(Value::from)
+                        .unwrap_or(v.clone()),
+                    ("string" | "text" | "link", Value::String(s)) => Value::String(s.clone()),
+                    ("string" | "text" | "link", other) => Value::String(other.to_string()),
+                    (_, v) => v.clone(),
+                };
+                list.push(json!({"meta": meta(href, "attributemetadata"), "value": value}));
+            }
+            body.insert("attributes".into(), Value::Array(list));
+        }
+        Ok(body)
+    }
+
+    async fn fetch_order(&self, ctx: &CallContext<'_>, href: &str) -> Result<Value, ActionError> {
+        let base = self.base(ctx)?;
+        if !href.starts_with(&format!("{base}/entity/customerorder/")) {
+            return Err(ActionError::Config(format!(
+                "the webhook points at {href}, which is not an order of this connection's account"
+            )));
+        }
+        let separator = if href.contains('?') { '&' } else { '?' };
+        self.call(
+            ctx,
+            VendorRequest::get(format!("{href}{separator}expand=state")),
+        )
+        .await
+    }
+}
+
+fn meta(href: &str, kind: &str) -> Value {
+    json!({"href": href, "type": kind, "mediaType": "application/json"})
+}
+
+fn last_segment(href: &str) -> String {
+    href.split('?')
+        .next()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn kopecks_to_roubles(value: &Value) -> Value {
+    value
+        .as_f64()
+        .map(|k| json!((k / 100.0 * 100.0).round() / 100.0))
+        .unwrap_or(Value::Null)
+}
+
+/// The catalog's view of an order, from MoySklad's JSON.
+fn normalise_order(order: &Value) -> Value {
+    let mut attributes = Map::new();
+    for attribute in order["attributes"].as_array().into_iter().flatten() {
+        if let Some(name) = attribute["name"].as_str() {
+            let value = match &attribute["value"] {
+                Value::Object(obj) => obj
+                    .get("name")
+                    .cloned()
+                    .unwrap_or(Value::Object(obj.clone())),
+                other => other.clone(),
+            };
+            attributes.insert(name.to_owned(), value);
+        }
+    }
+    let mut data = json!({
+        "id": order["id"],
+        "name": order["name"],
+        "sum": kopecks_to_roubles(&order["sum"]),
+        "payed_sum": kopecks_to_roubles(&order["payedSum"]),
+        "shipped_sum": kopecks_to_roubles(&order["shippedSum"]),
+        "description": order["description"],
+        "agent_id": order["agent"]["meta"]["href"].as_str().map(last_segment),
+        "external_code": order["externalCode"],
+        "updated": order["updated"],
+        "attributes": attributes,
+        "href": order["meta"]["href"],
+    });
+    if let Some(state) = order["state"]["name"].as_str() {
+        data["state"] = state.into();
+        data["state_type"] = order["state"]["stateType"].clone();
+    }
+    data
+}
+
+fn parse_msk(text: &str) -> Option<DateTime<Utc>> {
+    let trimmed = text.trim();
+    [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|format| NaiveDateTime::parse_from_str(trimmed, format).ok())
+    .and_then(|naive| moscow().from_local_datetime(&naive).single())
+    .map(|t| t.with_timezone(&Utc))
+}
+
+fn format_msk(at: DateTime<Utc>) -> String {
+    at.with_timezone(&moscow())
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// A UUID derived from the idempotency key: the same step always sends the
+/// same syncId.
+fn sync_id(key: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("crmbridge:{key}").as_bytes(),
+    )
+    .to_string()
+}
+
+#[async_trait]
+impl Connector for MoySklad {
+    fn app(&self) -> &'static str {
+        "moysklad"
+    }
+
+    fn catalog(&self) -> StaticCatalog {
+        let mut catalog = StaticCatalog::new();
+        for what in ["created", "updated", "deleted"] {
+            catalog = catalog.with_event(EventKindSpec::new(
+                format!("moysklad.customerorder.{what}"),
+                order_fields(),
+            ));
+        }
+        catalog
+            .with_action(
+                ActionSpec::new(
+                    "moysklad.counterparty.create",
+                    ActionKind::Create,
+                    vec![
+                        FieldSpec::required("name", FieldType::String)
+                            .describe("counterparty name"),
+                        field(
+                            "phone",
+                            FieldType::Phone,
+                            "phone (free text in MoySklad; send E.164)",
+                        ),
+                        field("email", FieldType::Email, "email"),
+                        field(
+                            "company_type",
+                            FieldType::Enum(vec![
+                                "legal".into(),
+                                "entrepreneur".into(),
+                                "individual".into(),
+                            ]),
+                            "legal form",
+                        ),
+                        field("description", FieldType::String, "comment"),
+                        field("tags", FieldType::Array, "tags"),
+                        field("external_code", FieldType::String, "external code"),
+                    ],
+                )
+                .with_output(vec![
+                    field("id", FieldType::String, "counterparty id"),
+                    field("name", FieldType::String, "name"),
+                    field("phone", FieldType::String, "phone"),
+                    field("email", FieldType::String, "email"),
+                ]),
+            )
+            .with_action(
+                ActionSpec::new(
+                    "moysklad.customerorder.create",
+                    ActionKind::Create,
+                    vec![
+                        FieldSpec::required("agent", FieldType::String).describe("counterparty id"),
+                        field(
+                            "organization",
+                            FieldType::String,
+                            "your legal entity's name or id (default: the first)",
+                        ),
+                        field("state", FieldType::String, "status name"),
+                        field("description", FieldType::String, "comment"),
+                        field("external_code", FieldType::String, "external code"),
+                        field("attributes", FieldType::Object, "custom attributes by name"),
+                    ],
+                )
+                .with_output(order_fields()),
+            )
+            .with_action(
+                ActionSpec::new(
+                    "moysklad.customerorder.update",
+                    ActionKind::Update,
+                    vec![
+                        field("state", FieldType::String, "status name"),
+                        field("description", FieldType::String, "comment"),
+                        field("attributes", FieldType::Object, "custom attributes by name"),
+                    ],
+                )
+                .with_output(order_fields()),
+            )
+    }
+
+    fn required_credentials(&self) -> &'static [&'static str] {
+        &["token"]
+    }
+
+    fn validate_settings(
+        &self,
+        settings: &Value,
+        allow_any_base_url: bool,
+    ) -> Result<(), Vec<SettingsError>> {
+        validate_known_settings(
+            settings,
+            SETTINGS,
+            Some(DEFAULT_BASE_URL),
+            DOMAINS,
+            allow_any_base_url,
+        )
+    }
+
+    fn decode_webhook(
+        &self,
+        _connection: ConnectionView<'_>,
+        request: &InboundRequest<'_>,
+    ) -> Result<Vec<DecodedEvent>, DecodeError> {
+        let body: Value = serde_json::from_slice(request.body)
+            .map_err(|err| DecodeError::new("body", format!("not valid JSON: {err}")))?;
+        let events = body["events"]
+            .as_array()
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| {
+                DecodeError::new(
+                    "body.events",
+                    "a MoySklad webhook carries a non-empty events list",
+                )
+            })?;
+        // MoySklad retries a delivery with the same requestId: it is the
+        // de-duplication key.
+        let request_id = request
+            .query
+            .iter()
+            .find(|(k, _)| k == "requestId")
+            .map(|(_, v)| v.clone());
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| {
+                let href = event["meta"]["href"]
+                    .as_str()
+                    .ok_or_else(|| DecodeError::new(format!("body.events[{i}].meta.href"), "missing"))?;
+                let entity = event["meta"]["type"]
+                    .as_str()
+                    .ok_or_else(|| DecodeError::new(format!("body.events[{i}].meta.type"), "missing"))?;
+                let what = match event["action"].as_str() {
+                    Some("CREATE") => "created",
+                    Some("UPDATE") => "updated",
+                    Some("DELETE") => "deleted",
+                    other => {
+                        return Err(DecodeError::new(
+                            format!("body.events[{i}].action"),
+                            format!("expected CREATE, UPDATE or DELETE, got {}", other.unwrap_or("nothing")),
+                        ));
+                    }
+                };
+                let id = last_segment(href);
+                Ok(DecodedEvent {
+                    source_id: request_id.as_ref().map(|r| format!("{r}:{i}")),
+                    kind: format!("moysklad.{entity}.{what}"),
+                    subject: Subject { kind: entity.to_owned(), id: id.clone() },
+                    occurred_at: body["auditContext"]["moment"].as_str().and_then(parse_msk),
+                    data: json!({
+                        "id": id,
+                        "href": href,
+                        "action": event["action"],
+                        "updated_fields": event.get("updatedFields").cloned().unwrap_or(Value::Array(vec![])),
+                    }),
+                })
+            })
+            .collect()
+    }
+
+    async fn enrich(&self, ctx: &CallContext<'_>, event: &mut Event) -> Result<(), ActionError> {
+        let is_order = event.kind == "moysklad.customerorder.created"
+            || event.kind == "moysklad.customerorder.updated";
+        // Polled events arrive complete; webhook events only point.
+        if !is_order || event.data.get("updated").is_some_and(|u| !u.is_null()) {
+            return Ok(());
+        }
+        let href = event.data["href"].as_str().unwrap_or_default().to_owned();
+        let order = self.fetch_order(ctx, &href).await?;
+        let mut data = normalise_order(&order);
+        data["action"] = event.data["action"].clone();
+        data["updated_fields"] = event.data["updated_fields"].clone();
+        event.data = data;
+        Ok(())
+    }
+
+    async fn find(
+        &self,
+        ctx: &CallContext<'_>,
+        action: &str,
+        keys: &[LookupKey],
+    ) -> Result<Option<String>, ActionError> {
+        if action != "moysklad.counterparty.create" {
+            return Err(ActionError::Unsupported {
+                app: "moysklad",
+                what: format!("searching for {action}"),
+            });
+        }
+        let base = self.base(ctx)?;
+        for key in keys {
+            let wanted = match &key.value {
+                Value::String(s) => s.clone(),
+                Value::Null => continue,
+                other => other.to_string(),
+            };
+            let (query, check): (Vec<(&str, String)>, Box<dyn Fn(&Value) -> bool + Send>) =
+                match key.field.as_str() {
+                    "phone" => {
+                        let d = digits(&wanted);
+                        if d.len() < 5 {
+                            continue;
+                        }
+                        let tail = d[d.len().saturating_sub(10)..].to_owned();
+                        let wanted = wanted.clone();
+                        (
+                            vec![("search", tail)],
+                            Box::new(move |row: &Value| {
+                                row["phone"]
+                                    .as_str()
+                                    .is_some_and(|p| same_phone(p, &wanted))
+                            }),
+                        )
+                    }
+                    "email" => {
+                        let lower = wanted.trim().to_lowercase();
+                        (
+                            vec![("filter", format!("email={}", wanted.trim()))],
+                            Box::new(move |row: &Value| {
+                                row["email"]
+                                    .as_str()
+                                    .is_some_and(|e| e.trim().to_lowercase() == lower)
+                            }),
+                        )
+                    }
+                    "name" | "external_code" | "inn" => {
+                        let api_field = if key.field == "external_code" {
+                            "externalCode"
+                        } else {
+                            key.field.as_str()
+                        };
+                        let field_name = api_field.to_owned();
+                        let exact = wanted.clone();
+                        (
+                            vec![("filter", format!("{api_field}={wanted}"))],
+                            Box::new(move |row: &Value| {
+                                row[field_name.as_str()].as_str() == Some(exact.as_str())
+                            }),
+                        )
+                    }
+                    other => {
+                        return Err(ActionError::field(
+                            format!("dedupe.by.{other}"),
+                            "MoySklad counterparties can be found by phone, email, name, external_code or inn",
+                        ));
+                    }
+                };
+            let mut url = url::Url::parse(&format!("{base}/entity/counterparty"))
+                .map_err(|err| ActionError::Config(format!("base URL: {err}")))?;
+            url.query_pairs_mut().append_pair("limit", "100");
+            for (k, v) in &query {
+                url.query_pairs_mut().append_pair(k, v);
+            }
+            let body = self.call(ctx, VendorRequest::get(url.to_string())).await?;
+            // The oldest match wins, so repeated searches agree.
+            let mut matches: Vec<&Value> = body["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|row| check(row))
+                .collect();
+            matches.sort_by(|a, b| a["created"].as_str().cmp(&b["created"].as_str()));
+            if let Some(id) = matches.first().and_then(|row| row["id"].as_str()) {
+                return Ok(Some(id.to_owned()));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        action: &str,
+        fields: &Map<String, Value>,
+        target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        let base = self.base(ctx)?;
+        let (request, normalise): (VendorRequest, fn(&Value) -> Value) = match action {
+            "moysklad.counterparty.create" => {
+                only_known(
+                    fields,
+                    &[
+                        "name",
+                        "phone",
+                        "email",
+                        "company_type",
+                        "description",
+                        "tags",
+                        "external_code",
+                    ],
+                )?;
+                let mut body = json!({"name": required_text(fields, "name")?, "syncId": sync_id(ctx.idempotency_key)});
+                for (ours, theirs) in [
+                    ("phone", "phone"),
+                    ("email", "email"),
+                    ("company_type", "companyType"),
+                    ("description", "description"),
+                    ("external_code", "externalCode"),
+                ] {
+                    if let Some(value) = text(fields, ours) {
+                        body[theirs] = Value::String(value);
+                    }
+                }
+                match fields.get("tags") {
+                    Some(Value::Array(tags)) => body["tags"] = Value::Array(tags.clone()),
+                    Some(Value::String(tags)) if !tags.is_empty() => {
+                        body["tags"] = tags
+                            .split(['|', ','])
+                            .map(|t| Value::String(t.trim().to_owned()))
+                            .collect();
+                    }
+                    _ => {}
+                }
+                let request = VendorRequest::with_body(
+                    reqwest::Method::POST,
+                    format!("{base}/entity/counterparty"),
+                    body.to_string().into_bytes(),
+                    Idempotency::Idempotent,
+                );
+                (
+                    request,
+                    |v| json!({"id": v["id"], "name": v["name"], "phone": v["phone"], "email": v["email"]}),
+                )
+            }
+            "moysklad.customerorder.create" => {
+                only_known(
+                    fields,
+                    &[
+                        "agent",
+                        "organization",
+                        "state",
+                        "description",
+                        "external_code",
+                        "attributes",
+                    ],
+                )?;
+                let agent = required_text(fields, "agent")?;
+                let metadata = self.order_metadata(ctx, &base).await?;
+                let organization = self
+                    .organization_href(
+                        ctx,
+                        &base,
+                        text(fields, "organization")
+                            .or_else(|| ctx.settings["organization"].as_str().map(str::to_owned))
+                            .as_deref(),
+                    )
+                    .await?;
+                let mut body = self.order_body(fields, &metadata)?;
+                body.insert("agent".into(), json!({"meta": meta(&format!("{base}/entity/counterparty/{agent}"), "counterparty")}));
+                body.insert(
+                    "organization".into(),
+                    json!({"meta": meta(&organization, "organization")}),
+                );
+                body.insert("syncId".into(), Value::String(sync_id(ctx.idempotency_key)));
+                let request = VendorRequest::with_body(
+                    reqwest::Method::POST,
+                    format!("{base}/entity/customerorder"),
+                    Value::Object(body).to_string().into_bytes(),
+                    Idempotency::Idempotent,
+                );
+                (request, normalise_order)
+            }
+            "moysklad.customerorder.update" => {
+                only_known(fields, &["state", "description", "attributes"])?;
+                let target = target.ok_or_else(|| {
+                    ActionError::field("target", "an update needs the order's id")
+                })?;
+                let metadata = self.order_metadata(ctx, &base).await?;
+                let body = self.order_body(fields, &metadata)?;
+                let request = VendorRequest::with_body(
+                    reqwest::Method::PUT,
+                    format!("{base}/entity/customerorder/{target}"),
+                    Value::Object(body).to_string().into_bytes(),
+                    Idempotency::Idempotent,
+                );
+                (request, normalise_order)
+            }
+            other => {
+                return Err(ActionError::Unsupported {
+                    app: "moysklad",
+                    what: format!("the action {other}"),
+                });
+            }
+        };
+        let record = self.call(ctx, request).await?;
+        let id = record["id"]
+            .as_str()
+            .ok_or_else(|| VendorError::Decode {
+                status: 200,
+                message: "the created record has no id".into(),
+            })?
+            .to_owned();
+        Ok(ActionOutput {
+            id,
+            record: normalise(&record),
+            response_status: 200,
+            attempts: 1,
+        })
+    }
+
+    async fn poll(
+        &self,
+        ctx: &CallContext<'_>,
+        kind: &str,
+        cursor: Option<&Value>,
+        now: DateTime<Utc>,
+    ) -> Result<PollBatch, ActionError> {
+        if kind != "moysklad.customerorder.updated" && kind != "moysklad.customerorder.created" {
+            return Err(ActionError::Unsupported {
+                app: "moysklad",
+                what: format!("polling {kind}"),
+            });
+        }
+        let Some(since) = cursor
+            .and_then(|c| c["updated"].as_str())
+            .and_then(parse_msk)
+        else {
+            // First poll: start from now; history is not replayed.
+            return Ok(PollBatch {
+                events: vec![],
+                cursor: json!({"updated": format_msk(now)}),
+            });
+        };
+        let base = self.base(ctx)?;
+        let from = format_msk(since - chrono::Duration::seconds(POLL_OVERLAP_SECS));
+        let mut events = Vec::new();
+        let mut newest = since;
+        for page in 0..POLL_MAX_PAGES {
+            let mut url = url::Url::parse(&format!("{base}/entity/customerorder"))
+                .map_err(|err| ActionError::Config(format!("base URL: {err}")))?;
+            url.query_pairs_mut()
+                .append_pair("filter", &format!("updated>={from}"))
+                .append_pair("order", "updated,asc")
+                .append_pair("expand", "state")
+                .append_pair("limit", &POLL_PAGE.to_string())
+                .append_pair("offset", &(page * POLL_PAGE).to_string());
+            let body = self.call(ctx, VendorRequest::get(url.to_string())).await?;
+            let rows = body["rows"].as_array().cloned().unwrap_or_default();
+            for order in &rows {
+                let data = normalise_order(order);
+                let updated = data["updated"].as_str().unwrap_or_default().to_owned();
+                let id = data["id"].as_str().unwrap_or_default().to_owned();
+                if let Some(at) = parse_msk(&updated) {
+                    newest = newest.max(at);
+                }
+                let created = order["created"].as_str() == Some(updated.as_str());
+                let what = if created { "created" } else { "updated" };
+                if format!("moysklad.customerorder.{what}") != kind
+                    && kind == "moysklad.customerorder.created"
+                {
+                    continue;
+                }
+                events.push(DecodedEvent {
+                    // One event per (order, version): overlapping polls and
+                    // redeliveries collapse into it.
+                    source_id: Some(format!("{id}@{updated}")),
+                    kind: kind.to_owned(),
+                    subject: Subject {
+                        kind: "customerorder".into(),
+                        id,
+                    },
+                    occurred_at: parse_msk(&updated),
+                    data,
+                });
+            }
+            if rows.len() < POLL_PAGE {
+                break;
+            }
+        }
+        Ok(PollBatch {
+            events,
+            cursor: json!({"updated": format_msk(newest)}),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn moscow_time_round_trips() {
+        let at = parse_msk("2026-05-08 15:00:00.123").unwrap();
+        assert_eq!(at.to_rfc3339(), "2026-05-08T12:00:00.123+00:00");
+        assert_eq!(format_msk(at), "2026-05-08 15:00:00");
+        assert!(parse_msk("08.05.2026").is_none());
+    }
+
+    #[test]
+    fn sync_ids_are_stable_uuids() {
+        assert_eq!(sync_id("run_1/order"), sync_id("run_1/order"));
+        assert_ne!(sync_id("run_1/order"), sync_id("run_2/order"));
+        assert_eq!(sync_id("x").len(), 36);
+    }
+
+    #[test]
+    fn webhooks_decode_into_pointing_events() {
+        let body = br#"{"auditContext":{"moment":"2026-05-08 15:51:16"},"events":[{"meta":{"type":"customerorder","href":"https://api.moysklad.ru/api/remap/1.2/entity/customerorder/abc"},"action":"UPDATE","updatedFields":["state"]}]}"#;
+        let query = vec![("requestId".to_owned(), "req-1".to_owned())];
+        let events = MoySklad::default()
+            .decode_webhook(
+                ConnectionView {
+                    id: "c",
+                    settings: &json!({}),
+                },
+                &InboundRequest {
+                    method: "POST",
+                    query: &query,
+                    content_type: Some("application/json"),
+                    body,
+                },
+            )
+            .unwrap();
+        assert_eq!(events[0].kind, "moysklad.customerorder.updated");
+        assert_eq!(events[0].source_id.as_deref(), Some("req-1:0"));
+        assert_eq!(events[0].subject.id, "abc");
+        let bad = MoySklad::default()
+            .decode_webhook(
+                ConnectionView {
+                    id: "c",
+                    settings: &json!({}),
+                },
+                &InboundRequest {
+                    method: "POST",
+                    query: &[],
+                    content_type: None,
+                    body: br#"{"events":[]}"#,
+                },
+            )
+            .unwrap_err();
+        assert_eq!(bad.field, "body.events");
+    }
+
+    #[test]
+    fn orders_normalise_money_to_roubles() {
+        let order = json!({"id": "o1", "name": "00042", "sum": 150050.0, "payedSum": 0.0, "state": {"name": "Новый", "stateType": "Regular"},
+            "agent": {"meta": {"href": "https://x/entity/counterparty/cp1"}}, "attributes": [{"name": "utm_source", "value": "yandex"}]});
+        let data = normalise_order(&order);
+        assert_eq!(data["sum"], json!(1500.5));
+        assert_eq!(data["state"], "Новый");
+        assert_eq!(data["agent_id"], "cp1");
+        assert_eq!(data["attributes"]["utm_source"], "yandex");
+    }
+}

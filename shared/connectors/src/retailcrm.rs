@@ -1,0 +1,584 @@
+//! retailCRM (API v5): customers, orders, and order changes polled from the
+//! history. Facts: ../shared/apis/calltouch-moysklad-retailcrm.md, § C.
+//!
+//! - The account has its own address (`https://<shop>.retailcrm.ru`, or the
+//!   Simla domains): `base_url` is a required setting.
+//! - Auth `X-API-KEY`; POST bodies are forms whose nested objects are JSON
+//!   strings (`customer=<json>`, `order=<json>`, `site=<code>`).
+//! - Errors are `{"success": false, "errorMsg", "errors"}`, sometimes with
+//!   HTTP 200-range statuses; `errors` is a map or a list.
+//! - 10 requests / s per key; over the limit retailCRM answers 503 (or 429)
+//!   — both retried by the HTTP stack.
+//! - No `filter[phone]` exists: phones are searched with `filter[name]`
+//!   (which also matches phones, per a maintainer) and checked client-side;
+//!   `filter[email]` may be partial (uncertain), so it is checked too.
+//! - Creates carry an `externalId` derived from the step's idempotency key
+//!   and look it up first (`GET …/{externalId}?by=externalId`): whether
+//!   `create` refuses a duplicate externalId is not documented (uncertain).
+//! - Changes: `/orders/history` with `filter[sinceId]`; the first poll
+//!   starts from now, not from the account's whole history.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, FixedOffset, Offset, Utc};
+use crmbridge_mapping::{
+    ActionKind, ActionSpec, EventKindSpec, FieldSpec, FieldType, LookupKey, StaticCatalog, Subject,
+};
+use serde_json::{Map, Value, json};
+
+use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
+use crate::support::{
+    base_url, credential, digits, only_known, same_phone, text, validate_known_settings,
+};
+use crate::{
+    ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
+    InboundRequest, PollBatch, SettingsError,
+};
+
+const DOMAINS: &[&str] = &[
+    ".retailcrm.ru",
+    ".retailcrm.pro",
+    ".retailcrm.es",
+    ".simla.com",
+    ".simla.io",
+];
+const SETTINGS: &[&str] = &["site"];
+const HISTORY_PAGE: usize = 100;
+const HISTORY_MAX_PAGES: usize = 20;
+const CUSTOMER_FIELDS: &[&str] = &["first_name", "last_name", "phone", "email", "external_id"];
+const ORDER_FIELDS: &[&str] = &[
+    "external_id",
+    "customer_id",
+    "first_name",
+    "last_name",
+    "phone",
+    "email",
+    "status",
+    "order_method",
+    "comment",
+    "source",
+    "custom_fields",
+];
+
+pub fn policy() -> VendorPolicy {
+    VendorPolicy::new("retailcrm", 10, Duration::from_secs(1), 5)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetailCrm;
+
+fn spec(name: &str, t: FieldType, d: &str) -> FieldSpec {
+    FieldSpec::new(name, t).describe(d)
+}
+
+fn order_event_fields() -> Vec<FieldSpec> {
+    vec![
+        spec("id", FieldType::String, "order id"),
+        spec("number", FieldType::String, "order number"),
+        spec("external_id", FieldType::String, "external id"),
+        spec("status", FieldType::String, "status code after the change"),
+        spec("field", FieldType::String, "the changed field"),
+        spec("old_value", FieldType::Any, "value before"),
+        spec("new_value", FieldType::Any, "value after"),
+        spec("total_sum", FieldType::Money, "order total"),
+        spec(
+            "created",
+            FieldType::Boolean,
+            "the change created the order",
+        ),
+    ]
+}
+
+impl RetailCrm {
+    async fn call(
+        &self,
+        ctx: &CallContext<'_>,
+        request: VendorRequest,
+    ) -> Result<(Value, u16, u32), ActionError> {
+        let key = credential(ctx.credentials, "api_key")?;
+        let request = request.header("x-api-key", key);
+        let response = ctx
+            .http
+            .send(ctx.connection, &policy(), &request, &[key])
+            .await?;
+        if response.body.first() == Some(&b'<') {
+            // A wrong subdomain answers HTML ("Account does not exist").
+            return Err(VendorError::Rejected {
+                vendor: "retailcrm",
+                status: response.status,
+                message: "the account address answered with HTML: check settings.base_url".into(),
+            }
+            .into());
+        }
+        let body = response.json()?;
+        if body["success"] == json!(false) || !response.is_success() {
+            let mut message = body["errorMsg"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_owned();
+            match &body["errors"] {
+                Value::Object(map) if !map.is_empty() => {
+                    let details: Vec<String> = map
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()))
+                        .collect();
+                    message = format!("{message} ({})", details.join("; "));
+                }
+                Value::Array(list) if !list.is_empty() => {
+                    let details: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+                    message = format!("{message} ({})", details.join("; "));
+                }
+                _ => {}
+            }
+            return Err(VendorError::Rejected {
+                vendor: "retailcrm",
+                status: response.status,
+                message,
+            }
+            .into());
+        }
+        Ok((body, response.status, response.attempts))
+    }
+
+    fn base(&self, ctx: &CallContext<'_>) -> Result<String, ActionError> {
+        base_url(ctx.settings, "", DOMAINS, ctx.allow_any_base_url)
+    }
+
+    fn url(
+        &self,
+        ctx: &CallContext<'_>,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<String, ActionError> {
+        let mut url = url::Url::parse(&format!("{}/api/v5/{path}", self.base(ctx)?))
+            .map_err(|err| ActionError::Config(format!("base URL: {err}")))?;
+        for (k, v) in query {
+            url.query_pairs_mut().append_pair(k, v);
+        }
+        if let Some(site) = ctx.settings["site"].as_str() {
+            url.query_pairs_mut().append_pair("site", site);
+        }
+        Ok(url.to_string())
+    }
+
+    fn form(&self, ctx: &CallContext<'_>, field: &str, object: &Value) -> Vec<u8> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair(field, &object.to_string());
+        if let Some(site) = ctx.settings["site"].as_str() {
+            form.append_pair("site", site);
+        }
+        form.finish().into_bytes()
+    }
+
+    /// The record with this externalId, if an earlier attempt created it.
+    async fn by_external_id(
+        &self,
+        ctx: &CallContext<'_>,
+        entity: &str,
+        external_id: &str,
+    ) -> Result<Option<Value>, ActionError> {
+        let url = self.url(
+            ctx,
+            &format!("{entity}s/{}", urlencode(external_id)),
+            &[("by", "externalId".into())],
+        )?;
+        match self.call(ctx, VendorRequest::get(url)).await {
+            Ok((body, _, _)) => Ok(Some(body[entity].clone())),
+            Err(ActionError::Vendor(VendorError::Rejected { status: 404, .. })) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn create(
+        &self,
+        ctx: &CallContext<'_>,
+        entity: &str,
+        object: Value,
+        external_id: &str,
+    ) -> Result<ActionOutput, ActionError> {
+        if let Some(existing) = self.by_external_id(ctx, entity, external_id).await? {
+            return Ok(ActionOutput {
+                id: id_text(&existing["id"]),
+                record: existing,
+                response_status: 200,
+                attempts: 1,
+            });
+        }
+        let request = VendorRequest::with_body(
+            reqwest::Method::POST,
+            self.url(ctx, &format!("{entity}s/create"), &[])?,
+            self.form(ctx, entity, &object),
+            // Not idempotent at retailCRM; the externalId look-up above is
+            // what makes a repeated step safe.
+            Idempotency::NotIdempotent,
+        )
+        .header("content-type", "application/x-www-form-urlencoded");
+        let (body, status, attempts) = self.call(ctx, request).await?;
+        let id = id_text(&body["id"]);
+        let mut record = body.get(entity).cloned().unwrap_or_else(|| object.clone());
+        record["id"] = Value::String(id.clone());
+        Ok(ActionOutput {
+            id,
+            record,
+            response_status: status,
+            attempts,
+        })
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+fn id_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// retailCRM ids must be short: a hash of the idempotency key.
+fn external_id(key: &str) -> String {
+    format!(
+        "cb-{}",
+        &uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, key.as_bytes())
+            .simple()
+            .to_string()[..20]
+    )
+}
+
+fn account_time(at: DateTime<Utc>) -> String {
+    // Accounts are usually on Moscow time; a few minutes of skew only
+    // costs a few already-seen history records.
+    let msk = FixedOffset::east_opt(3 * 3600).unwrap_or(Utc.fix());
+    at.with_timezone(&msk)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+#[async_trait]
+impl Connector for RetailCrm {
+    fn app(&self) -> &'static str {
+        "retailcrm"
+    }
+
+    fn catalog(&self) -> StaticCatalog {
+        StaticCatalog::new()
+            .with_event(EventKindSpec::new(
+                "retailcrm.order.changed",
+                order_event_fields(),
+            ))
+            .with_action(
+                ActionSpec::new(
+                    "retailcrm.customer.create",
+                    ActionKind::Create,
+                    vec![
+                        spec("first_name", FieldType::String, "first name"),
+                        spec("last_name", FieldType::String, "last name"),
+                        spec("phone", FieldType::Phone, "phone"),
+                        spec("email", FieldType::Email, "email"),
+                        spec(
+                            "external_id",
+                            FieldType::String,
+                            "your id (default: derived from the run)",
+                        ),
+                    ],
+                )
+                .with_output(vec![spec("id", FieldType::String, "customer id")]),
+            )
+            .with_action(
+                ActionSpec::new(
+                    "retailcrm.order.create",
+                    ActionKind::Create,
+                    vec![
+                        spec(
+                            "external_id",
+                            FieldType::String,
+                            "your id (default: derived from the run)",
+                        ),
+                        spec("customer_id", FieldType::String, "customer id"),
+                        spec("first_name", FieldType::String, "first name"),
+                        spec("last_name", FieldType::String, "last name"),
+                        spec("phone", FieldType::Phone, "phone"),
+                        spec("email", FieldType::Email, "email"),
+                        spec("status", FieldType::String, "status code"),
+                        spec(
+                            "order_method",
+                            FieldType::String,
+                            "order method code, e.g. phone",
+                        ),
+                        spec("comment", FieldType::String, "customer comment"),
+                        spec(
+                            "source",
+                            FieldType::Object,
+                            "source, medium, campaign, keyword, content",
+                        ),
+                        spec("custom_fields", FieldType::Object, "custom fields by code"),
+                    ],
+                )
+                .with_output(vec![
+                    spec("id", FieldType::String, "order id"),
+                    spec("number", FieldType::String, "number"),
+                ]),
+            )
+    }
+
+    fn required_credentials(&self) -> &'static [&'static str] {
+        &["api_key"]
+    }
+
+    fn validate_settings(
+        &self,
+        settings: &Value,
+        allow_any_base_url: bool,
+    ) -> Result<(), Vec<SettingsError>> {
+        validate_known_settings(settings, SETTINGS, None, DOMAINS, allow_any_base_url)
+    }
+
+    fn decode_webhook(
+        &self,
+        _connection: ConnectionView<'_>,
+        _request: &InboundRequest<'_>,
+    ) -> Result<Vec<DecodedEvent>, DecodeError> {
+        Err(DecodeError::new(
+            "path",
+            "retailCRM sends no webhooks to crmbridge: its order changes are polled from the history",
+        ))
+    }
+
+    async fn find(
+        &self,
+        ctx: &CallContext<'_>,
+        action: &str,
+        keys: &[LookupKey],
+    ) -> Result<Option<String>, ActionError> {
+        if action != "retailcrm.customer.create" {
+            return Err(ActionError::Unsupported {
+                app: "retailcrm",
+                what: format!("searching for {action}"),
+            });
+        }
+        for key in keys {
+            let wanted = match &key.value {
+                Value::String(s) if !s.is_empty() => s.clone(),
+                _ => continue,
+            };
+            let (filter, value) = match key.field.as_str() {
+                "phone" => ("filter[name]", digits(&wanted)),
+                "email" => ("filter[email]", wanted.trim().to_owned()),
+                other => {
+                    return Err(ActionError::field(
+                        format!("dedupe.by.{other}"),
+                        "retailCRM customers can be found by phone or email",
+                    ));
+                }
+            };
+            let url = self.url(
+                ctx,
+                "customers",
+                &[(filter, value), ("limit", "100".into())],
+            )?;
+            let (body, _, _) = self.call(ctx, VendorRequest::get(url)).await?;
+            let found = body["customers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| match key.field.as_str() {
+                    "phone" => c["phones"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|p| p["number"].as_str().is_some_and(|n| same_phone(n, &wanted))),
+                    _ => c["email"]
+                        .as_str()
+                        .is_some_and(|e| e.trim().eq_ignore_ascii_case(wanted.trim())),
+                });
+            if let Some(customer) = found {
+                return Ok(Some(id_text(&customer["id"])));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        action: &str,
+        fields: &Map<String, Value>,
+        _target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        match action {
+            "retailcrm.customer.create" => {
+                only_known(fields, CUSTOMER_FIELDS)?;
+                let external =
+                    text(fields, "external_id").unwrap_or_else(|| external_id(ctx.idempotency_key));
+                let mut customer = json!({"externalId": external});
+                for (ours, theirs) in [
+                    ("first_name", "firstName"),
+                    ("last_name", "lastName"),
+                    ("email", "email"),
+                ] {
+                    if let Some(value) = text(fields, ours) {
+                        customer[theirs] = Value::String(value);
+                    }
+                }
+                if let Some(phone) = text(fields, "phone") {
+                    customer["phones"] = json!([{"number": phone}]);
+                }
+                self.create(ctx, "customer", customer, &external).await
+            }
+            "retailcrm.order.create" => {
+                only_known(fields, ORDER_FIELDS)?;
+                let external =
+                    text(fields, "external_id").unwrap_or_else(|| external_id(ctx.idempotency_key));
+                let mut order = json!({"externalId": external});
+                for (ours, theirs) in [
+                    ("first_name", "firstName"),
+                    ("last_name", "lastName"),
+                    ("phone", "phone"),
+                    ("email", "email"),
+                    ("status", "status"),
+                    ("order_method", "orderMethod"),
+                    ("comment", "customerComment"),
+                ] {
+                    if let Some(value) = text(fields, ours) {
+                        order[theirs] = Value::String(value);
+                    }
+                }
+                if let Some(customer) = text(fields, "customer_id") {
+                    order["customer"] = json!({"id": customer.parse::<i64>().map(Value::from).unwrap_or(Value::String(customer))});
+                }
+                for (ours, theirs) in [("source", "source"), ("custom_fields", "customFields")] {
+                    match fields.get(ours) {
+                        Some(Value::Object(map)) => order[theirs] = Value::Object(map.clone()),
+                        None | Some(Value::Null) => {}
+                        Some(_) => {
+                            return Err(ActionError::field(
+                                format!("fields.{ours}"),
+                                "must be an object",
+                            ));
+                        }
+                    }
+                }
+                self.create(ctx, "order", order, &external).await
+            }
+            other => Err(ActionError::Unsupported {
+                app: "retailcrm",
+                what: format!("the action {other}"),
+            }),
+        }
+    }
+
+    async fn poll(
+        &self,
+        ctx: &CallContext<'_>,
+        kind: &str,
+        cursor: Option<&Value>,
+        now: DateTime<Utc>,
+    ) -> Result<PollBatch, ActionError> {
+        if kind != "retailcrm.order.changed" {
+            return Err(ActionError::Unsupported {
+                app: "retailcrm",
+                what: format!("polling {kind}"),
+            });
+        }
+        let since_id = cursor.and_then(|c| c["since_id"].as_i64());
+        let start = cursor
+            .and_then(|c| c["start_date"].as_str())
+            .map(str::to_owned);
+        let (mut filter, start_date) = match (since_id, start) {
+            (Some(id), _) => (vec![("filter[sinceId]", id.to_string())], None),
+            (None, Some(date)) => (vec![("filter[startDate]", date.clone())], Some(date)),
+            // First poll: remember where "now" is; history is not replayed.
+            (None, None) => {
+                return Ok(PollBatch {
+                    events: vec![],
+                    cursor: json!({"start_date": account_time(now)}),
+                });
+            }
+        };
+        filter.push(("limit", HISTORY_PAGE.to_string()));
+        let mut events = Vec::new();
+        let mut newest = since_id;
+        for page in 1..=HISTORY_MAX_PAGES {
+            let mut query = filter.clone();
+            query.push(("page", page.to_string()));
+            let url = self.url(ctx, "orders/history", &query)?;
+            let (body, _, _) = self.call(ctx, VendorRequest::get(url)).await?;
+            for record in body["history"].as_array().into_iter().flatten() {
+                let Some(history_id) = record["id"].as_i64() else {
+                    continue;
+                };
+                newest = Some(newest.map_or(history_id, |n| n.max(history_id)));
+                let order = &record["order"];
+                let order_id = id_text(&order["id"]);
+                let status = if record["field"] == "status" {
+                    record["newValue"]["code"].clone()
+                } else {
+                    order["status"].clone()
+                };
+                events.push(DecodedEvent {
+                    source_id: Some(format!("history:{history_id}")),
+                    kind: kind.to_owned(),
+                    subject: Subject {
+                        kind: "order".into(),
+                        id: order_id.clone(),
+                    },
+                    occurred_at: None,
+                    data: json!({
+                        "id": order_id,
+                        "number": order["number"],
+                        "external_id": order["externalId"],
+                        "status": status,
+                        "field": record["field"],
+                        "old_value": record["oldValue"],
+                        "new_value": record["newValue"],
+                        "total_sum": order["totalSumm"],
+                        "created": record["created"].as_bool().unwrap_or(false),
+                    }),
+                });
+            }
+            let pages = body["pagination"]["totalPageCount"].as_u64().unwrap_or(1) as usize;
+            if page >= pages {
+                break;
+            }
+        }
+        let cursor = match (newest, start_date) {
+            (Some(id), _) => json!({"since_id": id}),
+            (None, Some(date)) => json!({"start_date": date}),
+            (None, None) => json!({}),
+        };
+        Ok(PollBatch { events, cursor })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn external_ids_are_short_and_stable() {
+        assert_eq!(external_id("run/1"), external_id("run/1"));
+        assert_ne!(external_id("run/1"), external_id("run/2"));
+        assert_eq!(external_id("x").len(), 23);
+    }
+
+    #[test]
+    fn base_url_is_required_and_on_the_vendor_domain() {
+        let errors = RetailCrm.validate_settings(&json!({}), false).unwrap_err();
+        assert_eq!(errors[0].field, "base_url");
+        assert!(
+            RetailCrm
+                .validate_settings(&json!({"base_url": "https://shop.retailcrm.ru"}), false)
+                .is_ok()
+        );
+        assert!(
+            RetailCrm
+                .validate_settings(&json!({"base_url": "https://attacker.example"}), false)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Small pieces every vendor connector needs: base-URL policy (no SSRF),
+//! reading settings and credentials, phone digits, field access.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::{ActionError, SettingsError};
+
+/// Checks a base URL a user configured. Outside test mode it must be HTTPS
+/// on one of the vendor's domains, so a connection can never be used to
+/// make crmbridge call an address of the user's choosing.
+pub(crate) fn check_base_url(
+    url: &str,
+    allowed_suffixes: &[&str],
+    allow_any: bool,
+) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|err| format!("not a URL: {err}"))?;
+    if allow_any {
+        return match parsed.scheme() {
+            "http" | "https" => Ok(()),
+            other => Err(format!("scheme {other} is not HTTP")),
+        };
+    }
+    if parsed.scheme() != "https" {
+        return Err("must be an https:// URL".into());
+    }
+    if parsed.username() != "" || parsed.password().is_some() || parsed.port().is_some() {
+        return Err("must not carry credentials or a port".into());
+    }
+    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+    let allowed = allowed_suffixes.iter().any(|suffix| {
+        host == suffix.trim_start_matches('.')
+            || (suffix.starts_with('.') && host.ends_with(suffix))
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!(
+            "host {host} is not one of the vendor's ({})",
+            allowed_suffixes.join(", ")
+        ))
+    }
+}
+
+/// The base URL of a connection: its `base_url` setting (checked) or the
+/// vendor default.
+pub(crate) fn base_url(
+    settings: &Value,
+    default: &str,
+    allowed_suffixes: &[&str],
+    allow_any: bool,
+) -> Result<String, ActionError> {
+    let url = settings
+        .get("base_url")
+        .and_then(Value::as_str)
+        .unwrap_or(default);
+    if url.is_empty() {
+        return Err(ActionError::Config(
+            "settings.base_url is required for this connection".into(),
+        ));
+    }
+    check_base_url(url, allowed_suffixes, allow_any)
+        .map_err(|message| ActionError::Config(format!("settings.base_url: {message}")))?;
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Validates the settings every vendor connector shares, plus its own.
+pub(crate) fn validate_known_settings(
+    settings: &Value,
+    known: &[&str],
+    base_default: Option<&str>,
+    allowed_suffixes: &[&str],
+    allow_any: bool,
+) -> Result<(), Vec<SettingsError>> {
+    let mut errors = Vec::new();
+    let Some(map) = settings.as_object() else {
+        return Err(vec![SettingsError {
+            field: String::new(),
+            message: "settings must be a JSON object".into(),
+        }]);
+    };
+    for (name, value) in map {
+        if name == "base_url" {
+            match value.as_str() {
+                Some(url) => {
+                    if let Err(message) = check_base_url(url, allowed_suffixes, allow_any) {
+                        errors.push(SettingsError {
+                            field: name.clone(),
+                            message,
+                        });
+                    }
+                }
+                None => errors.push(SettingsError {
+                    field: name.clone(),
+                    message: "must be a string".into(),
+                }),
+            }
+        } else if name != "default_region" && !known.contains(&name.as_str()) {
+            errors.push(SettingsError {
+                field: name.clone(),
+                message: format!(
+                    "unknown setting; known: base_url, default_region, {}",
+                    known.join(", ")
+                ),
+            });
+        }
+    }
+    if base_default.is_none() && !map.contains_key("base_url") {
+        errors.push(SettingsError {
+            field: "base_url".into(),
+            message: "required: the account's API address".into(),
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+pub(crate) fn credential<'a>(
+    credentials: &'a BTreeMap<String, String>,
+    name: &str,
+) -> Result<&'a str, ActionError> {
+    credentials
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ActionError::Config(format!("the connection has no credential '{name}'")))
+}
+
+/// Digits of a phone number: the one form every vendor's free-text phone
+/// field can be compared in.
+pub(crate) fn digits(text: &str) -> String {
+    text.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Whether two phone numbers are the same line: equal digits, or equal
+/// national significant numbers (last 10 digits) — "+7 916…" and "8 916…"
+/// are one Russian number.
+pub(crate) fn same_phone(a: &str, b: &str) -> bool {
+    let (a, b) = (digits(a), digits(b));
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    if a == b {
+        return true;
+    }
+    a.len() >= 10 && b.len() >= 10 && a[a.len() - 10..] == b[b.len() - 10..]
+}
+
+/// A field's text (strings as-is, numbers printed), or `None` when unset.
+pub(crate) fn text(fields: &Map<String, Value>, name: &str) -> Option<String> {
+    match fields.get(name)? {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+pub(crate) fn required_text(
+    fields: &Map<String, Value>,
+    name: &str,
+) -> Result<String, ActionError> {
+    text(fields, name).ok_or_else(|| ActionError::field(format!("fields.{name}"), "is required"))
+}
+
+/// Rejects fields the action does not know, so a typo is an error, not a
+/// silently dropped value.
+pub(crate) fn only_known(fields: &Map<String, Value>, known: &[&str]) -> Result<(), ActionError> {
+    match fields.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(ActionError::field(
+            format!("fields.{unknown}"),
+            format!("unknown field; known: {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_must_be_on_the_vendor_domain() {
+        let ms = ["api.moysklad.ru"];
+        assert!(check_base_url("https://api.moysklad.ru/api/remap/1.2", &ms, false).is_ok());
+        assert!(check_base_url("http://api.moysklad.ru/api/remap/1.2", &ms, false).is_err());
+        assert!(check_base_url("https://evil.example/api", &ms, false).is_err());
+        assert!(check_base_url("https://api.moysklad.ru.evil.example/", &ms, false).is_err());
+        assert!(check_base_url("https://127.0.0.1/", &ms, false).is_err());
+        assert!(check_base_url("https://user:pw@api.moysklad.ru/", &ms, false).is_err());
+        assert!(check_base_url("https://api.moysklad.ru:8443/", &ms, false).is_err());
+        let rc = [".retailcrm.ru", ".simla.com"];
+        assert!(check_base_url("https://shop.retailcrm.ru", &rc, false).is_ok());
+        assert!(check_base_url("https://retailcrm.ru.evil.com", &rc, false).is_err());
+        assert!(check_base_url("http://127.0.0.1:9999/api", &ms, true).is_ok());
+        assert!(check_base_url("file:///etc/passwd", &ms, true).is_err());
+    }
+
+    #[test]
+    fn phones_compare_by_national_number() {
+        assert!(same_phone("+7 (916) 123-45-67", "89161234567"));
+        assert!(same_phone("79161234567", "+79161234567"));
+        assert!(!same_phone("79161234567", "79161234568"));
+        assert!(!same_phone("", ""));
+        assert!(same_phone("123", "1-2-3"));
+    }
+}

@@ -1,0 +1,370 @@
+//! Automations as stored: validated against the connectors' catalogs before
+//! they are saved, and indexed by what triggers them, so dispatch finds the
+//! automations of an event with one query and tick finds what to poll.
+
+use chrono::{DateTime, Utc};
+use crmbridge_mapping::{Automation, Catalog, EventKindSpec, ValidationErrorKind};
+use crmbridge_store::{Query, StoreError, Write};
+use serde::{Deserialize, Serialize};
+
+use crate::admin::Principal;
+use crate::records::{ConnectionRecord, Role};
+use crate::{Engine, EngineError, EngineResult, FieldError, decode, item, keys};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutomationRecord {
+    pub tenant: String,
+    pub automation: Automation,
+    /// Why the automation cannot run right now (a connection missing, a
+    /// project archived…), or `None` when it is healthy.
+    #[serde(default)]
+    pub health: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An index entry pointing at an automation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct AutomationRef {
+    pub tenant: String,
+    pub automation: String,
+}
+
+/// A source whose trigger must be polled: `{connection}#{kind}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PollSource {
+    pub tenant: String,
+    pub connection: String,
+    pub kind: String,
+}
+
+/// The connectors' catalogs, plus the open-ended `generic.*` kinds.
+struct EngineCatalog<'a> {
+    engine: &'a Engine,
+    generic: EventKindSpec,
+}
+
+impl Catalog for EngineCatalog<'_> {
+    fn event_kind(&self, kind: &str) -> Option<&EventKindSpec> {
+        if kind.starts_with("generic.") {
+            return Some(&self.generic);
+        }
+        self.engine.connectors.catalog().event_kind(kind)
+    }
+
+    fn action(&self, id: &str) -> Option<&crmbridge_mapping::ActionSpec> {
+        self.engine.connectors.catalog().action(id)
+    }
+}
+
+/// Which event kinds are polled rather than pushed.
+pub(crate) fn is_polled(kind: &str) -> bool {
+    matches!(kind, "retailcrm.order.changed")
+        || (kind.starts_with("moysklad.customerorder.") && kind != "moysklad.customerorder.deleted")
+}
+
+impl Engine {
+    fn app_of<'a>(&self, id: &'a str) -> &'a str {
+        id.split('.').next().unwrap_or_default()
+    }
+
+    /// Validates an automation for a tenant: the document against the
+    /// catalogs, and every connection it names against the tenant's own.
+    pub async fn validate_automation(
+        &self,
+        who: &Principal,
+        automation: &Automation,
+    ) -> EngineResult<()> {
+        let catalog = EngineCatalog {
+            engine: self,
+            generic: EventKindSpec::new(automation.trigger.event.clone(), vec![]),
+        };
+        let generic_trigger = automation.trigger.event.starts_with("generic.");
+        let mut errors: Vec<FieldError> = match crmbridge_mapping::validate(automation, &catalog) {
+            Ok(()) => vec![],
+            Err(found) => found
+                .iter()
+                // Generic events declare no fields: references to them are
+                // checked when the event arrives.
+                .filter(|e| !(generic_trigger && e.kind == ValidationErrorKind::UnknownEventField))
+                .map(|e| FieldError {
+                    field: e.path.clone(),
+                    message: e.message.clone(),
+                })
+                .collect(),
+        };
+        let mut check_connection =
+            |path: String, id: &str, app: &str, record: Option<ConnectionRecord>| match record {
+                Some(record) if record.tenant == who.tenant => {
+                    if record.app != app {
+                        errors.push(FieldError {
+                            field: path,
+                            message: format!(
+                                "connection {id} is a {} connection, not {app}",
+                                record.app
+                            ),
+                        });
+                    }
+                }
+                _ => errors.push(FieldError {
+                    field: path,
+                    message: format!("no connection {id} in this tenant"),
+                }),
+            };
+        let trigger_app = self.app_of(&automation.trigger.event).to_owned();
+        let record = self
+            .read::<ConnectionRecord>(&keys::connection(&automation.trigger.connection))
+            .await?
+            .map(|(r, _)| r);
+        check_connection(
+            "trigger.connection".into(),
+            &automation.trigger.connection,
+            &trigger_app,
+            record,
+        );
+        for (i, step) in automation.steps.iter().enumerate() {
+            let app = self.app_of(&step.action).to_owned();
+            let record = self
+                .read::<ConnectionRecord>(&keys::connection(&step.connection))
+                .await?
+                .map(|(r, _)| r);
+            check_connection(
+                format!("steps[{i}].connection"),
+                &step.connection,
+                &app,
+                record,
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Invalid(errors))
+        }
+    }
+
+    /// Saves (creates or replaces) an automation and its indexes.
+    pub async fn save_automation(
+        &self,
+        who: &Principal,
+        automation: Automation,
+    ) -> EngineResult<AutomationRecord> {
+        who.require_role(Role::Admin, "change automations")?;
+        self.validate_automation(who, &automation).await?;
+        let key = keys::automation(&who.tenant, &automation.id);
+        let existing = self.read::<AutomationRecord>(&key).await?;
+        let now = self.now();
+        let record = AutomationRecord {
+            tenant: who.tenant.clone(),
+            health: None,
+            created_at: existing.as_ref().map_or(now, |(r, _)| r.created_at),
+            updated_at: now,
+            automation,
+        };
+        let mut writes = Vec::new();
+        if let Some((old, _)) = &existing {
+            writes.extend(self.index_writes(old, false)?);
+        }
+        writes.extend(self.index_writes(&record, true)?);
+        writes.push(Write::Put(item(key, &record)?));
+        writes.push(Write::Put(item(
+            keys::tenant_automation_index(&who.tenant, &record.automation.id),
+            &AutomationRef {
+                tenant: who.tenant.clone(),
+                automation: record.automation.id.clone(),
+            },
+        )?));
+        dedupe_writes(&mut writes);
+        self.store.transact(writes).await?;
+        tracing::info!(tenant = %who.tenant, automation = %record.automation.id, "automation saved");
+        Ok(record)
+    }
+
+    /// Trigger and poll index writes for a record (`add`) or their removal.
+    fn index_writes(&self, record: &AutomationRecord, add: bool) -> EngineResult<Vec<Write>> {
+        let automation = &record.automation;
+        let trigger = keys::trigger(
+            &automation.trigger.connection,
+            &automation.trigger.event,
+            &automation.id,
+        );
+        let poll = keys::poll_source(&automation.trigger.connection, &automation.trigger.event);
+        let mut writes = Vec::new();
+        if add && automation.enabled {
+            writes.push(Write::Put(item(
+                trigger,
+                &AutomationRef {
+                    tenant: record.tenant.clone(),
+                    automation: automation.id.clone(),
+                },
+            )?));
+            if is_polled(&automation.trigger.event) {
+                writes.push(Write::Put(item(
+                    poll,
+                    &PollSource {
+                        tenant: record.tenant.clone(),
+                        connection: automation.trigger.connection.clone(),
+                        kind: automation.trigger.event.clone(),
+                    },
+                )?));
+            }
+        } else if !add {
+            writes.push(Write::Delete {
+                pk: trigger.pk,
+                sk: trigger.sk,
+            });
+            // The poll source may serve other automations too; dispatch
+            // drops a poll whose kind no longer has any automation.
+        }
+        Ok(writes)
+    }
+
+    pub async fn get_automation(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> EngineResult<AutomationRecord> {
+        match self
+            .read::<AutomationRecord>(&keys::automation(&who.tenant, id))
+            .await?
+        {
+            Some((record, _)) if record.tenant == who.tenant => Ok(record),
+            _ => Err(EngineError::NotFound {
+                what: "automation",
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    pub async fn list_automations(&self, who: &Principal) -> EngineResult<Vec<AutomationRecord>> {
+        let (pk, prefix) = keys::tenant_automations(&who.tenant);
+        let mut records = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .query(Query::prefix(pk.clone(), prefix).after(after))
+                .await?;
+            for entry in &page.items {
+                let reference: AutomationRef = decode(entry)?;
+                if let Ok(record) = self.get_automation(who, &reference.automation).await {
+                    records.push(record);
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(records),
+            }
+        }
+    }
+
+    pub async fn set_automation_enabled(
+        &self,
+        who: &Principal,
+        id: &str,
+        enabled: bool,
+    ) -> EngineResult<AutomationRecord> {
+        let mut record = self.get_automation(who, id).await?;
+        record.automation.enabled = enabled;
+        self.save_automation(who, record.automation).await
+    }
+
+    pub async fn delete_automation(&self, who: &Principal, id: &str) -> EngineResult<()> {
+        who.require_role(Role::Admin, "delete automations")?;
+        let record = self.get_automation(who, id).await?;
+        let mut writes = self.index_writes(&record, false)?;
+        let key = keys::automation(&who.tenant, id);
+        writes.push(Write::Delete {
+            pk: key.pk,
+            sk: key.sk,
+        });
+        let index = keys::tenant_automation_index(&who.tenant, id);
+        writes.push(Write::Delete {
+            pk: index.pk,
+            sk: index.sk,
+        });
+        self.store.transact(writes).await?;
+        Ok(())
+    }
+
+    /// The enabled automations an event triggers.
+    pub(crate) async fn automations_for(
+        &self,
+        connection: &str,
+        kind: &str,
+    ) -> EngineResult<Vec<AutomationRecord>> {
+        let (pk, prefix) = keys::triggers(connection, kind);
+        let mut found = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .query(Query::prefix(pk.clone(), prefix).after(after))
+                .await?;
+            for entry in &page.items {
+                let reference: AutomationRef = decode(entry)?;
+                if let Some((record, _)) = self
+                    .read::<AutomationRecord>(&keys::automation(
+                        &reference.tenant,
+                        &reference.automation,
+                    ))
+                    .await?
+                    && record.automation.enabled
+                {
+                    found.push(record);
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(found),
+            }
+        }
+    }
+
+    /// Marks an automation's health (e.g. "project archived"); `None` = ok.
+    pub(crate) async fn set_health(
+        &self,
+        tenant: &str,
+        id: &str,
+        health: Option<String>,
+    ) -> EngineResult<()> {
+        let key = keys::automation(tenant, id);
+        for _ in 0..5 {
+            let Some((mut record, version)) = self.read::<AutomationRecord>(&key).await? else {
+                return Ok(());
+            };
+            if record.health == health {
+                return Ok(());
+            }
+            record.health = health.clone();
+            match self
+                .store
+                .update_if_version(item(key.clone(), &record)?, version)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A transaction may not touch one item twice: keep the last write.
+fn dedupe_writes(writes: &mut Vec<Write>) {
+    let key = |w: &Write| match w {
+        Write::Put(i) | Write::PutIfAbsent(i) | Write::UpdateIfVersion { item: i, .. } => {
+            (i.pk.clone(), i.sk.clone())
+        }
+        Write::Delete { pk, sk } => (pk.clone(), sk.clone()),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<Write> = Vec::new();
+    for write in writes.drain(..).rev() {
+        if seen.insert(key(&write)) {
+            kept.push(write);
+        }
+    }
+    kept.reverse();
+    *writes = kept;
+}

@@ -1,0 +1,44 @@
+//! Fake vendor APIs for crmbridge's tests: in-process HTTP servers on
+//! `127.0.0.1:0` that follow each vendor's documented API closely enough for
+//! our connectors and end-to-end tests to run against them.
+//!
+//! * [`moysklad::FakeMoySklad`] — MoySklad JSON API 1.2 (counterparties,
+//!   customer orders, metadata, organization, webhook sender).
+//! * [`calltouch::FakeCalltouch`] — Calltouch lead-service v1 deals 2.0
+//!   (create / update), plus [`calltouch::send_call_webhook`], the call
+//!   webhook Calltouch sends to us.
+//! * [`retailcrm::FakeRetailCrm`] — retailCRM API v5 (customers, orders,
+//!   order history, statuses).
+//!
+//! Every fake keeps its records in memory, logs every request it receives
+//! ([`RecordedRequest`], credentials redacted), and injects faults on demand
+//! ([`Fault`]: `fail_next`, `fail_next_on`, `set_fault_rate`). The server stops
+//! when its handle is dropped.
+//!
+//! The facts each fake follows come from `shared/apis/calltouch-moysklad-retailcrm.md`;
+//! each module's docs say which of them are uncertain and what the fake does then.
+
+pub mod calltouch;
+pub mod moysklad;
+pub mod retailcrm;
+mod server;
+mod util;
+
+pub use server::{Fault, RecordedRequest};
+
+/// Errors of the fakes' constructors and helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum FakeError {
+    /// The listener could not be bound.
+    #[error("cannot bind the fake server: {0}")]
+    Bind(std::io::Error),
+    /// A helper named a record the fake does not hold.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A helper was given an invalid argument (unknown state, bad URL, …).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// An outgoing request (webhook sender) failed.
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+}
