@@ -44,6 +44,9 @@ export SAM_CLI_TELEMETRY=0
 cfn-lint template.yaml
 sam validate --lint --region us-east-1 --template-file template.yaml
 
+echo "==> cargo build (every binary: the Lambda tests run them)"
+cargo build --workspace --bins --locked
+
 echo "==> cargo test (every crate, every backend)"
 cargo test --workspace --locked
 

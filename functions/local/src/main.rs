@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Base URL shown in webhook URLs (e.g. the public URL of a tunnel or proxy).
     #[arg(long, env = "CRMBRIDGE_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Let connections use any http(s) base URL, e.g. fakes on loopback. For
+    /// tests only: in production a vendor's base URL must be on its domain.
+    #[arg(long, env = "CRMBRIDGE_ALLOW_ANY_VENDOR_URL")]
+    pub allow_any_vendor_url: bool,
     /// Name of the first tenant, created on the first start.
     #[arg(long, default_value = "default")]
     pub tenant_name: String,

@@ -107,6 +107,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         local_keyring(&args.data_dir)?,
         EngineConfig {
             max_body_bytes: args.max_body_bytes,
+            allow_any_base_url: args.allow_any_vendor_url,
             ..EngineConfig::default()
         },
     ));

@@ -159,6 +159,12 @@ pub trait Connector: Send + Sync {
     /// Its event kinds and actions, for validating automations.
     fn catalog(&self) -> StaticCatalog;
 
+    /// The status a newly accepted webhook is answered with. Most senders
+    /// take any 2xx; MoySklad retries anything but 200/204.
+    fn ack_status(&self) -> u16 {
+        202
+    }
+
     /// Credentials a connection must carry (names only).
     fn required_credentials(&self) -> &'static [&'static str] {
         &[]

@@ -562,6 +562,10 @@ impl Connector for MoySklad {
         &["token"]
     }
 
+    fn ack_status(&self) -> u16 {
+        200
+    }
+
     fn validate_settings(
         &self,
         settings: &Value,
@@ -693,7 +697,9 @@ impl Connector for MoySklad {
                     "email" => {
                         let lower = wanted.trim().to_lowercase();
                         (
-                            vec![("filter", format!("email={}", wanted.trim()))],
+                            // `~` is MoySklad's case-insensitive substring
+                            // match: addresses differ in case in the wild.
+                            vec![("filter", format!("email~{lower}"))],
                             Box::new(move |row: &Value| {
                                 row["email"]
                                     .as_str()

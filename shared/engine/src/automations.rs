@@ -286,6 +286,87 @@ impl Engine {
         Ok(())
     }
 
+    /// Creates the automations of a recipe, roles filled with connection
+    /// ids. All are validated before any is saved: nothing half-done.
+    pub async fn instantiate_recipe(
+        &self,
+        who: &Principal,
+        name: &str,
+        roles: &std::collections::BTreeMap<String, String>,
+    ) -> EngineResult<Vec<AutomationRecord>> {
+        who.require_role(Role::Admin, "change automations")?;
+        let automations = crate::recipes::recipe(name)?.instantiate(roles)?;
+        let mut errors = Vec::new();
+        for (i, automation) in automations.iter().enumerate() {
+            if let Err(EngineError::Invalid(found)) =
+                self.validate_automation(who, automation).await
+            {
+                errors.extend(found.into_iter().map(|e| FieldError {
+                    field: format!("automations[{i}].{}", e.field),
+                    message: e.message,
+                }));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(EngineError::Invalid(errors));
+        }
+        let mut saved = Vec::new();
+        for automation in automations {
+            saved.push(self.save_automation(who, automation).await?);
+        }
+        Ok(saved)
+    }
+
+    /// Deletes a connection. Its automations go with it, but only when the
+    /// caller confirms: otherwise 409 lists what would be deleted.
+    pub async fn delete_connection(
+        &self,
+        who: &Principal,
+        id: &str,
+        confirm: bool,
+    ) -> EngineResult<Vec<String>> {
+        who.require_role(Role::Admin, "delete connections")?;
+        self.get_connection(who, id).await?;
+        let affected: Vec<String> = self
+            .list_automations(who)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.automation.trigger.connection == id
+                    || r.automation.steps.iter().any(|s| s.connection == id)
+            })
+            .map(|r| r.automation.id)
+            .collect();
+        if !affected.is_empty() && !confirm {
+            return Err(EngineError::NeedsConfirmation {
+                message: format!(
+                    "deleting connection {id} also deletes {} automation(s) that use it; repeat with confirm=true",
+                    affected.len()
+                ),
+                affected,
+            });
+        }
+        for automation in &affected {
+            self.delete_automation(who, automation).await?;
+        }
+        let record = keys::connection(id);
+        let index = keys::tenant_connection_index(&who.tenant, id);
+        self.store
+            .transact(vec![
+                Write::Delete {
+                    pk: record.pk,
+                    sk: record.sk,
+                },
+                Write::Delete {
+                    pk: index.pk,
+                    sk: index.sk,
+                },
+            ])
+            .await?;
+        tracing::info!(tenant = %who.tenant, connection = %id, automations = affected.len(), "connection deleted");
+        Ok(affected)
+    }
+
     /// The enabled automations an event triggers.
     pub(crate) async fn automations_for(
         &self,

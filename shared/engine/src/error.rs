@@ -41,6 +41,12 @@ pub enum EngineError {
     },
     #[error("corrupt record {what}: {message}")]
     Corrupt { what: String, message: String },
+    /// The request needs an explicit confirmation of what it will do.
+    #[error("{message}")]
+    NeedsConfirmation {
+        message: String,
+        affected: Vec<String>,
+    },
     /// A vendor call or run step failed; `transient` = worth retrying.
     #[error("{what}: {message}")]
     Action {
@@ -69,6 +75,7 @@ impl EngineError {
             // The sender should retry: nothing was acknowledged.
             Self::Store(_) | Self::Bus(_) => 503,
             Self::Sealed { .. } | Self::Corrupt { .. } => 500,
+            Self::NeedsConfirmation { .. } => 409,
             Self::Action {
                 transient: true, ..
             } => 503,
@@ -89,6 +96,7 @@ impl EngineError {
             Self::Store(_) => "store_unavailable",
             Self::Bus(_) => "bus_unavailable",
             Self::Sealed { .. } | Self::Corrupt { .. } => "internal",
+            Self::NeedsConfirmation { .. } => "confirmation_required",
             Self::Action { .. } => "vendor_failed",
         }
     }
@@ -110,6 +118,10 @@ impl EngineError {
             }
             Self::Unauthorized(_) | Self::Forbidden(_) => error["field"] = "authorization".into(),
             Self::NotFound { what, .. } => error["field"] = (*what).into(),
+            Self::NeedsConfirmation { affected, .. } => {
+                error["field"] = "confirm".into();
+                error["affected"] = affected.clone().into();
+            }
             _ => {}
         }
         serde_json::json!({ "error": error })

@@ -33,6 +33,8 @@ pub struct Accepted {
     pub accepted: Vec<EventId>,
     /// Already accepted and published earlier: nothing was done.
     pub duplicates: Vec<EventId>,
+    /// The status the sender expects for an accepted delivery.
+    pub ack_status: u16,
 }
 
 impl Accepted {
@@ -188,7 +190,11 @@ impl Engine {
             .authenticate_hook(request.connection, request.token)
             .await?;
         let events = self.decode_events(&record, &request, self.now())?;
-        let outcome = self.accept(events).await?;
+        let mut outcome = self.accept(events).await?;
+        outcome.ack_status = self
+            .connectors
+            .get(&record.app)
+            .map_or(202, |c| c.ack_status());
         tracing::info!(
             tenant = %record.tenant,
             connection = %record.id,
@@ -255,6 +261,7 @@ impl Engine {
         Ok(Accepted {
             accepted: fresh.into_iter().map(|e| e.id).collect(),
             duplicates,
+            ack_status: 202,
         })
     }
 }

@@ -32,6 +32,7 @@ use crmbridge_store::{Item, Store};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crmbridge_mapping::Automation;
 pub use error::{EngineError, EngineResult, FieldError};
 pub use sealed::Keyring;
 

@@ -131,8 +131,9 @@ async fn webhook(
         )
             .into_response()
     } else {
+        let status = StatusCode::from_u16(outcome.ack_status).unwrap_or(StatusCode::ACCEPTED);
         (
-            StatusCode::ACCEPTED,
+            status,
             axum::Json(json!({"status": "accepted", "event_ids": ids})),
         )
             .into_response()
@@ -285,6 +286,187 @@ async fn get_run(
     Ok(axum::Json(state.engine.get_run(&who, &id).await?).into_response())
 }
 
+/// An automation from a JSON body, or YAML when the content type says so.
+fn parse_automation(headers: &HeaderMap, body: &[u8]) -> ApiResult<crmbridge_engine::Automation> {
+    let is_yaml = content_type(headers).is_some_and(|ct| ct.contains("yaml"));
+    if is_yaml {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| EngineError::bad_request("body", "YAML must be UTF-8"))?;
+        serde_yaml::from_str(text).map_err(|err| {
+            let at = err
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            EngineError::bad_request("body", format!("{err}{at}")).into()
+        })
+    } else {
+        parse_json(body)
+    }
+}
+
+async fn list_automations(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    Ok(axum::Json(json!({"items": state.engine.list_automations(&who).await?})).into_response())
+}
+
+async fn create_automation(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let body = read_body(&headers, body, 256 * 1024).await?;
+    let automation = parse_automation(&headers, &body)?;
+    if state
+        .engine
+        .get_automation(&who, &automation.id)
+        .await
+        .is_ok()
+    {
+        return Err(EngineError::bad_request(
+            "id",
+            format!(
+                "automation {} exists; PUT /v1/automations/{} replaces it",
+                automation.id, automation.id
+            ),
+        )
+        .into());
+    }
+    let saved = state.engine.save_automation(&who, automation).await?;
+    Ok((StatusCode::CREATED, axum::Json(saved)).into_response())
+}
+
+async fn put_automation(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let body = read_body(&headers, body, 256 * 1024).await?;
+    let automation = parse_automation(&headers, &body)?;
+    if automation.id != id {
+        return Err(EngineError::bad_request(
+            "id",
+            format!("the body's id '{}' is not the path's '{id}'", automation.id),
+        )
+        .into());
+    }
+    Ok(axum::Json(state.engine.save_automation(&who, automation).await?).into_response())
+}
+
+async fn get_automation(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    Ok(axum::Json(state.engine.get_automation(&who, &id).await?).into_response())
+}
+
+async fn delete_automation(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    state.engine.delete_automation(&who, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn enable_automation(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    Ok(axum::Json(state.engine.set_automation_enabled(&who, &id, true).await?).into_response())
+}
+
+async fn disable_automation(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    Ok(axum::Json(
+        state
+            .engine
+            .set_automation_enabled(&who, &id, false)
+            .await?,
+    )
+    .into_response())
+}
+
+async fn list_recipes(State(state): State<HttpState>, headers: HeaderMap) -> ApiResult<Response> {
+    principal(&state, &headers).await?;
+    let mut items = Vec::new();
+    for (name, _) in crmbridge_engine::recipes::RECIPES {
+        let recipe = crmbridge_engine::recipes::recipe(name)?;
+        items.push(json!({
+            "name": recipe.name,
+            "description": recipe.description,
+            "connections": recipe.connections,
+            "automations": recipe.automations.iter().map(|a| json!({"id": a.id, "name": a.name})).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(axum::Json(json!({"items": items})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstantiateRecipe {
+    connections: std::collections::BTreeMap<String, String>,
+}
+
+async fn instantiate_recipe(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let body = read_body(&headers, body, 64 * 1024).await?;
+    let request: InstantiateRecipe = parse_json(&body)?;
+    let saved = state
+        .engine
+        .instantiate_recipe(&who, &name, &request.connections)
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"items": saved}))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmQuery {
+    confirm: Option<String>,
+}
+
+async fn delete_connection(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<ConfirmQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let Query(query) = query.map_err(|err| EngineError::bad_request("query", err.body_text()))?;
+    let confirm = match query.confirm.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(EngineError::bad_request(
+                "confirm",
+                format!("expected true or false, got '{other}'"),
+            )
+            .into());
+        }
+    };
+    let deleted = state.engine.delete_connection(&who, &id, confirm).await?;
+    Ok(axum::Json(json!({"deleted_automations": deleted})).into_response())
+}
+
 async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
@@ -325,7 +507,24 @@ fn admin_routes() -> Router<HttpState> {
             "/v1/connections",
             get(list_connections).post(create_connection),
         )
-        .route("/v1/connections/{id}", get(get_connection))
+        .route(
+            "/v1/connections/{id}",
+            get(get_connection).delete(delete_connection),
+        )
+        .route(
+            "/v1/automations",
+            get(list_automations).post(create_automation),
+        )
+        .route(
+            "/v1/automations/{id}",
+            get(get_automation)
+                .put(put_automation)
+                .delete(delete_automation),
+        )
+        .route("/v1/automations/{id}/enable", post(enable_automation))
+        .route("/v1/automations/{id}/disable", post(disable_automation))
+        .route("/v1/recipes", get(list_recipes))
+        .route("/v1/recipes/{name}/instantiate", post(instantiate_recipe))
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
 }
@@ -362,6 +561,26 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("admin", "GET", "/v1/connections"),
     ("admin", "POST", "/v1/connections"),
     ("admin", "GET", "/v1/connections/{id}"),
+    ("admin", "DELETE", "/v1/connections/{id}"),
+    ("admin", "GET", "/v1/automations"),
+    ("admin", "POST", "/v1/automations"),
+    ("admin", "GET", "/v1/automations/{id}"),
+    ("admin", "PUT", "/v1/automations/{id}"),
+    ("admin", "DELETE", "/v1/automations/{id}"),
+    ("admin", "POST", "/v1/automations/{id}/enable"),
+    ("admin", "POST", "/v1/automations/{id}/disable"),
+    ("admin", "GET", "/v1/recipes"),
+    ("admin", "POST", "/v1/recipes/{name}/instantiate"),
+    ("admin", "DELETE", "/v1/connections/{id}"),
+    ("admin", "GET", "/v1/automations"),
+    ("admin", "POST", "/v1/automations"),
+    ("admin", "GET", "/v1/automations/{id}"),
+    ("admin", "PUT", "/v1/automations/{id}"),
+    ("admin", "DELETE", "/v1/automations/{id}"),
+    ("admin", "POST", "/v1/automations/{id}/enable"),
+    ("admin", "POST", "/v1/automations/{id}/disable"),
+    ("admin", "GET", "/v1/recipes"),
+    ("admin", "POST", "/v1/recipes/{name}/instantiate"),
     ("admin", "GET", "/v1/runs"),
     ("admin", "GET", "/v1/runs/{id}"),
     ("admin", "GET", "/health"),

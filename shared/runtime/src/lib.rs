@@ -13,6 +13,7 @@
 //! | `CRMBRIDGE_PUBLIC_URL` | base URL shown in webhook URLs | from the Host header |
 //! | `CRMBRIDGE_LOG` | tracing filter, e.g. `info,crmbridge_engine=debug` | `info` |
 //! | `AWS_ENDPOINT_URL` | point the AWS SDK at an emulator (tests) | AWS |
+//! | `CRMBRIDGE_ALLOW_ANY_VENDOR_URL` | `true` lets vendor base URLs leave the vendors' domains (tests with fakes only) | `false` |
 
 use std::sync::Arc;
 
@@ -61,6 +62,8 @@ pub fn engine_config_from_env() -> Result<EngineConfig, ConfigError> {
             message: format!("'{text}' is not a number of bytes"),
         })?;
     }
+    config.allow_any_base_url =
+        std::env::var("CRMBRIDGE_ALLOW_ANY_VENDOR_URL").is_ok_and(|v| v == "true" || v == "1");
     Ok(config)
 }
 

@@ -13,6 +13,15 @@
 //! * deal `status` is free text (a funnel status name); the seed article's
 //!   `PENDING` / `COMPLETED` are accepted like any other text.
 //! * money values are decimal strings (`"100000.50"`); numbers are accepted too.
+//! * calls-service journals (read-only, seeded with [`FakeCalltouch::add_call`]
+//!   / [`FakeCalltouch::add_request`]), auth by the `clientApiId` query
+//!   parameter (the same token): `GET /calls-service/RestAPI/{siteId}/calls-diary/calls`
+//!   with `dateFrom`/`dateTo` as `dd/mm/yyyy` — without `page` one day only
+//!   and a bare JSON array, with `page` (1-based) and `limit` (≤ 1000) the
+//!   object `{page,pageTotal,pageSize,recordsTotal,records}`;
+//!   `GET /calls-service/RestAPI/requests` with `siteId` and `dateFrom`/`dateTo`
+//!   as `mm/dd/yyyy` (sic), a bare array. Journal error bodies are unknown
+//!   [`{"error": "…"}` with 400/401/403].
 //! * the call webhook: [`send_call_webhook`] sends the call's parameters
 //!   URL-encoded, as a GET query or a POST form (`callerphone`, `phonenumber`,
 //!   `calltime`, `status`, `unique`, `source`, `medium`, `utm_*`, …), and
@@ -50,6 +59,9 @@ use crate::server::{self, Fault, Req, Resp, Server, Vendor, common_methods, lock
 /// The path prefix of the lead-service API.
 pub const LEAD_SERVICE_PREFIX: &str = "/lead-service/v1/api";
 
+/// The path prefix of the older calls-service API (journals).
+pub const CALLS_SERVICE_PREFIX: &str = "/calls-service/RestAPI";
+
 /// What the fake does with a create whose `orderNumber` already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DuplicatePolicy {
@@ -72,6 +84,10 @@ pub enum WebhookMethod {
 #[derive(Debug, Default)]
 struct Data {
     deals: Vec<Value>,
+    calls: Vec<Value>,
+    requests: Vec<Value>,
+    next_call: i64,
+    next_request: i64,
     next_id: i64,
     duplicate_policy: DuplicatePolicy,
     retry_after_secs: u64,
@@ -107,6 +123,8 @@ impl FakeCalltouch {
                 site_id: site_id.to_owned(),
                 data: Mutex::new(Data {
                     next_id: 100_001,
+                    next_call: 500_001,
+                    next_request: 900_001,
                     retry_after_secs: 1,
                     ..Data::default()
                 }),
@@ -151,6 +169,54 @@ impl FakeCalltouch {
             .iter()
             .find(|d| d["orderNumber"] == order_number)
             .cloned()
+    }
+
+    /// Adds a call to the calls journal; fills `callId` (if missing) and
+    /// `date` (`dd/mm/yyyy HH:MM:SS`, now, if missing). Returns the callId.
+    pub fn add_call(&self, call: Value) -> i64 {
+        let mut d = lock(&self.inner.data);
+        let mut call = if call.is_object() { call } else { json!({}) };
+        let id = call["callId"].as_i64().unwrap_or_else(|| {
+            let id = d.next_call;
+            d.next_call += 1;
+            id
+        });
+        call["callId"] = json!(id);
+        if call["date"].is_null() {
+            call["date"] = json!(
+                crate::util::now_msk(chrono::Duration::zero())
+                    .format("%d/%m/%Y %H:%M:%S")
+                    .to_string()
+            );
+        }
+        d.calls.push(call);
+        id
+    }
+
+    /// Adds a request (заявка) to the requests journal; fills `requestId`
+    /// and `dateStr` (`dd/mm/yyyy HH:MM:SS`) and `date` (epoch ms) if missing.
+    pub fn add_request(&self, request: Value) -> i64 {
+        let mut d = lock(&self.inner.data);
+        let mut r = if request.is_object() {
+            request
+        } else {
+            json!({})
+        };
+        let id = r["requestId"].as_i64().unwrap_or_else(|| {
+            let id = d.next_request;
+            d.next_request += 1;
+            id
+        });
+        r["requestId"] = json!(id);
+        let now = crate::util::now_msk(chrono::Duration::zero());
+        if r["dateStr"].is_null() {
+            r["dateStr"] = json!(now.format("%d/%m/%Y %H:%M:%S").to_string());
+        }
+        if r["date"].is_null() {
+            r["date"] = json!(now.timestamp_millis());
+        }
+        d.requests.push(r);
+        id
     }
 
     /// What a create with an existing `orderNumber` does.
@@ -276,7 +342,106 @@ fn tags_of(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+fn parse_day(s: &str, fmt: &str) -> Option<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(s, fmt).ok()
+}
+
+fn journal_error(status: StatusCode, msg: &str) -> Resp {
+    Resp::json(status, &json!({"error": msg}))
+}
+
 impl Inner {
+    /// calls-service journals: calls diary and requests journal.
+    fn journal(&self, req: &Req, segs: &[String]) -> Resp {
+        if req.method != Method::GET {
+            return journal_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+        }
+        if req.query_param("clientApiId").as_deref() != Some(self.token.as_str()) {
+            return journal_error(
+                StatusCode::UNAUTHORIZED,
+                "clientApiId is missing or invalid",
+            );
+        }
+        let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let (is_calls, site) = match s.as_slice() {
+            [site, "calls-diary", "calls"] => (true, (*site).to_owned()),
+            ["requests"] => (
+                false,
+                req.query_param("siteId")
+                    .unwrap_or_else(|| self.site_id.clone()),
+            ),
+            _ => return journal_error(StatusCode::NOT_FOUND, "Not Found"),
+        };
+        if site != self.site_id {
+            return journal_error(StatusCode::FORBIDDEN, "No access to this site");
+        }
+        // Calls: dd/mm/yyyy; requests: mm/dd/yyyy.
+        let fmt = if is_calls { "%d/%m/%Y" } else { "%m/%d/%Y" };
+        let from = req.query_param("dateFrom").and_then(|d| parse_day(&d, fmt));
+        let to = req.query_param("dateTo").and_then(|d| parse_day(&d, fmt));
+        let (Some(from), Some(to)) = (from, to) else {
+            let want = if is_calls { "dd/mm/yyyy" } else { "mm/dd/yyyy" };
+            return journal_error(
+                StatusCode::BAD_REQUEST,
+                &format!("dateFrom and dateTo are required, format {want}"),
+            );
+        };
+        if from > to {
+            return journal_error(StatusCode::BAD_REQUEST, "dateFrom must not be after dateTo");
+        }
+        let d = lock(&self.data);
+        let rows: Vec<Value> = if is_calls { &d.calls } else { &d.requests }
+            .iter()
+            .filter(|r| {
+                let day = if is_calls {
+                    r["date"]
+                        .as_str()
+                        .and_then(|x| x.get(..10))
+                        .and_then(|x| parse_day(x, "%d/%m/%Y"))
+                } else {
+                    r["dateStr"]
+                        .as_str()
+                        .and_then(|x| x.get(..10))
+                        .and_then(|x| parse_day(x, "%d/%m/%Y"))
+                };
+                day.is_some_and(|day| day >= from && day <= to)
+            })
+            .cloned()
+            .collect();
+        if !is_calls {
+            return Resp::json(StatusCode::OK, &Value::Array(rows));
+        }
+        let Some(page) = req.query_param("page") else {
+            if from != to {
+                return journal_error(
+                    StatusCode::BAD_REQUEST,
+                    "without page, dateFrom must equal dateTo (one day)",
+                );
+            }
+            return Resp::json(StatusCode::OK, &Value::Array(rows));
+        };
+        let page: usize = match page.parse() {
+            Ok(p) if p >= 1 => p,
+            _ => return journal_error(StatusCode::BAD_REQUEST, "page must be >= 1"),
+        };
+        let limit: usize = match req.query_param("limit").map(|l| l.parse::<usize>()) {
+            None => 1000,
+            Some(Ok(l)) if (1..=1000).contains(&l) => l,
+            Some(_) => return journal_error(StatusCode::BAD_REQUEST, "limit must be 1..1000"),
+        };
+        let total = rows.len();
+        let records: Vec<Value> = rows
+            .into_iter()
+            .skip((page - 1) * limit)
+            .take(limit)
+            .collect();
+        Resp::json(
+            StatusCode::OK,
+            &json!({"page": page, "pageTotal": total.div_ceil(limit), "pageSize": limit,
+                    "recordsTotal": total, "records": records}),
+        )
+    }
+
     fn check_order(i: usize, o: &Value, require_number: bool, errs: &mut Vec<(String, String)>) {
         if !o.is_object() {
             errs.push((format!("orders[{i}]"), "must be an object".into()));
@@ -455,6 +620,9 @@ impl Inner {
     }
 
     fn handle(&self, req: &Req) -> Resp {
+        if let Some(segs) = req.segments_after(CALLS_SERVICE_PREFIX) {
+            return self.journal(req, &segs);
+        }
         let Some(segs) = req.segments_after(LEAD_SERVICE_PREFIX) else {
             return Resp::json(StatusCode::NOT_FOUND, &json!({"error": "Not Found"}));
         };

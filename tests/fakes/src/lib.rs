@@ -17,6 +17,24 @@
 //!
 //! The facts each fake follows come from `shared/apis/calltouch-moysklad-retailcrm.md`;
 //! each module's docs say which of them are uncertain and what the fake does then.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), crmbridge_fakes::FakeError> {
+//! use crmbridge_fakes::Fault;
+//! use crmbridge_fakes::moysklad::FakeMoySklad;
+//!
+//! let ms = FakeMoySklad::start("token-123").await?;
+//! // configure the connector with ms.base_url() and the token, then:
+//! ms.fail_next_on(Some("POST"), "/entity/customerorder", 1, Fault::DropAfterCommit);
+//! // … run the automation; the retry must reuse the syncId …
+//! assert_eq!(ms.orders().len(), 1);
+//! assert_eq!(ms.fault_count(), 1);
+//! let order_id = ms.orders()[0]["id"].as_str().unwrap_or_default().to_owned();
+//! ms.set_order_state(&order_id, "Выполнен")?;
+//! let delivery = ms.send_webhook("http://127.0.0.1:8080/hooks/c1", &order_id, "UPDATE").await?;
+//! assert!(delivery.delivered());
+//! # Ok(()) }
+//! ```
 
 pub mod calltouch;
 pub mod moysklad;

@@ -28,9 +28,15 @@
 //! * rate limits (optional strict mode, [`RateLimit`]): more than N requests
 //!   in a window → 429, code 1049, `X-Lognex-Retry-After` (ms); more than 5
 //!   requests in parallel → 429, code 1073. Rate headers on every answer.
-//! * webhooks: [`FakeMoySklad::send_webhook`] POSTs `{auditContext, events[]}`
-//!   to `url?requestId=<uuid>` with MoySklad's User-Agent, 1500 ms timeout,
-//!   up to 3 immediate retries with the same `requestId`.
+//! * webhooks: `entity/webhook` CRUD (`entityType`, `action`, `url`,
+//!   `diffType`, `enabled`; (entityType, action, url) unique, code 3006).
+//!   Every change is queued as a [`PendingEvent`]; a test sends them with
+//!   [`FakeMoySklad::deliver_webhooks`] (honouring
+//!   `X-Lognex-WebHook-DisableByPrefix` of the writing request), or sends one
+//!   by hand with [`FakeMoySklad::send_webhook`]. Delivery: POST
+//!   `{auditContext, events[]}` to `url?requestId=<uuid>` with MoySklad's
+//!   User-Agent, 1500 ms timeout, up to 3 immediate retries with the same
+//!   `requestId` unless 200/204. One event per POST (real MoySklad may batch).
 //!
 //! Uncertain (the fake's choice in brackets):
 //! * whether `Accept: application/json` without charset is rejected (1062)
@@ -177,6 +183,26 @@ struct Data {
     window_start: Option<Instant>,
     window_count: u32,
     rate_limited: usize,
+    webhooks: Vec<Value>,
+    pending: Vec<PendingEvent>,
+    /// `X-Lognex-WebHook-DisableByPrefix` values of the request being handled.
+    disable_prefixes: Vec<String>,
+}
+
+/// A change that MoySklad would announce to subscribed webhooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    /// `counterparty`, `customerorder`.
+    pub entity_type: String,
+    /// The entity id.
+    pub id: String,
+    /// `CREATE`, `UPDATE`, `DELETE`.
+    pub action: String,
+    /// Fields the change touched (for `diffType=FIELDS` webhooks).
+    pub updated_fields: Vec<String>,
+    /// URL prefixes the writing request asked not to notify
+    /// (`X-Lognex-WebHook-DisableByPrefix`).
+    pub disabled_prefixes: Vec<String>,
 }
 
 struct Inner {
@@ -299,6 +325,9 @@ impl FakeMoySklad {
                     window_start: None,
                     window_count: 0,
                     rate_limited: 0,
+                    webhooks: Vec::new(),
+                    pending: Vec::new(),
+                    disable_prefixes: Vec::new(),
                 }),
             });
             inner_out = Some(inner.clone());
@@ -491,6 +520,14 @@ impl FakeMoySklad {
             .ok_or_else(|| FakeError::NotFound(format!("customerorder {order_id}")))?;
         order["state"] = json!({"meta": self.inner.state_meta(&state_id)});
         order["updated"] = json!(now);
+        d.disable_prefixes.clear();
+        Inner::record_event(
+            &mut d,
+            "customerorder",
+            order_id,
+            "UPDATE",
+            vec!["state".into()],
+        );
         Ok(())
     }
 
@@ -505,6 +542,14 @@ impl FakeMoySklad {
             .ok_or_else(|| FakeError::NotFound(format!("customerorder {order_id}")))?;
         order["payedSum"] = json!(payed_sum);
         order["updated"] = json!(now);
+        d.disable_prefixes.clear();
+        Inner::record_event(
+            &mut d,
+            "customerorder",
+            order_id,
+            "UPDATE",
+            vec!["payedSum".into()],
+        );
         Ok(())
     }
 
@@ -574,6 +619,60 @@ impl FakeMoySklad {
             },
             "events": [event],
         })
+    }
+
+    /// Webhook subscriptions created through `POST /entity/webhook`.
+    pub fn webhooks(&self) -> Vec<Value> {
+        lock(&self.inner.data).webhooks.clone()
+    }
+
+    /// Changes not yet announced by [`Self::deliver_webhooks`] (every create,
+    /// update and delete, through the API or the helpers, in order).
+    pub fn pending_events(&self) -> Vec<PendingEvent> {
+        lock(&self.inner.data).pending.clone()
+    }
+
+    /// Announces every pending change to the subscribed webhooks, as MoySklad
+    /// would: one POST per (event, matching enabled webhook), skipping URLs
+    /// that the writing request disabled with `X-Lognex-WebHook-DisableByPrefix`;
+    /// `updatedFields` only for `diffType=FIELDS`. Clears the pending list.
+    /// Deterministic: nothing is sent until a test calls this.
+    pub async fn deliver_webhooks(&self) -> Result<Vec<WebhookDelivery>, FakeError> {
+        let (events, hooks) = {
+            let mut d = lock(&self.inner.data);
+            (std::mem::take(&mut d.pending), d.webhooks.clone())
+        };
+        let mut out = Vec::new();
+        for ev in events {
+            for hook in &hooks {
+                let url = hook["url"].as_str().unwrap_or_default();
+                let matches = hook["enabled"] == true
+                    && hook["entityType"] == ev.entity_type.as_str()
+                    && hook["action"] == ev.action.as_str()
+                    && !ev
+                        .disabled_prefixes
+                        .iter()
+                        .any(|p| url.starts_with(p.as_str()));
+                if !matches {
+                    continue;
+                }
+                let fields: Vec<&str> = if hook["diffType"] == "FIELDS" {
+                    ev.updated_fields.iter().map(String::as_str).collect()
+                } else {
+                    Vec::new()
+                };
+                let payload = self.event_payload(&ev.entity_type, &ev.id, &ev.action, &fields);
+                out.push(send_webhook_payload(url, payload, &uuid_v4()).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn event_payload(&self, entity_type: &str, id: &str, action: &str, fields: &[&str]) -> Value {
+        let mut v = self.webhook_payload_with_fields(id, action, fields);
+        v["events"][0]["meta"] =
+            json!({"type": entity_type, "href": self.inner.href(entity_type, id)});
+        v
     }
 
     /// POSTs the webhook for an order to `target_url` the way MoySklad does
@@ -857,6 +956,7 @@ impl Inner {
         m.insert("salesAmount".into(), json!(0.0));
         let v = Value::Object(m);
         d.counterparties.push(v.clone());
+        Self::record_event(d, "counterparty", &id, "CREATE", Vec::new());
         Ok(v)
     }
 
@@ -905,6 +1005,7 @@ impl Inner {
             ));
         }
         let m = Self::strip_read_only(body);
+        let fields: Vec<String> = m.keys().cloned().collect();
         for (k, v) in m {
             if v.is_null() {
                 if let Some(o) = cp.as_object_mut() {
@@ -915,7 +1016,9 @@ impl Inner {
             }
         }
         cp["updated"] = json!(now);
-        Ok(cp.clone())
+        let out = cp.clone();
+        Self::record_event(d, "counterparty", id, "UPDATE", fields);
+        Ok(out)
     }
 
     /// Validates and normalises `attributes` of an order; merges into `existing`.
@@ -1166,7 +1269,105 @@ impl Inner {
         d.positions.insert(id.clone(), positions);
         let v = Value::Object(m);
         d.orders.push(v.clone());
+        Self::record_event(d, "customerorder", &id, "CREATE", Vec::new());
         Ok(v)
+    }
+
+    fn record_event(d: &mut Data, entity_type: &str, id: &str, action: &str, fields: Vec<String>) {
+        let disabled_prefixes = d.disable_prefixes.clone();
+        d.pending.push(PendingEvent {
+            entity_type: entity_type.to_owned(),
+            id: id.to_owned(),
+            action: action.to_owned(),
+            updated_fields: fields,
+            disabled_prefixes,
+        });
+    }
+
+    fn create_webhook(&self, d: &mut Data, body: &Value) -> R<Value> {
+        let url = body["url"].as_str().unwrap_or_default();
+        let entity_type = body["entityType"].as_str().unwrap_or_default();
+        let action = body["action"].as_str().unwrap_or_default();
+        for (field, v) in [
+            ("url", url),
+            ("entityType", entity_type),
+            ("action", action),
+        ] {
+            if v.is_empty() {
+                return Err(self.error(
+                    StatusCode::PRECONDITION_FAILED,
+                    3000,
+                    &format!("Ошибка сохранения объекта: поле '{field}' не может быть пустым или отсутствовать"),
+                    Some(field),
+                ));
+            }
+        }
+        if url.len() > 255 || url::Url::parse(url).is_err() {
+            return Err(self.error(
+                StatusCode::BAD_REQUEST,
+                2016,
+                "Некорректный url вебхука",
+                Some("url"),
+            ));
+        }
+        if !matches!(action, "CREATE" | "UPDATE" | "DELETE" | "PROCESSED") {
+            return Err(self.error(
+                StatusCode::BAD_REQUEST,
+                2016,
+                "Некорректное значение 'action'",
+                Some("action"),
+            ));
+        }
+        if matches!(entity_type, "webhook" | "discount" | "notes") {
+            return Err(self.error(
+                StatusCode::BAD_REQUEST,
+                2016,
+                "Вебхуки для этого типа недоступны",
+                Some("entityType"),
+            ));
+        }
+        let dup = d
+            .webhooks
+            .iter()
+            .any(|w| w["url"] == url && w["entityType"] == entity_type && w["action"] == action);
+        if dup {
+            return Err(self.error(
+                StatusCode::PRECONDITION_FAILED,
+                3006,
+                "Вебхук с такими entityType, action и url уже существует",
+                None,
+            ));
+        }
+        let id = uuid_v4();
+        let mut w = json!({
+            "meta": self.meta("webhook", &id),
+            "id": id,
+            "accountId": self.account_id,
+            "entityType": entity_type,
+            "url": url,
+            "method": "POST",
+            "enabled": body["enabled"].as_bool().unwrap_or(true),
+            "action": action,
+        });
+        if let Some(diff) = body["diffType"].as_str() {
+            w["diffType"] = json!(diff);
+        } else if action == "UPDATE" {
+            w["diffType"] = json!("NONE");
+        }
+        d.webhooks.push(w.clone());
+        Ok(w)
+    }
+
+    fn update_webhook(&self, d: &mut Data, id: &str, body: &Value) -> R<Value> {
+        let Some(w) = d.webhooks.iter_mut().find(|w| w["id"] == id) else {
+            return Err(self.not_found(id));
+        };
+        for k in ["url", "enabled", "action", "diffType", "entityType"] {
+            if let Some(v) = body.get(k).filter(|v| !v.is_null()) {
+                w[k] = v.clone();
+            }
+        }
+        Ok(w.clone())
     }
 
     fn positions_meta(&self, order_id: &str, n: usize) -> Value {
@@ -1197,6 +1398,7 @@ impl Inner {
             ));
         }
         let mut m = Self::strip_read_only(body);
+        let fields: Vec<String> = m.keys().cloned().collect();
         let mut upd = existing.clone();
         if let Some(v) = m.remove("organization") {
             upd["organization"] = self.org_ref(&v)?;
@@ -1238,6 +1440,7 @@ impl Inner {
         }
         upd["updated"] = json!(self.now(d));
         d.orders[idx] = upd.clone();
+        Self::record_event(d, "customerorder", id, "UPDATE", fields);
         Ok(upd)
     }
 
@@ -1415,6 +1618,13 @@ impl Inner {
         let s: Vec<&str> = segs.iter().map(String::as_str).collect();
         let m = &req.method;
         let mut d = lock(&self.data);
+        d.disable_prefixes = req
+            .headers
+            .get_all("x-lognex-webhook-disablebyprefix")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
         let result: R<Resp> = match (m, s.as_slice()) {
             (&Method::GET, ["entity", "organization"]) => {
                 let rows = vec![self.organization_json(&d)];
@@ -1452,6 +1662,7 @@ impl Inner {
                 if d.counterparties.len() == before {
                     Err(self.not_found(id))
                 } else {
+                    Self::record_event(&mut d, "counterparty", id, "DELETE", Vec::new());
                     Ok(Resp::new(StatusCode::OK))
                 }
             }
@@ -1504,6 +1715,32 @@ impl Inner {
                 if d.orders.len() == before {
                     Err(self.not_found(id))
                 } else {
+                    Self::record_event(&mut d, "customerorder", id, "DELETE", Vec::new());
+                    Ok(Resp::new(StatusCode::OK))
+                }
+            }
+            (&Method::GET, ["entity", "webhook"]) => {
+                let rows = d.webhooks.clone();
+                self.list(req, &d, "webhook", rows, &[])
+            }
+            (&Method::POST, ["entity", "webhook"]) => {
+                self.create_many(&mut d, body, Self::create_webhook)
+            }
+            (&Method::GET, ["entity", "webhook", id]) => d
+                .webhooks
+                .iter()
+                .find(|w| w["id"] == *id)
+                .map(|w| Resp::json(StatusCode::OK, w))
+                .ok_or_else(|| self.not_found(id)),
+            (&Method::PUT, ["entity", "webhook", id]) => self
+                .update_webhook(&mut d, id, body)
+                .map(|v| Resp::json(StatusCode::OK, &v)),
+            (&Method::DELETE, ["entity", "webhook", id]) => {
+                let before = d.webhooks.len();
+                d.webhooks.retain(|w| w["id"] != *id);
+                if d.webhooks.len() == before {
+                    Err(self.not_found(id))
+                } else {
                     Ok(Resp::new(StatusCode::OK))
                 }
             }
@@ -1514,7 +1751,10 @@ impl Inner {
                 }
             }
             (_, ["entity", kind, ..])
-                if matches!(*kind, "counterparty" | "customerorder" | "organization") =>
+                if matches!(
+                    *kind,
+                    "counterparty" | "customerorder" | "organization" | "webhook"
+                ) =>
             {
                 Err(self.error(
                     StatusCode::METHOD_NOT_ALLOWED,

@@ -71,6 +71,9 @@ pub struct RecordedRequest {
     /// The fault injected into this request, if any (rate-limit answers that
     /// the vendor logic itself produced are not faults and show `None`).
     pub fault: Option<Fault>,
+    /// The status answered; `None` while being handled or when the
+    /// connection was dropped without an answer.
+    pub status: Option<u16>,
 }
 
 impl RecordedRequest {
@@ -154,15 +157,33 @@ impl Req {
         Some(
             rest.split('/')
                 .filter(|s| !s.is_empty())
-                .map(|s| {
-                    url::form_urlencoded::parse(s.as_bytes())
-                        .map(|(k, _)| k.into_owned())
-                        .next()
-                        .unwrap_or_default()
-                })
+                .map(percent_decode)
                 .collect(),
         )
     }
+}
+
+/// Percent-decodes one path segment (`+` stays `+`, unlike in a query).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
+            (Some(b'%'), Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                let v = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 3;
+            }
+            (Some(&b), _, _) => {
+                out.push(b);
+                i += 1;
+            }
+            (None, _, _) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An answer from the vendor logic.
@@ -263,7 +284,10 @@ impl FaultState {
 
 /// State shared between a handle and its server task.
 pub(crate) struct Shared {
-    log: Mutex<Vec<RecordedRequest>>,
+    /// (arrival number, request): the number finds the entry again after
+    /// `clear_requests` shifted the vector.
+    log: Mutex<Vec<(u64, RecordedRequest)>>,
+    seq: std::sync::atomic::AtomicU64,
     faults: Mutex<FaultState>,
     in_flight: AtomicUsize,
     in_flight_tx: watch::Sender<usize>,
@@ -297,7 +321,10 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.log).clone()
+        lock(&self.shared.log)
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     pub fn clear_requests(&self) {
@@ -367,6 +394,7 @@ pub(crate) async fn serve<V: Vendor>(
     let (in_flight_tx, _) = watch::channel(0usize);
     let shared = Arc::new(Shared {
         log: Mutex::new(Vec::new()),
+        seq: std::sync::atomic::AtomicU64::new(0),
         faults: Mutex::new(FaultState::default()),
         in_flight: AtomicUsize::new(0),
         in_flight_tx,
@@ -474,30 +502,38 @@ async fn handle<V: Vendor>(
         .header("content-type")
         .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
     let body_text = String::from_utf8_lossy(&req.body).into_owned();
-    lock(&shared.log).push(RecordedRequest {
-        method: req.method.to_string(),
-        path: req.path.clone(),
-        query: redact_pairs(&req.query, secret_params),
-        headers: req
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                let name = k.as_str().to_ascii_lowercase();
-                let value = if secret_headers.contains(&name.as_str()) {
-                    "***".to_owned()
+    let seq = shared.seq.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut log = lock(&shared.log);
+        log.push((
+            seq,
+            RecordedRequest {
+                method: req.method.to_string(),
+                path: req.path.clone(),
+                query: redact_pairs(&req.query, secret_params),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        let name = k.as_str().to_ascii_lowercase();
+                        let value = if secret_headers.contains(&name.as_str()) {
+                            "***".to_owned()
+                        } else {
+                            String::from_utf8_lossy(v.as_bytes()).into_owned()
+                        };
+                        (name, value)
+                    })
+                    .collect(),
+                body: if is_form {
+                    redact_pairs(&body_text, secret_params)
                 } else {
-                    String::from_utf8_lossy(v.as_bytes()).into_owned()
-                };
-                (name, value)
-            })
-            .collect(),
-        body: if is_form {
-            redact_pairs(&body_text, secret_params)
-        } else {
-            body_text
-        },
-        fault: fault.clone(),
-    });
+                    body_text
+                },
+                fault: fault.clone(),
+                status: None,
+            },
+        ));
+    }
 
     let resp = match &fault {
         Some(Fault::Drop) => return Err(Dropped),
@@ -513,6 +549,9 @@ async fn handle<V: Vendor>(
         }
         None => vendor.handle(&req),
     };
+    if let Some((_, entry)) = lock(&shared.log).iter_mut().find(|(n, _)| *n == seq) {
+        entry.status = Some(resp.status.as_u16());
+    }
     Ok(to_hyper(resp))
 }
 

@@ -1,0 +1,307 @@
+//! The Calltouch ↔ MoySklad recipe end to end through `crmbridge serve`,
+//! against the fake vendor APIs: the four bundles of the seed article.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, client, pause, runs, serve_with};
+use crmbridge_fakes::calltouch::{FakeCalltouch, WebhookMethod, send_call_webhook};
+use crmbridge_fakes::moysklad::FakeMoySklad;
+use serde_json::{Value, json};
+
+struct Setup {
+    server: Server,
+    key: String,
+    calltouch: FakeCalltouch,
+    moysklad: FakeMoySklad,
+    calltouch_hook: String,
+    moysklad_hook: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn post(server: &Server, key: &str, path: &str, body: Value) -> (u16, Value) {
+    let response = client()
+        .post(format!("{}{path}", server.base))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn setup() -> Setup {
+    let calltouch = FakeCalltouch::start("ct-token-1", "12345").await.unwrap();
+    let moysklad = FakeMoySklad::start("ms-token-1").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(&dir.path().join("data"), 2, &["--allow-any-vendor-url"]);
+    let key = server.owner_key.clone().unwrap();
+    let (status, ct) = post(
+        &server,
+        &key,
+        "/v1/connections",
+        json!({"app": "calltouch", "name": "Calltouch", "settings": {"site_id": "12345", "base_url": calltouch.base_url()},
+               "credentials": {"access_token": "ct-token-1"}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{ct}");
+    let (status, ms) = post(
+        &server,
+        &key,
+        "/v1/connections",
+        json!({"app": "moysklad", "name": "МойСклад", "settings": {"base_url": moysklad.base_url()},
+               "credentials": {"token": "ms-token-1"}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{ms}");
+    let (status, created) = post(
+        &server,
+        &key,
+        "/v1/recipes/calltouch-moysklad/instantiate",
+        json!({"connections": {"calltouch": ct["id"], "moysklad": ms["id"]}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["items"].as_array().unwrap().len(), 4);
+    Setup {
+        calltouch_hook: format!("{}{}", server.base, ct["webhook_path"].as_str().unwrap()),
+        moysklad_hook: format!("{}{}", server.base, ms["webhook_path"].as_str().unwrap()),
+        server,
+        key,
+        calltouch,
+        moysklad,
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    /// Waits until `n` runs are final, returns all runs.
+    async fn settled_runs(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let all = runs(&self.server, &self.key).await;
+            let done: Vec<Value> = all
+                .iter()
+                .filter(|r| r["status"] != "running")
+                .cloned()
+                .collect();
+            if done.len() >= n && done.len() == all.len() {
+                return all;
+            }
+            assert!(Instant::now() < deadline, "runs did not settle: {all:#?}");
+            pause().await;
+        }
+    }
+
+    async fn call(&self, call_id: &str, phone: &str) -> u16 {
+        let params = [
+            ("callId", call_id),
+            ("callerphone", phone),
+            ("phonenumber", "74950000000"),
+            ("utm_source", "yandex"),
+            ("utm_medium", "cpc"),
+            ("utm_campaign", "brand"),
+            ("clientId", "GA1.2.3"),
+            ("callTags", "Лид|Целевой"),
+        ];
+        send_call_webhook(&self.calltouch_hook, &params, WebhookMethod::Post)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_becomes_a_deal_a_counterparty_and_an_order_once() {
+    let s = setup().await;
+    assert_eq!(s.call("1001", "79161234567").await, 202);
+    // The same call delivered twice more: nothing more is created.
+    assert_eq!(s.call("1001", "79161234567").await, 200);
+    assert_eq!(s.call("1001", "79161234567").await, 200);
+    let runs = s.settled_runs(1).await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0]["status"], "succeeded", "{runs:#?}");
+
+    let counterparties = s.moysklad.counterparties();
+    assert_eq!(counterparties.len(), 1);
+    assert_eq!(
+        counterparties[0]["name"],
+        "Заказ по звонку из Calltouch с номера +79161234567"
+    );
+    assert_eq!(counterparties[0]["phone"], "+79161234567");
+    let orders = s.moysklad.orders();
+    assert_eq!(orders.len(), 1);
+    let order_id = orders[0]["id"].as_str().unwrap();
+    assert_eq!(
+        s.moysklad.order_state_name(order_id).as_deref(),
+        Some("Новый")
+    );
+    assert!(
+        orders[0]["agent"]["meta"]["href"]
+            .as_str()
+            .unwrap()
+            .ends_with(counterparties[0]["id"].as_str().unwrap())
+    );
+    assert_eq!(
+        s.moysklad.order_attribute(order_id, "utm_source"),
+        Some(json!("yandex"))
+    );
+    assert_eq!(
+        s.moysklad.order_attribute(order_id, "Теги"),
+        Some(json!("Лид|Целевой"))
+    );
+    assert_eq!(
+        s.moysklad.order_attribute(order_id, "Google Client ID"),
+        Some(json!("GA1.2.3"))
+    );
+    let deals = s.calltouch.deals();
+    assert_eq!(deals.len(), 1);
+    assert_eq!(deals[0]["orderNumber"], "ct-call-1001");
+    assert_eq!(deals[0]["status"], "PENDING");
+
+    // A second call from the same number (written differently): no second
+    // counterparty, a second order and deal.
+    assert_eq!(s.call("1002", "+7 (916) 123-45-67").await, 202);
+    let runs = s.settled_runs(2).await;
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:#?}");
+    assert_eq!(s.moysklad.counterparties().len(), 1);
+    assert_eq!(s.moysklad.orders().len(), 2);
+    assert_eq!(s.calltouch.deals().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_status_and_sum_flow_back_and_completion_closes_the_deal() {
+    let s = setup().await;
+    assert_eq!(s.call("2001", "79990001122").await, 202);
+    s.settled_runs(1).await;
+    let order_id = s.moysklad.orders()[0]["id"].as_str().unwrap().to_owned();
+
+    // Bundle 3: a status change (not complete) updates the deal.
+    s.moysklad
+        .set_order_state(&order_id, "Подтвержден")
+        .unwrap();
+    s.moysklad.set_order_paid(&order_id, 150_000.0).unwrap();
+    let delivery = s
+        .moysklad
+        .send_webhook(&s.moysklad_hook, &order_id, "UPDATE")
+        .await
+        .unwrap();
+    assert_eq!(
+        delivery.status(),
+        Some(200),
+        "MoySklad needs 200 or 204: {delivery:?}"
+    );
+    assert!(delivery.delivered());
+    let runs = s.settled_runs(3).await;
+    let statuses: Vec<(String, String)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["automation"].as_str().unwrap_or("").to_owned(),
+                r["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        statuses.contains(&(
+            "moysklad-order-to-calltouch-deal".into(),
+            "succeeded".into()
+        )),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&(
+            "moysklad-order-complete-to-calltouch".into(),
+            "filtered".into()
+        )),
+        "{statuses:?}"
+    );
+    let deal = s.calltouch.deal("ct-call-2001").unwrap();
+    assert_eq!(deal["status"], "Подтвержден");
+
+    // Bundle 4: completion closes the deal; bundle 3 records "filtered".
+    s.moysklad.set_order_state(&order_id, "Выполнен").unwrap();
+    s.moysklad
+        .send_webhook(&s.moysklad_hook, &order_id, "UPDATE")
+        .await
+        .unwrap();
+    let runs = s.settled_runs(5).await;
+    let deal = s.calltouch.deal("ct-call-2001").unwrap();
+    assert_eq!(deal["status"], "COMPLETED");
+    let filtered = runs
+        .iter()
+        .find(|r| {
+            r["automation"] == "moysklad-order-to-calltouch-deal" && r["status"] == "filtered"
+        })
+        .expect("the complete order is filtered out of bundle 3");
+    assert!(
+        filtered["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("filtered:"),
+        "{filtered}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_known_email_reuses_its_counterparty() {
+    let s = setup().await;
+    let existing = s
+        .moysklad
+        .insert_counterparty(json!({"name": "Анна", "email": "anna@example.com"}))
+        .unwrap();
+    let params = [
+        ("requestId", "77"),
+        ("subject", "Форма на сайте"),
+        ("email", "Anna@Example.com"),
+        ("fio", "Анна"),
+        ("utm_source", "google"),
+    ];
+    assert_eq!(
+        send_call_webhook(&s.calltouch_hook, &params, WebhookMethod::Get)
+            .await
+            .unwrap(),
+        202
+    );
+    let runs = s.settled_runs(1).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{runs:#?}");
+    assert_eq!(s.moysklad.counterparties().len(), 1);
+    let order = &s.moysklad.orders()[0];
+    assert!(
+        order["agent"]["meta"]["href"]
+            .as_str()
+            .unwrap()
+            .ends_with(existing["id"].as_str().unwrap())
+    );
+    assert_eq!(s.calltouch.deals()[0]["orderNumber"], "ct-request-77");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calltouch_test_sends_are_refused_with_a_clear_400() {
+    let s = setup().await;
+    let params = crmbridge_fakes::calltouch::unfilled_test_params();
+    let borrowed: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let response = client()
+        .get(&s.calltouch_hook)
+        .query(&borrowed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("test send"),
+        "{body}"
+    );
+    assert!(runs(&s.server, &s.key).await.is_empty());
+}
