@@ -45,7 +45,7 @@ async fn setup() -> Setup {
         &server,
         &key,
         "/v1/connections",
-        json!({"app": "calltouch", "name": "Calltouch", "settings": {"site_id": "12345", "base_url": calltouch.base_url()},
+        json!({"app": "calltouch", "name": "Calltouch", "settings": {"site_id": "12345", "base_url": calltouch.base_url(), "default_region": "RU"},
                "credentials": {"access_token": "ct-token-1"}}),
     )
     .await;
@@ -54,7 +54,7 @@ async fn setup() -> Setup {
         &server,
         &key,
         "/v1/connections",
-        json!({"app": "moysklad", "name": "МойСклад", "settings": {"base_url": moysklad.base_url()},
+        json!({"app": "moysklad", "name": "МойСклад", "settings": {"base_url": moysklad.base_url(), "default_region": "RU"},
                "credentials": {"token": "ms-token-1"}}),
     )
     .await;

@@ -366,7 +366,15 @@ impl Connector for RetailCrm {
                 _ => continue,
             };
             let (filter, value) = match key.field.as_str() {
-                "phone" => ("filter[name]", digits(&wanted)),
+                // The national number (last ten digits) matches however the
+                // stored phone is prefixed: +7…, 8…, 7….
+                "phone" => {
+                    let all = digits(&wanted);
+                    (
+                        "filter[name]",
+                        all[all.len().saturating_sub(10)..].to_owned(),
+                    )
+                }
                 "email" => ("filter[email]", wanted.trim().to_owned()),
                 other => {
                     return Err(ActionError::field(

@@ -466,7 +466,7 @@ impl Engine {
                 .iter()
                 .find(|s| s.id == step_id)
                 .map_or(0, |s| s.attempts);
-            let outcome = perform(connector.as_ref(), &ctx, &request).await;
+            let outcome = perform(self, connector.as_ref(), &ctx, &request).await;
             match outcome {
                 Ok(StepOutcome::Done(output)) => {
                     if let Some(name) = &request.link {
@@ -632,6 +632,7 @@ fn vendor_status(err: &ActionError) -> Option<u16> {
 
 /// Dedupe, then the action.
 async fn perform(
+    engine: &Engine,
     connector: &dyn Connector,
     ctx: &CallContext<'_>,
     request: &crmbridge_mapping::RenderedRequest,
@@ -642,13 +643,170 @@ async fn perform(
             .await
             .map(StepOutcome::Done);
     }
-    let found = if request.dedupe.needs_search() {
-        connector
+    if !request.dedupe.needs_search() {
+        return decide_and_act(connector, ctx, request, None).await;
+    }
+    // Two runs about the same phone may race: both search, both find
+    // nothing, both create. A claim per dedupe key in the store makes one
+    // of them the creator; the other waits for the creator's id.
+    let claims = dedupe_claims(&request.connection, &request.action, &request.dedupe.lookup);
+    let owner = ctx.idempotency_key.to_owned();
+    let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        match engine.read_claims(&claims).await.map_err(store_failure)? {
+            ClaimState::Resolved(id) => {
+                return decide_and_act(connector, ctx, request, Some(id)).await;
+            }
+            ClaimState::HeldBy(holder) if holder != owner => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ActionError::Vendor(
+                        crmbridge_connectors::VendorError::Unreachable {
+                            vendor: "crmbridge",
+                            attempts: 1,
+                            message: format!(
+                                "another run ({holder}) is creating the same record; retrying later"
+                            ),
+                        },
+                    ));
+                }
+                tokio::time::sleep(CLAIM_POLL).await;
+                continue;
+            }
+            ClaimState::Free | ClaimState::HeldBy(_) => {}
+        }
+        let found = connector
             .find(ctx, &request.action, &request.dedupe.lookup)
-            .await?
-    } else {
-        None
-    };
+            .await?;
+        if let Some(id) = &found {
+            engine
+                .resolve_claims(&claims, id)
+                .await
+                .map_err(store_failure)?;
+            return decide_and_act(connector, ctx, request, found).await;
+        }
+        if !engine
+            .take_claims(&claims, &owner)
+            .await
+            .map_err(store_failure)?
+        {
+            // Lost the race for a claim: loop to wait for the winner.
+            continue;
+        }
+        let outcome = decide_and_act(connector, ctx, request, None).await?;
+        if let StepOutcome::Done(output) = &outcome {
+            engine
+                .resolve_claims(&claims, &output.id)
+                .await
+                .map_err(store_failure)?;
+        }
+        return Ok(outcome);
+    }
+}
+
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// A claim whose creator died is abandoned after this long.
+const CLAIM_TTL_SECS: i64 = 600;
+/// How long a resolved claim short-cuts the vendor search.
+const RESOLVED_TTL_SECS: i64 = 24 * 3600;
+
+fn store_failure(err: EngineError) -> ActionError {
+    ActionError::Vendor(crmbridge_connectors::VendorError::Unreachable {
+        vendor: "store",
+        attempts: 1,
+        message: err.to_string(),
+    })
+}
+
+/// The claim keys of a create step: one per non-empty dedupe key, with the
+/// value normalised so `+7 916…` and `8 916…` are one claim.
+fn dedupe_claims(
+    connection: &str,
+    action: &str,
+    lookup: &[crmbridge_mapping::LookupKey],
+) -> Vec<keys::Key> {
+    lookup
+        .iter()
+        .filter_map(|key| {
+            let text = match &key.value {
+                Value::String(s) => s.trim().to_owned(),
+                Value::Null => return None,
+                other => other.to_string(),
+            };
+            let normal = match key.field.as_str() {
+                "phone" => {
+                    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+                    digits[digits.len().saturating_sub(10)..].to_owned()
+                }
+                "email" => text.to_lowercase(),
+                _ => text,
+            };
+            (!normal.is_empty())
+                .then(|| keys::dedupe_claim(connection, action, &key.field, &normal))
+        })
+        .collect()
+}
+
+enum ClaimState {
+    Free,
+    HeldBy(String),
+    Resolved(String),
+}
+
+impl Engine {
+    async fn read_claims(&self, claims: &[keys::Key]) -> EngineResult<ClaimState> {
+        let mut held = None;
+        for claim in claims {
+            if let Some(item) = self.store.get(&claim.pk, &claim.sk).await? {
+                if let Some(id) = item.body["id"].as_str() {
+                    return Ok(ClaimState::Resolved(id.to_owned()));
+                }
+                if let Some(owner) = item.body["owner"].as_str() {
+                    held.get_or_insert(owner.to_owned());
+                }
+            }
+        }
+        Ok(held.map_or(ClaimState::Free, ClaimState::HeldBy))
+    }
+
+    /// Takes every claim for `owner`; `false` if another owner holds one.
+    async fn take_claims(&self, claims: &[keys::Key], owner: &str) -> EngineResult<bool> {
+        let expires = self.now().timestamp() + CLAIM_TTL_SECS;
+        for claim in claims {
+            let item = crmbridge_store::Item::new(
+                claim.pk.clone(),
+                claim.sk.clone(),
+                json!({"owner": owner}),
+            )
+            .expiring_at(expires);
+            if let crmbridge_store::PutOutcome::Exists(existing) =
+                self.store.put_if_absent(item).await?
+                && existing.body["owner"].as_str() != Some(owner)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn resolve_claims(&self, claims: &[keys::Key], id: &str) -> EngineResult<()> {
+        let expires = self.now().timestamp() + RESOLVED_TTL_SECS;
+        for claim in claims {
+            let item =
+                crmbridge_store::Item::new(claim.pk.clone(), claim.sk.clone(), json!({"id": id}))
+                    .expiring_at(expires);
+            self.store.put(item).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn decide_and_act(
+    connector: &dyn Connector,
+    ctx: &CallContext<'_>,
+    request: &crmbridge_mapping::RenderedRequest,
+    found: Option<String>,
+) -> Result<StepOutcome, ActionError> {
     match request.dedupe.decide(found.as_deref()) {
         DedupeDecision::Create => connector
             .execute(ctx, &request.action, &request.fields, None)

@@ -19,6 +19,7 @@
 //! | poll sources | `POLL` | `{connection}#{kind}` |
 //! | poll cursor (versioned) | `CURSOR#{connection}#{kind}` | `CURSOR` |
 //! | links of a record | `LINK#{connection}#{entity}#{id}` | `LINKS` |
+//! | dedupe claim (TTL) | `DEDUPE#{connection}#{action}` | `{field}#{normalised value}` |
 //! | tick record (TTL) | `TICK` | `{started_at}` |
 
 /// A table key.
@@ -121,4 +122,11 @@ pub fn links(connection: &str, entity: &str, id: &str) -> Key {
 
 pub fn tick(started_at: &str) -> Key {
     key("TICK".into(), started_at)
+}
+
+pub fn dedupe_claim(connection: &str, action: &str, field: &str, value: &str) -> Key {
+    key(
+        format!("DEDUPE#{connection}#{action}"),
+        format!("{field}#{value}"),
+    )
 }

@@ -1,0 +1,158 @@
+//! The Calltouch ↔ retailCRM recipe end to end through `crmbridge serve`,
+//! against the fakes. retailCRM sends no webhooks, so order changes come
+//! back through the tick → poll path (orders/history with sinceId).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, pause, runs, serve_with};
+use crmbridge_fakes::calltouch::{FakeCalltouch, WebhookMethod, send_call_webhook};
+use crmbridge_fakes::retailcrm::FakeRetailCrm;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_become_customers_and_orders_and_polled_status_changes_close_the_deal() {
+    let calltouch = FakeCalltouch::start("ct-token-2", "777").await.unwrap();
+    let retailcrm = FakeRetailCrm::start("rc-key-2").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(
+        &dir.path().join("data"),
+        2,
+        &["--allow-any-vendor-url", "--tick-interval", "300ms"],
+    );
+    let key = server.owner_key.clone().unwrap();
+    let http = client();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{}{path}", server.base))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let ct: Value = post(
+        "/v1/connections",
+        json!({"app": "calltouch", "name": "Calltouch", "settings": {"site_id": "777", "base_url": calltouch.base_url(), "default_region": "RU"},
+               "credentials": {"access_token": "ct-token-2"}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let rc: Value = post(
+        "/v1/connections",
+        json!({"app": "retailcrm", "name": "retailCRM", "settings": {"base_url": retailcrm.base_url(), "site": "main", "default_region": "RU"},
+               "credentials": {"api_key": "rc-key-2"}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let created = post(
+        "/v1/recipes/calltouch-retailcrm/instantiate",
+        json!({"connections": {"calltouch": ct["id"], "retailcrm": rc["id"]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let hook = format!("{}{}", server.base, ct["webhook_path"].as_str().unwrap());
+
+    for (call, phone) in [("5001", "79031112233"), ("5002", "8 (903) 111-22-33")] {
+        let params = [
+            ("callId", call),
+            ("callerphone", phone),
+            ("utm_source", "google"),
+            ("callTags", "a|b"),
+        ];
+        assert_eq!(
+            send_call_webhook(&hook, &params, WebhookMethod::Get)
+                .await
+                .unwrap(),
+            202
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while retailcrm.orders().len() < 2
+        || runs(&server, &key)
+            .await
+            .iter()
+            .any(|r| r["status"] == "running")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "orders: {:#?}\nruns: {:#?}",
+            retailcrm.orders(),
+            runs(&server, &key).await
+        );
+        pause().await;
+    }
+    // One customer for both calls: the same number written two ways.
+    assert_eq!(
+        retailcrm.customers().len(),
+        1,
+        "{:#?}",
+        retailcrm.customers()
+    );
+    let orders = retailcrm.orders();
+    assert_eq!(orders.len(), 2);
+    assert_eq!(orders[0]["source"]["source"], "google");
+    assert_eq!(orders[0]["customFields"]["tags"], "a|b");
+    assert_eq!(calltouch.deals().len(), 2);
+
+    // The order completes in retailCRM; the next polls find it in the history.
+    let order_id = orders[0]["id"].as_i64().unwrap();
+    let deal_number = format!(
+        "ct-call-{}",
+        if orders[0]["customerComment"]
+            .as_str()
+            .unwrap_or("")
+            .contains("5001")
+        {
+            "5001"
+        } else {
+            "5002"
+        }
+    );
+    retailcrm.set_order_status(order_id, "complete").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if calltouch
+            .deal(&deal_number)
+            .is_some_and(|d| d["status"] == "COMPLETED")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deal never completed: {:#?}\nruns: {:#?}",
+            calltouch.deals(),
+            runs(&server, &key).await
+        );
+        pause().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let all = loop {
+        let all = runs(&server, &key).await;
+        if all.iter().all(|r| r["status"] != "running") {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "runs never settled: {all:#?}");
+        pause().await;
+    };
+    assert!(
+        all.iter()
+            .any(|r| r["automation"] == "retailcrm-order-to-calltouch-deal"
+                && r["status"] == "filtered"),
+        "the complete status is filtered out of the open-status bundle: {all:#?}"
+    );
+    // Nothing polled twice: one completion run.
+    let completions = all
+        .iter()
+        .filter(|r| {
+            r["automation"] == "retailcrm-order-complete-to-calltouch" && r["status"] == "succeeded"
+        })
+        .count();
+    assert_eq!(completions, 1, "{all:#?}");
+}
