@@ -31,7 +31,7 @@ use serde_json::{Map, Value, json};
 
 use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
-    base_url, credential, only_known, required_text, text, validate_known_settings,
+    base_url, credential, only_known, required_text, text, validate_known_settings, with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
@@ -320,7 +320,12 @@ impl Calltouch {
         .header("content-type", "application/json");
         let response = ctx
             .http
-            .send(ctx.connection, &policy(), &request, &[token])
+            .send(
+                ctx.connection,
+                &with_timeout(policy(), ctx.settings),
+                &request,
+                &[token],
+            )
             .await?;
         let json = response.json().unwrap_or(Value::Null);
         let order_error = json["data"]["orders"][0]["error"]
@@ -406,6 +411,15 @@ impl Calltouch {
         }
         Ok(order)
     }
+}
+
+/// Whether Calltouch refused a create because the orderNumber exists
+/// ("Сделка с номером '…' уже существует"; the wording is not documented).
+fn is_duplicate_deal(message: &str) -> bool {
+    let lower = message.to_lowercase();
+    ["exist", "duplicate", "существует", "дубл"]
+        .iter()
+        .any(|w| lower.contains(w))
 }
 
 fn truncate(text: &str) -> String {
@@ -590,8 +604,7 @@ impl Connector for Calltouch {
                     .await;
                 let (body, status, attempts) = match result {
                     Err(ActionError::Vendor(VendorError::Rejected { message, .. }))
-                        if message.to_lowercase().contains("exist")
-                            || message.to_lowercase().contains("duplicate") =>
+                        if is_duplicate_deal(&message) =>
                     {
                         // The deal is there already (an earlier attempt made
                         // it): bring it up to date instead.

@@ -34,7 +34,7 @@ use serde_json::{Map, Value, json};
 use crate::http::{Idempotency, RetryHeader, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
     base_url, credential, digits, only_known, required_text, same_phone, text,
-    validate_known_settings,
+    validate_known_settings, with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
@@ -137,7 +137,12 @@ impl MoySklad {
             .header("accept-encoding", "gzip");
         let response = ctx
             .http
-            .send(ctx.connection, &policy(), &request, &[token])
+            .send(
+                ctx.connection,
+                &with_timeout(policy(), ctx.settings),
+                &request,
+                &[token],
+            )
             .await?;
         if response.is_success() {
             if response.body.is_empty() {

@@ -30,6 +30,7 @@ use serde_json::{Map, Value, json};
 use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
     base_url, credential, digits, only_known, same_phone, text, validate_known_settings,
+    with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
@@ -100,7 +101,12 @@ impl RetailCrm {
         let request = request.header("x-api-key", key);
         let response = ctx
             .http
-            .send(ctx.connection, &policy(), &request, &[key])
+            .send(
+                ctx.connection,
+                &with_timeout(policy(), ctx.settings),
+                &request,
+                &[key],
+            )
             .await?;
         if response.body.first() == Some(&b'<') {
             // A wrong subdomain answers HTML ("Account does not exist").

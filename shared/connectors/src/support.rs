@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::http::VendorPolicy;
 use crate::{ActionError, SettingsError};
 
 /// Checks a base URL a user configured. Outside test mode it must be HTTPS
@@ -96,6 +97,16 @@ pub(crate) fn validate_known_settings(
                     message: "must be a string".into(),
                 }),
             }
+        } else if name == "timeout_ms" {
+            if !value
+                .as_u64()
+                .is_some_and(|ms| (100..=60_000).contains(&ms))
+            {
+                errors.push(SettingsError {
+                    field: name.clone(),
+                    message: "must be a whole number of milliseconds from 100 to 60000".into(),
+                });
+            }
         } else if name != "default_region" && !known.contains(&name.as_str()) {
             errors.push(SettingsError {
                 field: name.clone(),
@@ -117,6 +128,20 @@ pub(crate) fn validate_known_settings(
     } else {
         Err(errors)
     }
+}
+
+/// A connection may shorten or lengthen the per-attempt timeout
+/// (`timeout_ms`, 100 to 60000): some accounts answer slowly, and tests use
+/// short timeouts against deliberately slow fakes.
+pub(crate) fn with_timeout(mut policy: VendorPolicy, settings: &Value) -> VendorPolicy {
+    if let Some(ms) = settings
+        .get("timeout_ms")
+        .and_then(Value::as_u64)
+        .filter(|ms| (100..=60_000).contains(ms))
+    {
+        policy.timeout = std::time::Duration::from_millis(ms);
+    }
+    policy
 }
 
 pub(crate) fn credential<'a>(
