@@ -50,6 +50,10 @@ cargo build --workspace --bins --locked
 echo "==> cargo test (every crate, every backend)"
 cargo test --workspace --locked
 
+echo "==> OpenAPI document (crmbridge openapi) validates"
+target/debug/crmbridge openapi > .tools/logs/openapi.json
+openapi-spec-validator .tools/logs/openapi.json
+
 echo "==> Lambda binaries under cargo lambda watch, fed events/ samples"
 bash infra/lambda-smoke.sh
 

@@ -4,7 +4,8 @@
 //! `crmbridge serve` runs what the Lambda functions run, on one HTTP server
 //! bound to loopback, with the SQLite store and the durable outbox bus in a
 //! data directory and the tick on a timer. `crmbridge admin bootstrap`
-//! creates the first tenant and owner key in a DynamoDB table.
+//! creates the first tenant and owner key in a DynamoDB table; `crmbridge
+//! openapi` prints the admin API's OpenAPI document.
 
 mod serve;
 
@@ -31,6 +32,8 @@ enum Command {
     /// Set up a deployment on AWS.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Print the admin API's OpenAPI document (the one served at /v1/openapi.json).
+    Openapi,
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +109,10 @@ async fn main() -> anyhow::Result<()> {
             tenant_name,
             create_table,
         }) => bootstrap_aws(&tenant_name, create_table).await,
+        Command::Openapi => {
+            println!("{}", crmbridge_http::openapi_json());
+            Ok(())
+        }
     }
 }
 

@@ -167,6 +167,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("  webhooks: {base}/hooks/{{connection}}/{{token}}");
     println!("  chat:     {base}/chat/{{connection}}/{{token}}");
     println!("  admin:    {base}/v1/connections, {base}/v1/runs");
+    println!("  api docs: {base}/v1/openapi.json");
     println!("  data:     {}", args.data_dir.display());
 
     let router = local_router(HttpState {

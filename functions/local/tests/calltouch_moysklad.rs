@@ -305,3 +305,79 @@ async fn calltouch_test_sends_are_refused_with_a_clear_400() {
     );
     assert!(runs(&s.server, &s.key).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reported_by_webhook_and_by_poll_runs_once() {
+    let calltouch = FakeCalltouch::start("ct-token-1", "12345").await.unwrap();
+    let moysklad = FakeMoySklad::start("ms-token-1").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(
+        &dir.path().join("data"),
+        2,
+        &["--allow-any-vendor-url", "--tick-interval", "200ms"],
+    );
+    let key = server.owner_key.clone().unwrap();
+    let (_, ct) = post(&server, &key, "/v1/connections", json!({"app": "calltouch", "name": "Calltouch",
+        "settings": {"site_id": "12345", "base_url": calltouch.base_url(), "default_region": "RU"}, "credentials": {"access_token": "ct-token-1"}})).await;
+    let (_, ms) = post(&server, &key, "/v1/connections", json!({"app": "moysklad", "name": "МойСклад",
+        "settings": {"base_url": moysklad.base_url(), "default_region": "RU"}, "credentials": {"token": "ms-token-1"}})).await;
+    let (status, _) = post(
+        &server,
+        &key,
+        "/v1/recipes/calltouch-moysklad/instantiate",
+        json!({"connections": {"calltouch": ct["id"], "moysklad": ms["id"]}}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let s = Setup {
+        calltouch_hook: format!("{}{}", server.base, ct["webhook_path"].as_str().unwrap()),
+        moysklad_hook: format!("{}{}", server.base, ms["webhook_path"].as_str().unwrap()),
+        server,
+        key,
+        calltouch,
+        moysklad,
+        _dir: dir,
+    };
+    assert_eq!(s.call("3001", "79990003344").await, 202);
+    s.settled_runs(1).await;
+    let order_id = s.moysklad.orders()[0]["id"].as_str().unwrap().to_owned();
+    s.moysklad.set_order_state(&order_id, "Выполнен").unwrap();
+    s.moysklad
+        .send_webhook(&s.moysklad_hook, &order_id, "UPDATE")
+        .await
+        .unwrap();
+    // Wait until the poller has asked MoySklad for changes twice after the
+    // change, so the poll path has certainly seen it too.
+    let polls_before = s
+        .moysklad
+        .requests()
+        .iter()
+        .filter(|r| r.query.contains("updated"))
+        .count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s
+        .moysklad
+        .requests()
+        .iter()
+        .filter(|r| r.query.contains("updated"))
+        .count()
+        < polls_before + 2
+    {
+        assert!(Instant::now() < deadline, "the poller never ran");
+        pause().await;
+    }
+    let runs = s.settled_runs(3).await;
+    let completions: Vec<&Value> = runs
+        .iter()
+        .filter(|r| r["automation"] == "moysklad-order-complete-to-calltouch")
+        .collect();
+    assert_eq!(completions.len(), 1, "{runs:#?}");
+    assert_eq!(completions[0]["status"], "succeeded");
+    let deal_updates = s
+        .calltouch
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/client-order/update"))
+        .count();
+    assert_eq!(deal_updates, 1, "the deal was updated twice for one change");
+}

@@ -273,7 +273,8 @@ fn lead_service_date(value: Option<String>, now: DateTime<Utc>) -> Result<String
 fn money(fields: &Map<String, Value>) -> Result<Option<String>, ActionError> {
     match fields.get("revenue") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64().map(|f| format!("{f:.2}"))),
+        // `+ 0.0` turns a negative zero into "0.00", not "-0.00".
+        Some(Value::Number(n)) => Ok(n.as_f64().map(|f| format!("{:.2}", f + 0.0))),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => s
             .trim()

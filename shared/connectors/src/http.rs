@@ -142,7 +142,12 @@ impl VendorError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable { .. } => true,
-            Self::Status { status, .. } => *status == 429 || *status >= 500,
+            // A refusal with a 5xx or 429 status (retailCRM's rate limit is a
+            // 503 with `success:false`) is the vendor being unavailable, not
+            // the request being wrong.
+            Self::Status { status, .. } | Self::Rejected { status, .. } => {
+                *status == 429 || *status >= 500
+            }
             _ => false,
         }
     }
@@ -616,6 +621,25 @@ mod tests {
                 .unwrap();
         }
         assert!(other.elapsed() < Duration::from_millis(200));
+    }
+
+    #[test]
+    fn refusals_with_unavailable_statuses_are_transient() {
+        let refused = |status| VendorError::Rejected {
+            vendor: "retailcrm",
+            status,
+            message: "Rate limit exceeded".into(),
+        };
+        assert!(refused(503).is_transient());
+        assert!(refused(429).is_transient());
+        assert!(!refused(400).is_transient());
+        assert!(
+            !VendorError::Decode {
+                status: 200,
+                message: "x".into()
+            }
+            .is_transient()
+        );
     }
 
     #[test]

@@ -192,6 +192,13 @@ pub trait Connector: Send + Sync {
         Ok(())
     }
 
+    /// A key naming the change an (enriched) event reports, when the same
+    /// change can reach crmbridge by two paths (webhook and poll): the
+    /// engine dispatches one change once.
+    fn change_key(&self, _event: &Event) -> Option<String> {
+        None
+    }
+
     /// Finds an existing record for a create step's dedupe keys.
     async fn find(
         &self,

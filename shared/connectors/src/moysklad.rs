@@ -662,6 +662,18 @@ impl Connector for MoySklad {
         Ok(())
     }
 
+    /// Webhooks (keyed by requestId) and polls (keyed by id@updated) report
+    /// one order change under two ids; after enrichment both carry the
+    /// order's `updated`, which names the change.
+    fn change_key(&self, event: &Event) -> Option<String> {
+        if !event.kind.starts_with("moysklad.customerorder.") || event.kind.ends_with(".deleted") {
+            return None;
+        }
+        let id = event.data["id"].as_str()?;
+        let updated = event.data["updated"].as_str()?;
+        Some(format!("{id}@{updated}"))
+    }
+
     async fn find(
         &self,
         ctx: &CallContext<'_>,
@@ -934,9 +946,9 @@ impl Connector for MoySklad {
                 }
                 let created = order["created"].as_str() == Some(updated.as_str());
                 let what = if created { "created" } else { "updated" };
-                if format!("moysklad.customerorder.{what}") != kind
-                    && kind == "moysklad.customerorder.created"
-                {
+                // A poll for `updated` reports changes, not creations (and
+                // one for `created` only creations), as webhooks would.
+                if format!("moysklad.customerorder.{what}") != kind {
                     continue;
                 }
                 events.push(DecodedEvent {

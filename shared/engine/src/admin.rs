@@ -8,16 +8,15 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use crmbridge_store::{Query, Write};
+use crmbridge_store::{Query, StoreError, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::secrets_aad;
 use crate::records::{
-    ApiKeyRecord, ConnectionRecord, ConnectionSecrets, Role, RunRecord, RunSummary, TenantRecord,
+    ApiKeyRecord, ConnectionRecord, ConnectionSecrets, KeyIndexEntry, Role, TenantRecord,
 };
 use crate::{
-    Engine, EngineError, EngineResult, FieldError, decode, item, keys, random_id, random_secret,
-    sha256_hex,
+    Engine, EngineError, EngineResult, FieldError, item, keys, random_id, random_secret, sha256_hex,
 };
 
 /// Who is calling: resolved from an API key.
@@ -52,12 +51,13 @@ pub struct Bootstrapped {
 
 /// A request to create a connection. Unknown fields are refused so a typo
 /// never silently drops a setting.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewConnection {
     pub app: String,
     pub name: String,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub settings: serde_json::Value,
     #[serde(default)]
     pub credentials: BTreeMap<String, String>,
@@ -67,13 +67,39 @@ fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }
 
+/// A change to a connection (`PATCH /v1/connections/{id}`); what is absent
+/// stays as it is.
+///
+/// - `name` replaces the name.
+/// - `settings` is a JSON merge patch (RFC 7396) of the settings: a key
+///   with a value sets it, a key with `null` removes it, absent keys stay.
+///   The result is validated by the connector as a whole.
+/// - `credentials` are merged by name: a string sets (or replaces) that
+///   credential, `null` removes it, names not given stay set. With
+///   `replace_credentials: true` the given set replaces all of them.
+///
+/// The secrets are sealed again (a fresh nonce); the webhook token is kept,
+/// so the webhook URL does not change.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPatch {
+    pub name: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<serde_json::Value>,
+    #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
+    pub credentials: Option<BTreeMap<String, Option<String>>>,
+    #[serde(default)]
+    pub replace_credentials: bool,
+}
+
 /// A connection as the API shows it: settings, which credentials are set,
 /// and the webhook path (with its secret token) — never credential values.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ConnectionView {
     pub id: String,
     pub app: String,
     pub name: String,
+    #[schema(value_type = Object)]
     pub settings: serde_json::Value,
     pub credentials_set: Vec<String>,
     pub webhook_path: String,
@@ -108,7 +134,10 @@ impl Engine {
             Write::PutIfAbsent(item(keys::api_key(&sha256_hex(&owner_key)), &key_record)?),
             Write::Put(item(
                 keys::tenant_key_index(&tenant.id, &key_record.id),
-                &key_record,
+                &KeyIndexEntry {
+                    key: key_record.clone(),
+                    secret_hash: Some(sha256_hex(&owner_key)),
+                },
             )?),
         ];
         match self.store.transact(writes).await {
@@ -235,6 +264,125 @@ impl Engine {
         }
     }
 
+    /// Changes a connection (see [`ConnectionPatch`]); nothing is written
+    /// unless every part of the change is valid.
+    pub async fn update_connection(
+        &self,
+        who: &Principal,
+        id: &str,
+        patch: ConnectionPatch,
+    ) -> EngineResult<ConnectionView> {
+        who.require_role(Role::Admin, "change connections")?;
+        let key = keys::connection(id);
+        let (mut record, version) = match self.read::<ConnectionRecord>(&key).await? {
+            Some((record, version)) if record.tenant == who.tenant => (record, version),
+            _ => {
+                return Err(EngineError::NotFound {
+                    what: "connection",
+                    id: id.to_owned(),
+                });
+            }
+        };
+        if patch.name.is_none()
+            && patch.settings.is_none()
+            && patch.credentials.is_none()
+            && !patch.replace_credentials
+        {
+            return Err(EngineError::bad_request(
+                "body",
+                "nothing to change: give name, settings or credentials",
+            ));
+        }
+        let mut secrets = self.open_secrets(&record)?;
+        let mut errors = Vec::new();
+        if let Some(name) = &patch.name {
+            let name = name.trim();
+            if name.is_empty() || name.chars().count() > 200 {
+                errors.push(FieldError {
+                    field: "name".into(),
+                    message: "must be 1 to 200 characters".into(),
+                });
+            } else {
+                record.name = name.to_owned();
+            }
+        }
+        if let Some(settings) = &patch.settings {
+            if settings.is_object() {
+                merge_patch(&mut record.settings, settings);
+                if let Some(connector) = self.connectors.get(&record.app)
+                    && let Err(problems) = connector
+                        .validate_settings(&record.settings, self.config.allow_any_base_url)
+                {
+                    errors.extend(problems.into_iter().map(|p| FieldError {
+                        field: if p.field.is_empty() {
+                            "settings".into()
+                        } else {
+                            format!("settings.{}", p.field)
+                        },
+                        message: p.message,
+                    }));
+                }
+            } else {
+                errors.push(FieldError {
+                    field: "settings".into(),
+                    message: "must be an object (a JSON merge patch of the settings)".into(),
+                });
+            }
+        }
+        if patch.replace_credentials {
+            secrets.credentials.clear();
+        }
+        for (name, value) in patch.credentials.unwrap_or_default() {
+            match value {
+                None => {
+                    secrets.credentials.remove(&name);
+                }
+                Some(value) if value.is_empty() => errors.push(FieldError {
+                    field: format!("credentials.{name}"),
+                    message: "must not be empty (null removes a credential)".into(),
+                }),
+                Some(value) => {
+                    secrets.credentials.insert(name, value);
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(EngineError::Invalid(errors));
+        }
+        let plain = serde_json::to_vec(&secrets).map_err(|err| EngineError::Corrupt {
+            what: "connection secrets".into(),
+            message: err.to_string(),
+        })?;
+        record.credential_names = secrets.credentials.keys().cloned().collect();
+        record.secrets = self.keyring.seal(&plain, secrets_aad(id).as_bytes());
+        let index = serde_json::json!({"id": id, "app": record.app, "name": record.name});
+        let result = self
+            .store
+            .transact(vec![
+                Write::UpdateIfVersion {
+                    item: item(key, &record)?,
+                    expected: version,
+                },
+                Write::Put(item(
+                    keys::tenant_connection_index(&who.tenant, id),
+                    &index,
+                )?),
+            ])
+            .await;
+        match result {
+            Ok(()) => {}
+            Err(StoreError::TransactionConflict { index: 0, .. }) => {
+                return Err(EngineError::conflict(
+                    "connection",
+                    "the connection was changed or deleted at the same time; read it and retry",
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        tracing::info!(tenant = %who.tenant, connection = %id, "connection updated");
+        Ok(view(&record, &secrets))
+    }
+
     pub async fn get_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionView> {
         who.require_role(Role::Admin, "read connections")?;
         let record = self.own_connection(who, id).await?;
@@ -262,48 +410,9 @@ impl Engine {
             }
         }
     }
-
-    pub async fn list_runs(
-        &self,
-        who: &Principal,
-        limit: usize,
-        cursor: Option<String>,
-    ) -> EngineResult<Listing<RunSummary>> {
-        who.require_role(Role::Viewer, "read runs")?;
-        if !(1..=200).contains(&limit) {
-            return Err(EngineError::bad_request(
-                "limit",
-                "must be between 1 and 200",
-            ));
-        }
-        let page = self
-            .store
-            .query(
-                Query::prefix(keys::tenant_runs_pk(&who.tenant), "")
-                    .limit(limit)
-                    .after(cursor)
-                    .descending(),
-            )
-            .await?;
-        Ok(Listing {
-            items: page.items.iter().map(decode).collect::<EngineResult<_>>()?,
-            next_cursor: page.next,
-        })
-    }
-
-    pub async fn get_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord> {
-        who.require_role(Role::Viewer, "read runs")?;
-        match self.read::<RunRecord>(&keys::run(id)).await? {
-            Some((run, _)) if run.tenant == who.tenant => Ok(run),
-            _ => Err(EngineError::NotFound {
-                what: "run",
-                id: id.to_owned(),
-            }),
-        }
-    }
 }
 
-fn new_api_key(tenant: &str, role: Role, now: DateTime<Utc>) -> (String, ApiKeyRecord) {
+pub(crate) fn new_api_key(tenant: &str, role: Role, now: DateTime<Utc>) -> (String, ApiKeyRecord) {
     let record = ApiKeyRecord {
         id: random_id("key"),
         tenant: tenant.to_owned(),
@@ -323,5 +432,29 @@ fn view(record: &ConnectionRecord, secrets: &ConnectionSecrets) -> ConnectionVie
         webhook_path: format!("/hooks/{}/{}", record.id, secrets.webhook_token),
         chat_path: format!("/chat/{}/{}", record.id, secrets.webhook_token),
         created_at: record.created_at,
+    }
+}
+
+/// RFC 7396 JSON merge patch: objects merge key by key, `null` removes a
+/// key, anything else replaces.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(Default::default());
+    }
+    if let serde_json::Value::Object(map) = target {
+        for (key, value) in changes {
+            if value.is_null() {
+                map.remove(key);
+            } else {
+                merge_patch(
+                    map.entry(key.clone()).or_insert(serde_json::Value::Null),
+                    value,
+                );
+            }
+        }
     }
 }

@@ -11,9 +11,11 @@ use crate::admin::Principal;
 use crate::records::{ConnectionRecord, Role};
 use crate::{Engine, EngineError, EngineResult, FieldError, decode, item, keys};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AutomationRecord {
     pub tenant: String,
+    /// The automation document (see recipes/ and DESIGN.md "Automations").
+    #[schema(value_type = Object)]
     pub automation: Automation,
     /// Why the automation cannot run right now (a connection missing, a
     /// project archived…), or `None` when it is healthy.

@@ -74,6 +74,15 @@ impl Engine {
         }
         let mut event = event;
         self.enrich(&mut event).await?;
+        if self.seen_change(&event).await? {
+            tracing::info!(
+                "the same change already arrived by another path (webhook and poll); skipped"
+            );
+            return Ok(Dispatched {
+                runs: vec![],
+                duplicate: true,
+            });
+        }
         let mut runs = Vec::new();
         let mut duplicate = true;
         let mut transient: Option<EngineError> = None;
@@ -122,6 +131,34 @@ impl Engine {
         Ok(Dispatched {
             runs: vec![RunSummary::from(&run)],
             duplicate: !created,
+        })
+    }
+
+    /// Whether this change was already dispatched under another event id:
+    /// a source that is both polled and sends webhooks (MoySklad) reports
+    /// one change twice, with different ids. The connector's change key
+    /// (order id + its `updated` time) is claimed once; a redelivery of the
+    /// same event passes (its runs de-duplicate themselves).
+    async fn seen_change(&self, event: &Event) -> EngineResult<bool> {
+        let Some(change) = self
+            .connectors
+            .get(&event.app)
+            .and_then(|c| c.change_key(event))
+        else {
+            return Ok(false);
+        };
+        let canonical = EventId::from_source(&event.connection, &change);
+        let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
+        let claim = item(
+            keys::change(canonical.as_str()),
+            &json!({"event_id": event.id}),
+        )?
+        .expiring_at(expires);
+        Ok(match self.store.put_if_absent(claim).await? {
+            crmbridge_store::PutOutcome::Inserted => false,
+            crmbridge_store::PutOutcome::Exists(existing) => {
+                existing.body["event_id"].as_str() != Some(event.id.as_str())
+            }
         })
     }
 
@@ -210,8 +247,8 @@ impl Engine {
     }
 
     /// Runs (or resumes) one automation for one event; `true` when this
-    /// call created the run.
-    async fn run_automation(
+    /// call created the run. Also the replay of a failed run (crate::runs).
+    pub(crate) async fn run_automation(
         &self,
         event: &Event,
         record: &AutomationRecord,
@@ -256,22 +293,11 @@ impl Engine {
     async fn save_run(&self, run: &mut RunRecord, version: &mut u64) -> EngineResult<()> {
         run.updated_at = self.now();
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
-        let created_at = run
-            .created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let writes = vec![
-            Write::UpdateIfVersion {
-                item: item(keys::run(&run.id), run)?.expiring_at(expires),
-                expected: *version,
-            },
-            Write::Put(
-                item(
-                    keys::tenant_run_index(&run.tenant, &created_at, &run.id),
-                    &RunSummary::from(&*run),
-                )?
-                .expiring_at(expires),
-            ),
-        ];
+        let mut writes = vec![Write::UpdateIfVersion {
+            item: item(keys::run(&run.id), run)?.expiring_at(expires),
+            expected: *version,
+        }];
+        writes.extend(crate::runs::index_writes(run, expires)?);
         match self.store.transact(writes).await {
             Ok(()) => {
                 *version += 1;
@@ -588,19 +614,10 @@ impl Engine {
     /// Writes a run and its index entry together; `false` if it existed.
     pub(crate) async fn create_run(&self, run: &RunRecord) -> EngineResult<bool> {
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
-        let created_at = run
-            .created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let writes = vec![
-            Write::PutIfAbsent(item(keys::run(&run.id), run)?.expiring_at(expires)),
-            Write::Put(
-                item(
-                    keys::tenant_run_index(&run.tenant, &created_at, &run.id),
-                    &RunSummary::from(run),
-                )?
-                .expiring_at(expires),
-            ),
-        ];
+        let mut writes = vec![Write::PutIfAbsent(
+            item(keys::run(&run.id), run)?.expiring_at(expires),
+        )];
+        writes.extend(crate::runs::index_writes(run, expires)?);
         match self.store.transact(writes).await {
             Ok(()) => Ok(true),
             Err(StoreError::TransactionConflict { index: 0, .. }) => Ok(false),

@@ -47,6 +47,10 @@ pub enum EngineError {
         message: String,
         affected: Vec<String>,
     },
+    /// The request is well formed but conflicts with the object's state
+    /// (replaying a run that succeeded, deleting the last owner key…).
+    #[error("{field}: {message}")]
+    Conflict { field: String, message: String },
     /// A vendor call or run step failed; `transient` = worth retrying.
     #[error("{what}: {message}")]
     Action {
@@ -64,6 +68,13 @@ impl EngineError {
         }
     }
 
+    pub fn conflict(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             Self::NotFound { .. } => 404,
@@ -75,7 +86,7 @@ impl EngineError {
             // The sender should retry: nothing was acknowledged.
             Self::Store(_) | Self::Bus(_) => 503,
             Self::Sealed { .. } | Self::Corrupt { .. } => 500,
-            Self::NeedsConfirmation { .. } => 409,
+            Self::NeedsConfirmation { .. } | Self::Conflict { .. } => 409,
             Self::Action {
                 transient: true, ..
             } => 503,
@@ -97,6 +108,7 @@ impl EngineError {
             Self::Bus(_) => "bus_unavailable",
             Self::Sealed { .. } | Self::Corrupt { .. } => "internal",
             Self::NeedsConfirmation { .. } => "confirmation_required",
+            Self::Conflict { .. } => "conflict",
             Self::Action { .. } => "vendor_failed",
         }
     }
@@ -105,7 +117,7 @@ impl EngineError {
     pub fn to_body(&self) -> serde_json::Value {
         let mut error = serde_json::json!({ "code": self.code(), "message": self.to_string() });
         match self {
-            Self::BadRequest { field, message } => {
+            Self::BadRequest { field, message } | Self::Conflict { field, message } => {
                 error["field"] = field.clone().into();
                 error["message"] = message.clone().into();
             }

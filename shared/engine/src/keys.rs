@@ -10,9 +10,11 @@
 //! | connection | `CONN#{connection}` | `META` |
 //! | tenant's connection index | `TENANT#{tenant}` | `CONN#{connection}` |
 //! | accepted event (idempotency, TTL) | `EVENT#{event}` | `ACCEPT` |
+//! | a change claimed by one event (TTL) | `EVENT#{change id}` | `CHANGE` |
 //! | event data too large for the bus (TTL) | `EVENT#{event}` | `DATA#{part:04}` |
 //! | run (TTL) | `RUN#{run}` | `RUN` |
 //! | tenant's run index (TTL) | `TENANT#{tenant}#RUNS` | `{created_at}#{run}` |
+//! | automation's run index (TTL) | `AUTORUNS#{tenant}#{automation}` | `{created_at}#{run}` |
 //! | automation | `AUTO#{tenant}#{automation}` | `META` |
 //! | tenant's automation index | `TENANT#{tenant}` | `AUTO#{automation}` |
 //! | trigger index | `TRIGGER#{connection}#{kind}` | `AUTO#{tenant}#{automation}` |
@@ -65,6 +67,10 @@ pub fn event_accept(event: &str) -> Key {
     key(format!("EVENT#{event}"), "ACCEPT")
 }
 
+pub fn change(change: &str) -> Key {
+    key(format!("EVENT#{change}"), "CHANGE")
+}
+
 pub fn event_data_part(event: &str, part: usize) -> Key {
     key(format!("EVENT#{event}"), format!("DATA#{part:04}"))
 }
@@ -79,6 +85,21 @@ pub fn tenant_runs_pk(tenant: &str) -> String {
 
 pub fn tenant_run_index(tenant: &str, created_at: &str, run: &str) -> Key {
     key(tenant_runs_pk(tenant), format!("{created_at}#{run}"))
+}
+
+pub fn automation_runs_pk(tenant: &str, automation: &str) -> String {
+    format!("AUTORUNS#{tenant}#{automation}")
+}
+
+pub fn automation_run_index(tenant: &str, automation: &str, created_at: &str, run: &str) -> Key {
+    key(
+        automation_runs_pk(tenant, automation),
+        format!("{created_at}#{run}"),
+    )
+}
+
+pub fn tenant_keys(tenant: &str) -> (String, &'static str) {
+    (format!("TENANT#{tenant}"), "KEY#")
 }
 
 pub fn automation(tenant: &str, automation: &str) -> Key {

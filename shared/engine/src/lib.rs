@@ -18,7 +18,9 @@ mod payload;
 mod poll;
 pub mod recipes;
 pub mod records;
+pub mod runs;
 pub mod sealed;
+pub mod tenants;
 pub mod tick;
 
 use std::collections::HashMap;

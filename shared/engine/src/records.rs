@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crmbridge_mapping::Event;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Owner,
@@ -16,7 +16,7 @@ pub enum Role {
     Viewer,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TenantRecord {
     pub id: String,
     pub name: String,
@@ -29,6 +29,17 @@ pub struct ApiKeyRecord {
     pub tenant: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+}
+
+/// The tenant's index entry of one API key: the key record plus the hash
+/// that addresses it, so the key can be revoked by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyIndexEntry {
+    #[serde(flatten)]
+    pub key: ApiKeyRecord,
+    /// Absent on entries written before keys could be revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_hash: Option<String>,
 }
 
 /// A connection as stored: `secrets` is sealed (see [`crate::sealed`]).
@@ -88,7 +99,7 @@ pub struct AcceptRecord {
     pub accepted_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// No enabled automation is triggered by this event.
@@ -106,7 +117,7 @@ impl RunStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepRecord {
     pub id: String,
     pub action: String,
@@ -123,7 +134,7 @@ pub struct StepRecord {
     pub attempts: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     pub id: String,
     pub tenant: String,
@@ -135,6 +146,8 @@ pub struct RunRecord {
     /// One line a person can read: "no automation matched …",
     /// "filtered: status = complete", the error of the failed step.
     pub outcome: String,
+    /// The event as it was dispatched (the envelope of DESIGN.md "Events").
+    #[schema(value_type = Object)]
     pub event: Event,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
@@ -144,7 +157,7 @@ pub struct RunRecord {
 }
 
 /// The run index entry: enough to list runs without reading each one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunSummary {
     pub id: String,
     pub automation: Option<String>,

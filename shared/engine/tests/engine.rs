@@ -230,10 +230,218 @@ on_both_stores!(
     bootstrap_happens_once,
     tick_fans_out_one_poll_request_per_source,
     chat_is_dispatched_inline_once,
+    keys_tenants_and_connection_updates,
+    runs_are_filtered_by_status_and_time,
 );
 
 mod cases {
     use super::*;
+
+    pub async fn keys_tenants_and_connection_updates(h: Harness) {
+        use crmbridge_engine::admin::ConnectionPatch;
+        use crmbridge_engine::tenants::{NewKey, NewTenant};
+        let owner = h.owner().await;
+        let admin_key = h
+            .engine
+            .create_key(&owner, NewKey { role: Role::Admin })
+            .await
+            .unwrap();
+        let admin = h
+            .engine
+            .authenticate(Some(&format!("Bearer {}", admin_key.key)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (admin.role, admin.tenant.as_str()),
+            (Role::Admin, owner.tenant.as_str())
+        );
+        assert_eq!(h.engine.list_keys(&admin).await.unwrap_err().status(), 403);
+        let keys = h.engine.list_keys(&owner).await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.iter().any(|k| k.current && k.role == Role::Owner));
+        assert!(!h.raw.dump().await.contains(&admin_key.key));
+        // The last owner key stays; an admin key goes, at once.
+        let own = keys.iter().find(|k| k.current).unwrap().id.clone();
+        assert_eq!(
+            h.engine
+                .delete_key(&owner, &own)
+                .await
+                .unwrap_err()
+                .status(),
+            409
+        );
+        h.engine.delete_key(&owner, &admin_key.id).await.unwrap();
+        let gone = h
+            .engine
+            .authenticate(Some(&format!("Bearer {}", admin_key.key)))
+            .await;
+        assert_eq!(gone.unwrap_err().status(), 401);
+
+        // A new tenant: only the first tenant's owners may; it starts empty.
+        let created = h
+            .engine
+            .create_tenant(
+                &owner,
+                NewTenant {
+                    name: "Beta".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let beta = h
+            .engine
+            .authenticate(Some(&format!("Bearer {}", created.owner_key.key)))
+            .await
+            .unwrap();
+        assert_eq!(beta.tenant, created.tenant.id);
+        assert_eq!(h.engine.current_tenant(&beta).await.unwrap().name, "Beta");
+        assert!(h.engine.list_connections(&beta).await.unwrap().is_empty());
+        let refused = h
+            .engine
+            .create_tenant(
+                &beta,
+                NewTenant {
+                    name: "Gamma".into(),
+                },
+            )
+            .await;
+        assert_eq!(refused.unwrap_err().status(), 403);
+
+        // Connection updates: settings merge-patched, credentials merged,
+        // the webhook token kept; another tenant's id is not found.
+        let (conn, token) = h.connection(&owner).await;
+        let patch = ConnectionPatch {
+            name: Some("Orders 2".into()),
+            settings: Some(json!({"kind": "order.paid"})),
+            credentials: Some([("extra".to_owned(), Some("sk-EXTRA-0002".to_owned()))].into()),
+            replace_credentials: false,
+        };
+        let view = h
+            .engine
+            .update_connection(&owner, &conn, patch.clone())
+            .await
+            .unwrap();
+        assert_eq!(view.name, "Orders 2");
+        assert_eq!(
+            view.settings,
+            json!({"event_id_pointer": "/id", "kind": "order.paid"})
+        );
+        assert_eq!(view.credentials_set, vec!["api_key", "extra"]);
+        assert!(view.webhook_path.ends_with(&token));
+        assert!(!h.raw.dump().await.contains("sk-EXTRA-0002"));
+        let removed = ConnectionPatch {
+            credentials: Some([("api_key".to_owned(), None)].into()),
+            ..Default::default()
+        };
+        let view = h
+            .engine
+            .update_connection(&owner, &conn, removed)
+            .await
+            .unwrap();
+        assert_eq!(view.credentials_set, vec!["extra"]);
+        assert_eq!(
+            h.engine
+                .update_connection(&beta, &conn, patch)
+                .await
+                .unwrap_err()
+                .status(),
+            404
+        );
+        let invalid = ConnectionPatch {
+            settings: Some(json!({"colour": "red"})),
+            ..Default::default()
+        };
+        let err = h
+            .engine
+            .update_connection(&owner, &conn, invalid)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 422);
+        let unchanged = h.engine.get_connection(&owner, &conn).await.unwrap();
+        assert_eq!(unchanged.settings["kind"], "order.paid");
+        assert_eq!(unchanged.credentials_set, vec!["extra"]);
+    }
+
+    pub async fn runs_are_filtered_by_status_and_time(h: Harness) {
+        use crmbridge_engine::runs::RunFilter;
+        let owner = h.owner().await;
+        let (conn, token) = h.connection(&owner).await;
+        let start = chrono::Utc::now();
+        for n in 0..3 {
+            let body = serde_json::to_vec(&json!({"id": format!("F-{n}")})).unwrap();
+            h.engine
+                .ingest_webhook(hook(&conn, &token, &body))
+                .await
+                .unwrap();
+        }
+        for event in h.drain(3).await {
+            h.engine.dispatch(event).await.unwrap();
+        }
+        let list = |filter: RunFilter| {
+            let engine = &h.engine;
+            let owner = owner.clone();
+            async move { engine.list_runs(&owner, filter).await }
+        };
+        let all = list(RunFilter::default()).await.unwrap();
+        assert_eq!(all.items.len(), 3);
+        assert!(
+            all.items
+                .windows(2)
+                .all(|w| w[0].created_at >= w[1].created_at)
+        );
+        let page = list(RunFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(page.items.len(), 2);
+        let rest = list(RunFilter {
+            limit: 2,
+            cursor: page.next_cursor,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(rest.items.len(), 1);
+        assert_eq!(rest.next_cursor, None);
+        let no_match = list(RunFilter {
+            status: Some(RunStatus::NoMatch),
+            since: Some(start),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(no_match.items.len(), 3);
+        let failed = list(RunFilter {
+            status: Some(RunStatus::Failed),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert!(failed.items.is_empty());
+        let before = list(RunFilter {
+            until: Some(start),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert!(before.items.is_empty());
+        let bad = list(RunFilter {
+            since: Some(start),
+            until: Some(start),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(bad.unwrap_err().status(), 400);
+        // A run that matched nothing is not replayed.
+        let err = h
+            .engine
+            .replay_run(&owner, &all.items[0].id)
+            .await
+            .unwrap_err();
+        assert_eq!((err.status(), err.code()), (409, "conflict"));
+    }
 
     pub async fn a_webhook_is_accepted_once_and_a_redelivery_does_nothing(h: Harness) {
         let owner = h.owner().await;
@@ -369,7 +577,17 @@ mod cases {
         );
         let again = h.engine.dispatch(event.clone()).await.unwrap();
         assert!(again.duplicate);
-        let runs = h.engine.list_runs(&owner, 50, None).await.unwrap();
+        let runs = h
+            .engine
+            .list_runs(
+                &owner,
+                crmbridge_engine::runs::RunFilter {
+                    limit: 50,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(runs.items.len(), 1);
         let run = h.engine.get_run(&owner, &runs.items[0].id).await.unwrap();
         assert_eq!(run.event, event);
@@ -449,7 +667,13 @@ mod cases {
         );
         assert!(
             h.engine
-                .list_runs(&stranger, 50, None)
+                .list_runs(
+                    &stranger,
+                    crmbridge_engine::runs::RunFilter {
+                        limit: 50,
+                        ..Default::default()
+                    }
+                )
                 .await
                 .unwrap()
                 .items
@@ -477,7 +701,13 @@ mod cases {
         );
         assert_eq!(
             h.engine
-                .list_runs(&viewer, 50, None)
+                .list_runs(
+                    &viewer,
+                    crmbridge_engine::runs::RunFilter {
+                        limit: 50,
+                        ..Default::default()
+                    }
+                )
                 .await
                 .unwrap()
                 .items
@@ -570,7 +800,13 @@ mod cases {
         assert_eq!(again.duplicates.len(), 1);
         assert_eq!(
             h.engine
-                .list_runs(&owner, 10, None)
+                .list_runs(
+                    &owner,
+                    crmbridge_engine::runs::RunFilter {
+                        limit: 10,
+                        ..Default::default()
+                    }
+                )
                 .await
                 .unwrap()
                 .items

@@ -6,20 +6,35 @@
 //! status the engine chose. Request bodies are read with a hard limit
 //! before anything else happens, so an oversize body is a 413 that touches
 //! no state.
+//!
+//! Every admin route is described by `#[utoipa::path]` on its handler; the
+//! OpenAPI document ([`openapi`]) is served at `GET /v1/openapi.json` and a
+//! test checks it lists every route of [`ROUTES`].
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use crmbridge_engine::admin::{ConnectionView, NewConnection, Principal};
+use chrono::{DateTime, Utc};
+use crmbridge_engine::admin::{ConnectionPatch, ConnectionView, NewConnection, Principal};
+use crmbridge_engine::automations::AutomationRecord;
 use crmbridge_engine::ingest::WebhookRequest;
+use crmbridge_engine::records::{RunRecord, RunStatus, RunSummary};
+use crmbridge_engine::runs::{ReplayReport, RunFilter};
+use crmbridge_engine::tenants::{
+    CreatedKey, CreatedTenant, KeyView, NewKey, NewTenant, TenantView,
+};
 use crmbridge_engine::{Engine, EngineError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+mod openapi;
+
+pub use openapi::{openapi, openapi_json};
 
 /// Shared by every route.
 #[derive(Clone)]
@@ -98,6 +113,18 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
+/// A webhook from a CRM or tracker; the token is the connection's secret.
+#[utoipa::path(
+    post, path = "/hooks/{connection}/{token}", tag = "webhooks",
+    params(("connection" = String, Path), ("token" = String, Path, description = "the connection's secret token")),
+    request_body(content = Object, description = "whatever the service sends (JSON, form or query)"),
+    responses(
+        (status = 202, description = "accepted", body = Object),
+        (status = 200, description = "a duplicate delivery, or the vendor's expected answer", body = Object),
+        (status = "4XX", description = "refused; nothing stored", body = ErrorBody),
+        (status = "5XX", description = "not accepted: retry", body = ErrorBody),
+    )
+)]
 async fn webhook(
     State(state): State<HttpState>,
     Path((connection, token)): Path<(String, String)>,
@@ -140,6 +167,39 @@ async fn webhook(
     })
 }
 
+/// A webhook sent as GET (Calltouch and others put the data in the query).
+#[utoipa::path(
+    get, path = "/hooks/{connection}/{token}", tag = "webhooks",
+    params(("connection" = String, Path), ("token" = String, Path, description = "the connection's secret token")),
+    responses(
+        (status = 202, description = "accepted", body = Object),
+        (status = 200, description = "a duplicate delivery, or the vendor's expected answer", body = Object),
+        (status = "4XX", description = "refused; nothing stored", body = ErrorBody),
+        (status = "5XX", description = "not accepted: retry", body = ErrorBody),
+    )
+)]
+async fn webhook_get(
+    state: State<HttpState>,
+    path: Path<(String, String)>,
+    method: Method,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    webhook(state, path, method, query, headers, body).await
+}
+
+/// A chat notification (Planfix, Verbox), relayed synchronously.
+#[utoipa::path(
+    post, path = "/chat/{connection}/{token}", tag = "webhooks",
+    params(("connection" = String, Path), ("token" = String, Path)),
+    request_body(content = Object),
+    responses(
+        (status = 200, description = "relayed", body = Object),
+        (status = "4XX", body = ErrorBody),
+        (status = "5XX", body = ErrorBody),
+    )
+)]
 async fn chat(
     State(state): State<HttpState>,
     Path((connection, token)): Path<(String, String)>,
@@ -178,8 +238,25 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
-        EngineError::bad_request(field, err.into_inner().to_string()).into()
+        // Malformed JSON is the body's fault wherever the parser stopped;
+        // a well-formed body names the value that was wrong.
+        let malformed = matches!(
+            err.inner().classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        let message = err.into_inner().to_string();
+        // serde reports a missing field at its parent: name the field itself.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        let field = match (malformed, missing) {
+            (true, _) => "body".to_owned(),
+            (false, Some(name)) if path == "." => name.to_owned(),
+            (false, Some(name)) => format!("{path}.{name}"),
+            (false, None) if path == "." => "body".to_owned(),
+            (false, None) => path,
+        };
+        EngineError::bad_request(field, message).into()
     })
 }
 
@@ -204,13 +281,191 @@ fn base_url(state: &HttpState, headers: &HeaderMap) -> String {
     format!("{scheme}://{host}")
 }
 
-fn connection_json(view: &ConnectionView, base: &str) -> serde_json::Value {
-    let mut value = serde_json::to_value(view).unwrap_or_default();
-    value["webhook_url"] = format!("{base}{}", view.webhook_path).into();
-    value["chat_url"] = format!("{base}{}", view.chat_path).into();
-    value
+/// The error body of every failure.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable: `bad_request`, `invalid`, `not_found`, `unauthorized`,
+    /// `forbidden`, `conflict`, `confirmation_required`, `payload_too_large`…
+    pub code: String,
+    pub message: String,
+    /// What was wrong: a body path (`steps[0].fields.x`), a query parameter,
+    /// `body`, `authorization`, or the kind of object not found.
+    pub field: Option<String>,
+    /// Every problem, for `invalid` (422).
+    pub errors: Option<Vec<FieldErrorDoc>>,
+    /// What a confirmation would delete, for `confirmation_required` (409).
+    pub affected: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FieldErrorDoc {
+    pub field: String,
+    pub message: String,
+}
+
+/// A connection with its full webhook and chat URLs (secret token
+/// included: give the webhook URL to the sending service).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConnectionResponse {
+    #[serde(flatten)]
+    pub connection: ConnectionView,
+    pub webhook_url: String,
+    pub chat_url: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConnectionList {
+    pub items: Vec<ConnectionResponse>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AutomationList {
+    pub items: Vec<AutomationRecord>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyList {
+    pub items: Vec<KeyView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunPage {
+    pub items: Vec<RunSummary>,
+    /// Pass as `cursor` for the next (older) page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecipeView {
+    pub name: String,
+    pub description: String,
+    /// Role → the app a connection in that role must be.
+    pub connections: std::collections::BTreeMap<String, String>,
+    #[schema(value_type = Vec<Object>)]
+    pub automations: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecipeList {
+    pub items: Vec<RecipeView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeletedConnection {
+    pub deleted_automations: Vec<String>,
+}
+
+fn connection_json(view: ConnectionView, base: &str) -> ConnectionResponse {
+    ConnectionResponse {
+        webhook_url: format!("{base}{}", view.webhook_path),
+        chat_url: format!("{base}{}", view.chat_path),
+        connection: view,
+    }
+}
+
+/// The caller's tenant and role.
+#[utoipa::path(
+    get, path = "/v1/tenant", tag = "tenants", security(("api_key" = [])),
+    responses((status = 200, body = TenantView), (status = 401, body = ErrorBody))
+)]
+async fn get_tenant(State(state): State<HttpState>, headers: HeaderMap) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    Ok(axum::Json(state.engine.current_tenant(&who).await?).into_response())
+}
+
+/// Creates a tenant and its first owner key, shown once. Only owners of
+/// the deployment's first tenant may.
+#[utoipa::path(
+    post, path = "/v1/tenants", tag = "tenants", security(("api_key" = [])),
+    request_body = NewTenant,
+    responses(
+        (status = 201, body = CreatedTenant),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+async fn create_tenant(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let body = read_body(&headers, body, 16 * 1024).await?;
+    let new: NewTenant = parse_json(&body)?;
+    let created = state.engine.create_tenant(&who, new).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+/// The tenant's API keys (never their secrets). Owners only.
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys", security(("api_key" = [])),
+    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+async fn list_keys(State(state): State<HttpState>, headers: HeaderMap) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let items = state.engine.list_keys(&who).await?;
+    Ok(axum::Json(KeyList { items }).into_response())
+}
+
+/// Creates an API key with a role; the key is in this answer only. Owners only.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys", security(("api_key" = [])),
+    request_body = NewKey,
+    responses(
+        (status = 201, body = CreatedKey),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
+    )
+)]
+async fn create_key(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let body = read_body(&headers, body, 16 * 1024).await?;
+    let new: NewKey = parse_json(&body)?;
+    let created = state.engine.create_key(&who, new).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+/// Revokes a key at once. The tenant's last owner key cannot be revoked (409).
+#[utoipa::path(
+    delete, path = "/v1/keys/{id}", tag = "keys", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    )
+)]
+async fn delete_key(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    state.engine.delete_key(&who, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Creates a connection; credentials are write-only.
+#[utoipa::path(
+    post, path = "/v1/connections", tag = "connections", security(("api_key" = [])),
+    request_body = NewConnection,
+    responses(
+        (status = 201, body = ConnectionResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
 async fn create_connection(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -222,11 +477,15 @@ async fn create_connection(
     let view = state.engine.create_connection(&who, new).await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(connection_json(&view, &base_url(&state, &headers))),
+        axum::Json(connection_json(view, &base_url(&state, &headers))),
     )
         .into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/connections", tag = "connections", security(("api_key" = [])),
+    responses((status = 200, body = ConnectionList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
 async fn list_connections(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -237,12 +496,20 @@ async fn list_connections(
         .engine
         .list_connections(&who)
         .await?
-        .iter()
+        .into_iter()
         .map(|view| connection_json(view, &base))
         .collect();
-    Ok(axum::Json(json!({"items": items})).into_response())
+    Ok(axum::Json(ConnectionList { items }).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/connections/{id}", tag = "connections", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = ConnectionResponse), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    )
+)]
 async fn get_connection(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -250,33 +517,141 @@ async fn get_connection(
 ) -> ApiResult<Response> {
     let who = principal(&state, &headers).await?;
     let view = state.engine.get_connection(&who, &id).await?;
-    Ok(axum::Json(connection_json(&view, &base_url(&state, &headers))).into_response())
+    Ok(axum::Json(connection_json(view, &base_url(&state, &headers))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunsQuery {
-    limit: Option<String>,
-    cursor: Option<String>,
+/// Changes a connection's name, settings (JSON merge patch) or credentials
+/// (merged by name; `null` removes one; `replace_credentials: true`
+/// replaces the set). Re-validated and re-sealed; the webhook URL stays.
+#[utoipa::path(
+    patch, path = "/v1/connections/{id}", tag = "connections", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    request_body = ConnectionPatch,
+    responses(
+        (status = 200, body = ConnectionResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+async fn update_connection(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let body = read_body(&headers, body, 256 * 1024).await?;
+    let patch: ConnectionPatch = parse_json(&body)?;
+    let view = state.engine.update_connection(&who, &id, patch).await?;
+    Ok(axum::Json(connection_json(view, &base_url(&state, &headers))).into_response())
 }
 
+/// One query parameter, at most once.
+fn single_params(
+    raw: Option<&str>,
+    known: &[&str],
+) -> ApiResult<std::collections::BTreeMap<String, String>> {
+    let mut found = std::collections::BTreeMap::new();
+    for (name, value) in query_pairs(raw) {
+        if !known.contains(&name.as_str()) {
+            return Err(EngineError::bad_request(
+                name,
+                format!("unknown query parameter; known: {}", known.join(", ")),
+            )
+            .into());
+        }
+        if found.insert(name.clone(), value).is_some() {
+            return Err(EngineError::bad_request(name, "given more than once").into());
+        }
+    }
+    Ok(found)
+}
+
+fn time_param(name: &str, value: Option<&String>) -> ApiResult<Option<DateTime<Utc>>> {
+    value
+        .map(|text| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|err| {
+                    EngineError::bad_request(
+                        name,
+                        format!("'{text}' is not an RFC 3339 time ({err})"),
+                    )
+                    .into()
+                })
+        })
+        .transpose()
+}
+
+/// The run log, newest first, filtered by automation, status and creation
+/// time (`since` inclusive, `until` exclusive).
+#[utoipa::path(
+    get, path = "/v1/runs", tag = "runs", security(("api_key" = [])),
+    params(
+        ("limit" = Option<u32>, Query, description = "1 to 200, default 50"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("automation" = Option<String>, Query, description = "only runs of this automation"),
+        ("status" = Option<RunStatus>, Query, description = "only runs with this status"),
+        ("since" = Option<String>, Query, description = "RFC 3339; runs created at or after"),
+        ("until" = Option<String>, Query, description = "RFC 3339; runs created before"),
+    ),
+    responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+)]
 async fn list_runs(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw_query): RawQuery,
 ) -> ApiResult<Response> {
     let who = principal(&state, &headers).await?;
-    let Query(query) = query.map_err(|err| EngineError::bad_request("query", err.body_text()))?;
-    let limit = match query.limit.as_deref() {
+    let params = single_params(
+        raw_query.as_deref(),
+        &["limit", "cursor", "automation", "status", "since", "until"],
+    )?;
+    let limit = match params.get("limit") {
         None => 50,
         Some(text) => text
             .parse()
             .map_err(|_| EngineError::bad_request("limit", "must be a whole number"))?,
     };
-    let listing = state.engine.list_runs(&who, limit, query.cursor).await?;
-    Ok(axum::Json(listing).into_response())
+    let status = params
+        .get("status")
+        .map(|text| {
+            serde_json::from_value::<RunStatus>(serde_json::Value::String(text.clone())).map_err(
+                |_| {
+                    EngineError::bad_request(
+                        "status",
+                        format!(
+                            "'{text}' is not a run status: no_match, filtered, running, succeeded or failed"
+                        ),
+                    )
+                },
+            )
+        })
+        .transpose()?;
+    let filter = RunFilter {
+        automation: params.get("automation").cloned(),
+        status,
+        since: time_param("since", params.get("since"))?,
+        until: time_param("until", params.get("until"))?,
+        limit,
+        cursor: params.get("cursor").cloned(),
+    };
+    let listing = state.engine.list_runs(&who, filter).await?;
+    Ok(axum::Json(RunPage {
+        items: listing.items,
+        next_cursor: listing.next_cursor,
+    })
+    .into_response())
 }
 
+/// One run: its event, each step's rendered request, response status and error.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}", tag = "runs", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = RunRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
 async fn get_run(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -284,6 +659,65 @@ async fn get_run(
 ) -> ApiResult<Response> {
     let who = principal(&state, &headers).await?;
     Ok(axum::Json(state.engine.get_run(&who, &id).await?).into_response())
+}
+
+/// Replays a failed run: steps that succeeded are skipped, the rest run
+/// again. Any other status is 409. Answers with the run afterwards.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/replay", tag = "runs", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = RunRecord), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    )
+)]
+async fn replay_run(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    Ok(axum::Json(state.engine.replay_run(&who, &id).await?).into_response())
+}
+
+/// `POST /v1/automations/{id}/replay`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySince {
+    /// RFC 3339: failed runs created at or after this time are replayed.
+    pub since: DateTime<Utc>,
+}
+
+/// Replays every failed run of an automation since a time (at most 100 a
+/// call; `more` says to call again).
+#[utoipa::path(
+    post, path = "/v1/automations/{id}/replay", tag = "automations", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    request_body = ReplaySince,
+    responses(
+        (status = 200, body = ReplayReport),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+    )
+)]
+async fn replay_automation(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let body = read_body(&headers, body, 16 * 1024).await?;
+    let request: ReplaySince = parse_json(&body)?;
+    Ok(axum::Json(
+        state
+            .engine
+            .replay_automation(&who, &id, request.since)
+            .await?,
+    )
+    .into_response())
 }
 
 /// An automation from a JSON body, or YAML when the content type says so.
@@ -304,14 +738,32 @@ fn parse_automation(headers: &HeaderMap, body: &[u8]) -> ApiResult<crmbridge_eng
     }
 }
 
+/// The tenant's automations, each with its health.
+#[utoipa::path(
+    get, path = "/v1/automations", tag = "automations", security(("api_key" = [])),
+    responses((status = 200, body = AutomationList), (status = 401, body = ErrorBody))
+)]
 async fn list_automations(
     State(state): State<HttpState>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let who = principal(&state, &headers).await?;
-    Ok(axum::Json(json!({"items": state.engine.list_automations(&who).await?})).into_response())
+    let items = state.engine.list_automations(&who).await?;
+    Ok(axum::Json(AutomationList { items }).into_response())
 }
 
+/// Creates an automation (JSON, or YAML with a yaml content type), validated
+/// against the connectors' catalogs: 422 lists every error with its path.
+#[utoipa::path(
+    post, path = "/v1/automations", tag = "automations", security(("api_key" = [])),
+    request_body(content = Object, description = "an automation document (JSON or YAML)"),
+    responses(
+        (status = 201, body = AutomationRecord),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
 async fn create_automation(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -339,6 +791,18 @@ async fn create_automation(
     Ok((StatusCode::CREATED, axum::Json(saved)).into_response())
 }
 
+/// Replaces an automation (validated like a new one).
+#[utoipa::path(
+    put, path = "/v1/automations/{id}", tag = "automations", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    request_body(content = Object, description = "an automation document (JSON or YAML)"),
+    responses(
+        (status = 200, body = AutomationRecord),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
 async fn put_automation(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -358,6 +822,11 @@ async fn put_automation(
     Ok(axum::Json(state.engine.save_automation(&who, automation).await?).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/automations/{id}", tag = "automations", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = AutomationRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
 async fn get_automation(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -367,6 +836,14 @@ async fn get_automation(
     Ok(axum::Json(state.engine.get_automation(&who, &id).await?).into_response())
 }
 
+#[utoipa::path(
+    delete, path = "/v1/automations/{id}", tag = "automations", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "deleted"), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    )
+)]
 async fn delete_automation(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -377,6 +854,15 @@ async fn delete_automation(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    post, path = "/v1/automations/{id}/enable", tag = "automations", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = AutomationRecord), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
 async fn enable_automation(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -386,6 +872,15 @@ async fn enable_automation(
     Ok(axum::Json(state.engine.set_automation_enabled(&who, &id, true).await?).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/v1/automations/{id}/disable", tag = "automations", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = AutomationRecord), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
 async fn disable_automation(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -401,27 +896,50 @@ async fn disable_automation(
     .into_response())
 }
 
+/// The recipes this version ships (recipes/*.yaml).
+#[utoipa::path(
+    get, path = "/v1/recipes", tag = "recipes", security(("api_key" = [])),
+    responses((status = 200, body = RecipeList), (status = 401, body = ErrorBody))
+)]
 async fn list_recipes(State(state): State<HttpState>, headers: HeaderMap) -> ApiResult<Response> {
     principal(&state, &headers).await?;
     let mut items = Vec::new();
     for (name, _) in crmbridge_engine::recipes::RECIPES {
         let recipe = crmbridge_engine::recipes::recipe(name)?;
-        items.push(json!({
-            "name": recipe.name,
-            "description": recipe.description,
-            "connections": recipe.connections,
-            "automations": recipe.automations.iter().map(|a| json!({"id": a.id, "name": a.name})).collect::<Vec<_>>(),
-        }));
+        items.push(RecipeView {
+            name: recipe.name,
+            description: recipe.description,
+            connections: recipe.connections,
+            automations: recipe
+                .automations
+                .iter()
+                .map(|a| json!({"id": a.id, "name": a.name}))
+                .collect(),
+        });
     }
-    Ok(axum::Json(json!({"items": items})).into_response())
+    Ok(axum::Json(RecipeList { items }).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/recipes/{name}/instantiate`: which connection plays each role.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InstantiateRecipe {
-    connections: std::collections::BTreeMap<String, String>,
+pub struct InstantiateRecipe {
+    pub connections: std::collections::BTreeMap<String, String>,
 }
 
+/// Creates a recipe's automations with the given connections (all
+/// validated before any is saved).
+#[utoipa::path(
+    post, path = "/v1/recipes/{name}/instantiate", tag = "recipes", security(("api_key" = [])),
+    params(("name" = String, Path)),
+    request_body = InstantiateRecipe,
+    responses(
+        (status = 201, body = AutomationList),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
 async fn instantiate_recipe(
     State(state): State<HttpState>,
     Path(name): Path<String>,
@@ -431,28 +949,33 @@ async fn instantiate_recipe(
     let who = principal(&state, &headers).await?;
     let body = read_body(&headers, body, 64 * 1024).await?;
     let request: InstantiateRecipe = parse_json(&body)?;
-    let saved = state
+    let items = state
         .engine
         .instantiate_recipe(&who, &name, &request.connections)
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"items": saved}))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(AutomationList { items })).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfirmQuery {
-    confirm: Option<String>,
-}
-
+/// Deletes a connection. When automations use it, `confirm=true` is needed
+/// (they are deleted with it); without it the answer is 409 listing them.
+#[utoipa::path(
+    delete, path = "/v1/connections/{id}", tag = "connections", security(("api_key" = [])),
+    params(("id" = String, Path), ("confirm" = Option<bool>, Query, description = "delete the automations that use it too")),
+    responses(
+        (status = 200, body = DeletedConnection), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    )
+)]
 async fn delete_connection(
     State(state): State<HttpState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    query: Result<Query<ConfirmQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw_query): RawQuery,
 ) -> ApiResult<Response> {
     let who = principal(&state, &headers).await?;
-    let Query(query) = query.map_err(|err| EngineError::bad_request("query", err.body_text()))?;
-    let confirm = match query.confirm.as_deref() {
+    let params = single_params(raw_query.as_deref(), &["confirm"])?;
+    let confirm = match params.get("confirm").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
@@ -464,11 +987,22 @@ async fn delete_connection(
         }
     };
     let deleted = state.engine.delete_connection(&who, &id, confirm).await?;
-    Ok(axum::Json(json!({"deleted_automations": deleted})).into_response())
+    Ok(axum::Json(DeletedConnection {
+        deleted_automations: deleted,
+    })
+    .into_response())
 }
 
+/// Liveness.
+#[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, body = Object)))]
 async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "the OpenAPI document", body = Object)))]
+async fn openapi_document() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
@@ -494,7 +1028,10 @@ fn finish(router: Router<HttpState>, state: HttpState) -> Router {
 }
 
 fn webhook_routes() -> Router<HttpState> {
-    Router::new().route("/hooks/{connection}/{token}", get(webhook).post(webhook))
+    Router::new().route(
+        "/hooks/{connection}/{token}",
+        get(webhook_get).post(webhook),
+    )
 }
 
 fn chat_routes() -> Router<HttpState> {
@@ -503,13 +1040,20 @@ fn chat_routes() -> Router<HttpState> {
 
 fn admin_routes() -> Router<HttpState> {
     Router::new()
+        .route("/v1/openapi.json", get(openapi_document))
+        .route("/v1/tenant", get(get_tenant))
+        .route("/v1/tenants", post(create_tenant))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(delete_key))
         .route(
             "/v1/connections",
             get(list_connections).post(create_connection),
         )
         .route(
             "/v1/connections/{id}",
-            get(get_connection).delete(delete_connection),
+            get(get_connection)
+                .patch(update_connection)
+                .delete(delete_connection),
         )
         .route(
             "/v1/automations",
@@ -523,10 +1067,12 @@ fn admin_routes() -> Router<HttpState> {
         )
         .route("/v1/automations/{id}/enable", post(enable_automation))
         .route("/v1/automations/{id}/disable", post(disable_automation))
+        .route("/v1/automations/{id}/replay", post(replay_automation))
         .route("/v1/recipes", get(list_recipes))
         .route("/v1/recipes/{name}/instantiate", post(instantiate_recipe))
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}/replay", post(replay_run))
 }
 
 /// The webhook function's routes: `GET|POST /hooks/{connection}/{token}`.
@@ -552,15 +1098,23 @@ pub fn local_router(state: HttpState) -> Router {
     )
 }
 
-/// Every route this crate serves, as `METHOD path` — for the test that
-/// checks template.yaml routes each one to a function.
+/// Every route this crate serves, as `(function, METHOD, path)` — for the
+/// test that checks template.yaml routes each one to a function, and the
+/// one that checks the OpenAPI document lists each one.
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("webhook", "GET", "/hooks/{connection}/{token}"),
     ("webhook", "POST", "/hooks/{connection}/{token}"),
     ("chat", "POST", "/chat/{connection}/{token}"),
+    ("admin", "GET", "/v1/openapi.json"),
+    ("admin", "GET", "/v1/tenant"),
+    ("admin", "POST", "/v1/tenants"),
+    ("admin", "GET", "/v1/keys"),
+    ("admin", "POST", "/v1/keys"),
+    ("admin", "DELETE", "/v1/keys/{id}"),
     ("admin", "GET", "/v1/connections"),
     ("admin", "POST", "/v1/connections"),
     ("admin", "GET", "/v1/connections/{id}"),
+    ("admin", "PATCH", "/v1/connections/{id}"),
     ("admin", "DELETE", "/v1/connections/{id}"),
     ("admin", "GET", "/v1/automations"),
     ("admin", "POST", "/v1/automations"),
@@ -569,19 +1123,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("admin", "DELETE", "/v1/automations/{id}"),
     ("admin", "POST", "/v1/automations/{id}/enable"),
     ("admin", "POST", "/v1/automations/{id}/disable"),
-    ("admin", "GET", "/v1/recipes"),
-    ("admin", "POST", "/v1/recipes/{name}/instantiate"),
-    ("admin", "DELETE", "/v1/connections/{id}"),
-    ("admin", "GET", "/v1/automations"),
-    ("admin", "POST", "/v1/automations"),
-    ("admin", "GET", "/v1/automations/{id}"),
-    ("admin", "PUT", "/v1/automations/{id}"),
-    ("admin", "DELETE", "/v1/automations/{id}"),
-    ("admin", "POST", "/v1/automations/{id}/enable"),
-    ("admin", "POST", "/v1/automations/{id}/disable"),
+    ("admin", "POST", "/v1/automations/{id}/replay"),
     ("admin", "GET", "/v1/recipes"),
     ("admin", "POST", "/v1/recipes/{name}/instantiate"),
     ("admin", "GET", "/v1/runs"),
     ("admin", "GET", "/v1/runs/{id}"),
+    ("admin", "POST", "/v1/runs/{id}/replay"),
     ("admin", "GET", "/health"),
 ];

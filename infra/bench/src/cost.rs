@@ -1,0 +1,295 @@
+//! AWS cost per event: runs the engine in-process on counting wrappers of
+//! the real store and bus, against the vendor fakes, and turns the counted
+//! request units, bus entries and Lambda invocations into dollars.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crmbridge_bus::{OutboxBus, OutboxConfig};
+use crmbridge_connectors::Registry;
+use crmbridge_engine::admin::NewConnection;
+use crmbridge_engine::ingest::WebhookRequest;
+use crmbridge_engine::{Engine, EngineConfig, Keyring};
+use crmbridge_fakes::calltouch::FakeCalltouch;
+use crmbridge_fakes::moysklad::FakeMoySklad;
+use crmbridge_store::SqliteStore;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::counting::{Counters, CountingBus, CountingStore, Snapshot};
+
+/// us-east-1 list prices (USD), as published on the AWS pricing pages; the
+/// DynamoDB on-demand prices are those in force since 2024-11-01. Checked
+/// against our notes on 2026-11-24, not fetched live (no network here).
+pub const PRICE_DATE: &str = "2026-11-24 (DynamoDB on-demand prices of 2024-11-01)";
+pub const WRITE_UNIT_PER_MILLION: f64 = 0.625;
+pub const READ_UNIT_PER_MILLION: f64 = 0.125;
+pub const EVENTBRIDGE_PER_MILLION: f64 = 1.00;
+pub const LAMBDA_REQUEST_PER_MILLION: f64 = 0.20;
+pub const LAMBDA_GB_SECOND: f64 = 0.000_016_666_7;
+pub const HTTP_API_PER_MILLION: f64 = 1.00;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PathCost {
+    pub path: String,
+    pub events: u64,
+    pub read_units_per_event: f64,
+    pub write_units_per_event: f64,
+    pub store_requests_per_event: f64,
+    pub bus_entries_per_event: f64,
+    pub lambda_invocations_per_event: f64,
+    pub http_requests_per_event: f64,
+    /// Assumed billed duration per event (ms) and memory (MB) of each invocation.
+    pub lambda_gb_seconds_per_event: f64,
+    pub usd_per_million_events: f64,
+}
+
+fn path_cost(
+    path: &str,
+    events: u64,
+    used: Snapshot,
+    invocations: f64,
+    http: f64,
+    gb_seconds: f64,
+) -> PathCost {
+    let n = events as f64;
+    let reads = used.read_units as f64 / n;
+    let writes = used.write_units as f64 / n;
+    let bus = used.bus_entries as f64 / n;
+    let usd = reads * READ_UNIT_PER_MILLION
+        + writes * WRITE_UNIT_PER_MILLION
+        + bus * EVENTBRIDGE_PER_MILLION
+        + invocations * LAMBDA_REQUEST_PER_MILLION
+        + http * HTTP_API_PER_MILLION
+        + gb_seconds * LAMBDA_GB_SECOND * 1_000_000.0;
+    PathCost {
+        path: path.to_owned(),
+        events,
+        read_units_per_event: reads,
+        write_units_per_event: writes,
+        store_requests_per_event: used.requests as f64 / n,
+        bus_entries_per_event: bus,
+        lambda_invocations_per_event: invocations,
+        http_requests_per_event: http,
+        lambda_gb_seconds_per_event: gb_seconds,
+        usd_per_million_events: usd,
+    }
+}
+
+/// Billed GB-seconds for invocations of `ms` at `mb` (1 ms granularity).
+fn gb_seconds(invocations: &[(f64, f64)]) -> f64 {
+    invocations
+        .iter()
+        .map(|(ms, mb)| ms.ceil() / 1000.0 * mb / 1024.0)
+        .sum()
+}
+
+/// Warm durations (ms) per function, measured by the cold-start run or
+/// defaulted; used only for the duration share of the cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Durations {
+    pub webhook_ms: f64,
+    pub dispatch_ms: f64,
+    pub tick_ms: f64,
+}
+
+pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCost>> {
+    let calltouch = FakeCalltouch::start("ct", "1").await?;
+    let moysklad = FakeMoySklad::start("ms").await?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("cost.db");
+    let counters = Arc::new(Counters::default());
+    let store = Arc::new(CountingStore {
+        inner: Arc::new(SqliteStore::open(&db)?),
+        counters: Arc::clone(&counters),
+    });
+    let bus = Arc::new(CountingBus {
+        inner: Arc::new(OutboxBus::open(
+            &db,
+            OutboxConfig {
+                workers: 0,
+                ..OutboxConfig::default()
+            },
+        )?),
+        counters: Arc::clone(&counters),
+        published: Default::default(),
+    });
+    let engine = Engine::new(
+        store,
+        bus.clone(),
+        Registry::builtin(),
+        Keyring::parse(&Keyring::generate_spec("bench"))?,
+        EngineConfig {
+            allow_any_base_url: true,
+            ..EngineConfig::default()
+        },
+    );
+    let boot = engine
+        .bootstrap("bench")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("already bootstrapped"))?;
+    let who = engine
+        .authenticate(Some(&format!("Bearer {}", boot.owner_key)))
+        .await?;
+    let ct = engine
+        .create_connection(&who, NewConnection {
+            app: "calltouch".into(),
+            name: "ct".into(),
+            settings: json!({"site_id": "1", "base_url": calltouch.base_url(), "default_region": "RU"}),
+            credentials: [("access_token".to_owned(), "ct".to_owned())].into(),
+        })
+        .await?;
+    let ms = engine
+        .create_connection(
+            &who,
+            NewConnection {
+                app: "moysklad".into(),
+                name: "ms".into(),
+                settings: json!({"base_url": moysklad.base_url(), "default_region": "RU"}),
+                credentials: [("token".to_owned(), "ms".to_owned())].into(),
+            },
+        )
+        .await?;
+    let roles = BTreeMap::from([
+        ("calltouch".to_owned(), ct.id.clone()),
+        ("moysklad".to_owned(), ms.id.clone()),
+    ]);
+    engine
+        .instantiate_recipe(&who, "calltouch-moysklad", &roles)
+        .await?;
+    let token = ct
+        .webhook_path
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let ms_token = ms
+        .webhook_path
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+
+    // Warm-up: the first call of a connection reads vendor metadata.
+    let take_published =
+        || std::mem::take(&mut *bus.published.lock().unwrap_or_else(|p| p.into_inner()));
+    let call = |n: u64| {
+        form(&[
+            ("callId", &(900_000 + n).to_string()),
+            (
+                "callerphone",
+                &format!("7916{:07}", n % (events / 2).max(1)),
+            ),
+            ("utm_source", "yandex"),
+        ])
+    };
+    let warm = call(events + 1);
+    engine.ingest_webhook(hook(&ct.id, &token, &warm)).await?;
+    for event in take_published() {
+        engine.dispatch(event).await?;
+    }
+
+    // 1. webhook → dispatch → Calltouch deal, MoySklad counterparty, order.
+    let before = counters.snapshot();
+    for n in 0..events {
+        let body = call(n);
+        engine.ingest_webhook(hook(&ct.id, &token, &body)).await?;
+        for event in take_published() {
+            engine.dispatch(event).await?;
+        }
+    }
+    let call_path = counters.snapshot() - before;
+
+    // 2. back-sync: a MoySklad order webhook → dispatch → deal update.
+    let orders: Vec<String> = moysklad
+        .orders()
+        .iter()
+        .filter_map(|o| o["id"].as_str().map(str::to_owned))
+        .collect();
+    let before = counters.snapshot();
+    for (i, order) in orders.iter().take(events as usize).enumerate() {
+        moysklad.set_order_state(order, "Подтвержден")?;
+        let payload = serde_json::to_vec(&moysklad.webhook_payload(order, "UPDATE"))?;
+        let query = vec![("requestId".to_owned(), format!("bench-{i}"))];
+        engine
+            .ingest_webhook(WebhookRequest {
+                connection: &ms.id,
+                token: &ms_token,
+                method: "POST",
+                query,
+                content_type: Some("application/json"),
+                body: &payload,
+            })
+            .await?;
+        for event in take_published() {
+            engine.dispatch(event).await?;
+        }
+    }
+    let sync_events = orders.len().min(events as usize) as u64;
+    let sync_path = counters.snapshot() - before;
+
+    // 3. tick → poll request → poll (MoySklad order polling, nothing new).
+    let before = counters.snapshot();
+    let ticks = 20u64;
+    let start = chrono::Utc::now();
+    for n in 0..ticks {
+        engine
+            .tick(start + chrono::Duration::minutes(5 * n as i64))
+            .await?;
+        for event in take_published() {
+            engine.dispatch(event).await?;
+        }
+    }
+    let tick_path = counters.snapshot() - before;
+
+    Ok(vec![
+        path_cost(
+            "call webhook → deal + counterparty + order",
+            events,
+            call_path,
+            2.0,
+            1.0,
+            gb_seconds(&[
+                (durations.webhook_ms, 128.0),
+                (durations.dispatch_ms, 256.0),
+            ]),
+        ),
+        path_cost(
+            "MoySklad order webhook → deal updated",
+            sync_events.max(1),
+            sync_path,
+            2.0,
+            1.0,
+            gb_seconds(&[
+                (durations.webhook_ms, 128.0),
+                (durations.dispatch_ms, 256.0),
+            ]),
+        ),
+        path_cost(
+            "tick → poll one source (no changes)",
+            ticks,
+            tick_path,
+            2.0,
+            0.0,
+            gb_seconds(&[(durations.tick_ms, 128.0), (durations.dispatch_ms, 256.0)]),
+        ),
+    ])
+}
+
+fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+        .into_bytes()
+}
+
+fn hook<'a>(connection: &'a str, token: &'a str, body: &'a [u8]) -> WebhookRequest<'a> {
+    WebhookRequest {
+        connection,
+        token,
+        method: "POST",
+        query: vec![],
+        content_type: Some("application/x-www-form-urlencoded"),
+        body,
+    }
+}

@@ -1,0 +1,337 @@
+//! The run log: the indexes every run is listed under, listing with
+//! filters, and replay.
+//!
+//! Every run is indexed twice, under its tenant and under its automation,
+//! by `{created_at}#{run}`, so a listing by time (and by automation) is a
+//! range of one partition, newest first.
+//!
+//! **Replay** resumes a *failed* run of an automation for the event it
+//! stored: steps that succeeded are not repeated (their outputs feed the
+//! later steps), the failed step and the ones after it run again under the
+//! automation's current definition. Only failed runs are replayed: a run
+//! that succeeded, was filtered, matched no automation or is still running
+//! is refused with 409 (`conflict`) — replaying it would either do nothing
+//! or repeat writes on the target. The automation must still exist, be
+//! enabled and still be triggered by the run's event kind on the run's
+//! connection. A replay answers with the run as it stands afterwards, which
+//! may be failed again (the error is in its steps).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use crmbridge_store::{Query, Write};
+use serde::Serialize;
+
+use crate::admin::{Listing, Principal};
+use crate::records::{Role, RunRecord, RunStatus, RunSummary};
+use crate::{Engine, EngineError, EngineResult, decode, item, keys};
+
+/// The most index entries one listing reads before it returns a short page
+/// with a cursor (a selective status filter must not scan forever).
+const MAX_SCANNED: usize = 2000;
+/// The most runs one automation replay handles; `more` says to call again.
+pub const MAX_REPLAYED: usize = 100;
+
+/// The sort-key form of a time: fixed width, so it sorts as it compares.
+pub(crate) fn sort_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The index entries of a run (tenant and automation), for the same
+/// transaction that writes the run.
+pub(crate) fn index_writes(run: &RunRecord, expires: i64) -> EngineResult<Vec<Write>> {
+    let created_at = sort_time(run.created_at);
+    let summary = RunSummary::from(run);
+    let mut writes = vec![Write::Put(
+        item(
+            keys::tenant_run_index(&run.tenant, &created_at, &run.id),
+            &summary,
+        )?
+        .expiring_at(expires),
+    )];
+    if let Some(automation) = &run.automation {
+        writes.push(Write::Put(
+            item(
+                keys::automation_run_index(&run.tenant, automation, &created_at, &run.id),
+                &summary,
+            )?
+            .expiring_at(expires),
+        ));
+    }
+    Ok(writes)
+}
+
+/// What to list. `since` is inclusive, `until` exclusive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunFilter {
+    pub automation: Option<String>,
+    pub status: Option<RunStatus>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+impl Default for RunFilter {
+    fn default() -> Self {
+        Self {
+            automation: None,
+            status: None,
+            since: None,
+            until: None,
+            limit: 50,
+            cursor: None,
+        }
+    }
+}
+
+/// What an automation replay did.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ReplayReport {
+    /// Each replayed run as it stands afterwards.
+    pub replayed: Vec<RunSummary>,
+    /// More failed runs remain: call again (with the same `since`).
+    pub more: bool,
+}
+
+impl Engine {
+    /// Lists the caller's runs, newest first.
+    pub async fn list_runs(
+        &self,
+        who: &Principal,
+        filter: RunFilter,
+    ) -> EngineResult<Listing<RunSummary>> {
+        who.require_role(Role::Viewer, "read runs")?;
+        if !(1..=200).contains(&filter.limit) {
+            return Err(EngineError::bad_request(
+                "limit",
+                "must be between 1 and 200",
+            ));
+        }
+        if let (Some(since), Some(until)) = (filter.since, filter.until)
+            && since >= until
+        {
+            return Err(EngineError::bad_request(
+                "until",
+                "must be later than since",
+            ));
+        }
+        if let Some(cursor) = &filter.cursor
+            && !cursor.contains('#')
+        {
+            return Err(EngineError::bad_request(
+                "cursor",
+                "not a cursor from an earlier page",
+            ));
+        }
+        let pk = match &filter.automation {
+            Some(automation) => {
+                check_id("automation", automation)?;
+                keys::automation_runs_pk(&who.tenant, automation)
+            }
+            None => keys::tenant_runs_pk(&who.tenant),
+        };
+        // Newest first: start below `until` (exclusive) or the cursor.
+        let mut start = filter.until.map(sort_time);
+        if let Some(cursor) = filter.cursor {
+            start = Some(match start {
+                Some(until) if until < cursor => until,
+                _ => cursor,
+            });
+        }
+        let since = filter.since.map(sort_time);
+        let mut items = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let page = self
+                .store
+                .query(
+                    Query::prefix(pk.clone(), "")
+                        .limit(200)
+                        .after(start.clone())
+                        .descending(),
+                )
+                .await?;
+            let count = page.items.len();
+            for (i, entry) in page.items.iter().enumerate() {
+                if since.as_ref().is_some_and(|since| entry.sk < *since) {
+                    return Ok(Listing {
+                        items,
+                        next_cursor: None,
+                    });
+                }
+                scanned += 1;
+                start = Some(entry.sk.clone());
+                let summary: RunSummary = decode(entry)?;
+                if filter.status.is_none_or(|status| status == summary.status) {
+                    items.push(summary);
+                }
+                let last = i + 1 == count && page.next.is_none();
+                if items.len() == filter.limit || scanned >= MAX_SCANNED {
+                    return Ok(Listing {
+                        items,
+                        next_cursor: if last { None } else { start },
+                    });
+                }
+            }
+            if page.next.is_none() {
+                return Ok(Listing {
+                    items,
+                    next_cursor: None,
+                });
+            }
+        }
+    }
+
+    pub async fn get_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord> {
+        who.require_role(Role::Viewer, "read runs")?;
+        match self.read::<RunRecord>(&keys::run(id)).await? {
+            Some((run, _)) if run.tenant == who.tenant => Ok(run),
+            _ => Err(EngineError::NotFound {
+                what: "run",
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    /// Replays one failed run (see the module docs).
+    pub async fn replay_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord> {
+        who.require_role(Role::Admin, "replay runs")?;
+        let run = self.get_run(who, id).await?;
+        self.replay(who, run).await
+    }
+
+    /// Replays every failed run of an automation created at or after
+    /// `since`, oldest first, at most [`MAX_REPLAYED`] per call.
+    pub async fn replay_automation(
+        &self,
+        who: &Principal,
+        automation: &str,
+        since: DateTime<Utc>,
+    ) -> EngineResult<ReplayReport> {
+        who.require_role(Role::Admin, "replay runs")?;
+        let record = self.get_automation(who, automation).await?;
+        self.check_replayable(&record)?;
+        let pk = keys::automation_runs_pk(&who.tenant, automation);
+        let mut failed = Vec::new();
+        let mut more = false;
+        // Ascending from `since`: `{since}#run…` sorts after `{since}`.
+        let mut start = Some(sort_time(since));
+        'pages: loop {
+            let page = self
+                .store
+                .query(Query::prefix(pk.clone(), "").limit(200).after(start))
+                .await?;
+            for entry in &page.items {
+                let summary: RunSummary = decode(entry)?;
+                if summary.status == RunStatus::Failed {
+                    if failed.len() == MAX_REPLAYED {
+                        more = true;
+                        break 'pages;
+                    }
+                    failed.push(summary.id);
+                }
+            }
+            match page.next {
+                Some(next) => start = Some(next),
+                None => break,
+            }
+        }
+        let mut replayed = Vec::new();
+        for id in failed {
+            let run = match self.get_run(who, &id).await {
+                Ok(run) => run,
+                // Expired since it was listed.
+                Err(EngineError::NotFound { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            match self.replay(who, run).await {
+                Ok(run) => replayed.push(RunSummary::from(&run)),
+                // Replayed (or picked up by the bus) in the meantime.
+                Err(EngineError::Conflict { .. }) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        tracing::info!(tenant = %who.tenant, automation, replayed = replayed.len(), more, "automation replayed");
+        Ok(ReplayReport { replayed, more })
+    }
+
+    fn check_replayable(&self, record: &crate::automations::AutomationRecord) -> EngineResult<()> {
+        if !record.automation.enabled {
+            return Err(EngineError::conflict(
+                "automation",
+                format!(
+                    "automation {} is disabled; enable it to replay its runs",
+                    record.automation.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn replay(&self, who: &Principal, run: RunRecord) -> EngineResult<RunRecord> {
+        let Some(automation) = run.automation.clone() else {
+            return Err(EngineError::conflict(
+                "run",
+                format!(
+                    "run {} matched no automation; there is nothing to replay",
+                    run.id
+                ),
+            ));
+        };
+        if run.status != RunStatus::Failed {
+            let status = serde_json::to_value(run.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(EngineError::conflict(
+                "run",
+                format!("run {} is {status}; only failed runs are replayed", run.id),
+            ));
+        }
+        let record = match self.get_automation(who, &automation).await {
+            Ok(record) => record,
+            Err(EngineError::NotFound { .. }) => {
+                return Err(EngineError::conflict(
+                    "automation",
+                    format!("automation {automation} was deleted; its runs cannot be replayed"),
+                ));
+            }
+            Err(err) => return Err(err),
+        };
+        self.check_replayable(&record)?;
+        let trigger = &record.automation.trigger;
+        if trigger.connection != run.connection || trigger.event != run.event_kind {
+            return Err(EngineError::conflict(
+                "automation",
+                format!(
+                    "automation {automation} is no longer triggered by {} on connection {}",
+                    run.event_kind, run.connection
+                ),
+            ));
+        }
+        match self.run_automation(&run.event, &record).await {
+            // A vendor failure is recorded on the run: show the run.
+            Ok(_) | Err(EngineError::Action { .. }) => {}
+            Err(err) => return Err(err),
+        }
+        let after = self.get_run(who, &run.id).await?;
+        tracing::info!(tenant = %who.tenant, run = %run.id, status = ?after.status, "run replayed");
+        Ok(after)
+    }
+}
+
+/// An id given as a filter: plain, so it cannot reach another partition.
+fn check_id(field: &str, id: &str) -> EngineResult<()> {
+    let plain = !id.is_empty()
+        && id.len() <= 200
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plain {
+        Ok(())
+    } else {
+        Err(EngineError::bad_request(
+            field,
+            "must be 1 to 200 letters, digits, '-', '_' or '.'",
+        ))
+    }
+}

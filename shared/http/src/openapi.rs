@@ -1,0 +1,138 @@
+//! The OpenAPI 3.1 document of every route, generated from the handlers'
+//! `#[utoipa::path]` attributes and the request/response types' schemas.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crmbridge_engine::admin::{ConnectionPatch, ConnectionView, NewConnection};
+use crmbridge_engine::automations::AutomationRecord;
+use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary, StepRecord, TenantRecord};
+use crmbridge_engine::runs::ReplayReport;
+use crmbridge_engine::tenants::{
+    CreatedKey, CreatedTenant, KeyView, NewKey, NewTenant, TenantView,
+};
+
+use crate::{
+    AutomationList, ConnectionList, ConnectionResponse, DeletedConnection, ErrorBody, ErrorDetail,
+    FieldErrorDoc, InstantiateRecipe, KeyList, RecipeList, RecipeView, ReplaySince, RunPage,
+};
+
+struct BearerKey;
+
+impl Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key: `Authorization: Bearer cbk_…`. Roles: owner (everything, \
+                         including keys and tenants), admin (connections, automations, replays), \
+                         viewer (reads runs).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "crmbridge",
+        description = "The admin API of crmbridge (tenants, keys, connections, automations, runs and replay) and its webhook endpoints. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`; objects of another tenant are 404."
+    ),
+    paths(
+        crate::webhook,
+        crate::webhook_get,
+        crate::chat,
+        crate::health,
+        crate::openapi_document,
+        crate::get_tenant,
+        crate::create_tenant,
+        crate::list_keys,
+        crate::create_key,
+        crate::delete_key,
+        crate::list_connections,
+        crate::create_connection,
+        crate::get_connection,
+        crate::update_connection,
+        crate::delete_connection,
+        crate::list_automations,
+        crate::create_automation,
+        crate::get_automation,
+        crate::put_automation,
+        crate::delete_automation,
+        crate::enable_automation,
+        crate::disable_automation,
+        crate::replay_automation,
+        crate::list_recipes,
+        crate::instantiate_recipe,
+        crate::list_runs,
+        crate::get_run,
+        crate::replay_run,
+    ),
+    components(schemas(
+        ErrorBody, ErrorDetail, FieldErrorDoc, ConnectionResponse, ConnectionList, ConnectionView,
+        NewConnection, ConnectionPatch, AutomationList, AutomationRecord, KeyList, KeyView, NewKey,
+        CreatedKey, NewTenant, CreatedTenant, TenantView, TenantRecord, Role, RunPage, RunSummary,
+        RunRecord, RunStatus, StepRecord, ReplaySince, ReplayReport, RecipeList, RecipeView,
+        InstantiateRecipe, DeletedConnection,
+    )),
+    modifiers(&BearerKey),
+    tags(
+        (name = "tenants"), (name = "keys"), (name = "connections"), (name = "automations"),
+        (name = "recipes"), (name = "runs"), (name = "webhooks"), (name = "meta"),
+    )
+)]
+struct ApiDoc;
+
+/// The document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The document as pretty JSON.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|err| format!("{{\"error\": \"{err}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    #[test]
+    fn the_document_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(&super::openapi_json()).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        for (_, method, path) in crate::ROUTES {
+            let operation = &doc["paths"][*path][method.to_lowercase()];
+            assert!(
+                operation.is_object(),
+                "{method} {path} is not in the document"
+            );
+            assert!(!operation["responses"].as_object().unwrap().is_empty());
+        }
+        let listed: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|item| {
+                item.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| ["get", "post", "put", "patch", "delete"].contains(&k.as_str()))
+                    .count()
+            })
+            .sum();
+        assert_eq!(
+            listed,
+            crate::ROUTES.len(),
+            "the document lists a route ROUTES does not"
+        );
+    }
+}
