@@ -155,4 +155,43 @@ async fn calls_become_customers_and_orders_and_polled_status_changes_close_the_d
         })
         .count();
     assert_eq!(completions, 1, "{all:#?}");
+
+    // Bundle 2: a form request whose email belongs to a known customer
+    // reuses that customer.
+    let known = retailcrm
+        .insert_customer(json!({"firstName": "Ольга", "email": "olga@example.com"}))
+        .unwrap();
+    let request = [
+        ("requestId", "88"),
+        ("subject", "Форма"),
+        ("email", "Olga@Example.com"),
+        ("fio", "Ольга"),
+    ];
+    assert_eq!(
+        send_call_webhook(&hook, &request, WebhookMethod::Get)
+            .await
+            .unwrap(),
+        202
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while retailcrm.orders().len() < 3 || calltouch.deal("ct-request-88").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the request made no order: {:#?}",
+            runs(&server, &key).await
+        );
+        pause().await;
+    }
+    assert_eq!(
+        retailcrm.customers().len(),
+        2,
+        "{:#?}",
+        retailcrm.customers()
+    );
+    let order = retailcrm
+        .orders()
+        .into_iter()
+        .find(|o| o["email"] == "Olga@Example.com")
+        .expect("the request's order");
+    assert_eq!(order["customer"]["id"].as_i64(), Some(known));
 }

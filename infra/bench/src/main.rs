@@ -22,10 +22,10 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     pairs: usize,
     /// Concurrent load-generator connections.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Seconds of load.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Cold-start rounds per function (median reported).
     #[arg(long, default_value_t = 5)]
@@ -36,6 +36,9 @@ struct Args {
     /// The mapping criterion benchmark's time per event, in ns (from infra/bench.sh).
     #[arg(long)]
     mapping_ns: Option<f64>,
+    /// Only the load benchmark (e.g. under a profiler).
+    #[arg(long)]
+    load_only: bool,
     /// Markdown report to write.
     #[arg(long, default_value = "bench-report.md")]
     out: PathBuf,
@@ -52,11 +55,24 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Binaries are spawned from other working directories.
+    args.bin_dir = args.bin_dir.canonicalize()?;
     let endpoint = std::env::var("CRMBRIDGE_TEST_AWS_ENDPOINT").map_err(|_| {
         anyhow::anyhow!("CRMBRIDGE_TEST_AWS_ENDPOINT (moto) is not set: run infra/bench.sh")
     })?;
 
+    if args.load_only {
+        let load = load::run(
+            &args.bin_dir.join("crmbridge"),
+            args.pairs,
+            args.concurrency,
+            Duration::from_secs(args.seconds),
+        )
+        .await?;
+        println!("{}", serde_json::to_string_pretty(&load)?);
+        return Ok(());
+    }
     eprintln!("==> cold start ({} rounds per function)", args.rounds);
     let key = format!("bench:{}", base64_key());
     let env = vec![
@@ -72,6 +88,16 @@ async fn main() -> anyhow::Result<()> {
         ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
         ("CRMBRIDGE_LOG".to_owned(), "warn".to_owned()),
     ];
+    // The functions read and write the table: create it as a deployment would.
+    let bootstrap = std::process::Command::new(args.bin_dir.join("crmbridge"))
+        .args(["admin", "bootstrap", "--create-table"])
+        .envs(env.iter().cloned())
+        .output()?;
+    anyhow::ensure!(
+        bootstrap.status.success(),
+        "bootstrap failed: {}",
+        String::from_utf8_lossy(&bootstrap.stderr)
+    );
     let cold = coldstart::run(&args.bin_dir, &env, args.rounds).await?;
     let warm = |name: &str| {
         cold.iter()

@@ -167,21 +167,21 @@ impl OutboxBus {
         let lease_ms = self.config.lease.as_millis() as i64;
         self.with_conn("claim", move |conn| {
             let now = now_ms();
-            conn.query_row(
+            // Prepared once per connection: this runs for every event.
+            conn.prepare_cached(
                 "UPDATE outbox SET leased_until = ?1, attempts = attempts + 1
                  WHERE seq = (SELECT seq FROM outbox
                               WHERE dead = 0 AND available_at <= ?2 AND leased_until <= ?2
                               ORDER BY seq LIMIT 1)
                  RETURNING seq, body, attempts",
-                params![now + lease_ms, now],
-                |row| {
-                    Ok(Claimed {
-                        seq: row.get(0)?,
-                        body: row.get(1)?,
-                        attempts: row.get::<_, i64>(2)? as u32,
-                    })
-                },
-            )
+            )?
+            .query_row(params![now + lease_ms, now], |row| {
+                Ok(Claimed {
+                    seq: row.get(0)?,
+                    body: row.get(1)?,
+                    attempts: row.get::<_, i64>(2)? as u32,
+                })
+            })
             .optional()
         })
         .await
@@ -189,7 +189,8 @@ impl OutboxBus {
 
     async fn complete(&self, seq: i64) -> Result<(), BusError> {
         self.with_conn("complete", move |conn| {
-            conn.execute("DELETE FROM outbox WHERE seq = ?1", params![seq])
+            conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+                .execute(params![seq])
                 .map(|_| ())
         })
         .await
@@ -203,11 +204,16 @@ impl OutboxBus {
             .saturating_mul(1 << claimed.attempts.saturating_sub(1).min(16));
         let seq = claimed.seq;
         self.with_conn("fail", move |conn| {
-            conn.execute(
+            conn.prepare_cached(
                 "UPDATE outbox SET leased_until = 0, available_at = ?2, dead = ?3, last_error = ?4
                  WHERE seq = ?1",
-                params![seq, now_ms() + backoff.as_millis() as i64, dead, error],
-            )
+            )?
+            .execute(params![
+                seq,
+                now_ms() + backoff.as_millis() as i64,
+                dead,
+                error
+            ])
             .map(|_| ())
         })
         .await
