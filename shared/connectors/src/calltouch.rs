@@ -31,7 +31,8 @@ use serde_json::{Map, Value, json};
 
 use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
-    base_url, credential, only_known, required_text, text, validate_known_settings, with_timeout,
+    base_url, credential, field, only_known, required_text, text, validate_known_settings,
+    with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
@@ -101,33 +102,32 @@ const ALIASES: &[(&str, &[&str])] = &[
 ];
 
 fn common_fields() -> Vec<FieldSpec> {
-    let describe = |name: &str, t: FieldType, d: &str| FieldSpec::new(name, t).describe(d);
     vec![
-        describe("source", FieldType::String, "traffic source"),
-        describe("medium", FieldType::String, "traffic medium"),
-        describe("utm_source", FieldType::String, "utm_source"),
-        describe("utm_medium", FieldType::String, "utm_medium"),
-        describe("utm_campaign", FieldType::String, "utm_campaign"),
-        describe("utm_content", FieldType::String, "utm_content"),
-        describe("utm_term", FieldType::String, "utm_term"),
-        describe("keyword", FieldType::String, "keyword"),
-        describe("city", FieldType::String, "city"),
-        describe("url", FieldType::String, "page"),
-        describe("ct_client_id", FieldType::String, "Calltouch client id"),
-        describe(
+        field("source", FieldType::String, "traffic source"),
+        field("medium", FieldType::String, "traffic medium"),
+        field("utm_source", FieldType::String, "utm_source"),
+        field("utm_medium", FieldType::String, "utm_medium"),
+        field("utm_campaign", FieldType::String, "utm_campaign"),
+        field("utm_content", FieldType::String, "utm_content"),
+        field("utm_term", FieldType::String, "utm_term"),
+        field("keyword", FieldType::String, "keyword"),
+        field("city", FieldType::String, "city"),
+        field("url", FieldType::String, "page"),
+        field("ct_client_id", FieldType::String, "Calltouch client id"),
+        field(
             "ga_client_id",
             FieldType::String,
             "Google Analytics client id",
         ),
-        describe(
+        field(
             "ya_client_id",
             FieldType::String,
             "Yandex Metrica client id",
         ),
-        describe("session_id", FieldType::String, "Calltouch session"),
-        describe("site_id", FieldType::String, "Calltouch site id"),
-        describe("tags", FieldType::Array, "tags"),
-        describe("params", FieldType::Object, "every parameter as sent"),
+        field("session_id", FieldType::String, "Calltouch session"),
+        field("site_id", FieldType::String, "Calltouch site id"),
+        field("tags", FieldType::Array, "tags"),
+        field("params", FieldType::Object, "every parameter as sent"),
     ]
 }
 

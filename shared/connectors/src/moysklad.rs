@@ -33,7 +33,7 @@ use serde_json::{Map, Value, json};
 
 use crate::http::{Idempotency, RetryHeader, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
-    base_url, credential, digits, only_known, required_text, same_phone, text,
+    base_url, credential, digits, field, only_known, required_text, same_phone, text,
     validate_known_settings, with_timeout,
 };
 use crate::{
@@ -76,10 +76,6 @@ struct OrderMetadata {
 pub struct MoySklad {
     metadata: Mutex<HashMap<String, OrderMetadata>>,
     organizations: Mutex<HashMap<String, Vec<(String, String)>>>,
-}
-
-fn field(name: &str, field_type: FieldType, description: &str) -> FieldSpec {
-    FieldSpec::new(name, field_type).describe(description)
 }
 
 fn order_fields() -> Vec<FieldSpec> {

@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 
 use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
-    base_url, credential, digits, only_known, same_phone, text, validate_known_settings,
+    base_url, credential, digits, field, only_known, same_phone, text, validate_known_settings,
     with_timeout,
 };
 use crate::{
@@ -69,21 +69,17 @@ pub fn policy() -> VendorPolicy {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetailCrm;
 
-fn spec(name: &str, t: FieldType, d: &str) -> FieldSpec {
-    FieldSpec::new(name, t).describe(d)
-}
-
 fn order_event_fields() -> Vec<FieldSpec> {
     vec![
-        spec("id", FieldType::String, "order id"),
-        spec("number", FieldType::String, "order number"),
-        spec("external_id", FieldType::String, "external id"),
-        spec("status", FieldType::String, "status code after the change"),
-        spec("field", FieldType::String, "the changed field"),
-        spec("old_value", FieldType::Any, "value before"),
-        spec("new_value", FieldType::Any, "value after"),
-        spec("total_sum", FieldType::Money, "order total"),
-        spec(
+        field("id", FieldType::String, "order id"),
+        field("number", FieldType::String, "order number"),
+        field("external_id", FieldType::String, "external id"),
+        field("status", FieldType::String, "status code after the change"),
+        field("field", FieldType::String, "the changed field"),
+        field("old_value", FieldType::Any, "value before"),
+        field("new_value", FieldType::Any, "value after"),
+        field("total_sum", FieldType::Money, "order total"),
+        field(
             "created",
             FieldType::Boolean,
             "the change created the order",
@@ -281,52 +277,52 @@ impl Connector for RetailCrm {
                     "retailcrm.customer.create",
                     ActionKind::Create,
                     vec![
-                        spec("first_name", FieldType::String, "first name"),
-                        spec("last_name", FieldType::String, "last name"),
-                        spec("phone", FieldType::Phone, "phone"),
-                        spec("email", FieldType::Email, "email"),
-                        spec(
+                        field("first_name", FieldType::String, "first name"),
+                        field("last_name", FieldType::String, "last name"),
+                        field("phone", FieldType::Phone, "phone"),
+                        field("email", FieldType::Email, "email"),
+                        field(
                             "external_id",
                             FieldType::String,
                             "your id (default: derived from the run)",
                         ),
                     ],
                 )
-                .with_output(vec![spec("id", FieldType::String, "customer id")]),
+                .with_output(vec![field("id", FieldType::String, "customer id")]),
             )
             .with_action(
                 ActionSpec::new(
                     "retailcrm.order.create",
                     ActionKind::Create,
                     vec![
-                        spec(
+                        field(
                             "external_id",
                             FieldType::String,
                             "your id (default: derived from the run)",
                         ),
-                        spec("customer_id", FieldType::String, "customer id"),
-                        spec("first_name", FieldType::String, "first name"),
-                        spec("last_name", FieldType::String, "last name"),
-                        spec("phone", FieldType::Phone, "phone"),
-                        spec("email", FieldType::Email, "email"),
-                        spec("status", FieldType::String, "status code"),
-                        spec(
+                        field("customer_id", FieldType::String, "customer id"),
+                        field("first_name", FieldType::String, "first name"),
+                        field("last_name", FieldType::String, "last name"),
+                        field("phone", FieldType::Phone, "phone"),
+                        field("email", FieldType::Email, "email"),
+                        field("status", FieldType::String, "status code"),
+                        field(
                             "order_method",
                             FieldType::String,
                             "order method code, e.g. phone",
                         ),
-                        spec("comment", FieldType::String, "customer comment"),
-                        spec(
+                        field("comment", FieldType::String, "customer comment"),
+                        field(
                             "source",
                             FieldType::Object,
                             "source, medium, campaign, keyword, content",
                         ),
-                        spec("custom_fields", FieldType::Object, "custom fields by code"),
+                        field("custom_fields", FieldType::Object, "custom fields by code"),
                     ],
                 )
                 .with_output(vec![
-                    spec("id", FieldType::String, "order id"),
-                    spec("number", FieldType::String, "number"),
+                    field("id", FieldType::String, "order id"),
+                    field("number", FieldType::String, "number"),
                 ]),
             )
     }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crmbridge_mapping::{FieldSpec, FieldType};
+
 use crate::http::VendorPolicy;
 use crate::{ActionError, SettingsError};
 
@@ -128,6 +130,12 @@ pub(crate) fn validate_known_settings(
     } else {
         Err(errors)
     }
+}
+
+/// A catalog field with its description: every connector's catalog is
+/// written with this.
+pub(crate) fn field(name: &str, field_type: FieldType, description: &str) -> FieldSpec {
+    FieldSpec::new(name, field_type).describe(description)
 }
 
 /// A connection may shorten or lengthen the per-attempt timeout
