@@ -155,7 +155,7 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
         ("moysklad".to_owned(), ms.id.clone()),
     ]);
     engine
-        .instantiate_recipe(&who, "calltouch-moysklad", &roles)
+        .instantiate_recipe(&who, "calltouch-moysklad", &roles, &Default::default())
         .await?;
     let token = ct
         .webhook_path

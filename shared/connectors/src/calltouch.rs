@@ -582,6 +582,7 @@ impl Connector for Calltouch {
                 id: source_id.unwrap_or_default(),
             },
             occurred_at: None,
+            observation: None,
             data: Value::Object(data),
         }])
     }

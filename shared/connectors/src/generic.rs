@@ -179,6 +179,7 @@ impl GenericJson {
                 id: subject_id.unwrap_or_default(),
             },
             occurred_at,
+            observation: None,
             data: body,
         })
     }

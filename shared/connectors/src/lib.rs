@@ -11,8 +11,10 @@ pub mod calltouch;
 pub mod generic;
 pub mod http;
 pub mod moysklad;
+pub mod nethunt;
 pub mod retailcrm;
 mod support;
+pub mod worksection;
 
 use std::collections::BTreeMap;
 
@@ -55,6 +57,20 @@ pub struct DecodedEvent {
     pub subject: Subject,
     pub occurred_at: Option<DateTime<Utc>>,
     pub data: serde_json::Value,
+    /// Set by pollers of sources that report a record's current state but
+    /// no history (NetHunt): the engine keeps the last value observed under
+    /// `key` and accepts the event only when the value changed, so a record
+    /// that keeps being edited reports "Status became Won" once.
+    pub observation: Option<Observation>,
+}
+
+/// A polled value of one record's field (see [`DecodedEvent::observation`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Names what is observed, e.g. `{folder}:{record}:{field}`.
+    pub key: String,
+    /// Its value now; compared with the last one seen.
+    pub value: Value,
 }
 
 /// Why a webhook was refused. Always the sender's fault (a 4xx): the
@@ -134,6 +150,11 @@ pub enum ActionError {
     Config(String),
     #[error("{app} does not support {what}")]
     Unsupported { app: &'static str, what: String },
+    /// The step cannot be done now and doing it would be wrong (a task in
+    /// an archived project): it is skipped, and the automation is marked
+    /// with `health` until a later run succeeds.
+    #[error("skipped: {reason}")]
+    Skipped { reason: String, health: String },
 }
 
 impl ActionError {
@@ -163,6 +184,57 @@ pub trait Connector: Send + Sync {
     /// take any 2xx; MoySklad retries anything but 200/204.
     fn ack_status(&self) -> u16 {
         202
+    }
+
+    /// The exact body the sender requires in its acknowledgement
+    /// (Worksection: `{"status":"OK"}`), replacing crmbridge's own; with it,
+    /// duplicates and deliveries without events are acknowledged the same.
+    fn ack_body(&self) -> Option<Value> {
+        None
+    }
+
+    /// Checks that the connection's credentials work (the admin API's
+    /// connection check); the answer describes the account briefly.
+    async fn check(&self, _ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        Err(ActionError::Unsupported {
+            app: self.app(),
+            what: "checking connections".into(),
+        })
+    }
+
+    /// What the account holds that automations refer to by name (NetHunt
+    /// folders and their fields, with suggested values), read live.
+    async fn account_catalog(&self, _ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        Err(ActionError::Unsupported {
+            app: self.app(),
+            what: "reading the account's catalog".into(),
+        })
+    }
+
+    /// Checks what an automation names in this connection's account (a
+    /// trigger's folder and field, an update's field names) against the
+    /// live account. Problems are `(path, message)`, paths relative to the
+    /// automation. Connectors with a static catalog have nothing to add.
+    async fn check_automation(
+        &self,
+        _ctx: &CallContext<'_>,
+        _automation: &crmbridge_mapping::Automation,
+        _connection: &str,
+    ) -> Result<Vec<(String, String)>, ActionError> {
+        Ok(Vec::new())
+    }
+
+    /// Which trigger options select what is polled: automations whose
+    /// options give the same scope share one poll and one cursor (NetHunt:
+    /// folder and field; the watched value is matched at dispatch).
+    fn poll_scope(&self, _kind: &str, _options: &BTreeMap<String, Value>) -> Value {
+        Value::Null
+    }
+
+    /// Whether an event is one a trigger with these options fires on
+    /// (NetHunt: the folder, field and value it watches).
+    fn trigger_matches(&self, _options: &BTreeMap<String, Value>, _event: &Event) -> bool {
+        true
     }
 
     /// Credentials a connection must carry (names only).
@@ -226,11 +298,13 @@ pub trait Connector: Send + Sync {
         })
     }
 
-    /// Asks the source what changed since `cursor` for a polled event kind.
+    /// Asks the source what changed since `cursor` for a polled event kind
+    /// within `scope` (see [`Connector::poll_scope`]).
     async fn poll(
         &self,
         _ctx: &CallContext<'_>,
         kind: &str,
+        _scope: &Value,
         _cursor: Option<&Value>,
         _now: DateTime<Utc>,
     ) -> Result<PollBatch, ActionError> {
@@ -262,6 +336,8 @@ impl Registry {
         registry.register(Arc::new(calltouch::Calltouch));
         registry.register(Arc::new(moysklad::MoySklad::default()));
         registry.register(Arc::new(retailcrm::RetailCrm));
+        registry.register(Arc::new(nethunt::NetHunt));
+        registry.register(Arc::new(worksection::Worksection));
         registry
     }
 

@@ -631,6 +631,7 @@ impl Connector for MoySklad {
                     kind: format!("moysklad.{entity}.{what}"),
                     subject: Subject { kind: entity.to_owned(), id: id.clone() },
                     occurred_at: body["auditContext"]["moment"].as_str().and_then(parse_msk),
+                    observation: None,
                     data: json!({
                         "id": id,
                         "href": href,
@@ -899,6 +900,7 @@ impl Connector for MoySklad {
         &self,
         ctx: &CallContext<'_>,
         kind: &str,
+        _scope: &Value,
         cursor: Option<&Value>,
         now: DateTime<Utc>,
     ) -> Result<PollBatch, ActionError> {
@@ -958,6 +960,7 @@ impl Connector for MoySklad {
                     },
                     occurred_at: parse_msk(&updated),
                     data,
+                    observation: None,
                 });
             }
             if rows.len() < POLL_PAGE {

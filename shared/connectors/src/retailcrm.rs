@@ -485,6 +485,7 @@ impl Connector for RetailCrm {
         &self,
         ctx: &CallContext<'_>,
         kind: &str,
+        _scope: &Value,
         cursor: Option<&Value>,
         now: DateTime<Utc>,
     ) -> Result<PollBatch, ActionError> {
@@ -537,6 +538,7 @@ impl Connector for RetailCrm {
                         id: order_id.clone(),
                     },
                     occurred_at: None,
+                    observation: None,
                     data: json!({
                         "id": order_id,
                         "number": order["number"],

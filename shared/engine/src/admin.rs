@@ -458,3 +458,139 @@ fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
         }
     }
 }
+
+/// The answer of a connection check: whether the vendor accepted the
+/// credentials, and what it said about the account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ConnectionCheck {
+    pub ok: bool,
+    /// The vendor's description of the account (folders, projects…).
+    #[schema(value_type = Object)]
+    pub account: Option<serde_json::Value>,
+    /// Why the check failed (never contains the credentials).
+    pub error: Option<String>,
+    /// The vendor was unreachable rather than refusing: try again later.
+    pub transient: bool,
+}
+
+impl Engine {
+    /// Tries the connection's credentials against the vendor (NetHunt's
+    /// auth-test, Worksection's project list).
+    pub async fn check_connection(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> EngineResult<ConnectionCheck> {
+        who.require_role(Role::Admin, "check connections")?;
+        self.own_connection(who, id).await?;
+        let open = self.open_connection(&who.tenant, id).await?;
+        let connector = self.connector_of(&open.record)?;
+        let key = format!("check/{id}");
+        let ctx = self.call_context(&open, &key);
+        Ok(match connector.check(&ctx).await {
+            Ok(account) => ConnectionCheck {
+                ok: true,
+                account: Some(account),
+                error: None,
+                transient: false,
+            },
+            Err(crmbridge_connectors::ActionError::Unsupported { app, .. }) => {
+                return Err(EngineError::bad_request(
+                    "id",
+                    format!("{app} connections cannot be checked"),
+                ));
+            }
+            Err(err) => ConnectionCheck {
+                ok: false,
+                account: None,
+                transient: err.is_transient(),
+                error: Some(err.to_string()),
+            },
+        })
+    }
+
+    /// What the connection's account holds that automations name (NetHunt
+    /// folders, fields and suggested values; Worksection projects), live.
+    pub async fn connection_catalog(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> EngineResult<serde_json::Value> {
+        who.require_role(Role::Admin, "read connections")?;
+        self.own_connection(who, id).await?;
+        let open = self.open_connection(&who.tenant, id).await?;
+        let connector = self.connector_of(&open.record)?;
+        let key = format!("catalog/{id}");
+        let ctx = self.call_context(&open, &key);
+        connector
+            .account_catalog(&ctx)
+            .await
+            .map_err(|err| match err {
+                crmbridge_connectors::ActionError::Unsupported { app, .. } => {
+                    EngineError::bad_request(
+                        "id",
+                        format!("{app} has no account catalog: its catalog is static"),
+                    )
+                }
+                other => EngineError::Action {
+                    what: format!("reading the account of connection {id}"),
+                    transient: other.is_transient(),
+                    message: other.to_string(),
+                },
+            })
+    }
+
+    fn connector_of(
+        &self,
+        record: &ConnectionRecord,
+    ) -> EngineResult<std::sync::Arc<dyn crmbridge_connectors::Connector>> {
+        self.connectors
+            .get(&record.app)
+            .cloned()
+            .ok_or_else(|| EngineError::Corrupt {
+                what: format!("connection {}", record.id),
+                message: format!("no connector for app {}", record.app),
+            })
+    }
+
+    /// Checks what an automation names in its connections' accounts (a
+    /// NetHunt folder and field, a Worksection project) against the live
+    /// accounts. A vendor that cannot be asked is an error too: saving an
+    /// automation that may be wrong would only fail later, at 3 a.m.
+    pub(crate) async fn check_against_accounts(
+        &self,
+        who: &Principal,
+        automation: &crate::Automation,
+    ) -> EngineResult<()> {
+        let mut ids: Vec<&str> = vec![automation.trigger.connection.as_str()];
+        ids.extend(automation.steps.iter().map(|s| s.connection.as_str()));
+        ids.sort_unstable();
+        ids.dedup();
+        let mut errors = Vec::new();
+        for id in ids {
+            let open = self.open_connection(&who.tenant, id).await?;
+            let connector = self.connector_of(&open.record)?;
+            let key = format!("validate/{id}");
+            let ctx = self.call_context(&open, &key);
+            match connector.check_automation(&ctx, automation, id).await {
+                Ok(problems) => errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|(field, message)| FieldError { field, message }),
+                ),
+                Err(err) => {
+                    return Err(EngineError::Action {
+                        what: format!("checking the automation against connection {id}'s account"),
+                        transient: err.is_transient(),
+                        message: err.to_string(),
+                    });
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Invalid(errors))
+        }
+    }
+}

@@ -32,12 +32,35 @@ pub(crate) struct AutomationRef {
     pub automation: String,
 }
 
-/// A source whose trigger must be polled: `{connection}#{kind}`.
+/// A source whose trigger must be polled: `{connection}#{kind}`, narrowed
+/// by the connector's poll scope (NetHunt: one folder and field).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct PollSource {
     pub tenant: String,
     pub connection: String,
     pub kind: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub scope: serde_json::Value,
+}
+
+impl PollSource {
+    /// A short stable tag of the scope, for keys ("" without a scope).
+    pub fn scope_tag(&self) -> String {
+        scope_tag(&self.scope)
+    }
+
+    pub fn name(&self) -> String {
+        keys::source_name(&self.connection, &self.kind, &self.scope_tag())
+    }
+}
+
+pub(crate) fn scope_tag(scope: &serde_json::Value) -> String {
+    if scope.is_null() {
+        String::new()
+    } else {
+        // serde_json maps are sorted: the text is canonical.
+        crate::sha256_hex(&scope.to_string())[..16].to_owned()
+    }
 }
 
 /// The connectors' catalogs, plus the open-ended `generic.*` kinds.
@@ -59,10 +82,14 @@ impl Catalog for EngineCatalog<'_> {
     }
 }
 
-/// Which event kinds are polled rather than pushed.
+/// Which event kinds are polled rather than (or as well as) pushed.
+/// Worksection's task closes come by webhook too; the poll is the backstop
+/// for accounts without one, or whose webhook Worksection disabled.
 pub(crate) fn is_polled(kind: &str) -> bool {
-    matches!(kind, "retailcrm.order.changed")
-        || (kind.starts_with("moysklad.customerorder.") && kind != "moysklad.customerorder.deleted")
+    matches!(
+        kind,
+        "retailcrm.order.changed" | "nethunt.record.field_changed" | "worksection.task.closed"
+    ) || (kind.starts_with("moysklad.customerorder.") && kind != "moysklad.customerorder.deleted")
 }
 
 impl Engine {
@@ -150,10 +177,29 @@ impl Engine {
         who: &Principal,
         automation: Automation,
     ) -> EngineResult<AutomationRecord> {
+        self.save_checked(who, automation, false).await
+    }
+
+    /// `accounts_checked`: the caller already checked the automation
+    /// against the live accounts.
+    async fn save_checked(
+        &self,
+        who: &Principal,
+        automation: Automation,
+        accounts_checked: bool,
+    ) -> EngineResult<AutomationRecord> {
         who.require_role(Role::Admin, "change automations")?;
         self.validate_automation(who, &automation).await?;
         let key = keys::automation(&who.tenant, &automation.id);
         let existing = self.read::<AutomationRecord>(&key).await?;
+        // A changed or newly enabled automation is checked against the live
+        // accounts; disabling one never needs the vendor.
+        let changed = existing
+            .as_ref()
+            .is_none_or(|(old, _)| old.automation != automation);
+        if automation.enabled && changed && !accounts_checked {
+            self.check_against_accounts(who, &automation).await?;
+        }
         let now = self.now();
         let record = AutomationRecord {
             tenant: who.tenant.clone(),
@@ -189,7 +235,8 @@ impl Engine {
             &automation.trigger.event,
             &automation.id,
         );
-        let poll = keys::poll_source(&automation.trigger.connection, &automation.trigger.event);
+        let source = self.poll_source_of(record);
+        let poll = keys::poll_source(&source.connection, &source.kind, &source.scope_tag());
         let mut writes = Vec::new();
         if add && automation.enabled {
             writes.push(Write::Put(item(
@@ -200,14 +247,7 @@ impl Engine {
                 },
             )?));
             if is_polled(&automation.trigger.event) {
-                writes.push(Write::Put(item(
-                    poll,
-                    &PollSource {
-                        tenant: record.tenant.clone(),
-                        connection: automation.trigger.connection.clone(),
-                        kind: automation.trigger.event.clone(),
-                    },
-                )?));
+                writes.push(Write::Put(item(poll, &source)?));
             }
         } else if !add {
             writes.push(Write::Delete {
@@ -218,6 +258,23 @@ impl Engine {
             // drops a poll whose kind no longer has any automation.
         }
         Ok(writes)
+    }
+
+    /// The poll source an automation's trigger reads from.
+    pub(crate) fn poll_source_of(&self, record: &AutomationRecord) -> PollSource {
+        let trigger = &record.automation.trigger;
+        let scope = self
+            .connectors
+            .get(self.app_of(&trigger.event))
+            .map_or(serde_json::Value::Null, |c| {
+                c.poll_scope(&trigger.event, &trigger.options)
+            });
+        PollSource {
+            tenant: record.tenant.clone(),
+            connection: trigger.connection.clone(),
+            kind: trigger.event.clone(),
+            scope,
+        }
     }
 
     pub async fn get_automation(
@@ -295,18 +352,25 @@ impl Engine {
         who: &Principal,
         name: &str,
         roles: &std::collections::BTreeMap<String, String>,
+        parameters: &std::collections::BTreeMap<String, serde_json::Value>,
     ) -> EngineResult<Vec<AutomationRecord>> {
         who.require_role(Role::Admin, "change automations")?;
-        let automations = crate::recipes::recipe(name)?.instantiate(roles)?;
+        let automations = crate::recipes::recipe(name)?.instantiate(roles, parameters)?;
         let mut errors = Vec::new();
         for (i, automation) in automations.iter().enumerate() {
-            if let Err(EngineError::Invalid(found)) =
-                self.validate_automation(who, automation).await
-            {
-                errors.extend(found.into_iter().map(|e| FieldError {
-                    field: format!("automations[{i}].{}", e.field),
-                    message: e.message,
-                }));
+            let checked = match self.validate_automation(who, automation).await {
+                Ok(()) if automation.enabled => self.check_against_accounts(who, automation).await,
+                other => other,
+            };
+            match checked {
+                Ok(()) => {}
+                Err(EngineError::Invalid(found)) => {
+                    errors.extend(found.into_iter().map(|e| FieldError {
+                        field: format!("automations[{i}].{}", e.field),
+                        message: e.message,
+                    }));
+                }
+                Err(other) => return Err(other),
             }
         }
         if !errors.is_empty() {
@@ -314,7 +378,7 @@ impl Engine {
         }
         let mut saved = Vec::new();
         for automation in automations {
-            saved.push(self.save_automation(who, automation).await?);
+            saved.push(self.save_checked(who, automation, true).await?);
         }
         Ok(saved)
     }

@@ -83,6 +83,23 @@ impl Engine {
                 duplicate: true,
             });
         }
+        // Trigger options (NetHunt's folder, field and value) narrow the
+        // automations of the kind; an event none of them watches is not a
+        // run (a status turning Lost when only Won is watched).
+        let automations: Vec<AutomationRecord> = match self.connectors.get(&event.app) {
+            Some(connector) => automations
+                .into_iter()
+                .filter(|r| connector.trigger_matches(&r.automation.trigger.options, &event))
+                .collect(),
+            None => automations,
+        };
+        if automations.is_empty() {
+            tracing::info!("no automation's trigger options match this event");
+            return Ok(Dispatched {
+                runs: vec![],
+                duplicate: false,
+            });
+        }
         let mut runs = Vec::new();
         let mut duplicate = true;
         let mut transient: Option<EngineError> = None;
@@ -550,6 +567,31 @@ impl Engine {
                         )
                         .await;
                 }
+                Err(ActionError::Skipped { reason, health }) => {
+                    self.put_step(
+                        run,
+                        StepRecord {
+                            id: step_id,
+                            action: request.action.clone(),
+                            status: "skipped".into(),
+                            request: request_json,
+                            response_status: None,
+                            error: Some(reason.clone()),
+                            output: Value::Null,
+                            attempts: previous_attempts + 1,
+                        },
+                    );
+                    self.set_health(&record.tenant, &record.automation.id, Some(health))
+                        .await?;
+                    return self
+                        .finish(
+                            run,
+                            version,
+                            RunStatus::Skipped,
+                            format!("skipped: {reason}"),
+                        )
+                        .await;
+                }
                 Err(err) => {
                     let transient = err.is_transient();
                     let message = err.to_string();
@@ -581,6 +623,11 @@ impl Engine {
             }
         }
         let done = run.steps.iter().filter(|s| s.status == "succeeded").count();
+        if record.health.is_some() {
+            // Whatever was wrong (a project archived) is fixed.
+            self.set_health(&record.tenant, &record.automation.id, None)
+                .await?;
+        }
         self.finish(
             run,
             version,

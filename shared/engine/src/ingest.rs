@@ -35,6 +35,9 @@ pub struct Accepted {
     pub duplicates: Vec<EventId>,
     /// The status the sender expects for an accepted delivery.
     pub ack_status: u16,
+    /// The exact body the sender expects, when it insists on one
+    /// (Worksection: `{"status":"OK"}`); answered for duplicates too.
+    pub ack_body: Option<serde_json::Value>,
 }
 
 impl Accepted {
@@ -191,10 +194,10 @@ impl Engine {
             .await?;
         let events = self.decode_events(&record, &request, self.now())?;
         let mut outcome = self.accept(events).await?;
-        outcome.ack_status = self
-            .connectors
-            .get(&record.app)
-            .map_or(202, |c| c.ack_status());
+        if let Some(connector) = self.connectors.get(&record.app) {
+            outcome.ack_status = connector.ack_status();
+            outcome.ack_body = connector.ack_body();
+        }
         tracing::info!(
             tenant = %record.tenant,
             connection = %record.id,
@@ -262,6 +265,7 @@ impl Engine {
             accepted: fresh.into_iter().map(|e| e.id).collect(),
             duplicates,
             ack_status: 202,
+            ack_body: None,
         })
     }
 }

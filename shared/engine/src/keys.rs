@@ -129,12 +129,30 @@ pub fn poll_sources_pk() -> String {
     "POLL".into()
 }
 
-pub fn poll_source(connection: &str, kind: &str) -> Key {
-    key(poll_sources_pk(), format!("{connection}#{kind}"))
+/// `scope` is the poll scope's tag (empty when the kind has none).
+pub fn poll_source(connection: &str, kind: &str, scope: &str) -> Key {
+    key(poll_sources_pk(), source_name(connection, kind, scope))
 }
 
-pub fn cursor(connection: &str, kind: &str) -> Key {
-    key(format!("CURSOR#{connection}#{kind}"), "CURSOR")
+/// `{connection}#{kind}` or `{connection}#{kind}#{scope}`.
+pub fn source_name(connection: &str, kind: &str, scope: &str) -> String {
+    if scope.is_empty() {
+        format!("{connection}#{kind}")
+    } else {
+        format!("{connection}#{kind}#{scope}")
+    }
+}
+
+pub fn cursor(connection: &str, kind: &str, scope: &str) -> Key {
+    key(
+        format!("CURSOR#{}", source_name(connection, kind, scope)),
+        "CURSOR",
+    )
+}
+
+/// The last value a poll observed of one record's field.
+pub fn observation(connection: &str, observed: &str) -> Key {
+    key(format!("OBS#{connection}"), observed)
 }
 
 pub fn links(connection: &str, entity: &str, id: &str) -> Key {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crmbridge_mapping::Automation;
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::{EngineError, EngineResult, FieldError};
 
@@ -20,6 +21,10 @@ pub const RECIPES: &[(&str, &str)] = &[
         "calltouch-retailcrm",
         include_str!("../../../recipes/calltouch-retailcrm.yaml"),
     ),
+    (
+        "nethunt-worksection",
+        include_str!("../../../recipes/nethunt-worksection.yaml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,7 +34,64 @@ pub struct Recipe {
     pub description: String,
     /// Role → the app a connection in that role must be.
     pub connections: BTreeMap<String, String>,
-    pub automations: Vec<Automation>,
+    /// What the user chooses when instantiating (a project, a field, a
+    /// value): written `${name}` anywhere in the automations, keys too.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, RecipeParameter>,
+    /// Automation documents, parsed once their parameters are filled in
+    /// (a placeholder may stand where only an enum value is valid).
+    pub automations: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeParameter {
+    pub description: String,
+    /// Used when the instantiation gives none; without one the parameter
+    /// is required.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub default: Option<Value>,
+}
+
+/// Replaces `${name}` in every string and key. A string that is exactly
+/// one placeholder takes the parameter's value with its type (a number
+/// stays a number).
+fn substitute(value: &mut Value, params: &BTreeMap<String, Value>) {
+    fn text(value: &Value) -> String {
+        match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+    fn replace_all(s: &str, params: &BTreeMap<String, Value>) -> String {
+        let mut out = s.to_owned();
+        for (name, value) in params {
+            out = out.replace(&format!("${{{name}}}"), &text(value));
+        }
+        out
+    }
+    match value {
+        Value::String(s) => {
+            let whole = s
+                .strip_prefix("${")
+                .and_then(|rest| rest.strip_suffix('}'))
+                .and_then(|name| params.get(name));
+            *value = match whole {
+                Some(found) => found.clone(),
+                None => Value::String(replace_all(s, params)),
+            };
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| substitute(v, params)),
+        Value::Object(map) => {
+            let entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
+            for (key, mut inner) in entries {
+                substitute(&mut inner, params);
+                map.insert(replace_all(&key, params), inner);
+            }
+        }
+        _ => {}
+    }
 }
 
 pub fn recipe(name: &str) -> EngineResult<Recipe> {
@@ -49,8 +111,40 @@ pub fn recipe(name: &str) -> EngineResult<Recipe> {
 
 impl Recipe {
     /// The recipe's automations with each role replaced by a connection id.
-    pub fn instantiate(&self, roles: &BTreeMap<String, String>) -> EngineResult<Vec<Automation>> {
+    pub fn instantiate(
+        &self,
+        roles: &BTreeMap<String, String>,
+        parameters: &BTreeMap<String, Value>,
+    ) -> EngineResult<Vec<Automation>> {
         let mut errors = Vec::new();
+        let mut values = BTreeMap::new();
+        for (name, spec) in &self.parameters {
+            match parameters.get(name).or(spec.default.as_ref()) {
+                Some(value) => {
+                    values.insert(name.clone(), value.clone());
+                }
+                None => errors.push(FieldError {
+                    field: format!("parameters.{name}"),
+                    message: format!("required: {}", spec.description),
+                }),
+            }
+        }
+        for name in parameters
+            .keys()
+            .filter(|n| !self.parameters.contains_key(*n))
+        {
+            errors.push(FieldError {
+                field: format!("parameters.{name}"),
+                message: format!(
+                    "the recipe has no parameter '{name}'; parameters: {}",
+                    self.parameters
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
         for role in self.connections.keys() {
             if !roles.contains_key(role) {
                 errors.push(FieldError {
@@ -79,18 +173,23 @@ impl Recipe {
             return Err(EngineError::Invalid(errors));
         }
         let resolve = |role: &str| roles.get(role).cloned().unwrap_or_else(|| role.to_owned());
-        Ok(self
-            .automations
-            .iter()
-            .cloned()
-            .map(|mut automation| {
-                automation.trigger.connection = resolve(&automation.trigger.connection);
-                for step in &mut automation.steps {
-                    step.connection = resolve(&step.connection);
-                }
-                automation
-            })
-            .collect())
+        let mut out = Vec::with_capacity(self.automations.len());
+        for (index, document) in self.automations.iter().enumerate() {
+            let mut document = document.clone();
+            substitute(&mut document, &values);
+            let mut automation: Automation = serde_json::from_value(document).map_err(|err| {
+                EngineError::Invalid(vec![FieldError {
+                    field: format!("automations[{index}]"),
+                    message: format!("with these parameters the automation is invalid: {err}"),
+                }])
+            })?;
+            automation.trigger.connection = resolve(&automation.trigger.connection);
+            for step in &mut automation.steps {
+                step.connection = resolve(&step.connection);
+            }
+            out.push(automation);
+        }
+        Ok(out)
     }
 }
 
@@ -98,6 +197,17 @@ impl Recipe {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::json;
+
+    /// Every parameter without a default, filled with a sample.
+    fn samples(recipe: &Recipe) -> BTreeMap<String, Value> {
+        recipe
+            .parameters
+            .iter()
+            .filter(|(_, spec)| spec.default.is_none())
+            .map(|(name, _)| (name.clone(), Value::String(format!("sample-{name}"))))
+            .collect()
+    }
 
     #[test]
     fn every_recipe_parses_and_names_its_roles() {
@@ -105,7 +215,18 @@ mod tests {
             let recipe = recipe(name).unwrap();
             assert_eq!(recipe.name, *name);
             assert!(!recipe.automations.is_empty());
-            for automation in &recipe.automations {
+            let roles: BTreeMap<String, String> = recipe
+                .connections
+                .keys()
+                .map(|role| (role.clone(), role.clone()))
+                .collect();
+            let automations = recipe.instantiate(&roles, &samples(&recipe)).unwrap();
+            let text = serde_json::to_string(&automations).unwrap();
+            assert!(
+                !text.contains("${"),
+                "{name}: a placeholder is left: {text}"
+            );
+            for automation in &automations {
                 assert!(
                     recipe
                         .connections
@@ -126,18 +247,70 @@ mod tests {
     }
 
     #[test]
+    fn parameters_fill_values_and_keys_with_their_types() {
+        let recipe = recipe("nethunt-worksection").unwrap();
+        let roles = BTreeMap::from([
+            ("nethunt".to_owned(), "con_nh".to_owned()),
+            ("worksection".to_owned(), "con_ws".to_owned()),
+        ]);
+        let missing = recipe.instantiate(&roles, &BTreeMap::new()).unwrap_err();
+        let EngineError::Invalid(errors) = missing else {
+            panic!("expected 422");
+        };
+        assert_eq!(errors[0].field, "parameters.project");
+        let params = BTreeMap::from([
+            ("project".to_owned(), json!("6622")),
+            ("close_field".to_owned(), json!("Stage")),
+            ("priority".to_owned(), json!(8)),
+            ("on_repeat".to_owned(), json!("always_create")),
+        ]);
+        let automations = recipe.instantiate(&roles, &params).unwrap();
+        let task = &automations[0].steps[0];
+        assert_eq!(task.fields["project"], json!("6622"));
+        assert_eq!(task.fields["priority"], json!(8));
+        assert_eq!(task.connection, "con_ws");
+        assert_eq!(task.dedupe, crmbridge_mapping::Dedupe::AlwaysCreate);
+        assert_eq!(automations[0].trigger.options["value"], json!("Won"));
+        let update = &automations[1].steps[0];
+        assert_eq!(update.fields["fields"], json!({"Stage": "Completed"}));
+        let unknown = recipe
+            .instantiate(
+                &roles,
+                &BTreeMap::from([
+                    ("project".to_owned(), json!("1")),
+                    ("colour".to_owned(), json!("red")),
+                ]),
+            )
+            .unwrap_err();
+        assert_eq!(unknown.status(), 422);
+        let bad_mode = recipe
+            .instantiate(
+                &roles,
+                &BTreeMap::from([
+                    ("project".to_owned(), json!("1")),
+                    ("on_repeat".to_owned(), json!("sometimes")),
+                ]),
+            )
+            .unwrap_err();
+        assert_eq!(bad_mode.status(), 422);
+    }
+
+    #[test]
     fn instantiation_fills_every_role_and_refuses_missing_ones() {
         let recipe = recipe("calltouch-moysklad").unwrap();
         let roles = BTreeMap::from([
             ("calltouch".to_owned(), "con_ct".to_owned()),
             ("moysklad".to_owned(), "con_ms".to_owned()),
         ]);
-        let automations = recipe.instantiate(&roles).unwrap();
+        let automations = recipe.instantiate(&roles, &BTreeMap::new()).unwrap();
         assert_eq!(automations.len(), 4);
         assert_eq!(automations[0].trigger.connection, "con_ct");
         assert_eq!(automations[0].steps[1].connection, "con_ms");
         let err = recipe
-            .instantiate(&BTreeMap::from([("calltouch".to_owned(), "x".to_owned())]))
+            .instantiate(
+                &BTreeMap::from([("calltouch".to_owned(), "x".to_owned())]),
+                &BTreeMap::new(),
+            )
             .unwrap_err();
         assert_eq!(err.status(), 422);
     }

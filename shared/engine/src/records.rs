@@ -109,6 +109,9 @@ pub enum RunStatus {
     Running,
     Succeeded,
     Failed,
+    /// A step could not be done for a reason a person must fix (the
+    /// Worksection project is archived); the automation's health says why.
+    Skipped,
 }
 
 impl RunStatus {

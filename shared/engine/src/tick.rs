@@ -39,7 +39,7 @@ impl Engine {
         let requests: Vec<Event> = sources
             .iter()
             .map(|source| {
-                let name = format!("{}#{}", source.connection, source.kind);
+                let name = source.name();
                 Event {
                     // One poll request per source per tick, even if the tick
                     // itself is delivered twice.
@@ -65,10 +65,7 @@ impl Engine {
         };
         let record = TickRecord {
             started_at,
-            sources: sources
-                .iter()
-                .map(|s| format!("{}#{}", s.connection, s.kind))
-                .collect(),
+            sources: sources.iter().map(PollSource::name).collect(),
             published,
         };
         let expires = started_at.timestamp() + self.config.tick_ttl_secs;

@@ -113,6 +113,8 @@ async fn harness(dynamo: bool) -> Harness {
     });
     let config = EngineConfig {
         max_body_bytes: 400 * 1024,
+        // The NetHunt and Worksection fakes listen on loopback.
+        allow_any_base_url: true,
         ..EngineConfig::default()
     };
     let engine = Engine::new(
@@ -232,6 +234,7 @@ on_both_stores!(
     chat_is_dispatched_inline_once,
     keys_tenants_and_connection_updates,
     runs_are_filtered_by_status_and_time,
+    concurrent_polls_back_off_and_a_dead_poll_resumes,
 );
 
 mod cases {
@@ -818,5 +821,195 @@ mod cases {
             0,
             "chat went through the bus"
         );
+    }
+
+    /// Two ticks poll one NetHunt source at once: the cursor's conditional
+    /// update gives it to one, the other backs off without asking NetHunt.
+    /// The poll that held it dies halfway (its task is dropped mid-call);
+    /// a later tick still backs off while the lease runs, the dead poll's
+    /// redelivery resumes it, and the record that became Won gives exactly
+    /// one event, one run and one task.
+    pub async fn concurrent_polls_back_off_and_a_dead_poll_resumes(h: Harness) {
+        use crmbridge_fakes::Fault;
+        use crmbridge_fakes::nethunt::FakeNetHunt;
+        use crmbridge_fakes::worksection::FakeWorksection;
+
+        let nethunt = FakeNetHunt::start("owner@acme.test", "nh-key")
+            .await
+            .unwrap();
+        let deals = nethunt.add_folder("Deals");
+        for field in ["Name", "Status", "Email"] {
+            nethunt.add_field(&deals, field).unwrap();
+        }
+        let worksection = FakeWorksection::start("ws-admin-key").await.unwrap();
+        let project = worksection.add_project("Delivery");
+        let who = h.owner().await;
+        let nh = h
+            .engine
+            .create_connection(
+                &who,
+                NewConnection {
+                    app: "nethunt".into(),
+                    name: "NetHunt".into(),
+                    settings: json!({"base_url": nethunt.base_url()}),
+                    credentials: [
+                        ("email".to_owned(), "owner@acme.test".to_owned()),
+                        ("api_key".to_owned(), "nh-key".to_owned()),
+                    ]
+                    .into(),
+                },
+            )
+            .await
+            .unwrap();
+        let ws = h
+            .engine
+            .create_connection(
+                &who,
+                NewConnection {
+                    app: "worksection".into(),
+                    name: "Worksection".into(),
+                    settings: json!({"base_url": worksection.base_url(), "auth_scheme": "header"}),
+                    credentials: [("admin_key".to_owned(), "ws-admin-key".to_owned())].into(),
+                },
+            )
+            .await
+            .unwrap();
+        h.engine
+            .instantiate_recipe(
+                &who,
+                "nethunt-worksection",
+                &[
+                    ("nethunt".to_owned(), nh.id.clone()),
+                    ("worksection".to_owned(), ws.id.clone()),
+                ]
+                .into(),
+                &[("project".to_owned(), json!(project))].into(),
+            )
+            .await
+            .unwrap();
+        let polls_of = |n: &FakeNetHunt| {
+            n.requests()
+                .iter()
+                .filter(|r| r.path.contains("/triggers/updated-record/"))
+                .count()
+        };
+        // Ticks fan out one poll request per source: NetHunt's folder and
+        // Worksection's task closes.
+        // One set of outbox workers for the whole case (a second set would
+        // not see deliveries the first one already failed to hand over).
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (_stop, shutdown) = watch::channel(false);
+        h.bus.inner.spawn_workers(Arc::new(Collect(tx)), shutdown);
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("event not delivered")
+                .unwrap()
+        };
+        let t0 = chrono::Utc::now();
+        let ticked = h.engine.tick(t0).await.unwrap();
+        assert_eq!(
+            (ticked.sources.len(), ticked.published),
+            (2, 2),
+            "{ticked:?}"
+        );
+        for _ in 0..2 {
+            h.engine.dispatch(next().await).await.unwrap();
+        }
+        assert_eq!(polls_of(&nethunt), 0, "the first poll only sets the cursor");
+
+        let record = nethunt
+            .insert_record(&deals, json!({"Name": "ACME", "Status": "New"}))
+            .unwrap();
+        nethunt.set_field(&record, "Status", json!("Won")).unwrap();
+        h.engine
+            .tick(t0 + chrono::Duration::seconds(300))
+            .await
+            .unwrap();
+        h.engine
+            .tick(t0 + chrono::Duration::seconds(600))
+            .await
+            .unwrap();
+        let mut requests = Vec::new();
+        for _ in 0..4 {
+            requests.push(next().await);
+        }
+        let nethunt_polls: Vec<Event> = requests
+            .into_iter()
+            .filter(|r| r.subject.id.starts_with(&format!("{}#nethunt", nh.id)))
+            .collect();
+        assert_eq!(nethunt_polls.len(), 2);
+        let (first, second) = (nethunt_polls[0].clone(), nethunt_polls[1].clone());
+
+        nethunt.fail_next_on(
+            Some("GET"),
+            "/triggers/updated-record/",
+            1,
+            Fault::Slow(Duration::from_secs(30)),
+        );
+        let engine = Arc::new(h.engine);
+        let dying = tokio::spawn({
+            let engine = Arc::clone(&engine);
+            let first = first.clone();
+            async move { engine.dispatch(first).await }
+        });
+        // Wait until the first poll is inside its (slow) NetHunt call.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while polls_of(&nethunt) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the poll never called NetHunt"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        nethunt.wait_in_flight(1).await;
+        // The second tick's poll backs off: no second call to NetHunt.
+        let outcome = engine.dispatch(second.clone()).await.unwrap();
+        assert!(outcome.runs.is_empty());
+        assert_eq!(polls_of(&nethunt), 1);
+        // The first poll dies halfway: the cursor has not moved.
+        dying.abort();
+        assert!(dying.await.unwrap_err().is_cancelled());
+        engine.dispatch(second.clone()).await.unwrap();
+        assert_eq!(polls_of(&nethunt), 1, "the lease still holds");
+        assert!(worksection.tasks().is_empty());
+
+        // The dead poll is redelivered (same request): it resumes.
+        engine.dispatch(first).await.unwrap();
+        assert_eq!(polls_of(&nethunt), 2);
+        let change = next().await;
+        assert_eq!(change.kind, "nethunt.record.field_changed");
+        assert_eq!(change.subject.id, record);
+        assert_eq!(change.data["value"], "Won");
+        let dispatched = engine.dispatch(change.clone()).await.unwrap();
+        assert_eq!(dispatched.runs.len(), 1);
+        assert_eq!(dispatched.runs[0].status, RunStatus::Succeeded);
+        assert_eq!(worksection.tasks().len(), 1);
+
+        // Now free, the second tick's poll runs; the record is seen again
+        // (overlap) but has not changed: no new event.
+        engine.dispatch(second).await.unwrap();
+        assert_eq!(polls_of(&nethunt), 3);
+        // A third poll after the record changed again (another field) is
+        // still the same Won: nothing new either.
+        nethunt
+            .set_field(&record, "Email", json!(["a@acme.test"]))
+            .unwrap();
+        engine
+            .tick(t0 + chrono::Duration::seconds(900))
+            .await
+            .unwrap();
+        let mut polled = 0;
+        while polled < 2 {
+            let request = next().await;
+            assert_eq!(request.kind, "crmbridge.poll.requested", "{request:?}");
+            engine.dispatch(request).await.unwrap();
+            polled += 1;
+        }
+        assert_eq!(polls_of(&nethunt), 4);
+        // Anything published since would be a second change.
+        engine.dispatch(change).await.unwrap();
+        assert!(rx.try_recv().is_err(), "no second change was published");
+        assert_eq!(worksection.tasks().len(), 1);
     }
 }

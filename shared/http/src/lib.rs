@@ -20,7 +20,9 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use crmbridge_engine::admin::{ConnectionPatch, ConnectionView, NewConnection, Principal};
+use crmbridge_engine::admin::{
+    ConnectionCheck, ConnectionPatch, ConnectionView, NewConnection, Principal,
+};
 use crmbridge_engine::automations::AutomationRecord;
 use crmbridge_engine::ingest::WebhookRequest;
 use crmbridge_engine::records::{RunRecord, RunStatus, RunSummary};
@@ -151,6 +153,10 @@ async fn webhook(
         .chain(&outcome.duplicates)
         .map(ToString::to_string)
         .collect();
+    if let Some(body) = outcome.ack_body {
+        let status = StatusCode::from_u16(outcome.ack_status).unwrap_or(StatusCode::OK);
+        return Ok((status, axum::Json(body)).into_response());
+    }
     Ok(if outcome.is_duplicate() {
         (
             StatusCode::OK,
@@ -346,6 +352,8 @@ pub struct RecipeView {
     pub description: String,
     /// Role → the app a connection in that role must be.
     pub connections: std::collections::BTreeMap<String, String>,
+    /// What the user chooses when instantiating, by name.
+    pub parameters: std::collections::BTreeMap<String, crmbridge_engine::recipes::RecipeParameter>,
     #[schema(value_type = Vec<Object>)]
     pub automations: Vec<serde_json::Value>,
 }
@@ -546,6 +554,50 @@ async fn update_connection(
     let patch: ConnectionPatch = parse_json(&body)?;
     let view = state.engine.update_connection(&who, &id, patch).await?;
     Ok(axum::Json(connection_json(view, &base_url(&state, &headers))).into_response())
+}
+
+/// Tries the connection's credentials against the vendor. `ok: false`
+/// (with the vendor's reason) when they are refused or the vendor is down.
+#[utoipa::path(
+    post, path = "/v1/connections/{id}/check", tag = "connections", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = ConnectionCheck), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn check_connection(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let check = state.engine.check_connection(&who, &id).await?;
+    Ok(axum::Json(check).into_response())
+}
+
+/// What the connection's account holds that automations name, read live:
+/// NetHunt folders with their fields and the values seen most often
+/// (NetHunt cannot list a dropdown's options), Worksection projects.
+#[utoipa::path(
+    get, path = "/v1/connections/{id}/catalog", tag = "connections", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = Object), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 502, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+async fn connection_catalog(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = principal(&state, &headers).await?;
+    let catalog = state.engine.connection_catalog(&who, &id).await?;
+    Ok(axum::Json(catalog).into_response())
 }
 
 /// One query parameter, at most once.
@@ -910,10 +962,11 @@ async fn list_recipes(State(state): State<HttpState>, headers: HeaderMap) -> Api
             name: recipe.name,
             description: recipe.description,
             connections: recipe.connections,
+            parameters: recipe.parameters,
             automations: recipe
                 .automations
                 .iter()
-                .map(|a| json!({"id": a.id, "name": a.name}))
+                .map(|a| json!({"id": a["id"], "name": a["name"]}))
                 .collect(),
         });
     }
@@ -925,6 +978,10 @@ async fn list_recipes(State(state): State<HttpState>, headers: HeaderMap) -> Api
 #[serde(deny_unknown_fields)]
 pub struct InstantiateRecipe {
     pub connections: std::collections::BTreeMap<String, String>,
+    /// The recipe's parameters (see `parameters` in the recipe list).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub parameters: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// Creates a recipe's automations with the given connections (all
@@ -951,7 +1008,7 @@ async fn instantiate_recipe(
     let request: InstantiateRecipe = parse_json(&body)?;
     let items = state
         .engine
-        .instantiate_recipe(&who, &name, &request.connections)
+        .instantiate_recipe(&who, &name, &request.connections, &request.parameters)
         .await?;
     Ok((StatusCode::CREATED, axum::Json(AutomationList { items })).into_response())
 }
@@ -1055,6 +1112,8 @@ fn admin_routes() -> Router<HttpState> {
                 .patch(update_connection)
                 .delete(delete_connection),
         )
+        .route("/v1/connections/{id}/check", post(check_connection))
+        .route("/v1/connections/{id}/catalog", get(connection_catalog))
         .route(
             "/v1/automations",
             get(list_automations).post(create_automation),
@@ -1116,6 +1175,8 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("admin", "GET", "/v1/connections/{id}"),
     ("admin", "PATCH", "/v1/connections/{id}"),
     ("admin", "DELETE", "/v1/connections/{id}"),
+    ("admin", "POST", "/v1/connections/{id}/check"),
+    ("admin", "GET", "/v1/connections/{id}/catalog"),
     ("admin", "GET", "/v1/automations"),
     ("admin", "POST", "/v1/automations"),
     ("admin", "GET", "/v1/automations/{id}"),

@@ -4,8 +4,9 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crmbridge_engine::admin::{ConnectionPatch, ConnectionView, NewConnection};
+use crmbridge_engine::admin::{ConnectionCheck, ConnectionPatch, ConnectionView, NewConnection};
 use crmbridge_engine::automations::AutomationRecord;
+use crmbridge_engine::recipes::RecipeParameter;
 use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary, StepRecord, TenantRecord};
 use crmbridge_engine::runs::ReplayReport;
 use crmbridge_engine::tenants::{
@@ -60,6 +61,8 @@ impl Modify for BearerKey {
         crate::get_connection,
         crate::update_connection,
         crate::delete_connection,
+        crate::check_connection,
+        crate::connection_catalog,
         crate::list_automations,
         crate::create_automation,
         crate::get_automation,
@@ -79,7 +82,7 @@ impl Modify for BearerKey {
         NewConnection, ConnectionPatch, AutomationList, AutomationRecord, KeyList, KeyView, NewKey,
         CreatedKey, NewTenant, CreatedTenant, TenantView, TenantRecord, Role, RunPage, RunSummary,
         RunRecord, RunStatus, StepRecord, ReplaySince, ReplayReport, RecipeList, RecipeView,
-        InstantiateRecipe, DeletedConnection,
+        InstantiateRecipe, DeletedConnection, ConnectionCheck, RecipeParameter,
     )),
     modifiers(&BearerKey),
     tags(

@@ -302,11 +302,16 @@ impl<'a> Validator<'a> {
             return;
         }
         let keys = step.dedupe.keys();
-        if keys.is_empty() {
+        // A step with a link has a key already: the record linked to the
+        // event's subject (a task already made for this deal).
+        if keys.is_empty() && step.link.is_none() {
             self.push(
                 format!("{base}.dedupe.by"),
                 Kind::DedupeWithoutKeys,
-                format!("{} needs at least one key to search by", step.dedupe.mode()),
+                format!(
+                    "{} needs at least one key to search by, or a link",
+                    step.dedupe.mode()
+                ),
             );
         }
         for (i, key) in keys.iter().enumerate() {

@@ -311,8 +311,15 @@ fn dedupe_rules() {
     expect(
         &with("by: [phone]", "by: []"),
         Kind::DedupeWithoutKeys,
-        "steps[0].dedupe.by: use_existing needs at least one key to search by",
+        "steps[0].dedupe.by: use_existing needs at least one key to search by, or a link",
     );
+    // A linked step needs no keys: the linked record is the one reused.
+    let linked = with("by: [phone]", "by: []").replace(
+        "dedupe: { mode: use_existing, by: [] }",
+        "dedupe: { mode: use_existing, by: [] }\n    link: { name: counterparty }",
+    );
+    assert!(linked.contains("link: { name: counterparty }"), "{linked}");
+    assert_eq!(errors(&linked), Vec::new());
 }
 
 #[test]

@@ -9,13 +9,22 @@
 //!   webhook Calltouch sends to us.
 //! * [`retailcrm::FakeRetailCrm`] — retailCRM API v5 (customers, orders,
 //!   order history, statuses).
+//! * [`nethunt::FakeNetHunt`] — NetHunt CRM "Zapier" integration API
+//!   (folders, fields, records, find / new / updated / record-change
+//!   triggers, create and update with `fieldActions`).
+//! * [`worksection::FakeWorksection`] — Worksection admin API v2 (md5-hash
+//!   and `Authorization: Admin` HMAC auth, projects, tasks, events,
+//!   webhooks with the URL probe), plus [`worksection::FakeWorksection::send_webhook`],
+//!   the webhook Worksection sends to us.
 //!
 //! Every fake keeps its records in memory, logs every request it receives
 //! ([`RecordedRequest`], credentials redacted), and injects faults on demand
 //! ([`Fault`]: `fail_next`, `fail_next_on`, `set_fault_rate`). The server stops
 //! when its handle is dropped.
 //!
-//! The facts each fake follows come from `shared/apis/calltouch-moysklad-retailcrm.md`;
+//! The facts each fake follows come from `shared/apis/calltouch-moysklad-retailcrm.md`
+//! (Calltouch, MoySklad, retailCRM) and `shared/apis/nethunt-worksection-zoho-ringostat.md`
+//! (NetHunt, Worksection);
 //! each module's docs say which of them are uncertain and what the fake does then.
 //!
 //! ```no_run
@@ -38,9 +47,11 @@
 
 pub mod calltouch;
 pub mod moysklad;
+pub mod nethunt;
 pub mod retailcrm;
 mod server;
 mod util;
+pub mod worksection;
 
 pub use server::{Fault, RecordedRequest};
 

@@ -227,7 +227,17 @@ pub(crate) trait Vendor: Send + Sync + 'static {
     fn fault_response(&self, fault: &Fault, req: &Req) -> Resp;
     /// The normal handling.
     fn handle(&self, req: &Req) -> Resp;
+    /// The handling the server calls: by default [`Vendor::handle`]. A vendor
+    /// whose answer needs outgoing I/O (Worksection's `add_webhook` probes
+    /// the URL) overrides this; it must not hold a lock across an `.await`.
+    fn handle_async<'a>(&'a self, req: &'a Req) -> BoxFuture<'a, Resp> {
+        Box::pin(std::future::ready(self.handle(req)))
+    }
 }
+
+/// A boxed, sendable future (what [`Vendor::handle_async`] returns).
+pub(crate) type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug)]
 struct RatePlan {
@@ -539,15 +549,15 @@ async fn handle<V: Vendor>(
         Some(Fault::Drop) => return Err(Dropped),
         Some(f @ (Fault::ServerError | Fault::TooManyRequests)) => vendor.fault_response(f, &req),
         Some(Fault::Slow(d)) => {
-            let resp = vendor.handle(&req);
+            let resp = vendor.handle_async(&req).await;
             tokio::time::sleep(*d).await;
             resp
         }
         Some(Fault::DropAfterCommit) => {
-            let _ = vendor.handle(&req);
+            let _ = vendor.handle_async(&req).await;
             return Err(Dropped);
         }
-        None => vendor.handle(&req),
+        None => vendor.handle_async(&req).await,
     };
     if let Some((_, entry)) = lock(&shared.log).iter_mut().find(|(n, _)| *n == seq) {
         entry.status = Some(resp.status.as_u16());
