@@ -804,12 +804,16 @@ impl Connector for NetHunt {
             // First poll: start watching now; history is not replayed.
             return Ok(PollBatch {
                 events: vec![],
-                cursor: json!({"since": iso(now)}),
+                cursor: json!({"since": iso(now), "floor": iso(now)}),
             });
         };
+        // The overlap never reaches back before watching began: a record
+        // won a minute before the automation existed is not its business.
+        let floor = cursor.and_then(|c| parse_time(&c["floor"]));
+        let from = floor.map_or(since - OVERLAP, |f| (since - OVERLAP).max(f));
         let folder = self.folder(ctx, folder, "trigger.options.folder").await?;
         let records = self
-            .updated_records(ctx, &folder, Some(field_name), since - OVERLAP)
+            .updated_records(ctx, &folder, Some(field_name), from)
             .await?;
         let mut newest = since;
         let mut events = Vec::with_capacity(records.len());
@@ -851,9 +855,13 @@ impl Connector for NetHunt {
                 }),
             });
         }
+        let mut next = json!({"since": iso(newest)});
+        if let Some(floor) = floor {
+            next["floor"] = Value::String(iso(floor));
+        }
         Ok(PollBatch {
             events,
-            cursor: json!({"since": iso(newest)}),
+            cursor: next,
         })
     }
 }
