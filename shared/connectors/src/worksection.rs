@@ -482,7 +482,8 @@ impl Worksection {
             params.push(("tags", tags));
         }
         // The imported CRM fields go into the text, one "Label: value"
-        // line each, after the text the automation wrote.
+        // line each (labels in alphabetical order: JSON objects keep no
+        // order here), after the text the automation wrote.
         let mut body = text(fields, "text").unwrap_or_default();
         match fields.get("import") {
             None | Some(Value::Null) => {}

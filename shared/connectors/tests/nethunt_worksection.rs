@@ -1,0 +1,297 @@
+//! The NetHunt and Worksection connectors against their fakes: auth
+//! schemes, error envelopes, the archived/deleted project skip, a create
+//! whose answer was lost, and polling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use crmbridge_connectors::nethunt::NetHunt;
+use crmbridge_connectors::worksection::Worksection;
+use crmbridge_connectors::{ActionError, CallContext, Connector, VendorError, VendorHttp};
+use crmbridge_fakes::Fault;
+use crmbridge_fakes::nethunt::FakeNetHunt;
+use crmbridge_fakes::worksection::FakeWorksection;
+use serde_json::{Map, Value, json};
+
+fn fields(value: Value) -> Map<String, Value> {
+    value.as_object().unwrap().clone()
+}
+
+fn context<'a>(
+    settings: &'a Value,
+    credentials: &'a BTreeMap<String, String>,
+    http: &'a VendorHttp,
+    key: &'a str,
+) -> CallContext<'a> {
+    CallContext {
+        connection: "con_test",
+        settings,
+        credentials,
+        http,
+        idempotency_key: key,
+        allow_any_base_url: true,
+    }
+}
+
+#[tokio::test]
+async fn worksection_tasks_under_both_signing_schemes_and_its_error_envelope() {
+    let ws = FakeWorksection::start("admin-key-7").await.unwrap();
+    let project = ws.add_project("Delivery");
+    ws.add_user("frank@acme.test", "Frank");
+    let http = VendorHttp::new();
+    let credentials = BTreeMap::from([("admin_key".to_owned(), "admin-key-7".to_owned())]);
+    for (scheme, key) in [("hash", "run/1/task"), ("header", "run/2/task")] {
+        let settings =
+            json!({"base_url": ws.base_url(), "auth_scheme": scheme, "timeout_ms": 2000});
+        let ctx = context(&settings, &credentials, &http, key);
+        let out = Worksection
+            .execute(
+                &ctx,
+                "worksection.task.create",
+                &fields(json!({
+                    "project": project, "title": "Deal won: ACME", "assignee": "frank@acme.test",
+                    "priority": 7, "start": "2026-12-01", "end": "05.12.2026",
+                    "import": {"E-mail": ["a@acme.test"], "Amount": 1200, "Empty": ""}})),
+                None,
+            )
+            .await
+            .unwrap();
+        let task = ws.task(&out.id).unwrap();
+        assert_eq!(task["name"], "Deal won: ACME");
+        assert_eq!(task["date_start"], "2026-12-01");
+        assert_eq!(task["date_end"], "2026-12-05");
+        assert_eq!(task["priority"], "7");
+        let text = task["text"].as_str().unwrap();
+        // One line per imported label (labels in alphabetical order).
+        assert!(
+            text.starts_with("Amount: 1200\nE-mail: a@acme.test"),
+            "{text}"
+        );
+        assert!(!text.contains("Empty"), "{text}");
+    }
+    // get_project, get_tasks (the reference check), post_task: each signed.
+    assert_eq!(
+        ws.auth_schemes(),
+        ["hash", "hash", "hash", "header", "header", "header"]
+    );
+    assert_eq!(ws.tasks().len(), 2);
+
+    // An error comes as HTTP 200 with status "error": still an error, and
+    // not one worth retrying.
+    let settings = json!({"base_url": ws.base_url()});
+    let ctx = context(&settings, &credentials, &http, "run/3/task");
+    let err = Worksection
+        .execute(
+            &ctx,
+            "worksection.task.create",
+            &fields(json!({"project": project, "title": "x", "assignee": "nobody@acme.test"})),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("Invalid email"), "{err}");
+    // Bad fields are refused before any call, naming the field.
+    let before = ws.requests().len();
+    for (bad, field) in [
+        (
+            json!({"project": project, "title": "x", "priority": 11}),
+            "fields.priority",
+        ),
+        (
+            json!({"project": project, "title": "x", "end": "someday"}),
+            "fields.end",
+        ),
+        (json!({"project": project}), "fields.title"),
+        (
+            json!({"project": project, "title": "x", "owner": "me"}),
+            "fields.owner",
+        ),
+    ] {
+        match Worksection
+            .execute(&ctx, "worksection.task.create", &fields(bad), None)
+            .await
+        {
+            Err(ActionError::Field { field: got, .. }) => assert_eq!(got, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    assert_eq!(ws.requests().len(), before);
+
+    // A wrong key: refused, and the key appears nowhere in the error.
+    let wrong = BTreeMap::from([("admin_key".to_owned(), "not-the-key-123".to_owned())]);
+    let ctx = context(&settings, &wrong, &http, "run/4/task");
+    let err = Worksection.check(&ctx).await.unwrap_err();
+    assert!(err.to_string().contains("not accepted"), "{err}");
+    assert!(!err.to_string().contains("not-the-key-123"));
+}
+
+#[tokio::test]
+async fn archived_and_deleted_projects_skip_the_step_with_a_health_mark() {
+    let ws = FakeWorksection::start("k").await.unwrap();
+    let archived = ws.add_project("Old");
+    ws.set_project_status(&archived, "archive").unwrap();
+    let deleted = ws.add_project("Gone");
+    ws.delete_project(&deleted).unwrap();
+    let http = VendorHttp::new();
+    let credentials = BTreeMap::from([("admin_key".to_owned(), "k".to_owned())]);
+    let settings = json!({"base_url": ws.base_url()});
+    let ctx = context(&settings, &credentials, &http, "run/1/task");
+    for (project, health) in [
+        (&archived, "project archived"),
+        (&deleted, "project deleted"),
+    ] {
+        match Worksection
+            .execute(
+                &ctx,
+                "worksection.task.create",
+                &fields(json!({"project": project, "title": "t"})),
+                None,
+            )
+            .await
+        {
+            Err(ActionError::Skipped { health: got, .. }) => {
+                assert_eq!(got, format!("{health} ({project})"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        ws.tasks().is_empty(),
+        "the real API would have accepted them"
+    );
+}
+
+#[tokio::test]
+async fn a_task_whose_answer_was_lost_is_found_not_created_twice() {
+    let ws = FakeWorksection::start("k").await.unwrap();
+    let project = ws.add_project("Delivery");
+    let http = VendorHttp::new();
+    let credentials = BTreeMap::from([("admin_key".to_owned(), "k".to_owned())]);
+    let settings = json!({"base_url": ws.base_url(), "timeout_ms": 1000});
+    let ctx = context(&settings, &credentials, &http, "run/9/task");
+    let request = fields(json!({"project": project, "title": "Deal won"}));
+    ws.fail_next_on(Some("POST"), "/api/admin/v2", 1, Fault::DropAfterCommit);
+    let first = Worksection
+        .execute(&ctx, "worksection.task.create", &request, None)
+        .await
+        .unwrap_err();
+    assert!(first.is_transient(), "{first}");
+    assert_eq!(ws.tasks().len(), 1, "the task was created, its answer lost");
+    // The step is retried (same run, same step): the task is found by its
+    // reference instead of being created again.
+    let second = Worksection
+        .execute(&ctx, "worksection.task.create", &request, None)
+        .await
+        .unwrap();
+    assert_eq!(ws.tasks().len(), 1);
+    assert_eq!(second.id, ws.tasks()[0]["id"].as_str().unwrap());
+    // Another step (another key) is another task.
+    let other = context(&settings, &credentials, &http, "run/10/task");
+    Worksection
+        .execute(&other, "worksection.task.create", &request, None)
+        .await
+        .unwrap();
+    assert_eq!(ws.tasks().len(), 2);
+}
+
+#[tokio::test]
+async fn nethunt_records_fields_and_polls() {
+    let nh = FakeNetHunt::start("me@acme.test", "nh-secret-9")
+        .await
+        .unwrap();
+    let deals = nh.add_folder("Deals");
+    for field in ["Name", "Status", "Tags"] {
+        nh.add_field(&deals, field).unwrap();
+    }
+    let http = VendorHttp::new();
+    let credentials = BTreeMap::from([
+        ("email".to_owned(), "me@acme.test".to_owned()),
+        ("api_key".to_owned(), "nh-secret-9".to_owned()),
+    ]);
+    let settings = json!({"base_url": nh.base_url()});
+    let ctx = context(&settings, &credentials, &http, "run/1/record");
+
+    // create-record answers `recordId`; the connector reads it.
+    let created = NetHunt
+        .execute(
+            &ctx,
+            "nethunt.record.create",
+            &fields(json!({"folder": "deals", "fields": {"Name": "ACME", "Status": "New", "Tags": ["a"]}})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(nh.record(&created.id).is_some());
+    NetHunt
+        .execute(
+            &ctx,
+            "nethunt.record.update",
+            &fields(json!({"fields": {"Status": "Won"}, "add": {"Tags": "vip"}, "remove": {"Tags": "a"}})),
+            Some(&created.id),
+        )
+        .await
+        .unwrap();
+    let record = nh.record(&created.id).unwrap();
+    assert_eq!(record["fields"]["Status"], "Won");
+    assert_eq!(record["fields"]["Tags"], json!(["vip"]));
+    let missing = NetHunt
+        .execute(
+            &ctx,
+            "nethunt.record.update",
+            &fields(json!({"fields": {"Status": "Won"}})),
+            Some("000000000000000000000000"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        missing,
+        ActionError::Vendor(VendorError::Rejected { status: 404, .. })
+    ));
+
+    // Polling: the first poll only places the cursor; later ones report
+    // each record of the watched field as an observation.
+    let scope = json!({"folder": "Deals", "field": "Status"});
+    let kind = "nethunt.record.field_changed";
+    let first = NetHunt
+        .poll(&ctx, kind, &scope, None, Utc::now())
+        .await
+        .unwrap();
+    assert!(first.events.is_empty());
+    nh.advance_clock(std::time::Duration::from_secs(1));
+    let other = nh
+        .insert_record(&deals, json!({"Name": "Globex", "Status": "Lost"}))
+        .unwrap();
+    nh.set_field(&other, "Name", json!("Globex Corp")).unwrap();
+    let second = NetHunt
+        .poll(&ctx, kind, &scope, Some(&first.cursor), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(second.events.len(), 1, "{:?}", second.events);
+    let event = &second.events[0];
+    assert_eq!(event.subject.id, other);
+    assert_eq!(event.data["value"], "Lost");
+    assert_eq!(event.data["folder"], "Deals");
+    assert_eq!(event.data["name"], "Globex Corp");
+    let observation = event.observation.as_ref().unwrap();
+    assert_eq!(observation.key, format!("{deals}:{other}:Status"));
+    assert_eq!(observation.value, json!("Lost"));
+    let poll = nh
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path.contains("updated-record"))
+        .unwrap();
+    assert_eq!(poll.query_param("fieldName").as_deref(), Some("Status"));
+
+    // Bad credentials: NetHunt's plain-text answer, never the key.
+    let wrong = BTreeMap::from([
+        ("email".to_owned(), "me@acme.test".to_owned()),
+        ("api_key".to_owned(), "nh-wrong-0".to_owned()),
+    ]);
+    let bad = context(&settings, &wrong, &http, "check");
+    let err = NetHunt.check(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("does not appear to be valid"), "{err}");
+    assert!(!err.contains("nh-wrong-0"));
+}
