@@ -811,7 +811,17 @@ impl Connector for NetHunt {
         // won a minute before the automation existed is not its business.
         let floor = cursor.and_then(|c| parse_time(&c["floor"]));
         let from = floor.map_or(since - OVERLAP, |f| (since - OVERLAP).max(f));
-        let folder = self.folder(ctx, folder, "trigger.options.folder").await?;
+        // The folder's id is kept in the cursor: one call per poll, not two.
+        let folder = match (
+            cursor.and_then(|c| c["folder_id"].as_str()),
+            cursor.and_then(|c| c["folder"].as_str()),
+        ) {
+            (Some(id), Some(name)) if name == folder => Folder {
+                id: id.to_owned(),
+                name: name.to_owned(),
+            },
+            _ => self.folder(ctx, folder, "trigger.options.folder").await?,
+        };
         let records = self
             .updated_records(ctx, &folder, Some(field_name), from)
             .await?;
@@ -855,7 +865,8 @@ impl Connector for NetHunt {
                 }),
             });
         }
-        let mut next = json!({"since": iso(newest)});
+        let mut next =
+            json!({"since": iso(newest), "folder": scope["folder"], "folder_id": folder.id});
         if let Some(floor) = floor {
             next["floor"] = Value::String(iso(floor));
         }
