@@ -641,10 +641,7 @@ impl Connector for Calltouch {
                     attempts,
                 })
             }
-            other => Err(ActionError::Unsupported {
-                app: "calltouch",
-                what: format!("the action {other}"),
-            }),
+            other => Err(ActionError::unsupported_action("calltouch", other)),
         }
     }
 }

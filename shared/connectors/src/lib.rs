@@ -165,6 +165,22 @@ impl ActionError {
         }
     }
 
+    /// An action id the connector does not implement.
+    pub fn unsupported_action(app: &'static str, action: &str) -> Self {
+        Self::Unsupported {
+            app,
+            what: format!("the action {action}"),
+        }
+    }
+
+    /// An event kind the connector cannot poll.
+    pub fn unsupported_poll(app: &'static str, kind: &str) -> Self {
+        Self::Unsupported {
+            app,
+            what: format!("polling {kind}"),
+        }
+    }
+
     /// Worth retrying later (the vendor was unavailable); anything else will
     /// fail the same way again.
     pub fn is_transient(&self) -> bool {

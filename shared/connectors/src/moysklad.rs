@@ -874,10 +874,7 @@ impl Connector for MoySklad {
                 (request, normalise_order)
             }
             other => {
-                return Err(ActionError::Unsupported {
-                    app: "moysklad",
-                    what: format!("the action {other}"),
-                });
+                return Err(ActionError::unsupported_action("moysklad", other));
             }
         };
         let record = self.call(ctx, request).await?;
@@ -905,10 +902,7 @@ impl Connector for MoySklad {
         now: DateTime<Utc>,
     ) -> Result<PollBatch, ActionError> {
         if kind != "moysklad.customerorder.updated" && kind != "moysklad.customerorder.created" {
-            return Err(ActionError::Unsupported {
-                app: "moysklad",
-                what: format!("polling {kind}"),
-            });
+            return Err(ActionError::unsupported_poll("moysklad", kind));
         }
         let Some(since) = cursor
             .and_then(|c| c["updated"].as_str())

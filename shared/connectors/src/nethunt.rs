@@ -772,10 +772,7 @@ impl Connector for NetHunt {
                     attempts,
                 })
             }
-            other => Err(ActionError::Unsupported {
-                app: "nethunt",
-                what: format!("the action {other}"),
-            }),
+            other => Err(ActionError::unsupported_action("nethunt", other)),
         }
     }
 
@@ -788,10 +785,7 @@ impl Connector for NetHunt {
         now: DateTime<Utc>,
     ) -> Result<PollBatch, ActionError> {
         if kind != FIELD_CHANGED {
-            return Err(ActionError::Unsupported {
-                app: "nethunt",
-                what: format!("polling {kind}"),
-            });
+            return Err(ActionError::unsupported_poll("nethunt", kind));
         }
         let (Some(folder), Some(field_name)) = (scope["folder"].as_str(), scope["field"].as_str())
         else {

@@ -474,10 +474,7 @@ impl Connector for RetailCrm {
                 }
                 self.create(ctx, "order", order, &external).await
             }
-            other => Err(ActionError::Unsupported {
-                app: "retailcrm",
-                what: format!("the action {other}"),
-            }),
+            other => Err(ActionError::unsupported_action("retailcrm", other)),
         }
     }
 
@@ -490,10 +487,7 @@ impl Connector for RetailCrm {
         now: DateTime<Utc>,
     ) -> Result<PollBatch, ActionError> {
         if kind != "retailcrm.order.changed" {
-            return Err(ActionError::Unsupported {
-                app: "retailcrm",
-                what: format!("polling {kind}"),
-            });
+            return Err(ActionError::unsupported_poll("retailcrm", kind));
         }
         let since_id = cursor.and_then(|c| c["since_id"].as_i64());
         let start = cursor

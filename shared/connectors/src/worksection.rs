@@ -878,10 +878,7 @@ impl Connector for Worksection {
                     attempts,
                 })
             }
-            other => Err(ActionError::Unsupported {
-                app: "worksection",
-                what: format!("the action {other}"),
-            }),
+            other => Err(ActionError::unsupported_action("worksection", other)),
         }
     }
 
@@ -894,10 +891,7 @@ impl Connector for Worksection {
         now: DateTime<Utc>,
     ) -> Result<PollBatch, ActionError> {
         if kind != TASK_CLOSED {
-            return Err(ActionError::Unsupported {
-                app: "worksection",
-                what: format!("polling {kind}"),
-            });
+            return Err(ActionError::unsupported_poll("worksection", kind));
         }
         let next = json!({"polled_at": now.to_rfc3339()});
         let Some(since) = cursor
