@@ -675,7 +675,7 @@ async fn list_runs(
                     EngineError::bad_request(
                         "status",
                         format!(
-                            "'{text}' is not a run status: no_match, filtered, running, succeeded or failed"
+                            "'{text}' is not a run status: no_match, filtered, running, succeeded, failed or skipped"
                         ),
                     )
                 },
