@@ -155,6 +155,16 @@ impl NetHunt {
         ctx: &CallContext<'_>,
         request: VendorRequest,
     ) -> Result<(Value, u16, u32), ActionError> {
+        let (body, status, attempts, _) = self.call_dated(ctx, request).await?;
+        Ok((body, status, attempts))
+    }
+
+    /// A call, with the time NetHunt's `Date` header gave (its own clock).
+    async fn call_dated(
+        &self,
+        ctx: &CallContext<'_>,
+        request: VendorRequest,
+    ) -> Result<(Value, u16, u32, Option<DateTime<Utc>>), ActionError> {
         let email = credential(ctx.credentials, "email")?;
         let key = credential(ctx.credentials, "api_key")?;
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{email}:{key}"));
@@ -186,7 +196,13 @@ impl NetHunt {
             }
             .into());
         }
-        Ok((response.json()?, response.status, response.attempts))
+        let date = response
+            .headers
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
+            .map(|t| t.with_timezone(&Utc));
+        Ok((response.json()?, response.status, response.attempts, date))
     }
 
     async fn get(
@@ -201,15 +217,7 @@ impl NetHunt {
 
     async fn folders(&self, ctx: &CallContext<'_>) -> Result<Vec<Folder>, ActionError> {
         let body = self.get(ctx, "triggers/readable-folder", &[]).await?;
-        Ok(body
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|f| Folder {
-                id: record_id(f),
-                name: f["name"].as_str().unwrap_or_default().to_owned(),
-            })
-            .collect())
+        Ok(folder_list(&body))
     }
 
     /// The folder named (or with the id) `wanted`; `path` names the
@@ -299,6 +307,17 @@ impl NetHunt {
             )),
         }
     }
+}
+
+fn folder_list(body: &Value) -> Vec<Folder> {
+    body.as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| Folder {
+            id: record_id(f),
+            name: f["name"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect()
 }
 
 fn find_folder<'a>(folders: &'a [Folder], wanted: &str) -> Option<&'a Folder> {
@@ -795,10 +814,28 @@ impl Connector for NetHunt {
             ));
         };
         let Some(since) = cursor.and_then(|c| parse_time(&c["since"])) else {
-            // First poll: start watching now; history is not replayed.
+            // First poll: start watching now — by NetHunt's clock (its
+            // `Date` header), not ours, so that a skew between the two
+            // neither hides a change made just after the start nor
+            // replays history. The folder is resolved on the way.
+            let url = self.url(ctx, "triggers/readable-folder", &[])?;
+            let (body, _, _, date) = self.call_dated(ctx, VendorRequest::get(url)).await?;
+            let folders = folder_list(&body);
+            let found = find_folder(&folders, folder).ok_or_else(|| {
+                ActionError::field(
+                    "trigger.options.folder",
+                    format!("no folder '{folder}' in the NetHunt account"),
+                )
+            })?;
+            // `Date` has whole seconds: the start may be up to one second
+            // earlier than NetHunt's now, never later.
+            let start = date.unwrap_or(now);
             return Ok(PollBatch {
                 events: vec![],
-                cursor: json!({"since": iso(now), "floor": iso(now)}),
+                cursor: json!({
+                    "since": iso(start), "floor": iso(start),
+                    "folder": folder, "folder_id": found.id,
+                }),
             });
         };
         // The overlap never reaches back before watching began: a record

@@ -212,6 +212,19 @@ async fn nethunt_records_fields_and_polls() {
     ]);
     let settings = json!({"base_url": nh.base_url()});
     let ctx = context(&settings, &credentials, &http, "run/1/record");
+    // The watch starts (by NetHunt's clock: its Date header) before any
+    // record changes: the first poll only places the cursor.
+    let scope = json!({"folder": "Deals", "field": "Status"});
+    let kind = "nethunt.record.field_changed";
+    let first = NetHunt
+        .poll(&ctx, kind, &scope, None, Utc::now())
+        .await
+        .unwrap();
+    assert!(first.events.is_empty());
+    assert_eq!(first.cursor["folder_id"], json!(deals));
+    assert_eq!(first.cursor["since"], first.cursor["floor"]);
+    // Date headers have whole seconds: later writes are a second later.
+    nh.advance_clock(std::time::Duration::from_secs(1));
 
     // create-record answers `recordId`; the connector reads it.
     let created = NetHunt
@@ -250,16 +263,8 @@ async fn nethunt_records_fields_and_polls() {
         ActionError::Vendor(VendorError::Rejected { status: 404, .. })
     ));
 
-    // Polling: the first poll only places the cursor; later ones report
-    // each record of the watched field as an observation.
-    let scope = json!({"folder": "Deals", "field": "Status"});
-    let kind = "nethunt.record.field_changed";
-    let first = NetHunt
-        .poll(&ctx, kind, &scope, None, Utc::now())
-        .await
-        .unwrap();
-    assert!(first.events.is_empty());
-    nh.advance_clock(std::time::Duration::from_secs(1));
+    // The next poll reports each record whose watched field changed as an
+    // observation of its current value, oldest first.
     let other = nh
         .insert_record(&deals, json!({"Name": "Globex", "Status": "Lost"}))
         .unwrap();
@@ -268,8 +273,10 @@ async fn nethunt_records_fields_and_polls() {
         .poll(&ctx, kind, &scope, Some(&first.cursor), Utc::now())
         .await
         .unwrap();
-    assert_eq!(second.events.len(), 1, "{:?}", second.events);
-    let event = &second.events[0];
+    assert_eq!(second.events.len(), 2, "{:?}", second.events);
+    assert_eq!(second.events[0].subject.id, created.id);
+    assert_eq!(second.events[0].data["value"], "Won");
+    let event = &second.events[1];
     assert_eq!(event.subject.id, other);
     assert_eq!(event.data["value"], "Lost");
     assert_eq!(event.data["folder"], "Deals");
