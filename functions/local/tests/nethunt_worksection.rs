@@ -276,6 +276,31 @@ async fn a_won_deal_becomes_one_task_and_closing_it_updates_the_deal() {
         .close_task_as_user(&task_id, &w.assignee)
         .unwrap();
     let hook = format!("{}{}", server.base, ws["webhook_path"].as_str().unwrap());
+    // Worksection probes a webhook URL with an empty batch when it is
+    // registered: answered as it requires, and nothing is stored.
+    let probe = client()
+        .post(&hook)
+        .header("content-type", "application/json")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200);
+    assert_eq!(
+        probe.json::<Value>().await.unwrap(),
+        json!({"status": "OK"})
+    );
+    // A body that is not Worksection's is refused, naming the path.
+    let refused = client()
+        .post(&hook)
+        .header("content-type", "application/json")
+        .body(r#"[{"object": {"type": "task", "id": 1}}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "body[0].action", "{body}");
     let delivery = w
         .worksection
         .send_webhook(&hook, &w.worksection.close_event_json(&task_id), None)
