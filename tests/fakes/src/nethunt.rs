@@ -69,7 +69,7 @@
 //!   (comments, call logs, delete-record action) are not served → 404.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -78,6 +78,7 @@ use serde_json::{Map, Value, json};
 
 use crate::FakeError;
 use crate::server::{self, Fault, Req, Resp, Server, Vendor, common_methods, lock};
+use crate::util::PerSecondLimit;
 
 /// The documented path prefix of the integration API.
 pub const API_PREFIX: &str = "/api/v1/zapier";
@@ -125,10 +126,7 @@ struct Data {
     clock_offset: chrono::Duration,
     last_ts: Option<DateTime<Utc>>,
     ui_user: String,
-    rate_limit: Option<u32>,
-    window_start: Option<Instant>,
-    window_count: u32,
-    rate_limited: usize,
+    rate_limit: PerSecondLimit,
 }
 
 struct Inner {
@@ -233,10 +231,7 @@ impl FakeNetHunt {
                     clock_offset: chrono::Duration::zero(),
                     last_ts: None,
                     ui_user: "manager@example.com".to_owned(),
-                    rate_limit: None,
-                    window_start: None,
-                    window_count: 0,
-                    rate_limited: 0,
+                    rate_limit: PerSecondLimit::default(),
                 }),
             });
             inner_out = Some(inner.clone());
@@ -408,15 +403,12 @@ impl FakeNetHunt {
     /// More than `per_second` requests within a second → 429 `Too many
     /// requests` (`None` turns it off).
     pub fn set_rate_limit(&self, per_second: Option<u32>) {
-        let mut d = lock(&self.inner.data);
-        d.rate_limit = per_second;
-        d.window_start = None;
-        d.window_count = 0;
+        lock(&self.inner.data).rate_limit.set(per_second);
     }
 
     /// How many requests the rate limit refused.
     pub fn rate_limited_count(&self) -> usize {
-        lock(&self.inner.data).rate_limited
+        lock(&self.inner.data).rate_limit.refused()
     }
 }
 
@@ -593,20 +585,7 @@ impl Inner {
 
     fn rate_check(&self) -> R<()> {
         let mut d = lock(&self.data);
-        let Some(limit) = d.rate_limit else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        match d.window_start {
-            Some(s) if now.duration_since(s) < Duration::from_secs(1) => {}
-            _ => {
-                d.window_start = Some(now);
-                d.window_count = 0;
-            }
-        }
-        d.window_count += 1;
-        if d.window_count > limit {
-            d.rate_limited += 1;
+        if !d.rate_limit.admit() {
             return Err(text(StatusCode::TOO_MANY_REQUESTS, "Too many requests"));
         }
         Ok(())

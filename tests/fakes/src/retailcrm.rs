@@ -43,14 +43,14 @@
 //! * an unknown `site` [400 `Errors in the input parameters`].
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::FakeError;
 use crate::server::{self, Fault, Req, Resp, Server, Vendor, common_methods, lock};
-use crate::util::{now_msk, parse_naive};
+use crate::util::{PerSecondLimit, now_msk, parse_naive};
 
 /// The path prefix of API v5.
 pub const API_PREFIX: &str = "/api/v5";
@@ -93,10 +93,7 @@ struct Data {
     sites: Vec<String>,
     clock_offset: chrono::Duration,
     retry_after_secs: u64,
-    rate_limit: Option<u32>,
-    window_start: Option<Instant>,
-    window_count: u32,
-    rate_limited: usize,
+    rate_limit: PerSecondLimit,
 }
 
 struct Inner {
@@ -170,10 +167,7 @@ impl FakeRetailCrm {
                     sites: vec!["main".to_owned()],
                     clock_offset: chrono::Duration::zero(),
                     retry_after_secs: 1,
-                    rate_limit: None,
-                    window_start: None,
-                    window_count: 0,
-                    rate_limited: 0,
+                    rate_limit: PerSecondLimit::default(),
                 }),
             });
             inner_out = Some(inner.clone());
@@ -286,15 +280,12 @@ impl FakeRetailCrm {
     /// Strict mode: more than `per_second` requests in a second → 503
     /// `Rate limit exceeded` (`None` turns it off).
     pub fn set_rate_limit(&self, per_second: Option<u32>) {
-        let mut d = lock(&self.inner.data);
-        d.rate_limit = per_second;
-        d.window_start = None;
-        d.window_count = 0;
+        lock(&self.inner.data).rate_limit.set(per_second);
     }
 
     /// How many requests strict mode refused.
     pub fn rate_limited_count(&self) -> usize {
-        lock(&self.inner.data).rate_limited
+        lock(&self.inner.data).rate_limit.refused()
     }
 }
 
@@ -769,20 +760,7 @@ impl Inner {
 
     fn rate_check(&self) -> R<()> {
         let mut d = lock(&self.data);
-        let Some(limit) = d.rate_limit else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        match d.window_start {
-            Some(s) if now.duration_since(s) < Duration::from_secs(1) => {}
-            _ => {
-                d.window_start = Some(now);
-                d.window_count = 0;
-            }
-        }
-        d.window_count += 1;
-        if d.window_count > limit {
-            d.rate_limited += 1;
+        if !d.rate_limit.admit() {
             return Err(
                 err(StatusCode::SERVICE_UNAVAILABLE, "Rate limit exceeded", None)
                     .with_header("retry-after", "1"),

@@ -39,3 +39,48 @@ pub(crate) fn parse_naive(s: &str) -> Option<NaiveDateTime> {
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M"))
         .ok()
 }
+
+/// A fake vendor's strict rate limit: at most `per_second` requests in a
+/// fixed one-second window; `None` = unlimited. Counts what it refused.
+#[derive(Debug, Default)]
+pub(crate) struct PerSecondLimit {
+    per_second: Option<u32>,
+    window_start: Option<std::time::Instant>,
+    window_count: u32,
+    refused: usize,
+}
+
+impl PerSecondLimit {
+    /// Sets (or with `None` lifts) the limit and starts a new window.
+    pub(crate) fn set(&mut self, per_second: Option<u32>) {
+        self.per_second = per_second;
+        self.window_start = None;
+        self.window_count = 0;
+    }
+
+    /// Counts one request; `false` when it is over the limit (refused).
+    pub(crate) fn admit(&mut self) -> bool {
+        let Some(limit) = self.per_second else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        match self.window_start {
+            Some(start) if now.duration_since(start) < std::time::Duration::from_secs(1) => {}
+            _ => {
+                self.window_start = Some(now);
+                self.window_count = 0;
+            }
+        }
+        self.window_count += 1;
+        if self.window_count > limit {
+            self.refused += 1;
+            return false;
+        }
+        true
+    }
+
+    /// How many requests were refused.
+    pub(crate) fn refused(&self) -> usize {
+        self.refused
+    }
+}

@@ -74,7 +74,7 @@
 //!   `id_parent` [accepted and ignored — read them from the request log].
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use hmac::{Hmac, Mac};
@@ -85,6 +85,7 @@ use sha2::Sha256;
 
 use crate::FakeError;
 use crate::server::{self, BoxFuture, Fault, Req, Resp, Server, Vendor, common_methods, lock};
+use crate::util::PerSecondLimit;
 
 /// The admin API v2 path (also served with a trailing slash).
 pub const ADMIN_PATH: &str = "/api/admin/v2";
@@ -198,10 +199,7 @@ struct Data {
     next_webhook: u64,
     clock_offset: chrono::Duration,
     auth_schemes: Vec<&'static str>,
-    rate_limit: Option<u32>,
-    window_start: Option<Instant>,
-    window_count: u32,
-    rate_limited: usize,
+    rate_limit: PerSecondLimit,
 }
 
 struct Inner {
@@ -376,10 +374,7 @@ impl FakeWorksection {
                     next_webhook: 130,
                     clock_offset: chrono::Duration::zero(),
                     auth_schemes: Vec::new(),
-                    rate_limit: None,
-                    window_start: None,
-                    window_count: 0,
-                    rate_limited: 0,
+                    rate_limit: PerSecondLimit::default(),
                 }),
             });
             inner_out = Some(inner.clone());
@@ -596,15 +591,12 @@ impl FakeWorksection {
     /// More than `per_second` requests within a second → HTTP 429
     /// `{"status":"error","message":"Too many requests"}` (`None` turns it off).
     pub fn set_rate_limit(&self, per_second: Option<u32>) {
-        let mut d = lock(&self.inner.data);
-        d.rate_limit = per_second;
-        d.window_start = None;
-        d.window_count = 0;
+        lock(&self.inner.data).rate_limit.set(per_second);
     }
 
     /// How many requests the rate limit refused.
     pub fn rate_limited_count(&self) -> usize {
-        lock(&self.inner.data).rate_limited
+        lock(&self.inner.data).rate_limit.refused()
     }
 }
 
@@ -800,20 +792,7 @@ impl Inner {
     }
 
     fn rate_check(d: &mut Data) -> R<()> {
-        let Some(limit) = d.rate_limit else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        match d.window_start {
-            Some(s) if now.duration_since(s) < Duration::from_secs(1) => {}
-            _ => {
-                d.window_start = Some(now);
-                d.window_count = 0;
-            }
-        }
-        d.window_count += 1;
-        if d.window_count > limit {
-            d.rate_limited += 1;
+        if !d.rate_limit.admit() {
             return Err(too_many());
         }
         Ok(())
