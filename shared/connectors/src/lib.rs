@@ -240,6 +240,12 @@ pub trait Connector: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether tick must poll this event kind (it has no webhook, or the
+    /// webhook alone could lose changes).
+    fn polls(&self, _kind: &str) -> bool {
+        false
+    }
+
     /// Which trigger options select what is polled: automations whose
     /// options give the same scope share one poll and one cursor (NetHunt:
     /// folder and field; the watched value is matched at dispatch).

@@ -34,7 +34,7 @@ use serde_json::{Map, Value, json};
 use crate::http::{Idempotency, RetryHeader, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
     base_url, credential, digits, field, only_known, required_text, same_phone, text,
-    validate_known_settings, with_timeout,
+    url_with_query, validate_known_settings, with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
@@ -483,6 +483,12 @@ impl Connector for MoySklad {
         "moysklad"
     }
 
+    fn polls(&self, kind: &str) -> bool {
+        // Webhooks may be lost (MoySklad gives up after 1.5 s); deletions
+        // cannot be polled.
+        kind.starts_with("moysklad.customerorder.") && kind != "moysklad.customerorder.deleted"
+    }
+
     fn catalog(&self) -> StaticCatalog {
         let mut catalog = StaticCatalog::new();
         for what in ["created", "updated", "deleted"] {
@@ -743,13 +749,10 @@ impl Connector for MoySklad {
                         ));
                     }
                 };
-            let mut url = url::Url::parse(&format!("{base}/entity/counterparty"))
-                .map_err(|err| ActionError::Config(format!("base URL: {err}")))?;
-            url.query_pairs_mut().append_pair("limit", "100");
-            for (k, v) in &query {
-                url.query_pairs_mut().append_pair(k, v);
-            }
-            let body = self.call(ctx, VendorRequest::get(url.to_string())).await?;
+            let mut pairs = vec![("limit", "100".to_owned())];
+            pairs.extend(query.iter().map(|(k, v)| (*k, v.to_string())));
+            let url = url_with_query(&format!("{base}/entity/counterparty"), &pairs)?;
+            let body = self.call(ctx, VendorRequest::get(url)).await?;
             // The oldest match wins, so repeated searches agree.
             let mut matches: Vec<&Value> = body["rows"]
                 .as_array()
@@ -919,15 +922,17 @@ impl Connector for MoySklad {
         let mut events = Vec::new();
         let mut newest = since;
         for page in 0..POLL_MAX_PAGES {
-            let mut url = url::Url::parse(&format!("{base}/entity/customerorder"))
-                .map_err(|err| ActionError::Config(format!("base URL: {err}")))?;
-            url.query_pairs_mut()
-                .append_pair("filter", &format!("updated>={from}"))
-                .append_pair("order", "updated,asc")
-                .append_pair("expand", "state")
-                .append_pair("limit", &POLL_PAGE.to_string())
-                .append_pair("offset", &(page * POLL_PAGE).to_string());
-            let body = self.call(ctx, VendorRequest::get(url.to_string())).await?;
+            let url = url_with_query(
+                &format!("{base}/entity/customerorder"),
+                &[
+                    ("filter", format!("updated>={from}")),
+                    ("order", "updated,asc".to_owned()),
+                    ("expand", "state".to_owned()),
+                    ("limit", POLL_PAGE.to_string()),
+                    ("offset", (page * POLL_PAGE).to_string()),
+                ],
+            )?;
+            let body = self.call(ctx, VendorRequest::get(url)).await?;
             let rows = body["rows"].as_array().cloned().unwrap_or_default();
             for order in &rows {
                 let data = normalise_order(order);

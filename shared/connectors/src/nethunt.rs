@@ -41,7 +41,8 @@ use serde_json::{Map, Value, json};
 
 use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
-    base_url, credential, field, only_known, text, validate_known_settings, with_timeout,
+    base_url, credential, field, only_known, text, url_with_query, validate_known_settings,
+    with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
@@ -139,15 +140,7 @@ impl NetHunt {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<String, ActionError> {
-        let mut url = url::Url::parse(&format!("{}/{path}", self.base(ctx)?))
-            .map_err(|err| ActionError::Config(format!("base URL: {err}")))?;
-        if !query.is_empty() {
-            let mut pairs = url.query_pairs_mut();
-            for (k, v) in query {
-                pairs.append_pair(k, v);
-            }
-        }
-        Ok(url.to_string())
+        url_with_query(&format!("{}/{path}", self.base(ctx)?), query)
     }
 
     async fn call(
@@ -262,36 +255,59 @@ impl NetHunt {
 
     /// `updated-record` of a folder since a time, whole: when the answer
     /// fills the limit, asks again with the largest one.
-    async fn updated_records(
+    /// One `updated-record` answer: at most `limit` records of `folder`
+    /// changed after `since` (only those whose `field_name` changed, when
+    /// given), newest first.
+    async fn updated_page(
         &self,
         ctx: &CallContext<'_>,
         folder: &Folder,
         field_name: Option<&str>,
         since: DateTime<Utc>,
+        limit: usize,
     ) -> Result<Vec<Value>, ActionError> {
-        let path = format!("triggers/updated-record/{}", folder.id);
-        let mut limit = POLL_LIMIT;
-        loop {
-            let mut query = Vec::new();
-            if let Some(name) = field_name {
-                query.push(("fieldName", name.to_owned()));
-            }
-            query.push(("since", iso(since)));
-            query.push(("limit", limit.to_string()));
-            let body = self.get(ctx, &path, &query).await?;
-            let records = body.as_array().cloned().unwrap_or_default();
-            if records.len() < limit || limit >= POLL_LIMIT_MAX {
-                if records.len() >= POLL_LIMIT_MAX {
-                    tracing::warn!(
-                        connection = ctx.connection,
-                        folder = %folder.name,
-                        "NetHunt returned the maximum number of records; older changes in this window may be missing"
-                    );
-                }
-                return Ok(records);
-            }
-            limit = POLL_LIMIT_MAX;
+        let mut query = Vec::new();
+        if let Some(name) = field_name {
+            query.push(("fieldName", name.to_owned()));
         }
+        query.push(("since", iso(since)));
+        query.push(("limit", limit.to_string()));
+        let body = self
+            .get(
+                ctx,
+                &format!("triggers/updated-record/{}", folder.id),
+                &query,
+            )
+            .await?;
+        Ok(body.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Every record whose `field_name` changed since a time: when the
+    /// answer fills the limit, asks again with the largest one.
+    async fn updated_records(
+        &self,
+        ctx: &CallContext<'_>,
+        folder: &Folder,
+        field_name: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Value>, ActionError> {
+        let records = self
+            .updated_page(ctx, folder, Some(field_name), since, POLL_LIMIT)
+            .await?;
+        if records.len() < POLL_LIMIT {
+            return Ok(records);
+        }
+        let records = self
+            .updated_page(ctx, folder, Some(field_name), since, POLL_LIMIT_MAX)
+            .await?;
+        if records.len() >= POLL_LIMIT_MAX {
+            tracing::warn!(
+                connection = ctx.connection,
+                folder = %folder.name,
+                "NetHunt returned the maximum number of records; older changes in this window may be missing"
+            );
+        }
+        Ok(records)
     }
 
     fn fields_object<'a>(
@@ -412,6 +428,10 @@ const UPDATE_FIELDS: &[&str] = &["folder", "fields", "add", "remove"];
 impl Connector for NetHunt {
     fn app(&self) -> &'static str {
         "nethunt"
+    }
+
+    fn polls(&self, kind: &str) -> bool {
+        kind == FIELD_CHANGED
     }
 
     fn catalog(&self) -> StaticCatalog {
@@ -543,13 +563,9 @@ impl Connector for NetHunt {
         let mut out = Vec::new();
         for folder in self.folders(ctx).await? {
             let names = self.field_names(ctx, &folder).await?;
-            let url = self.url(
-                ctx,
-                &format!("triggers/updated-record/{}", folder.id),
-                &[("since", iso(since)), ("limit", SUGGEST_SAMPLE.to_string())],
-            )?;
-            let sample = self.call(ctx, VendorRequest::get(url)).await?.0;
-            let sample = sample.as_array().cloned().unwrap_or_default();
+            let sample = self
+                .updated_page(ctx, &folder, None, since, SUGGEST_SAMPLE)
+                .await?;
             let mut suggested = suggested_values(&sample, SUGGEST_TOP);
             let fields: Vec<Value> = names
                 .iter()
@@ -853,9 +869,7 @@ impl Connector for NetHunt {
             },
             _ => self.folder(ctx, folder, "trigger.options.folder").await?,
         };
-        let records = self
-            .updated_records(ctx, &folder, Some(field_name), from)
-            .await?;
+        let records = self.updated_records(ctx, &folder, field_name, from).await?;
         let mut newest = since;
         let mut events = Vec::with_capacity(records.len());
         // Oldest first, so changes are accepted in the order they happened.

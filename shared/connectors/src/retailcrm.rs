@@ -29,8 +29,8 @@ use serde_json::{Map, Value, json};
 
 use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
-    base_url, credential, digits, field, only_known, same_phone, text, validate_known_settings,
-    with_timeout,
+    base_url, credential, digits, field, only_known, same_phone, text, url_with_query,
+    validate_known_settings, with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
@@ -153,15 +153,11 @@ impl RetailCrm {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<String, ActionError> {
-        let mut url = url::Url::parse(&format!("{}/api/v5/{path}", self.base(ctx)?))
-            .map_err(|err| ActionError::Config(format!("base URL: {err}")))?;
-        for (k, v) in query {
-            url.query_pairs_mut().append_pair(k, v);
-        }
+        let mut query = query.to_vec();
         if let Some(site) = ctx.settings["site"].as_str() {
-            url.query_pairs_mut().append_pair("site", site);
+            query.push(("site", site.to_owned()));
         }
-        Ok(url.to_string())
+        url_with_query(&format!("{}/api/v5/{path}", self.base(ctx)?), &query)
     }
 
     fn form(&self, ctx: &CallContext<'_>, field: &str, object: &Value) -> Vec<u8> {
@@ -264,6 +260,10 @@ fn account_time(at: DateTime<Utc>) -> String {
 impl Connector for RetailCrm {
     fn app(&self) -> &'static str {
         "retailcrm"
+    }
+
+    fn polls(&self, kind: &str) -> bool {
+        kind == "retailcrm.order.changed"
     }
 
     fn catalog(&self) -> StaticCatalog {

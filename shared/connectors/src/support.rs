@@ -68,6 +68,23 @@ pub(crate) fn base_url(
     Ok(url.trim_end_matches('/').to_owned())
 }
 
+/// `address` with `query` appended (form-encoded, in order); no `?` when
+/// there is nothing to append.
+pub(crate) fn url_with_query(
+    address: &str,
+    query: &[(&str, String)],
+) -> Result<String, ActionError> {
+    let mut url =
+        url::Url::parse(address).map_err(|err| ActionError::Config(format!("base URL: {err}")))?;
+    if !query.is_empty() {
+        let mut pairs = url.query_pairs_mut();
+        for (name, value) in query {
+            pairs.append_pair(name, value);
+        }
+    }
+    Ok(url.to_string())
+}
+
 /// Validates the settings every vendor connector shares, plus its own.
 pub(crate) fn validate_known_settings(
     settings: &Value,

@@ -605,6 +605,12 @@ impl Connector for Worksection {
         "worksection"
     }
 
+    fn polls(&self, kind: &str) -> bool {
+        // The backstop of accounts without a webhook, or whose webhook
+        // Worksection disabled after 10 errors.
+        kind == TASK_CLOSED
+    }
+
     fn catalog(&self) -> StaticCatalog {
         StaticCatalog::new()
             .with_event(

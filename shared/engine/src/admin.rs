@@ -483,8 +483,7 @@ impl Engine {
     ) -> EngineResult<ConnectionCheck> {
         who.require_role(Role::Admin, "check connections")?;
         self.own_connection(who, id).await?;
-        let open = self.open_connection(&who.tenant, id).await?;
-        let connector = self.connector_of(&open.record)?;
+        let (open, connector) = self.open_with_connector(&who.tenant, id).await?;
         let key = format!("check/{id}");
         let ctx = self.call_context(&open, &key);
         Ok(match connector.check(&ctx).await {
@@ -518,8 +517,7 @@ impl Engine {
     ) -> EngineResult<serde_json::Value> {
         who.require_role(Role::Admin, "read connections")?;
         self.own_connection(who, id).await?;
-        let open = self.open_connection(&who.tenant, id).await?;
-        let connector = self.connector_of(&open.record)?;
+        let (open, connector) = self.open_with_connector(&who.tenant, id).await?;
         let key = format!("catalog/{id}");
         let ctx = self.call_context(&open, &key);
         connector
@@ -540,17 +538,25 @@ impl Engine {
             })
     }
 
-    fn connector_of(
+    /// A connection opened for a vendor call, with its connector.
+    async fn open_with_connector(
         &self,
-        record: &ConnectionRecord,
-    ) -> EngineResult<std::sync::Arc<dyn crmbridge_connectors::Connector>> {
-        self.connectors
-            .get(&record.app)
+        tenant: &str,
+        id: &str,
+    ) -> EngineResult<(
+        crate::dispatch::OpenConnection,
+        std::sync::Arc<dyn crmbridge_connectors::Connector>,
+    )> {
+        let open = self.open_connection(tenant, id).await?;
+        let connector = self
+            .connectors
+            .get(&open.record.app)
             .cloned()
             .ok_or_else(|| EngineError::Corrupt {
-                what: format!("connection {}", record.id),
-                message: format!("no connector for app {}", record.app),
-            })
+                what: format!("connection {id}"),
+                message: format!("no connector for app {}", open.record.app),
+            })?;
+        Ok((open, connector))
     }
 
     /// Checks what an automation names in its connections' accounts (a
@@ -568,8 +574,7 @@ impl Engine {
         ids.dedup();
         let mut errors = Vec::new();
         for id in ids {
-            let open = self.open_connection(&who.tenant, id).await?;
-            let connector = self.connector_of(&open.record)?;
+            let (open, connector) = self.open_with_connector(&who.tenant, id).await?;
             let key = format!("validate/{id}");
             let ctx = self.call_context(&open, &key);
             match connector.check_automation(&ctx, automation, id).await {

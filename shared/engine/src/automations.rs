@@ -82,16 +82,6 @@ impl Catalog for EngineCatalog<'_> {
     }
 }
 
-/// Which event kinds are polled rather than (or as well as) pushed.
-/// Worksection's task closes come by webhook too; the poll is the backstop
-/// for accounts without one, or whose webhook Worksection disabled.
-pub(crate) fn is_polled(kind: &str) -> bool {
-    matches!(
-        kind,
-        "retailcrm.order.changed" | "nethunt.record.field_changed" | "worksection.task.closed"
-    ) || (kind.starts_with("moysklad.customerorder.") && kind != "moysklad.customerorder.deleted")
-}
-
 impl Engine {
     fn app_of<'a>(&self, id: &'a str) -> &'a str {
         id.split('.').next().unwrap_or_default()
@@ -246,7 +236,11 @@ impl Engine {
                     automation: automation.id.clone(),
                 },
             )?));
-            if is_polled(&automation.trigger.event) {
+            let polled = self
+                .connectors
+                .get(self.app_of(&automation.trigger.event))
+                .is_some_and(|c| c.polls(&automation.trigger.event));
+            if polled {
                 writes.push(Write::Put(item(poll, &source)?));
             }
         } else if !add {
