@@ -38,7 +38,7 @@ PY
 
 mkdir -p .tools/logs
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-moto_server -H 127.0.0.1 -p "$port" > .tools/logs/moto-bench.log 2>&1 &
+python infra/moto_serial.py -H 127.0.0.1 -p "$port" > .tools/logs/moto-bench.log 2>&1 &
 started+=($!)
 deadline=$((SECONDS + 60))
 until curl -s -o /dev/null "http://127.0.0.1:$port/"; do

@@ -31,7 +31,9 @@ wait_http() {
 mkdir -p .tools/logs
 echo "==> starting moto server (DynamoDB, EventBridge, SQS emulator)"
 MOTO_PORT=$(free_port)
-moto_server -H 127.0.0.1 -p "$MOTO_PORT" > .tools/logs/moto.log 2>&1 &
+# moto behind a lock: DynamoDB applies conditional writes and transactions
+# atomically, and the race tests rely on it (see infra/moto_serial.py).
+python infra/moto_serial.py -H 127.0.0.1 -p "$MOTO_PORT" > .tools/logs/moto.log 2>&1 &
 started+=($!)
 wait_http "http://127.0.0.1:$MOTO_PORT/"
 

@@ -1,5 +1,13 @@
 //! `crmbridge serve`: the Lambda functions' work in one process.
+//!
+//! One process owns a data directory: it holds an exclusive lock on
+//! `crmbridge.lock` there for its whole life, taken before the store and
+//! the outbox are opened (the outbox releases every lease on open, which is
+//! only right when no other process is dispatching from the same file).
+//! The directory is private (0700) and so is every file crmbridge keeps in
+//! it (0600): the database holds event payloads, i.e. personal data.
 
+use std::io::{Read, Seek, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +35,13 @@ impl EventHandler for Dispatcher {
             .map(|_| ())
             .map_err(|err| HandlerError(err.to_string()))
     }
+
+    async fn give_up(&self, event: Event, reason: String) {
+        let event_id = event.id.to_string();
+        if let Err(err) = self.0.give_up(event, &reason).await {
+            tracing::error!(event_id, error = %err, "could not record a dead-lettered event's runs");
+        }
+    }
 }
 
 /// For commands that never publish (bootstrap): refuses, loudly.
@@ -49,9 +64,8 @@ fn local_keyring(data_dir: &Path) -> anyhow::Result<Keyring> {
     if std::env::var_os("CRMBRIDGE_ENCRYPTION_KEYS").is_some() {
         return Ok(crmbridge_runtime::keyring_from_env()?);
     }
-    let path = data_dir.join("encryption.keys");
+    let path = data_dir.join(KEYS_FILE);
     if !path.exists() {
-        use std::io::Write;
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -65,6 +79,127 @@ fn local_keyring(data_dir: &Path) -> anyhow::Result<Keyring> {
     let spec =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Keyring::parse(spec.trim()).with_context(|| format!("the keyring in {}", path.display()))
+}
+
+/// The lock file: its lock says a process owns the directory, its content
+/// which process (for the error a second one prints).
+const LOCK_FILE: &str = "crmbridge.lock";
+const DB_FILE: &str = "crmbridge.db";
+const KEYS_FILE: &str = "encryption.keys";
+/// Every file crmbridge keeps in the data directory; each is owner-only.
+/// SQLite creates `-wal` and `-shm` with the mode of the database file.
+const PRIVATE_FILES: [&str; 5] = [
+    DB_FILE,
+    "crmbridge.db-wal",
+    "crmbridge.db-shm",
+    KEYS_FILE,
+    LOCK_FILE,
+];
+
+/// Creates the data directory owner-only, or tightens an existing one.
+fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("creating the data directory {}", dir.display()));
+        }
+    }
+    tighten(dir, 0o700)
+}
+
+/// Sets `mode` on a file or directory whose permissions are looser (any
+/// group or other bit), and says so: the user should know their data sat
+/// readable by others.
+#[cfg(unix)]
+fn tighten(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let found = std::fs::metadata(path)
+        .with_context(|| format!("reading the permissions of {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if found & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("restricting the permissions of {}", path.display()))?;
+        tracing::warn!(
+            path = %path.display(),
+            was = %format!("{found:o}"),
+            now = %format!("{mode:o}"),
+            "restricted permissions in the data directory (it holds personal data)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn tighten(_path: &Path, _mode: u32) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// Opens (creating it owner-only if missing) a file without truncating it.
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Takes the data directory's lock, or says which process holds it. The
+/// returned file must live as long as the process serves: dropping it
+/// releases the lock (so does the process dying, even by SIGKILL).
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = open_private(&path).with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut content = String::new();
+            // The holder may not have written its pid yet: say so.
+            let _ = file.read_to_string(&mut content);
+            let holder = content
+                .trim()
+                .parse::<u32>()
+                .map_or_else(|_| "unknown".to_owned(), |pid| pid.to_string());
+            anyhow::bail!(
+                "the data directory {} is in use by another crmbridge serve (pid {holder}); \
+                 one process owns a data directory: stop that one or use another --data-dir",
+                dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(err)) => {
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Makes every file crmbridge keeps owner-only, and creates the database
+/// file owner-only before SQLite opens it (SQLite gives its `-wal` and
+/// `-shm` files the database file's mode).
+fn private_files(dir: &Path) -> anyhow::Result<()> {
+    for name in PRIVATE_FILES {
+        let path = dir.join(name);
+        if path.exists() {
+            tighten(&path, 0o600)?;
+        }
+    }
+    let db = dir.join(DB_FILE);
+    open_private(&db).with_context(|| format!("creating {}", db.display()))?;
+    Ok(())
 }
 
 async fn shutdown_signal(stop: watch::Sender<bool>) {
@@ -89,14 +224,19 @@ async fn shutdown_signal(stop: watch::Sender<bool>) {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
-    let db = args.data_dir.join("crmbridge.db");
+    private_data_dir(&args.data_dir)?;
+    // Held until run returns; first, so nothing below touches another
+    // process's files (not even their permissions).
+    let _owner = lock_data_dir(&args.data_dir)?;
+    private_files(&args.data_dir)?;
+    let db = args.data_dir.join(DB_FILE);
     let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
     let bus = OutboxBus::open(
         &db,
         OutboxConfig {
             workers: args.workers,
+            max_attempts: args.max_attempts,
+            base_backoff: args.retry_backoff,
             ..OutboxConfig::default()
         },
     )?;
@@ -108,6 +248,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         EngineConfig {
             max_body_bytes: args.max_body_bytes,
             allow_any_base_url: args.allow_any_vendor_url,
+            // The data directory's lock makes this process the only worker.
+            sole_worker: true,
+            max_run_attempts: args.max_attempts,
+            max_events_per_delivery: args.max_events_per_delivery,
+            halt_after_failures: args.halt_after_failures,
             ..EngineConfig::default()
         },
     ));
@@ -163,7 +308,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{bound}"));
     println!("crmbridge listening on http://{bound}");
-    println!("  health:   {base}/health");
+    println!("  health:   {base}/health (readiness), {base}/live (liveness)");
     println!("  webhooks: {base}/hooks/{{connection}}/{{token}}");
     println!("  chat:     {base}/chat/{{connection}}/{{token}}");
     println!("  admin:    {base}/v1/connections, {base}/v1/runs");

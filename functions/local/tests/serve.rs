@@ -250,3 +250,222 @@ async fn serve_answers_health_and_precise_errors() {
         pause().await;
     }
 }
+
+async fn accepted_webhook(server: &Server, path: &str, id: &str) {
+    let response = client()
+        .post(format!("{}{path}", server.base))
+        .json(&json!({"id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "webhook {id}");
+}
+
+async fn health(server: &Server) -> (u16, Value) {
+    let response = client()
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = serve(&data, 1);
+    let key = first.owner_key.clone().unwrap();
+    let path = create_connection(&first, &key).await;
+
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_crmbridge"))
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(&data)
+        .env("CRMBRIDGE_LOG", "warn")
+        .env_remove("CRMBRIDGE_ENCRYPTION_KEYS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second serve is still running on a data directory in use");
+        }
+        pause().await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut second.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(!status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "the error does not name the holder's pid {}: {stderr}",
+        first.child.id()
+    );
+    assert!(
+        !stdout.contains("listening"),
+        "the second serve listened: {stdout}"
+    );
+    let lock = std::fs::read_to_string(data.join("crmbridge.lock")).unwrap();
+    assert_eq!(lock.trim(), first.child.id().to_string());
+
+    // The first keeps serving.
+    assert_eq!(health(&first).await, (200, json!({"status": "ok"})));
+    accepted_webhook(&first, &path, "after-the-second").await;
+
+    // Its death (SIGKILL) releases the lock: the next start succeeds.
+    drop(first);
+    let third = serve(&data, 0);
+    assert_eq!(health(&third).await, (200, json!({"status": "ok"})));
+    let lock = std::fs::read_to_string(data.join("crmbridge.lock")).unwrap();
+    assert_eq!(lock.trim(), third.child.id().to_string());
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Every file in the data directory with its mode.
+#[cfg(unix)]
+fn modes(dir: &Path) -> std::collections::BTreeMap<String, u32> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                mode(&entry.path()),
+            )
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_and_its_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let expected: BTreeSet<&str> = [
+        "crmbridge.db",
+        "crmbridge.db-wal",
+        "crmbridge.db-shm",
+        "crmbridge.lock",
+        "encryption.keys",
+    ]
+    .into();
+    let server = serve(&data, 1);
+    let key = server.owner_key.clone().unwrap();
+    let path = create_connection(&server, &key).await;
+    accepted_webhook(&server, &path, "private-1").await;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    let found = modes(&data);
+    let names: BTreeSet<&str> = found.keys().map(String::as_str).collect();
+    assert_eq!(names, expected, "{found:?}");
+    for (name, mode) in &found {
+        assert_eq!(*mode, 0o600, "{name} is {mode:o}");
+    }
+
+    // Loosened by hand while stopped: tightened at the next start, and said.
+    drop(server);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in &expected {
+        let file = data.join(name);
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let server = serve(&data, 1);
+    accepted_webhook(&server, &path, "private-2").await;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for (name, mode) in modes(&data) {
+        assert_eq!(mode, 0o600, "{name} is {mode:o}");
+    }
+    let logs = server.logs.lock().unwrap().clone();
+    assert!(
+        logs.contains("restricted permissions"),
+        "the tightening was not logged:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_writes_through_the_store_and_live_needs_no_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = serve(&data, 1);
+    assert_eq!(health(&server).await, (200, json!({"status": "ok"})));
+    let live = client()
+        .get(format!("{}/live", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    assert_eq!(live.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    // The probe is a real write: its item is in the store, expiring.
+    let db = data.join("crmbridge.db");
+    let probes: Vec<(String, Option<i64>)> = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT sk, expires_at FROM items WHERE pk = 'HEALTH'")
+            .unwrap();
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(probes.len(), 1, "{probes:?}");
+    assert!(probes[0].1.is_some(), "the probe item never expires");
+
+    // Another writer holds SQLite's write lock: the store cannot write, so
+    // health is 503 (after the probe's 5 s timeout) while live stays 200.
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // The last good answer is reused for a second: wait for a fresh probe.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let unavailable = loop {
+        let (status, body) = health(&server).await;
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(Instant::now() < deadline, "health never noticed the lock");
+        pause().await;
+    };
+    assert_eq!(unavailable["status"], "unavailable", "{unavailable}");
+    let error = unavailable["error"].as_str().unwrap();
+    assert!(error.contains("store"), "{error}");
+    assert!(
+        !error.contains(&*data.to_string_lossy()),
+        "the answer names the disk: {error}"
+    );
+    let live = client()
+        .get(format!("{}/live", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+
+    // The lock goes: health recovers.
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = health(&server).await;
+        if status == 200 {
+            assert_eq!(body, json!({"status": "ok"}));
+            break;
+        }
+        assert!(Instant::now() < deadline, "health never recovered: {body}");
+        pause().await;
+    }
+}

@@ -39,6 +39,11 @@ CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (dead, available_at, seq);
 #[async_trait]
 pub trait EventHandler: Send + Sync {
     async fn handle(&self, event: Event) -> Result<(), HandlerError>;
+
+    /// The event is dead-lettered: it failed, or its worker died, on every
+    /// allowed delivery. The handler records that (the engine fails the
+    /// event's runs with `reason`); it is called once per dead letter.
+    async fn give_up(&self, _event: Event, _reason: String) {}
 }
 
 /// A failed delivery; the event will be retried.
@@ -250,6 +255,12 @@ impl OutboxBus {
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.claim().await {
+                // Attempts are counted when a row is claimed, so a row whose
+                // handling kills the process (and never reaches `fail`)
+                // still runs out of attempts instead of crash-looping.
+                Ok(Some(claimed)) if claimed.attempts > self.config.max_attempts => {
+                    self.bury(worker, handler.as_ref(), claimed).await;
+                }
                 Ok(Some(claimed)) => self.deliver(worker, handler.as_ref(), claimed).await,
                 Ok(None) => {
                     // Idle: wake on a publish, a shutdown, or the poll tick
@@ -271,12 +282,44 @@ impl OutboxBus {
         }
     }
 
+    /// Dead-letters a row whose every delivery ended with its worker gone.
+    async fn bury(&self, worker: usize, handler: &dyn EventHandler, claimed: Claimed) {
+        let reason = format!(
+            "the worker stopped during each of {} deliveries",
+            claimed.attempts - 1
+        );
+        tracing::error!(
+            worker,
+            attempts = claimed.attempts - 1,
+            "dead-lettering an event whose deliveries never finished"
+        );
+        let seq = claimed.seq;
+        let error = reason.clone();
+        let marked = self
+            .with_conn("bury", move |conn| {
+                conn.prepare_cached(
+                    "UPDATE outbox SET leased_until = 0, dead = 1, last_error = ?2 WHERE seq = ?1",
+                )?
+                .execute(params![seq, error])
+                .map(|_| ())
+            })
+            .await;
+        if let Err(err) = marked {
+            tracing::error!(worker, error = %err, "outbox bookkeeping failed");
+            return;
+        }
+        if let Ok(event) = serde_json::from_str::<Event>(&claimed.body) {
+            handler.give_up(event, reason).await;
+        }
+    }
+
     async fn deliver(&self, worker: usize, handler: &dyn EventHandler, claimed: Claimed) {
-        let outcome = match serde_json::from_str::<Event>(&claimed.body) {
+        let event = serde_json::from_str::<Event>(&claimed.body);
+        let outcome = match &event {
             Ok(event) => {
                 let event_id = event.id.to_string();
                 handler
-                    .handle(event)
+                    .handle(event.clone())
                     .await
                     .map_err(|err| (event_id, err.to_string()))
             }
@@ -286,8 +329,16 @@ impl OutboxBus {
         let result = match outcome {
             Ok(()) => self.complete(claimed.seq).await,
             Err((event_id, error)) => {
-                tracing::warn!(worker, event_id, attempt = claimed.attempts, error = %error, "dispatch failed; will retry");
-                self.fail(&claimed, error).await
+                let last = claimed.attempts >= self.config.max_attempts;
+                tracing::warn!(worker, event_id, attempt = claimed.attempts, last, error = %error, "dispatch failed");
+                let failed = self.fail(&claimed, error.clone()).await;
+                if last
+                    && failed.is_ok()
+                    && let Ok(event) = event
+                {
+                    handler.give_up(event, error).await;
+                }
+                failed
             }
         };
         if let Err(err) = result {

@@ -14,11 +14,35 @@
 //!   (form lead); anything else is a call.
 //! - Deals: `POST lead-service/v1/api/client-order/create|update` with
 //!   `Access-Token` and `SiteId` headers. `orderNumber` is our key for a
-//!   deal; whether create with an existing `orderNumber` duplicates is not
-//!   documented (uncertain), so a create that is refused as a duplicate is
-//!   turned into an update of that deal. Dates are `dd-mm-yyyy HH:MM:SS`
-//!   (from integrators' code; uncertain). Money is a decimal string.
+//!   deal. Dates are `dd-mm-yyyy HH:MM:SS` (from integrators' code;
+//!   uncertain). Money is a decimal string.
+//! - Deal create sends the comment as `comment` (the deal's own, as in
+//!   integrators' code); update sends `addNewComment`, which appends one
+//!   each time it is sent.
+//! - What create does with an existing `orderNumber` is not documented
+//!   (uncertain): refused per order (HTTP 200 with an `error` — "Сделка с
+//!   номером '…' уже существует" in the fake, the real wording unknown), or
+//!   answered with the existing deal. A per-order refusal, whatever its
+//!   wording, is checked against the deal itself: an update of that
+//!   orderNumber (fields overwritten, no comment) that succeeds resolves the
+//!   step to the existing deal; one that finds no deal leaves the create's
+//!   refusal standing.
+//! - `check` reads one record of today's calls journal,
+//!   `GET calls-service/RestAPI/{site_id}/calls-diary/calls?clientApiId=…`
+//!   (documented; the journal authenticates by the token in the query). That
+//!   it is the same token as the deals API's `Access-Token` ("API key" of
+//!   the cabinet) is what the fake and integrators assume (uncertain). A
+//!   wrong token (401) or a site the token cannot see (403) is an auth
+//!   failure, never transient; the token never appears in the error.
 //! - 5 requests per second (stated for phone-service, applied to all).
+//!
+//! Sending a step again after an attempt with an unknown outcome
+//! ([`Connector::resend`]):
+//!
+//! | action                  | resend                                  | why |
+//! |-------------------------|-----------------------------------------|-----|
+//! | `calltouch.deal.create` | `Keyed`                                 | `orderNumber` is the deal's key: a repeat is refused as a duplicate and resolved to the existing deal, comment not re-added |
+//! | `calltouch.deal.update` | `Repeatable`, `Unsafe` with `comment`   | status, sum, names and links are overwritten; `addNewComment` appends a second comment |
 
 use std::time::Duration;
 
@@ -29,14 +53,14 @@ use crmbridge_mapping::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
+use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest, redact};
 use crate::support::{
-    base_url, credential, field, only_known, required_text, text, validate_known_settings,
-    with_timeout,
+    base_url, credential, field, only_known, required_text, text, url_with_query,
+    validate_known_settings, with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
-    InboundRequest, SettingsError,
+    InboundRequest, Resend, SettingsError,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.calltouch.ru";
@@ -289,32 +313,44 @@ fn money(fields: &Map<String, Value>) -> Result<Option<String>, ActionError> {
     }
 }
 
+fn site_id(settings: &Value) -> Result<String, ActionError> {
+    settings["site_id"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| settings["site_id"].as_i64().map(|n| n.to_string()))
+        .ok_or_else(|| ActionError::Config("settings.site_id is required".into()))
+}
+
+fn base(ctx: &CallContext<'_>) -> Result<String, ActionError> {
+    base_url(
+        ctx.settings,
+        DEFAULT_BASE_URL,
+        DOMAINS,
+        ctx.allow_any_base_url,
+    )
+}
+
+/// Whether an update's `comment` is set: it is sent as `addNewComment`,
+/// which appends a comment every time it is sent.
+fn adds_comment(fields: &Map<String, Value>) -> bool {
+    text(fields, "comment").is_some()
+}
+
 impl Calltouch {
     async fn call(
         &self,
         ctx: &CallContext<'_>,
         path: &str,
         body: &Value,
+        idempotency: Idempotency,
     ) -> Result<(Value, u16, u32), ActionError> {
         let token = credential(ctx.credentials, "access_token")?;
-        let site_id = ctx.settings["site_id"]
-            .as_str()
-            .map(str::to_owned)
-            .or_else(|| ctx.settings["site_id"].as_i64().map(|n| n.to_string()))
-            .ok_or_else(|| ActionError::Config("settings.site_id is required".into()))?;
-        let base = base_url(
-            ctx.settings,
-            DEFAULT_BASE_URL,
-            DOMAINS,
-            ctx.allow_any_base_url,
-        )?;
+        let site_id = site_id(ctx.settings)?;
         let request = VendorRequest::with_body(
             reqwest::Method::POST,
-            format!("{base}/lead-service/v1/api/client-order/{path}"),
+            format!("{}/lead-service/v1/api/client-order/{path}", base(ctx)?),
             body.to_string().into_bytes(),
-            // orderNumber is the deal's key: repeating a create or an update
-            // of the same deal does not make a second one (see module docs).
-            Idempotency::Idempotent,
+            idempotency,
         )
         .header("access-token", token)
         .header("siteid", site_id)
@@ -342,14 +378,85 @@ impl Calltouch {
         if !response.is_success()
             || (order_error.is_some() && json["data"]["orders"][0]["calltouchOrderId"].is_null())
         {
+            let message = order_error.unwrap_or_else(|| truncate(&response.text()));
             return Err(VendorError::Rejected {
                 vendor: "calltouch",
                 status: response.status,
-                message: order_error.unwrap_or_else(|| truncate(&response.text())),
+                message: redact(&auth_message(response.status, message), &[token]),
             }
             .into());
         }
         Ok((json, response.status, response.attempts))
+    }
+
+    /// Creates a deal; when Calltouch refuses it because a deal with that
+    /// orderNumber exists (an earlier attempt of this step made it, or
+    /// another step did), brings that deal up to date instead and answers
+    /// with it.
+    async fn create_deal(
+        &self,
+        ctx: &CallContext<'_>,
+        crm: &str,
+        fields: &Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> Result<ActionOutput, ActionError> {
+        let order = self.order(fields, true, now)?;
+        let number = order["orderNumber"].as_str().unwrap_or_default().to_owned();
+        // orderNumber is the deal's key: a repeated create cannot make a
+        // second deal (it is refused, and resolved below), so the HTTP
+        // stack may repeat it after a timeout.
+        let result = self
+            .call(
+                ctx,
+                "create",
+                &json!({"crm": crm, "orders": [order]}),
+                Idempotency::Idempotent,
+            )
+            .await;
+        let (body, status, attempts) = match result {
+            // A per-order refusal (HTTP 200): its wording is not documented,
+            // so any of them is checked against the deal itself.
+            Err(ActionError::Vendor(VendorError::Rejected {
+                status, message, ..
+            })) if (200..300).contains(&status) => {
+                // Overwrites only: the comment (appended by an update) is
+                // left out, or a repeated create would add it again.
+                let mut overwrite = fields.clone();
+                overwrite.remove("comment");
+                let update = self.order(&overwrite, false, now)?;
+                match self
+                    .call(
+                        ctx,
+                        "update",
+                        &json!({"crm": crm, "orders": [update]}),
+                        Idempotency::Idempotent,
+                    )
+                    .await
+                {
+                    Ok(answer) => answer,
+                    // No such deal either: the create's refusal stands.
+                    Err(ActionError::Vendor(VendorError::Rejected {
+                        status: update_status,
+                        ..
+                    })) if (200..300).contains(&update_status) && !is_duplicate_deal(&message) => {
+                        return Err(VendorError::Rejected {
+                            vendor: "calltouch",
+                            status,
+                            message,
+                        }
+                        .into());
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            other => other?,
+        };
+        Ok(ActionOutput {
+            id: number.clone(),
+            record: json!({"id": number, "calltouch_order_id": body["data"]["orders"][0]["calltouchOrderId"]}),
+            response_status: status,
+            attempts,
+        })
     }
 
     fn order(
@@ -408,9 +515,21 @@ impl Calltouch {
             }
         }
         if let Some(comment) = text(fields, "comment") {
-            order["addNewComment"] = json!({"text": comment});
+            // Create takes the deal's comment; update appends one.
+            let key = if create { "comment" } else { "addNewComment" };
+            order[key] = json!({"text": comment});
         }
         Ok(order)
+    }
+}
+
+/// Calltouch's refusals of the token (401) or of the site for this token
+/// (403) say so plainly: they are auth failures, not a bad request.
+fn auth_message(status: u16, message: String) -> String {
+    match status {
+        401 => format!("the access token is not accepted: {message}"),
+        403 => format!("the access token has no access to settings.site_id: {message}"),
+        _ => message,
     }
 }
 
@@ -421,6 +540,10 @@ fn is_duplicate_deal(message: &str) -> bool {
     ["exist", "duplicate", "существует", "дубл"]
         .iter()
         .any(|w| lower.contains(w))
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 fn truncate(text: &str) -> String {
@@ -466,6 +589,74 @@ impl Connector for Calltouch {
 
     fn required_credentials(&self) -> &'static [&'static str] {
         &["access_token"]
+    }
+
+    /// One page of one record of today's calls journal: the cheapest read
+    /// there is, authenticated by the same token and bound to the site.
+    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        let token = credential(ctx.credentials, "access_token")?;
+        let site = site_id(ctx.settings)?;
+        // The journal's days are Moscow days (dd/mm/yyyy).
+        let today = (Utc::now() + chrono::Duration::hours(3))
+            .format("%d/%m/%Y")
+            .to_string();
+        let url = url_with_query(
+            &format!(
+                "{}/calls-service/RestAPI/{}/calls-diary/calls",
+                base(ctx)?,
+                urlencode(&site)
+            ),
+            &[
+                ("clientApiId", token.to_owned()),
+                ("dateFrom", today.clone()),
+                ("dateTo", today),
+                ("page", "1".to_owned()),
+                ("limit", "1".to_owned()),
+            ],
+        )?;
+        // The token rides in the query string (the journal API's only
+        // scheme): it is a secret of the call, redacted from every error.
+        let response = ctx
+            .http
+            .send(
+                ctx.connection,
+                &with_timeout(policy(), ctx.settings),
+                &VendorRequest::get(url),
+                &[token],
+            )
+            .await?;
+        let body = response.json().unwrap_or(Value::Null);
+        if !response.is_success() {
+            let message = body["error"]
+                .as_str()
+                .or_else(|| body["message"].as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| truncate(&response.text()));
+            return Err(VendorError::Rejected {
+                vendor: "calltouch",
+                status: response.status,
+                message: redact(&auth_message(response.status, message), &[token]),
+            }
+            .into());
+        }
+        Ok(json!({
+            "site_id": site,
+            "calls_today": body["recordsTotal"],
+        }))
+    }
+
+    fn resend(&self, action: &str, fields: &Map<String, Value>) -> Resend {
+        match action {
+            // orderNumber is the deal's key: a repeated create is refused
+            // and resolved to the existing deal (fields overwritten, the
+            // comment not added again).
+            "calltouch.deal.create" => Resend::Keyed,
+            // Overwrites status, sum, names and links — but a comment is
+            // appended on every send.
+            "calltouch.deal.update" if adds_comment(fields) => Resend::Unsafe,
+            "calltouch.deal.update" => Resend::Repeatable,
+            _ => Resend::Unsafe,
+        }
     }
 
     fn validate_settings(
@@ -599,29 +790,7 @@ impl Connector for Calltouch {
         match action {
             "calltouch.deal.create" => {
                 only_known(fields, CREATE_FIELDS)?;
-                let order = self.order(fields, true, now)?;
-                let number = order["orderNumber"].as_str().unwrap_or_default().to_owned();
-                let result = self
-                    .call(ctx, "create", &json!({"crm": crm, "orders": [order]}))
-                    .await;
-                let (body, status, attempts) = match result {
-                    Err(ActionError::Vendor(VendorError::Rejected { message, .. }))
-                        if is_duplicate_deal(&message) =>
-                    {
-                        // The deal is there already (an earlier attempt made
-                        // it): bring it up to date instead.
-                        let update = self.order(fields, false, now)?;
-                        self.call(ctx, "update", &json!({"crm": crm, "orders": [update]}))
-                            .await?
-                    }
-                    other => other?,
-                };
-                Ok(ActionOutput {
-                    id: number.clone(),
-                    record: json!({"id": number, "calltouch_order_id": body["data"]["orders"][0]["calltouchOrderId"]}),
-                    response_status: status,
-                    attempts,
-                })
+                self.create_deal(ctx, crm, fields, now).await
             }
             "calltouch.deal.update" => {
                 only_known(fields, UPDATE_FIELDS)?;
@@ -631,8 +800,19 @@ impl Connector for Calltouch {
                 let mut with_number = fields.clone();
                 with_number.insert("order_number".into(), Value::String(number.to_owned()));
                 let order = self.order(&with_number, false, now)?;
+                // Overwriting fields is repeatable; appending a comment is not.
+                let idempotency = if adds_comment(fields) {
+                    Idempotency::NotIdempotent
+                } else {
+                    Idempotency::Idempotent
+                };
                 let (_, status, attempts) = self
-                    .call(ctx, "update", &json!({"crm": crm, "orders": [order]}))
+                    .call(
+                        ctx,
+                        "update",
+                        &json!({"crm": crm, "orders": [order]}),
+                        idempotency,
+                    )
                     .await?;
                 Ok(ActionOutput {
                     id: number.to_owned(),
@@ -669,6 +849,120 @@ mod tests {
         let mut listed: Vec<String> = UPDATE_FIELDS.iter().map(|s| (*s).to_owned()).collect();
         listed.sort();
         assert_eq!(update, listed);
+    }
+
+    #[test]
+    fn resend_safety_is_declared_per_action() {
+        use crmbridge_mapping::Catalog as _;
+        let catalog = Calltouch.catalog();
+        let cases = [
+            (
+                "calltouch.deal.create",
+                json!({"order_number": "1", "status": "PENDING"}),
+                Resend::Keyed,
+            ),
+            (
+                "calltouch.deal.create",
+                json!({"order_number": "1", "comment": "call 5"}),
+                Resend::Keyed,
+            ),
+            (
+                "calltouch.deal.update",
+                json!({"status": "PAID", "revenue": 10}),
+                Resend::Repeatable,
+            ),
+            (
+                "calltouch.deal.update",
+                json!({"status": "PAID", "comment": ""}),
+                Resend::Repeatable,
+            ),
+            (
+                "calltouch.deal.update",
+                json!({"status": "PAID", "comment": "paid"}),
+                Resend::Unsafe,
+            ),
+        ];
+        for (action, fields, want) in cases {
+            assert!(catalog.action(action).is_some(), "{action}");
+            assert_eq!(
+                Calltouch.resend(action, fields.as_object().unwrap()),
+                want,
+                "{action} {fields}"
+            );
+        }
+        assert_eq!(
+            Calltouch.resend("calltouch.deal.delete", &Map::new()),
+            Resend::Unsafe
+        );
+    }
+
+    #[tokio::test]
+    async fn a_create_refused_for_a_deal_that_does_not_exist_stays_refused() {
+        use axum::routing::post;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route(
+                "/lead-service/v1/api/client-order/create",
+                post(|| async {
+                    axum::Json(json!({"data": {"orders": [
+                        {"orderNumber": "C-3", "error": "Звонок 555 не найден"}]}}))
+                }),
+            )
+            .route(
+                "/lead-service/v1/api/client-order/update",
+                post(|| async {
+                    axum::Json(json!({"data": {"orders": [
+                        {"orderNumber": "C-3", "error": "Сделка с номером 'C-3' не найдена"}]}}))
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let settings = json!({"base_url": format!("http://{addr}"), "site_id": "1"});
+        let credentials = std::collections::BTreeMap::from([(
+            "access_token".to_owned(),
+            "ct-secret-1".to_owned(),
+        )]);
+        let http = crate::VendorHttp::new();
+        let ctx = CallContext {
+            connection: "c",
+            settings: &settings,
+            credentials: &credentials,
+            http: &http,
+            idempotency_key: "run/1/deal",
+            allow_any_base_url: true,
+        };
+        let fields = json!({"order_number": "C-3", "call_id": "555"});
+        let err = Calltouch
+            .execute(
+                &ctx,
+                "calltouch.deal.create",
+                fields.as_object().unwrap(),
+                None,
+            )
+            .await
+            .unwrap_err();
+        match err {
+            ActionError::Vendor(VendorError::Rejected {
+                status, message, ..
+            }) => {
+                assert_eq!(status, 200);
+                assert_eq!(message, "Звонок 555 не найден");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn comments_are_the_deals_own_on_create_and_appended_on_update() {
+        let now = Utc::now();
+        let fields = json!({"order_number": "7", "comment": "first call"});
+        let fields = fields.as_object().unwrap();
+        let created = Calltouch.order(fields, true, now).unwrap();
+        assert_eq!(created["comment"], json!({"text": "first call"}));
+        assert!(created.get("addNewComment").is_none());
+        let updated = Calltouch.order(fields, false, now).unwrap();
+        assert_eq!(updated["addNewComment"], json!({"text": "first call"}));
+        assert!(updated.get("comment").is_none());
     }
 
     fn decode(query: &[(&str, &str)]) -> Result<Vec<DecodedEvent>, DecodeError> {

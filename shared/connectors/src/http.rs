@@ -9,6 +9,13 @@
 //!   vendor cannot have acted on it (429, or a connection that never
 //!   opened); a create made idempotent by the vendor (MoySklad `syncId`,
 //!   retailCRM `externalId`) is marked idempotent by its connector;
+//! - a vendor's retry header never panics and never stalls a call: it is
+//!   parsed tolerantly (garbage, negative and NaN values are ignored, an
+//!   HTTP-date counts from now) and capped at [`MAX_VENDOR_WAIT`]; a vendor
+//!   that asks for more than the policy's longest wait (`max_backoff`) gets
+//!   no retry inside the call — the call fails at once as transient ("asked
+//!   to wait N s"), and the step is retried later instead of a worker
+//!   sleeping for hours;
 //! - a rate limit (requests per window) and a parallel-request limit per
 //!   connection, so one busy tenant cannot get another's account banned;
 //! - credentials redacted from every error and log line;
@@ -22,6 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use reqwest::header::HeaderMap;
 use tokio::sync::Semaphore;
@@ -34,6 +42,21 @@ pub enum RetryHeader {
     RetryAfterSeconds,
     /// MoySklad: `X-Lognex-Retry-After: <milliseconds>`.
     LognexMillis,
+}
+
+/// The longest wait any vendor answer can make crmbridge sleep before one
+/// retry, whatever its retry header says (and whatever a policy's
+/// `max_backoff`). Longer asks are not slept on: see [`VendorHttp::send`].
+pub const MAX_VENDOR_WAIT: Duration = Duration::from_secs(60);
+
+/// What a retry header asked for, once read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RetryHint {
+    /// Retry after this long (at most [`MAX_VENDOR_WAIT`]).
+    Wait(Duration),
+    /// More than [`MAX_VENDOR_WAIT`]: `secs` is what was asked (possibly
+    /// infinite), kept only to say so in the error.
+    TooLong { secs: f64 },
 }
 
 /// A vendor's limits and our retry policy towards it.
@@ -336,8 +359,34 @@ impl VendorHttp {
                             ..response
                         });
                     }
-                    let hint = retry_hint(&response.headers, policy.retry_header);
                     let body = truncate(redact(&response.text(), secrets), 500);
+                    let hint = retry_hint(&response.headers, policy.retry_header, Utc::now());
+                    let longest = policy.max_backoff.min(MAX_VENDOR_WAIT);
+                    let too_long = match hint {
+                        Some(RetryHint::Wait(wait)) if wait > longest => Some(wait.as_secs_f64()),
+                        Some(RetryHint::TooLong { secs }) => Some(secs),
+                        _ => None,
+                    };
+                    if let Some(secs) = too_long {
+                        // Sleeping that long would hold a worker (or a
+                        // Lambda) for nothing, and retrying sooner only
+                        // earns another refusal: fail now as transient so
+                        // the step is retried later.
+                        return Err(VendorError::Status {
+                            vendor: policy.vendor,
+                            status: response.status,
+                            attempts: attempt,
+                            body: format!(
+                                "vendor asked to wait {} before retrying, longer than one call waits ({} s); retry later. {body}",
+                                describe_wait(secs),
+                                longest.as_secs()
+                            ),
+                        });
+                    }
+                    let hint = match hint {
+                        Some(RetryHint::Wait(wait)) => Some(wait),
+                        _ => None,
+                    };
                     let failure = VendorError::Status {
                         vendor: policy.vendor,
                         status: response.status,
@@ -427,26 +476,60 @@ fn error_chain(err: &reqwest::Error) -> String {
     text
 }
 
-fn retry_hint(headers: &HeaderMap, kind: RetryHeader) -> Option<Duration> {
+/// Reads the policy's retry header. `None` when there is none or it says
+/// nothing usable (`soon`, a negative number, NaN): the backoff applies.
+/// `Retry-After` is seconds (decimals tolerated) or an HTTP-date, counted
+/// from `now` (a date in the past means "now"); MoySklad's header is
+/// milliseconds.
+fn retry_hint(headers: &HeaderMap, kind: RetryHeader, now: DateTime<Utc>) -> Option<RetryHint> {
     let (name, millis) = match kind {
         RetryHeader::RetryAfterSeconds => ("retry-after", false),
         RetryHeader::LognexMillis => ("x-lognex-retry-after", true),
     };
-    let value = headers
-        .get(name)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<f64>()
-        .ok()?;
-    if !value.is_finite() || value < 0.0 {
+    let text = headers.get(name)?.to_str().ok()?.trim();
+    let secs = match text.parse::<f64>() {
+        Ok(value) if millis => value / 1000.0,
+        Ok(value) => value,
+        Err(_) if !millis => {
+            // An HTTP-date (IMF-fixdate is RFC 2822 with "GMT").
+            let at = DateTime::parse_from_rfc2822(text).ok()?.with_timezone(&Utc);
+            // Whole milliseconds: a date has no finer precision anyway. A
+            // date already past means "retry now".
+            ((at - now).num_milliseconds() as f64 / 1000.0).max(0.0)
+        }
+        Err(_) => return None,
+    };
+    hint_from_secs(secs)
+}
+
+/// A wait in seconds as a hint: `NaN` and negative numbers (other than a
+/// date already past) say nothing; anything above [`MAX_VENDOR_WAIT`] —
+/// `inf` and `1e30` included — is too long, never converted (that is
+/// where `Duration::from_secs_f64` would panic).
+fn hint_from_secs(secs: f64) -> Option<RetryHint> {
+    if secs.is_nan() {
         return None;
     }
-    Some(if millis {
-        Duration::from_millis(value as u64)
+    if secs > MAX_VENDOR_WAIT.as_secs_f64() {
+        return Some(RetryHint::TooLong { secs });
+    }
+    if secs < 0.0 {
+        return None;
+    }
+    // In range 0..=60 and finite: the conversion cannot fail.
+    Some(RetryHint::Wait(
+        Duration::try_from_secs_f64(secs).unwrap_or(MAX_VENDOR_WAIT),
+    ))
+}
+
+/// A requested wait for an error message, without absurd numbers.
+fn describe_wait(secs: f64) -> String {
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    if secs.is_finite() && secs < 100.0 * YEAR {
+        format!("{} s", secs.ceil() as u64)
     } else {
-        Duration::from_secs_f64(value)
-    })
+        "an unbounded time".to_owned()
+    }
 }
 
 #[cfg(test)]
@@ -642,20 +725,195 @@ mod tests {
         );
     }
 
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, value.parse().unwrap());
+        headers
+    }
+
+    fn seconds(value: &str) -> Option<RetryHint> {
+        retry_hint(
+            &headers("retry-after", value),
+            RetryHeader::RetryAfterSeconds,
+            Utc::now(),
+        )
+    }
+
+    fn millis(value: &str) -> Option<RetryHint> {
+        retry_hint(
+            &headers("x-lognex-retry-after", value),
+            RetryHeader::LognexMillis,
+            Utc::now(),
+        )
+    }
+
     #[test]
     fn retry_headers_parse() {
-        let mut headers = HeaderMap::new();
-        headers.insert("retry-after", "2".parse().unwrap());
-        headers.insert("x-lognex-retry-after", "1500".parse().unwrap());
+        assert_eq!(seconds("2"), Some(RetryHint::Wait(Duration::from_secs(2))));
         assert_eq!(
-            retry_hint(&headers, RetryHeader::RetryAfterSeconds),
-            Some(Duration::from_secs(2))
+            seconds(" 0.5 "),
+            Some(RetryHint::Wait(Duration::from_millis(500)))
         );
         assert_eq!(
-            retry_hint(&headers, RetryHeader::LognexMillis),
-            Some(Duration::from_millis(1500))
+            millis("1500"),
+            Some(RetryHint::Wait(Duration::from_millis(1500)))
         );
-        headers.insert("retry-after", "soon".parse().unwrap());
-        assert_eq!(retry_hint(&headers, RetryHeader::RetryAfterSeconds), None);
+        // The other vendor's header is not read.
+        assert_eq!(
+            retry_hint(
+                &headers("retry-after", "2"),
+                RetryHeader::LognexMillis,
+                Utc::now()
+            ),
+            None
+        );
+        assert_eq!(
+            retry_hint(
+                &HeaderMap::new(),
+                RetryHeader::RetryAfterSeconds,
+                Utc::now()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn garbage_retry_headers_say_nothing() {
+        for value in ["soon", "-5", "NaN", "nan", "-inf", "", "1s", "0x10"] {
+            assert_eq!(seconds(value), None, "Retry-After: {value}");
+        }
+        for value in ["soon", "-5", "NaN", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            assert_eq!(millis(value), None, "X-Lognex-Retry-After: {value}");
+        }
+    }
+
+    #[test]
+    fn huge_and_infinite_retry_headers_are_too_long_not_a_panic() {
+        for value in [
+            "1e30",
+            "inf",
+            "infinity",
+            "+Infinity",
+            "61",
+            "3600",
+            "1e308",
+        ] {
+            assert!(
+                matches!(seconds(value), Some(RetryHint::TooLong { .. })),
+                "Retry-After: {value} → {:?}",
+                seconds(value)
+            );
+        }
+        assert!(matches!(millis("1e30"), Some(RetryHint::TooLong { .. })));
+        assert!(matches!(millis("inf"), Some(RetryHint::TooLong { .. })));
+        // Exactly the ceiling is still a wait.
+        assert_eq!(seconds("60"), Some(RetryHint::Wait(MAX_VENDOR_WAIT)));
+        assert_eq!(millis("60000"), Some(RetryHint::Wait(MAX_VENDOR_WAIT)));
+        assert_eq!(describe_wait(f64::INFINITY), "an unbounded time");
+        assert_eq!(describe_wait(1e30), "an unbounded time");
+        assert_eq!(describe_wait(3600.2), "3601 s");
+    }
+
+    #[test]
+    fn http_dates_count_from_now() {
+        let now = DateTime::parse_from_rfc3339("2026-05-08T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |value: &str| {
+            retry_hint(
+                &headers("retry-after", value),
+                RetryHeader::RetryAfterSeconds,
+                now,
+            )
+        };
+        assert_eq!(
+            at("Fri, 08 May 2026 12:00:30 GMT"),
+            Some(RetryHint::Wait(Duration::from_secs(30)))
+        );
+        // In the past: retry now.
+        assert_eq!(
+            at("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(RetryHint::Wait(Duration::ZERO))
+        );
+        // Far in the future: too long, not an overflow.
+        assert!(matches!(
+            at("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(RetryHint::TooLong { .. })
+        ));
+        assert!(matches!(
+            at("Sat, 09 May 2026 12:00:00 GMT"),
+            Some(RetryHint::TooLong { secs }) if secs == 86_400.0
+        ));
+        assert_eq!(at("Someday, 99 Foo 2026 25:00:00 GMT"), None);
+    }
+
+    #[tokio::test]
+    async fn a_vendor_asking_to_wait_forever_fails_the_call_at_once_as_transient() {
+        let hits = Arc::new(AtomicU32::new(0));
+        let seen = Arc::clone(&hits);
+        let base = server(Router::new().route(
+            "/x",
+            get(move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async {
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "1e30")],
+                        "slow down",
+                    )
+                }
+            }),
+        ))
+        .await;
+        // The default policy: 20 s backoff ceiling, 6 attempts.
+        let policy = VendorPolicy::new("calltouch", 100, Duration::from_secs(1), 2);
+        let started = Instant::now();
+        let err = VendorHttp::new()
+            .send("c1", &policy, &VendorRequest::get(format!("{base}/x")), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.is_transient(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("HTTP 429 after 1 attempt(s)")
+                && text.contains("asked to wait an unbounded time"),
+            "{text}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wait_longer_than_the_policy_allows_is_not_slept_on() {
+        let base = server(Router::new().route(
+            "/x",
+            get(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("retry-after", "30")],
+                    "maintenance",
+                )
+            }),
+        ))
+        .await;
+        let started = Instant::now();
+        let err = VendorHttp::new()
+            .send(
+                "c1",
+                &fast("retailcrm"),
+                &VendorRequest::get(format!("{base}/x")),
+                &[],
+            )
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(err.is_transient());
+        let text = err.to_string();
+        assert!(text.contains("asked to wait 30 s"), "{text}");
+        assert!(text.contains("maintenance"), "{text}");
     }
 }

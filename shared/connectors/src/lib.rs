@@ -188,6 +188,24 @@ impl ActionError {
     }
 }
 
+/// What may be done with a step whose earlier attempt has an unknown
+/// outcome (the process died, or the answer was lost, between sending the
+/// request and saving what came back). Declared per action by its
+/// connector; the engine resumes such a step only when sending it again
+/// cannot make a second record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Sending it again does no harm (an update that overwrites fields).
+    Repeatable,
+    /// The vendor de-duplicates on the step's idempotency key, or the
+    /// connector looks the record up by our reference before creating
+    /// (MoySklad `syncId`, retailCRM `externalId`, a reference line).
+    Keyed,
+    /// Neither: a second send may make a second record, so the run stops
+    /// as "needs review" with the request shown.
+    Unsafe,
+}
+
 #[async_trait]
 pub trait Connector: Send + Sync {
     /// The app id, e.g. `generic`; the first segment of its event kinds.
@@ -304,6 +322,13 @@ pub trait Connector: Send + Sync {
             app: self.app(),
             what: format!("searching for {action}"),
         })
+    }
+
+    /// Whether a step of `action` may be sent again after an attempt whose
+    /// outcome is unknown (see [`Resend`]). The safe default is
+    /// [`Resend::Unsafe`]: a person decides.
+    fn resend(&self, _action: &str, _fields: &Map<String, Value>) -> Resend {
+        Resend::Unsafe
     }
 
     /// Performs an action; `target` is the record an update acts on.

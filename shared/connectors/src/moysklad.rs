@@ -15,9 +15,29 @@
 //!   `search` normalises punctuation is uncertain; the client-side check
 //!   makes the answer right either way.
 //! - Times are Moscow time (UTC+3, no DST since 2014), `YYYY-MM-DD HH:MM:SS.mmm`.
+//!   An order's `updated` more than a day ahead of our clock is reported
+//!   but does not move the poll cursor (it would stall the poll until then).
 //! - Webhooks carry no entity: we accept them fast (MoySklad waits 1.5 s)
 //!   and fetch the order at dispatch time (`enrich`). The fetched href must
 //!   be under the connection's base URL (no SSRF through a forged webhook).
+//! - `check` reads `GET /entity/organization?limit=1`: cheap, authenticated,
+//!   and every account has a legal entity. A refused token (401, code 1056)
+//!   is an auth failure, never transient.
+//!
+//! Sending a step again after an attempt with an unknown outcome
+//! ([`Connector::resend`]):
+//!
+//! | action                          | resend       | why |
+//! |---------------------------------|--------------|-----|
+//! | `moysklad.counterparty.create`  | `Keyed`      | carries `syncId` = f(step key); MoySklad returns the entity with that `syncId` instead of making another |
+//! | `moysklad.customerorder.create` | `Keyed`      | the same `syncId` rule |
+//! | `moysklad.customerorder.update` | `Repeatable` | `PUT` overwrites status, comment and attributes with the same values |
+//!
+//! That a repeated `syncId` is answered with the existing entity (rather
+//! than refused) is the fake's choice and this connector's assumption; the
+//! official text only says `syncId` is unique and immutable (uncertain). If
+//! MoySklad refuses instead, the resent step fails with that refusal —
+//! still without a second record.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -31,14 +51,14 @@ use crmbridge_mapping::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::http::{Idempotency, RetryHeader, VendorError, VendorPolicy, VendorRequest};
+use crate::http::{Idempotency, RetryHeader, VendorError, VendorPolicy, VendorRequest, redact};
 use crate::support::{
-    base_url, credential, digits, field, only_known, required_text, same_phone, text,
+    base_url, credential, digits, field, not_ahead, only_known, required_text, same_phone, text,
     url_with_query, validate_known_settings, with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
-    InboundRequest, PollBatch, SettingsError,
+    InboundRequest, PollBatch, Resend, SettingsError,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.moysklad.ru/api/remap/1.2";
@@ -164,10 +184,16 @@ impl MoySklad {
             })
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| format!("HTTP {} without an error body", response.status));
+        let message = match response.status {
+            401 | 403 => format!("the token is not accepted: {message}"),
+            _ => message,
+        };
         Err(VendorError::Rejected {
             vendor: "moysklad",
             status: response.status,
-            message,
+            // MoySklad does not echo the token, but an error text is shown
+            // to users: make sure of it.
+            message: redact(&message, &[token]),
         }
         .into())
     }
@@ -573,6 +599,33 @@ impl Connector for MoySklad {
         200
     }
 
+    /// One cheap authenticated read: the account's first legal entity
+    /// (every account has one; an order needs it).
+    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        let base = self.base(ctx)?;
+        let url = url_with_query(
+            &format!("{base}/entity/organization"),
+            &[("limit", "1".to_owned())],
+        )?;
+        let body = self.call(ctx, VendorRequest::get(url)).await?;
+        let first = &body["rows"][0];
+        Ok(json!({
+            "organizations": body["meta"]["size"],
+            "organization": {"id": first["id"], "name": first["name"]},
+        }))
+    }
+
+    fn resend(&self, action: &str, _fields: &Map<String, Value>) -> Resend {
+        match action {
+            // The syncId is derived from the step's key: MoySklad answers a
+            // repeated create with the entity the first one made.
+            "moysklad.counterparty.create" | "moysklad.customerorder.create" => Resend::Keyed,
+            // PUT sets status, comment and attributes to the given values.
+            "moysklad.customerorder.update" => Resend::Repeatable,
+            _ => Resend::Unsafe,
+        }
+    }
+
     fn validate_settings(
         &self,
         settings: &Value,
@@ -938,7 +991,8 @@ impl Connector for MoySklad {
                 let data = normalise_order(order);
                 let updated = data["updated"].as_str().unwrap_or_default().to_owned();
                 let id = data["id"].as_str().unwrap_or_default().to_owned();
-                if let Some(at) = parse_msk(&updated) {
+                // A garbage far-future time would park the cursor there.
+                if let Some(at) = parse_msk(&updated).filter(|at| not_ahead(*at, now)) {
                     newest = newest.max(at);
                 }
                 let created = order["created"].as_str() == Some(updated.as_str());
@@ -984,6 +1038,27 @@ mod tests {
         assert_eq!(at.to_rfc3339(), "2026-05-08T12:00:00.123+00:00");
         assert_eq!(format_msk(at), "2026-05-08 15:00:00");
         assert!(parse_msk("08.05.2026").is_none());
+    }
+
+    #[test]
+    fn resend_safety_is_declared_per_action() {
+        use crmbridge_mapping::Catalog as _;
+        let connector = MoySklad::default();
+        let catalog = connector.catalog();
+        let fields = json!({"name": "ACME", "state": "Новый"});
+        let fields = fields.as_object().unwrap();
+        for (action, want) in [
+            ("moysklad.counterparty.create", Resend::Keyed),
+            ("moysklad.customerorder.create", Resend::Keyed),
+            ("moysklad.customerorder.update", Resend::Repeatable),
+        ] {
+            assert!(catalog.action(action).is_some(), "{action}");
+            assert_eq!(connector.resend(action, fields), want, "{action}");
+        }
+        assert_eq!(
+            connector.resend("moysklad.customerorder.delete", fields),
+            Resend::Unsafe
+        );
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //!   engine turns observations into changes (the same value seen twice is
 //!   one change), so overlapping windows and a record that keeps being
 //!   edited do not repeat "Status became Won".
+//! - Vendor times never park the cursor: a `Date` header more than a day
+//!   from our clock is ignored (the watch starts at our now), and an
+//!   `updatedAt` more than a day ahead is reported but does not move the
+//!   cursor.
 //! - Whether `updated-record` with `fieldName` leaves out records whose
 //!   *other* fields changed is inferred, not documented; the observation
 //!   step makes the connector correct either way.
@@ -26,6 +30,14 @@
 //!   once more for [`POLL_LIMIT_MAX`] so that no change is silently cut.
 //! - Rate limits are undocumented; integrators back off on 429 and 5xx,
 //!   which the HTTP stack does.
+//!
+//! Sending a step again after an attempt with an unknown outcome
+//! ([`Connector::resend`]):
+//!
+//! | action                  | resend                             | why |
+//! |-------------------------|------------------------------------|-----|
+//! | `nethunt.record.create` | `Unsafe`                           | create-record takes no client key, and no field exists in every folder to stamp one in and search for: a repeat makes a second record |
+//! | `nethunt.record.update` | `Repeatable`, `Unsafe` with `add`  | `fields` overwrite and `remove` takes a value out — the same end state however often sent; `add` appends to a multi-value field again |
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -41,12 +53,12 @@ use serde_json::{Map, Value, json};
 
 use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
-    base_url, credential, field, only_known, text, url_with_query, validate_known_settings,
-    with_timeout,
+    base_url, close_to, credential, field, not_ahead, only_known, text, url_with_query,
+    validate_known_settings, with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
-    InboundRequest, Observation, PollBatch, SettingsError,
+    InboundRequest, Observation, PollBatch, Resend, SettingsError,
 };
 
 const DEFAULT_BASE: &str = "https://nethunt.com/api/v1/zapier";
@@ -510,6 +522,18 @@ impl Connector for NetHunt {
         &["email", "api_key"]
     }
 
+    fn resend(&self, action: &str, fields: &Map<String, Value>) -> Resend {
+        match action {
+            // No client key, and no field every folder has to stamp one in.
+            "nethunt.record.create" => Resend::Unsafe,
+            // Adding to a multi-value field adds again; overwriting and
+            // removing a value end in the same state.
+            "nethunt.record.update" if has_entries(fields, "add") => Resend::Unsafe,
+            "nethunt.record.update" => Resend::Repeatable,
+            _ => Resend::Unsafe,
+        }
+    }
+
     fn validate_settings(
         &self,
         settings: &Value,
@@ -779,7 +803,7 @@ impl Connector for NetHunt {
                     ));
                 }
                 // Overwriting is repeatable; adding to a list is not.
-                let idempotency = if add.is_some_and(|m| !m.is_empty()) {
+                let idempotency = if has_entries(fields, "add") {
                     Idempotency::NotIdempotent
                 } else {
                     Idempotency::Idempotent
@@ -844,8 +868,10 @@ impl Connector for NetHunt {
                 )
             })?;
             // `Date` has whole seconds: the start may be up to one second
-            // earlier than NetHunt's now, never later.
-            let start = date.unwrap_or(now);
+            // earlier than NetHunt's now, never later. A `Date` days off
+            // ours is garbage: starting there would replay history or
+            // stall the watch.
+            let start = date.filter(|d| close_to(*d, now)).unwrap_or(now);
             return Ok(PollBatch {
                 events: vec![],
                 cursor: json!({
@@ -879,7 +905,8 @@ impl Connector for NetHunt {
                 continue;
             }
             let updated = parse_time(&record["updatedAt"]);
-            if let Some(at) = updated {
+            // A garbage far-future time would park the cursor there.
+            if let Some(at) = updated.filter(|at| not_ahead(*at, now)) {
                 newest = newest.max(at);
             }
             let value = record["fields"][field_name].clone();
@@ -922,6 +949,14 @@ impl Connector for NetHunt {
     }
 }
 
+/// Whether `fields.{name}` is an object with at least one entry.
+fn has_entries(fields: &Map<String, Value>, name: &str) -> bool {
+    fields
+        .get(name)
+        .and_then(Value::as_object)
+        .is_some_and(|m| !m.is_empty())
+}
+
 fn urlencode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
@@ -961,6 +996,56 @@ mod tests {
         assert_eq!(
             actions["Tags"],
             json!({"add": "vip", "overwrite": false, "remove": "new"})
+        );
+    }
+
+    #[test]
+    fn resend_safety_is_declared_per_action() {
+        use crmbridge_mapping::Catalog as _;
+        let catalog = NetHunt.catalog();
+        let cases = [
+            (
+                "nethunt.record.create",
+                json!({"folder": "Deals", "fields": {"Name": "A"}}),
+                Resend::Unsafe,
+            ),
+            (
+                "nethunt.record.update",
+                json!({"fields": {"Status": "Won"}}),
+                Resend::Repeatable,
+            ),
+            (
+                "nethunt.record.update",
+                json!({"remove": {"Tags": "new"}}),
+                Resend::Repeatable,
+            ),
+            (
+                "nethunt.record.update",
+                json!({"fields": {"Status": "Won"}, "add": {}}),
+                Resend::Repeatable,
+            ),
+            (
+                "nethunt.record.update",
+                json!({"fields": {"Status": "Won"}, "add": {"Tags": "vip"}}),
+                Resend::Unsafe,
+            ),
+            (
+                "nethunt.record.update",
+                json!({"add": {"Tags": "vip"}, "remove": {"Tags": "new"}}),
+                Resend::Unsafe,
+            ),
+        ];
+        for (action, fields, want) in cases {
+            assert!(catalog.action(action).is_some(), "{action}");
+            assert_eq!(
+                NetHunt.resend(action, fields.as_object().unwrap()),
+                want,
+                "{action} {fields}"
+            );
+        }
+        assert_eq!(
+            NetHunt.resend("nethunt.record.delete", &Map::new()),
+            Resend::Unsafe
         );
     }
 

@@ -17,6 +17,17 @@
 //!   `create` refuses a duplicate externalId is not documented (uncertain).
 //! - Changes: `/orders/history` with `filter[sinceId]`; the first poll
 //!   starts from now, not from the account's whole history.
+//! - `check` reads `GET /api/credentials` (unversioned): the key's scopes
+//!   (or, in older accounts, its allowed methods) and sites. A wrong key is
+//!   a 403 `Wrong "apiKey" value.`: an auth failure, never transient.
+//!
+//! Sending a step again after an attempt with an unknown outcome
+//! ([`Connector::resend`]):
+//!
+//! | action                      | resend  | why |
+//! |-----------------------------|---------|-----|
+//! | `retailcrm.customer.create` | `Keyed` | carries an `externalId` (given, or derived from the step's key) and looks it up first; a create refused while an earlier one landed is looked up again |
+//! | `retailcrm.order.create`    | `Keyed` | the same `externalId` rule |
 
 use std::time::Duration;
 
@@ -27,14 +38,14 @@ use crmbridge_mapping::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
+use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest, redact};
 use crate::support::{
     base_url, credential, digits, field, only_known, same_phone, text, url_with_query,
     validate_known_settings, with_timeout,
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
-    InboundRequest, PollBatch, SettingsError,
+    InboundRequest, PollBatch, Resend, SettingsError,
 };
 
 const DOMAINS: &[&str] = &[
@@ -133,10 +144,15 @@ impl RetailCrm {
                 }
                 _ => {}
             }
+            if matches!(response.status, 401 | 403) {
+                message = format!("the API key is not accepted: {message}");
+            }
             return Err(VendorError::Rejected {
                 vendor: "retailcrm",
                 status: response.status,
-                message,
+                // retailCRM does not echo the key, but an error text is
+                // shown to users: make sure of it.
+                message: redact(&message, &[key]),
             }
             .into());
         }
@@ -212,7 +228,24 @@ impl RetailCrm {
             Idempotency::NotIdempotent,
         )
         .header("content-type", "application/x-www-form-urlencoded");
-        let (body, status, attempts) = self.call(ctx, request).await?;
+        let (body, status, attempts) = match self.call(ctx, request).await {
+            Ok(answer) => answer,
+            // An earlier attempt still in flight at retailCRM may have made
+            // the record between our look-up and this create, which is then
+            // refused as a duplicate externalId: answer with that record.
+            Err(err @ ActionError::Vendor(VendorError::Rejected { status: 400, .. })) => {
+                return match self.by_external_id(ctx, entity, external_id).await? {
+                    Some(existing) => Ok(ActionOutput {
+                        id: id_text(&existing["id"]),
+                        record: existing,
+                        response_status: 200,
+                        attempts: 1,
+                    }),
+                    None => Err(err),
+                };
+            }
+            Err(err) => return Err(err),
+        };
         let id = id_text(&body["id"]);
         let mut record = body.get(entity).cloned().unwrap_or_else(|| object.clone());
         record["id"] = Value::String(id.clone());
@@ -329,6 +362,34 @@ impl Connector for RetailCrm {
 
     fn required_credentials(&self) -> &'static [&'static str] {
         &["api_key"]
+    }
+
+    /// `GET /api/credentials`: authenticated, cheap, and it says what the
+    /// key may do (its scopes, or in older accounts its methods) and on
+    /// which sites.
+    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        let url = url_with_query(&format!("{}/api/credentials", self.base(ctx)?), &[])?;
+        let (body, _, _) = self.call(ctx, VendorRequest::get(url)).await?;
+        let mut account = json!({
+            "site_access": body["siteAccess"],
+            "sites": body["sitesAvailable"],
+        });
+        if let Some(scopes) = body.get("scopes") {
+            account["scopes"] = scopes.clone();
+        }
+        if let Some(methods) = body["credentials"].as_array() {
+            account["methods"] = json!(methods.len());
+        }
+        Ok(account)
+    }
+
+    fn resend(&self, action: &str, _fields: &Map<String, Value>) -> Resend {
+        match action {
+            // Both look the externalId (from the step's key, or given) up
+            // before creating, and again after a refused create.
+            "retailcrm.customer.create" | "retailcrm.order.create" => Resend::Keyed,
+            _ => Resend::Unsafe,
+        }
     }
 
     fn validate_settings(
@@ -570,6 +631,28 @@ mod tests {
         assert_eq!(external_id("run/1"), external_id("run/1"));
         assert_ne!(external_id("run/1"), external_id("run/2"));
         assert_eq!(external_id("x").len(), 23);
+    }
+
+    #[test]
+    fn resend_safety_is_declared_per_action() {
+        use crmbridge_mapping::Catalog as _;
+        let catalog = RetailCrm.catalog();
+        for (action, fields) in [
+            ("retailcrm.customer.create", json!({"first_name": "Ann"})),
+            ("retailcrm.customer.create", json!({"external_id": "crm-7"})),
+            ("retailcrm.order.create", json!({"status": "new"})),
+        ] {
+            assert!(catalog.action(action).is_some(), "{action}");
+            assert_eq!(
+                RetailCrm.resend(action, fields.as_object().unwrap()),
+                Resend::Keyed,
+                "{action}"
+            );
+        }
+        assert_eq!(
+            RetailCrm.resend("retailcrm.order.edit", &Map::new()),
+            Resend::Unsafe
+        );
     }
 
     #[test]

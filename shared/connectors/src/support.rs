@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crmbridge_mapping::{FieldSpec, FieldType};
@@ -169,6 +170,24 @@ pub(crate) fn with_timeout(mut policy: VendorPolicy, settings: &Value) -> Vendor
     policy
 }
 
+/// How far a vendor's clock may be from ours and its times still move a
+/// poll cursor. Real clocks differ by seconds or minutes; a time a day off
+/// is garbage, and a cursor moved to a far-future time would stall the poll
+/// until that day (one moved far back would replay history).
+pub(crate) const MAX_VENDOR_CLOCK_SKEW: chrono::Duration = chrono::Duration::hours(24);
+
+/// Whether a time a vendor reported is plausible as "about now or
+/// earlier", to advance a cursor with.
+pub(crate) fn not_ahead(at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    at.signed_duration_since(now) <= MAX_VENDOR_CLOCK_SKEW
+}
+
+/// Whether a vendor's idea of "now" (its `Date` header) is close enough to
+/// ours to start a watch from.
+pub(crate) fn close_to(at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    at.signed_duration_since(now).abs() <= MAX_VENDOR_CLOCK_SKEW
+}
+
 pub(crate) fn credential<'a>(
     credentials: &'a BTreeMap<String, String>,
     name: &str,
@@ -231,6 +250,7 @@ pub(crate) fn only_known(fields: &Map<String, Value>, known: &[&str]) -> Result<
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -248,6 +268,23 @@ mod tests {
         assert!(check_base_url("https://retailcrm.ru.evil.com", &rc, false).is_err());
         assert!(check_base_url("http://127.0.0.1:9999/api", &ms, true).is_ok());
         assert!(check_base_url("file:///etc/passwd", &ms, true).is_err());
+    }
+
+    #[test]
+    fn vendor_times_far_from_now_do_not_move_cursors() {
+        let now = Utc::now();
+        let hour = chrono::Duration::hours(1);
+        assert!(not_ahead(now, now));
+        assert!(not_ahead(now + hour, now));
+        assert!(not_ahead(now - chrono::Duration::days(400), now));
+        assert!(!not_ahead(now + chrono::Duration::days(2), now));
+        let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(!not_ahead(far, now));
+        assert!(close_to(now - hour, now));
+        assert!(!close_to(now - chrono::Duration::days(2), now));
+        assert!(!close_to(far, now));
     }
 
     #[test]

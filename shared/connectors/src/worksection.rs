@@ -26,6 +26,19 @@
 //!   uncertain): `time_zone` setting, default UTC.
 //! - Rate limit: 1 request/s per third-party clients (not in official
 //!   text); 429 and "too many requests" answers are retried.
+//!
+//! Sending a step again after an attempt with an unknown outcome
+//! ([`Connector::resend`]):
+//!
+//! | action                    | resend       | why |
+//! |---------------------------|--------------|-----|
+//! | `worksection.task.create` | `Keyed`      | the text ends with `crmbridge ref: cb-…` (from the step's key); a repeat finds that task in `get_tasks` and answers with it instead of posting another |
+//! | `worksection.project.get` | `Repeatable` | a read |
+//!
+//! Whether `get_tasks` lists closed tasks is uncertain (the fake lists open
+//! ones only): a task closed or deleted by a person between the lost answer
+//! and the resend may not be found, and a second one would be made. That
+//! window is the time until the engine resumes the step.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -48,7 +61,7 @@ use crate::support::{
 };
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
-    InboundRequest, PollBatch, SettingsError,
+    InboundRequest, PollBatch, Resend, SettingsError,
 };
 
 const DOMAINS: &[&str] = &[".worksection.com"];
@@ -693,6 +706,16 @@ impl Connector for Worksection {
         &["admin_key"]
     }
 
+    fn resend(&self, action: &str, _fields: &Map<String, Value>) -> Resend {
+        match action {
+            // Found by its reference line before a second post_task.
+            "worksection.task.create" => Resend::Keyed,
+            // A read.
+            "worksection.project.get" => Resend::Repeatable,
+            _ => Resend::Unsafe,
+        }
+    }
+
     fn validate_settings(
         &self,
         settings: &Value,
@@ -1044,6 +1067,25 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(bad.field, "body[0].action");
+    }
+
+    #[test]
+    fn resend_safety_is_declared_per_action() {
+        use crmbridge_mapping::Catalog as _;
+        let catalog = Worksection.catalog();
+        let fields = json!({"project": "1", "title": "t"});
+        let fields = fields.as_object().unwrap();
+        for (action, want) in [
+            ("worksection.task.create", Resend::Keyed),
+            ("worksection.project.get", Resend::Repeatable),
+        ] {
+            assert!(catalog.action(action).is_some(), "{action}");
+            assert_eq!(Worksection.resend(action, fields), want, "{action}");
+        }
+        assert_eq!(
+            Worksection.resend("worksection.task.delete", fields),
+            Resend::Unsafe
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 use crmbridge_connectors::nethunt::NetHunt;
 use crmbridge_connectors::worksection::Worksection;
-use crmbridge_connectors::{ActionError, CallContext, Connector, VendorError, VendorHttp};
+use crmbridge_connectors::{ActionError, CallContext, Connector, Resend, VendorError, VendorHttp};
 use crmbridge_fakes::Fault;
 use crmbridge_fakes::nethunt::FakeNetHunt;
 use crmbridge_fakes::worksection::FakeWorksection;
@@ -194,6 +194,37 @@ async fn a_task_whose_answer_was_lost_is_found_not_created_twice() {
         .await
         .unwrap();
     assert_eq!(ws.tasks().len(), 2);
+}
+
+#[tokio::test]
+async fn a_task_sent_twice_by_one_step_is_one_task() {
+    let ws = FakeWorksection::start("k").await.unwrap();
+    let project = ws.add_project("Delivery");
+    let http = VendorHttp::new();
+    let credentials = BTreeMap::from([("admin_key".to_owned(), "k".to_owned())]);
+    let settings = json!({"base_url": ws.base_url()});
+    let ctx = context(&settings, &credentials, &http, "run/11/task");
+    let request = fields(json!({"project": project, "title": "Deal won", "text": "ACME"}));
+    assert_eq!(
+        Worksection.resend("worksection.task.create", &request),
+        Resend::Keyed
+    );
+    let first = Worksection
+        .execute(&ctx, "worksection.task.create", &request, None)
+        .await
+        .unwrap();
+    let second = Worksection
+        .execute(&ctx, "worksection.task.create", &request, None)
+        .await
+        .unwrap();
+    assert_eq!(second.id, first.id);
+    assert_eq!(ws.tasks().len(), 1);
+    let posts = ws
+        .requests()
+        .into_iter()
+        .filter(|r| r.query_param("action").as_deref() == Some("post_task"))
+        .count();
+    assert_eq!(posts, 1, "the second send found the task by its reference");
 }
 
 #[tokio::test]

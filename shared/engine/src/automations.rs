@@ -21,6 +21,14 @@ pub struct AutomationRecord {
     /// project archived…), or `None` when it is healthy.
     #[serde(default)]
     pub health: Option<String>,
+    /// Runs that failed for good in a row (a success resets it).
+    #[serde(default)]
+    pub failure_streak: u32,
+    /// Set when the failure streak reached the automation's threshold: its
+    /// events are recorded as failed runs without being run, until it is
+    /// enabled again (then they can be replayed). Says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -99,6 +107,7 @@ impl Engine {
             generic: EventKindSpec::new(automation.trigger.event.clone(), vec![]),
         };
         let generic_trigger = automation.trigger.event.starts_with("generic.");
+        let plain_id = crate::runs::is_plain_id(&automation.id);
         let mut errors: Vec<FieldError> = match crmbridge_mapping::validate(automation, &catalog) {
             Ok(()) => vec![],
             Err(found) => found
@@ -112,6 +121,12 @@ impl Engine {
                 })
                 .collect(),
         };
+        if !plain_id && !errors.iter().any(|e| e.field == "id") {
+            errors.push(FieldError {
+                field: "id".into(),
+                message: crate::runs::PLAIN_ID_RULE.into(),
+            });
+        }
         let mut check_connection =
             |path: String, id: &str, app: &str, record: Option<ConnectionRecord>| match record {
                 Some(record) if record.tenant == who.tenant => {
@@ -191,9 +206,13 @@ impl Engine {
             self.check_against_accounts(who, &automation).await?;
         }
         let now = self.now();
+        // Saving (and enabling) is how a person resumes a halted
+        // automation: the streak starts again.
         let record = AutomationRecord {
             tenant: who.tenant.clone(),
             health: None,
+            failure_streak: 0,
+            halted: None,
             created_at: existing.as_ref().map_or(now, |(r, _)| r.created_at),
             updated_at: now,
             automation,
@@ -461,6 +480,78 @@ impl Engine {
         }
     }
 
+    /// Counts a run that failed for good; at the threshold the automation
+    /// is halted, its health saying why.
+    pub(crate) async fn note_failure(
+        &self,
+        record: &AutomationRecord,
+        outcome: &str,
+    ) -> EngineResult<()> {
+        let threshold = record
+            .automation
+            .halt_after
+            .unwrap_or(self.config.halt_after_failures);
+        let key = keys::automation(&record.tenant, &record.automation.id);
+        for _ in 0..10 {
+            let Some((mut current, version)) = self.read::<AutomationRecord>(&key).await? else {
+                return Ok(());
+            };
+            if current.halted.is_some() {
+                return Ok(());
+            }
+            current.failure_streak += 1;
+            if threshold > 0 && current.failure_streak >= threshold {
+                let reason = format!(
+                    "{} runs in a row failed; the last: {}",
+                    current.failure_streak,
+                    truncate_chars(outcome, 300)
+                );
+                current.health = Some(format!("halted: {reason}"));
+                current.halted = Some(reason);
+            }
+            match self
+                .store
+                .update_if_version(item(key.clone(), &current)?, version)
+                .await
+            {
+                Ok(_) => {
+                    if let Some(reason) = &current.halted {
+                        tracing::warn!(tenant = %record.tenant, automation = %record.automation.id, reason = %reason, "automation halted");
+                    }
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// A run succeeded: whatever was wrong is fixed.
+    pub(crate) async fn clear_failures(&self, tenant: &str, id: &str) -> EngineResult<()> {
+        let key = keys::automation(tenant, id);
+        for _ in 0..10 {
+            let Some((mut record, version)) = self.read::<AutomationRecord>(&key).await? else {
+                return Ok(());
+            };
+            if record.halted.is_some() || (record.health.is_none() && record.failure_streak == 0) {
+                return Ok(());
+            }
+            record.health = None;
+            record.failure_streak = 0;
+            match self
+                .store
+                .update_if_version(item(key.clone(), &record)?, version)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Marks an automation's health (e.g. "project archived"); `None` = ok.
     pub(crate) async fn set_health(
         &self,
@@ -508,4 +599,12 @@ fn dedupe_writes(writes: &mut Vec<Write>) {
     }
     kept.reverse();
     *writes = kept;
+}
+
+/// At most `max` characters of `text` (a reason kept in a record).
+fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }

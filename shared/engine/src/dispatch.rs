@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crmbridge_connectors::{ActionError, ActionOutput, CallContext, Connector};
+use crmbridge_connectors::{ActionError, ActionOutput, CallContext, Connector, Resend};
 use crmbridge_mapping::{
     CompiledAutomation, DedupeDecision, Event, EventId, FilterOutcome, RenderContext, StepPlan,
 };
@@ -28,7 +28,8 @@ use sha2::{Digest, Sha256};
 use crate::automations::AutomationRecord;
 use crate::links::RecordRef;
 use crate::records::{
-    ConnectionRecord, ConnectionSecrets, RunRecord, RunStatus, RunSummary, StepRecord,
+    ConnectionRecord, ConnectionSecrets, RunLease, RunRecord, RunStatus, RunSummary, StepRecord,
+    StepStatus,
 };
 use crate::tick::POLL_REQUESTED;
 use crate::{Engine, EngineError, EngineResult, item, keys};
@@ -123,6 +124,74 @@ impl Engine {
         }
     }
 
+    /// The bus gave up on an event (dead letter): every run of it that has
+    /// not finished is failed with `reason`, and counts towards halting
+    /// its automation. A run the event never got to is recorded as failed,
+    /// so it can be replayed like any other.
+    pub async fn give_up(&self, event: Event, reason: &str) -> EngineResult<()> {
+        if event.kind == POLL_REQUESTED {
+            return Ok(());
+        }
+        let automations = self.automations_for(&event.connection, &event.kind).await?;
+        let connector = self.connectors.get(&event.app).cloned();
+        for record in automations {
+            if connector
+                .as_ref()
+                .is_some_and(|c| !c.trigger_matches(&record.automation.trigger.options, &event))
+            {
+                continue;
+            }
+            let id = run_id(&event.id, Some(&record.automation.id));
+            let outcome = format!("dead-lettered: {reason}");
+            let now = self.now();
+            let fresh = RunRecord {
+                id: id.clone(),
+                tenant: event.tenant.clone(),
+                connection: event.connection.clone(),
+                automation: Some(record.automation.id.clone()),
+                event_id: event.id.to_string(),
+                event_kind: event.kind.clone(),
+                status: RunStatus::Failed,
+                outcome: outcome.clone(),
+                event: event.clone(),
+                steps: Vec::new(),
+                attempts: 0,
+                attempts_before_replay: 0,
+                lease: None,
+                created_at: now,
+                updated_at: now,
+            };
+            let run = if self.create_run(&fresh).await? {
+                fresh
+            } else {
+                let Some((mut run, mut version)) = self.read::<RunRecord>(&keys::run(&id)).await?
+                else {
+                    continue;
+                };
+                if run.status.is_final() {
+                    continue;
+                }
+                if run.status == RunStatus::Failed {
+                    // Failed on its last delivery: already counted.
+                    continue;
+                }
+                let outcome = format!("{outcome}; last known state: {}", run.outcome);
+                match self
+                    .finish(&mut run, &mut version, RunStatus::Failed, outcome)
+                    .await
+                {
+                    Ok(()) => run,
+                    // Someone is running it after all: let them finish.
+                    Err(EngineError::Action { .. }) => continue,
+                    Err(err) => return Err(err),
+                }
+            };
+            tracing::warn!(tenant = %run.tenant, automation = %record.automation.id, run = %run.id, event_id = %event.id, reason, "run failed: its event was dead-lettered");
+            self.note_failure(&record, &run.outcome).await?;
+        }
+        Ok(())
+    }
+
     async fn record_no_match(&self, event: Event) -> EngineResult<Dispatched> {
         let now = self.now();
         let run = RunRecord {
@@ -140,6 +209,8 @@ impl Engine {
             event,
             steps: Vec::new(),
             attempts: 1,
+            attempts_before_replay: 0,
+            lease: None,
             created_at: now,
             updated_at: now,
         };
@@ -265,6 +336,11 @@ impl Engine {
 
     /// Runs (or resumes) one automation for one event; `true` when this
     /// call created the run. Also the replay of a failed run (crate::runs).
+    ///
+    /// The run is executed under a lease: the worker that created it, or
+    /// took it over from a holder that is gone, is the only one calling
+    /// vendors for it. Another delivery of the same event meanwhile backs
+    /// off (see [`Taken::Busy`]).
     pub(crate) async fn run_automation(
         &self,
         event: &Event,
@@ -272,6 +348,7 @@ impl Engine {
     ) -> EngineResult<(RunSummary, bool)> {
         let automation = &record.automation;
         let id = run_id(&event.id, Some(&automation.id));
+        let owner = self.lease_owner();
         let now = self.now();
         let fresh = RunRecord {
             id: id.clone(),
@@ -285,30 +362,135 @@ impl Engine {
             event: event.clone(),
             steps: Vec::new(),
             attempts: 1,
+            attempts_before_replay: 0,
+            lease: Some(self.lease(&owner)),
             created_at: now,
             updated_at: now,
         };
         let created = self.create_run(&fresh).await?;
-        let (mut run, mut version) = match self.read::<RunRecord>(&keys::run(&id)).await? {
-            Some(found) => found,
-            None => (fresh, 1),
+        let (mut run, mut version) = if created {
+            (fresh, 1)
+        } else {
+            match self.take_run(&id, event, &owner).await? {
+                Taken::Mine(run, version) => (run, version),
+                Taken::Finished(run) => return Ok((RunSummary::from(&run), false)),
+                Taken::Busy(run) => {
+                    tracing::info!(run = %id, "another worker holds this run; backing off");
+                    if self.config.sole_worker {
+                        // The holder is in this process and its delivery
+                        // is still outstanding: it finishes the run.
+                        return Ok((RunSummary::from(&run), false));
+                    }
+                    // Elsewhere it may die with its container: have the
+                    // bus come back after the lease has had time to lapse.
+                    return Err(EngineError::Action {
+                        what: format!("run {id}"),
+                        transient: true,
+                        message: "another worker is running it; retrying later".into(),
+                    });
+                }
+            }
         };
-        if !created {
+        let used = run.attempts.saturating_sub(run.attempts_before_replay);
+        if used > self.config.max_run_attempts {
+            let outcome = format!(
+                "given up after {} deliveries (the worker stopped each time); last known state: {}",
+                used - 1,
+                run.outcome
+            );
+            self.finish(&mut run, &mut version, RunStatus::Failed, outcome)
+                .await?;
+            self.track_outcome(record, &run).await?;
+            return Ok((RunSummary::from(&run), created));
+        }
+        if let Some(reason) = &record.halted {
+            let outcome = format!(
+                "not run: the automation is halted ({reason}); enable it, then replay this run"
+            );
+            self.finish(&mut run, &mut version, RunStatus::Failed, outcome)
+                .await?;
+            return Ok((RunSummary::from(&run), created));
+        }
+        match self.execute_run(&mut run, &mut version, record).await {
+            Ok(()) => {
+                self.track_outcome(record, &run).await?;
+                Ok((RunSummary::from(&run), created))
+            }
+            Err(err) if used >= self.config.max_run_attempts && is_transient(&err) => {
+                // The last delivery the bus will make: the run is failed
+                // for good (replayable), and counts towards halting.
+                tracing::warn!(run = %run.id, attempts = used, error = %err, "giving up on a run that keeps failing");
+                self.track_outcome(record, &run).await?;
+                Err(err)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn lease(&self, owner: &str) -> RunLease {
+        RunLease {
+            owner: owner.to_owned(),
+            until: self.now() + chrono::Duration::seconds(self.config.run_lease_secs),
+        }
+    }
+
+    /// Takes an existing run for `owner`: counts the attempt and renews the
+    /// lease in one conditional write, so of several deliveries at once
+    /// exactly one gets it.
+    async fn take_run(&self, id: &str, event: &Event, owner: &str) -> EngineResult<Taken> {
+        loop {
+            let Some((mut run, version)) = self.read::<RunRecord>(&keys::run(id)).await? else {
+                return Err(EngineError::Action {
+                    what: format!("run {id}"),
+                    transient: true,
+                    message: "the run expired while it was being taken".into(),
+                });
+            };
             if run.status.is_final() {
-                return Ok((RunSummary::from(&run), false));
+                return Ok(Taken::Finished(run));
+            }
+            if let Some(lease) = &run.lease
+                && lease.owner != owner
+                && lease.until > self.now()
+                && self.holder_may_live(&lease.owner)
+            {
+                return Ok(Taken::Busy(run));
             }
             run.attempts += 1;
+            run.lease = Some(self.lease(owner));
+            run.status = RunStatus::Running;
             run.event = event.clone();
+            let mut next = version;
+            match self.save_run(&mut run, &mut next).await {
+                Ok(()) => return Ok(Taken::Mine(run, next)),
+                // Another delivery took it between our read and write:
+                // look again (it is now busy, or finished).
+                Err(EngineError::Action {
+                    transient: true, ..
+                }) => continue,
+                Err(err) => return Err(err),
+            }
         }
-        let result = self.execute_run(&mut run, &mut version, record).await;
-        match result {
-            Ok(()) => Ok((RunSummary::from(&run), created)),
-            Err(err) => Err(err),
+    }
+
+    /// Keeps the automation's failure streak: a run that failed for good
+    /// adds to it (and halts the automation at its threshold), a success
+    /// clears it along with any health mark.
+    async fn track_outcome(&self, record: &AutomationRecord, run: &RunRecord) -> EngineResult<()> {
+        match run.status {
+            RunStatus::Failed => self.note_failure(record, &run.outcome).await,
+            RunStatus::Succeeded if record.health.is_some() || record.failure_streak > 0 => {
+                self.clear_failures(&record.tenant, &record.automation.id)
+                    .await
+            }
+            _ => Ok(()),
         }
     }
 
     async fn save_run(&self, run: &mut RunRecord, version: &mut u64) -> EngineResult<()> {
         run.updated_at = self.now();
+        // Every save renews the lease: a live worker keeps its run.
+        run.lease = run.lease.take().map(|lease| self.lease(&lease.owner));
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
         let mut writes = vec![Write::UpdateIfVersion {
             item: item(keys::run(&run.id), run)?.expiring_at(expires),
@@ -323,7 +505,7 @@ impl Engine {
             Err(StoreError::TransactionConflict { index: 0, .. }) => Err(EngineError::Action {
                 what: format!("saving run {}", run.id),
                 transient: true,
-                message: "another worker is running it at the same time".into(),
+                message: "another worker took the run over (this worker's lease lapsed)".into(),
             }),
             Err(err) => Err(err.into()),
         }
@@ -394,7 +576,7 @@ impl Engine {
             .collect();
         let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
         for step in &run.steps {
-            if step.status == "succeeded" || step.status == "skipped" {
+            if step.status.is_done() {
                 outputs.insert(step.id.clone(), step.output.clone());
             }
         }
@@ -447,7 +629,7 @@ impl Engine {
                         StepRecord {
                             id: step_id,
                             action: record.automation.steps[index].action.clone(),
-                            status: "failed".into(),
+                            status: StepStatus::Failed,
                             request: Value::Null,
                             response_status: None,
                             error: Some(message.clone()),
@@ -463,7 +645,7 @@ impl Engine {
                         StepRecord {
                             id: step_id.clone(),
                             action: record.automation.steps[index].action.clone(),
-                            status: "skipped".into(),
+                            status: StepStatus::Skipped,
                             request: Value::Null,
                             response_status: None,
                             error: Some(reason),
@@ -504,11 +686,41 @@ impl Engine {
             let key = format!("{}/{}", run.id, step_id);
             let ctx = self.call_context(connection, &key);
             let request_json = serde_json::to_value(&request).unwrap_or_default();
-            let previous_attempts = run
-                .steps
-                .iter()
-                .find(|s| s.id == step_id)
-                .map_or(0, |s| s.attempts);
+            let previous = run.steps.iter().find(|s| s.id == step_id);
+            let previous_attempts = previous.map_or(0, |s| s.attempts);
+            let resend_safe = may_resend(connector.as_ref(), &request);
+            if previous.is_some_and(|s| s.status == StepStatus::Calling) {
+                if !resend_safe {
+                    return self
+                        .needs_review(
+                            run,
+                            version,
+                            &step_id,
+                            &request.action,
+                            request_json,
+                            previous_attempts,
+                            None,
+                        )
+                        .await;
+                }
+                tracing::info!(run = %run.id, step = %step_id, "sending again a step whose earlier attempt has an unknown outcome; the vendor de-duplicates it");
+            }
+            // The intent is saved before the call: if this worker dies
+            // during it, the next attempt knows the vendor may have acted.
+            self.put_step(
+                run,
+                StepRecord {
+                    id: step_id.clone(),
+                    action: request.action.clone(),
+                    status: StepStatus::Calling,
+                    request: request_json.clone(),
+                    response_status: None,
+                    error: None,
+                    output: Value::Null,
+                    attempts: previous_attempts + 1,
+                },
+            );
+            self.save_run(run, version).await?;
             let outcome = perform(self, connector.as_ref(), &ctx, &request).await;
             match outcome {
                 Ok(StepOutcome::Done(output)) => {
@@ -533,7 +745,7 @@ impl Engine {
                         StepRecord {
                             id: step_id.clone(),
                             action: request.action.clone(),
-                            status: "succeeded".into(),
+                            status: StepStatus::Succeeded,
                             request: request_json,
                             response_status: Some(output.response_status),
                             error: None,
@@ -550,7 +762,7 @@ impl Engine {
                         StepRecord {
                             id: step_id,
                             action: request.action.clone(),
-                            status: "stopped".into(),
+                            status: StepStatus::Stopped,
                             request: request_json,
                             response_status: None,
                             error: Some(reason.clone()),
@@ -573,7 +785,7 @@ impl Engine {
                         StepRecord {
                             id: step_id,
                             action: request.action.clone(),
-                            status: "skipped".into(),
+                            status: StepStatus::Skipped,
                             request: request_json,
                             response_status: None,
                             error: Some(reason.clone()),
@@ -592,6 +804,19 @@ impl Engine {
                         )
                         .await;
                 }
+                Err(err) if outcome_unknown(&err) && !resend_safe => {
+                    return self
+                        .needs_review(
+                            run,
+                            version,
+                            &step_id,
+                            &request.action,
+                            request_json,
+                            previous_attempts + 1,
+                            Some(err.to_string()),
+                        )
+                        .await;
+                }
                 Err(err) => {
                     let transient = err.is_transient();
                     let message = err.to_string();
@@ -600,7 +825,7 @@ impl Engine {
                         StepRecord {
                             id: step_id.clone(),
                             action: request.action.clone(),
-                            status: "failed".into(),
+                            status: StepStatus::Failed,
                             request: request_json,
                             response_status: vendor_status(&err),
                             error: Some(message.clone()),
@@ -622,17 +847,59 @@ impl Engine {
                 }
             }
         }
-        let done = run.steps.iter().filter(|s| s.status == "succeeded").count();
-        if record.health.is_some() {
-            // Whatever was wrong (a project archived) is fixed.
-            self.set_health(&record.tenant, &record.automation.id, None)
-                .await?;
-        }
+        let done = run
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Succeeded)
+            .count();
         self.finish(
             run,
             version,
             RunStatus::Succeeded,
             format!("{done} step(s) succeeded"),
+        )
+        .await
+    }
+
+    /// Stops a run at a step that may have reached the vendor and cannot
+    /// be sent again safely: a person looks, then replays or leaves it.
+    #[allow(clippy::too_many_arguments)]
+    async fn needs_review(
+        &self,
+        run: &mut RunRecord,
+        version: &mut u64,
+        step_id: &str,
+        action: &str,
+        request: Value,
+        attempts: u32,
+        error: Option<String>,
+    ) -> EngineResult<()> {
+        let cause = error.map_or_else(
+            || "the worker stopped while the request was on its way".to_owned(),
+            |e| format!("no answer came ({e})"),
+        );
+        let message = format!(
+            "the vendor may have done {action} already: {cause}; {action} has no key the vendor de-duplicates on, so sending it again could make a second record. Check the target, then replay the run to send it again"
+        );
+        tracing::warn!(run = %run.id, step = step_id, action, "step needs review: outcome unknown and not safe to resend");
+        self.put_step(
+            run,
+            StepRecord {
+                id: step_id.to_owned(),
+                action: action.to_owned(),
+                status: StepStatus::NeedsReview,
+                request,
+                response_status: None,
+                error: Some(message.clone()),
+                output: Value::Null,
+                attempts,
+            },
+        );
+        self.finish(
+            run,
+            version,
+            RunStatus::NeedsReview,
+            format!("needs review: steps.{step_id}: {message}"),
         )
         .await
     }
@@ -653,6 +920,7 @@ impl Engine {
     ) -> EngineResult<()> {
         run.status = status;
         run.outcome = outcome;
+        run.lease = None;
         self.save_run(run, version).await?;
         tracing::info!(run = %run.id, automation = ?run.automation, status = ?run.status, outcome = %run.outcome, "run finished");
         Ok(())
@@ -671,6 +939,55 @@ impl Engine {
             Err(err) => Err(EngineError::from(err)),
         }
     }
+}
+
+/// What [`Engine::take_run`] found.
+enum Taken {
+    /// Ours now, at this version.
+    Mine(RunRecord, u64),
+    /// Finished earlier: nothing to do.
+    Finished(RunRecord),
+    /// Another worker's lease is live.
+    Busy(RunRecord),
+}
+
+fn is_transient(err: &EngineError) -> bool {
+    matches!(
+        err,
+        EngineError::Action {
+            transient: true,
+            ..
+        }
+    ) || matches!(err, EngineError::Store(_) | EngineError::Bus(_))
+}
+
+/// Whether a failed call may still have been acted on by the vendor: no
+/// answer came, or a 5xx (a server error says nothing about what was
+/// committed before it).
+fn outcome_unknown(err: &ActionError) -> bool {
+    match err {
+        ActionError::Vendor(crmbridge_connectors::VendorError::Unreachable { vendor, .. }) => {
+            // Our own store and dedupe claims are not the vendor.
+            !matches!(*vendor, "store" | "crmbridge")
+        }
+        ActionError::Vendor(crmbridge_connectors::VendorError::Status { status, .. }) => {
+            *status >= 500
+        }
+        _ => false,
+    }
+}
+
+/// Whether a step whose earlier attempt has an unknown outcome may be sent
+/// again: the connector says the action is repeatable or keyed, or the
+/// step first searches the target by its dedupe keys (the search finds
+/// what the lost attempt made).
+fn may_resend(connector: &dyn Connector, request: &crmbridge_mapping::RenderedRequest) -> bool {
+    if connector.resend(&request.action, &request.fields) != Resend::Unsafe {
+        return true;
+    }
+    request.target.is_none()
+        && request.dedupe.needs_search()
+        && !dedupe_claims(&request.connection, &request.action, &request.dedupe.lookup).is_empty()
 }
 
 /// A connection opened for a run (record + decrypted secrets).

@@ -27,6 +27,12 @@ pub enum EngineError {
     BadRequest { field: String, message: String },
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the delivery carries {count} events; the limit is {limit} per delivery")]
+    TooManyEvents { count: usize, limit: usize },
+    /// Another request is doing the same thing right now (accepting the
+    /// same event): retry shortly.
+    #[error("{0}")]
+    InProgress(String),
     #[error("{} invalid field(s)", .0.len())]
     Invalid(Vec<FieldError>),
     #[error("store: {0}")]
@@ -81,7 +87,8 @@ impl EngineError {
             Self::Unauthorized(_) => 401,
             Self::Forbidden(_) => 403,
             Self::BadRequest { .. } => 400,
-            Self::PayloadTooLarge { .. } => 413,
+            Self::PayloadTooLarge { .. } | Self::TooManyEvents { .. } => 413,
+            Self::InProgress(_) => 503,
             Self::Invalid(_) => 422,
             // The sender should retry: nothing was acknowledged.
             Self::Store(_) | Self::Bus(_) => 503,
@@ -103,6 +110,8 @@ impl EngineError {
             Self::Forbidden(_) => "forbidden",
             Self::BadRequest { .. } => "bad_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::TooManyEvents { .. } => "too_many_events",
+            Self::InProgress(_) => "in_progress",
             Self::Invalid(_) => "invalid",
             Self::Store(_) => "store_unavailable",
             Self::Bus(_) => "bus_unavailable",
@@ -121,7 +130,9 @@ impl EngineError {
                 error["field"] = field.clone().into();
                 error["message"] = message.clone().into();
             }
-            Self::PayloadTooLarge { .. } => error["field"] = "body".into(),
+            Self::PayloadTooLarge { .. } | Self::TooManyEvents { .. } => {
+                error["field"] = "body".into()
+            }
             Self::Invalid(errors) => {
                 if let Some(first) = errors.first() {
                     error["field"] = first.field.clone().into();

@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use crmbridge_connectors::{ConnectionView, DecodedEvent, InboundRequest};
 use crmbridge_mapping::{Event, EventId, Subject};
-use crmbridge_store::PutOutcome;
+use crmbridge_store::{PutOutcome, StoreError};
 use subtle::ConstantTimeEq;
 
 use crate::records::{AcceptRecord, AcceptState, ConnectionRecord, ConnectionSecrets};
@@ -124,6 +124,12 @@ impl Engine {
                 },
             )
             .map_err(|err| EngineError::bad_request(err.field, err.message))?;
+        if decoded.len() > self.config.max_events_per_delivery {
+            return Err(EngineError::TooManyEvents {
+                count: decoded.len(),
+                limit: self.config.max_events_per_delivery,
+            });
+        }
         let single = decoded.len() == 1;
         Ok(decoded
             .into_iter()
@@ -210,56 +216,59 @@ impl Engine {
 
     /// Records each event once and publishes the new ones. Shared by
     /// webhooks and pollers, so both de-duplicate the same way.
+    ///
+    /// A copy that arrives while an earlier copy is still being accepted
+    /// (concurrent retries are common: vendors retry on their own clock)
+    /// waits for that acceptance instead of publishing a second time; it
+    /// takes the event over only when the first publisher is surely gone.
+    /// If the wait runs out, the answer is 503 and the sender retries.
     pub async fn accept(&self, events: Vec<Event>) -> EngineResult<Accepted> {
+        let publisher = self.lease_owner();
         let mut fresh = Vec::new();
         let mut duplicates = Vec::new();
+        let mut waiting = Vec::new();
         for event in events {
-            let key = keys::event_accept(event.id.as_str());
-            let record = AcceptRecord {
-                state: AcceptState::Pending,
-                connection: event.connection.clone(),
-                accepted_at: event.received_at,
-            };
-            let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
-            match self
-                .store
-                .put_if_absent(item(key, &record)?.expiring_at(expires))
-                .await?
-            {
-                PutOutcome::Inserted => fresh.push(event),
-                PutOutcome::Exists(existing) => match decode::<AcceptRecord>(&existing)?.state {
-                    AcceptState::Published => duplicates.push(event.id),
-                    AcceptState::Pending => {
-                        tracing::info!(event_id = %event.id, "re-publishing an event whose earlier acceptance did not finish");
-                        fresh.push(event);
+            match self.claim_acceptance(&event, &publisher).await? {
+                Acceptance::Mine => fresh.push(event),
+                Acceptance::Published => duplicates.push(event.id),
+                Acceptance::InFlight => waiting.push(event),
+            }
+        }
+        if !waiting.is_empty() {
+            let deadline = tokio::time::Instant::now()
+                + std::time::Duration::from_millis(self.config.accept_wait_ms);
+            loop {
+                let mut still = Vec::new();
+                for event in waiting {
+                    match self.claim_acceptance(&event, &publisher).await? {
+                        Acceptance::Mine => fresh.push(event),
+                        Acceptance::Published => duplicates.push(event.id),
+                        Acceptance::InFlight => still.push(event),
                     }
-                },
+                }
+                waiting = still;
+                if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(ACCEPT_POLL).await;
             }
         }
         if !fresh.is_empty() {
-            let mut travelling = Vec::with_capacity(fresh.len());
-            for event in &fresh {
-                travelling.push(self.externalise(event).await?);
-            }
-            self.bus.publish(&travelling).await?;
-            for event in &fresh {
-                let record = AcceptRecord {
-                    state: AcceptState::Published,
-                    connection: event.connection.clone(),
-                    accepted_at: event.received_at,
-                };
-                let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
-                let marked = item(keys::event_accept(event.id.as_str()), &record)
-                    .map(|i| i.expiring_at(expires));
-                // Failing here is safe: the record stays pending, and a
-                // redelivery publishes again, which dispatch de-duplicates.
-                if let Err(err) = match marked {
-                    Ok(i) => self.store.put(i).await.map_err(EngineError::from),
-                    Err(err) => Err(err),
-                } {
-                    tracing::warn!(event_id = %event.id, error = %err, "could not mark event published");
+            let published = self.publish_fresh(&fresh).await;
+            if let Err(err) = published {
+                // Give the acceptance back, so the sender's retry publishes
+                // at once instead of waiting for it to go stale.
+                for event in &fresh {
+                    self.release_acceptance(event, &publisher).await;
                 }
+                return Err(err);
             }
+        }
+        if let Some(first) = waiting.first() {
+            return Err(EngineError::InProgress(format!(
+                "event {} is being accepted by another request; retry shortly",
+                first.id
+            )));
         }
         Ok(Accepted {
             accepted: fresh.into_iter().map(|e| e.id).collect(),
@@ -268,6 +277,118 @@ impl Engine {
             ack_body: None,
         })
     }
+
+    async fn publish_fresh(&self, fresh: &[Event]) -> EngineResult<()> {
+        let mut travelling = Vec::with_capacity(fresh.len());
+        for event in fresh {
+            travelling.push(self.externalise(event).await?);
+        }
+        self.bus.publish(&travelling).await?;
+        for event in fresh {
+            let record = AcceptRecord {
+                state: AcceptState::Published,
+                connection: event.connection.clone(),
+                accepted_at: event.received_at,
+                publisher: None,
+                publishing_since: None,
+            };
+            let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
+            let marked = item(keys::event_accept(event.id.as_str()), &record)
+                .map(|i| i.expiring_at(expires));
+            // Failing here is safe: the record stays pending, a duplicate
+            // takes it over once it is stale, and dispatch runs each
+            // automation once however often the event is published.
+            if let Err(err) = match marked {
+                Ok(i) => self.store.put(i).await.map_err(EngineError::from),
+                Err(err) => Err(err),
+            } {
+                tracing::warn!(event_id = %event.id, error = %err, "could not mark event published");
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `publisher` the one that publishes `event`, unless the event is
+    /// published already or another live publisher has it.
+    async fn claim_acceptance(&self, event: &Event, publisher: &str) -> EngineResult<Acceptance> {
+        let key = keys::event_accept(event.id.as_str());
+        let now = self.now();
+        let mine = AcceptRecord {
+            state: AcceptState::Pending,
+            connection: event.connection.clone(),
+            accepted_at: event.received_at,
+            publisher: Some(publisher.to_owned()),
+            publishing_since: Some(now),
+        };
+        let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
+        let existing = match self
+            .store
+            .put_if_absent(item(key.clone(), &mine)?.expiring_at(expires))
+            .await?
+        {
+            PutOutcome::Inserted => return Ok(Acceptance::Mine),
+            PutOutcome::Exists(existing) => existing,
+        };
+        let found = decode::<AcceptRecord>(&existing)?;
+        if found.state == AcceptState::Published {
+            return Ok(Acceptance::Published);
+        }
+        if found.publisher.as_deref() == Some(publisher) {
+            return Ok(Acceptance::Mine);
+        }
+        let since = found.publishing_since.unwrap_or(found.accepted_at);
+        let stale = (now - since).num_seconds() >= self.config.accept_stale_secs;
+        let holder_gone = found
+            .publisher
+            .as_deref()
+            .is_none_or(|holder| !self.holder_may_live(holder));
+        if !(stale || holder_gone) {
+            return Ok(Acceptance::InFlight);
+        }
+        let takeover = AcceptRecord {
+            accepted_at: found.accepted_at,
+            ..mine
+        };
+        match self
+            .store
+            .update_if_version(item(key, &takeover)?.expiring_at(expires), existing.version)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(event_id = %event.id, "publishing an event whose earlier acceptance was abandoned");
+                Ok(Acceptance::Mine)
+            }
+            // Another copy took it over first.
+            Err(StoreError::Conflict { .. }) => Ok(Acceptance::InFlight),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Deletes our pending acceptance after a failed publish (best effort:
+    /// if it stays, it goes stale and is taken over).
+    async fn release_acceptance(&self, event: &Event, publisher: &str) {
+        let key = keys::event_accept(event.id.as_str());
+        if let Ok(Some(existing)) = self.store.get(&key.pk, &key.sk).await
+            && let Ok(found) = decode::<AcceptRecord>(&existing)
+            && found.state == AcceptState::Pending
+            && found.publisher.as_deref() == Some(publisher)
+            && let Err(err) = self.store.delete(&key.pk, &key.sk).await
+        {
+            tracing::warn!(event_id = %event.id, error = %err, "could not release a pending acceptance");
+        }
+    }
+}
+
+/// How often a duplicate looks at an acceptance in flight.
+const ACCEPT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+enum Acceptance {
+    /// This request publishes the event.
+    Mine,
+    /// It is on the bus already.
+    Published,
+    /// Another live request is publishing it.
+    InFlight,
 }
 
 pub(crate) fn secrets_aad(connection: &str) -> String {
@@ -301,6 +422,8 @@ impl Engine {
                 state: AcceptState::Pending,
                 connection: event.connection.clone(),
                 accepted_at: event.received_at,
+                publisher: None,
+                publishing_since: None,
             };
             let outcome = self
                 .store

@@ -52,6 +52,29 @@ pub struct EngineConfig {
     /// Lets connections point at any http(s) address (tests and fakes).
     /// Off in production: vendor base URLs must be on the vendor's domain.
     pub allow_any_base_url: bool,
+    /// How long a worker's lease on a run lasts without being renewed (it
+    /// is renewed at every save). On Lambda it must exceed the dispatch
+    /// function's timeout: no holder can outlive that.
+    pub run_lease_secs: i64,
+    /// True when this process is the only one working on its store
+    /// (`crmbridge serve` holds a lock on its data directory): leases and
+    /// pending acceptances left by an earlier process are then known dead
+    /// and taken over at once, not after they lapse.
+    pub sole_worker: bool,
+    /// Deliveries a run may take before it is given up as failed (a
+    /// poison event that crashes or times out its worker every time).
+    pub max_run_attempts: u32,
+    /// Runs of an automation that fail for good in a row before it is
+    /// halted (unless the automation sets its own `halt_after`).
+    pub halt_after_failures: u32,
+    /// Most events one webhook delivery may carry (413 above).
+    pub max_events_per_delivery: usize,
+    /// How long a duplicate delivery waits for the first copy's acceptance
+    /// to finish before answering 503 (the sender retries).
+    pub accept_wait_ms: u64,
+    /// After this long a pending acceptance is presumed abandoned and a
+    /// duplicate delivery publishes the event itself.
+    pub accept_stale_secs: i64,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +85,13 @@ impl Default for EngineConfig {
             run_ttl_secs: 30 * 24 * 3600,
             tick_ttl_secs: 7 * 24 * 3600,
             allow_any_base_url: false,
+            run_lease_secs: 90,
+            sole_worker: false,
+            max_run_attempts: 8,
+            halt_after_failures: 5,
+            max_events_per_delivery: 1000,
+            accept_wait_ms: 2000,
+            accept_stale_secs: 30,
         }
     }
 }
@@ -77,6 +107,8 @@ pub struct Engine {
     config: EngineConfig,
     http: VendorHttp,
     compiled: Mutex<CompiledCache>,
+    /// Names this process in leases (`ins_…`).
+    instance: String,
 }
 
 impl std::fmt::Debug for Engine {
@@ -105,7 +137,20 @@ impl Engine {
             config,
             http: VendorHttp::new(),
             compiled: Mutex::new(HashMap::new()),
+            instance: random_id("ins"),
         }
+    }
+
+    /// A lease owner name unique to one attempt of this process.
+    pub(crate) fn lease_owner(&self) -> String {
+        format!("{}:{}", self.instance, random_id("att"))
+    }
+
+    /// Whether a lease (or pending acceptance) named `owner` may still have
+    /// a live holder: in a sole-worker deployment one left by an earlier
+    /// process has none.
+    pub(crate) fn holder_may_live(&self, owner: &str) -> bool {
+        !self.config.sole_worker || owner.split(':').next() == Some(self.instance.as_str())
     }
 
     pub fn config(&self) -> &EngineConfig {

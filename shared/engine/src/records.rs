@@ -97,6 +97,14 @@ pub struct AcceptRecord {
     pub state: AcceptState,
     pub connection: String,
     pub accepted_at: DateTime<Utc>,
+    /// Which process is publishing a pending event, and since when: a
+    /// duplicate that arrives meanwhile waits for it instead of publishing
+    /// a second time, and takes over only when the publisher is surely
+    /// gone (another instance of a sole-worker deployment, or stale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publishing_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -112,19 +120,72 @@ pub enum RunStatus {
     /// A step could not be done for a reason a person must fix (the
     /// Worksection project is archived); the automation's health says why.
     Skipped,
+    /// A step's earlier attempt may have reached the vendor (the process
+    /// died, or the answer was lost) and sending it again could make a
+    /// second record: a person checks the target and replays (which sends
+    /// it again) or leaves it.
+    NeedsReview,
 }
 
 impl RunStatus {
+    /// Final runs are never run again by a redelivery.
     pub fn is_final(self) -> bool {
         !matches!(self, RunStatus::Running | RunStatus::Failed)
     }
+
+    /// The status as the API spells it (`needs_review`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::NoMatch => "no_match",
+            RunStatus::Filtered => "filtered",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+            RunStatus::NeedsReview => "needs_review",
+        }
+    }
+}
+
+/// Where one step of a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// The request is (or was) on its way to the vendor and no answer has
+    /// been saved: written *before* the call, so a worker that dies during
+    /// it leaves a trace that the next attempt resolves (see dispatch).
+    Calling,
+    Succeeded,
+    /// The step's own filter did not pass; the run goes on.
+    Skipped,
+    /// A dedupe rule stopped the run here.
+    Stopped,
+    Failed,
+    /// See [`RunStatus::NeedsReview`].
+    NeedsReview,
+}
+
+impl StepStatus {
+    /// The step's output is known and later steps may use it.
+    pub fn is_done(self) -> bool {
+        matches!(self, StepStatus::Succeeded | StepStatus::Skipped)
+    }
+}
+
+/// Who runs a run now, until when. A run is executed by one worker at a
+/// time; another delivery of the same event backs off while the lease is
+/// live and takes over once it has lapsed (its holder died).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunLease {
+    pub owner: String,
+    pub until: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepRecord {
     pub id: String,
     pub action: String,
-    pub status: String,
+    pub status: StepStatus,
     #[serde(default)]
     pub request: serde_json::Value,
     #[serde(default)]
@@ -154,7 +215,15 @@ pub struct RunRecord {
     pub event: Event,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
+    /// Deliveries that took this run (counted when taken, so a worker that
+    /// crashes still counts: a poison event cannot loop forever).
     pub attempts: u32,
+    /// `attempts` when the run was last replayed: a replay gets a fresh
+    /// budget of attempts.
+    #[serde(default)]
+    pub attempts_before_replay: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<RunLease>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

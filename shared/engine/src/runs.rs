@@ -21,7 +21,7 @@ use crmbridge_store::{Query, Write};
 use serde::Serialize;
 
 use crate::admin::{Listing, Principal};
-use crate::records::{Role, RunRecord, RunStatus, RunSummary};
+use crate::records::{Role, RunRecord, RunStatus, RunSummary, StepStatus};
 use crate::{Engine, EngineError, EngineResult, decode, item, keys};
 
 /// The most index entries one listing reads before it returns a short page
@@ -254,7 +254,53 @@ impl Engine {
         Ok(ReplayReport { replayed, more })
     }
 
+    /// Gives a run a fresh budget of attempts, and turns a step that needs
+    /// review into one that is sent again: replaying it is the person's
+    /// decision that it should be.
+    async fn prepare_replay(&self, id: &str) -> EngineResult<()> {
+        let Some((mut run, version)) = self.read::<RunRecord>(&keys::run(id)).await? else {
+            return Err(EngineError::NotFound {
+                what: "run",
+                id: id.to_owned(),
+            });
+        };
+        run.attempts_before_replay = run.attempts;
+        if run.status == RunStatus::NeedsReview {
+            run.status = RunStatus::Failed;
+        }
+        for step in &mut run.steps {
+            if step.status == StepStatus::NeedsReview {
+                step.status = StepStatus::Failed;
+            }
+        }
+        let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
+        let mut writes = vec![Write::UpdateIfVersion {
+            item: item(keys::run(id), &run)?.expiring_at(expires),
+            expected: version,
+        }];
+        writes.extend(index_writes(&run, expires)?);
+        match self.store.transact(writes).await {
+            Ok(()) => Ok(()),
+            Err(crmbridge_store::StoreError::TransactionConflict { index: 0, .. }) => {
+                Err(EngineError::conflict(
+                    "run",
+                    format!("run {id} changed while it was being replayed; try again"),
+                ))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     fn check_replayable(&self, record: &crate::automations::AutomationRecord) -> EngineResult<()> {
+        if let Some(reason) = &record.halted {
+            return Err(EngineError::conflict(
+                "automation",
+                format!(
+                    "automation {} is halted ({reason}); enable it to replay its runs",
+                    record.automation.id
+                ),
+            ));
+        }
         if !record.automation.enabled {
             return Err(EngineError::conflict(
                 "automation",
@@ -277,14 +323,19 @@ impl Engine {
                 ),
             ));
         };
-        if run.status != RunStatus::Failed {
-            let status = serde_json::to_value(run.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+        let abandoned = run.status == RunStatus::Running
+            && run
+                .lease
+                .as_ref()
+                .is_none_or(|lease| lease.until <= self.now());
+        if !matches!(run.status, RunStatus::Failed | RunStatus::NeedsReview) && !abandoned {
             return Err(EngineError::conflict(
                 "run",
-                format!("run {} is {status}; only failed runs are replayed", run.id),
+                format!(
+                    "run {} is {}; only failed runs and runs that need review are replayed",
+                    run.id,
+                    run.status.as_str()
+                ),
             ));
         }
         let record = match self.get_automation(who, &automation).await {
@@ -308,6 +359,7 @@ impl Engine {
                 ),
             ));
         }
+        self.prepare_replay(&run.id).await?;
         match self.run_automation(&run.event, &record).await {
             // A vendor failure is recorded on the run: show the run.
             Ok(_) | Err(EngineError::Action { .. }) => {}
@@ -321,17 +373,21 @@ impl Engine {
 
 /// An id given as a filter: plain, so it cannot reach another partition.
 fn check_id(field: &str, id: &str) -> EngineResult<()> {
-    let plain = !id.is_empty()
+    if is_plain_id(id) {
+        Ok(())
+    } else {
+        Err(EngineError::bad_request(field, PLAIN_ID_RULE))
+    }
+}
+
+/// What an automation id may be, everywhere (saving one, filtering runs by
+/// one): ids go into store keys and URLs, so they stay plain ASCII.
+pub(crate) fn is_plain_id(id: &str) -> bool {
+    !id.is_empty()
         && id.len() <= 200
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if plain {
-        Ok(())
-    } else {
-        Err(EngineError::bad_request(
-            field,
-            "must be 1 to 200 letters, digits, '-', '_' or '.'",
-        ))
-    }
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
+
+pub(crate) const PLAIN_ID_RULE: &str = "must be 1 to 200 letters, digits, '-', '_' or '.'";

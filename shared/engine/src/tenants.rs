@@ -14,7 +14,7 @@
 //! key cannot multiply tenants.
 
 use chrono::{DateTime, Utc};
-use crmbridge_store::{Query, Write};
+use crmbridge_store::{Query, StoreError, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{Principal, new_api_key};
@@ -111,22 +111,12 @@ impl Engine {
     }
 
     async fn key_entries(&self, tenant: &str) -> EngineResult<Vec<KeyIndexEntry>> {
-        let (pk, prefix) = keys::tenant_keys(tenant);
-        let mut entries = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .query(Query::prefix(pk.clone(), prefix).after(after))
-                .await?;
-            for entry in &page.items {
-                entries.push(decode::<KeyIndexEntry>(entry)?);
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(entries),
-            }
-        }
+        Ok(self
+            .key_items(tenant)
+            .await?
+            .into_iter()
+            .map(|(entry, _)| entry)
+            .collect())
     }
 
     pub async fn list_keys(&self, who: &Principal) -> EngineResult<Vec<KeyView>> {
@@ -145,37 +135,39 @@ impl Engine {
     }
 
     /// Revokes a key at once. The last owner key of a tenant cannot go.
+    ///
+    /// "Another owner key remains" is part of the same transaction as the
+    /// deletion: it rewrites one other owner key's index entry on its
+    /// version (a condition that fails if that key is revoked meanwhile).
+    /// Two owners revoking each other at once: one transaction commits, the
+    /// other's condition fails, and it is answered 409 after a fresh look.
     pub async fn delete_key(&self, who: &Principal, id: &str) -> EngineResult<()> {
         who.require_role(Role::Owner, "manage API keys")?;
-        let entries = self.key_entries(&who.tenant).await?;
-        let not_found = || EngineError::NotFound {
-            what: "key",
-            id: id.to_owned(),
-        };
-        let entry = entries
-            .iter()
-            .find(|e| e.key.id == id && e.key.tenant == who.tenant)
-            .ok_or_else(not_found)?;
-        if entry.key.role == Role::Owner
-            && !entries
+        for _ in 0..5 {
+            let entries = self.key_items(&who.tenant).await?;
+            let not_found = || EngineError::NotFound {
+                what: "key",
+                id: id.to_owned(),
+            };
+            let (entry, _) = entries
                 .iter()
-                .any(|e| e.key.role == Role::Owner && e.key.id != id)
-        {
-            return Err(EngineError::conflict(
-                "id",
-                "this is the tenant's last owner key; create another owner key first",
-            ));
-        }
-        let Some(hash) = &entry.secret_hash else {
-            return Err(EngineError::conflict(
-                "id",
-                "this key was created before keys could be revoked",
-            ));
-        };
-        let record = keys::api_key(hash);
-        let index = keys::tenant_key_index(&who.tenant, id);
-        self.store
-            .transact(vec![
+                .find(|(e, _)| e.key.id == id && e.key.tenant == who.tenant)
+                .ok_or_else(not_found)?;
+            let witness = entries
+                .iter()
+                .find(|(e, _)| e.key.role == Role::Owner && e.key.id != id);
+            if entry.key.role == Role::Owner && witness.is_none() {
+                return Err(last_owner());
+            }
+            let Some(hash) = &entry.secret_hash else {
+                return Err(EngineError::conflict(
+                    "id",
+                    "this key was created before keys could be revoked",
+                ));
+            };
+            let record = keys::api_key(hash);
+            let index = keys::tenant_key_index(&who.tenant, id);
+            let mut writes = vec![
                 Write::Delete {
                     pk: record.pk,
                     sk: record.sk,
@@ -184,10 +176,49 @@ impl Engine {
                     pk: index.pk,
                     sk: index.sk,
                 },
-            ])
-            .await?;
-        tracing::info!(tenant = %who.tenant, key_id = %id, "API key revoked");
-        Ok(())
+            ];
+            if entry.key.role == Role::Owner
+                && let Some((other, version)) = witness
+            {
+                writes.push(Write::UpdateIfVersion {
+                    item: item(keys::tenant_key_index(&who.tenant, &other.key.id), other)?,
+                    expected: *version,
+                });
+            }
+            match self.store.transact(writes).await {
+                Ok(()) => {
+                    tracing::info!(tenant = %who.tenant, key_id = %id, "API key revoked");
+                    return Ok(());
+                }
+                // The witness changed (revoked, or another revocation
+                // used it): look again.
+                Err(StoreError::TransactionConflict { .. }) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(EngineError::InProgress(
+            "the tenant's keys are changing concurrently; try again".into(),
+        ))
+    }
+
+    /// The tenant's key index entries with their versions.
+    async fn key_items(&self, tenant: &str) -> EngineResult<Vec<(KeyIndexEntry, u64)>> {
+        let (pk, prefix) = keys::tenant_keys(tenant);
+        let mut entries = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .query(Query::prefix(pk.clone(), prefix).after(after))
+                .await?;
+            for entry in &page.items {
+                entries.push((decode::<KeyIndexEntry>(entry)?, entry.version));
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(entries),
+            }
+        }
     }
 
     pub async fn current_tenant(&self, who: &Principal) -> EngineResult<TenantView> {
@@ -244,4 +275,11 @@ impl Engine {
         tracing::info!(by = %who.tenant, tenant = %tenant.id, "tenant created");
         Ok(CreatedTenant { tenant, owner_key })
     }
+}
+
+fn last_owner() -> EngineError {
+    EngineError::conflict(
+        "id",
+        "this is the tenant's last owner key; create another owner key first",
+    )
 }

@@ -7,11 +7,20 @@
 //! before anything else happens, so an oversize body is a 413 that touches
 //! no state.
 //!
+//! Admin routes authenticate the caller and check its role for the route
+//! before the body is read, and parse it (nesting limited to
+//! [`MAX_BODY_DEPTH`]) on the blocking pool, so an unauthorised or hostile
+//! body costs little and never stalls the workers answering webhooks.
+//! Deserialisation errors name the field and the expected type, never the
+//! value sent (it may be a secret).
+//!
 //! Every admin route is described by `#[utoipa::path]` on its handler; the
 //! OpenAPI document ([`openapi`]) is served at `GET /v1/openapi.json` and a
-//! test checks it lists every route of [`ROUTES`].
+//! test checks it lists every route of [`ROUTES`] and [`LOCAL_ROUTES`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -25,17 +34,20 @@ use crmbridge_engine::admin::{
 };
 use crmbridge_engine::automations::AutomationRecord;
 use crmbridge_engine::ingest::WebhookRequest;
-use crmbridge_engine::records::{RunRecord, RunStatus, RunSummary};
+use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary};
 use crmbridge_engine::runs::{ReplayReport, RunFilter};
 use crmbridge_engine::tenants::{
     CreatedKey, CreatedTenant, KeyView, NewKey, NewTenant, TenantView,
 };
 use crmbridge_engine::{Engine, EngineError};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+mod body;
 mod openapi;
 
+pub use body::MAX_BODY_DEPTH;
 pub use openapi::{openapi, openapi_json};
 
 /// Shared by every route.
@@ -61,23 +73,38 @@ pub fn error_response(status: u16, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-struct ApiError(EngineError);
+enum ApiError {
+    Engine(EngineError),
+    /// A failure of this process (a parser task that panicked): a 500 whose
+    /// message is fixed, since the cause is ours, not the request's.
+    Internal(&'static str),
+}
 
 impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
-        Self(err)
+        Self::Engine(err)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.0.status();
+        let err = match self {
+            Self::Engine(err) => err,
+            Self::Internal(message) => {
+                tracing::error!(error = message, code = "internal", "request failed");
+                return error_response(
+                    500,
+                    json!({"error": {"code": "internal", "message": message, "field": null}}),
+                );
+            }
+        };
+        let status = err.status();
         if status >= 500 {
-            tracing::error!(error = %self.0, code = self.0.code(), "request failed");
+            tracing::error!(error = %err, code = err.code(), "request failed");
         } else {
-            tracing::info!(error = %self.0, code = self.0.code(), "request refused");
+            tracing::info!(error = %err, code = err.code(), "request refused");
         }
-        error_response(status, self.0.to_body())
+        error_response(status, err.to_body())
     }
 }
 
@@ -232,38 +259,84 @@ async fn chat(
     .into_response())
 }
 
+/// RFC 7235: the authentication scheme is case-insensitive (`bearer`,
+/// `BEARER`). The engine matches `Bearer ` exactly, so the scheme is
+/// spelled its way here; the credentials pass through untouched.
+fn normalise_scheme(authorization: &str) -> std::borrow::Cow<'_, str> {
+    match authorization.split_once(' ') {
+        Some((scheme, credentials))
+            if scheme != "Bearer" && scheme.eq_ignore_ascii_case("bearer") =>
+        {
+            std::borrow::Cow::Owned(format!("Bearer {credentials}"))
+        }
+        _ => std::borrow::Cow::Borrowed(authorization),
+    }
+}
+
 async fn principal(state: &HttpState, headers: &HeaderMap) -> ApiResult<Principal> {
     let authorization = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    Ok(state.engine.authenticate(authorization).await?)
+        .and_then(|v| v.to_str().ok())
+        .map(normalise_scheme);
+    Ok(state.engine.authenticate(authorization.as_deref()).await?)
 }
 
-/// Parses a JSON body, naming the exact path of the first problem.
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        // Malformed JSON is the body's fault wherever the parser stopped;
-        // a well-formed body names the value that was wrong.
-        let malformed = matches!(
-            err.inner().classify(),
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
-        );
-        let message = err.into_inner().to_string();
-        // serde reports a missing field at its parent: name the field itself.
-        let missing = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next());
-        let field = match (malformed, missing) {
-            (true, _) => "body".to_owned(),
-            (false, Some(name)) if path == "." => name.to_owned(),
-            (false, Some(name)) => format!("{path}.{name}"),
-            (false, None) if path == "." => "body".to_owned(),
-            (false, None) => path,
-        };
-        EngineError::bad_request(field, message).into()
+/// The caller, authenticated and allowed `role` on this route. Handlers
+/// with a body call this before reading it: a key that may not use the
+/// route never gets its body parsed. (The engine checks the role again.)
+async fn authorised(
+    state: &HttpState,
+    headers: &HeaderMap,
+    role: Role,
+    doing: &str,
+) -> ApiResult<Principal> {
+    let who = principal(state, headers).await?;
+    who.require_role(role, doing)?;
+    Ok(who)
+}
+
+/// Runs a body parser on tokio's blocking pool: parsing is CPU-bound and a
+/// large body would otherwise hold an async worker that webhooks need.
+/// The time it took is logged at debug level (how long hostile bodies cost
+/// is worth knowing; the body itself is never logged).
+async fn parse_off_thread<T, F>(bytes: usize, parse: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, EngineError> + Send + 'static,
+{
+    let queued = Instant::now();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let parsed = parse();
+        (parsed, started.duration_since(queued), started.elapsed())
     })
+    .await;
+    match outcome {
+        Ok((parsed, waited, took)) => {
+            tracing::debug!(
+                bytes,
+                parse_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                wait_us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+                refused = parsed.is_err(),
+                "admin body parsed"
+            );
+            Ok(parsed?)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "a body parser task failed");
+            Err(ApiError::Internal("the body could not be parsed"))
+        }
+    }
+}
+
+/// Reads a JSON body up to `limit` bytes and parses it off the async workers.
+async fn json_body<T: DeserializeOwned + Send + 'static>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> ApiResult<T> {
+    let bytes = read_body(headers, body, limit).await?;
+    parse_off_thread(bytes.len(), move || body::parse_json(&bytes)).await
 }
 
 fn base_url(state: &HttpState, headers: &HeaderMap) -> String {
@@ -403,9 +476,10 @@ async fn create_tenant(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let who = principal(&state, &headers).await?;
-    let body = read_body(&headers, body, 16 * 1024).await?;
-    let new: NewTenant = parse_json(&body)?;
+    // Whether this tenant is the deployment's first is checked by the engine
+    // (it needs the store); the role is enough to keep other keys out.
+    let who = authorised(&state, &headers, Role::Owner, "create tenants").await?;
+    let new: NewTenant = json_body(&headers, body, 16 * 1024).await?;
     let created = state.engine.create_tenant(&who, new).await?;
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
@@ -436,9 +510,8 @@ async fn create_key(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let who = principal(&state, &headers).await?;
-    let body = read_body(&headers, body, 16 * 1024).await?;
-    let new: NewKey = parse_json(&body)?;
+    let who = authorised(&state, &headers, Role::Owner, "manage API keys").await?;
+    let new: NewKey = json_body(&headers, body, 16 * 1024).await?;
     let created = state.engine.create_key(&who, new).await?;
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
@@ -479,9 +552,8 @@ async fn create_connection(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let who = principal(&state, &headers).await?;
-    let body = read_body(&headers, body, 256 * 1024).await?;
-    let new: NewConnection = parse_json(&body)?;
+    let who = authorised(&state, &headers, Role::Admin, "create connections").await?;
+    let new: NewConnection = json_body(&headers, body, 256 * 1024).await?;
     let view = state.engine.create_connection(&who, new).await?;
     Ok((
         StatusCode::CREATED,
@@ -549,9 +621,8 @@ async fn update_connection(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let who = principal(&state, &headers).await?;
-    let body = read_body(&headers, body, 256 * 1024).await?;
-    let patch: ConnectionPatch = parse_json(&body)?;
+    let who = authorised(&state, &headers, Role::Admin, "change connections").await?;
+    let patch: ConnectionPatch = json_body(&headers, body, 256 * 1024).await?;
     let view = state.engine.update_connection(&who, &id, patch).await?;
     Ok(axum::Json(connection_json(view, &base_url(&state, &headers))).into_response())
 }
@@ -760,9 +831,8 @@ async fn replay_automation(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let who = principal(&state, &headers).await?;
-    let body = read_body(&headers, body, 16 * 1024).await?;
-    let request: ReplaySince = parse_json(&body)?;
+    let who = authorised(&state, &headers, Role::Admin, "replay runs").await?;
+    let request: ReplaySince = json_body(&headers, body, 16 * 1024).await?;
     Ok(axum::Json(
         state
             .engine
@@ -773,21 +843,20 @@ async fn replay_automation(
 }
 
 /// An automation from a JSON body, or YAML when the content type says so.
-fn parse_automation(headers: &HeaderMap, body: &[u8]) -> ApiResult<crmbridge_engine::Automation> {
+async fn automation_body(
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<crmbridge_engine::Automation> {
     let is_yaml = content_type(headers).is_some_and(|ct| ct.contains("yaml"));
-    if is_yaml {
-        let text = std::str::from_utf8(body)
-            .map_err(|_| EngineError::bad_request("body", "YAML must be UTF-8"))?;
-        serde_yaml::from_str(text).map_err(|err| {
-            let at = err
-                .location()
-                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-                .unwrap_or_default();
-            EngineError::bad_request("body", format!("{err}{at}")).into()
-        })
-    } else {
-        parse_json(body)
-    }
+    let bytes = read_body(headers, body, 256 * 1024).await?;
+    parse_off_thread(bytes.len(), move || {
+        if is_yaml {
+            body::parse_yaml(&bytes)
+        } else {
+            body::parse_json(&bytes)
+        }
+    })
+    .await
 }
 
 /// The tenant's automations, each with its health.
@@ -821,9 +890,8 @@ async fn create_automation(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let who = principal(&state, &headers).await?;
-    let body = read_body(&headers, body, 256 * 1024).await?;
-    let automation = parse_automation(&headers, &body)?;
+    let who = authorised(&state, &headers, Role::Admin, "change automations").await?;
+    let automation = automation_body(&headers, body).await?;
     if state
         .engine
         .get_automation(&who, &automation.id)
@@ -861,9 +929,8 @@ async fn put_automation(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let who = principal(&state, &headers).await?;
-    let body = read_body(&headers, body, 256 * 1024).await?;
-    let automation = parse_automation(&headers, &body)?;
+    let who = authorised(&state, &headers, Role::Admin, "change automations").await?;
+    let automation = automation_body(&headers, body).await?;
     if automation.id != id {
         return Err(EngineError::bad_request(
             "id",
@@ -1003,9 +1070,8 @@ async fn instantiate_recipe(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let who = principal(&state, &headers).await?;
-    let body = read_body(&headers, body, 64 * 1024).await?;
-    let request: InstantiateRecipe = parse_json(&body)?;
+    let who = authorised(&state, &headers, Role::Admin, "change automations").await?;
+    let request: InstantiateRecipe = json_body(&headers, body, 64 * 1024).await?;
     let items = state
         .engine
         .instantiate_recipe(&who, &name, &request.connections, &request.parameters)
@@ -1050,9 +1116,126 @@ async fn delete_connection(
     .into_response())
 }
 
-/// Liveness.
-#[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, body = Object)))]
-async fn health() -> Response {
+/// The partition of the readiness probe's items: one item per router (sort
+/// key: the probe's id), each expiring on its own.
+const HEALTH_PK: &str = "HEALTH";
+/// How long a probe's answer is reused: `/health` is polled, and each probe
+/// is a durable write, so a burst of polls costs one write a second.
+const HEALTH_REUSE: Duration = Duration::from_secs(1);
+/// A store that has not answered the probe within this is unavailable.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a probe item lives (the store reaps it, or hides it once expired).
+const HEALTH_ITEM_TTL_SECS: i64 = 300;
+
+/// The readiness probe: writes an item and reads it back through the
+/// engine's store. One probe at a time; its answer is reused briefly.
+struct HealthProbe {
+    engine: Arc<Engine>,
+    /// Unique to this router in this process, so probes of other processes
+    /// (Lambda instances share one table) never overwrite this one's item.
+    id: String,
+    sequence: AtomicU64,
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl HealthProbe {
+    fn new(engine: Arc<Engine>) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded randomly per process and per instance: a
+        // unique id without a dependency on a random number generator.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Self {
+            engine,
+            id: format!("{}-{random:016x}", std::process::id()),
+            sequence: AtomicU64::new(0),
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, result)) = last.as_ref()
+            && at.elapsed() < HEALTH_REUSE
+        {
+            return result.clone();
+        }
+        let result = match tokio::time::timeout(HEALTH_TIMEOUT, self.probe()).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    timeout_secs = HEALTH_TIMEOUT.as_secs(),
+                    "health: the store did not answer the probe"
+                );
+                Err(format!(
+                    "the store did not answer within {} seconds",
+                    HEALTH_TIMEOUT.as_secs()
+                ))
+            }
+        };
+        *last = Some((Instant::now(), result.clone()));
+        result
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let store = self.engine.store();
+        let item = crmbridge_store::Item::new(HEALTH_PK, self.id.clone(), json!({ "probe": n }))
+            .expiring_at(crmbridge_store::now_epoch_seconds() + HEALTH_ITEM_TTL_SECS);
+        store
+            .put(item)
+            .await
+            .map_err(|err| store_failure("write", &err))?;
+        match store.get(HEALTH_PK, &self.id).await {
+            Ok(Some(item)) if item.body["probe"] == n => Ok(()),
+            Ok(_) => {
+                tracing::warn!(probe = %self.id, "health: the store lost the probe just written");
+                Err("the store did not return what was just written".to_owned())
+            }
+            Err(err) => Err(store_failure("read", &err)),
+        }
+    }
+}
+
+/// What `/health` says about a store failure: the backend and operation,
+/// not the backend's message (it may name the host's files or tables).
+fn store_failure(doing: &str, err: &crmbridge_store::StoreError) -> String {
+    tracing::warn!(error = %err, doing, "health: the store failed the probe");
+    match err {
+        crmbridge_store::StoreError::Backend {
+            backend, operation, ..
+        } => format!("the store cannot {doing} ({backend} {operation} failed)"),
+        _ => format!("the store cannot {doing}"),
+    }
+}
+
+/// Readiness: the store takes a write and returns it (a small item that
+/// expires by itself). 503 when it cannot; load balancers and supervisors
+/// should poll this. The answer is reused for a second.
+#[utoipa::path(
+    get, path = "/health", tag = "meta",
+    responses(
+        (status = 200, description = "ready: `{\"status\": \"ok\"}`", body = Object),
+        (status = 503, description = "the store cannot write or read: `{\"status\": \"unavailable\", \"error\": …}`", body = Object),
+    )
+)]
+async fn health(State(probe): State<Arc<HealthProbe>>) -> Response {
+    match probe.check().await {
+        Ok(()) => axum::Json(json!({"status": "ok"})).into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "unavailable", "error": error})),
+        )
+            .into_response(),
+    }
+}
+
+/// Liveness (`crmbridge serve` only): the process answers. No IO, so a slow
+/// or broken store never gets a live process restarted; use `/health` for
+/// readiness.
+#[utoipa::path(get, path = "/live", tag = "meta", responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
+async fn live() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
@@ -1077,8 +1260,9 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
 }
 
 fn finish(router: Router<HttpState>, state: HttpState) -> Router {
+    let probe = Arc::new(HealthProbe::new(Arc::clone(&state.engine)));
     router
-        .route("/health", get(health))
+        .route("/health", get(health).with_state(probe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -1149,10 +1333,13 @@ pub fn admin_router(state: HttpState) -> Router {
     finish(admin_routes(), state)
 }
 
-/// Everything in one router, for `crmbridge serve`.
+/// Everything in one router, for `crmbridge serve`, plus [`LOCAL_ROUTES`].
 pub fn local_router(state: HttpState) -> Router {
     finish(
-        webhook_routes().merge(chat_routes()).merge(admin_routes()),
+        webhook_routes()
+            .merge(chat_routes())
+            .merge(admin_routes())
+            .route("/live", get(live)),
         state,
     )
 }
@@ -1192,3 +1379,195 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("admin", "POST", "/v1/runs/{id}/replay"),
     ("admin", "GET", "/health"),
 ];
+
+/// Routes only `crmbridge serve` has, as `(METHOD, path)`: on Lambda the
+/// platform owns liveness, so the gateway routes no `/live` there.
+pub const LOCAL_ROUTES: &[(&str, &str)] = &[("GET", "/live")];
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use axum::http::Request;
+    use crmbridge_store::{Query, SqliteStore, Store};
+    use tower::ServiceExt;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        /// The store the engine was built on.
+        store: Arc<dyn Store>,
+        engine: Arc<Engine>,
+    }
+
+    fn engine_on(store: Arc<dyn Store>, db: &std::path::Path) -> Arc<Engine> {
+        let bus = crmbridge_bus::OutboxBus::open(db, Default::default()).unwrap();
+        Arc::new(Engine::new(
+            store,
+            Arc::new(bus),
+            crmbridge_connectors::Registry::builtin(),
+            crmbridge_engine::Keyring::parse(&crmbridge_engine::Keyring::generate_spec("t"))
+                .unwrap(),
+            Default::default(),
+        ))
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+        let engine = engine_on(Arc::clone(&store), &path);
+        Fixture {
+            _dir: dir,
+            path,
+            store,
+            engine,
+        }
+    }
+
+    fn router(engine: &Arc<Engine>) -> Router {
+        local_router(HttpState {
+            engine: Arc::clone(engine),
+            public_url: None,
+        })
+    }
+
+    async fn send(router: &Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn health_writes_and_reads_back_a_probe_through_the_store() {
+        let f = fixture();
+        let (status, body) = send(&router(&f.engine), get("/health")).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+        let probes = f
+            .store
+            .query(Query::prefix(HEALTH_PK, ""))
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(probes.len(), 1);
+        assert!(
+            probes[0].expires_at.is_some(),
+            "the probe item never expires"
+        );
+    }
+
+    #[tokio::test]
+    async fn health_is_503_when_the_store_cannot_write_and_live_is_still_200() {
+        let f = fixture();
+        // The same database opened read-only (a SQLite URI): a real store
+        // that reads but refuses every write.
+        let uri = format!("file:{}?mode=ro", f.path.display());
+        let read_only: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(std::path::Path::new(&uri)).unwrap());
+        assert!(read_only.get("x", "y").await.is_ok(), "it still reads");
+        let engine = engine_on(read_only, &f.path);
+        let router = router(&engine);
+        let (status, body) = send(&router, get("/health")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["status"], "unavailable");
+        let error = body["error"].as_str().unwrap();
+        assert_eq!(error, "the store cannot write (sqlite put failed)");
+        let (status, body) = send(&router, get("/live")).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    }
+
+    #[tokio::test]
+    async fn live_is_served_by_serve_only() {
+        let f = fixture();
+        let lambda = admin_router(HttpState {
+            engine: Arc::clone(&f.engine),
+            public_url: None,
+        });
+        let (status, _) = send(&lambda, get("/live")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = send(&router(&f.engine), get("/live")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_normalised_and_nothing_else() {
+        assert_eq!(normalise_scheme("bearer k"), "Bearer k");
+        assert_eq!(normalise_scheme("BEARER k"), "Bearer k");
+        assert_eq!(normalise_scheme("Bearer k"), "Bearer k");
+        assert_eq!(normalise_scheme("bearer  k"), "Bearer  k");
+        assert_eq!(normalise_scheme("bearerk"), "bearerk");
+        assert_eq!(normalise_scheme("Basic k"), "Basic k");
+        assert_eq!(normalise_scheme("bearers k"), "bearers k");
+    }
+
+    fn with_key(
+        method: &str,
+        path: &str,
+        key: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("bearer {key}"))
+            .header("content-type", content_type)
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_role_is_checked_before_the_body_is_parsed() {
+        let f = fixture();
+        let owner = f.engine.bootstrap("t").await.unwrap().unwrap().owner_key;
+        let router = router(&f.engine);
+        let (status, created) = send(
+            &router,
+            with_key(
+                "POST",
+                "/v1/keys",
+                &owner,
+                "application/json",
+                r#"{"role": "viewer"}"#,
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let viewer = created["key"].as_str().unwrap();
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        for (method, path, content_type) in [
+            ("POST", "/v1/connections", "application/json"),
+            ("PATCH", "/v1/connections/con_x", "application/json"),
+            ("POST", "/v1/automations", "application/yaml"),
+            ("PUT", "/v1/automations/a", "application/json"),
+            ("POST", "/v1/automations/a/replay", "application/json"),
+            ("POST", "/v1/recipes/r/instantiate", "application/json"),
+            ("POST", "/v1/keys", "application/json"),
+            ("POST", "/v1/tenants", "application/json"),
+        ] {
+            let (status, body) =
+                send(&router, with_key(method, path, viewer, content_type, &deep)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+            assert_eq!(body["error"]["field"], "authorization");
+        }
+        // The owner passes the role check and meets the nesting limit.
+        let (status, body) = send(
+            &router,
+            with_key("POST", "/v1/automations", &owner, "application/yaml", &deep),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(
+            body["error"],
+            json!({"code": "bad_request", "field": "body", "message": "nested deeper than 64 levels"})
+        );
+    }
+}

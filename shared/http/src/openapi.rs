@@ -50,6 +50,7 @@ impl Modify for BearerKey {
         crate::webhook_get,
         crate::chat,
         crate::health,
+        crate::live,
         crate::openapi_document,
         crate::get_tenant,
         crate::create_tenant,
@@ -120,6 +121,13 @@ mod tests {
             );
             assert!(!operation["responses"].as_object().unwrap().is_empty());
         }
+        for (method, path) in crate::LOCAL_ROUTES {
+            let operation = &doc["paths"][*path][method.to_lowercase()];
+            assert!(
+                operation.is_object(),
+                "{method} {path} is not in the document"
+            );
+        }
         let listed: usize = doc["paths"]
             .as_object()
             .unwrap()
@@ -134,8 +142,8 @@ mod tests {
             .sum();
         assert_eq!(
             listed,
-            crate::ROUTES.len(),
-            "the document lists a route ROUTES does not"
+            crate::ROUTES.len() + crate::LOCAL_ROUTES.len(),
+            "the document lists a route ROUTES and LOCAL_ROUTES do not"
         );
     }
 }

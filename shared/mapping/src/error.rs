@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::RenderLimit;
+
 /// What kind of problem a [`ValidationError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,6 +30,19 @@ pub enum ValidationErrorKind {
     WrongType,
     /// A template that does not parse.
     TemplateSyntax,
+    /// A template, or one of its tags, over the size limits
+    /// ([`crate::limits::MAX_TEMPLATE_BYTES`], [`crate::limits::MAX_TAG_TOKENS`]).
+    TemplateTooLarge,
+    /// A template that uses a filter the environment does not have.
+    UnknownFilter,
+    /// A template that uses a test (`is …`) the environment does not have.
+    UnknownTest,
+    /// A template that calls a function or method that does not exist.
+    UnknownFunction,
+    /// A template construct field templates do not support: include,
+    /// import, extends, blocks, macros, set and filter blocks, recursive
+    /// loops.
+    UnsupportedTag,
     /// A template or filter refers to a name that is not a context root.
     UnknownVariable,
     /// A reference to an event field the event kind does not declare.
@@ -143,13 +158,17 @@ impl<'a> IntoIterator for &'a ValidationErrors {
 }
 
 /// A failure to render a step or evaluate a filter for one event: a missing
-/// value, an unreadable phone number, a bad step index.
+/// value, an unreadable phone number, a bad step index, a template over one
+/// of the [`crate::limits`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct RenderError {
     /// The template's path, e.g. `steps[1].fields.name`.
     pub path: String,
     pub message: String,
+    /// The bound the template hit, when that is why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<RenderLimit>,
 }
 
 impl RenderError {
@@ -157,6 +176,16 @@ impl RenderError {
         Self {
             path: path.into(),
             message: message.into(),
+            limit: None,
+        }
+    }
+
+    /// The template at `path` hit `limit`.
+    pub(crate) fn limit(path: impl Into<String>, limit: RenderLimit) -> Self {
+        Self {
+            path: path.into(),
+            message: limit.description(),
+            limit: Some(limit),
         }
     }
 }

@@ -33,6 +33,12 @@
 //! something missing is an error naming the template's path, unless
 //! `| default(...)` says otherwise.
 //!
+//! Automations are written by tenants, so templates are not trusted:
+//! compiling refuses what cannot be bounded (macros, includes, unknown
+//! filters…) and rendering stops at the [`limits`] (output per field and
+//! per step, instructions and work per field, size of any value built) with
+//! a [`RenderError`] naming the field and the [`RenderLimit`].
+//!
 //! # The flow
 //!
 //! 1. [`validate()`] checks a document against a [`Catalog`] (which connectors
@@ -126,13 +132,17 @@
 //! ```
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod bounded;
 pub mod catalog;
 pub mod error;
 pub mod event;
 pub mod filter;
+pub mod fuzzing;
+pub mod limits;
 pub mod model;
 pub mod plan;
 pub mod render;
+mod sandbox;
 pub mod schema;
 pub mod template;
 pub mod validate;
@@ -144,6 +154,7 @@ pub use catalog::{
 pub use error::{RenderError, ValidationError, ValidationErrorKind, ValidationErrors};
 pub use event::{Event, EventId, Subject};
 pub use filter::{Condition, Filter, Operator};
+pub use limits::RenderLimit;
 pub use model::{Automation, Dedupe, DedupeMode, LinkSpec, ParseError, Step, TargetSpec, Trigger};
 pub use plan::{
     DedupeDecision, DedupePlan, FilterOutcome, LookupKey, RenderedRequest, ResolvedTarget, StepPlan,

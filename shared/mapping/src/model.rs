@@ -31,6 +31,10 @@ pub struct Automation {
     pub filter: Option<Filter>,
     /// The steps, run in order; later steps may use earlier steps' outputs.
     pub steps: Vec<Step>,
+    /// Halt the automation after this many runs in a row fail for good
+    /// (0 = never); the deployment's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halt_after: Option<u32>,
 }
 
 fn enabled_by_default() -> bool {

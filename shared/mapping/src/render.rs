@@ -14,13 +14,16 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use minijinja::{Environment, ErrorKind};
 use serde_json::{Map, Value};
 
+use crate::bounded;
 use crate::error::{RenderError, ValidationError, ValidationErrorKind, ValidationErrors};
 use crate::event::Event;
 use crate::filter::{FieldPath, Filter, Operator, Root, is_template};
+use crate::limits::{MAX_FIELD_OUTPUT_BYTES, MAX_STEP_OUTPUT_BYTES, RenderLimit};
 use crate::model::{Automation, Step};
 use crate::plan::{
     DedupePlan, FilterOutcome, LookupKey, RenderedRequest, ResolvedTarget, StepPlan,
 };
+use crate::sandbox;
 use crate::template;
 use crate::values;
 
@@ -160,6 +163,19 @@ impl Compiler {
         match value {
             Value::String(text) if is_template(text) => {
                 let (source, native) = template::source_for(text);
+                let source = match sandbox::prepare(&source) {
+                    Ok(source) => source,
+                    Err(problems) => {
+                        for problem in problems {
+                            self.errors.push(ValidationError::new(
+                                path,
+                                problem.kind,
+                                problem.message,
+                            ));
+                        }
+                        return CompiledValue::Literal(Value::Null);
+                    }
+                };
                 match self.env.add_template_owned(path.to_owned(), source) {
                     Ok(()) => {
                         self.sites.push(TemplateSite {
@@ -179,10 +195,12 @@ impl Compiler {
                         }
                     }
                     Err(err) => {
+                        // The rewritten source failed where the original
+                        // parsed, e.g. calls nested past minijinja's limit.
                         self.errors.push(ValidationError::new(
                             path,
                             ValidationErrorKind::TemplateSyntax,
-                            format!("template error: {}", syntax_message(&err)),
+                            sandbox::syntax_message(&err),
                         ));
                         CompiledValue::Literal(Value::Null)
                     }
@@ -291,14 +309,6 @@ fn plain_path(expr: &str) -> Option<(FieldPath, Option<String>)> {
         return None;
     }
     Some((FieldPath { root, segments }, default))
-}
-
-fn syntax_message(err: &minijinja::Error) -> String {
-    let mut message = err.detail().unwrap_or("invalid syntax").to_owned();
-    if let Some(line) = err.line() {
-        message.push_str(&format!(" (line {line})"));
-    }
-    message
 }
 
 impl CompiledAutomation {
@@ -525,7 +535,16 @@ impl CompiledAutomation {
                 path,
                 default,
             } => match scope.read_plain_path(path, default.as_deref()) {
-                Some(value) => Ok(value),
+                Some(value) => {
+                    // A copy of an input, yet still the field's output: the
+                    // same caps as a rendered one.
+                    let size = values::json_size_up_to(&value, MAX_FIELD_OUTPUT_BYTES);
+                    if size > MAX_FIELD_OUTPUT_BYTES {
+                        return Err(RenderError::limit(name, RenderLimit::FieldOutput));
+                    }
+                    scope.spend(name, size)?;
+                    Ok(value)
+                }
                 None => self.render_template(name, true, scope),
             },
             CompiledValue::Array(items) => items
@@ -554,12 +573,21 @@ impl CompiledAutomation {
             .get_template(name)
             .map_err(|err| RenderError::new(name, err.to_string()))?;
         template::clear_conversion_notes();
-        let rendered = template.render(scope.template_context());
+        let rendered = bounded::render_field(&template, scope.template_context());
         match rendered {
-            Ok(text) if native => template::decode_native(text)
-                .map_err(|err| RenderError::new(name, format!("value is not JSON: {err}"))),
-            Ok(text) => Ok(Value::String(text)),
+            Ok(text) => {
+                scope.spend(name, text.len())?;
+                if native {
+                    template::decode_native(text)
+                        .map_err(|err| RenderError::new(name, format!("value is not JSON: {err}")))
+                } else {
+                    Ok(Value::String(text))
+                }
+            }
             Err(err) => {
+                if let Some(limit) = bounded::limit_of(&err) {
+                    return Err(RenderError::limit(name, limit));
+                }
                 let notes = template::take_conversion_notes();
                 let message = if err.kind() == ErrorKind::UndefinedError {
                     let references = {
@@ -814,6 +842,8 @@ struct Scope<'a> {
     connection: Cow<'a, Value>,
     now: String,
     template_context: Option<minijinja::Value>,
+    /// Output bytes the step (or filter) may still produce.
+    output_left: usize,
 }
 
 impl<'a> Scope<'a> {
@@ -827,6 +857,18 @@ impl<'a> Scope<'a> {
             connection,
             now: ctx.now.to_rfc3339_opts(SecondsFormat::Secs, true),
             template_context: None,
+            output_left: MAX_STEP_OUTPUT_BYTES,
+        }
+    }
+
+    /// Counts a field's output against the step's cap.
+    fn spend(&mut self, path: &str, bytes: usize) -> Result<(), RenderError> {
+        match self.output_left.checked_sub(bytes) {
+            Some(left) => {
+                self.output_left = left;
+                Ok(())
+            }
+            None => Err(RenderError::limit(path, RenderLimit::StepOutput)),
         }
     }
 
@@ -910,10 +952,7 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// Names minijinja provides itself.
+/// Names minijinja provides itself (and the functions operators compile to).
 pub(crate) fn is_global(name: &str) -> bool {
-    matches!(
-        name,
-        "range" | "dict" | "namespace" | "debug" | "loop" | "self" | "super"
-    )
+    template::is_function(name) || matches!(name, "loop" | "self" | "super")
 }

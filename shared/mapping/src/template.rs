@@ -2,10 +2,10 @@
 //! filters a CRM mapping needs.
 //!
 //! The environment has no loader (no includes, no file access), no auto
-//! escaping, a fuel limit against runaway loops, and *semi-strict*
-//! undefined handling: printing, iterating or reading an attribute of
-//! something missing is an error, while `{% if event.x %}` and
-//! `event.x | default("…")` are the explicit ways to allow it.
+//! escaping, and *semi-strict* undefined handling: printing, iterating or
+//! reading an attribute of something missing is an error, while
+//! `{% if event.x %}` and `event.x | default("…")` are the explicit ways to
+//! allow it.
 //!
 //! | filter | what it does |
 //! |---|---|
@@ -17,9 +17,24 @@
 //! | `truncate(n, end)` | at most `n` characters including `end` (default `""`) |
 //! | `default`, `lower`, `upper`, `trim` | as in Jinja |
 //!
+//! minijinja's other built-in filters ([`BUILTIN_FILTERS`]), tests
+//! ([`TESTS`]) and the functions `range`, `dict` and `namespace` work as
+//! documented by minijinja, except that `batch`, `slice`, `chain`,
+//! `indent`, `format` and `pprint` are removed (each can build a value far
+//! larger than its input from one small argument), and so is `debug()`
+//! (it prints the whole context).
+//!
 //! A conversion filter (`phone`, `date`, `money`) that cannot read its input
 //! yields an undefined value: an error when printed, unless `| default(...)`
 //! follows. The error then says what could not be read.
+//!
+//! # Bounds
+//!
+//! A template is compiled by [`crate::sandbox`], which refuses what cannot
+//! be bounded (macros, set and filter blocks, recursive loops, include and
+//! friends, unknown filters, tests and functions) and turns the operators
+//! `~`, `+`, `*` into calls of bounded functions; it renders with the
+//! limits of [`crate::limits`], enforced by [`crate::bounded`].
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -27,14 +42,13 @@ use std::fmt::Write as _;
 use chrono::format::{Item, StrftimeItems};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use minijinja::filters;
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
 
+use crate::bounded::{self, ADD_FN, CONCAT_FN, MUL_FN, STORE_FN, STORE_INTO_FN};
+use crate::limits::{FUEL_PER_FIELD, RECURSION_LIMIT};
 use crate::values;
-
-/// Instructions a single template render may execute; far above anything a
-/// field mapping needs, far below an accidental infinite loop.
-const FUEL: u64 = 100_000;
 
 /// The filter that turns a single-expression template's value into JSON, so
 /// that `{{ event.duration }}` stays a number.
@@ -64,19 +78,228 @@ fn note_conversion_failure(note: String) -> Value {
     Value::UNDEFINED
 }
 
-/// The sandboxed environment with crmbridge's filters.
+/// crmbridge's own filters (besides the internal [`NATIVE_FILTER`]).
+pub const CRMBRIDGE_FILTERS: &[&str] = &["phone", "digits", "date", "money", "join", "truncate"];
+
+/// minijinja's built-in filters templates may use (each bounded by its
+/// input; see [`crate::bounded::charged_filter`]).
+pub const BUILTIN_FILTERS: &[&str] = &[
+    "abs",
+    "attr",
+    "bool",
+    "capitalize",
+    "count",
+    "d",
+    "default",
+    "dictsort",
+    "e",
+    "escape",
+    "first",
+    "float",
+    "groupby",
+    "int",
+    "items",
+    "last",
+    "length",
+    "lines",
+    "list",
+    "lower",
+    "map",
+    "max",
+    "min",
+    "reject",
+    "rejectattr",
+    "replace",
+    "reverse",
+    "round",
+    "safe",
+    "select",
+    "selectattr",
+    "sort",
+    "split",
+    "string",
+    "sum",
+    "title",
+    "trim",
+    "unique",
+    "upper",
+    "zip",
+];
+
+/// minijinja's built-in filters that are removed: each builds a value
+/// whose size comes from an argument rather than the input (`batch` and
+/// `slice` pad to a count, `indent` and `format` to a width, `chain`
+/// concatenates lazily so a loop doubles it), or dumps everything (`pprint`).
+const REMOVED_FILTERS: &[&str] = &["batch", "slice", "chain", "indent", "format", "pprint"];
+
+/// The tests (`x is name`) templates may use: minijinja's built-ins, all
+/// cheap.
+pub const TESTS: &[&str] = &[
+    "!=",
+    "<",
+    "<=",
+    "==",
+    ">",
+    ">=",
+    "boolean",
+    "defined",
+    "divisibleby",
+    "endingwith",
+    "eq",
+    "equalto",
+    "escaped",
+    "even",
+    "false",
+    "filter",
+    "float",
+    "ge",
+    "greaterthan",
+    "gt",
+    "in",
+    "int",
+    "integer",
+    "iterable",
+    "le",
+    "lessthan",
+    "lower",
+    "lt",
+    "mapping",
+    "ne",
+    "none",
+    "number",
+    "odd",
+    "safe",
+    "sameas",
+    "sequence",
+    "startingwith",
+    "string",
+    "test",
+    "true",
+    "undefined",
+    "upper",
+];
+
+/// The functions templates may call (`range` is ours, capped).
+pub const FUNCTIONS: &[&str] = &["range", "dict", "namespace"];
+
+/// Functions the compiled templates call in place of operators; a template
+/// may name them too, they are as bounded as the operators.
+pub(crate) const INTERNAL_FUNCTIONS: &[&str] =
+    &[CONCAT_FN, ADD_FN, MUL_FN, STORE_FN, STORE_INTO_FN];
+
+/// Whether `name` is a filter of the environment.
+pub(crate) fn is_filter(name: &str) -> bool {
+    name == NATIVE_FILTER || CRMBRIDGE_FILTERS.contains(&name) || BUILTIN_FILTERS.contains(&name)
+}
+
+/// Whether `name` is a test of the environment.
+pub(crate) fn is_test(name: &str) -> bool {
+    TESTS.contains(&name)
+}
+
+/// Whether `name` is a function of the environment.
+pub(crate) fn is_function(name: &str) -> bool {
+    FUNCTIONS.contains(&name) || INTERNAL_FUNCTIONS.contains(&name)
+}
+
+/// The built-in filter `name` (one of [`BUILTIN_FILTERS`]) as a callable.
+fn builtin_filter(name: &str) -> Option<Value> {
+    Some(match name {
+        "abs" => Value::from_function(filters::abs),
+        "attr" => Value::from_function(filters::attr),
+        "bool" => Value::from_function(filters::bool),
+        "capitalize" => Value::from_function(filters::capitalize),
+        "count" | "length" => Value::from_function(filters::length),
+        "d" | "default" => Value::from_function(filters::default),
+        "dictsort" => Value::from_function(filters::dictsort),
+        "e" | "escape" => Value::from_function(filters::escape),
+        "first" => Value::from_function(filters::first),
+        "float" => Value::from_function(filters::float),
+        "groupby" => Value::from_function(filters::groupby),
+        "int" => Value::from_function(filters::int),
+        "items" => Value::from_function(filters::items),
+        "last" => Value::from_function(filters::last),
+        "lines" => Value::from_function(filters::lines),
+        "list" => Value::from_function(filters::list),
+        "lower" => Value::from_function(filters::lower),
+        "map" => Value::from_function(filters::map),
+        "max" => Value::from_function(filters::max),
+        "min" => Value::from_function(filters::min),
+        "reject" => Value::from_function(filters::reject),
+        "rejectattr" => Value::from_function(filters::rejectattr),
+        "replace" => Value::from_function(filters::replace),
+        "reverse" => Value::from_function(filters::reverse),
+        "round" => Value::from_function(filters::round),
+        "safe" => Value::from_function(filters::safe),
+        "select" => Value::from_function(filters::select),
+        "selectattr" => Value::from_function(filters::selectattr),
+        "sort" => Value::from_function(filters::sort),
+        "split" => Value::from_function(filters::split),
+        "string" => Value::from_function(filters::string),
+        "sum" => Value::from_function(filters::sum),
+        "title" => Value::from_function(filters::title),
+        "trim" => Value::from_function(filters::trim),
+        "unique" => Value::from_function(filters::unique),
+        "upper" => Value::from_function(filters::upper),
+        "zip" => Value::from_function(filters::zip),
+        _ => return None,
+    })
+}
+
+/// The sandboxed environment with crmbridge's filters and bounds.
 pub(crate) fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
-    env.set_fuel(Some(FUEL));
-    env.add_filter("phone", phone);
-    env.add_filter("digits", digits);
-    env.add_filter("date", date);
-    env.add_filter("money", money);
-    env.add_filter("join", join);
-    env.add_filter("truncate", truncate);
+    env.set_fuel(Some(FUEL_PER_FIELD));
+    env.set_recursion_limit(RECURSION_LIMIT);
+    for name in REMOVED_FILTERS {
+        env.remove_filter(name);
+    }
+    env.remove_global("debug");
+    for name in BUILTIN_FILTERS {
+        let Some(filter) = builtin_filter(name) else {
+            continue;
+        };
+        if matches!(*name, "default" | "d") {
+            // Hands back its input or its argument: nothing to charge, and
+            // it is in almost every template; the built-in stays.
+            continue;
+        }
+        let pre_check = (*name == "replace").then_some(bounded::replace_size as bounded::PreCheck);
+        env.add_filter(*name, bounded::charged_filter(filter, pre_check));
+    }
+    env.add_filter(
+        "phone",
+        bounded::charged_filter(Value::from_function(phone), None),
+    );
+    env.add_filter(
+        "digits",
+        bounded::charged_filter(Value::from_function(digits), None),
+    );
+    env.add_filter(
+        "date",
+        bounded::charged_filter(Value::from_function(date), None),
+    );
+    env.add_filter(
+        "money",
+        bounded::charged_filter(Value::from_function(money), None),
+    );
+    env.add_filter(
+        "join",
+        bounded::charged_filter(Value::from_function(join), None),
+    );
+    env.add_filter(
+        "truncate",
+        bounded::charged_filter(Value::from_function(truncate), None),
+    );
     env.add_filter(NATIVE_FILTER, native);
+    env.add_function("range", bounded::range);
+    env.add_function(CONCAT_FN, bounded::concat);
+    env.add_function(ADD_FN, bounded::add);
+    env.add_function(MUL_FN, bounded::mul);
+    env.add_function(STORE_FN, bounded::store);
+    env.add_function(STORE_INTO_FN, bounded::store_into);
     env
 }
 
@@ -106,6 +329,8 @@ fn native(value: Value) -> Result<String, Error> {
     if value.is_undefined() {
         return Err(Error::new(ErrorKind::UndefinedError, "undefined value"));
     }
+    // Serialising walks the whole value before the output cap sees a byte.
+    bounded::check_field_size(&value)?;
     if let Some(text) = value.as_str() {
         return Ok(format!("s{text}"));
     }
@@ -192,10 +417,22 @@ fn phone(state: &State, value: Value, region: Option<String>) -> Value {
     }
 }
 
+/// Longer input is not read as a phone number.
+const MAX_PHONE_INPUT_BYTES: usize = 128;
+
+/// Longest strftime format the `date` filter takes (formats are a few
+/// characters; each item can print a few dozen).
+const MAX_DATE_FORMAT_CHARS: usize = 256;
+
 /// E.164 form of a phone number written any way a CRM or tracker writes
 /// it (`8 (916) 123-45-67`, `79161234567`, `+7 916 123 45 67`).
 pub fn normalize_phone(raw: &str, default_region: Option<&str>) -> Option<String> {
     let text = raw.trim();
+    // No way of writing a phone number takes this long, and the parser is
+    // regex-based: not worth feeding it a page of text.
+    if text.len() > MAX_PHONE_INPUT_BYTES {
+        return None;
+    }
     let digit_count = text.chars().filter(char::is_ascii_digit).count();
     if !(4..=17).contains(&digit_count) || text.contains('{') {
         return None;
@@ -249,6 +486,12 @@ fn date(
         None => zone,
     };
     let format = format.unwrap_or_else(|| "%Y-%m-%dT%H:%M:%S%:z".to_owned());
+    if format.chars().count() > MAX_DATE_FORMAT_CHARS {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("date: the format may have at most {MAX_DATE_FORMAT_CHARS} characters"),
+        ));
+    }
     let items: Vec<Item<'_>> = StrftimeItems::new(&format).collect();
     if items.iter().any(|item| matches!(item, Item::Error)) {
         return Err(Error::new(
@@ -415,10 +658,11 @@ fn join(value: Value, separator: Option<String>) -> Result<Value, Error> {
         if text.is_empty() {
             continue;
         }
+        // A long separator between many items multiplies: capped per piece.
         if !out.is_empty() {
-            out.push_str(&separator);
+            bounded::push_capped(&mut out, &separator)?;
         }
-        out.push_str(&text);
+        bounded::push_capped(&mut out, &text)?;
     }
     Ok(Value::from(out))
 }
@@ -442,9 +686,14 @@ mod tests {
     use super::*;
     use minijinja::context;
 
+    /// Renders as production does: checked and rewritten, then bounded.
     fn render(template: &str, ctx: Value) -> Result<String, Error> {
-        let env = environment();
-        env.render_str(template, ctx)
+        let source = crate::sandbox::prepare(template)
+            .map_err(|problems| Error::new(ErrorKind::SyntaxError, format!("{problems:?}")))?;
+        let mut env = environment();
+        env.add_template_owned("t", source)?;
+        let template = env.get_template("t")?;
+        bounded::render_field(&template, &ctx)
     }
 
     fn ru() -> Value {
@@ -675,7 +924,7 @@ mod tests {
     #[test]
     fn sandbox_stops_runaway_loops() {
         let err = render(
-            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
             context! {},
         )
         .unwrap_err();

@@ -160,6 +160,44 @@ pub(crate) fn display(value: &Value) -> String {
     }
 }
 
+/// Roughly how many bytes `value` takes as JSON (strings without escapes),
+/// counting no further than just past `cap`: enough to tell whether it is
+/// over a cap without walking a huge value to the end.
+pub(crate) fn json_size_up_to(value: &Value, cap: usize) -> usize {
+    fn walk(value: &Value, total: &mut usize, cap: usize) {
+        if *total > cap {
+            return;
+        }
+        match value {
+            Value::Null | Value::Bool(_) | Value::Number(_) => *total += 8,
+            Value::String(text) => *total += text.len() + 2,
+            Value::Array(items) => {
+                *total += 2;
+                for item in items {
+                    *total += 1;
+                    walk(item, total, cap);
+                    if *total > cap {
+                        return;
+                    }
+                }
+            }
+            Value::Object(map) => {
+                *total += 2;
+                for (key, item) in map {
+                    *total += key.len() + 4;
+                    walk(item, total, cap);
+                    if *total > cap {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let mut total = 0;
+    walk(value, &mut total, cap);
+    total
+}
+
 /// Whether a value counts as absent: missing, null or an empty string.
 pub(crate) fn is_blank(value: Option<&Value>) -> bool {
     match value {

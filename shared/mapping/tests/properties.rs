@@ -271,6 +271,7 @@ fn automation() -> impl Strategy<Value = Automation> {
         vec(step(), 0..4),
     )
         .prop_map(|(id, enabled, event, options, filter, steps)| Automation {
+            halt_after: None,
             id: id.clone(),
             name: format!("auto {id}"),
             enabled,

@@ -56,15 +56,42 @@ fn required(name: &'static str) -> Result<String, ConfigError> {
 /// The engine limits from the environment, with production defaults.
 pub fn engine_config_from_env() -> Result<EngineConfig, ConfigError> {
     let mut config = EngineConfig::default();
-    if let Ok(text) = std::env::var("CRMBRIDGE_MAX_BODY_BYTES") {
-        config.max_body_bytes = text.parse().map_err(|_| ConfigError::Invalid {
-            name: "CRMBRIDGE_MAX_BODY_BYTES",
-            message: format!("'{text}' is not a number of bytes"),
-        })?;
+    if let Some(bytes) = number_from_env("CRMBRIDGE_MAX_BODY_BYTES", "a number of bytes")? {
+        config.max_body_bytes = bytes;
+    }
+    if let Some(events) =
+        number_from_env("CRMBRIDGE_MAX_EVENTS_PER_DELIVERY", "a number of events")?
+    {
+        config.max_events_per_delivery = events;
+    }
+    // Lambda retries an asynchronous invocation twice: three deliveries in
+    // all, the last of which gives a failing run up (see template.yaml).
+    config.max_run_attempts =
+        number_from_env("CRMBRIDGE_MAX_RUN_ATTEMPTS", "a number")?.map_or(3, |n: usize| n as u32);
+    if let Some(secs) = number_from_env("CRMBRIDGE_RUN_LEASE_SECS", "a number of seconds")? {
+        config.run_lease_secs = secs as i64;
+    }
+    if let Some(runs) = number_from_env("CRMBRIDGE_HALT_AFTER_FAILURES", "a number of runs")? {
+        config.halt_after_failures = runs as u32;
     }
     config.allow_any_base_url =
         std::env::var("CRMBRIDGE_ALLOW_ANY_VENDOR_URL").is_ok_and(|v| v == "true" || v == "1");
     Ok(config)
+}
+
+/// A whole number from the environment, `None` when the variable is unset.
+fn number_from_env(name: &'static str, what: &str) -> Result<Option<usize>, ConfigError> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid {
+                name,
+                message: format!("'{text}' is not {what}"),
+            }),
+    }
 }
 
 pub fn keyring_from_env() -> Result<Keyring, ConfigError> {

@@ -376,10 +376,16 @@ impl Store for DynamoStore {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(service)) => match service.err() {
                 TransactWriteItemsError::TransactionCanceledException(cancelled) => {
-                    let index = cancelled
-                        .cancellation_reasons()
-                        .iter()
-                        .position(|reason| reason.code() == Some("ConditionalCheckFailed"));
+                    // A write racing ours on the same item cancels the
+                    // transaction too (`TransactionConflict`): to a caller
+                    // doing optimistic concurrency that is the same as a
+                    // failed condition — read again and decide again.
+                    let index = cancelled.cancellation_reasons().iter().position(|reason| {
+                        matches!(
+                            reason.code(),
+                            Some("ConditionalCheckFailed" | "TransactionConflict")
+                        )
+                    });
                     match index {
                         Some(index) => {
                             let (pk, sk) = writes[index].key();

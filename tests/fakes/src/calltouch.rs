@@ -36,8 +36,10 @@
 //!   site's → 403, body `{"error":…, "message":…}`];
 //! * date format of `statusDate`/`orderDate`/`updateDate`
 //!   [`dd-mm-yyyy HH:MM:SS`, else a validation error — integrators' usage];
-//! * create with an existing `orderNumber` [rejected per order by default;
-//!   [`DuplicatePolicy::ReturnExisting`] answers with the existing deal];
+//! * create with an existing `orderNumber` [rejected per order by default,
+//!   "Сделка с номером '…' уже существует" — other wording with
+//!   [`FakeCalltouch::set_duplicate_error`]; [`DuplicatePolicy::ReturnExisting`]
+//!   answers with the existing deal];
 //! * `addTagsToLead` vs `addTagsToLeads` [both accepted, stored as given];
 //! * delete body [`{"orders":[{"orderNumber":…}]}`];
 //! * rate limit: 5 requests/s per IP, body unknown [injected 429 with
@@ -90,6 +92,8 @@ struct Data {
     next_request: i64,
     next_id: i64,
     duplicate_policy: DuplicatePolicy,
+    /// The per-order error of a refused duplicate; `{number}` is replaced.
+    duplicate_error: Option<String>,
     retry_after_secs: u64,
 }
 
@@ -222,6 +226,13 @@ impl FakeCalltouch {
     /// What a create with an existing `orderNumber` does.
     pub fn set_duplicate_policy(&self, policy: DuplicatePolicy) {
         lock(&self.inner.data).duplicate_policy = policy;
+    }
+
+    /// The wording of the per-order error that refuses a duplicate
+    /// ([`DuplicatePolicy::Reject`]); `{number}` stands for the orderNumber.
+    /// The real wording is undocumented: clients must not depend on it.
+    pub fn set_duplicate_error(&self, text: &str) {
+        lock(&self.inner.data).duplicate_error = Some(text.to_owned());
     }
 
     /// The `Retry-After` (seconds) of an injected `TooManyRequests` (default 1).
@@ -511,7 +522,10 @@ impl Inner {
                 out.push(match d.duplicate_policy {
                     DuplicatePolicy::Reject => json!({
                         "orderNumber": number,
-                        "error": format!("Сделка с номером '{number}' уже существует"),
+                        "error": match &d.duplicate_error {
+                            Some(text) => text.replace("{number}", number),
+                            None => format!("Сделка с номером '{number}' уже существует"),
+                        },
                     }),
                     DuplicatePolicy::ReturnExisting => json!({
                         "calltouchOrderId": existing["calltouchOrderId"],

@@ -48,6 +48,10 @@ pub enum Fault {
     Slow(Duration),
     /// The connection is closed without an answer; nothing is changed.
     Drop,
+    /// The vendor's 429, but with this exact text in its retry header —
+    /// `1e30`, `-5`, `soon`, an HTTP-date — as a misbehaving vendor or a
+    /// proxy in between may send; nothing is changed.
+    RetryAfterText(String),
     /// The request is handled (its writes are committed), then the connection
     /// is closed without an answer.
     DropAfterCommit,
@@ -548,6 +552,29 @@ async fn handle<V: Vendor>(
     let resp = match &fault {
         Some(Fault::Drop) => return Err(Dropped),
         Some(f @ (Fault::ServerError | Fault::TooManyRequests)) => vendor.fault_response(f, &req),
+        Some(Fault::RetryAfterText(text)) => {
+            let mut resp = vendor.fault_response(&Fault::TooManyRequests, &req);
+            // Whichever retry header the vendor uses carries the text.
+            let names: Vec<http::HeaderName> = resp
+                .headers
+                .iter()
+                .map(|(name, _)| name.clone())
+                .filter(|name| name.as_str().contains("retry-after"))
+                .collect();
+            resp.headers
+                .retain(|(name, _)| !name.as_str().contains("retry-after"));
+            let names = if names.is_empty() {
+                vec![http::header::RETRY_AFTER]
+            } else {
+                names
+            };
+            for name in names {
+                if let Ok(value) = http::HeaderValue::from_str(text) {
+                    resp.headers.push((name, value));
+                }
+            }
+            resp
+        }
         Some(Fault::Slow(d)) => {
             let resp = vendor.handle_async(&req).await;
             tokio::time::sleep(*d).await;

@@ -78,6 +78,13 @@ async fn create_and_update_deals() {
     assert_eq!(st, 200);
     assert!(b["data"]["orders"][0]["error"].is_string());
     assert_eq!(ct.deals().len(), 1);
+    ct.set_duplicate_error("Order {number} is already registered");
+    let (_, b) = call(&ct, "create", TOKEN, SITE, create_body("MS-00001")).await;
+    assert_eq!(
+        b["data"]["orders"][0]["error"],
+        "Order MS-00001 is already registered"
+    );
+    assert_eq!(ct.deals().len(), 1);
     ct.set_duplicate_policy(DuplicatePolicy::ReturnExisting);
     let (_, b) = call(&ct, "create", TOKEN, SITE, create_body("MS-00001")).await;
     assert_eq!(b["data"]["orders"][0]["calltouchOrderId"], id);

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,6 +13,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub owner_key: Option<String>,
+    /// Everything the server printed after its banner (its log lines).
+    pub logs: Arc<Mutex<String>>,
 }
 
 impl Drop for Server {
@@ -27,8 +30,13 @@ pub fn serve(data_dir: &Path, workers: usize) -> Server {
     serve_with(data_dir, workers, &[])
 }
 
-#[allow(clippy::zombie_processes)] // Server's Drop kills and waits
 pub fn serve_with(data_dir: &Path, workers: usize, extra: &[&str]) -> Server {
+    serve_logging(data_dir, workers, extra, "warn")
+}
+
+/// Like [`serve_with`], with `CRMBRIDGE_LOG` set to `log`.
+#[allow(clippy::zombie_processes)] // Server's Drop kills and waits
+pub fn serve_logging(data_dir: &Path, workers: usize, extra: &[&str], log: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_crmbridge"))
         .args([
             "serve",
@@ -40,7 +48,7 @@ pub fn serve_with(data_dir: &Path, workers: usize, extra: &[&str]) -> Server {
         ])
         .arg(data_dir)
         .args(extra)
-        .env("CRMBRIDGE_LOG", "warn")
+        .env("CRMBRIDGE_LOG", log)
         .env_remove("CRMBRIDGE_ENCRYPTION_KEYS")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -48,21 +56,34 @@ pub fn serve_with(data_dir: &Path, workers: usize, extra: &[&str]) -> Server {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut owner_key = None;
+    let mut before_banner = String::new();
     loop {
         let line = lines
             .next()
             .expect("serve exited before listening")
             .unwrap();
+        before_banner.push_str(&line);
+        before_banner.push('\n');
         if let Some(key) = line.strip_prefix("owner API key (shown once, store it now): ") {
             owner_key = Some(key.to_owned());
         }
         if let Some(url) = line.strip_prefix("crmbridge listening on ") {
-            // Keep draining stdout so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines.by_ref() {});
+            // Keep draining stdout so the child never blocks on a full pipe;
+            // the logs are kept for tests that check what was logged.
+            let logs = Arc::new(Mutex::new(before_banner));
+            let sink = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in lines.by_ref().map_while(Result::ok) {
+                    let mut logs = sink.lock().unwrap();
+                    logs.push_str(&line);
+                    logs.push('\n');
+                }
+            });
             return Server {
                 child,
                 base: url.to_owned(),
                 owner_key,
+                logs,
             };
         }
     }

@@ -32,7 +32,7 @@ pub fn aws_endpoint() -> String {
             panic!(
                 "CRMBRIDGE_TEST_AWS_ENDPOINT is not set: this test needs moto server \
                  (DynamoDB, EventBridge, SQS). Run `bash infra/test.sh`, or start \
-                 `.tools/venv/bin/moto_server -H 127.0.0.1 -p <port>` and export \
+                 `.tools/venv/bin/python infra/moto_serial.py -H 127.0.0.1 -p <port>` and export \
                  CRMBRIDGE_TEST_AWS_ENDPOINT=http://127.0.0.1:<port>"
             )
         })
@@ -198,6 +198,8 @@ pub struct Stack {
     pub webhook: FunctionProcess,
     pub dispatcher: FunctionProcess,
     pub tick: FunctionProcess,
+    /// The functions' environment, for [`Self::spawn_instances`].
+    env: Vec<(String, String)>,
     _emulator: LambdaEmulator,
 }
 
@@ -255,8 +257,30 @@ impl Stack {
             webhook,
             dispatcher,
             tick,
+            env,
             _emulator: emulator,
         }
+    }
+
+    /// `n` more execution environments of the function `name` (same
+    /// configuration), started together and ready. Lambda runs concurrent
+    /// invocations of one function in separate environments, and a
+    /// [`FunctionProcess`] handles one event at a time, like one
+    /// environment: concurrency needs several.
+    pub async fn spawn_instances(&self, name: &str, n: usize) -> Vec<FunctionProcess> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let function = self
+                ._emulator
+                .spawn_function(binary(name), self.env.clone())
+                .await
+                .unwrap();
+            out.push(function);
+        }
+        for function in &out {
+            function.wait_ready(Duration::from_secs(60)).await.unwrap();
+        }
+        out
     }
 
     /// `POST /v1/…` through admin with the owner key; asserts `expect`.

@@ -1,0 +1,419 @@
+//! The MoySklad, retailCRM and Calltouch connectors against their fakes:
+//! the connection check (an account description, a refused credential that
+//! never shows up in the error, an unavailable vendor as transient), and
+//! keyed creates sent twice by the same step making one record.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use crmbridge_connectors::calltouch::Calltouch;
+use crmbridge_connectors::moysklad::MoySklad;
+use crmbridge_connectors::retailcrm::RetailCrm;
+use crmbridge_connectors::{ActionError, CallContext, Connector, Resend, VendorError, VendorHttp};
+use crmbridge_fakes::Fault;
+use crmbridge_fakes::calltouch::{DuplicatePolicy, FakeCalltouch};
+use crmbridge_fakes::moysklad::FakeMoySklad;
+use crmbridge_fakes::retailcrm::FakeRetailCrm;
+use serde_json::{Map, Value, json};
+
+fn fields(value: Value) -> Map<String, Value> {
+    value.as_object().unwrap().clone()
+}
+
+fn context<'a>(
+    settings: &'a Value,
+    credentials: &'a BTreeMap<String, String>,
+    http: &'a VendorHttp,
+    key: &'a str,
+) -> CallContext<'a> {
+    CallContext {
+        connection: "con_test",
+        settings,
+        credentials,
+        http,
+        idempotency_key: key,
+        allow_any_base_url: true,
+    }
+}
+
+fn credential(name: &str, value: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(name.to_owned(), value.to_owned())])
+}
+
+/// A refused credential: an auth failure (401/403), not worth retrying, and
+/// the secret nowhere in what the user sees.
+fn assert_auth_failure(err: &ActionError, secret: &str) {
+    let text = err.to_string();
+    assert!(!err.is_transient(), "{text}");
+    assert!(
+        matches!(
+            err,
+            ActionError::Vendor(VendorError::Rejected {
+                status: 401 | 403,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("not accepted") || text.contains("no access"),
+        "{text}"
+    );
+    assert!(!text.contains(secret), "{text}");
+    assert!(!format!("{err:?}").contains(secret), "{err:?}");
+}
+
+#[tokio::test]
+async fn moysklad_check_describes_the_account_and_refuses_a_wrong_token() {
+    let ms = FakeMoySklad::start("ms-token-1").await.unwrap();
+    let http = VendorHttp::new();
+    let settings = json!({"base_url": ms.base_url()});
+    let good = credential("token", "ms-token-1");
+    let account = MoySklad::default()
+        .check(&context(&settings, &good, &http, "check"))
+        .await
+        .unwrap();
+    assert_eq!(account["organizations"], 1);
+    assert_eq!(account["organization"]["id"], ms.organization_id());
+    let asked = ms.requests().pop().unwrap();
+    assert_eq!(asked.path, "/api/remap/1.2/entity/organization");
+    assert_eq!(asked.query_param("limit").as_deref(), Some("1"));
+
+    let wrong = credential("token", "ms-wrong-token-77");
+    let err = MoySklad::default()
+        .check(&context(&settings, &wrong, &http, "check"))
+        .await
+        .unwrap_err();
+    assert_auth_failure(&err, "ms-wrong-token-77");
+
+    // Unavailable through every attempt: transient, so "try again later".
+    ms.fail_next(10, Fault::ServerError);
+    let err = MoySklad::default()
+        .check(&context(&settings, &good, &http, "check"))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("HTTP 500"), "{err}");
+}
+
+#[tokio::test]
+async fn moysklad_creates_sent_twice_by_one_step_make_one_record() {
+    let ms = FakeMoySklad::start("ms-token-2").await.unwrap();
+    let http = VendorHttp::new();
+    let settings = json!({"base_url": ms.base_url()});
+    let token = credential("token", "ms-token-2");
+    let connector = MoySklad::default();
+    let step = context(&settings, &token, &http, "run/1/counterparty");
+    let request = fields(json!({"name": "ACME", "phone": "+79161234567"}));
+    assert_eq!(
+        connector.resend("moysklad.counterparty.create", &request),
+        Resend::Keyed
+    );
+    let first = connector
+        .execute(&step, "moysklad.counterparty.create", &request, None)
+        .await
+        .unwrap();
+    let second = connector
+        .execute(&step, "moysklad.counterparty.create", &request, None)
+        .await
+        .unwrap();
+    assert_eq!(second.id, first.id);
+    assert_eq!(ms.counterparties().len(), 1);
+
+    let step = context(&settings, &token, &http, "run/1/order");
+    let order = fields(json!({"agent": first.id, "state": "Новый", "description": "call 5"}));
+    assert_eq!(
+        connector.resend("moysklad.customerorder.create", &order),
+        Resend::Keyed
+    );
+    let first_order = connector
+        .execute(&step, "moysklad.customerorder.create", &order, None)
+        .await
+        .unwrap();
+    let second_order = connector
+        .execute(&step, "moysklad.customerorder.create", &order, None)
+        .await
+        .unwrap();
+    assert_eq!(second_order.id, first_order.id);
+    assert_eq!(ms.orders().len(), 1);
+
+    // Another step is another record.
+    let other = context(&settings, &token, &http, "run/2/counterparty");
+    let third = connector
+        .execute(&other, "moysklad.counterparty.create", &request, None)
+        .await
+        .unwrap();
+    assert_ne!(third.id, first.id);
+    assert_eq!(ms.counterparties().len(), 2);
+}
+
+#[tokio::test]
+async fn retailcrm_check_lists_the_keys_rights_and_refuses_a_wrong_key() {
+    let rc = FakeRetailCrm::start("rc-key-1").await.unwrap();
+    let http = VendorHttp::new();
+    let settings = json!({"base_url": rc.base_url()});
+    let good = credential("api_key", "rc-key-1");
+    let account = RetailCrm
+        .check(&context(&settings, &good, &http, "check"))
+        .await
+        .unwrap();
+    assert_eq!(account["sites"], json!(["main"]));
+    assert_eq!(account["site_access"], "access_full");
+    assert!(
+        account["scopes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("order_write")),
+        "{account}"
+    );
+    assert_eq!(rc.requests().pop().unwrap().path, "/api/credentials");
+
+    let wrong = credential("api_key", "rc-wrong-key-77");
+    let err = RetailCrm
+        .check(&context(&settings, &wrong, &http, "check"))
+        .await
+        .unwrap_err();
+    assert_auth_failure(&err, "rc-wrong-key-77");
+    assert!(err.to_string().contains("Wrong \"apiKey\" value"), "{err}");
+
+    rc.fail_next(10, Fault::ServerError);
+    let err = RetailCrm
+        .check(&context(&settings, &good, &http, "check"))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+}
+
+#[tokio::test]
+async fn retailcrm_creates_sent_twice_by_one_step_make_one_record() {
+    let rc = FakeRetailCrm::start("rc-key-2").await.unwrap();
+    let http = VendorHttp::new();
+    let settings = json!({"base_url": rc.base_url()});
+    let key = credential("api_key", "rc-key-2");
+    let step = context(&settings, &key, &http, "run/1/customer");
+    let customer = fields(json!({"first_name": "Ann", "phone": "+79161234567"}));
+    let first = RetailCrm
+        .execute(&step, "retailcrm.customer.create", &customer, None)
+        .await
+        .unwrap();
+    let second = RetailCrm
+        .execute(&step, "retailcrm.customer.create", &customer, None)
+        .await
+        .unwrap();
+    assert_eq!(second.id, first.id);
+    assert_eq!(rc.customers().len(), 1);
+
+    let step = context(&settings, &key, &http, "run/1/order");
+    let order = fields(json!({"customer_id": first.id, "status": "new", "comment": "call 5"}));
+    let first_order = RetailCrm
+        .execute(&step, "retailcrm.order.create", &order, None)
+        .await
+        .unwrap();
+    let second_order = RetailCrm
+        .execute(&step, "retailcrm.order.create", &order, None)
+        .await
+        .unwrap();
+    assert_eq!(second_order.id, first_order.id);
+    assert_eq!(rc.orders().len(), 1);
+    // The second send only looked the order up.
+    let creates = rc
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/v5/orders/create")
+        .count();
+    assert_eq!(creates, 1);
+}
+
+#[tokio::test]
+async fn retailcrm_a_create_refused_because_an_earlier_one_landed_answers_with_that_record() {
+    let rc = FakeRetailCrm::start("rc-key-3").await.unwrap();
+    let http = VendorHttp::new();
+    let settings = json!({"base_url": rc.base_url()});
+    let key = credential("api_key", "rc-key-3");
+    let step = context(&settings, &key, &http, "run/7/customer");
+    let customer = fields(json!({"first_name": "Bob"}));
+    // Both sends look the externalId up before either creates (the fake
+    // reads its state at once and holds the answers back), so both create:
+    // retailCRM refuses the second as a duplicate externalId.
+    rc.fail_next_on(
+        Some("GET"),
+        "/api/v5/customers/",
+        2,
+        Fault::Slow(std::time::Duration::from_millis(1500)),
+    );
+    let (a, b) = tokio::join!(
+        RetailCrm.execute(&step, "retailcrm.customer.create", &customer, None),
+        RetailCrm.execute(&step, "retailcrm.customer.create", &customer, None),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.id, b.id);
+    assert_eq!(rc.customers().len(), 1);
+    let statuses: Vec<Option<u16>> = rc
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(
+        statuses.contains(&Some(201)) && statuses.contains(&Some(400)),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn calltouch_check_reads_the_journal_and_refuses_a_wrong_token_or_site() {
+    let ct = FakeCalltouch::start("ct-token-1", "12345").await.unwrap();
+    ct.add_call(json!({"callerphone": "79161234567"}));
+    let http = VendorHttp::new();
+    let settings = json!({"base_url": ct.base_url(), "site_id": "12345"});
+    let good = credential("access_token", "ct-token-1");
+    let account = Calltouch
+        .check(&context(&settings, &good, &http, "check"))
+        .await
+        .unwrap();
+    assert_eq!(account, json!({"site_id": "12345", "calls_today": 1}));
+    let asked = ct.requests().pop().unwrap();
+    assert_eq!(asked.path, "/calls-service/RestAPI/12345/calls-diary/calls");
+    assert_eq!(asked.query_param("limit").as_deref(), Some("1"));
+    // The fake's log redacts the token it received.
+    assert_eq!(asked.query_param("clientApiId").as_deref(), Some("***"));
+
+    let wrong = credential("access_token", "ct-wrong-token-77");
+    let err = Calltouch
+        .check(&context(&settings, &wrong, &http, "check"))
+        .await
+        .unwrap_err();
+    assert_auth_failure(&err, "ct-wrong-token-77");
+
+    let other_site = json!({"base_url": ct.base_url(), "site_id": 999});
+    let err = Calltouch
+        .check(&context(&other_site, &good, &http, "check"))
+        .await
+        .unwrap_err();
+    assert_auth_failure(&err, "ct-token-1");
+
+    ct.fail_next(10, Fault::ServerError);
+    let err = Calltouch
+        .check(&context(&settings, &good, &http, "check"))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(!err.to_string().contains("ct-token-1"), "{err}");
+}
+
+#[tokio::test]
+async fn calltouch_a_deal_created_twice_by_one_step_is_one_deal() {
+    for policy in [DuplicatePolicy::Reject, DuplicatePolicy::ReturnExisting] {
+        let ct = FakeCalltouch::start("ct-token-2", "777").await.unwrap();
+        ct.set_duplicate_policy(policy);
+        let http = VendorHttp::new();
+        let settings = json!({"base_url": ct.base_url(), "site_id": "777"});
+        let token = credential("access_token", "ct-token-2");
+        let step = context(&settings, &token, &http, "run/1/deal");
+        let deal = fields(json!({
+            "order_number": "ct-call-555", "call_id": "555", "status": "PENDING",
+            "revenue": 0, "comment": "call 555"}));
+        let first = Calltouch
+            .execute(&step, "calltouch.deal.create", &deal, None)
+            .await
+            .unwrap();
+        let second = Calltouch
+            .execute(&step, "calltouch.deal.create", &deal, None)
+            .await
+            .unwrap();
+        assert_eq!(second.id, first.id, "{policy:?}");
+        assert_eq!(second.id, "ct-call-555");
+        assert_eq!(
+            second.record["calltouch_order_id"], first.record["calltouch_order_id"],
+            "{policy:?}"
+        );
+        assert!(first.record["calltouch_order_id"].is_i64());
+        let deals = ct.deals();
+        assert_eq!(deals.len(), 1, "{policy:?}");
+        // The comment is the deal's own, once: the resolving update
+        // overwrites fields without appending it again.
+        assert_eq!(deals[0]["comments"], json!(["call 555"]), "{policy:?}");
+    }
+}
+
+#[tokio::test]
+async fn calltouch_a_duplicate_refused_in_unknown_words_still_resolves_to_the_deal() {
+    let ct = FakeCalltouch::start("ct-token-4", "777").await.unwrap();
+    // The real wording is undocumented: none of the words we know.
+    ct.set_duplicate_error("Order {number} is already registered");
+    let http = VendorHttp::new();
+    let settings = json!({"base_url": ct.base_url(), "site_id": "777"});
+    let token = credential("access_token", "ct-token-4");
+    let step = context(&settings, &token, &http, "run/1/deal");
+    let deal = fields(json!({"order_number": "B-2", "status": "PENDING"}));
+    let first = Calltouch
+        .execute(&step, "calltouch.deal.create", &deal, None)
+        .await
+        .unwrap();
+    let second = Calltouch
+        .execute(&step, "calltouch.deal.create", &deal, None)
+        .await
+        .unwrap();
+    assert_eq!(second.id, first.id);
+    assert_eq!(
+        second.record["calltouch_order_id"],
+        first.record["calltouch_order_id"]
+    );
+    assert_eq!(ct.deals().len(), 1);
+    // Resolved by an update of that deal.
+    assert_eq!(
+        ct.deal("B-2").unwrap()["updates"].as_array().unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn calltouch_an_update_that_adds_a_comment_is_never_repeated_by_the_http_stack() {
+    let ct = FakeCalltouch::start("ct-token-3", "777").await.unwrap();
+    let http = VendorHttp::new();
+    let settings = json!({"base_url": ct.base_url(), "site_id": "777"});
+    let token = credential("access_token", "ct-token-3");
+    let step = context(&settings, &token, &http, "run/1/deal");
+    Calltouch
+        .execute(
+            &step,
+            "calltouch.deal.create",
+            &fields(json!({"order_number": "A-1"})),
+            None,
+        )
+        .await
+        .unwrap();
+    let update = context(&settings, &token, &http, "run/2/deal");
+    // Overwrites only: a 5xx is retried within the call.
+    ct.fail_next_on(Some("POST"), "/client-order/update", 1, Fault::ServerError);
+    let out = Calltouch
+        .execute(
+            &update,
+            "calltouch.deal.update",
+            &fields(json!({"status": "PAID"})),
+            Some("A-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.attempts, 2);
+    // With a comment: one attempt, the failure handed back as transient.
+    ct.fail_next_on(Some("POST"), "/client-order/update", 1, Fault::ServerError);
+    let err = Calltouch
+        .execute(
+            &update,
+            "calltouch.deal.update",
+            &fields(json!({"status": "PAID", "comment": "paid in full"})),
+            Some("A-1"),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let updates = ct
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/client-order/update"))
+        .count();
+    assert_eq!(updates, 3);
+    assert_eq!(ct.deal("A-1").unwrap()["comments"], json!([]));
+}

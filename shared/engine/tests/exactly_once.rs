@@ -1,0 +1,796 @@
+//! Exactly once under races, on both stores (SQLite, and DynamoDB on moto):
+//! the same event dispatched by several workers at once, a worker killed
+//! between its vendor call and saving the answer, copies of one webhook
+//! accepted at once, a run that keeps failing, and two owners revoking
+//! each other's keys at the same moment.
+//!
+//! The vendors are the fakes in tests/fakes: what they record is what a
+//! real account would hold.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crmbridge_bus::{EventHandler, HandlerError, OutboxBus, OutboxConfig};
+use crmbridge_connectors::Registry;
+use crmbridge_engine::admin::{NewConnection, Principal};
+use crmbridge_engine::ingest::WebhookRequest;
+use crmbridge_engine::records::{Role, RunStatus, StepStatus};
+use crmbridge_engine::tenants::{NewKey, NewTenant};
+use crmbridge_engine::{Automation, Engine, EngineConfig, EngineError, Keyring};
+use crmbridge_fakes::Fault;
+use crmbridge_fakes::calltouch::FakeCalltouch;
+use crmbridge_fakes::nethunt::FakeNetHunt;
+use crmbridge_mapping::Event;
+use crmbridge_store::{DynamoStore, SqliteStore, Store};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+struct Harness {
+    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
+    bus: Arc<OutboxBus>,
+    keyring: String,
+    config: EngineConfig,
+    _dir: tempfile::TempDir,
+}
+
+fn unique() -> u128 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        * 1000
+        + u128::from(N.fetch_add(1, Ordering::SeqCst))
+}
+
+async fn harness(dynamo: bool) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = if dynamo {
+        let endpoint = std::env::var("CRMBRIDGE_TEST_AWS_ENDPOINT")
+            .expect("CRMBRIDGE_TEST_AWS_ENDPOINT is not set: run the suite through infra/test.sh");
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region("us-east-1")
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "testing", "testing", None, None, "t",
+            ))
+            .load()
+            .await;
+        let store = DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&config),
+            format!("once-{}", unique()),
+        );
+        store.create_table().await.unwrap();
+        Arc::new(store)
+    } else {
+        Arc::new(SqliteStore::open(&dir.path().join("crmbridge.db")).unwrap())
+    };
+    let bus =
+        Arc::new(OutboxBus::open(&dir.path().join("bus.db"), OutboxConfig::default()).unwrap());
+    let keyring = Keyring::generate_spec("test");
+    let config = EngineConfig {
+        allow_any_base_url: true,
+        halt_after_failures: 3,
+        max_run_attempts: 3,
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(Engine::new(
+        Arc::clone(&store),
+        bus.clone(),
+        Registry::builtin(),
+        Keyring::parse(&keyring).unwrap(),
+        config.clone(),
+    ));
+    Harness {
+        engine,
+        store,
+        bus,
+        keyring,
+        config,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    /// Another process on the same store and bus. `sole_worker`: it knows
+    /// (as `crmbridge serve` does from its directory lock) that the earlier
+    /// process is gone.
+    fn another_process(&self, sole_worker: bool) -> Arc<Engine> {
+        Arc::new(Engine::new(
+            Arc::clone(&self.store),
+            self.bus.clone(),
+            Registry::builtin(),
+            Keyring::parse(&self.keyring).unwrap(),
+            EngineConfig {
+                sole_worker,
+                ..self.config.clone()
+            },
+        ))
+    }
+
+    async fn owner(&self) -> Principal {
+        let boot = self.engine.bootstrap("Acme").await.unwrap().unwrap();
+        self.engine
+            .authenticate(Some(&format!("Bearer {}", boot.owner_key)))
+            .await
+            .unwrap()
+    }
+
+    async fn connect(
+        &self,
+        who: &Principal,
+        app: &str,
+        settings: Value,
+        credentials: &[(&str, &str)],
+    ) -> (String, String) {
+        let view = self
+            .engine
+            .create_connection(
+                who,
+                NewConnection {
+                    app: app.into(),
+                    name: app.into(),
+                    settings,
+                    credentials: credentials
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                },
+            )
+            .await
+            .unwrap();
+        let token = view.webhook_path.rsplit('/').next().unwrap().to_owned();
+        (view.id, token)
+    }
+
+    async fn automation(&self, who: &Principal, doc: Value) {
+        let automation = Automation::from_json_str(&doc.to_string()).unwrap();
+        self.engine.save_automation(who, automation).await.unwrap();
+    }
+
+    /// Accepts one webhook and takes its event off the bus.
+    async fn event(&self, connection: &str, token: &str, body: Value) -> Event {
+        let body = body.to_string();
+        let accepted = self
+            .engine
+            .ingest_webhook(hook(connection, token, body.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(accepted.accepted.len(), 1);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (stop, shutdown) = watch::channel(false);
+        let workers = self.bus.spawn_workers(Arc::new(Collect(tx)), shutdown);
+        let event = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("event not delivered")
+            .unwrap();
+        stop.send(true).unwrap();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        event
+    }
+}
+
+struct Collect(mpsc::UnboundedSender<Event>);
+
+#[async_trait]
+impl EventHandler for Collect {
+    async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+        self.0.send(event).map_err(|e| HandlerError(e.to_string()))
+    }
+}
+
+fn hook<'a>(connection: &'a str, token: &'a str, body: &'a [u8]) -> WebhookRequest<'a> {
+    WebhookRequest {
+        connection,
+        token,
+        method: "POST",
+        query: vec![],
+        content_type: Some("application/json"),
+        body,
+    }
+}
+
+const GENERIC: fn() -> Value = || json!({"event_id_pointer": "/id", "kind": "order.created"});
+
+/// A NetHunt fake with a Deals folder, and a generic source whose orders
+/// become NetHunt records (create-record has no client key: the case
+/// where only the run's own bookkeeping can prevent a second record).
+async fn orders_to_nethunt(
+    h: &Harness,
+    who: &Principal,
+) -> (FakeNetHunt, String, (String, String)) {
+    let nethunt = FakeNetHunt::start("owner@acme.test", "nh-key")
+        .await
+        .unwrap();
+    let deals = nethunt.add_folder("Deals");
+    nethunt.add_field(&deals, "Name").unwrap();
+    let source = h.connect(who, "generic", GENERIC(), &[]).await;
+    let (nh, _) = h
+        .connect(
+            who,
+            "nethunt",
+            json!({"base_url": nethunt.base_url(), "timeout_ms": 60000}),
+            &[("email", "owner@acme.test"), ("api_key", "nh-key")],
+        )
+        .await;
+    h.automation(
+        who,
+        json!({
+            "id": "orders-to-nethunt", "name": "Orders → NetHunt",
+            "trigger": {"connection": source.0, "event": "generic.order.created"},
+            "steps": [{"id": "record", "action": "nethunt.record.create", "connection": nh,
+                       "fields": {"folder": "Deals", "fields": {"Name": "{{ event.name }}"}}}]
+        }),
+    )
+    .await;
+    (nethunt, deals, source)
+}
+
+/// Waits (with a deadline) until `condition` holds.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits (with a deadline) until Calltouch has received `n` deal creates.
+async fn wait_for_creates(calltouch: &FakeCalltouch, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = calltouch
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("/client-order/create"))
+            .count();
+        if seen >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {seen} of {n} creates arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn creates(nethunt: &FakeNetHunt) -> usize {
+    nethunt
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/actions/create-record/"))
+        .count()
+}
+
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::harness(false).await).await }
+        )* }
+        mod dynamodb { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::harness(true).await).await }
+        )* }
+    };
+}
+
+on_both_stores!(
+    one_event_dispatched_by_four_workers_at_once_calls_the_vendor_once,
+    a_worker_killed_mid_call_leaves_a_run_that_needs_review_not_a_second_record,
+    a_keyed_step_killed_mid_call_is_sent_again_and_the_vendor_keeps_one_record,
+    concurrent_copies_of_a_webhook_are_published_once,
+    a_delivery_with_too_many_events_is_refused_whole,
+    runs_that_keep_failing_halt_their_automation_and_replay_after_enabling,
+    a_run_whose_worker_dies_every_time_is_given_up,
+    two_owners_revoking_each_other_keep_one_owner_key,
+    automation_ids_are_plain_everywhere,
+);
+
+/// Four deliveries of one event at once (EventBridge and the outbox both
+/// deliver at least once): one worker takes the run's lease and calls
+/// NetHunt; the others back off with a transient error, and their
+/// redelivery finds the run finished.
+async fn one_event_dispatched_by_four_workers_at_once_calls_the_vendor_once(h: Harness) {
+    let who = h.owner().await;
+    let (nethunt, deals, (source, token)) = orders_to_nethunt(&h, &who).await;
+    let event = h
+        .event(&source, &token, json!({"id": "D-1", "name": "ACME"}))
+        .await;
+    // Hold NetHunt's answer so the four deliveries overlap its call.
+    nethunt.fail_next_on(
+        Some("POST"),
+        "/actions/create-record/",
+        1,
+        Fault::Slow(Duration::from_millis(800)),
+    );
+    let mut deliveries = Vec::new();
+    for _ in 0..4 {
+        let engine = Arc::clone(&h.engine);
+        let event = event.clone();
+        deliveries.push(tokio::spawn(async move { engine.dispatch(event).await }));
+    }
+    let mut backed_off = 0;
+    let mut finished = 0;
+    for delivery in deliveries {
+        match delivery.await.unwrap() {
+            Ok(done) => {
+                assert_eq!(done.runs[0].status, RunStatus::Succeeded, "{done:?}");
+                finished += 1;
+            }
+            Err(EngineError::Action {
+                transient: true,
+                message,
+                ..
+            }) => {
+                assert!(message.contains("another worker"), "{message}");
+                backed_off += 1;
+            }
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert_eq!((finished, backed_off), (1, 3));
+    // The bus delivers the three again: the run is finished.
+    for _ in 0..3 {
+        let again = h.engine.dispatch(event.clone()).await.unwrap();
+        assert!(again.duplicate);
+    }
+    assert_eq!(creates(&nethunt), 1);
+    assert_eq!(nethunt.records(&deals).len(), 1);
+}
+
+/// The worker dies while NetHunt has committed the record but not yet
+/// answered. The next delivery (a restarted process) finds the step in
+/// flight; create-record has no key to ask NetHunt by, so the run stops as
+/// needs_review instead of creating a second record. A person's replay is
+/// the decision to send it again.
+async fn a_worker_killed_mid_call_leaves_a_run_that_needs_review_not_a_second_record(h: Harness) {
+    let who = h.owner().await;
+    let (nethunt, deals, (source, token)) = orders_to_nethunt(&h, &who).await;
+    let event = h
+        .event(&source, &token, json!({"id": "K-1", "name": "ACME"}))
+        .await;
+    nethunt.fail_next_on(
+        Some("POST"),
+        "/actions/create-record/",
+        1,
+        Fault::Slow(Duration::from_secs(60)),
+    );
+    let dying = tokio::spawn({
+        let engine = Arc::clone(&h.engine);
+        let event = event.clone();
+        async move { engine.dispatch(event).await }
+    });
+    // Killed once NetHunt has committed the record, before it answers.
+    eventually("NetHunt commits the record", || {
+        nethunt.records(&deals).len() == 1
+    })
+    .await;
+    dying.abort();
+    assert!(dying.await.unwrap_err().is_cancelled());
+
+    // Still the first process, its lease live: a redelivery backs off.
+    let busy = h.engine.dispatch(event.clone()).await.unwrap_err();
+    assert!(
+        matches!(
+            busy,
+            EngineError::Action {
+                transient: true,
+                ..
+            }
+        ),
+        "{busy}"
+    );
+
+    let restarted = h.another_process(true);
+    let resumed = restarted.dispatch(event.clone()).await.unwrap();
+    assert_eq!(
+        resumed.runs[0].status,
+        RunStatus::NeedsReview,
+        "{resumed:?}"
+    );
+    assert_eq!(creates(&nethunt), 1, "not sent a second time");
+    let run = restarted.get_run(&who, &resumed.runs[0].id).await.unwrap();
+    assert_eq!(run.steps[0].status, StepStatus::NeedsReview);
+    assert!(
+        run.steps[0].error.as_deref().unwrap().contains("replay"),
+        "{:?}",
+        run.steps[0]
+    );
+    assert_eq!(
+        run.steps[0].request["fields"]["fields"]["Name"], "ACME",
+        "the request is shown"
+    );
+    // Final: more deliveries change nothing.
+    assert!(restarted.dispatch(event.clone()).await.unwrap().duplicate);
+    assert_eq!(creates(&nethunt), 1);
+
+    // The person looked, and decides it must be sent again.
+    let replayed = restarted.replay_run(&who, &run.id).await.unwrap();
+    assert_eq!(replayed.status, RunStatus::Succeeded, "{replayed:?}");
+    assert_eq!(creates(&nethunt), 2);
+    assert_eq!(nethunt.records(&deals).len(), 2);
+}
+
+/// The same kill on a keyed action (Calltouch deals are keyed by their
+/// orderNumber): the restarted process sends it again and Calltouch keeps
+/// one deal.
+async fn a_keyed_step_killed_mid_call_is_sent_again_and_the_vendor_keeps_one_record(h: Harness) {
+    let who = h.owner().await;
+    let calltouch = FakeCalltouch::start("ct-token", "999").await.unwrap();
+    let (source, token) = h.connect(&who, "generic", GENERIC(), &[]).await;
+    let (ct, _) = h
+        .connect(
+            &who,
+            "calltouch",
+            json!({"site_id": "999", "base_url": calltouch.base_url(), "timeout_ms": 60000}),
+            &[("access_token", "ct-token")],
+        )
+        .await;
+    h.automation(
+        &who,
+        json!({
+            "id": "orders-to-calltouch", "name": "Orders → Calltouch deals",
+            "trigger": {"connection": source, "event": "generic.order.created"},
+            "steps": [{"id": "deal", "action": "calltouch.deal.create", "connection": ct,
+                       "fields": {"order_number": "order-{{ event.id }}", "phone": "+79161234567", "status": "PENDING", "revenue": 0}}]
+        }),
+    )
+    .await;
+    let event = h.event(&source, &token, json!({"id": "K-2"})).await;
+    calltouch.fail_next_on(
+        Some("POST"),
+        "/client-order/create",
+        1,
+        Fault::Slow(Duration::from_secs(60)),
+    );
+    let dying = tokio::spawn({
+        let engine = Arc::clone(&h.engine);
+        let event = event.clone();
+        async move { engine.dispatch(event).await }
+    });
+    eventually("Calltouch commits the deal", || {
+        calltouch.deal("order-K-2").is_some()
+    })
+    .await;
+    dying.abort();
+    assert!(dying.await.unwrap_err().is_cancelled());
+
+    let restarted = h.another_process(true);
+    let resumed = restarted.dispatch(event).await.unwrap();
+    assert_eq!(resumed.runs[0].status, RunStatus::Succeeded, "{resumed:?}");
+    let deals: Vec<_> = calltouch
+        .deals()
+        .into_iter()
+        .filter(|d| d["orderNumber"] == "order-K-2")
+        .collect();
+    assert_eq!(deals.len(), 1);
+}
+
+/// Four copies of one delivery at once: one publishes, the others wait for
+/// it and are answered as duplicates; the bus carries the event once.
+async fn concurrent_copies_of_a_webhook_are_published_once(h: Harness) {
+    let who = h.owner().await;
+    let (source, token) = h.connect(&who, "generic", GENERIC(), &[]).await;
+    let mut copies = Vec::new();
+    for _ in 0..4 {
+        let engine = Arc::clone(&h.engine);
+        let (source, token) = (source.clone(), token.clone());
+        copies.push(tokio::spawn(async move {
+            let body = br#"{"id":"C-1","sum":1500}"#;
+            engine.ingest_webhook(hook(&source, &token, body)).await
+        }));
+    }
+    let mut accepted = 0;
+    let mut duplicates = 0;
+    for copy in copies {
+        let outcome = copy.await.unwrap().unwrap();
+        accepted += outcome.accepted.len();
+        duplicates += outcome.duplicates.len();
+    }
+    assert_eq!((accepted, duplicates), (1, 3));
+    assert_eq!(h.bus.stats().await.unwrap().pending, 1, "published once");
+}
+
+async fn a_delivery_with_too_many_events_is_refused_whole(h: Harness) {
+    let who = h.owner().await;
+    let (source, token) = h.connect(&who, "generic", GENERIC(), &[]).await;
+    let limit = h.engine.config().max_events_per_delivery;
+    let batch: Vec<Value> = (0..=limit)
+        .map(|i| json!({"id": format!("B-{i}")}))
+        .collect();
+    let body = serde_json::to_vec(&batch).unwrap();
+    let err = h
+        .engine
+        .ingest_webhook(hook(&source, &token, &body))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 413);
+    assert_eq!(err.to_body()["error"]["field"], "body");
+    assert!(err.to_string().contains(&limit.to_string()), "{err}");
+    assert_eq!(h.bus.stats().await.unwrap().pending, 0, "nothing accepted");
+}
+
+/// An automation whose step fails for good on every event (a template
+/// that cannot render) is halted after its threshold; its later events are
+/// recorded as failed runs without running, another automation on the same
+/// trigger is unaffected, and after enabling it again the halted runs are
+/// replayed.
+async fn runs_that_keep_failing_halt_their_automation_and_replay_after_enabling(h: Harness) {
+    let who = h.owner().await;
+    let calltouch = FakeCalltouch::start("ct-token", "999").await.unwrap();
+    let (source, token) = h.connect(&who, "generic", GENERIC(), &[]).await;
+    let (ct, _) = h
+        .connect(
+            &who,
+            "calltouch",
+            json!({"site_id": "999", "base_url": calltouch.base_url()}),
+            &[("access_token", "ct-token")],
+        )
+        .await;
+    let deal = |id: &str, order: &str| {
+        json!({
+            "id": id, "name": id,
+            "trigger": {"connection": source, "event": "generic.order.created"},
+            "steps": [{"id": "deal", "action": "calltouch.deal.create", "connection": ct,
+                       "fields": {"order_number": order, "phone": "+79161234567", "status": "PENDING", "revenue": 0}}]
+        })
+    };
+    // `sum` is a number: `sum.missing.deeper` cannot render.
+    h.automation(&who, deal("poisoned", "p-{{ event.sum.missing.deeper }}"))
+        .await;
+    h.automation(&who, deal("healthy", "h-{{ event.id }}"))
+        .await;
+    let mut events = Vec::new();
+    for i in 0..5 {
+        events.push(
+            h.event(&source, &token, json!({"id": format!("P-{i}"), "sum": 1}))
+                .await,
+        );
+    }
+    for event in &events {
+        h.engine.dispatch(event.clone()).await.unwrap();
+    }
+    let poisoned = h.engine.get_automation(&who, "poisoned").await.unwrap();
+    assert!(poisoned.halted.is_some(), "{poisoned:?}");
+    assert!(
+        poisoned
+            .health
+            .as_deref()
+            .unwrap()
+            .starts_with("halted: 3 runs in a row failed"),
+        "{:?}",
+        poisoned.health
+    );
+    let healthy = h.engine.get_automation(&who, "healthy").await.unwrap();
+    assert!(healthy.halted.is_none() && healthy.health.is_none());
+    assert_eq!(
+        calltouch.deals().len(),
+        5,
+        "the healthy automation ran every event"
+    );
+    let runs = h
+        .engine
+        .list_runs(
+            &who,
+            crmbridge_engine::runs::RunFilter {
+                automation: Some("poisoned".into()),
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(runs.len(), 5);
+    assert!(runs.iter().all(|r| r.status == RunStatus::Failed));
+    let halted_runs = runs
+        .iter()
+        .filter(|r| r.outcome.starts_with("not run: the automation is halted"))
+        .count();
+    assert_eq!(halted_runs, 2, "{runs:?}");
+    // Replaying while halted is refused.
+    let refused = h
+        .engine
+        .replay_automation(
+            &who,
+            "poisoned",
+            chrono::Utc::now() - chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), 409);
+
+    // The person fixes the template (saving resumes it) and replays.
+    h.automation(&who, deal("poisoned", "p-{{ event.id }}"))
+        .await;
+    let fixed = h.engine.get_automation(&who, "poisoned").await.unwrap();
+    assert!(fixed.halted.is_none() && fixed.health.is_none());
+    let report = h
+        .engine
+        .replay_automation(
+            &who,
+            "poisoned",
+            chrono::Utc::now() - chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.replayed.len(), 5);
+    assert!(
+        report
+            .replayed
+            .iter()
+            .all(|r| r.status == RunStatus::Succeeded),
+        "{report:?}"
+    );
+    assert_eq!(calltouch.deals().len(), 10);
+}
+
+/// A run whose worker never comes back (killed in the vendor call every
+/// time) is given up after its attempts, as a failed run with the reason,
+/// and counts towards halting; it does not loop forever.
+async fn a_run_whose_worker_dies_every_time_is_given_up(h: Harness) {
+    let who = h.owner().await;
+    let calltouch = FakeCalltouch::start("ct-token", "999").await.unwrap();
+    let (source, token) = h.connect(&who, "generic", GENERIC(), &[]).await;
+    let (ct, _) = h
+        .connect(
+            &who,
+            "calltouch",
+            json!({"site_id": "999", "base_url": calltouch.base_url(), "timeout_ms": 60000}),
+            &[("access_token", "ct-token")],
+        )
+        .await;
+    h.automation(
+        &who,
+        json!({
+            "id": "doomed", "name": "doomed",
+            "trigger": {"connection": source, "event": "generic.order.created"},
+            "steps": [{"id": "deal", "action": "calltouch.deal.create", "connection": ct,
+                       "fields": {"order_number": "d-{{ event.id }}", "phone": "+79161234567", "status": "PENDING", "revenue": 0}}]
+        }),
+    )
+    .await;
+    let event = h.event(&source, &token, json!({"id": "X-1"})).await;
+    let attempts = h.config.max_run_attempts as usize;
+    calltouch.fail_next_on(
+        Some("POST"),
+        "/client-order/create",
+        attempts,
+        Fault::Slow(Duration::from_secs(60)),
+    );
+    for n in 1..=attempts {
+        // Each delivery is a new process that dies inside the call.
+        let engine = h.another_process(true);
+        let dying = tokio::spawn({
+            let event = event.clone();
+            async move { engine.dispatch(event).await }
+        });
+        wait_for_creates(&calltouch, n).await;
+        eventually("Calltouch commits the deal", || {
+            calltouch.deal("d-X-1").is_some()
+        })
+        .await;
+        dying.abort();
+        assert!(dying.await.unwrap_err().is_cancelled());
+    }
+    let last = h
+        .another_process(true)
+        .dispatch(event.clone())
+        .await
+        .unwrap();
+    assert_eq!(last.runs[0].status, RunStatus::Failed, "{last:?}");
+    assert!(
+        last.runs[0]
+            .outcome
+            .starts_with(&format!("given up after {attempts} deliveries")),
+        "{}",
+        last.runs[0].outcome
+    );
+    let record = h.engine.get_automation(&who, "doomed").await.unwrap();
+    assert_eq!(record.failure_streak, 1);
+    // Given up is final for deliveries: nothing more is sent.
+    let calls = calltouch.requests().len();
+    h.another_process(true).dispatch(event).await.unwrap();
+    assert_eq!(calltouch.requests().len(), calls);
+}
+
+/// The last-owner rule holds when two owners revoke each other's keys at
+/// the same moment: one succeeds, the other is 409, every time.
+async fn two_owners_revoking_each_other_keep_one_owner_key(h: Harness) {
+    let operator = h.owner().await;
+    for trial in 0..100 {
+        let tenant = h
+            .engine
+            .create_tenant(
+                &operator,
+                NewTenant {
+                    name: format!("T{trial}"),
+                },
+            )
+            .await
+            .unwrap();
+        let first = h
+            .engine
+            .authenticate(Some(&format!("Bearer {}", tenant.owner_key.key)))
+            .await
+            .unwrap();
+        let second_key = h
+            .engine
+            .create_key(&first, NewKey { role: Role::Owner })
+            .await
+            .unwrap();
+        let second = h
+            .engine
+            .authenticate(Some(&format!("Bearer {}", second_key.key)))
+            .await
+            .unwrap();
+        let (a, b) = tokio::join!(
+            h.engine.delete_key(&first, &second.key_id),
+            h.engine.delete_key(&second, &first.key_id),
+        );
+        let outcomes = [&a, &b];
+        let ok = outcomes.iter().filter(|r| r.is_ok()).count();
+        let conflicts = outcomes
+            .iter()
+            .filter(|r| matches!(r, Err(e) if e.status() == 409))
+            .count();
+        assert_eq!((ok, conflicts), (1, 1), "trial {trial}: {a:?} {b:?}");
+        let survivor = if a.is_ok() { &first } else { &second };
+        let keys = h.engine.list_keys(survivor).await.unwrap();
+        assert_eq!(keys.iter().filter(|k| k.role == Role::Owner).count(), 1);
+    }
+}
+
+/// An id that the run filter would refuse is refused when the automation is
+/// saved, with the same rule.
+async fn automation_ids_are_plain_everywhere(h: Harness) {
+    let who = h.owner().await;
+    let (source, _) = h.connect(&who, "generic", GENERIC(), &[]).await;
+    for id in ["заказ-1", "a/b", "a#b", ""] {
+        let automation = Automation::from_json_str(
+            &json!({"id": id, "name": "x",
+                    "trigger": {"connection": source, "event": "generic.order.created"},
+                    "steps": []})
+            .to_string(),
+        )
+        .unwrap();
+        let err = h
+            .engine
+            .save_automation(&who, automation)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 422, "{id}: {err}");
+        let body = err.to_body();
+        let fields: Vec<&str> = body["error"]["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert!(fields.contains(&"id"), "{id}: {body}");
+        let filter = h
+            .engine
+            .list_runs(
+                &who,
+                crmbridge_engine::runs::RunFilter {
+                    automation: Some(id.to_owned()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(filter.status(), 400, "{id}");
+    }
+    assert!(h.engine.list_automations(&who).await.unwrap().is_empty());
+}
