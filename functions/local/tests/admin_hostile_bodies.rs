@@ -214,8 +214,9 @@ async fn deep_bodies_are_refused_by_the_limit_while_the_server_keeps_answering()
     let before = dump(&db);
     let automations = hostile_automations();
 
-    // A viewer may not create automations: refused on its role, before
-    // its body is read, so it is a 403 and not the parser's 400.
+    // A viewer's hostile body is refused by the depth limit (a linear scan
+    // that parses nothing runs before the role check); a viewer's harmless
+    // automation is refused on its role, and is never parsed.
     let (status, body) = call(
         &server,
         Method::POST,
@@ -225,12 +226,32 @@ async fn deep_bodies_are_refused_by_the_limit_while_the_server_keeps_answering()
         automations[0].1.clone(),
     )
     .await;
+    assert_refused_for_depth(status, &body, "a viewer's deep automation");
+    let scans = wait_for_parse_times(&server, 1).await.len();
+    let (status, body) = call(
+        &server,
+        Method::POST,
+        &format!("Bearer {viewer}"),
+        "/v1/automations",
+        "application/yaml",
+        "id: harmless\nname: x\ntrigger: {connection: c, event: generic.x}\nsteps: []\n".to_owned(),
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("\"forbidden\""), "{body}");
-    assert!(
-        logged_parse_times(&server).is_empty(),
+    assert_eq!(
+        logged_parse_times(&server).len(),
+        scans,
         "the viewer's body was parsed"
     );
+    let parsed_after_role: usize = server
+        .logs
+        .lock()
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("admin body parsed") && line.contains("refused=false"))
+        .count();
+    assert_eq!(parsed_after_role, 0, "the viewer's body was parsed");
 
     // An admin's hostile bodies: 400 naming the limit. Two times: the
     // round trip on loopback (the whole request: read, authenticate,

@@ -1,5 +1,6 @@
 //! Calltouch: call and request webhooks in, deals (API 2.0, lead-service)
-//! out. Facts: ../shared/apis/calltouch-moysklad-retailcrm.md, § A.
+//! out. Facts, with how sure we are of each and the public source:
+//! `vendors/calltouch/API.md`.
 //!
 //! - Calltouch signs nothing: the connection's secret token in the webhook
 //!   URL is the authentication (checked by the engine).

@@ -1,5 +1,6 @@
 //! MoySklad (JSON API 1.2): counterparties, customer orders, order webhooks
-//! and polling. Facts: ../shared/apis/calltouch-moysklad-retailcrm.md, § B.
+//! and polling. Facts, with how sure we are of each and the public source:
+//! `vendors/moysklad/API.md`.
 //!
 //! - Auth `Authorization: Bearer <token>`; `Accept-Encoding: gzip` is
 //!   mandatory (415 otherwise) — the HTTP stack always sends it.

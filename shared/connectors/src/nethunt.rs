@@ -1,5 +1,5 @@
-//! NetHunt CRM through its "Zapier" integration API. Facts:
-//! ../shared/apis/nethunt-worksection-zoho-ringostat.md, § A.
+//! NetHunt CRM through its "Zapier" integration API. Facts, with how sure
+//! we are of each and the public source: `vendors/nethunt/API.md`.
 //!
 //! - One host, `https://nethunt.com/api/v1/zapier`; HTTP Basic with the
 //!   account e-mail and the API key. A bad key answers the plain text

@@ -1,5 +1,6 @@
 //! retailCRM (API v5): customers, orders, and order changes polled from the
-//! history. Facts: ../shared/apis/calltouch-moysklad-retailcrm.md, § C.
+//! history. Facts, with how sure we are of each and the public source:
+//! `vendors/retailcrm/API.md`.
 //!
 //! - The account has its own address (`https://<shop>.retailcrm.ru`, or the
 //!   Simla domains): `base_url` is a required setting.

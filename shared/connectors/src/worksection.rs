@@ -1,5 +1,5 @@
-//! Worksection through its admin API. Facts:
-//! ../shared/apis/nethunt-worksection-zoho-ringostat.md, § B.
+//! Worksection through its admin API. Facts, with how sure we are of each
+//! and the public source: `vendors/worksection/API.md`.
 //!
 //! - Each account has its own origin, `https://<account>.worksection.com`
 //!   (`base_url`, required); the admin API lives at `/api/admin/v2/`.

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use crmbridge_store::{Query, StoreError, Write};
+use crmbridge_store::{StoreError, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::secrets_aad;
@@ -394,21 +394,11 @@ impl Engine {
         who.require_role(Role::Admin, "list connections")?;
         let (pk, prefix) = keys::tenant_connections(&who.tenant);
         let mut views = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .query(Query::prefix(pk.clone(), prefix).after(after))
-                .await?;
-            for entry in &page.items {
-                let id = entry.sk.trim_start_matches(prefix);
-                views.push(self.get_connection(who, id).await?);
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(views),
-            }
+        for entry in self.query_all(&pk, prefix).await? {
+            let id = entry.sk.trim_start_matches(prefix);
+            views.push(self.get_connection(who, id).await?);
         }
+        Ok(views)
     }
 }
 

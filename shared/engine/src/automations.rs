@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use crmbridge_mapping::{Automation, Catalog, EventKindSpec, ValidationErrorKind};
-use crmbridge_store::{Query, StoreError, Write};
+use crmbridge_store::{StoreError, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::Principal;
@@ -310,23 +310,13 @@ impl Engine {
     pub async fn list_automations(&self, who: &Principal) -> EngineResult<Vec<AutomationRecord>> {
         let (pk, prefix) = keys::tenant_automations(&who.tenant);
         let mut records = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .query(Query::prefix(pk.clone(), prefix).after(after))
-                .await?;
-            for entry in &page.items {
-                let reference: AutomationRef = decode(entry)?;
-                if let Ok(record) = self.get_automation(who, &reference.automation).await {
-                    records.push(record);
-                }
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(records),
+        for entry in self.query_all(&pk, prefix).await? {
+            let reference: AutomationRef = decode(&entry)?;
+            if let Ok(record) = self.get_automation(who, &reference.automation).await {
+                records.push(record);
             }
         }
+        Ok(records)
     }
 
     pub async fn set_automation_enabled(
@@ -454,30 +444,20 @@ impl Engine {
     ) -> EngineResult<Vec<AutomationRecord>> {
         let (pk, prefix) = keys::triggers(connection, kind);
         let mut found = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .query(Query::prefix(pk.clone(), prefix).after(after))
-                .await?;
-            for entry in &page.items {
-                let reference: AutomationRef = decode(entry)?;
-                if let Some((record, _)) = self
-                    .read::<AutomationRecord>(&keys::automation(
-                        &reference.tenant,
-                        &reference.automation,
-                    ))
-                    .await?
-                    && record.automation.enabled
-                {
-                    found.push(record);
-                }
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(found),
+        for entry in self.query_all(&pk, prefix).await? {
+            let reference: AutomationRef = decode(&entry)?;
+            if let Some((record, _)) = self
+                .read::<AutomationRecord>(&keys::automation(
+                    &reference.tenant,
+                    &reference.automation,
+                ))
+                .await?
+                && record.automation.enabled
+            {
+                found.push(record);
             }
         }
+        Ok(found)
     }
 
     /// Counts a run that failed for good; at the threshold the automation
@@ -491,65 +471,42 @@ impl Engine {
             .automation
             .halt_after
             .unwrap_or(self.config.halt_after_failures);
-        let key = keys::automation(&record.tenant, &record.automation.id);
-        for _ in 0..10 {
-            let Some((mut current, version)) = self.read::<AutomationRecord>(&key).await? else {
-                return Ok(());
-            };
-            if current.halted.is_some() {
-                return Ok(());
-            }
-            current.failure_streak += 1;
-            if threshold > 0 && current.failure_streak >= threshold {
-                let reason = format!(
-                    "{} runs in a row failed; the last: {}",
-                    current.failure_streak,
-                    truncate_chars(outcome, 300)
-                );
-                current.health = Some(format!("halted: {reason}"));
-                current.halted = Some(reason);
-            }
-            match self
-                .store
-                .update_if_version(item(key.clone(), &current)?, version)
-                .await
-            {
-                Ok(_) => {
-                    if let Some(reason) = &current.halted {
-                        tracing::warn!(tenant = %record.tenant, automation = %record.automation.id, reason = %reason, "automation halted");
-                    }
-                    return Ok(());
+        let updated = self
+            .update_automation(&record.tenant, &record.automation.id, |current| {
+                if current.halted.is_some() {
+                    return false;
                 }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(err) => return Err(err.into()),
-            }
+                current.failure_streak += 1;
+                if threshold > 0 && current.failure_streak >= threshold {
+                    let reason = format!(
+                        "{} runs in a row failed; the last: {}",
+                        current.failure_streak,
+                        truncate_chars(outcome, 300)
+                    );
+                    current.health = Some(format!("halted: {reason}"));
+                    current.halted = Some(reason);
+                }
+                true
+            })
+            .await?;
+        if let Some(reason) = updated.and_then(|r| r.halted) {
+            tracing::warn!(tenant = %record.tenant, automation = %record.automation.id, reason = %reason, "automation halted");
         }
         Ok(())
     }
 
     /// A run succeeded: whatever was wrong is fixed.
     pub(crate) async fn clear_failures(&self, tenant: &str, id: &str) -> EngineResult<()> {
-        let key = keys::automation(tenant, id);
-        for _ in 0..10 {
-            let Some((mut record, version)) = self.read::<AutomationRecord>(&key).await? else {
-                return Ok(());
-            };
+        self.update_automation(tenant, id, |record| {
             if record.halted.is_some() || (record.health.is_none() && record.failure_streak == 0) {
-                return Ok(());
+                return false;
             }
             record.health = None;
             record.failure_streak = 0;
-            match self
-                .store
-                .update_if_version(item(key.clone(), &record)?, version)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Ok(())
+            true
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Marks an automation's health (e.g. "project archived"); `None` = ok.
@@ -559,26 +516,48 @@ impl Engine {
         id: &str,
         health: Option<String>,
     ) -> EngineResult<()> {
-        let key = keys::automation(tenant, id);
-        for _ in 0..5 {
-            let Some((mut record, version)) = self.read::<AutomationRecord>(&key).await? else {
-                return Ok(());
-            };
+        self.update_automation(tenant, id, |record| {
             if record.health == health {
-                return Ok(());
+                return false;
             }
             record.health = health.clone();
+            true
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Read, change, conditional write, again on a conflict: the record's
+    /// bookkeeping (health, failure streak) changes under concurrent runs
+    /// and admin saves. `change` says whether it changed anything; the
+    /// record as written is returned (`None` if nothing was written).
+    async fn update_automation(
+        &self,
+        tenant: &str,
+        id: &str,
+        change: impl Fn(&mut AutomationRecord) -> bool,
+    ) -> EngineResult<Option<AutomationRecord>> {
+        let key = keys::automation(tenant, id);
+        for _ in 0..10 {
+            let Some((mut record, version)) = self.read::<AutomationRecord>(&key).await? else {
+                return Ok(None);
+            };
+            if !change(&mut record) {
+                return Ok(None);
+            }
             match self
                 .store
                 .update_if_version(item(key.clone(), &record)?, version)
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(Some(record)),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(err) => return Err(err.into()),
             }
         }
-        Ok(())
+        Err(EngineError::InProgress(format!(
+            "automation {id} kept changing while its bookkeeping was updated"
+        )))
     }
 }
 

@@ -143,24 +143,14 @@ impl Engine {
             }
             let id = run_id(&event.id, Some(&record.automation.id));
             let outcome = format!("dead-lettered: {reason}");
-            let now = self.now();
-            let fresh = RunRecord {
-                id: id.clone(),
-                tenant: event.tenant.clone(),
-                connection: event.connection.clone(),
-                automation: Some(record.automation.id.clone()),
-                event_id: event.id.to_string(),
-                event_kind: event.kind.clone(),
-                status: RunStatus::Failed,
-                outcome: outcome.clone(),
-                event: event.clone(),
-                steps: Vec::new(),
-                attempts: 0,
-                attempts_before_replay: 0,
-                lease: None,
-                created_at: now,
-                updated_at: now,
-            };
+            let mut fresh = self.new_run(
+                &event,
+                Some(&record.automation.id),
+                RunStatus::Failed,
+                outcome.clone(),
+                None,
+            );
+            fresh.attempts = 0;
             let run = if self.create_run(&fresh).await? {
                 fresh
             } else {
@@ -193,27 +183,11 @@ impl Engine {
     }
 
     async fn record_no_match(&self, event: Event) -> EngineResult<Dispatched> {
-        let now = self.now();
-        let run = RunRecord {
-            id: run_id(&event.id, None),
-            tenant: event.tenant.clone(),
-            connection: event.connection.clone(),
-            automation: None,
-            event_id: event.id.to_string(),
-            event_kind: event.kind.clone(),
-            status: RunStatus::NoMatch,
-            outcome: format!(
-                "no automation matched {} on connection {}",
-                event.kind, event.connection
-            ),
-            event,
-            steps: Vec::new(),
-            attempts: 1,
-            attempts_before_replay: 0,
-            lease: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let outcome = format!(
+            "no automation matched {} on connection {}",
+            event.kind, event.connection
+        );
+        let run = self.new_run(&event, None, RunStatus::NoMatch, outcome, None);
         let created = self.create_run(&run).await?;
         tracing::info!(run = %run.id, status = ?run.status, created, "dispatched");
         Ok(Dispatched {
@@ -349,24 +323,13 @@ impl Engine {
         let automation = &record.automation;
         let id = run_id(&event.id, Some(&automation.id));
         let owner = self.lease_owner();
-        let now = self.now();
-        let fresh = RunRecord {
-            id: id.clone(),
-            tenant: event.tenant.clone(),
-            connection: event.connection.clone(),
-            automation: Some(automation.id.clone()),
-            event_id: event.id.to_string(),
-            event_kind: event.kind.clone(),
-            status: RunStatus::Running,
-            outcome: "running".into(),
-            event: event.clone(),
-            steps: Vec::new(),
-            attempts: 1,
-            attempts_before_replay: 0,
-            lease: Some(self.lease(&owner)),
-            created_at: now,
-            updated_at: now,
-        };
+        let fresh = self.new_run(
+            event,
+            Some(&automation.id),
+            RunStatus::Running,
+            "running".into(),
+            Some(self.lease(&owner)),
+        );
         let created = self.create_run(&fresh).await?;
         let (mut run, mut version) = if created {
             (fresh, 1)
@@ -424,6 +387,36 @@ impl Engine {
                 Err(err)
             }
             Err(err) => Err(err),
+        }
+    }
+
+    /// A run of `event` (by `automation`, or of no automation), first
+    /// attempt, as it is created.
+    fn new_run(
+        &self,
+        event: &Event,
+        automation: Option<&str>,
+        status: RunStatus,
+        outcome: String,
+        lease: Option<RunLease>,
+    ) -> RunRecord {
+        let now = self.now();
+        RunRecord {
+            id: run_id(&event.id, automation),
+            tenant: event.tenant.clone(),
+            connection: event.connection.clone(),
+            automation: automation.map(str::to_owned),
+            event_id: event.id.to_string(),
+            event_kind: event.kind.clone(),
+            status,
+            outcome,
+            event: event.clone(),
+            steps: Vec::new(),
+            attempts: 1,
+            attempts_before_replay: 0,
+            lease,
+            created_at: now,
+            updated_at: now,
         }
     }
 

@@ -176,6 +176,27 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Every item of a partition whose sort key starts with `prefix`, all
+    /// pages. For the small indexes (a tenant's keys, connections,
+    /// automations; an event kind's triggers), never for runs.
+    pub(crate) async fn query_all(&self, pk: &str, prefix: &str) -> EngineResult<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .query(crmbridge_store::Query::prefix(pk.to_owned(), prefix).after(after))
+                .await?;
+            items.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(items),
+            }
+        }
+    }
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(item: &Item) -> EngineResult<T> {
     serde_json::from_value(item.body.clone()).map_err(|err| EngineError::Corrupt {
         what: format!("{} / {}", item.pk, item.sk),

@@ -14,7 +14,7 @@
 //! key cannot multiply tenants.
 
 use chrono::{DateTime, Utc};
-use crmbridge_store::{Query, StoreError, Write};
+use crmbridge_store::{StoreError, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{Principal, new_api_key};
@@ -204,21 +204,11 @@ impl Engine {
     /// The tenant's key index entries with their versions.
     async fn key_items(&self, tenant: &str) -> EngineResult<Vec<(KeyIndexEntry, u64)>> {
         let (pk, prefix) = keys::tenant_keys(tenant);
-        let mut entries = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .query(Query::prefix(pk.clone(), prefix).after(after))
-                .await?;
-            for entry in &page.items {
-                entries.push((decode::<KeyIndexEntry>(entry)?, entry.version));
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(entries),
-            }
-        }
+        self.query_all(&pk, prefix)
+            .await?
+            .iter()
+            .map(|item| Ok((decode::<KeyIndexEntry>(item)?, item.version)))
+            .collect()
     }
 
     pub async fn current_tenant(&self, who: &Principal) -> EngineResult<TenantView> {

@@ -23,6 +23,18 @@ fn too_deep() -> EngineError {
     )
 }
 
+/// Refuses a body nested deeper than [`MAX_BODY_DEPTH`], by a linear scan
+/// that parses nothing (cheap enough to run before anything else).
+pub(crate) fn check_depth(body: &[u8], yaml: bool) -> Result<(), EngineError> {
+    let too = if yaml {
+        // Not UTF-8 is refused by the parser with its own message.
+        std::str::from_utf8(body).is_ok_and(|text| yaml_depth_exceeds(text, MAX_BODY_DEPTH))
+    } else {
+        json_depth_exceeds(body, MAX_BODY_DEPTH)
+    };
+    if too { Err(too_deep()) } else { Ok(()) }
+}
+
 /// Parses a JSON body, naming the exact path of the first problem.
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, EngineError> {
     if json_depth_exceeds(body, MAX_BODY_DEPTH) {

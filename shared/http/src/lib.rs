@@ -842,13 +842,33 @@ async fn replay_automation(
     .into_response())
 }
 
-/// An automation from a JSON body, or YAML when the content type says so.
+/// An automation from a JSON body, or YAML when the content type says so,
+/// for a caller allowed to change automations.
+///
+/// The order is deliberate: the key is known, the (size-capped) body is
+/// read, its nesting depth is checked by a linear scan that parses nothing
+/// — so an over-deep body is a 400 naming the limit whoever sends it —,
+/// then the role is checked, and only then is the body parsed, off the
+/// async workers.
 async fn automation_body(
+    who: &Principal,
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<crmbridge_engine::Automation> {
     let is_yaml = content_type(headers).is_some_and(|ct| ct.contains("yaml"));
     let bytes = read_body(headers, body, 256 * 1024).await?;
+    let started = Instant::now();
+    if let Err(err) = body::check_depth(&bytes, is_yaml) {
+        tracing::debug!(
+            bytes = bytes.len(),
+            parse_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            wait_us = 0u64,
+            refused = true,
+            "admin body parsed"
+        );
+        return Err(err.into());
+    }
+    who.require_role(Role::Admin, "change automations")?;
     parse_off_thread(bytes.len(), move || {
         if is_yaml {
             body::parse_yaml(&bytes)
@@ -890,8 +910,8 @@ async fn create_automation(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let who = authorised(&state, &headers, Role::Admin, "change automations").await?;
-    let automation = automation_body(&headers, body).await?;
+    let who = principal(&state, &headers).await?;
+    let automation = automation_body(&who, &headers, body).await?;
     if state
         .engine
         .get_automation(&who, &automation.id)
@@ -929,8 +949,8 @@ async fn put_automation(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let who = authorised(&state, &headers, Role::Admin, "change automations").await?;
-    let automation = automation_body(&headers, body).await?;
+    let who = principal(&state, &headers).await?;
+    let automation = automation_body(&who, &headers, body).await?;
     if automation.id != id {
         return Err(EngineError::bad_request(
             "id",
@@ -1553,10 +1573,24 @@ mod tests {
             ("POST", "/v1/keys", "application/json"),
             ("POST", "/v1/tenants", "application/json"),
         ] {
+            // `{}` would be a 400 from the parser (required fields): the
+            // 403 says the role came first.
             let (status, body) =
-                send(&router, with_key(method, path, viewer, content_type, &deep)).await;
+                send(&router, with_key(method, path, viewer, content_type, "{}")).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
             assert_eq!(body["error"]["field"], "authorization");
+        }
+        // An over-deep automation is refused by the nesting limit whoever
+        // sends it: the linear scan runs before the role check (it parses
+        // nothing), the parser after it.
+        for (method, path) in [("POST", "/v1/automations"), ("PUT", "/v1/automations/a")] {
+            let (status, body) = send(
+                &router,
+                with_key(method, path, viewer, "application/yaml", &deep),
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+            assert_eq!(body["error"]["message"], "nested deeper than 64 levels");
         }
         // The owner passes the role check and meets the nesting limit.
         let (status, body) = send(

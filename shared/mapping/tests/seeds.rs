@@ -1,4 +1,5 @@
-//! The five seed integrations (../shared/seeds/) expressed as automations
+//! The five seed integrations (the vendors' help articles; the three that
+//! ship as recipes are paraphrased in `docs/integrations/`) expressed as automations
 //! (tests/seeds/*.yaml): each validates against the test catalog and renders
 //! the expected requests for a sample event.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,7 +1,7 @@
 //! Fake Calltouch: the lead-service v1 deals API ("Deals API 2.0") and the
 //! call webhook Calltouch sends to us.
 //!
-//! Mirrors (see `shared/apis/…` §A):
+//! Mirrors (see `shared/connectors/src/vendors/calltouch/API.md`):
 //! * `POST /lead-service/v1/api/client-order/create` and
 //!   `POST /lead-service/v1/api/client-order/update` (and `…/delete`) on
 //!   `https://api.calltouch.ru`; auth by the headers `Access-Token: <token>`

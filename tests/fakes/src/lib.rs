@@ -22,9 +22,9 @@
 //! ([`Fault`]: `fail_next`, `fail_next_on`, `set_fault_rate`). The server stops
 //! when its handle is dropped.
 //!
-//! The facts each fake follows come from `shared/apis/calltouch-moysklad-retailcrm.md`
-//! (Calltouch, MoySklad, retailCRM) and `shared/apis/nethunt-worksection-zoho-ringostat.md`
-//! (NetHunt, Worksection);
+//! The facts each fake follows are written down, with how sure we are of
+//! each and the public source, in `shared/connectors/src/vendors/<vendor>/API.md`
+//! (`calltouch`, `moysklad`, `retailcrm`, `nethunt`, `worksection`);
 //! each module's docs say which of them are uncertain and what the fake does then.
 //!
 //! ```no_run

@@ -1,6 +1,7 @@
 //! Fake MoySklad JSON API 1.2 (`https://api.moysklad.ru/api/remap/1.2`).
 //!
-//! Mirrors (from the official doc sources, see `shared/apis/…` §B):
+//! Mirrors (from the official doc sources, see
+//! `shared/connectors/src/vendors/moysklad/API.md`):
 //! * auth: `Authorization: Bearer <token>` or `Basic base64(login:password)`;
 //!   anything else → 401 with an `errors[]` body, code 1056, and
 //!   `X-Lognex-Auth` headers. `POST /security/token` with Basic auth issues

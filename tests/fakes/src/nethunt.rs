@@ -1,6 +1,6 @@
 //! Fake NetHunt CRM "Zapier" integration API (`https://nethunt.com/api/v1/zapier`).
 //!
-//! Mirrors (see `shared/apis/nethunt-worksection-zoho-ringostat.md` §A):
+//! Mirrors (see `shared/connectors/src/vendors/nethunt/API.md`):
 //! * only the documented prefix [`API_PREFIX`] is served; every path is
 //!   relative to [`FakeNetHunt::base_url`]; GET and POST only, JSON bodies;
 //! * auth: HTTP Basic `base64(email:apikey)` on every request; a missing or

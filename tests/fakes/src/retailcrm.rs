@@ -1,6 +1,7 @@
 //! Fake retailCRM (Simla) API v5 (`https://{account}.retailcrm.ru/api/v5`).
 //!
-//! Mirrors (see `shared/apis/…` §C, from the official Go and PHP SDKs):
+//! Mirrors (see `shared/connectors/src/vendors/retailcrm/API.md`, from the
+//! official Go and PHP SDKs):
 //! * auth: `X-API-KEY: <key>` header, or `apiKey` query / form parameter;
 //!   missing → 403 `"apiKey" is missing.`, wrong → 403 `Wrong "apiKey" value.`.
 //! * answers `{"success": true, …}`; errors

@@ -1,7 +1,7 @@
 //! Fake Worksection admin API v2 (`https://{account}.worksection.com/api/admin/v2/`)
 //! and the webhooks Worksection sends.
 //!
-//! Mirrors (see `shared/apis/nethunt-worksection-zoho-ringostat.md` §B):
+//! Mirrors (see `shared/connectors/src/vendors/worksection/API.md`):
 //! * one endpoint, [`ADMIN_PATH`] (with or without the trailing slash), GET
 //!   or POST, the operation named by the `action` parameter;
 //! * two auth schemes, both accepted on every request:
