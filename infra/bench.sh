@@ -17,6 +17,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+mkdir -p .tools/logs
+
 echo "==> release build (LTO; the Lambda profile)"
 cargo build --release --locked --bins --workspace
 
@@ -36,7 +38,6 @@ else:
 PY
 )
 
-mkdir -p .tools/logs
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 python infra/moto_serial.py -H 127.0.0.1 -p "$port" > .tools/logs/moto-bench.log 2>&1 &
 started+=($!)

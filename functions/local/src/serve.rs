@@ -250,6 +250,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             allow_any_base_url: args.allow_any_vendor_url,
             // The data directory's lock makes this process the only worker.
             sole_worker: true,
+            // A dead process's leases are taken over at once here (see
+            // sole_worker), so a long lease costs nothing and covers a
+            // step whose vendor retries outlast the default.
+            run_lease_secs: 600,
             max_run_attempts: args.max_attempts,
             max_events_per_delivery: args.max_events_per_delivery,
             halt_after_failures: args.halt_after_failures,

@@ -700,20 +700,25 @@ impl Engine {
             }
             // The intent is saved before the call: if this worker dies
             // during it, the next attempt knows the vendor may have acted.
-            self.put_step(
-                run,
-                StepRecord {
-                    id: step_id.clone(),
-                    action: request.action.clone(),
-                    status: StepStatus::Calling,
-                    request: request_json.clone(),
-                    response_status: None,
-                    error: None,
-                    output: Value::Null,
-                    attempts: previous_attempts + 1,
-                },
-            );
-            self.save_run(run, version).await?;
+            // A step that may be sent again anyway needs no such trace (it
+            // would cost a write per step for nothing): the lease alone
+            // keeps two workers from sending it at once.
+            if !resend_safe {
+                self.put_step(
+                    run,
+                    StepRecord {
+                        id: step_id.clone(),
+                        action: request.action.clone(),
+                        status: StepStatus::Calling,
+                        request: request_json.clone(),
+                        response_status: None,
+                        error: None,
+                        output: Value::Null,
+                        attempts: previous_attempts + 1,
+                    },
+                );
+                self.save_run(run, version).await?;
+            }
             let outcome = perform(self, connector.as_ref(), &ctx, &request).await;
             match outcome {
                 Ok(StepOutcome::Done(output)) => {
