@@ -278,8 +278,24 @@ async fn duplicates_and_sigkills_lose_and_double_nothing() {
             "{run}"
         );
     }
+    // A run that needs review may or may not have its record (the kill came
+    // after or before NetHunt committed): every order has one or the other.
+    let mut covered: std::collections::BTreeSet<String> = per_record.keys().cloned().collect();
+    for run in &review {
+        let id = run["id"].as_str().unwrap();
+        let detail: Value = client()
+            .get(format!("{}/v1/runs/{id}", server.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        covered.insert(detail["event"]["data"]["id"].as_str().unwrap().to_owned());
+    }
     assert_eq!(
-        records.len() + review.len(),
+        covered.len(),
         events,
         "every order has a record or a run to review"
     );
