@@ -61,7 +61,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
             continue;
         };
         for settings in settings_for(app) {
-            if let Err(errors) = connector.validate_settings(&settings, false) {
+            if let Err(errors) = connector.settings.validate_settings(&settings, false) {
                 panic!("harness settings for {app} are invalid: {settings} {errors:?}");
             }
         }
@@ -134,7 +134,7 @@ pub fn decode(data: &[u8]) -> Vec<(&'static str, usize)> {
     };
     let mut decoded = Vec::new();
     for app in apps {
-        let Some(connector) = registry.get(app) else {
+        let Some(connector) = registry.get(app).and_then(|v| v.webhooks.as_ref()) else {
             continue;
         };
         let variants = settings_for(app);

@@ -1,9 +1,9 @@
 //! The admin Lambda: API Gateway → `/v1/…` and `GET /health`. API-key authenticated administration of connections and the run log.
 //!
 //! Glue only: the engine is built once per container, and every request goes
-//! through the same axum routes `crmbridge serve` uses (crmbridge-http).
+//! through the same axum routes `crmbridge serve` uses (crmbridge-api).
 
-use crmbridge_http::{HttpState, admin_router};
+use crmbridge_api::{HttpState, admin_router};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {

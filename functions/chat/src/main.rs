@@ -1,9 +1,9 @@
 //! The chat Lambda: API Gateway → `POST /chat/{connection}/{token}`. Chat relays are synchronous, so the event is dispatched inline and the runs are in the answer.
 //!
 //! Glue only: the engine is built once per container, and every request goes
-//! through the same axum routes `crmbridge serve` uses (crmbridge-http).
+//! through the same axum routes `crmbridge serve` uses (crmbridge-api).
 
-use crmbridge_http::{HttpState, chat_router};
+use crmbridge_api::{HttpState, chat_router};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {

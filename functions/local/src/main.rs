@@ -127,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
             create_table,
         }) => bootstrap_aws(&tenant_name, create_table).await,
         Command::Openapi => {
-            println!("{}", crmbridge_http::openapi_json());
+            println!("{}", crmbridge_api::openapi_json());
             Ok(())
         }
     }

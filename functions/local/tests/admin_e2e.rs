@@ -11,8 +11,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Server, client, pause, serve_with};
-use crmbridge_fakes::calltouch::{FakeCalltouch, WebhookMethod, send_call_webhook};
-use crmbridge_fakes::moysklad::FakeMoySklad;
+use crmbridge_fakes::vendors::calltouch::{FakeCalltouch, WebhookMethod, send_call_webhook};
+use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 use reqwest::Method;
 use serde_json::{Value, json};
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Server, client, pause, serve_logging, serve_with};
 
 /// The log filter that makes the server log each admin body's parse time.
-const PARSE_TIMES: &str = "warn,crmbridge_http=debug";
+const PARSE_TIMES: &str = "warn,crmbridge_api=debug";
 
 /// The `parse_us` of every refused body the server logged so far.
 fn logged_parse_times(server: &Server) -> Vec<Duration> {

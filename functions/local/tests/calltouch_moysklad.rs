@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Server, client, pause, runs, serve_with};
-use crmbridge_fakes::calltouch::{FakeCalltouch, WebhookMethod, send_call_webhook};
-use crmbridge_fakes::moysklad::FakeMoySklad;
+use crmbridge_fakes::vendors::calltouch::{FakeCalltouch, WebhookMethod, send_call_webhook};
+use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 use serde_json::{Value, json};
 
 struct Setup {
@@ -283,7 +283,7 @@ async fn a_request_with_a_known_email_reuses_its_counterparty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calltouch_test_sends_are_refused_with_a_clear_400() {
     let s = setup().await;
-    let params = crmbridge_fakes::calltouch::unfilled_test_params();
+    let params = crmbridge_fakes::vendors::calltouch::unfilled_test_params();
     let borrowed: Vec<(&str, &str)> = params
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))

@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{client, pause, runs, serve_with};
-use crmbridge_fakes::calltouch::{FakeCalltouch, WebhookMethod, send_call_webhook};
-use crmbridge_fakes::retailcrm::FakeRetailCrm;
+use crmbridge_fakes::vendors::calltouch::{FakeCalltouch, WebhookMethod, send_call_webhook};
+use crmbridge_fakes::vendors::retailcrm::FakeRetailCrm;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

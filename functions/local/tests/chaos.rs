@@ -25,8 +25,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use common::{Server, client, pause, serve_with};
-use crmbridge_fakes::calltouch::FakeCalltouch;
-use crmbridge_fakes::nethunt::FakeNetHunt;
+use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
+use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use serde_json::{Value, json};
 
 const SHOPS: usize = 16;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::{client, runs, serve_with};
 use crmbridge_fakes::Fault;
-use crmbridge_fakes::calltouch::FakeCalltouch;
-use crmbridge_fakes::moysklad::FakeMoySklad;
+use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
+use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::{Server, client, pause, runs, serve_with};
 use crmbridge_fakes::Fault;
-use crmbridge_fakes::nethunt::FakeNetHunt;
-use crmbridge_fakes::worksection::FakeWorksection;
+use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
+use crmbridge_fakes::vendors::worksection::FakeWorksection;
 use serde_json::{Value, json};
 
 const TO_TASK: &str = "nethunt-record-to-worksection-task";

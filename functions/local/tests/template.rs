@@ -91,7 +91,7 @@ fn every_http_route_is_served_by_its_function() {
             ));
         }
     }
-    for (function, method, path) in crmbridge_http::ROUTES {
+    for (function, method, path) in crmbridge_api::ROUTES {
         let resource = format!("{}Function", capitalise(function));
         let routed: Vec<_> = gateway_routes
             .iter()
@@ -107,7 +107,7 @@ fn every_http_route_is_served_by_its_function() {
     // And no gateway route leads to a function that serves nothing there.
     for (name, method, path) in &gateway_routes {
         assert!(
-            crmbridge_http::ROUTES.iter().any(|(function, m, p)| {
+            crmbridge_api::ROUTES.iter().any(|(function, m, p)| {
                 format!("{}Function", capitalise(function)) == *name
                     && gateway_matches(method, path, m, p)
             }),

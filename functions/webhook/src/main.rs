@@ -1,9 +1,9 @@
 //! The webhook Lambda: API Gateway (HTTP API, payload v2) → `GET|POST /hooks/{connection}/{token}`. Verifies and accepts a delivery, publishes its events on EventBridge, answers 202 (200 for a redelivery).
 //!
 //! Glue only: the engine is built once per container, and every request goes
-//! through the same axum routes `crmbridge serve` uses (crmbridge-http).
+//! through the same axum routes `crmbridge serve` uses (crmbridge-api).
 
-use crmbridge_http::{HttpState, webhook_router};
+use crmbridge_api::{HttpState, webhook_router};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crmbridge_fakes::calltouch::FakeCalltouch;
-use crmbridge_fakes::moysklad::FakeMoySklad;
+use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
+use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;

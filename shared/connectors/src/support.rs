@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crmbridge_mapping::{FieldSpec, FieldType};
 
-use crate::http::VendorPolicy;
+use crate::client::VendorPolicy;
 use crate::{ActionError, SettingsError};
 
 /// Checks a base URL a user configured. Outside test mode it must be HTTPS

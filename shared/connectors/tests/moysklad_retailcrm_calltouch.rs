@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 
-use crmbridge_connectors::calltouch::Calltouch;
-use crmbridge_connectors::moysklad::MoySklad;
-use crmbridge_connectors::retailcrm::RetailCrm;
-use crmbridge_connectors::{ActionError, CallContext, Connector, Resend, VendorError, VendorHttp};
+mod common;
+
+use common::vendor;
+use crmbridge_connectors::{ActionError, CallContext, Resend, VendorClient, VendorError};
 use crmbridge_fakes::Fault;
-use crmbridge_fakes::calltouch::{DuplicatePolicy, FakeCalltouch};
-use crmbridge_fakes::moysklad::FakeMoySklad;
-use crmbridge_fakes::retailcrm::FakeRetailCrm;
+use crmbridge_fakes::vendors::calltouch::{DuplicatePolicy, FakeCalltouch};
+use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
+use crmbridge_fakes::vendors::retailcrm::FakeRetailCrm;
 use serde_json::{Map, Value, json};
 
 fn fields(value: Value) -> Map<String, Value> {
@@ -23,7 +23,7 @@ fn fields(value: Value) -> Map<String, Value> {
 fn context<'a>(
     settings: &'a Value,
     credentials: &'a BTreeMap<String, String>,
-    http: &'a VendorHttp,
+    http: &'a VendorClient,
     key: &'a str,
 ) -> CallContext<'a> {
     CallContext {
@@ -66,10 +66,10 @@ fn assert_auth_failure(err: &ActionError, secret: &str) {
 #[tokio::test]
 async fn moysklad_check_describes_the_account_and_refuses_a_wrong_token() {
     let ms = FakeMoySklad::start("ms-token-1").await.unwrap();
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let settings = json!({"base_url": ms.base_url()});
     let good = credential("token", "ms-token-1");
-    let account = MoySklad::default()
+    let account = vendor("moysklad")
         .check(&context(&settings, &good, &http, "check"))
         .await
         .unwrap();
@@ -80,7 +80,7 @@ async fn moysklad_check_describes_the_account_and_refuses_a_wrong_token() {
     assert_eq!(asked.query_param("limit").as_deref(), Some("1"));
 
     let wrong = credential("token", "ms-wrong-token-77");
-    let err = MoySklad::default()
+    let err = vendor("moysklad")
         .check(&context(&settings, &wrong, &http, "check"))
         .await
         .unwrap_err();
@@ -88,7 +88,7 @@ async fn moysklad_check_describes_the_account_and_refuses_a_wrong_token() {
 
     // Unavailable through every attempt: transient, so "try again later".
     ms.fail_next(10, Fault::ServerError);
-    let err = MoySklad::default()
+    let err = vendor("moysklad")
         .check(&context(&settings, &good, &http, "check"))
         .await
         .unwrap_err();
@@ -99,10 +99,10 @@ async fn moysklad_check_describes_the_account_and_refuses_a_wrong_token() {
 #[tokio::test]
 async fn moysklad_creates_sent_twice_by_one_step_make_one_record() {
     let ms = FakeMoySklad::start("ms-token-2").await.unwrap();
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let settings = json!({"base_url": ms.base_url()});
     let token = credential("token", "ms-token-2");
-    let connector = MoySklad::default();
+    let connector = vendor("moysklad");
     let step = context(&settings, &token, &http, "run/1/counterparty");
     let request = fields(json!({"name": "ACME", "phone": "+79161234567"}));
     assert_eq!(
@@ -150,10 +150,10 @@ async fn moysklad_creates_sent_twice_by_one_step_make_one_record() {
 #[tokio::test]
 async fn retailcrm_check_lists_the_keys_rights_and_refuses_a_wrong_key() {
     let rc = FakeRetailCrm::start("rc-key-1").await.unwrap();
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let settings = json!({"base_url": rc.base_url()});
     let good = credential("api_key", "rc-key-1");
-    let account = RetailCrm
+    let account = vendor("retailcrm")
         .check(&context(&settings, &good, &http, "check"))
         .await
         .unwrap();
@@ -169,7 +169,7 @@ async fn retailcrm_check_lists_the_keys_rights_and_refuses_a_wrong_key() {
     assert_eq!(rc.requests().pop().unwrap().path, "/api/credentials");
 
     let wrong = credential("api_key", "rc-wrong-key-77");
-    let err = RetailCrm
+    let err = vendor("retailcrm")
         .check(&context(&settings, &wrong, &http, "check"))
         .await
         .unwrap_err();
@@ -177,7 +177,7 @@ async fn retailcrm_check_lists_the_keys_rights_and_refuses_a_wrong_key() {
     assert!(err.to_string().contains("Wrong \"apiKey\" value"), "{err}");
 
     rc.fail_next(10, Fault::ServerError);
-    let err = RetailCrm
+    let err = vendor("retailcrm")
         .check(&context(&settings, &good, &http, "check"))
         .await
         .unwrap_err();
@@ -187,16 +187,16 @@ async fn retailcrm_check_lists_the_keys_rights_and_refuses_a_wrong_key() {
 #[tokio::test]
 async fn retailcrm_creates_sent_twice_by_one_step_make_one_record() {
     let rc = FakeRetailCrm::start("rc-key-2").await.unwrap();
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let settings = json!({"base_url": rc.base_url()});
     let key = credential("api_key", "rc-key-2");
     let step = context(&settings, &key, &http, "run/1/customer");
     let customer = fields(json!({"first_name": "Ann", "phone": "+79161234567"}));
-    let first = RetailCrm
+    let first = vendor("retailcrm")
         .execute(&step, "retailcrm.customer.create", &customer, None)
         .await
         .unwrap();
-    let second = RetailCrm
+    let second = vendor("retailcrm")
         .execute(&step, "retailcrm.customer.create", &customer, None)
         .await
         .unwrap();
@@ -205,11 +205,11 @@ async fn retailcrm_creates_sent_twice_by_one_step_make_one_record() {
 
     let step = context(&settings, &key, &http, "run/1/order");
     let order = fields(json!({"customer_id": first.id, "status": "new", "comment": "call 5"}));
-    let first_order = RetailCrm
+    let first_order = vendor("retailcrm")
         .execute(&step, "retailcrm.order.create", &order, None)
         .await
         .unwrap();
-    let second_order = RetailCrm
+    let second_order = vendor("retailcrm")
         .execute(&step, "retailcrm.order.create", &order, None)
         .await
         .unwrap();
@@ -227,7 +227,7 @@ async fn retailcrm_creates_sent_twice_by_one_step_make_one_record() {
 #[tokio::test]
 async fn retailcrm_a_create_refused_because_an_earlier_one_landed_answers_with_that_record() {
     let rc = FakeRetailCrm::start("rc-key-3").await.unwrap();
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let settings = json!({"base_url": rc.base_url()});
     let key = credential("api_key", "rc-key-3");
     let step = context(&settings, &key, &http, "run/7/customer");
@@ -241,9 +241,10 @@ async fn retailcrm_a_create_refused_because_an_earlier_one_landed_answers_with_t
         2,
         Fault::Slow(std::time::Duration::from_millis(1500)),
     );
+    let retailcrm = vendor("retailcrm");
     let (a, b) = tokio::join!(
-        RetailCrm.execute(&step, "retailcrm.customer.create", &customer, None),
-        RetailCrm.execute(&step, "retailcrm.customer.create", &customer, None),
+        retailcrm.execute(&step, "retailcrm.customer.create", &customer, None),
+        retailcrm.execute(&step, "retailcrm.customer.create", &customer, None),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.id, b.id);
@@ -265,10 +266,10 @@ async fn retailcrm_a_create_refused_because_an_earlier_one_landed_answers_with_t
 async fn calltouch_check_reads_the_journal_and_refuses_a_wrong_token_or_site() {
     let ct = FakeCalltouch::start("ct-token-1", "12345").await.unwrap();
     ct.add_call(json!({"callerphone": "79161234567"}));
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let settings = json!({"base_url": ct.base_url(), "site_id": "12345"});
     let good = credential("access_token", "ct-token-1");
-    let account = Calltouch
+    let account = vendor("calltouch")
         .check(&context(&settings, &good, &http, "check"))
         .await
         .unwrap();
@@ -280,21 +281,21 @@ async fn calltouch_check_reads_the_journal_and_refuses_a_wrong_token_or_site() {
     assert_eq!(asked.query_param("clientApiId").as_deref(), Some("***"));
 
     let wrong = credential("access_token", "ct-wrong-token-77");
-    let err = Calltouch
+    let err = vendor("calltouch")
         .check(&context(&settings, &wrong, &http, "check"))
         .await
         .unwrap_err();
     assert_auth_failure(&err, "ct-wrong-token-77");
 
     let other_site = json!({"base_url": ct.base_url(), "site_id": 999});
-    let err = Calltouch
+    let err = vendor("calltouch")
         .check(&context(&other_site, &good, &http, "check"))
         .await
         .unwrap_err();
     assert_auth_failure(&err, "ct-token-1");
 
     ct.fail_next(10, Fault::ServerError);
-    let err = Calltouch
+    let err = vendor("calltouch")
         .check(&context(&settings, &good, &http, "check"))
         .await
         .unwrap_err();
@@ -307,18 +308,18 @@ async fn calltouch_a_deal_created_twice_by_one_step_is_one_deal() {
     for policy in [DuplicatePolicy::Reject, DuplicatePolicy::ReturnExisting] {
         let ct = FakeCalltouch::start("ct-token-2", "777").await.unwrap();
         ct.set_duplicate_policy(policy);
-        let http = VendorHttp::new();
+        let http = VendorClient::new();
         let settings = json!({"base_url": ct.base_url(), "site_id": "777"});
         let token = credential("access_token", "ct-token-2");
         let step = context(&settings, &token, &http, "run/1/deal");
         let deal = fields(json!({
             "order_number": "ct-call-555", "call_id": "555", "status": "PENDING",
             "revenue": 0, "comment": "call 555"}));
-        let first = Calltouch
+        let first = vendor("calltouch")
             .execute(&step, "calltouch.deal.create", &deal, None)
             .await
             .unwrap();
-        let second = Calltouch
+        let second = vendor("calltouch")
             .execute(&step, "calltouch.deal.create", &deal, None)
             .await
             .unwrap();
@@ -342,16 +343,16 @@ async fn calltouch_a_duplicate_refused_in_unknown_words_still_resolves_to_the_de
     let ct = FakeCalltouch::start("ct-token-4", "777").await.unwrap();
     // The real wording is undocumented: none of the words we know.
     ct.set_duplicate_error("Order {number} is already registered");
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let settings = json!({"base_url": ct.base_url(), "site_id": "777"});
     let token = credential("access_token", "ct-token-4");
     let step = context(&settings, &token, &http, "run/1/deal");
     let deal = fields(json!({"order_number": "B-2", "status": "PENDING"}));
-    let first = Calltouch
+    let first = vendor("calltouch")
         .execute(&step, "calltouch.deal.create", &deal, None)
         .await
         .unwrap();
-    let second = Calltouch
+    let second = vendor("calltouch")
         .execute(&step, "calltouch.deal.create", &deal, None)
         .await
         .unwrap();
@@ -371,11 +372,11 @@ async fn calltouch_a_duplicate_refused_in_unknown_words_still_resolves_to_the_de
 #[tokio::test]
 async fn calltouch_an_update_that_adds_a_comment_is_never_repeated_by_the_http_stack() {
     let ct = FakeCalltouch::start("ct-token-3", "777").await.unwrap();
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let settings = json!({"base_url": ct.base_url(), "site_id": "777"});
     let token = credential("access_token", "ct-token-3");
     let step = context(&settings, &token, &http, "run/1/deal");
-    Calltouch
+    vendor("calltouch")
         .execute(
             &step,
             "calltouch.deal.create",
@@ -387,7 +388,7 @@ async fn calltouch_an_update_that_adds_a_comment_is_never_repeated_by_the_http_s
     let update = context(&settings, &token, &http, "run/2/deal");
     // Overwrites only: a 5xx is retried within the call.
     ct.fail_next_on(Some("POST"), "/client-order/update", 1, Fault::ServerError);
-    let out = Calltouch
+    let out = vendor("calltouch")
         .execute(
             &update,
             "calltouch.deal.update",
@@ -399,7 +400,7 @@ async fn calltouch_an_update_that_adds_a_comment_is_never_repeated_by_the_http_s
     assert_eq!(out.attempts, 2);
     // With a comment: one attempt, the failure handed back as transient.
     ct.fail_next_on(Some("POST"), "/client-order/update", 1, Fault::ServerError);
-    let err = Calltouch
+    let err = vendor("calltouch")
         .execute(
             &update,
             "calltouch.deal.update",

@@ -6,12 +6,13 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use crmbridge_connectors::nethunt::NetHunt;
-use crmbridge_connectors::worksection::Worksection;
-use crmbridge_connectors::{ActionError, CallContext, Connector, Resend, VendorError, VendorHttp};
+mod common;
+
+use common::vendor;
+use crmbridge_connectors::{ActionError, CallContext, Resend, VendorClient, VendorError};
 use crmbridge_fakes::Fault;
-use crmbridge_fakes::nethunt::FakeNetHunt;
-use crmbridge_fakes::worksection::FakeWorksection;
+use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
+use crmbridge_fakes::vendors::worksection::FakeWorksection;
 use serde_json::{Map, Value, json};
 
 fn fields(value: Value) -> Map<String, Value> {
@@ -21,7 +22,7 @@ fn fields(value: Value) -> Map<String, Value> {
 fn context<'a>(
     settings: &'a Value,
     credentials: &'a BTreeMap<String, String>,
-    http: &'a VendorHttp,
+    http: &'a VendorClient,
     key: &'a str,
 ) -> CallContext<'a> {
     CallContext {
@@ -39,13 +40,13 @@ async fn worksection_tasks_under_both_signing_schemes_and_its_error_envelope() {
     let ws = FakeWorksection::start("admin-key-7").await.unwrap();
     let project = ws.add_project("Delivery");
     ws.add_user("frank@acme.test", "Frank");
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let credentials = BTreeMap::from([("admin_key".to_owned(), "admin-key-7".to_owned())]);
     for (scheme, key) in [("hash", "run/1/task"), ("header", "run/2/task")] {
         let settings =
             json!({"base_url": ws.base_url(), "auth_scheme": scheme, "timeout_ms": 2000});
         let ctx = context(&settings, &credentials, &http, key);
-        let out = Worksection
+        let out = vendor("worksection")
             .execute(
                 &ctx,
                 "worksection.task.create",
@@ -81,7 +82,7 @@ async fn worksection_tasks_under_both_signing_schemes_and_its_error_envelope() {
     // not one worth retrying.
     let settings = json!({"base_url": ws.base_url()});
     let ctx = context(&settings, &credentials, &http, "run/3/task");
-    let err = Worksection
+    let err = vendor("worksection")
         .execute(
             &ctx,
             "worksection.task.create",
@@ -109,7 +110,7 @@ async fn worksection_tasks_under_both_signing_schemes_and_its_error_envelope() {
             "fields.owner",
         ),
     ] {
-        match Worksection
+        match vendor("worksection")
             .execute(&ctx, "worksection.task.create", &fields(bad), None)
             .await
         {
@@ -122,7 +123,7 @@ async fn worksection_tasks_under_both_signing_schemes_and_its_error_envelope() {
     // A wrong key: refused, and the key appears nowhere in the error.
     let wrong = BTreeMap::from([("admin_key".to_owned(), "not-the-key-123".to_owned())]);
     let ctx = context(&settings, &wrong, &http, "run/4/task");
-    let err = Worksection.check(&ctx).await.unwrap_err();
+    let err = vendor("worksection").check(&ctx).await.unwrap_err();
     assert!(err.to_string().contains("not accepted"), "{err}");
     assert!(!err.to_string().contains("not-the-key-123"));
 }
@@ -134,7 +135,7 @@ async fn archived_and_deleted_projects_skip_the_step_with_a_health_mark() {
     ws.set_project_status(&archived, "archive").unwrap();
     let deleted = ws.add_project("Gone");
     ws.delete_project(&deleted).unwrap();
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let credentials = BTreeMap::from([("admin_key".to_owned(), "k".to_owned())]);
     let settings = json!({"base_url": ws.base_url()});
     let ctx = context(&settings, &credentials, &http, "run/1/task");
@@ -142,7 +143,7 @@ async fn archived_and_deleted_projects_skip_the_step_with_a_health_mark() {
         (&archived, "project archived"),
         (&deleted, "project deleted"),
     ] {
-        match Worksection
+        match vendor("worksection")
             .execute(
                 &ctx,
                 "worksection.task.create",
@@ -167,13 +168,13 @@ async fn archived_and_deleted_projects_skip_the_step_with_a_health_mark() {
 async fn a_task_whose_answer_was_lost_is_found_not_created_twice() {
     let ws = FakeWorksection::start("k").await.unwrap();
     let project = ws.add_project("Delivery");
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let credentials = BTreeMap::from([("admin_key".to_owned(), "k".to_owned())]);
     let settings = json!({"base_url": ws.base_url(), "timeout_ms": 1000});
     let ctx = context(&settings, &credentials, &http, "run/9/task");
     let request = fields(json!({"project": project, "title": "Deal won"}));
     ws.fail_next_on(Some("POST"), "/api/admin/v2", 1, Fault::DropAfterCommit);
-    let first = Worksection
+    let first = vendor("worksection")
         .execute(&ctx, "worksection.task.create", &request, None)
         .await
         .unwrap_err();
@@ -181,7 +182,7 @@ async fn a_task_whose_answer_was_lost_is_found_not_created_twice() {
     assert_eq!(ws.tasks().len(), 1, "the task was created, its answer lost");
     // The step is retried (same run, same step): the task is found by its
     // reference instead of being created again.
-    let second = Worksection
+    let second = vendor("worksection")
         .execute(&ctx, "worksection.task.create", &request, None)
         .await
         .unwrap();
@@ -189,7 +190,7 @@ async fn a_task_whose_answer_was_lost_is_found_not_created_twice() {
     assert_eq!(second.id, ws.tasks()[0]["id"].as_str().unwrap());
     // Another step (another key) is another task.
     let other = context(&settings, &credentials, &http, "run/10/task");
-    Worksection
+    vendor("worksection")
         .execute(&other, "worksection.task.create", &request, None)
         .await
         .unwrap();
@@ -200,20 +201,20 @@ async fn a_task_whose_answer_was_lost_is_found_not_created_twice() {
 async fn a_task_sent_twice_by_one_step_is_one_task() {
     let ws = FakeWorksection::start("k").await.unwrap();
     let project = ws.add_project("Delivery");
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let credentials = BTreeMap::from([("admin_key".to_owned(), "k".to_owned())]);
     let settings = json!({"base_url": ws.base_url()});
     let ctx = context(&settings, &credentials, &http, "run/11/task");
     let request = fields(json!({"project": project, "title": "Deal won", "text": "ACME"}));
     assert_eq!(
-        Worksection.resend("worksection.task.create", &request),
+        vendor("worksection").resend("worksection.task.create", &request),
         Resend::Keyed
     );
-    let first = Worksection
+    let first = vendor("worksection")
         .execute(&ctx, "worksection.task.create", &request, None)
         .await
         .unwrap();
-    let second = Worksection
+    let second = vendor("worksection")
         .execute(&ctx, "worksection.task.create", &request, None)
         .await
         .unwrap();
@@ -236,7 +237,7 @@ async fn nethunt_records_fields_and_polls() {
     for field in ["Name", "Status", "Tags"] {
         nh.add_field(&deals, field).unwrap();
     }
-    let http = VendorHttp::new();
+    let http = VendorClient::new();
     let credentials = BTreeMap::from([
         ("email".to_owned(), "me@acme.test".to_owned()),
         ("api_key".to_owned(), "nh-secret-9".to_owned()),
@@ -247,7 +248,7 @@ async fn nethunt_records_fields_and_polls() {
     // record changes: the first poll only places the cursor.
     let scope = json!({"folder": "Deals", "field": "Status"});
     let kind = "nethunt.record.field_changed";
-    let first = NetHunt
+    let first = vendor("nethunt")
         .poll(&ctx, kind, &scope, None, Utc::now())
         .await
         .unwrap();
@@ -258,7 +259,7 @@ async fn nethunt_records_fields_and_polls() {
     nh.advance_clock(std::time::Duration::from_secs(1));
 
     // create-record answers `recordId`; the connector reads it.
-    let created = NetHunt
+    let created = vendor("nethunt")
         .execute(
             &ctx,
             "nethunt.record.create",
@@ -268,7 +269,7 @@ async fn nethunt_records_fields_and_polls() {
         .await
         .unwrap();
     assert!(nh.record(&created.id).is_some());
-    NetHunt
+    vendor("nethunt")
         .execute(
             &ctx,
             "nethunt.record.update",
@@ -280,7 +281,7 @@ async fn nethunt_records_fields_and_polls() {
     let record = nh.record(&created.id).unwrap();
     assert_eq!(record["fields"]["Status"], "Won");
     assert_eq!(record["fields"]["Tags"], json!(["vip"]));
-    let missing = NetHunt
+    let missing = vendor("nethunt")
         .execute(
             &ctx,
             "nethunt.record.update",
@@ -300,7 +301,7 @@ async fn nethunt_records_fields_and_polls() {
         .insert_record(&deals, json!({"Name": "Globex", "Status": "Lost"}))
         .unwrap();
     nh.set_field(&other, "Name", json!("Globex Corp")).unwrap();
-    let second = NetHunt
+    let second = vendor("nethunt")
         .poll(&ctx, kind, &scope, Some(&first.cursor), Utc::now())
         .await
         .unwrap();
@@ -329,7 +330,7 @@ async fn nethunt_records_fields_and_polls() {
         ("api_key".to_owned(), "nh-wrong-0".to_owned()),
     ]);
     let bad = context(&settings, &wrong, &http, "check");
-    let err = NetHunt.check(&bad).await.unwrap_err().to_string();
+    let err = vendor("nethunt").check(&bad).await.unwrap_err().to_string();
     assert!(err.contains("does not appear to be valid"), "{err}");
     assert!(!err.contains("nh-wrong-0"));
 }

@@ -196,8 +196,9 @@ impl Engine {
                 ),
             }),
             Some(connector) => {
-                if let Err(problems) =
-                    connector.validate_settings(&new.settings, self.config.allow_any_base_url)
+                if let Err(problems) = connector
+                    .settings
+                    .validate_settings(&new.settings, self.config.allow_any_base_url)
                 {
                     errors.extend(problems.into_iter().map(|p| FieldError {
                         field: if p.field.is_empty() {
@@ -311,6 +312,7 @@ impl Engine {
                 merge_patch(&mut record.settings, settings);
                 if let Some(connector) = self.connectors.get(&record.app)
                     && let Err(problems) = connector
+                        .settings
                         .validate_settings(&record.settings, self.config.allow_any_base_url)
                 {
                     errors.extend(problems.into_iter().map(|p| FieldError {
@@ -473,22 +475,22 @@ impl Engine {
     ) -> EngineResult<ConnectionCheck> {
         who.require_role(Role::Admin, "check connections")?;
         self.own_connection(who, id).await?;
-        let (open, connector) = self.open_with_connector(&who.tenant, id).await?;
+        let (open, vendor) = self.open_with_vendor(&who.tenant, id).await?;
+        let Some(account) = &vendor.account else {
+            return Err(EngineError::bad_request(
+                "id",
+                format!("{} connections cannot be checked", vendor.app),
+            ));
+        };
         let key = format!("check/{id}");
         let ctx = self.call_context(&open, &key);
-        Ok(match connector.check(&ctx).await {
+        Ok(match account.check(&ctx).await {
             Ok(account) => ConnectionCheck {
                 ok: true,
                 account: Some(account),
                 error: None,
                 transient: false,
             },
-            Err(crmbridge_connectors::ActionError::Unsupported { app, .. }) => {
-                return Err(EngineError::bad_request(
-                    "id",
-                    format!("{app} connections cannot be checked"),
-                ));
-            }
             Err(err) => ConnectionCheck {
                 ok: false,
                 account: None,
@@ -507,38 +509,39 @@ impl Engine {
     ) -> EngineResult<serde_json::Value> {
         who.require_role(Role::Admin, "read connections")?;
         self.own_connection(who, id).await?;
-        let (open, connector) = self.open_with_connector(&who.tenant, id).await?;
+        let (open, vendor) = self.open_with_vendor(&who.tenant, id).await?;
+        let Some(catalog) = &vendor.live_catalog else {
+            return Err(EngineError::bad_request(
+                "id",
+                format!(
+                    "{} has no account catalog: its catalog is static",
+                    vendor.app
+                ),
+            ));
+        };
         let key = format!("catalog/{id}");
         let ctx = self.call_context(&open, &key);
-        connector
+        catalog
             .account_catalog(&ctx)
             .await
-            .map_err(|err| match err {
-                crmbridge_connectors::ActionError::Unsupported { app, .. } => {
-                    EngineError::bad_request(
-                        "id",
-                        format!("{app} has no account catalog: its catalog is static"),
-                    )
-                }
-                other => EngineError::Action {
-                    what: format!("reading the account of connection {id}"),
-                    transient: other.is_transient(),
-                    message: other.to_string(),
-                },
+            .map_err(|err| EngineError::Action {
+                what: format!("reading the account of connection {id}"),
+                transient: err.is_transient(),
+                message: err.to_string(),
             })
     }
 
-    /// A connection opened for a vendor call, with its connector.
-    async fn open_with_connector(
+    /// A connection opened for a vendor call, with its vendor.
+    async fn open_with_vendor(
         &self,
         tenant: &str,
         id: &str,
     ) -> EngineResult<(
         crate::dispatch::OpenConnection,
-        std::sync::Arc<dyn crmbridge_connectors::Connector>,
+        crmbridge_connectors::Vendor,
     )> {
         let open = self.open_connection(tenant, id).await?;
-        let connector = self
+        let vendor = self
             .connectors
             .get(&open.record.app)
             .cloned()
@@ -546,7 +549,7 @@ impl Engine {
                 what: format!("connection {id}"),
                 message: format!("no connector for app {}", open.record.app),
             })?;
-        Ok((open, connector))
+        Ok((open, vendor))
     }
 
     /// Checks what an automation names in its connections' accounts (a
@@ -564,10 +567,15 @@ impl Engine {
         ids.dedup();
         let mut errors = Vec::new();
         for id in ids {
-            let (open, connector) = self.open_with_connector(&who.tenant, id).await?;
+            let (open, vendor) = self.open_with_vendor(&who.tenant, id).await?;
+            // A vendor without an account to ask has a static catalog,
+            // already checked.
+            let Some(account) = &vendor.account else {
+                continue;
+            };
             let key = format!("validate/{id}");
             let ctx = self.call_context(&open, &key);
-            match connector.check_automation(&ctx, automation, id).await {
+            match account.check_automation(&ctx, automation, id).await {
                 Ok(problems) => errors.extend(
                     problems
                         .into_iter()

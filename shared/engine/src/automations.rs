@@ -279,8 +279,9 @@ impl Engine {
         let scope = self
             .connectors
             .get(self.app_of(&trigger.event))
-            .map_or(serde_json::Value::Null, |c| {
-                c.poll_scope(&trigger.event, &trigger.options)
+            .and_then(|vendor| vendor.poller.as_ref())
+            .map_or(serde_json::Value::Null, |poller| {
+                poller.poll_scope(&trigger.event, &trigger.options)
             });
         PollSource {
             tenant: record.tenant.clone(),

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crmbridge_connectors::{ActionError, ActionOutput, CallContext, Connector, Resend};
+use crmbridge_connectors::{Action, ActionError, ActionOutput, CallContext, Resend};
 use crmbridge_mapping::{
     CompiledAutomation, DedupeDecision, Event, EventId, FilterOutcome, RenderContext, StepPlan,
 };
@@ -87,7 +87,7 @@ impl Engine {
         // Trigger options (NetHunt's folder, field and value) narrow the
         // automations of the kind; an event none of them watches is not a
         // run (a status turning Lost when only Won is watched).
-        let automations: Vec<AutomationRecord> = match self.connectors.get(&event.app) {
+        let automations: Vec<AutomationRecord> = match self.event_source(&event.app) {
             Some(connector) => automations
                 .into_iter()
                 .filter(|r| connector.trigger_matches(&r.automation.trigger.options, &event))
@@ -133,7 +133,7 @@ impl Engine {
             return Ok(());
         }
         let automations = self.automations_for(&event.connection, &event.kind).await?;
-        let connector = self.connectors.get(&event.app).cloned();
+        let connector = self.event_source(&event.app);
         for record in automations {
             if connector
                 .as_ref()
@@ -203,8 +203,7 @@ impl Engine {
     /// same event passes (its runs de-duplicate themselves).
     async fn seen_change(&self, event: &Event) -> EngineResult<bool> {
         let Some(change) = self
-            .connectors
-            .get(&event.app)
+            .event_source(&event.app)
             .and_then(|c| c.change_key(event))
         else {
             return Ok(false);
@@ -226,7 +225,7 @@ impl Engine {
 
     /// Fetches what the event only points at (MoySklad webhooks).
     async fn enrich(&self, event: &mut Event) -> EngineResult<()> {
-        let Some(connector) = self.connectors.get(&event.app).cloned() else {
+        let Some(connector) = self.event_source(&event.app) else {
             return Ok(());
         };
         let connection = self
@@ -666,13 +665,18 @@ impl Engine {
                     .await;
             };
             let app = request.action.split('.').next().unwrap_or_default();
-            let Some(connector) = self.connectors.get(app).cloned() else {
+            let Some(action) = self
+                .connectors
+                .get(app)
+                .and_then(|vendor| vendor.find_action(&request.action))
+                .cloned()
+            else {
                 return self
                     .finish(
                         run,
                         version,
                         RunStatus::Failed,
-                        format!("steps[{index}]: no connector for {app}"),
+                        format!("steps[{index}]: {app} has no action {}", request.action),
                     )
                     .await;
             };
@@ -681,7 +685,7 @@ impl Engine {
             let request_json = serde_json::to_value(&request).unwrap_or_default();
             let previous = run.steps.iter().find(|s| s.id == step_id);
             let previous_attempts = previous.map_or(0, |s| s.attempts);
-            let resend_safe = may_resend(connector.as_ref(), &request);
+            let resend_safe = may_resend(action.as_ref(), &request);
             if previous.is_some_and(|s| s.status == StepStatus::Calling) {
                 if !resend_safe {
                     return self
@@ -719,7 +723,7 @@ impl Engine {
                 );
                 self.save_run(run, version).await?;
             }
-            let outcome = perform(self, connector.as_ref(), &ctx, &request).await;
+            let outcome = perform(self, action.as_ref(), &ctx, &request).await;
             match outcome {
                 Ok(StepOutcome::Done(output)) => {
                     if let Some(name) = &request.link {
@@ -979,8 +983,8 @@ fn outcome_unknown(err: &ActionError) -> bool {
 /// again: the connector says the action is repeatable or keyed, or the
 /// step first searches the target by its dedupe keys (the search finds
 /// what the lost attempt made).
-fn may_resend(connector: &dyn Connector, request: &crmbridge_mapping::RenderedRequest) -> bool {
-    if connector.resend(&request.action, &request.fields) != Resend::Unsafe {
+fn may_resend(action: &dyn Action, request: &crmbridge_mapping::RenderedRequest) -> bool {
+    if action.resend(&request.fields) != Resend::Unsafe {
         return true;
     }
     request.target.is_none()
@@ -1012,18 +1016,18 @@ fn vendor_status(err: &ActionError) -> Option<u16> {
 /// Dedupe, then the action.
 async fn perform(
     engine: &Engine,
-    connector: &dyn Connector,
+    action: &dyn Action,
     ctx: &CallContext<'_>,
     request: &crmbridge_mapping::RenderedRequest,
 ) -> Result<StepOutcome, ActionError> {
     if let Some(target) = &request.target {
-        return connector
-            .execute(ctx, &request.action, &request.fields, Some(&target.id))
+        return action
+            .execute(ctx, &request.fields, Some(&target.id))
             .await
             .map(StepOutcome::Done);
     }
     if !request.dedupe.needs_search() {
-        return decide_and_act(connector, ctx, request, None).await;
+        return decide_and_act(action, ctx, request, None).await;
     }
     // Two runs about the same phone may race: both search, both find
     // nothing, both create. A claim per dedupe key in the store makes one
@@ -1034,7 +1038,7 @@ async fn perform(
     loop {
         match engine.read_claims(&claims).await.map_err(store_failure)? {
             ClaimState::Resolved(id) => {
-                return decide_and_act(connector, ctx, request, Some(id)).await;
+                return decide_and_act(action, ctx, request, Some(id)).await;
             }
             ClaimState::HeldBy(holder) if holder != owner => {
                 if tokio::time::Instant::now() >= deadline {
@@ -1053,15 +1057,21 @@ async fn perform(
             }
             ClaimState::Free | ClaimState::HeldBy(_) => {}
         }
-        let found = connector
-            .find(ctx, &request.action, &request.dedupe.lookup)
-            .await?;
+        // Saving refuses dedupe keys on an action that cannot search; an
+        // automation saved before the action lost its search fails here.
+        let lookup = action.lookup().ok_or_else(|| {
+            ActionError::Config(format!(
+                "{} cannot search for existing records",
+                request.action
+            ))
+        })?;
+        let found = lookup.find(ctx, &request.dedupe.lookup).await?;
         if let Some(id) = &found {
             engine
                 .resolve_claims(&claims, id)
                 .await
                 .map_err(store_failure)?;
-            return decide_and_act(connector, ctx, request, found).await;
+            return decide_and_act(action, ctx, request, found).await;
         }
         if !engine
             .take_claims(&claims, &owner)
@@ -1071,7 +1081,7 @@ async fn perform(
             // Lost the race for a claim: loop to wait for the winner.
             continue;
         }
-        let outcome = decide_and_act(connector, ctx, request, None).await?;
+        let outcome = decide_and_act(action, ctx, request, None).await?;
         if let StepOutcome::Done(output) = &outcome {
             engine
                 .resolve_claims(&claims, &output.id)
@@ -1181,14 +1191,14 @@ impl Engine {
 }
 
 async fn decide_and_act(
-    connector: &dyn Connector,
+    action: &dyn Action,
     ctx: &CallContext<'_>,
     request: &crmbridge_mapping::RenderedRequest,
     found: Option<String>,
 ) -> Result<StepOutcome, ActionError> {
     match request.dedupe.decide(found.as_deref()) {
-        DedupeDecision::Create => connector
-            .execute(ctx, &request.action, &request.fields, None)
+        DedupeDecision::Create => action
+            .execute(ctx, &request.fields, None)
             .await
             .map(StepOutcome::Done),
         DedupeDecision::UseExisting { id } => Ok(StepOutcome::Done(ActionOutput {
@@ -1197,8 +1207,8 @@ async fn decide_and_act(
             response_status: 200,
             attempts: 0,
         })),
-        DedupeDecision::Update { id } => connector
-            .execute(ctx, &request.action, &request.fields, Some(&id))
+        DedupeDecision::Update { id } => action
+            .execute(ctx, &request.fields, Some(&id))
             .await
             .map(StepOutcome::Done),
         DedupeDecision::Stop { reason } => Ok(StepOutcome::Stopped(reason)),

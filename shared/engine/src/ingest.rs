@@ -109,6 +109,12 @@ impl Engine {
             .ok_or_else(|| EngineError::Corrupt {
                 what: format!("connection {}", record.id),
                 message: format!("app '{}' has no connector in this build", record.app),
+            })?
+            .webhooks
+            .as_ref()
+            .ok_or_else(|| EngineError::BadRequest {
+                field: "connection".into(),
+                message: format!("{} connections receive no webhooks", record.app),
             })?;
         let decoded = connector
             .decode_webhook(
@@ -200,7 +206,11 @@ impl Engine {
             .await?;
         let events = self.decode_events(&record, &request, self.now())?;
         let mut outcome = self.accept(events).await?;
-        if let Some(connector) = self.connectors.get(&record.app) {
+        if let Some(connector) = self
+            .connectors
+            .get(&record.app)
+            .and_then(|vendor| vendor.webhooks.as_ref())
+        {
             outcome.ack_status = connector.ack_status();
             outcome.ack_body = connector.ack_body();
         }

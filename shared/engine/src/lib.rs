@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use crmbridge_bus::Bus;
-use crmbridge_connectors::{Registry, VendorHttp};
+use crmbridge_connectors::{Registry, VendorClient};
 use crmbridge_mapping::CompiledAutomation;
 use crmbridge_store::{Item, Store};
 use serde::Serialize;
@@ -105,7 +105,7 @@ pub struct Engine {
     connectors: Registry,
     keyring: Keyring,
     config: EngineConfig,
-    http: VendorHttp,
+    http: VendorClient,
     compiled: Mutex<CompiledCache>,
     /// Names this process in leases (`ins_…`).
     instance: String,
@@ -135,7 +135,7 @@ impl Engine {
             connectors,
             keyring,
             config,
-            http: VendorHttp::new(),
+            http: VendorClient::new(),
             compiled: Mutex::new(HashMap::new()),
             instance: random_id("ins"),
         }
@@ -159,6 +159,15 @@ impl Engine {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The event side of an app: what its triggers match and how its
+    /// events are completed.
+    pub(crate) fn event_source(
+        &self,
+        app: &str,
+    ) -> Option<std::sync::Arc<dyn crmbridge_connectors::EventSource>> {
+        self.connectors.get(app).and_then(|v| v.events.clone())
     }
 
     pub(crate) fn now(&self) -> DateTime<Utc> {

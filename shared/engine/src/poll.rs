@@ -86,7 +86,11 @@ impl Engine {
         let connection = self
             .open_connection(&source.tenant, &source.connection)
             .await?;
-        let Some(connector) = self.connectors.get(&connection.record.app).cloned() else {
+        let Some(connector) = self
+            .connectors
+            .get(&connection.record.app)
+            .and_then(|vendor| vendor.poller.clone())
+        else {
             return Ok(nothing());
         };
         let now = self.now();

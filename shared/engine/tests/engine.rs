@@ -831,8 +831,8 @@ mod cases {
     /// one event, one run and one task.
     pub async fn concurrent_polls_back_off_and_a_dead_poll_resumes(h: Harness) {
         use crmbridge_fakes::Fault;
-        use crmbridge_fakes::nethunt::FakeNetHunt;
-        use crmbridge_fakes::worksection::FakeWorksection;
+        use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
+        use crmbridge_fakes::vendors::worksection::FakeWorksection;
 
         let nethunt = FakeNetHunt::start("owner@acme.test", "nh-key")
             .await

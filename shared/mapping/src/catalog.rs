@@ -211,6 +211,15 @@ pub struct ActionSpec {
     /// available; an empty list means the output is not described.
     #[serde(default)]
     pub output: Vec<FieldSpec>,
+    /// Whether the vendor can look a record up by the step's `dedupe.by`
+    /// keys (find-or-create). A catalog built from connectors sets it from
+    /// what each action declares; a hand-made catalog gets `true`.
+    #[serde(default = "searchable_by_default")]
+    pub searchable: bool,
+}
+
+fn searchable_by_default() -> bool {
+    true
 }
 
 impl ActionSpec {
@@ -221,6 +230,7 @@ impl ActionSpec {
             description: String::new(),
             fields,
             output: Vec::new(),
+            searchable: true,
         }
     }
 

@@ -272,6 +272,17 @@ impl<'a> Validator<'a> {
                 ),
             );
         }
+        if action.kind == ActionKind::Create && !step.dedupe.keys().is_empty() && !action.searchable
+        {
+            self.push(
+                format!("{base}.dedupe.by"),
+                Kind::DedupeNotSupported,
+                format!(
+                    "{} cannot search for existing records; drop dedupe.by (a link still de-duplicates)",
+                    action.id
+                ),
+            );
+        }
         match (&step.target, action.kind) {
             (None, ActionKind::Update) => self.push(
                 format!("{base}.target"),

@@ -421,3 +421,28 @@ fn documents_with_typos_do_not_parse() {
         .unwrap_err();
     assert!(err.to_string().contains("unknown field `nam`"), "{err}");
 }
+
+#[test]
+fn dedupe_keys_need_an_action_that_can_search() {
+    use crmbridge_mapping::{Catalog, StaticCatalog};
+    let automation = Automation::from_yaml_str(VALID).unwrap();
+    assert!(validate(&automation, &common::catalog()).is_ok());
+    // The same catalog, but the counterparty create cannot search.
+    let mut create = common::catalog()
+        .action("moysklad.counterparty.create")
+        .cloned()
+        .unwrap();
+    create.searchable = false;
+    let catalog = common::catalog().merge(StaticCatalog::new().with_action(create));
+    let errors = validate(&automation, &catalog).unwrap_err();
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        texts,
+        vec![
+            "steps[0].dedupe.by: moysklad.counterparty.create cannot search for existing records; \
+             drop dedupe.by (a link still de-duplicates)"
+        ],
+        "{texts:#?}"
+    );
+    assert!(errors.has(Kind::DedupeNotSupported));
+}

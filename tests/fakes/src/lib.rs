@@ -2,19 +2,19 @@
 //! `127.0.0.1:0` that follow each vendor's documented API closely enough for
 //! our connectors and end-to-end tests to run against them.
 //!
-//! * [`moysklad::FakeMoySklad`] — MoySklad JSON API 1.2 (counterparties,
+//! * [`vendors::moysklad::FakeMoySklad`] — MoySklad JSON API 1.2 (counterparties,
 //!   customer orders, metadata, organization, webhook sender).
-//! * [`calltouch::FakeCalltouch`] — Calltouch lead-service v1 deals 2.0
-//!   (create / update), plus [`calltouch::send_call_webhook`], the call
+//! * [`vendors::calltouch::FakeCalltouch`] — Calltouch lead-service v1 deals 2.0
+//!   (create / update), plus [`vendors::calltouch::send_call_webhook`], the call
 //!   webhook Calltouch sends to us.
-//! * [`retailcrm::FakeRetailCrm`] — retailCRM API v5 (customers, orders,
+//! * [`vendors::retailcrm::FakeRetailCrm`] — retailCRM API v5 (customers, orders,
 //!   order history, statuses).
-//! * [`nethunt::FakeNetHunt`] — NetHunt CRM "Zapier" integration API
+//! * [`vendors::nethunt::FakeNetHunt`] — NetHunt CRM "Zapier" integration API
 //!   (folders, fields, records, find / new / updated / record-change
 //!   triggers, create and update with `fieldActions`).
-//! * [`worksection::FakeWorksection`] — Worksection admin API v2 (md5-hash
+//! * [`vendors::worksection::FakeWorksection`] — Worksection admin API v2 (md5-hash
 //!   and `Authorization: Admin` HMAC auth, projects, tasks, events,
-//!   webhooks with the URL probe), plus [`worksection::FakeWorksection::send_webhook`],
+//!   webhooks with the URL probe), plus [`vendors::worksection::FakeWorksection::send_webhook`],
 //!   the webhook Worksection sends to us.
 //!
 //! Every fake keeps its records in memory, logs every request it receives
@@ -30,7 +30,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), crmbridge_fakes::FakeError> {
 //! use crmbridge_fakes::Fault;
-//! use crmbridge_fakes::moysklad::FakeMoySklad;
+//! use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 //!
 //! let ms = FakeMoySklad::start("token-123").await?;
 //! // configure the connector with ms.base_url() and the token, then:
@@ -45,13 +45,10 @@
 //! # Ok(()) }
 //! ```
 
-pub mod calltouch;
-pub mod moysklad;
-pub mod nethunt;
-pub mod retailcrm;
+pub mod oauth;
 mod server;
 mod util;
-pub mod worksection;
+pub mod vendors;
 
 pub use server::{Fault, RecordedRequest};
 

@@ -75,6 +75,9 @@ pub struct RecordedRequest {
     /// The fault injected into this request, if any (rate-limit answers that
     /// the vendor logic itself produced are not faults and show `None`).
     pub fault: Option<Fault>,
+    /// When the fake received it: the gap between two requests shows how
+    /// long a client waited before retrying.
+    pub received_at: std::time::Instant,
     /// The status answered; `None` while being handled or when the
     /// connection was dropped without an answer.
     pub status: Option<u16>,
@@ -508,7 +511,14 @@ async fn handle<V: Vendor>(
         body,
         in_flight,
     };
-    let fault = lock(&shared.faults).next(&req.method, &req.path);
+    // Matched against the path and the query: vendors that name the call
+    // in the query (Worksection's `?action=post_task`) can be targeted too.
+    let target = if req.query.is_empty() {
+        req.path.clone()
+    } else {
+        format!("{}?{}", req.path, req.query)
+    };
+    let fault = lock(&shared.faults).next(&req.method, &target);
 
     let secret_headers = vendor.secret_headers();
     let secret_params = vendor.secret_params();
@@ -522,6 +532,7 @@ async fn handle<V: Vendor>(
         log.push((
             seq,
             RecordedRequest {
+                received_at: std::time::Instant::now(),
                 method: req.method.to_string(),
                 path: req.path.clone(),
                 query: redact_pairs(&req.query, secret_params),
@@ -621,7 +632,7 @@ macro_rules! common_methods {
         }
 
         /// The next `n` requests whose method is `method` (`None` = any) and
-        /// whose path contains `path_contains` get `fault`; other requests
+        /// whose path (or `path?query`) contains `path_contains` get `fault`; other requests
         /// pass untouched. Queued faults are used before the random plan.
         pub fn fail_next_on(
             &self,

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use crmbridge_fakes::Fault;
-use crmbridge_fakes::calltouch::{
+use crmbridge_fakes::vendors::calltouch::{
     DuplicatePolicy, FakeCalltouch, WebhookMethod, sample_call_params, send_call_webhook,
     send_call_webhook_owned, unfilled_test_params,
 };

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use crmbridge_fakes::Fault;
-use crmbridge_fakes::moysklad::{FakeMoySklad, MoySkladConfig, RateLimit, WEBHOOK_USER_AGENT};
+use crmbridge_fakes::vendors::moysklad::{
+    FakeMoySklad, MoySkladConfig, RateLimit, WEBHOOK_USER_AGENT,
+};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "token-123";

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crmbridge_fakes::Fault;
-use crmbridge_fakes::nethunt::{AUTH_ERROR, FakeNetHunt};
+use crmbridge_fakes::vendors::nethunt::{AUTH_ERROR, FakeNetHunt};
 use serde_json::{Value, json};
 
 const EMAIL: &str = "owner@acme.com";

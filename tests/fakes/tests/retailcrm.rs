@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crmbridge_fakes::Fault;
-use crmbridge_fakes::retailcrm::FakeRetailCrm;
+use crmbridge_fakes::vendors::retailcrm::FakeRetailCrm;
 use serde_json::{Value, json};
 
 const KEY: &str = "rc-key";

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crmbridge_fakes::Fault;
-use crmbridge_fakes::worksection::{FakeWorksection, PROBE_ERROR};
+use crmbridge_fakes::vendors::worksection::{FakeWorksection, PROBE_ERROR};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;

@@ -13,8 +13,8 @@
 mod common;
 
 use common::{Stack, admin_request, hook_request, http, pairs};
-use crmbridge_fakes::calltouch::FakeCalltouch;
-use crmbridge_fakes::moysklad::{FakeMoySklad, WEBHOOK_USER_AGENT};
+use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
+use crmbridge_fakes::vendors::moysklad::{FakeMoySklad, WEBHOOK_USER_AGENT};
 use crmbridge_lambda_harness::{HttpApiRequest, uuid_v4};
 use serde_json::{Value, json};
 

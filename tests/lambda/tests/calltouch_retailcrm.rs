@@ -15,8 +15,8 @@
 mod common;
 
 use common::{Stack, automation_statuses, hook_request, http, pairs};
-use crmbridge_fakes::calltouch::FakeCalltouch;
-use crmbridge_fakes::retailcrm::FakeRetailCrm;
+use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
+use crmbridge_fakes::vendors::retailcrm::FakeRetailCrm;
 use serde_json::{Value, json};
 
 const BUNDLE_CALL: &str = "calltouch-call-to-retailcrm";

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Stack, automation_statuses, hook_request, http, pairs};
-use crmbridge_fakes::nethunt::FakeNetHunt;
+use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use crmbridge_lambda_harness::{FunctionProcess, InvocationError};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;

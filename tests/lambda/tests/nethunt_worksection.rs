@@ -16,8 +16,8 @@ use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{Stack, admin_request, hook_request, http, pairs};
-use crmbridge_fakes::nethunt::FakeNetHunt;
-use crmbridge_fakes::worksection::FakeWorksection;
+use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
+use crmbridge_fakes::vendors::worksection::FakeWorksection;
 use serde_json::{Value, json};
 
 const TO_TASK: &str = "nethunt-record-to-worksection-task";

@@ -38,26 +38,29 @@
 //! |-------------------------|------------------------------------|-----|
 //! | `nethunt.record.create` | `Unsafe`                           | create-record takes no client key, and no field exists in every folder to stamp one in and search for: a repeat makes a second record |
 //! | `nethunt.record.update` | `Repeatable`, `Unsafe` with `add`  | `fields` overwrite and `remove` takes a value out — the same end state however often sent; `add` appends to a multi-value field again |
+#![doc = include_str!("API.md")]
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use crmbridge_mapping::{
-    ActionKind, ActionSpec, Automation, Event, EventKindSpec, FieldSpec, FieldType, StaticCatalog,
+    ActionKind, ActionSpec, Automation, Event, EventKindSpec, FieldSpec, FieldType,
     Subject,
 };
 use serde_json::{Map, Value, json};
 
-use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
+use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
     base_url, close_to, credential, field, not_ahead, only_known, text, url_with_query,
     validate_known_settings, with_timeout,
 };
 use crate::{
-    ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
+    Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError, DecodedEvent, EventSource, Poller, Vendor, VendorSettings, WebhookSource, LiveCatalog,
     InboundRequest, Observation, PollBatch, Resend, SettingsError,
 };
 
@@ -436,102 +439,9 @@ fn event_fields() -> Vec<FieldSpec> {
 const CREATE_FIELDS: &[&str] = &["folder", "fields", "time_zone"];
 const UPDATE_FIELDS: &[&str] = &["folder", "fields", "add", "remove"];
 
-#[async_trait]
-impl Connector for NetHunt {
-    fn app(&self) -> &'static str {
-        "nethunt"
-    }
-
-    fn polls(&self, kind: &str) -> bool {
-        kind == FIELD_CHANGED
-    }
-
-    fn catalog(&self) -> StaticCatalog {
-        StaticCatalog::new()
-            .with_event(
-                EventKindSpec::new(FIELD_CHANGED, event_fields()).with_options(vec![
-                    FieldSpec::required("folder", FieldType::String)
-                        .describe("folder name (or id), e.g. Deals"),
-                    FieldSpec::required("field", FieldType::String)
-                        .describe("the field watched, e.g. Status"),
-                    field(
-                        "value",
-                        FieldType::Any,
-                        "fire when the field takes this value (any change if absent)",
-                    ),
-                    field(
-                        "poll_minutes",
-                        FieldType::Integer,
-                        "informational: NetHunt is polled on every tick (5 minutes)",
-                    ),
-                ]),
-            )
-            .with_action(
-                ActionSpec::new(
-                    "nethunt.record.create",
-                    ActionKind::Create,
-                    vec![
-                        FieldSpec::required("folder", FieldType::String)
-                            .describe("folder name or id"),
-                        field(
-                            "fields",
-                            FieldType::Object,
-                            "field display name → value (arrays for multi-value fields)",
-                        ),
-                        field(
-                            "time_zone",
-                            FieldType::String,
-                            "IANA zone for dates (default: the connection's time_zone or UTC)",
-                        ),
-                    ],
-                )
-                .with_output(vec![field("id", FieldType::String, "record id")]),
-            )
-            .with_action(
-                ActionSpec::new(
-                    "nethunt.record.update",
-                    ActionKind::Update,
-                    vec![
-                        field(
-                            "folder",
-                            FieldType::String,
-                            "the record's folder: field names are checked against it",
-                        ),
-                        field(
-                            "fields",
-                            FieldType::Object,
-                            "field → value, overwriting the current value",
-                        ),
-                        field(
-                            "add",
-                            FieldType::Object,
-                            "field → value added to a multi-value field",
-                        ),
-                        field(
-                            "remove",
-                            FieldType::Object,
-                            "field → value removed from the field",
-                        ),
-                    ],
-                )
-                .with_output(vec![field("id", FieldType::String, "record id")]),
-            )
-    }
-
+impl VendorSettings for NetHunt {
     fn required_credentials(&self) -> &'static [&'static str] {
         &["email", "api_key"]
-    }
-
-    fn resend(&self, action: &str, fields: &Map<String, Value>) -> Resend {
-        match action {
-            // No client key, and no field every folder has to stamp one in.
-            "nethunt.record.create" => Resend::Unsafe,
-            // Adding to a multi-value field adds again; overwriting and
-            // removing a value end in the same state.
-            "nethunt.record.update" if has_entries(fields, "add") => Resend::Unsafe,
-            "nethunt.record.update" => Resend::Repeatable,
-            _ => Resend::Unsafe,
-        }
     }
 
     fn validate_settings(
@@ -559,7 +469,9 @@ impl Connector for NetHunt {
         }
         Ok(())
     }
+}
 
+impl WebhookSource for NetHunt {
     fn decode_webhook(
         &self,
         _connection: ConnectionView<'_>,
@@ -570,7 +482,183 @@ impl Connector for NetHunt {
             "NetHunt sends no webhooks: its records are polled",
         ))
     }
+}
 
+#[async_trait]
+impl EventSource for NetHunt {
+    fn event_kinds(&self) -> Vec<EventKindSpec> {
+        vec![
+            EventKindSpec::new(FIELD_CHANGED, event_fields()).with_options(vec![
+                FieldSpec::required("folder", FieldType::String)
+                    .describe("folder name (or id), e.g. Deals"),
+                FieldSpec::required("field", FieldType::String)
+                    .describe("the field watched, e.g. Status"),
+                field(
+                    "value",
+                    FieldType::Any,
+                    "fire when the field takes this value (any change if absent)",
+                ),
+                field(
+                    "poll_minutes",
+                    FieldType::Integer,
+                    "informational: NetHunt is polled on every tick (5 minutes)",
+                ),
+            ]),
+        ]
+    }
+
+    fn trigger_matches(&self, options: &BTreeMap<String, Value>, event: &Event) -> bool {
+        if event.kind != FIELD_CHANGED {
+            return true;
+        }
+        let data = &event.data;
+        let folder_ok = option_text(options, "folder").is_none_or(|wanted| {
+            data["folder_id"].as_str() == Some(wanted)
+                || data["folder"]
+                    .as_str()
+                    .is_some_and(|name| name.eq_ignore_ascii_case(wanted))
+        });
+        let field_ok = option_text(options, "field")
+            .is_none_or(|wanted| data["field"].as_str() == Some(wanted));
+        let value_ok = options
+            .get("value")
+            .is_none_or(|wanted| value_matches(&data["value"], wanted));
+        folder_ok && field_ok && value_ok
+    }
+}
+
+#[async_trait]
+impl Poller for NetHunt {
+    fn polls(&self, kind: &str) -> bool {
+        kind == FIELD_CHANGED
+    }
+
+    fn poll_scope(&self, kind: &str, options: &BTreeMap<String, Value>) -> Value {
+        if kind != FIELD_CHANGED {
+            return Value::Null;
+        }
+        json!({
+            "folder": option_text(options, "folder"),
+            "field": option_text(options, "field"),
+        })
+    }
+
+    async fn poll(
+        &self,
+        ctx: &CallContext<'_>,
+        kind: &str,
+        scope: &Value,
+        cursor: Option<&Value>,
+        now: DateTime<Utc>,
+    ) -> Result<PollBatch, ActionError> {
+        if kind != FIELD_CHANGED {
+            return Err(ActionError::Config(format!("nethunt does not poll {kind}")));
+        }
+        let (Some(folder), Some(field_name)) = (scope["folder"].as_str(), scope["field"].as_str())
+        else {
+            return Err(ActionError::field(
+                "trigger.options",
+                "folder and field are required",
+            ));
+        };
+        let Some(since) = cursor.and_then(|c| parse_time(&c["since"])) else {
+            // First poll: start watching now — by NetHunt's clock (its
+            // `Date` header), not ours, so that a skew between the two
+            // neither hides a change made just after the start nor
+            // replays history. The folder is resolved on the way.
+            let url = self.url(ctx, "triggers/readable-folder", &[])?;
+            let (body, _, _, date) = self.call_dated(ctx, VendorRequest::get(url)).await?;
+            let folders = folder_list(&body);
+            let found = find_folder(&folders, folder).ok_or_else(|| {
+                ActionError::field(
+                    "trigger.options.folder",
+                    format!("no folder '{folder}' in the NetHunt account"),
+                )
+            })?;
+            // `Date` has whole seconds: the start may be up to one second
+            // earlier than NetHunt's now, never later. A `Date` days off
+            // ours is garbage: starting there would replay history or
+            // stall the watch.
+            let start = date.filter(|d| close_to(*d, now)).unwrap_or(now);
+            return Ok(PollBatch {
+                events: vec![],
+                cursor: json!({
+                    "since": iso(start), "floor": iso(start),
+                    "folder": folder, "folder_id": found.id,
+                }),
+            });
+        };
+        // The overlap never reaches back before watching began: a record
+        // won a minute before the automation existed is not its business.
+        let floor = cursor.and_then(|c| parse_time(&c["floor"]));
+        let from = floor.map_or(since - OVERLAP, |f| (since - OVERLAP).max(f));
+        // The folder's id is kept in the cursor: one call per poll, not two.
+        let folder = match (
+            cursor.and_then(|c| c["folder_id"].as_str()),
+            cursor.and_then(|c| c["folder"].as_str()),
+        ) {
+            (Some(id), Some(name)) if name == folder => Folder {
+                id: id.to_owned(),
+                name: name.to_owned(),
+            },
+            _ => self.folder(ctx, folder, "trigger.options.folder").await?,
+        };
+        let records = self.updated_records(ctx, &folder, field_name, from).await?;
+        let mut newest = since;
+        let mut events = Vec::with_capacity(records.len());
+        // Oldest first, so changes are accepted in the order they happened.
+        for record in records.iter().rev() {
+            let id = record_id(record);
+            if id.is_empty() {
+                continue;
+            }
+            let updated = parse_time(&record["updatedAt"]);
+            // A garbage far-future time would park the cursor there.
+            if let Some(at) = updated.filter(|at| not_ahead(*at, now)) {
+                newest = newest.max(at);
+            }
+            let value = record["fields"][field_name].clone();
+            events.push(DecodedEvent {
+                // Named by the engine from the observation (record, field,
+                // how many times it changed).
+                source_id: None,
+                kind: kind.to_owned(),
+                subject: Subject {
+                    kind: "record".into(),
+                    id: id.clone(),
+                },
+                occurred_at: updated,
+                data: json!({
+                    "id": id,
+                    "folder": folder.name,
+                    "folder_id": folder.id,
+                    "field": field_name,
+                    "value": value,
+                    "name": record["fields"]["Name"],
+                    "fields": record["fields"],
+                    "created_at": record["createdAt"],
+                    "updated_at": record["updatedAt"],
+                }),
+                observation: Some(Observation {
+                    key: format!("{}:{id}:{field_name}", folder.id),
+                    value,
+                }),
+            });
+        }
+        let mut next =
+            json!({"since": iso(newest), "folder": scope["folder"], "folder_id": folder.id});
+        if let Some(floor) = floor {
+            next["floor"] = Value::String(iso(floor));
+        }
+        Ok(PollBatch {
+            events,
+            cursor: next,
+        })
+    }
+}
+
+#[async_trait]
+impl Account for NetHunt {
     async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
         let body = self.get(ctx, "triggers/auth-test", &[]).await?;
         let folders: Vec<Value> = body
@@ -580,29 +668,6 @@ impl Connector for NetHunt {
             .map(|f| json!({"id": record_id(f), "name": f["name"]}))
             .collect();
         Ok(json!({"folders": folders}))
-    }
-
-    async fn account_catalog(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
-        let since = Utc::now() - chrono::Duration::days(365);
-        let mut out = Vec::new();
-        for folder in self.folders(ctx).await? {
-            let names = self.field_names(ctx, &folder).await?;
-            let sample = self
-                .updated_page(ctx, &folder, None, since, SUGGEST_SAMPLE)
-                .await?;
-            let mut suggested = suggested_values(&sample, SUGGEST_TOP);
-            let fields: Vec<Value> = names
-                .iter()
-                .map(|name| {
-                    json!({
-                        "name": name,
-                        "suggested_values": suggested.remove(name).unwrap_or_default(),
-                    })
-                })
-                .collect();
-            out.push(json!({"id": folder.id, "name": folder.name, "fields": fields}));
-        }
-        Ok(json!({"folders": out}))
     }
 
     async fn check_automation(
@@ -709,242 +774,220 @@ impl Connector for NetHunt {
         }
         Ok(problems)
     }
+}
 
-    fn poll_scope(&self, kind: &str, options: &BTreeMap<String, Value>) -> Value {
-        if kind != FIELD_CHANGED {
-            return Value::Null;
+#[async_trait]
+impl LiveCatalog for NetHunt {
+    async fn account_catalog(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        let since = Utc::now() - chrono::Duration::days(365);
+        let mut out = Vec::new();
+        for folder in self.folders(ctx).await? {
+            let names = self.field_names(ctx, &folder).await?;
+            let sample = self
+                .updated_page(ctx, &folder, None, since, SUGGEST_SAMPLE)
+                .await?;
+            let mut suggested = suggested_values(&sample, SUGGEST_TOP);
+            let fields: Vec<Value> = names
+                .iter()
+                .map(|name| {
+                    json!({
+                        "name": name,
+                        "suggested_values": suggested.remove(name).unwrap_or_default(),
+                    })
+                })
+                .collect();
+            out.push(json!({"id": folder.id, "name": folder.name, "fields": fields}));
         }
-        json!({
-            "folder": option_text(options, "folder"),
-            "field": option_text(options, "field"),
-        })
+        Ok(json!({"folders": out}))
+    }
+}
+
+/// NetHunt CRM: records polled for field changes, created and updated.
+pub fn vendor() -> Vendor {
+    let nethunt = Arc::new(NetHunt);
+    Vendor::new("nethunt", nethunt.clone())
+        .webhooks(nethunt.clone())
+        .events(nethunt.clone())
+        .poller(nethunt.clone())
+        .account(nethunt.clone())
+        .live_catalog(nethunt.clone())
+        .action(Arc::new(CreateRecord(nethunt.clone())))
+        .action(Arc::new(UpdateRecord(nethunt)))
+}
+
+/// `nethunt.record.create`.
+struct CreateRecord(Arc<NetHunt>);
+
+#[async_trait]
+impl Action for CreateRecord {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new(
+            "nethunt.record.create",
+            ActionKind::Create,
+            vec![
+                FieldSpec::required("folder", FieldType::String)
+                    .describe("folder name or id"),
+                field(
+                    "fields",
+                    FieldType::Object,
+                    "field display name → value (arrays for multi-value fields)",
+                ),
+                field(
+                    "time_zone",
+                    FieldType::String,
+                    "IANA zone for dates (default: the connection's time_zone or UTC)",
+                ),
+            ],
+        )
+        .with_output(vec![field("id", FieldType::String, "record id")])
     }
 
-    fn trigger_matches(&self, options: &BTreeMap<String, Value>, event: &Event) -> bool {
-        if event.kind != FIELD_CHANGED {
-            return true;
-        }
-        let data = &event.data;
-        let folder_ok = option_text(options, "folder").is_none_or(|wanted| {
-            data["folder_id"].as_str() == Some(wanted)
-                || data["folder"]
-                    .as_str()
-                    .is_some_and(|name| name.eq_ignore_ascii_case(wanted))
-        });
-        let field_ok = option_text(options, "field")
-            .is_none_or(|wanted| data["field"].as_str() == Some(wanted));
-        let value_ok = options
-            .get("value")
-            .is_none_or(|wanted| value_matches(&data["value"], wanted));
-        folder_ok && field_ok && value_ok
+    /// No client key, and no field every folder has to stamp one in.
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Unsafe
     }
 
     async fn execute(
         &self,
         ctx: &CallContext<'_>,
-        action: &str,
         fields: &Map<String, Value>,
-        target: Option<&str>,
+        _target: Option<&str>,
     ) -> Result<ActionOutput, ActionError> {
-        match action {
-            "nethunt.record.create" => {
-                only_known(fields, CREATE_FIELDS)?;
-                let wanted = text(fields, "folder")
-                    .ok_or_else(|| ActionError::field("fields.folder", "is required"))?;
-                let folder = self.folder(ctx, &wanted, "fields.folder").await?;
-                let values = Self::fields_object(fields, "fields")?
-                    .cloned()
-                    .unwrap_or_default();
-                let zone = text(fields, "time_zone")
-                    .or_else(|| ctx.settings["time_zone"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "UTC".into());
-                let body = json!({"timeZone": zone, "fields": values});
-                let request = VendorRequest::with_body(
-                    reqwest::Method::POST,
-                    self.url(ctx, &format!("actions/create-record/{}", folder.id), &[])?,
-                    body.to_string().into_bytes(),
-                    // NetHunt has no client-side key to de-duplicate a
-                    // create: only a request surely unsent is repeated.
-                    Idempotency::NotIdempotent,
-                )
-                .header("content-type", "application/json");
-                let (record, status, attempts) = self.call(ctx, request).await?;
-                let id = record_id(&record);
-                if id.is_empty() {
-                    return Err(VendorError::Decode {
-                        status,
-                        message: "create-record answered without a recordId".into(),
-                    }
-                    .into());
-                }
-                Ok(ActionOutput {
-                    id,
-                    record,
-                    response_status: status,
-                    attempts,
-                })
+        let vendor = &self.0;
+        only_known(fields, CREATE_FIELDS)?;
+        let wanted = text(fields, "folder")
+            .ok_or_else(|| ActionError::field("fields.folder", "is required"))?;
+        let folder = vendor.folder(ctx, &wanted, "fields.folder").await?;
+        let values = NetHunt::fields_object(fields, "fields")?
+            .cloned()
+            .unwrap_or_default();
+        let zone = text(fields, "time_zone")
+            .or_else(|| ctx.settings["time_zone"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "UTC".into());
+        let body = json!({"timeZone": zone, "fields": values});
+        let request = VendorRequest::with_body(
+            reqwest::Method::POST,
+            vendor.url(ctx, &format!("actions/create-record/{}", folder.id), &[])?,
+            body.to_string().into_bytes(),
+            // NetHunt has no client-side key to de-duplicate a
+            // create: only a request surely unsent is repeated.
+            Idempotency::NotIdempotent,
+        )
+        .header("content-type", "application/json");
+        let (record, status, attempts) = vendor.call(ctx, request).await?;
+        let id = record_id(&record);
+        if id.is_empty() {
+            return Err(VendorError::Decode {
+                status,
+                message: "create-record answered without a recordId".into(),
             }
-            "nethunt.record.update" => {
-                only_known(fields, UPDATE_FIELDS)?;
-                let Some(target) = target.filter(|t| !t.is_empty()) else {
-                    return Err(ActionError::field(
-                        "target",
-                        "nethunt.record.update needs the record (target: link or id)",
-                    ));
-                };
-                let overwrite = Self::fields_object(fields, "fields")?;
-                let add = Self::fields_object(fields, "add")?;
-                let remove = Self::fields_object(fields, "remove")?;
-                let actions = field_actions(overwrite, add, remove);
-                if actions.is_empty() {
-                    return Err(ActionError::field(
-                        "fields",
-                        "nothing to change: give fields, add or remove",
-                    ));
-                }
-                // Overwriting is repeatable; adding to a list is not.
-                let idempotency = if has_entries(fields, "add") {
-                    Idempotency::NotIdempotent
-                } else {
-                    Idempotency::Idempotent
-                };
-                let request = VendorRequest::with_body(
-                    reqwest::Method::POST,
-                    self.url(
-                        ctx,
-                        &format!("actions/update-record/{}", urlencode(target)),
-                        &[("overwrite", "false".into())],
-                    )?,
-                    json!({"fieldActions": actions}).to_string().into_bytes(),
-                    idempotency,
-                )
-                .header("content-type", "application/json");
-                let (record, status, attempts) = self.call(ctx, request).await?;
-                let id = match record_id(&record) {
-                    id if id.is_empty() => target.to_owned(),
-                    id => id,
-                };
-                Ok(ActionOutput {
-                    id,
-                    record,
-                    response_status: status,
-                    attempts,
-                })
-            }
-            other => Err(ActionError::unsupported_action("nethunt", other)),
+            .into());
+        }
+        Ok(ActionOutput {
+            id,
+            record,
+            response_status: status,
+            attempts,
+        })
+    }
+}
+
+/// `nethunt.record.update`.
+struct UpdateRecord(Arc<NetHunt>);
+
+#[async_trait]
+impl Action for UpdateRecord {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new(
+            "nethunt.record.update",
+            ActionKind::Update,
+            vec![
+                field(
+                    "folder",
+                    FieldType::String,
+                    "the record's folder: field names are checked against it",
+                ),
+                field(
+                    "fields",
+                    FieldType::Object,
+                    "field → value, overwriting the current value",
+                ),
+                field(
+                    "add",
+                    FieldType::Object,
+                    "field → value added to a multi-value field",
+                ),
+                field(
+                    "remove",
+                    FieldType::Object,
+                    "field → value removed from the field",
+                ),
+            ],
+        )
+        .with_output(vec![field("id", FieldType::String, "record id")])
+    }
+
+    /// Adding to a multi-value field adds again; overwriting and
+    /// removing a value end in the same state.
+    fn resend(&self, fields: &Map<String, Value>) -> Resend {
+        if has_entries(fields, "add") {
+            Resend::Unsafe
+        } else {
+            Resend::Repeatable
         }
     }
 
-    async fn poll(
+    async fn execute(
         &self,
         ctx: &CallContext<'_>,
-        kind: &str,
-        scope: &Value,
-        cursor: Option<&Value>,
-        now: DateTime<Utc>,
-    ) -> Result<PollBatch, ActionError> {
-        if kind != FIELD_CHANGED {
-            return Err(ActionError::unsupported_poll("nethunt", kind));
-        }
-        let (Some(folder), Some(field_name)) = (scope["folder"].as_str(), scope["field"].as_str())
-        else {
+        fields: &Map<String, Value>,
+        target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        let vendor = &self.0;
+        only_known(fields, UPDATE_FIELDS)?;
+        let Some(target) = target.filter(|t| !t.is_empty()) else {
             return Err(ActionError::field(
-                "trigger.options",
-                "folder and field are required",
+                "target",
+                "nethunt.record.update needs the record (target: link or id)",
             ));
         };
-        let Some(since) = cursor.and_then(|c| parse_time(&c["since"])) else {
-            // First poll: start watching now — by NetHunt's clock (its
-            // `Date` header), not ours, so that a skew between the two
-            // neither hides a change made just after the start nor
-            // replays history. The folder is resolved on the way.
-            let url = self.url(ctx, "triggers/readable-folder", &[])?;
-            let (body, _, _, date) = self.call_dated(ctx, VendorRequest::get(url)).await?;
-            let folders = folder_list(&body);
-            let found = find_folder(&folders, folder).ok_or_else(|| {
-                ActionError::field(
-                    "trigger.options.folder",
-                    format!("no folder '{folder}' in the NetHunt account"),
-                )
-            })?;
-            // `Date` has whole seconds: the start may be up to one second
-            // earlier than NetHunt's now, never later. A `Date` days off
-            // ours is garbage: starting there would replay history or
-            // stall the watch.
-            let start = date.filter(|d| close_to(*d, now)).unwrap_or(now);
-            return Ok(PollBatch {
-                events: vec![],
-                cursor: json!({
-                    "since": iso(start), "floor": iso(start),
-                    "folder": folder, "folder_id": found.id,
-                }),
-            });
-        };
-        // The overlap never reaches back before watching began: a record
-        // won a minute before the automation existed is not its business.
-        let floor = cursor.and_then(|c| parse_time(&c["floor"]));
-        let from = floor.map_or(since - OVERLAP, |f| (since - OVERLAP).max(f));
-        // The folder's id is kept in the cursor: one call per poll, not two.
-        let folder = match (
-            cursor.and_then(|c| c["folder_id"].as_str()),
-            cursor.and_then(|c| c["folder"].as_str()),
-        ) {
-            (Some(id), Some(name)) if name == folder => Folder {
-                id: id.to_owned(),
-                name: name.to_owned(),
-            },
-            _ => self.folder(ctx, folder, "trigger.options.folder").await?,
-        };
-        let records = self.updated_records(ctx, &folder, field_name, from).await?;
-        let mut newest = since;
-        let mut events = Vec::with_capacity(records.len());
-        // Oldest first, so changes are accepted in the order they happened.
-        for record in records.iter().rev() {
-            let id = record_id(record);
-            if id.is_empty() {
-                continue;
-            }
-            let updated = parse_time(&record["updatedAt"]);
-            // A garbage far-future time would park the cursor there.
-            if let Some(at) = updated.filter(|at| not_ahead(*at, now)) {
-                newest = newest.max(at);
-            }
-            let value = record["fields"][field_name].clone();
-            events.push(DecodedEvent {
-                // Named by the engine from the observation (record, field,
-                // how many times it changed).
-                source_id: None,
-                kind: kind.to_owned(),
-                subject: Subject {
-                    kind: "record".into(),
-                    id: id.clone(),
-                },
-                occurred_at: updated,
-                data: json!({
-                    "id": id,
-                    "folder": folder.name,
-                    "folder_id": folder.id,
-                    "field": field_name,
-                    "value": value,
-                    "name": record["fields"]["Name"],
-                    "fields": record["fields"],
-                    "created_at": record["createdAt"],
-                    "updated_at": record["updatedAt"],
-                }),
-                observation: Some(Observation {
-                    key: format!("{}:{id}:{field_name}", folder.id),
-                    value,
-                }),
-            });
+        let overwrite = NetHunt::fields_object(fields, "fields")?;
+        let add = NetHunt::fields_object(fields, "add")?;
+        let remove = NetHunt::fields_object(fields, "remove")?;
+        let actions = field_actions(overwrite, add, remove);
+        if actions.is_empty() {
+            return Err(ActionError::field(
+                "fields",
+                "nothing to change: give fields, add or remove",
+            ));
         }
-        let mut next =
-            json!({"since": iso(newest), "folder": scope["folder"], "folder_id": folder.id});
-        if let Some(floor) = floor {
-            next["floor"] = Value::String(iso(floor));
-        }
-        Ok(PollBatch {
-            events,
-            cursor: next,
+        // Overwriting is repeatable; adding to a list is not.
+        let idempotency = if has_entries(fields, "add") {
+            Idempotency::NotIdempotent
+        } else {
+            Idempotency::Idempotent
+        };
+        let request = VendorRequest::with_body(
+            reqwest::Method::POST,
+            vendor.url(
+                ctx,
+                &format!("actions/update-record/{}", urlencode(target)),
+                &[("overwrite", "false".into())],
+            )?,
+            json!({"fieldActions": actions}).to_string().into_bytes(),
+            idempotency,
+        )
+        .header("content-type", "application/json");
+        let (record, status, attempts) = vendor.call(ctx, request).await?;
+        let id = match record_id(&record) {
+            id if id.is_empty() => target.to_owned(),
+            id => id,
+        };
+        Ok(ActionOutput {
+            id,
+            record,
+            response_status: status,
+            attempts,
         })
     }
 }
@@ -1002,7 +1045,7 @@ mod tests {
     #[test]
     fn resend_safety_is_declared_per_action() {
         use crmbridge_mapping::Catalog as _;
-        let catalog = NetHunt.catalog();
+        let catalog = vendor().catalog();
         let cases = [
             (
                 "nethunt.record.create",
@@ -1038,15 +1081,12 @@ mod tests {
         for (action, fields, want) in cases {
             assert!(catalog.action(action).is_some(), "{action}");
             assert_eq!(
-                NetHunt.resend(action, fields.as_object().unwrap()),
+                vendor().find_action(action).unwrap().resend(fields.as_object().unwrap()),
                 want,
                 "{action} {fields}"
             );
         }
-        assert_eq!(
-            NetHunt.resend("nethunt.record.delete", &Map::new()),
-            Resend::Unsafe
-        );
+        assert!(vendor().find_action("nethunt.record.delete").is_none());
     }
 
     #[test]

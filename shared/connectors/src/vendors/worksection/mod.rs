@@ -39,14 +39,17 @@
 //! ones only): a task closed or deleted by a person between the lost answer
 //! and the resend may not be found, and a second one would be made. That
 //! window is the time until the engine resumes the step.
+#![doc = include_str!("API.md")]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use crmbridge_mapping::{
-    ActionKind, ActionSpec, Automation, Event, EventKindSpec, FieldSpec, FieldType, StaticCatalog,
+    ActionKind, ActionSpec, Automation, Event, EventKindSpec, FieldSpec, FieldType,
     Subject,
 };
 use hmac::{Hmac, Mac};
@@ -54,13 +57,13 @@ use md5::{Digest as _, Md5};
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest};
+use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest};
 use crate::support::{
     base_url, credential, field, only_known, required_text, text, validate_known_settings,
     with_timeout,
 };
 use crate::{
-    ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
+    Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError, DecodedEvent, EventSource, Poller, Vendor, VendorSettings, WebhookSource, LiveCatalog,
     InboundRequest, PollBatch, Resend, SettingsError,
 };
 
@@ -612,108 +615,9 @@ fn task_reference(idempotency_key: &str) -> String {
     format!("cb-{}", &hex::encode(sha2::Digest::finalize(hasher))[..12])
 }
 
-#[async_trait]
-impl Connector for Worksection {
-    fn app(&self) -> &'static str {
-        "worksection"
-    }
-
-    fn polls(&self, kind: &str) -> bool {
-        // The backstop of accounts without a webhook, or whose webhook
-        // Worksection disabled after 10 errors.
-        kind == TASK_CLOSED
-    }
-
-    fn catalog(&self) -> StaticCatalog {
-        StaticCatalog::new()
-            .with_event(
-                EventKindSpec::new(
-                    TASK_CLOSED,
-                    vec![
-                        field("id", FieldType::String, "task id"),
-                        field("name", FieldType::String, "task title"),
-                        field("project_id", FieldType::String, "project id"),
-                        field("page", FieldType::String, "task page path"),
-                        field("closed_at", FieldType::DateTime, "when it was closed"),
-                        field("closed_by", FieldType::Email, "who closed it"),
-                        field("closed_by_name", FieldType::String, "their name"),
-                        field("task", FieldType::Object, "the task as get_task returns it"),
-                    ],
-                )
-                .with_options(vec![field(
-                    "project",
-                    FieldType::String,
-                    "only tasks of this project id",
-                )]),
-            )
-            .with_action(
-                ActionSpec::new(
-                    "worksection.task.create",
-                    ActionKind::Create,
-                    vec![
-                        FieldSpec::required("project", FieldType::String).describe("project id"),
-                        FieldSpec::required("title", FieldType::String).describe("task title"),
-                        field("text", FieldType::String, "description"),
-                        field(
-                            "assignee",
-                            FieldType::String,
-                            "assignee e-mail (ANY = anyone, NOONE = unassigned)",
-                        ),
-                        field("author", FieldType::Email, "author e-mail"),
-                        field("priority", FieldType::Integer, "0 to 10"),
-                        field("start", FieldType::Date, "start date"),
-                        field("end", FieldType::Date, "deadline"),
-                        field(
-                            "duration_days",
-                            FieldType::Integer,
-                            "deadline as days after the start (or today) when end is not given",
-                        ),
-                        field("tags", FieldType::String, "comma-separated tags"),
-                        field(
-                            "import",
-                            FieldType::Object,
-                            "CRM data imported into the task: label → value",
-                        ),
-                    ],
-                )
-                .with_output(vec![
-                    field("id", FieldType::String, "task id"),
-                    field("page", FieldType::String, "task page path"),
-                ]),
-            )
-            .with_action(
-                ActionSpec::new(
-                    "worksection.project.get",
-                    ActionKind::Other,
-                    vec![FieldSpec::required("project", FieldType::String).describe("project id")],
-                )
-                .with_output(vec![
-                    field("id", FieldType::String, "project id"),
-                    field("status", FieldType::String, "active, pending or archive"),
-                ]),
-            )
-    }
-
-    fn ack_status(&self) -> u16 {
-        200
-    }
-
-    fn ack_body(&self) -> Option<Value> {
-        Some(json!({"status": "OK"}))
-    }
-
+impl VendorSettings for Worksection {
     fn required_credentials(&self) -> &'static [&'static str] {
         &["admin_key"]
-    }
-
-    fn resend(&self, action: &str, _fields: &Map<String, Value>) -> Resend {
-        match action {
-            // Found by its reference line before a second post_task.
-            "worksection.task.create" => Resend::Keyed,
-            // A read.
-            "worksection.project.get" => Resend::Repeatable,
-            _ => Resend::Unsafe,
-        }
     }
 
     fn validate_settings(
@@ -752,6 +656,16 @@ impl Connector for Worksection {
             Err(errors)
         }
     }
+}
+
+impl WebhookSource for Worksection {
+    fn ack_status(&self) -> u16 {
+        200
+    }
+
+    fn ack_body(&self) -> Option<Value> {
+        Some(json!({"status": "OK"}))
+    }
 
     fn decode_webhook(
         &self,
@@ -787,6 +701,39 @@ impl Connector for Worksection {
         }
         Ok(events)
     }
+}
+
+#[async_trait]
+impl EventSource for Worksection {
+    fn event_kinds(&self) -> Vec<EventKindSpec> {
+        vec![
+            EventKindSpec::new(
+                TASK_CLOSED,
+                vec![
+                    field("id", FieldType::String, "task id"),
+                    field("name", FieldType::String, "task title"),
+                    field("project_id", FieldType::String, "project id"),
+                    field("page", FieldType::String, "task page path"),
+                    field("closed_at", FieldType::DateTime, "when it was closed"),
+                    field("closed_by", FieldType::Email, "who closed it"),
+                    field("closed_by_name", FieldType::String, "their name"),
+                    field("task", FieldType::Object, "the task as get_task returns it"),
+                ],
+            )
+            .with_options(vec![field(
+                "project",
+                FieldType::String,
+                "only tasks of this project id",
+            )]),
+        ]
+    }
+
+    fn trigger_matches(&self, options: &BTreeMap<String, Value>, event: &Event) -> bool {
+        match options.get("project").map(id_text) {
+            Some(project) if !project.is_empty() => id_text(&event.data["project_id"]) == project,
+            _ => true,
+        }
+    }
 
     async fn enrich(&self, ctx: &CallContext<'_>, event: &mut Event) -> Result<(), ActionError> {
         if event.kind != TASK_CLOSED {
@@ -815,100 +762,14 @@ impl Connector for Worksection {
             Err(err) => Err(err.into_action(status)),
         }
     }
+}
 
-    fn trigger_matches(&self, options: &BTreeMap<String, Value>, event: &Event) -> bool {
-        match options.get("project").map(id_text) {
-            Some(project) if !project.is_empty() => id_text(&event.data["project_id"]) == project,
-            _ => true,
-        }
-    }
-
-    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
-        let (body, _, _) = self
-            .call(ctx, "get_projects", &[], Idempotency::Idempotent)
-            .await?;
-        let count = body["data"].as_array().map_or(0, Vec::len);
-        Ok(json!({"projects": count}))
-    }
-
-    async fn account_catalog(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
-        let mut projects = Vec::new();
-        for filter in ["active", "pending", "archive"] {
-            let (body, _, _) = self
-                .call(
-                    ctx,
-                    "get_projects",
-                    &[("filter", filter.to_owned())],
-                    Idempotency::Idempotent,
-                )
-                .await?;
-            for project in body["data"].as_array().into_iter().flatten() {
-                projects.push(json!({
-                    "id": id_text(&project["id"]),
-                    "name": project["name"],
-                    "status": project["status"],
-                }));
-            }
-        }
-        Ok(json!({"projects": projects}))
-    }
-
-    async fn check_automation(
-        &self,
-        ctx: &CallContext<'_>,
-        automation: &Automation,
-        connection: &str,
-    ) -> Result<Vec<(String, String)>, ActionError> {
-        let mut problems = Vec::new();
-        for (index, step) in automation.steps.iter().enumerate() {
-            if step.connection != connection || step.action != "worksection.task.create" {
-                continue;
-            }
-            let Some(project) = step.fields.get("project").map(id_text) else {
-                continue;
-            };
-            if project.is_empty() || project.contains("{{") {
-                continue;
-            }
-            match self.usable_project(ctx, &project).await {
-                Ok(_) => {}
-                Err(ActionError::Skipped { reason, .. }) => {
-                    problems.push((format!("steps[{index}].fields.project"), reason));
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(problems)
-    }
-
-    async fn execute(
-        &self,
-        ctx: &CallContext<'_>,
-        action: &str,
-        fields: &Map<String, Value>,
-        _target: Option<&str>,
-    ) -> Result<ActionOutput, ActionError> {
-        match action {
-            "worksection.task.create" => self.create_task(ctx, fields).await,
-            "worksection.project.get" => {
-                let project = required_text(fields, "project")?;
-                let (body, status, attempts) = self
-                    .call(
-                        ctx,
-                        "get_project",
-                        &[("id_project", project.clone())],
-                        Idempotency::Idempotent,
-                    )
-                    .await?;
-                Ok(ActionOutput {
-                    id: project,
-                    record: body["data"].clone(),
-                    response_status: status,
-                    attempts,
-                })
-            }
-            other => Err(ActionError::unsupported_action("worksection", other)),
-        }
+#[async_trait]
+impl Poller for Worksection {
+    fn polls(&self, kind: &str) -> bool {
+        // The backstop of accounts without a webhook, or whose webhook
+        // Worksection disabled after 10 errors.
+        kind == TASK_CLOSED
     }
 
     async fn poll(
@@ -920,7 +781,7 @@ impl Connector for Worksection {
         now: DateTime<Utc>,
     ) -> Result<PollBatch, ActionError> {
         if kind != TASK_CLOSED {
-            return Err(ActionError::unsupported_poll("worksection", kind));
+            return Err(ActionError::Config(format!("worksection does not poll {kind}")));
         }
         let next = json!({"polled_at": now.to_rfc3339()});
         let Some(since) = cursor
@@ -953,6 +814,187 @@ impl Connector for Worksection {
         Ok(PollBatch {
             events,
             cursor: next,
+        })
+    }
+}
+
+#[async_trait]
+impl Account for Worksection {
+    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        let (body, _, _) = self
+            .call(ctx, "get_projects", &[], Idempotency::Idempotent)
+            .await?;
+        let count = body["data"].as_array().map_or(0, Vec::len);
+        Ok(json!({"projects": count}))
+    }
+
+    async fn check_automation(
+        &self,
+        ctx: &CallContext<'_>,
+        automation: &Automation,
+        connection: &str,
+    ) -> Result<Vec<(String, String)>, ActionError> {
+        let mut problems = Vec::new();
+        for (index, step) in automation.steps.iter().enumerate() {
+            if step.connection != connection || step.action != "worksection.task.create" {
+                continue;
+            }
+            let Some(project) = step.fields.get("project").map(id_text) else {
+                continue;
+            };
+            if project.is_empty() || project.contains("{{") {
+                continue;
+            }
+            match self.usable_project(ctx, &project).await {
+                Ok(_) => {}
+                Err(ActionError::Skipped { reason, .. }) => {
+                    problems.push((format!("steps[{index}].fields.project"), reason));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(problems)
+    }
+}
+
+#[async_trait]
+impl LiveCatalog for Worksection {
+    async fn account_catalog(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        let mut projects = Vec::new();
+        for filter in ["active", "pending", "archive"] {
+            let (body, _, _) = self
+                .call(
+                    ctx,
+                    "get_projects",
+                    &[("filter", filter.to_owned())],
+                    Idempotency::Idempotent,
+                )
+                .await?;
+            for project in body["data"].as_array().into_iter().flatten() {
+                projects.push(json!({
+                    "id": id_text(&project["id"]),
+                    "name": project["name"],
+                    "status": project["status"],
+                }));
+            }
+        }
+        Ok(json!({"projects": projects}))
+    }
+}
+
+/// Worksection: closed tasks by webhook and poll, tasks created.
+pub fn vendor() -> Vendor {
+    let worksection = Arc::new(Worksection);
+    Vendor::new("worksection", worksection.clone())
+        .webhooks(worksection.clone())
+        .events(worksection.clone())
+        .poller(worksection.clone())
+        .account(worksection.clone())
+        .live_catalog(worksection.clone())
+        .action(Arc::new(CreateTask(worksection.clone())))
+        .action(Arc::new(GetProject(worksection)))
+}
+
+/// `worksection.task.create`.
+struct CreateTask(Arc<Worksection>);
+
+#[async_trait]
+impl Action for CreateTask {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new(
+            "worksection.task.create",
+            ActionKind::Create,
+            vec![
+                FieldSpec::required("project", FieldType::String).describe("project id"),
+                FieldSpec::required("title", FieldType::String).describe("task title"),
+                field("text", FieldType::String, "description"),
+                field(
+                    "assignee",
+                    FieldType::String,
+                    "assignee e-mail (ANY = anyone, NOONE = unassigned)",
+                ),
+                field("author", FieldType::Email, "author e-mail"),
+                field("priority", FieldType::Integer, "0 to 10"),
+                field("start", FieldType::Date, "start date"),
+                field("end", FieldType::Date, "deadline"),
+                field(
+                    "duration_days",
+                    FieldType::Integer,
+                    "deadline as days after the start (or today) when end is not given",
+                ),
+                field("tags", FieldType::String, "comma-separated tags"),
+                field(
+                    "import",
+                    FieldType::Object,
+                    "CRM data imported into the task: label → value",
+                ),
+            ],
+        )
+        .with_output(vec![
+            field("id", FieldType::String, "task id"),
+            field("page", FieldType::String, "task page path"),
+        ])
+    }
+
+    /// Found by its reference line before a second post_task.
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Keyed
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        fields: &Map<String, Value>,
+        _target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        let vendor = &self.0;
+        vendor.create_task(ctx, fields).await
+    }
+}
+
+/// `worksection.project.get`.
+struct GetProject(Arc<Worksection>);
+
+#[async_trait]
+impl Action for GetProject {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new(
+            "worksection.project.get",
+            ActionKind::Other,
+            vec![FieldSpec::required("project", FieldType::String).describe("project id")],
+        )
+        .with_output(vec![
+            field("id", FieldType::String, "project id"),
+            field("status", FieldType::String, "active, pending or archive"),
+        ])
+    }
+
+    /// A read.
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Repeatable
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        fields: &Map<String, Value>,
+        _target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        let vendor = &self.0;
+        let project = required_text(fields, "project")?;
+        let (body, status, attempts) = vendor
+            .call(
+                ctx,
+                "get_project",
+                &[("id_project", project.clone())],
+                Idempotency::Idempotent,
+            )
+            .await?;
+        Ok(ActionOutput {
+            id: project,
+            record: body["data"].clone(),
+            response_status: status,
+            attempts,
         })
     }
 }
@@ -1072,7 +1114,7 @@ mod tests {
     #[test]
     fn resend_safety_is_declared_per_action() {
         use crmbridge_mapping::Catalog as _;
-        let catalog = Worksection.catalog();
+        let catalog = vendor().catalog();
         let fields = json!({"project": "1", "title": "t"});
         let fields = fields.as_object().unwrap();
         for (action, want) in [
@@ -1080,12 +1122,9 @@ mod tests {
             ("worksection.project.get", Resend::Repeatable),
         ] {
             assert!(catalog.action(action).is_some(), "{action}");
-            assert_eq!(Worksection.resend(action, fields), want, "{action}");
+            assert_eq!(vendor().find_action(action).unwrap().resend(fields), want, "{action}");
         }
-        assert_eq!(
-            Worksection.resend("worksection.task.delete", fields),
-            Resend::Unsafe
-        );
+        assert!(vendor().find_action("worksection.task.delete").is_none());
     }
 
     #[test]

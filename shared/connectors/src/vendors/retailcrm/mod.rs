@@ -29,23 +29,26 @@
 //! |-----------------------------|---------|-----|
 //! | `retailcrm.customer.create` | `Keyed` | carries an `externalId` (given, or derived from the step's key) and looks it up first; a create refused while an earlier one landed is looked up again |
 //! | `retailcrm.order.create`    | `Keyed` | the same `externalId` rule |
+#![doc = include_str!("API.md")]
 
 use std::time::Duration;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset, Offset, Utc};
 use crmbridge_mapping::{
-    ActionKind, ActionSpec, EventKindSpec, FieldSpec, FieldType, LookupKey, StaticCatalog, Subject,
+    ActionKind, ActionSpec, EventKindSpec, FieldSpec, FieldType, LookupKey, Subject,
 };
 use serde_json::{Map, Value, json};
 
-use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest, redact};
+use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, redact};
 use crate::support::{
     base_url, credential, digits, field, only_known, same_phone, text, url_with_query,
     validate_known_settings, with_timeout,
 };
 use crate::{
-    ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
+    Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError, DecodedEvent, EventSource, Lookup, Poller, Vendor, VendorSettings, WebhookSource,
     InboundRequest, PollBatch, Resend, SettingsError,
 };
 
@@ -290,107 +293,9 @@ fn account_time(at: DateTime<Utc>) -> String {
         .to_string()
 }
 
-#[async_trait]
-impl Connector for RetailCrm {
-    fn app(&self) -> &'static str {
-        "retailcrm"
-    }
-
-    fn polls(&self, kind: &str) -> bool {
-        kind == "retailcrm.order.changed"
-    }
-
-    fn catalog(&self) -> StaticCatalog {
-        StaticCatalog::new()
-            .with_event(EventKindSpec::new(
-                "retailcrm.order.changed",
-                order_event_fields(),
-            ))
-            .with_action(
-                ActionSpec::new(
-                    "retailcrm.customer.create",
-                    ActionKind::Create,
-                    vec![
-                        field("first_name", FieldType::String, "first name"),
-                        field("last_name", FieldType::String, "last name"),
-                        field("phone", FieldType::Phone, "phone"),
-                        field("email", FieldType::Email, "email"),
-                        field(
-                            "external_id",
-                            FieldType::String,
-                            "your id (default: derived from the run)",
-                        ),
-                    ],
-                )
-                .with_output(vec![field("id", FieldType::String, "customer id")]),
-            )
-            .with_action(
-                ActionSpec::new(
-                    "retailcrm.order.create",
-                    ActionKind::Create,
-                    vec![
-                        field(
-                            "external_id",
-                            FieldType::String,
-                            "your id (default: derived from the run)",
-                        ),
-                        field("customer_id", FieldType::String, "customer id"),
-                        field("first_name", FieldType::String, "first name"),
-                        field("last_name", FieldType::String, "last name"),
-                        field("phone", FieldType::Phone, "phone"),
-                        field("email", FieldType::Email, "email"),
-                        field("status", FieldType::String, "status code"),
-                        field(
-                            "order_method",
-                            FieldType::String,
-                            "order method code, e.g. phone",
-                        ),
-                        field("comment", FieldType::String, "customer comment"),
-                        field(
-                            "source",
-                            FieldType::Object,
-                            "source, medium, campaign, keyword, content",
-                        ),
-                        field("custom_fields", FieldType::Object, "custom fields by code"),
-                    ],
-                )
-                .with_output(vec![
-                    field("id", FieldType::String, "order id"),
-                    field("number", FieldType::String, "number"),
-                ]),
-            )
-    }
-
+impl VendorSettings for RetailCrm {
     fn required_credentials(&self) -> &'static [&'static str] {
         &["api_key"]
-    }
-
-    /// `GET /api/credentials`: authenticated, cheap, and it says what the
-    /// key may do (its scopes, or in older accounts its methods) and on
-    /// which sites.
-    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
-        let url = url_with_query(&format!("{}/api/credentials", self.base(ctx)?), &[])?;
-        let (body, _, _) = self.call(ctx, VendorRequest::get(url)).await?;
-        let mut account = json!({
-            "site_access": body["siteAccess"],
-            "sites": body["sitesAvailable"],
-        });
-        if let Some(scopes) = body.get("scopes") {
-            account["scopes"] = scopes.clone();
-        }
-        if let Some(methods) = body["credentials"].as_array() {
-            account["methods"] = json!(methods.len());
-        }
-        Ok(account)
-    }
-
-    fn resend(&self, action: &str, _fields: &Map<String, Value>) -> Resend {
-        match action {
-            // Both look the externalId (from the step's key, or given) up
-            // before creating, and again after a refused create.
-            "retailcrm.customer.create" | "retailcrm.order.create" => Resend::Keyed,
-            _ => Resend::Unsafe,
-        }
     }
 
     fn validate_settings(
@@ -400,7 +305,9 @@ impl Connector for RetailCrm {
     ) -> Result<(), Vec<SettingsError>> {
         validate_known_settings(settings, SETTINGS, None, DOMAINS, allow_any_base_url)
     }
+}
 
+impl WebhookSource for RetailCrm {
     fn decode_webhook(
         &self,
         _connection: ConnectionView<'_>,
@@ -411,133 +318,24 @@ impl Connector for RetailCrm {
             "retailCRM sends no webhooks to crmbridge: its order changes are polled from the history",
         ))
     }
+}
 
-    async fn find(
-        &self,
-        ctx: &CallContext<'_>,
-        action: &str,
-        keys: &[LookupKey],
-    ) -> Result<Option<String>, ActionError> {
-        if action != "retailcrm.customer.create" {
-            return Err(ActionError::Unsupported {
-                app: "retailcrm",
-                what: format!("searching for {action}"),
-            });
-        }
-        for key in keys {
-            let wanted = match &key.value {
-                Value::String(s) if !s.is_empty() => s.clone(),
-                _ => continue,
-            };
-            let (filter, value) = match key.field.as_str() {
-                // The national number (last ten digits) matches however the
-                // stored phone is prefixed: +7…, 8…, 7….
-                "phone" => {
-                    let all = digits(&wanted);
-                    (
-                        "filter[name]",
-                        all[all.len().saturating_sub(10)..].to_owned(),
-                    )
-                }
-                "email" => ("filter[email]", wanted.trim().to_owned()),
-                other => {
-                    return Err(ActionError::field(
-                        format!("dedupe.by.{other}"),
-                        "retailCRM customers can be found by phone or email",
-                    ));
-                }
-            };
-            let url = self.url(
-                ctx,
-                "customers",
-                &[(filter, value), ("limit", "100".into())],
-            )?;
-            let (body, _, _) = self.call(ctx, VendorRequest::get(url)).await?;
-            let found = body["customers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|c| match key.field.as_str() {
-                    "phone" => c["phones"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|p| p["number"].as_str().is_some_and(|n| same_phone(n, &wanted))),
-                    _ => c["email"]
-                        .as_str()
-                        .is_some_and(|e| e.trim().eq_ignore_ascii_case(wanted.trim())),
-                });
-            if let Some(customer) = found {
-                return Ok(Some(id_text(&customer["id"])));
-            }
-        }
-        Ok(None)
+#[async_trait]
+impl EventSource for RetailCrm {
+    fn event_kinds(&self) -> Vec<EventKindSpec> {
+        vec![
+            EventKindSpec::new(
+                "retailcrm.order.changed",
+                order_event_fields(),
+            ),
+        ]
     }
+}
 
-    async fn execute(
-        &self,
-        ctx: &CallContext<'_>,
-        action: &str,
-        fields: &Map<String, Value>,
-        _target: Option<&str>,
-    ) -> Result<ActionOutput, ActionError> {
-        match action {
-            "retailcrm.customer.create" => {
-                only_known(fields, CUSTOMER_FIELDS)?;
-                let external =
-                    text(fields, "external_id").unwrap_or_else(|| external_id(ctx.idempotency_key));
-                let mut customer = json!({"externalId": external});
-                for (ours, theirs) in [
-                    ("first_name", "firstName"),
-                    ("last_name", "lastName"),
-                    ("email", "email"),
-                ] {
-                    if let Some(value) = text(fields, ours) {
-                        customer[theirs] = Value::String(value);
-                    }
-                }
-                if let Some(phone) = text(fields, "phone") {
-                    customer["phones"] = json!([{"number": phone}]);
-                }
-                self.create(ctx, "customer", customer, &external).await
-            }
-            "retailcrm.order.create" => {
-                only_known(fields, ORDER_FIELDS)?;
-                let external =
-                    text(fields, "external_id").unwrap_or_else(|| external_id(ctx.idempotency_key));
-                let mut order = json!({"externalId": external});
-                for (ours, theirs) in [
-                    ("first_name", "firstName"),
-                    ("last_name", "lastName"),
-                    ("phone", "phone"),
-                    ("email", "email"),
-                    ("status", "status"),
-                    ("order_method", "orderMethod"),
-                    ("comment", "customerComment"),
-                ] {
-                    if let Some(value) = text(fields, ours) {
-                        order[theirs] = Value::String(value);
-                    }
-                }
-                if let Some(customer) = text(fields, "customer_id") {
-                    order["customer"] = json!({"id": customer.parse::<i64>().map(Value::from).unwrap_or(Value::String(customer))});
-                }
-                for (ours, theirs) in [("source", "source"), ("custom_fields", "customFields")] {
-                    match fields.get(ours) {
-                        Some(Value::Object(map)) => order[theirs] = Value::Object(map.clone()),
-                        None | Some(Value::Null) => {}
-                        Some(_) => {
-                            return Err(ActionError::field(
-                                format!("fields.{ours}"),
-                                "must be an object",
-                            ));
-                        }
-                    }
-                }
-                self.create(ctx, "order", order, &external).await
-            }
-            other => Err(ActionError::unsupported_action("retailcrm", other)),
-        }
+#[async_trait]
+impl Poller for RetailCrm {
+    fn polls(&self, kind: &str) -> bool {
+        kind == "retailcrm.order.changed"
     }
 
     async fn poll(
@@ -549,7 +347,7 @@ impl Connector for RetailCrm {
         now: DateTime<Utc>,
     ) -> Result<PollBatch, ActionError> {
         if kind != "retailcrm.order.changed" {
-            return Err(ActionError::unsupported_poll("retailcrm", kind));
+            return Err(ActionError::Config(format!("retailcrm does not poll {kind}")));
         }
         let since_id = cursor.and_then(|c| c["since_id"].as_i64());
         let start = cursor
@@ -622,6 +420,260 @@ impl Connector for RetailCrm {
     }
 }
 
+#[async_trait]
+impl Account for RetailCrm {
+    /// `GET /api/credentials`: authenticated, cheap, and it says what the
+    /// key may do (its scopes, or in older accounts its methods) and on
+    /// which sites.
+    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        let url = url_with_query(&format!("{}/api/credentials", self.base(ctx)?), &[])?;
+        let (body, _, _) = self.call(ctx, VendorRequest::get(url)).await?;
+        let mut account = json!({
+            "site_access": body["siteAccess"],
+            "sites": body["sitesAvailable"],
+        });
+        if let Some(scopes) = body.get("scopes") {
+            account["scopes"] = scopes.clone();
+        }
+        if let Some(methods) = body["credentials"].as_array() {
+            account["methods"] = json!(methods.len());
+        }
+        Ok(account)
+    }
+}
+
+/// retailCRM: orders polled from the change history, customers and orders created.
+pub fn vendor() -> Vendor {
+    let retailcrm = Arc::new(RetailCrm);
+    Vendor::new("retailcrm", retailcrm.clone())
+        .webhooks(retailcrm.clone())
+        .events(retailcrm.clone())
+        .poller(retailcrm.clone())
+        .account(retailcrm.clone())
+        .action(Arc::new(CreateCustomer(retailcrm.clone())))
+        .action(Arc::new(CreateOrder(retailcrm)))
+}
+
+impl RetailCrm {
+    /// Finds an existing record by a create step's dedupe keys.
+    async fn find_customer(
+        &self,
+        ctx: &CallContext<'_>,
+        keys: &[LookupKey],
+    ) -> Result<Option<String>, ActionError> {
+        for key in keys {
+            let wanted = match &key.value {
+                Value::String(s) if !s.is_empty() => s.clone(),
+                _ => continue,
+            };
+            let (filter, value) = match key.field.as_str() {
+                // The national number (last ten digits) matches however the
+                // stored phone is prefixed: +7…, 8…, 7….
+                "phone" => {
+                    let all = digits(&wanted);
+                    (
+                        "filter[name]",
+                        all[all.len().saturating_sub(10)..].to_owned(),
+                    )
+                }
+                "email" => ("filter[email]", wanted.trim().to_owned()),
+                other => {
+                    return Err(ActionError::field(
+                        format!("dedupe.by.{other}"),
+                        "retailCRM customers can be found by phone or email",
+                    ));
+                }
+            };
+            let url = self.url(
+                ctx,
+                "customers",
+                &[(filter, value), ("limit", "100".into())],
+            )?;
+            let (body, _, _) = self.call(ctx, VendorRequest::get(url)).await?;
+            let found = body["customers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| match key.field.as_str() {
+                    "phone" => c["phones"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|p| p["number"].as_str().is_some_and(|n| same_phone(n, &wanted))),
+                    _ => c["email"]
+                        .as_str()
+                        .is_some_and(|e| e.trim().eq_ignore_ascii_case(wanted.trim())),
+                });
+            if let Some(customer) = found {
+                return Ok(Some(id_text(&customer["id"])));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// `retailcrm.customer.create`.
+struct CreateCustomer(Arc<RetailCrm>);
+
+#[async_trait]
+impl Action for CreateCustomer {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new(
+            "retailcrm.customer.create",
+            ActionKind::Create,
+            vec![
+                field("first_name", FieldType::String, "first name"),
+                field("last_name", FieldType::String, "last name"),
+                field("phone", FieldType::Phone, "phone"),
+                field("email", FieldType::Email, "email"),
+                field(
+                    "external_id",
+                    FieldType::String,
+                    "your id (default: derived from the run)",
+                ),
+            ],
+        )
+        .with_output(vec![field("id", FieldType::String, "customer id")])
+    }
+
+    /// Both look the externalId (from the step's key, or given) up
+    /// before creating, and again after a refused create.
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Keyed
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        fields: &Map<String, Value>,
+        _target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        let vendor = &self.0;
+        only_known(fields, CUSTOMER_FIELDS)?;
+        let external =
+            text(fields, "external_id").unwrap_or_else(|| external_id(ctx.idempotency_key));
+        let mut customer = json!({"externalId": external});
+        for (ours, theirs) in [
+            ("first_name", "firstName"),
+            ("last_name", "lastName"),
+            ("email", "email"),
+        ] {
+            if let Some(value) = text(fields, ours) {
+                customer[theirs] = Value::String(value);
+            }
+        }
+        if let Some(phone) = text(fields, "phone") {
+            customer["phones"] = json!([{"number": phone}]);
+        }
+        vendor.create(ctx, "customer", customer, &external).await
+    }
+
+    fn lookup(&self) -> Option<&dyn Lookup> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Lookup for CreateCustomer {
+    async fn find(
+        &self,
+        ctx: &CallContext<'_>,
+        keys: &[LookupKey],
+    ) -> Result<Option<String>, ActionError> {
+        self.0.find_customer(ctx, keys).await
+    }
+}
+
+/// `retailcrm.order.create`.
+struct CreateOrder(Arc<RetailCrm>);
+
+#[async_trait]
+impl Action for CreateOrder {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new(
+            "retailcrm.order.create",
+            ActionKind::Create,
+            vec![
+                field(
+                    "external_id",
+                    FieldType::String,
+                    "your id (default: derived from the run)",
+                ),
+                field("customer_id", FieldType::String, "customer id"),
+                field("first_name", FieldType::String, "first name"),
+                field("last_name", FieldType::String, "last name"),
+                field("phone", FieldType::Phone, "phone"),
+                field("email", FieldType::Email, "email"),
+                field("status", FieldType::String, "status code"),
+                field(
+                    "order_method",
+                    FieldType::String,
+                    "order method code, e.g. phone",
+                ),
+                field("comment", FieldType::String, "customer comment"),
+                field(
+                    "source",
+                    FieldType::Object,
+                    "source, medium, campaign, keyword, content",
+                ),
+                field("custom_fields", FieldType::Object, "custom fields by code"),
+            ],
+        )
+        .with_output(vec![
+            field("id", FieldType::String, "order id"),
+            field("number", FieldType::String, "number"),
+        ])
+    }
+
+    /// Both look the externalId (from the step's key, or given) up
+    /// before creating, and again after a refused create.
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Keyed
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        fields: &Map<String, Value>,
+        _target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        let vendor = &self.0;
+        only_known(fields, ORDER_FIELDS)?;
+        let external =
+            text(fields, "external_id").unwrap_or_else(|| external_id(ctx.idempotency_key));
+        let mut order = json!({"externalId": external});
+        for (ours, theirs) in [
+            ("first_name", "firstName"),
+            ("last_name", "lastName"),
+            ("phone", "phone"),
+            ("email", "email"),
+            ("status", "status"),
+            ("order_method", "orderMethod"),
+            ("comment", "customerComment"),
+        ] {
+            if let Some(value) = text(fields, ours) {
+                order[theirs] = Value::String(value);
+            }
+        }
+        if let Some(customer) = text(fields, "customer_id") {
+            order["customer"] = json!({"id": customer.parse::<i64>().map(Value::from).unwrap_or(Value::String(customer))});
+        }
+        for (ours, theirs) in [("source", "source"), ("custom_fields", "customFields")] {
+            match fields.get(ours) {
+                Some(Value::Object(map)) => order[theirs] = Value::Object(map.clone()),
+                None | Some(Value::Null) => {}
+                Some(_) => {
+                    return Err(ActionError::field(
+                        format!("fields.{ours}"),
+                        "must be an object",
+                    ));
+                }
+            }
+        }
+        vendor.create(ctx, "order", order, &external).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -637,7 +689,7 @@ mod tests {
     #[test]
     fn resend_safety_is_declared_per_action() {
         use crmbridge_mapping::Catalog as _;
-        let catalog = RetailCrm.catalog();
+        let catalog = vendor().catalog();
         for (action, fields) in [
             ("retailcrm.customer.create", json!({"first_name": "Ann"})),
             ("retailcrm.customer.create", json!({"external_id": "crm-7"})),
@@ -645,15 +697,12 @@ mod tests {
         ] {
             assert!(catalog.action(action).is_some(), "{action}");
             assert_eq!(
-                RetailCrm.resend(action, fields.as_object().unwrap()),
+                vendor().find_action(action).unwrap().resend(fields.as_object().unwrap()),
                 Resend::Keyed,
                 "{action}"
             );
         }
-        assert_eq!(
-            RetailCrm.resend("retailcrm.order.edit", &Map::new()),
-            Resend::Unsafe
-        );
+        assert!(vendor().find_action("retailcrm.order.edit").is_none());
     }
 
     #[test]

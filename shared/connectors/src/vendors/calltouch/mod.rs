@@ -44,24 +44,27 @@
 //! |-------------------------|-----------------------------------------|-----|
 //! | `calltouch.deal.create` | `Keyed`                                 | `orderNumber` is the deal's key: a repeat is refused as a duplicate and resolved to the existing deal, comment not re-added |
 //! | `calltouch.deal.update` | `Repeatable`, `Unsafe` with `comment`   | status, sum, names and links are overwritten; `addNewComment` appends a second comment |
+#![doc = include_str!("API.md")]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use crmbridge_mapping::{
-    ActionKind, ActionSpec, EventKindSpec, FieldSpec, FieldType, StaticCatalog, Subject,
+    ActionKind, ActionSpec, EventKindSpec, FieldSpec, FieldType, Subject,
 };
 use serde_json::{Map, Value, json};
 
-use crate::http::{Idempotency, VendorError, VendorPolicy, VendorRequest, redact};
+use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, redact};
 use crate::support::{
     base_url, credential, field, only_known, required_text, text, url_with_query,
     validate_known_settings, with_timeout,
 };
 use crate::{
-    ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
-    InboundRequest, Resend, SettingsError,
+    Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError,
+    DecodedEvent, EventSource, InboundRequest, Resend, SettingsError, Vendor, VendorSettings,
+    WebhookSource,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.calltouch.ru";
@@ -551,113 +554,9 @@ fn truncate(text: &str) -> String {
     text.chars().take(300).collect()
 }
 
-#[async_trait]
-impl Connector for Calltouch {
-    fn app(&self) -> &'static str {
-        "calltouch"
-    }
-
-    fn catalog(&self) -> StaticCatalog {
-        StaticCatalog::new()
-            .with_event(EventKindSpec::new(
-                "calltouch.call.completed",
-                call_fields(),
-            ))
-            .with_event(EventKindSpec::new(
-                "calltouch.request.created",
-                request_fields(),
-            ))
-            .with_action(
-                ActionSpec::new(
-                    "calltouch.deal.create",
-                    ActionKind::Create,
-                    deal_fields(true),
-                )
-                .with_output(vec![
-                    FieldSpec::new("id", FieldType::String),
-                    FieldSpec::new("calltouch_order_id", FieldType::String),
-                ]),
-            )
-            .with_action(
-                ActionSpec::new(
-                    "calltouch.deal.update",
-                    ActionKind::Update,
-                    deal_fields(false),
-                )
-                .with_output(vec![FieldSpec::new("id", FieldType::String)]),
-            )
-    }
-
+impl VendorSettings for Calltouch {
     fn required_credentials(&self) -> &'static [&'static str] {
         &["access_token"]
-    }
-
-    /// One page of one record of today's calls journal: the cheapest read
-    /// there is, authenticated by the same token and bound to the site.
-    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
-        let token = credential(ctx.credentials, "access_token")?;
-        let site = site_id(ctx.settings)?;
-        // The journal's days are Moscow days (dd/mm/yyyy).
-        let today = (Utc::now() + chrono::Duration::hours(3))
-            .format("%d/%m/%Y")
-            .to_string();
-        let url = url_with_query(
-            &format!(
-                "{}/calls-service/RestAPI/{}/calls-diary/calls",
-                base(ctx)?,
-                urlencode(&site)
-            ),
-            &[
-                ("clientApiId", token.to_owned()),
-                ("dateFrom", today.clone()),
-                ("dateTo", today),
-                ("page", "1".to_owned()),
-                ("limit", "1".to_owned()),
-            ],
-        )?;
-        // The token rides in the query string (the journal API's only
-        // scheme): it is a secret of the call, redacted from every error.
-        let response = ctx
-            .http
-            .send(
-                ctx.connection,
-                &with_timeout(policy(), ctx.settings),
-                &VendorRequest::get(url),
-                &[token],
-            )
-            .await?;
-        let body = response.json().unwrap_or(Value::Null);
-        if !response.is_success() {
-            let message = body["error"]
-                .as_str()
-                .or_else(|| body["message"].as_str())
-                .map(str::to_owned)
-                .unwrap_or_else(|| truncate(&response.text()));
-            return Err(VendorError::Rejected {
-                vendor: "calltouch",
-                status: response.status,
-                message: redact(&auth_message(response.status, message), &[token]),
-            }
-            .into());
-        }
-        Ok(json!({
-            "site_id": site,
-            "calls_today": body["recordsTotal"],
-        }))
-    }
-
-    fn resend(&self, action: &str, fields: &Map<String, Value>) -> Resend {
-        match action {
-            // orderNumber is the deal's key: a repeated create is refused
-            // and resolved to the existing deal (fields overwritten, the
-            // comment not added again).
-            "calltouch.deal.create" => Resend::Keyed,
-            // Overwrites status, sum, names and links — but a comment is
-            // appended on every send.
-            "calltouch.deal.update" if adds_comment(fields) => Resend::Unsafe,
-            "calltouch.deal.update" => Resend::Repeatable,
-            _ => Resend::Unsafe,
-        }
     }
 
     fn validate_settings(
@@ -686,7 +585,9 @@ impl Connector for Calltouch {
             Err(errors)
         }
     }
+}
 
+impl WebhookSource for Calltouch {
     fn decode_webhook(
         &self,
         _connection: ConnectionView<'_>,
@@ -778,52 +679,174 @@ impl Connector for Calltouch {
             data: Value::Object(data),
         }])
     }
+}
+
+#[async_trait]
+impl EventSource for Calltouch {
+    fn event_kinds(&self) -> Vec<EventKindSpec> {
+        vec![
+            EventKindSpec::new("calltouch.call.completed", call_fields()),
+            EventKindSpec::new("calltouch.request.created", request_fields()),
+        ]
+    }
+}
+
+#[async_trait]
+impl Account for Calltouch {
+    /// One page of one record of today's calls journal: the cheapest read
+    /// there is, authenticated by the same token and bound to the site.
+    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        let token = credential(ctx.credentials, "access_token")?;
+        let site = site_id(ctx.settings)?;
+        // The journal's days are Moscow days (dd/mm/yyyy).
+        let today = (Utc::now() + chrono::Duration::hours(3))
+            .format("%d/%m/%Y")
+            .to_string();
+        let url = url_with_query(
+            &format!(
+                "{}/calls-service/RestAPI/{}/calls-diary/calls",
+                base(ctx)?,
+                urlencode(&site)
+            ),
+            &[
+                ("clientApiId", token.to_owned()),
+                ("dateFrom", today.clone()),
+                ("dateTo", today),
+                ("page", "1".to_owned()),
+                ("limit", "1".to_owned()),
+            ],
+        )?;
+        // The token rides in the query string (the journal API's only
+        // scheme): it is a secret of the call, redacted from every error.
+        let response = ctx
+            .http
+            .send(
+                ctx.connection,
+                &with_timeout(policy(), ctx.settings),
+                &VendorRequest::get(url),
+                &[token],
+            )
+            .await?;
+        let body = response.json().unwrap_or(Value::Null);
+        if !response.is_success() {
+            let message = body["error"]
+                .as_str()
+                .or_else(|| body["message"].as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| truncate(&response.text()));
+            return Err(VendorError::Rejected {
+                vendor: "calltouch",
+                status: response.status,
+                message: redact(&auth_message(response.status, message), &[token]),
+            }
+            .into());
+        }
+        Ok(json!({
+            "site_id": site,
+            "calls_today": body["recordsTotal"],
+        }))
+    }
+}
+
+/// Calltouch: call and request webhooks in, deals out.
+pub fn vendor() -> Vendor {
+    let calltouch = Arc::new(Calltouch);
+    Vendor::new("calltouch", calltouch.clone())
+        .webhooks(calltouch.clone())
+        .events(calltouch.clone())
+        .account(calltouch)
+        .action(Arc::new(CreateDeal))
+        .action(Arc::new(UpdateDeal))
+}
+
+fn crm_name<'a>(ctx: &CallContext<'a>) -> &'a str {
+    ctx.settings["crm_name"].as_str().unwrap_or("crmbridge")
+}
+
+/// `calltouch.deal.create`.
+struct CreateDeal;
+
+#[async_trait]
+impl Action for CreateDeal {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new("calltouch.deal.create", ActionKind::Create, deal_fields(true)).with_output(
+            vec![
+                FieldSpec::new("id", FieldType::String),
+                FieldSpec::new("calltouch_order_id", FieldType::String),
+            ],
+        )
+    }
+
+    /// orderNumber is the deal's key: a repeated create is refused and
+    /// resolved to the existing deal (fields overwritten, the comment not
+    /// added again).
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Keyed
+    }
 
     async fn execute(
         &self,
         ctx: &CallContext<'_>,
-        action: &str,
+        fields: &Map<String, Value>,
+        _target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        only_known(fields, CREATE_FIELDS)?;
+        Calltouch
+            .create_deal(ctx, crm_name(ctx), fields, Utc::now())
+            .await
+    }
+}
+
+/// `calltouch.deal.update`.
+struct UpdateDeal;
+
+#[async_trait]
+impl Action for UpdateDeal {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new("calltouch.deal.update", ActionKind::Update, deal_fields(false))
+            .with_output(vec![FieldSpec::new("id", FieldType::String)])
+    }
+
+    /// Overwrites status, sum, names and links — but a comment is appended
+    /// on every send.
+    fn resend(&self, fields: &Map<String, Value>) -> Resend {
+        if adds_comment(fields) {
+            Resend::Unsafe
+        } else {
+            Resend::Repeatable
+        }
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
         fields: &Map<String, Value>,
         target: Option<&str>,
     ) -> Result<ActionOutput, ActionError> {
-        let now = Utc::now();
-        let crm = ctx.settings["crm_name"].as_str().unwrap_or("crmbridge");
-        match action {
-            "calltouch.deal.create" => {
-                only_known(fields, CREATE_FIELDS)?;
-                self.create_deal(ctx, crm, fields, now).await
-            }
-            "calltouch.deal.update" => {
-                only_known(fields, UPDATE_FIELDS)?;
-                let number = target.ok_or_else(|| {
-                    ActionError::field("target", "an update needs the deal's order number")
-                })?;
-                let mut with_number = fields.clone();
-                with_number.insert("order_number".into(), Value::String(number.to_owned()));
-                let order = self.order(&with_number, false, now)?;
-                // Overwriting fields is repeatable; appending a comment is not.
-                let idempotency = if adds_comment(fields) {
-                    Idempotency::NotIdempotent
-                } else {
-                    Idempotency::Idempotent
-                };
-                let (_, status, attempts) = self
-                    .call(
-                        ctx,
-                        "update",
-                        &json!({"crm": crm, "orders": [order]}),
-                        idempotency,
-                    )
-                    .await?;
-                Ok(ActionOutput {
-                    id: number.to_owned(),
-                    record: json!({"id": number}),
-                    response_status: status,
-                    attempts,
-                })
-            }
-            other => Err(ActionError::unsupported_action("calltouch", other)),
-        }
+        only_known(fields, UPDATE_FIELDS)?;
+        let number = target
+            .ok_or_else(|| ActionError::field("target", "an update needs the deal's order number"))?;
+        let mut with_number = fields.clone();
+        with_number.insert("order_number".into(), Value::String(number.to_owned()));
+        let order = Calltouch.order(&with_number, false, Utc::now())?;
+        let idempotency = match self.resend(fields) {
+            Resend::Unsafe => Idempotency::NotIdempotent,
+            _ => Idempotency::Idempotent,
+        };
+        let (_, status, attempts) = Calltouch
+            .call(
+                ctx,
+                "update",
+                &json!({"crm": crm_name(ctx), "orders": [order]}),
+                idempotency,
+            )
+            .await?;
+        Ok(ActionOutput {
+            id: number.to_owned(),
+            record: json!({"id": number}),
+            response_status: status,
+            attempts,
+        })
     }
 }
 
@@ -855,7 +878,7 @@ mod tests {
     #[test]
     fn resend_safety_is_declared_per_action() {
         use crmbridge_mapping::Catalog as _;
-        let catalog = Calltouch.catalog();
+        let catalog = vendor().catalog();
         let cases = [
             (
                 "calltouch.deal.create",
@@ -886,15 +909,12 @@ mod tests {
         for (action, fields, want) in cases {
             assert!(catalog.action(action).is_some(), "{action}");
             assert_eq!(
-                Calltouch.resend(action, fields.as_object().unwrap()),
+                vendor().find_action(action).unwrap().resend(fields.as_object().unwrap()),
                 want,
                 "{action} {fields}"
             );
         }
-        assert_eq!(
-            Calltouch.resend("calltouch.deal.delete", &Map::new()),
-            Resend::Unsafe
-        );
+        assert!(vendor().find_action("calltouch.deal.delete").is_none());
     }
 
     #[tokio::test]
@@ -923,7 +943,7 @@ mod tests {
             "access_token".to_owned(),
             "ct-secret-1".to_owned(),
         )]);
-        let http = crate::VendorHttp::new();
+        let http = crate::VendorClient::new();
         let ctx = CallContext {
             connection: "c",
             settings: &settings,
@@ -933,13 +953,8 @@ mod tests {
             allow_any_base_url: true,
         };
         let fields = json!({"order_number": "C-3", "call_id": "555"});
-        let err = Calltouch
-            .execute(
-                &ctx,
-                "calltouch.deal.create",
-                fields.as_object().unwrap(),
-                None,
-            )
+        let err = CreateDeal
+            .execute(&ctx, fields.as_object().unwrap(), None)
             .await
             .unwrap_err();
         match err {

@@ -46,7 +46,7 @@ pub enum RetryHeader {
 
 /// The longest wait any vendor answer can make crmbridge sleep before one
 /// retry, whatever its retry header says (and whatever a policy's
-/// `max_backoff`). Longer asks are not slept on: see [`VendorHttp::send`].
+/// `max_backoff`). Longer asks are not slept on: see [`VendorClient::send`].
 pub const MAX_VENDOR_WAIT: Duration = Duration::from_secs(60);
 
 /// What a retry header asked for, once read.
@@ -217,20 +217,20 @@ impl Limiter {
 
 /// The shared client: one connection pool, one limiter per connection.
 #[derive(Clone)]
-pub struct VendorHttp {
+pub struct VendorClient {
     client: reqwest::Client,
     limiters: Arc<Mutex<HashMap<String, Arc<Limiter>>>>,
 }
 
-impl Default for VendorHttp {
+impl Default for VendorClient {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl std::fmt::Debug for VendorHttp {
+impl std::fmt::Debug for VendorClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VendorHttp").finish_non_exhaustive()
+        f.debug_struct("VendorClient").finish_non_exhaustive()
     }
 }
 
@@ -296,7 +296,7 @@ fn truncate(text: String, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-impl VendorHttp {
+impl VendorClient {
     /// Built once at start-up.
     pub fn new() -> Self {
         let client = reqwest::Client::builder()
@@ -586,7 +586,7 @@ mod tests {
             ..fast("moysklad")
         };
         let started = Instant::now();
-        let response = VendorHttp::new()
+        let response = VendorClient::new()
             .send("c1", &policy, &VendorRequest::get(format!("{base}/x")), &[])
             .await
             .unwrap();
@@ -616,7 +616,7 @@ mod tests {
             b"{}".to_vec(),
             Idempotency::NotIdempotent,
         );
-        let response = VendorHttp::new()
+        let response = VendorClient::new()
             .send("c1", &fast("x"), &request, &[])
             .await
             .unwrap();
@@ -635,7 +635,7 @@ mod tests {
             max_attempts: 3,
             ..fast("calltouch")
         };
-        let err = VendorHttp::new()
+        let err = VendorClient::new()
             .send(
                 "c1",
                 &policy,
@@ -667,7 +667,7 @@ mod tests {
             }),
         ))
         .await;
-        let response = VendorHttp::new()
+        let response = VendorClient::new()
             .send(
                 "c1",
                 &fast("x"),
@@ -683,7 +683,7 @@ mod tests {
     async fn the_rate_limit_spaces_requests_per_connection() {
         let base = server(Router::new().route("/x", get(|| async { "ok" }))).await;
         let policy = VendorPolicy::new("retailcrm", 3, Duration::from_millis(200), 5);
-        let http = VendorHttp::new();
+        let http = VendorClient::new();
         let started = Instant::now();
         for _ in 0..7 {
             http.send("c1", &policy, &VendorRequest::get(format!("{base}/x")), &[])
@@ -868,7 +868,7 @@ mod tests {
         // The default policy: 20 s backoff ceiling, 6 attempts.
         let policy = VendorPolicy::new("calltouch", 100, Duration::from_secs(1), 2);
         let started = Instant::now();
-        let err = VendorHttp::new()
+        let err = VendorClient::new()
             .send("c1", &policy, &VendorRequest::get(format!("{base}/x")), &[])
             .await
             .unwrap_err();
@@ -901,7 +901,7 @@ mod tests {
         ))
         .await;
         let started = Instant::now();
-        let err = VendorHttp::new()
+        let err = VendorClient::new()
             .send(
                 "c1",
                 &fast("retailcrm"),

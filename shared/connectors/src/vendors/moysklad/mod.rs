@@ -39,26 +39,29 @@
 //! official text only says `syncId` is unique and immutable (uncertain). If
 //! MoySklad refuses instead, the resent step fails with that refusal —
 //! still without a second record.
+#![doc = include_str!("API.md")]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset, TimeZone, Utc};
 use crmbridge_mapping::{
-    ActionKind, ActionSpec, Event, EventKindSpec, FieldSpec, FieldType, LookupKey, StaticCatalog,
+    ActionKind, ActionSpec, Event, EventKindSpec, FieldSpec, FieldType, LookupKey,
     Subject,
 };
 use serde_json::{Map, Value, json};
 
-use crate::http::{Idempotency, RetryHeader, VendorError, VendorPolicy, VendorRequest, redact};
+use crate::client::{Idempotency, RetryHeader, VendorError, VendorPolicy, VendorRequest, redact};
 use crate::support::{
     base_url, credential, digits, field, not_ahead, only_known, required_text, same_phone, text,
     url_with_query, validate_known_settings, with_timeout,
 };
 use crate::{
-    ActionError, ActionOutput, CallContext, ConnectionView, Connector, DecodeError, DecodedEvent,
+    Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError, DecodedEvent, EventSource, Lookup, Poller, Vendor, VendorSettings, WebhookSource,
     InboundRequest, PollBatch, Resend, SettingsError,
 };
 
@@ -504,127 +507,9 @@ fn sync_id(key: &str) -> String {
     .to_string()
 }
 
-#[async_trait]
-impl Connector for MoySklad {
-    fn app(&self) -> &'static str {
-        "moysklad"
-    }
-
-    fn polls(&self, kind: &str) -> bool {
-        // Webhooks may be lost (MoySklad gives up after 1.5 s); deletions
-        // cannot be polled.
-        kind.starts_with("moysklad.customerorder.") && kind != "moysklad.customerorder.deleted"
-    }
-
-    fn catalog(&self) -> StaticCatalog {
-        let mut catalog = StaticCatalog::new();
-        for what in ["created", "updated", "deleted"] {
-            catalog = catalog.with_event(EventKindSpec::new(
-                format!("moysklad.customerorder.{what}"),
-                order_fields(),
-            ));
-        }
-        catalog
-            .with_action(
-                ActionSpec::new(
-                    "moysklad.counterparty.create",
-                    ActionKind::Create,
-                    vec![
-                        FieldSpec::required("name", FieldType::String)
-                            .describe("counterparty name"),
-                        field(
-                            "phone",
-                            FieldType::Phone,
-                            "phone (free text in MoySklad; send E.164)",
-                        ),
-                        field("email", FieldType::Email, "email"),
-                        field(
-                            "company_type",
-                            FieldType::Enum(vec![
-                                "legal".into(),
-                                "entrepreneur".into(),
-                                "individual".into(),
-                            ]),
-                            "legal form",
-                        ),
-                        field("description", FieldType::String, "comment"),
-                        field("tags", FieldType::Array, "tags"),
-                        field("external_code", FieldType::String, "external code"),
-                    ],
-                )
-                .with_output(vec![
-                    field("id", FieldType::String, "counterparty id"),
-                    field("name", FieldType::String, "name"),
-                    field("phone", FieldType::String, "phone"),
-                    field("email", FieldType::String, "email"),
-                ]),
-            )
-            .with_action(
-                ActionSpec::new(
-                    "moysklad.customerorder.create",
-                    ActionKind::Create,
-                    vec![
-                        FieldSpec::required("agent", FieldType::String).describe("counterparty id"),
-                        field(
-                            "organization",
-                            FieldType::String,
-                            "your legal entity's name or id (default: the first)",
-                        ),
-                        field("state", FieldType::String, "status name"),
-                        field("description", FieldType::String, "comment"),
-                        field("external_code", FieldType::String, "external code"),
-                        field("attributes", FieldType::Object, "custom attributes by name"),
-                    ],
-                )
-                .with_output(order_fields()),
-            )
-            .with_action(
-                ActionSpec::new(
-                    "moysklad.customerorder.update",
-                    ActionKind::Update,
-                    vec![
-                        field("state", FieldType::String, "status name"),
-                        field("description", FieldType::String, "comment"),
-                        field("attributes", FieldType::Object, "custom attributes by name"),
-                    ],
-                )
-                .with_output(order_fields()),
-            )
-    }
-
+impl VendorSettings for MoySklad {
     fn required_credentials(&self) -> &'static [&'static str] {
         &["token"]
-    }
-
-    fn ack_status(&self) -> u16 {
-        200
-    }
-
-    /// One cheap authenticated read: the account's first legal entity
-    /// (every account has one; an order needs it).
-    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
-        let base = self.base(ctx)?;
-        let url = url_with_query(
-            &format!("{base}/entity/organization"),
-            &[("limit", "1".to_owned())],
-        )?;
-        let body = self.call(ctx, VendorRequest::get(url)).await?;
-        let first = &body["rows"][0];
-        Ok(json!({
-            "organizations": body["meta"]["size"],
-            "organization": {"id": first["id"], "name": first["name"]},
-        }))
-    }
-
-    fn resend(&self, action: &str, _fields: &Map<String, Value>) -> Resend {
-        match action {
-            // The syncId is derived from the step's key: MoySklad answers a
-            // repeated create with the entity the first one made.
-            "moysklad.counterparty.create" | "moysklad.customerorder.create" => Resend::Keyed,
-            // PUT sets status, comment and attributes to the given values.
-            "moysklad.customerorder.update" => Resend::Repeatable,
-            _ => Resend::Unsafe,
-        }
     }
 
     fn validate_settings(
@@ -639,6 +524,12 @@ impl Connector for MoySklad {
             DOMAINS,
             allow_any_base_url,
         )
+    }
+}
+
+impl WebhookSource for MoySklad {
+    fn ack_status(&self) -> u16 {
+        200
     }
 
     fn decode_webhook(
@@ -702,6 +593,18 @@ impl Connector for MoySklad {
             })
             .collect()
     }
+}
+
+#[async_trait]
+impl EventSource for MoySklad {
+    fn event_kinds(&self) -> Vec<EventKindSpec> {
+        ["created", "updated", "deleted"]
+            .into_iter()
+            .map(|what| {
+                EventKindSpec::new(format!("moysklad.customerorder.{what}"), order_fields())
+            })
+            .collect()
+    }
 
     async fn enrich(&self, ctx: &CallContext<'_>, event: &mut Event) -> Result<(), ActionError> {
         let is_order = event.kind == "moysklad.customerorder.created"
@@ -730,19 +633,162 @@ impl Connector for MoySklad {
         let updated = event.data["updated"].as_str()?;
         Some(format!("{id}@{updated}"))
     }
+}
 
-    async fn find(
+#[async_trait]
+impl Poller for MoySklad {
+    fn polls(&self, kind: &str) -> bool {
+        // Webhooks may be lost (MoySklad gives up after 1.5 s); deletions
+        // cannot be polled.
+        kind.starts_with("moysklad.customerorder.") && kind != "moysklad.customerorder.deleted"
+    }
+
+    async fn poll(
         &self,
         ctx: &CallContext<'_>,
-        action: &str,
+        kind: &str,
+        _scope: &Value,
+        cursor: Option<&Value>,
+        now: DateTime<Utc>,
+    ) -> Result<PollBatch, ActionError> {
+        if kind != "moysklad.customerorder.updated" && kind != "moysklad.customerorder.created" {
+            return Err(ActionError::Config(format!("moysklad does not poll {kind}")));
+        }
+        let Some(since) = cursor
+            .and_then(|c| c["updated"].as_str())
+            .and_then(parse_msk)
+        else {
+            // First poll: start from now; history is not replayed.
+            return Ok(PollBatch {
+                events: vec![],
+                cursor: json!({"updated": format_msk(now)}),
+            });
+        };
+        let base = self.base(ctx)?;
+        let from = format_msk(since - chrono::Duration::seconds(POLL_OVERLAP_SECS));
+        let mut events = Vec::new();
+        let mut newest = since;
+        for page in 0..POLL_MAX_PAGES {
+            let url = url_with_query(
+                &format!("{base}/entity/customerorder"),
+                &[
+                    ("filter", format!("updated>={from}")),
+                    ("order", "updated,asc".to_owned()),
+                    ("expand", "state".to_owned()),
+                    ("limit", POLL_PAGE.to_string()),
+                    ("offset", (page * POLL_PAGE).to_string()),
+                ],
+            )?;
+            let body = self.call(ctx, VendorRequest::get(url)).await?;
+            let rows = body["rows"].as_array().cloned().unwrap_or_default();
+            for order in &rows {
+                let data = normalise_order(order);
+                let updated = data["updated"].as_str().unwrap_or_default().to_owned();
+                let id = data["id"].as_str().unwrap_or_default().to_owned();
+                // A garbage far-future time would park the cursor there.
+                if let Some(at) = parse_msk(&updated).filter(|at| not_ahead(*at, now)) {
+                    newest = newest.max(at);
+                }
+                let created = order["created"].as_str() == Some(updated.as_str());
+                let what = if created { "created" } else { "updated" };
+                // A poll for `updated` reports changes, not creations (and
+                // one for `created` only creations), as webhooks would.
+                if format!("moysklad.customerorder.{what}") != kind {
+                    continue;
+                }
+                events.push(DecodedEvent {
+                    // One event per (order, version): overlapping polls and
+                    // redeliveries collapse into it.
+                    source_id: Some(format!("{id}@{updated}")),
+                    kind: kind.to_owned(),
+                    subject: Subject {
+                        kind: "customerorder".into(),
+                        id,
+                    },
+                    occurred_at: parse_msk(&updated),
+                    data,
+                    observation: None,
+                });
+            }
+            if rows.len() < POLL_PAGE {
+                break;
+            }
+        }
+        Ok(PollBatch {
+            events,
+            cursor: json!({"updated": format_msk(newest)}),
+        })
+    }
+}
+
+#[async_trait]
+impl Account for MoySklad {
+    /// One cheap authenticated read: the account's first legal entity
+    /// (every account has one; an order needs it).
+    async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {
+        let base = self.base(ctx)?;
+        let url = url_with_query(
+            &format!("{base}/entity/organization"),
+            &[("limit", "1".to_owned())],
+        )?;
+        let body = self.call(ctx, VendorRequest::get(url)).await?;
+        let first = &body["rows"][0];
+        Ok(json!({
+            "organizations": body["meta"]["size"],
+            "organization": {"id": first["id"], "name": first["name"]},
+        }))
+    }
+}
+
+/// MoySklad: customer orders by webhook and poll, counterparties and orders
+/// created, orders updated.
+pub fn vendor() -> Vendor {
+    let moysklad = Arc::new(MoySklad::default());
+    Vendor::new("moysklad", moysklad.clone())
+        .webhooks(moysklad.clone())
+        .events(moysklad.clone())
+        .poller(moysklad.clone())
+        .account(moysklad.clone())
+        .action(Arc::new(CreateCounterparty(moysklad.clone())))
+        .action(Arc::new(CreateOrder(moysklad.clone())))
+        .action(Arc::new(UpdateOrder(moysklad)))
+}
+
+impl MoySklad {
+    /// Sends a request that answers with a record and shapes the output.
+    async fn send_record(
+        &self,
+        ctx: &CallContext<'_>,
+        request: VendorRequest,
+        normalise: fn(&Value) -> Value,
+    ) -> Result<ActionOutput, ActionError> {
+        let record = self.call(ctx, request).await?;
+        let id = record["id"]
+            .as_str()
+            .ok_or_else(|| VendorError::Decode {
+                status: 200,
+                message: "the created record has no id".into(),
+            })?
+            .to_owned();
+        Ok(ActionOutput {
+            id,
+            record: normalise(&record),
+            response_status: 200,
+            attempts: 1,
+        })
+    }
+}
+
+/// Whether a searched row really matches the wanted key.
+type RowCheck = Box<dyn Fn(&Value) -> bool + Send>;
+
+impl MoySklad {
+    /// Finds an existing record by a create step's dedupe keys.
+    async fn find_counterparty(
+        &self,
+        ctx: &CallContext<'_>,
         keys: &[LookupKey],
     ) -> Result<Option<String>, ActionError> {
-        if action != "moysklad.counterparty.create" {
-            return Err(ActionError::Unsupported {
-                app: "moysklad",
-                what: format!("searching for {action}"),
-            });
-        }
         let base = self.base(ctx)?;
         for key in keys {
             let wanted = match &key.value {
@@ -750,7 +796,7 @@ impl Connector for MoySklad {
                 Value::Null => continue,
                 other => other.to_string(),
             };
-            let (query, check): (Vec<(&str, String)>, Box<dyn Fn(&Value) -> bool + Send>) =
+            let (query, check): (Vec<(&str, String)>, RowCheck) =
                 match key.field.as_str() {
                     "phone" => {
                         let d = digits(&wanted);
@@ -821,210 +867,255 @@ impl Connector for MoySklad {
         }
         Ok(None)
     }
+}
+
+/// `moysklad.counterparty.create`.
+struct CreateCounterparty(Arc<MoySklad>);
+
+#[async_trait]
+impl Action for CreateCounterparty {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new(
+            "moysklad.counterparty.create",
+            ActionKind::Create,
+            vec![
+                FieldSpec::required("name", FieldType::String)
+                    .describe("counterparty name"),
+                field(
+                    "phone",
+                    FieldType::Phone,
+                    "phone (free text in MoySklad; send E.164)",
+                ),
+                field("email", FieldType::Email, "email"),
+                field(
+                    "company_type",
+                    FieldType::Enum(vec![
+                        "legal".into(),
+                        "entrepreneur".into(),
+                        "individual".into(),
+                    ]),
+                    "legal form",
+                ),
+                field("description", FieldType::String, "comment"),
+                field("tags", FieldType::Array, "tags"),
+                field("external_code", FieldType::String, "external code"),
+            ],
+        )
+        .with_output(vec![
+            field("id", FieldType::String, "counterparty id"),
+            field("name", FieldType::String, "name"),
+            field("phone", FieldType::String, "phone"),
+            field("email", FieldType::String, "email"),
+        ])
+    }
+
+    /// The syncId is derived from the step's key: MoySklad answers a
+    /// repeated create with the entity the first one made.
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Keyed
+    }
 
     async fn execute(
         &self,
         ctx: &CallContext<'_>,
-        action: &str,
+        fields: &Map<String, Value>,
+        _target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        let vendor = &self.0;
+        let base = vendor.base(ctx)?;
+        let (request, normalise): (VendorRequest, fn(&Value) -> Value) = {
+            only_known(
+                fields,
+                &[
+                    "name",
+                    "phone",
+                    "email",
+                    "company_type",
+                    "description",
+                    "tags",
+                    "external_code",
+                ],
+            )?;
+            let mut body = json!({"name": required_text(fields, "name")?, "syncId": sync_id(ctx.idempotency_key)});
+            for (ours, theirs) in [
+                ("phone", "phone"),
+                ("email", "email"),
+                ("company_type", "companyType"),
+                ("description", "description"),
+                ("external_code", "externalCode"),
+            ] {
+                if let Some(value) = text(fields, ours) {
+                    body[theirs] = Value::String(value);
+                }
+            }
+            match fields.get("tags") {
+                Some(Value::Array(tags)) => body["tags"] = Value::Array(tags.clone()),
+                Some(Value::String(tags)) if !tags.is_empty() => {
+                    body["tags"] = tags
+                        .split(['|', ','])
+                        .map(|t| Value::String(t.trim().to_owned()))
+                        .collect();
+                }
+                _ => {}
+            }
+            let request = VendorRequest::with_body(
+                reqwest::Method::POST,
+                format!("{base}/entity/counterparty"),
+                body.to_string().into_bytes(),
+                Idempotency::Idempotent,
+            );
+            (
+                request,
+                |v| json!({"id": v["id"], "name": v["name"], "phone": v["phone"], "email": v["email"]}),
+            )
+        };
+        vendor.send_record(ctx, request, normalise).await
+    }
+
+    fn lookup(&self) -> Option<&dyn Lookup> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Lookup for CreateCounterparty {
+    async fn find(
+        &self,
+        ctx: &CallContext<'_>,
+        keys: &[LookupKey],
+    ) -> Result<Option<String>, ActionError> {
+        self.0.find_counterparty(ctx, keys).await
+    }
+}
+
+/// `moysklad.customerorder.create`.
+struct CreateOrder(Arc<MoySklad>);
+
+#[async_trait]
+impl Action for CreateOrder {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new(
+            "moysklad.customerorder.create",
+            ActionKind::Create,
+            vec![
+                FieldSpec::required("agent", FieldType::String).describe("counterparty id"),
+                field(
+                    "organization",
+                    FieldType::String,
+                    "your legal entity's name or id (default: the first)",
+                ),
+                field("state", FieldType::String, "status name"),
+                field("description", FieldType::String, "comment"),
+                field("external_code", FieldType::String, "external code"),
+                field("attributes", FieldType::Object, "custom attributes by name"),
+            ],
+        )
+        .with_output(order_fields())
+    }
+
+    /// The syncId is derived from the step's key: MoySklad answers a
+    /// repeated create with the entity the first one made.
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Keyed
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        fields: &Map<String, Value>,
+        _target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        let vendor = &self.0;
+        let base = vendor.base(ctx)?;
+        let (request, normalise): (VendorRequest, fn(&Value) -> Value) = {
+            only_known(
+                fields,
+                &[
+                    "agent",
+                    "organization",
+                    "state",
+                    "description",
+                    "external_code",
+                    "attributes",
+                ],
+            )?;
+            let agent = required_text(fields, "agent")?;
+            let metadata = vendor.order_metadata(ctx, &base).await?;
+            let organization = vendor
+                .organization_href(
+                    ctx,
+                    &base,
+                    text(fields, "organization")
+                        .or_else(|| ctx.settings["organization"].as_str().map(str::to_owned))
+                        .as_deref(),
+                )
+                .await?;
+            let mut body = vendor.order_body(fields, &metadata)?;
+            body.insert("agent".into(), json!({"meta": meta(&format!("{base}/entity/counterparty/{agent}"), "counterparty")}));
+            body.insert(
+                "organization".into(),
+                json!({"meta": meta(&organization, "organization")}),
+            );
+            body.insert("syncId".into(), Value::String(sync_id(ctx.idempotency_key)));
+            let request = VendorRequest::with_body(
+                reqwest::Method::POST,
+                format!("{base}/entity/customerorder"),
+                Value::Object(body).to_string().into_bytes(),
+                Idempotency::Idempotent,
+            );
+            (request, normalise_order)
+        };
+        vendor.send_record(ctx, request, normalise).await
+    }
+}
+
+/// `moysklad.customerorder.update`.
+struct UpdateOrder(Arc<MoySklad>);
+
+#[async_trait]
+impl Action for UpdateOrder {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new(
+            "moysklad.customerorder.update",
+            ActionKind::Update,
+            vec![
+                field("state", FieldType::String, "status name"),
+                field("description", FieldType::String, "comment"),
+                field("attributes", FieldType::Object, "custom attributes by name"),
+            ],
+        )
+        .with_output(order_fields())
+    }
+
+    /// PUT sets status, comment and attributes to the given values.
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Repeatable
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
         fields: &Map<String, Value>,
         target: Option<&str>,
     ) -> Result<ActionOutput, ActionError> {
-        let base = self.base(ctx)?;
-        let (request, normalise): (VendorRequest, fn(&Value) -> Value) = match action {
-            "moysklad.counterparty.create" => {
-                only_known(
-                    fields,
-                    &[
-                        "name",
-                        "phone",
-                        "email",
-                        "company_type",
-                        "description",
-                        "tags",
-                        "external_code",
-                    ],
-                )?;
-                let mut body = json!({"name": required_text(fields, "name")?, "syncId": sync_id(ctx.idempotency_key)});
-                for (ours, theirs) in [
-                    ("phone", "phone"),
-                    ("email", "email"),
-                    ("company_type", "companyType"),
-                    ("description", "description"),
-                    ("external_code", "externalCode"),
-                ] {
-                    if let Some(value) = text(fields, ours) {
-                        body[theirs] = Value::String(value);
-                    }
-                }
-                match fields.get("tags") {
-                    Some(Value::Array(tags)) => body["tags"] = Value::Array(tags.clone()),
-                    Some(Value::String(tags)) if !tags.is_empty() => {
-                        body["tags"] = tags
-                            .split(['|', ','])
-                            .map(|t| Value::String(t.trim().to_owned()))
-                            .collect();
-                    }
-                    _ => {}
-                }
-                let request = VendorRequest::with_body(
-                    reqwest::Method::POST,
-                    format!("{base}/entity/counterparty"),
-                    body.to_string().into_bytes(),
-                    Idempotency::Idempotent,
-                );
-                (
-                    request,
-                    |v| json!({"id": v["id"], "name": v["name"], "phone": v["phone"], "email": v["email"]}),
-                )
-            }
-            "moysklad.customerorder.create" => {
-                only_known(
-                    fields,
-                    &[
-                        "agent",
-                        "organization",
-                        "state",
-                        "description",
-                        "external_code",
-                        "attributes",
-                    ],
-                )?;
-                let agent = required_text(fields, "agent")?;
-                let metadata = self.order_metadata(ctx, &base).await?;
-                let organization = self
-                    .organization_href(
-                        ctx,
-                        &base,
-                        text(fields, "organization")
-                            .or_else(|| ctx.settings["organization"].as_str().map(str::to_owned))
-                            .as_deref(),
-                    )
-                    .await?;
-                let mut body = self.order_body(fields, &metadata)?;
-                body.insert("agent".into(), json!({"meta": meta(&format!("{base}/entity/counterparty/{agent}"), "counterparty")}));
-                body.insert(
-                    "organization".into(),
-                    json!({"meta": meta(&organization, "organization")}),
-                );
-                body.insert("syncId".into(), Value::String(sync_id(ctx.idempotency_key)));
-                let request = VendorRequest::with_body(
-                    reqwest::Method::POST,
-                    format!("{base}/entity/customerorder"),
-                    Value::Object(body).to_string().into_bytes(),
-                    Idempotency::Idempotent,
-                );
-                (request, normalise_order)
-            }
-            "moysklad.customerorder.update" => {
-                only_known(fields, &["state", "description", "attributes"])?;
-                let target = target.ok_or_else(|| {
-                    ActionError::field("target", "an update needs the order's id")
-                })?;
-                let metadata = self.order_metadata(ctx, &base).await?;
-                let body = self.order_body(fields, &metadata)?;
-                let request = VendorRequest::with_body(
-                    reqwest::Method::PUT,
-                    format!("{base}/entity/customerorder/{target}"),
-                    Value::Object(body).to_string().into_bytes(),
-                    Idempotency::Idempotent,
-                );
-                (request, normalise_order)
-            }
-            other => {
-                return Err(ActionError::unsupported_action("moysklad", other));
-            }
+        let vendor = &self.0;
+        let base = vendor.base(ctx)?;
+        let (request, normalise): (VendorRequest, fn(&Value) -> Value) = {
+            only_known(fields, &["state", "description", "attributes"])?;
+            let target = target.ok_or_else(|| {
+                ActionError::field("target", "an update needs the order's id")
+            })?;
+            let metadata = vendor.order_metadata(ctx, &base).await?;
+            let body = vendor.order_body(fields, &metadata)?;
+            let request = VendorRequest::with_body(
+                reqwest::Method::PUT,
+                format!("{base}/entity/customerorder/{target}"),
+                Value::Object(body).to_string().into_bytes(),
+                Idempotency::Idempotent,
+            );
+            (request, normalise_order)
         };
-        let record = self.call(ctx, request).await?;
-        let id = record["id"]
-            .as_str()
-            .ok_or_else(|| VendorError::Decode {
-                status: 200,
-                message: "the created record has no id".into(),
-            })?
-            .to_owned();
-        Ok(ActionOutput {
-            id,
-            record: normalise(&record),
-            response_status: 200,
-            attempts: 1,
-        })
-    }
-
-    async fn poll(
-        &self,
-        ctx: &CallContext<'_>,
-        kind: &str,
-        _scope: &Value,
-        cursor: Option<&Value>,
-        now: DateTime<Utc>,
-    ) -> Result<PollBatch, ActionError> {
-        if kind != "moysklad.customerorder.updated" && kind != "moysklad.customerorder.created" {
-            return Err(ActionError::unsupported_poll("moysklad", kind));
-        }
-        let Some(since) = cursor
-            .and_then(|c| c["updated"].as_str())
-            .and_then(parse_msk)
-        else {
-            // First poll: start from now; history is not replayed.
-            return Ok(PollBatch {
-                events: vec![],
-                cursor: json!({"updated": format_msk(now)}),
-            });
-        };
-        let base = self.base(ctx)?;
-        let from = format_msk(since - chrono::Duration::seconds(POLL_OVERLAP_SECS));
-        let mut events = Vec::new();
-        let mut newest = since;
-        for page in 0..POLL_MAX_PAGES {
-            let url = url_with_query(
-                &format!("{base}/entity/customerorder"),
-                &[
-                    ("filter", format!("updated>={from}")),
-                    ("order", "updated,asc".to_owned()),
-                    ("expand", "state".to_owned()),
-                    ("limit", POLL_PAGE.to_string()),
-                    ("offset", (page * POLL_PAGE).to_string()),
-                ],
-            )?;
-            let body = self.call(ctx, VendorRequest::get(url)).await?;
-            let rows = body["rows"].as_array().cloned().unwrap_or_default();
-            for order in &rows {
-                let data = normalise_order(order);
-                let updated = data["updated"].as_str().unwrap_or_default().to_owned();
-                let id = data["id"].as_str().unwrap_or_default().to_owned();
-                // A garbage far-future time would park the cursor there.
-                if let Some(at) = parse_msk(&updated).filter(|at| not_ahead(*at, now)) {
-                    newest = newest.max(at);
-                }
-                let created = order["created"].as_str() == Some(updated.as_str());
-                let what = if created { "created" } else { "updated" };
-                // A poll for `updated` reports changes, not creations (and
-                // one for `created` only creations), as webhooks would.
-                if format!("moysklad.customerorder.{what}") != kind {
-                    continue;
-                }
-                events.push(DecodedEvent {
-                    // One event per (order, version): overlapping polls and
-                    // redeliveries collapse into it.
-                    source_id: Some(format!("{id}@{updated}")),
-                    kind: kind.to_owned(),
-                    subject: Subject {
-                        kind: "customerorder".into(),
-                        id,
-                    },
-                    occurred_at: parse_msk(&updated),
-                    data,
-                    observation: None,
-                });
-            }
-            if rows.len() < POLL_PAGE {
-                break;
-            }
-        }
-        Ok(PollBatch {
-            events,
-            cursor: json!({"updated": format_msk(newest)}),
-        })
+        vendor.send_record(ctx, request, normalise).await
     }
 }
 
@@ -1044,8 +1135,7 @@ mod tests {
     #[test]
     fn resend_safety_is_declared_per_action() {
         use crmbridge_mapping::Catalog as _;
-        let connector = MoySklad::default();
-        let catalog = connector.catalog();
+        let catalog = vendor().catalog();
         let fields = json!({"name": "ACME", "state": "Новый"});
         let fields = fields.as_object().unwrap();
         for (action, want) in [
@@ -1054,12 +1144,9 @@ mod tests {
             ("moysklad.customerorder.update", Resend::Repeatable),
         ] {
             assert!(catalog.action(action).is_some(), "{action}");
-            assert_eq!(connector.resend(action, fields), want, "{action}");
+            assert_eq!(vendor().find_action(action).unwrap().resend(fields), want, "{action}");
         }
-        assert_eq!(
-            connector.resend("moysklad.customerorder.delete", fields),
-            Resend::Unsafe
-        );
+        assert!(vendor().find_action("moysklad.customerorder.delete").is_none());
     }
 
     #[test]

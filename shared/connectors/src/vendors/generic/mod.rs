@@ -15,12 +15,16 @@
 //! A JSON array body is a batch: one event per element. A pointer that is
 //! set but finds nothing is a 400 naming the pointer, never a silent
 //! fallback: a misconfigured sender should learn at once.
+#![doc = include_str!("API.md")]
 
 use chrono::{DateTime, Utc};
 use crmbridge_mapping::Subject;
 use serde_json::{Map, Value};
 
-use crate::{ConnectionView, Connector, DecodeError, DecodedEvent, InboundRequest, SettingsError};
+use crate::{
+    ConnectionView, DecodeError, DecodedEvent, InboundRequest, SettingsError, VendorSettings,
+    WebhookSource,
+};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GenericJson;
@@ -185,18 +189,15 @@ impl GenericJson {
     }
 }
 
-#[async_trait::async_trait]
-impl Connector for GenericJson {
-    fn app(&self) -> &'static str {
-        "generic"
-    }
+/// Generic JSON: webhooks in, nothing out. Its kinds are whatever the
+/// sender's settings say, so none are declared; any `generic.*` trigger is
+/// accepted.
+pub fn vendor() -> crate::Vendor {
+    let generic = std::sync::Arc::new(GenericJson);
+    crate::Vendor::new("generic", generic.clone()).webhooks(generic)
+}
 
-    /// Generic kinds are whatever the sender's settings say, so they are
-    /// not listed; the registry accepts any `generic.*` trigger.
-    fn catalog(&self) -> crmbridge_mapping::StaticCatalog {
-        crmbridge_mapping::StaticCatalog::new()
-    }
-
+impl VendorSettings for GenericJson {
     fn validate_settings(
         &self,
         settings: &Value,
@@ -247,6 +248,9 @@ impl Connector for GenericJson {
         }
     }
 
+}
+
+impl WebhookSource for GenericJson {
     fn decode_webhook(
         &self,
         connection: ConnectionView<'_>,

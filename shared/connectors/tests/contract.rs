@@ -1,0 +1,597 @@
+//! The connector contract: one suite, run by [`contract_suite!`] against
+//! every vendor with its fake. What every connector must do, whatever the
+//! vendor:
+//!
+//! - a base URL outside the vendor's domains is refused (unless test mode);
+//! - a 429 is retried, after the vendor's retry header when it sends one;
+//! - a 5xx is retried with backoff;
+//! - a refused credential is not transient, and no credential appears in an
+//!   error or a log line;
+//! - a create whose answer is lost (the vendor committed, the connection
+//!   dropped) and then retried by the same step makes one record, never
+//!   two: either the vendor de-duplicates it (a keyed action) or the
+//!   connector does not resend it by itself (an unsafe action, which the
+//!   engine then holds for review);
+//! - fields an action does not know are refused before any call.
+//!
+//! A new vendor adds a [`ContractSubject`] here and one macro line; the
+//! registry test (`registry.rs`) fails until it does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::vendor;
+use crmbridge_connectors::{ActionError, CallContext, Resend, VendorClient};
+use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
+use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
+use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
+use crmbridge_fakes::vendors::retailcrm::FakeRetailCrm;
+use crmbridge_fakes::vendors::worksection::FakeWorksection;
+use crmbridge_fakes::{Fault, RecordedRequest};
+use serde_json::{Map, Value, json};
+
+/// One vendor and its fake, as the contract needs them.
+#[async_trait]
+pub trait ContractSubject: Sized + Send + Sync {
+    const APP: &'static str;
+    /// Starts the fake (with whatever a create needs, e.g. a folder).
+    async fn start() -> Self;
+    /// Settings pointing at the fake.
+    fn settings(&self) -> Value;
+    fn credentials(&self) -> BTreeMap<String, String>;
+    /// Credentials the fake refuses.
+    fn wrong_credentials(&self) -> BTreeMap<String, String>;
+    /// A create action and fields that make one record.
+    fn create(&self) -> (&'static str, Map<String, Value>);
+    /// How many records the create makes in the fake so far.
+    fn records(&self) -> usize;
+    /// What the vendor's retry header asks on a 429, if it sends one.
+    fn retry_after(&self) -> Option<Duration>;
+    /// Part of the create request's path or query, to aim a fault at it.
+    fn create_request(&self) -> &'static str;
+    fn requests(&self) -> Vec<RecordedRequest>;
+    fn fail_next(&self, fault: Fault);
+    fn fail_create(&self, fault: Fault);
+    fn clear_faults(&self);
+    fn clear_requests(&self);
+}
+
+fn fields(value: Value) -> Map<String, Value> {
+    value.as_object().cloned().unwrap_or_default()
+}
+
+/// Runs `f` with a context on the subject's fake.
+pub fn context<'a>(
+    settings: &'a Value,
+    credentials: &'a BTreeMap<String, String>,
+    http: &'a VendorClient,
+    key: &'a str,
+) -> CallContext<'a> {
+    CallContext {
+        connection: "con_contract",
+        settings,
+        credentials,
+        http,
+        idempotency_key: key,
+        allow_any_base_url: true,
+    }
+}
+
+/// Everything written by `tracing` while a test runs, at every level.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn capture_logs() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
+pub fn secrets_of(credentials: &BTreeMap<String, String>) -> Vec<String> {
+    credentials
+        .values()
+        .filter(|v| v.len() >= 6 && !v.contains('@'))
+        .cloned()
+        .collect()
+}
+
+pub async fn base_url_outside_the_vendor_is_refused<S: ContractSubject>() {
+    let subject = S::start().await;
+    let vendor = vendor(S::APP).0;
+    let mut settings = subject.settings();
+    vendor
+        .settings
+        .validate_settings(&settings, true)
+        .unwrap_or_else(|e| panic!("{}: the fake's settings are refused: {e:?}", S::APP));
+    for hostile in [
+        "https://attacker.example/api",
+        "http://169.254.169.254/latest/meta-data",
+        "https://127.0.0.1:8080/",
+    ] {
+        settings["base_url"] = json!(hostile);
+        let errors = vendor
+            .settings
+            .validate_settings(&settings, false)
+            .expect_err(hostile);
+        assert!(
+            errors.iter().any(|e| e.field == "base_url"),
+            "{}: {hostile}: {errors:?}",
+            S::APP
+        );
+    }
+}
+
+pub async fn a_rate_limit_is_waited_out<S: ContractSubject>() {
+    let subject = S::start().await;
+    let (settings, credentials) = (subject.settings(), subject.credentials());
+    let http = VendorClient::new();
+    let ctx = context(&settings, &credentials, &http, "contract/429");
+    subject.fail_next(Fault::TooManyRequests);
+    let (action, fields) = subject.create();
+    vendor(S::APP)
+        .execute(&ctx, action, &fields, None)
+        .await
+        .unwrap_or_else(|e| panic!("{}: a 429 was not retried: {e}", S::APP));
+    assert_eq!(subject.records(), 1, "{}", S::APP);
+    let requests = subject.requests();
+    let limited = requests
+        .iter()
+        .position(|r| r.status == Some(429))
+        .expect("the 429 answered");
+    let retry = requests.get(limited + 1).expect("a retry after the 429");
+    if let Some(wait) = subject.retry_after() {
+        // The retry came no sooner than the vendor asked.
+        let waited = retry.received_at - requests[limited].received_at;
+        assert!(
+            waited >= wait,
+            "{}: retried after {waited:?}, the vendor asked {wait:?}",
+            S::APP
+        );
+    }
+}
+
+pub async fn a_server_error_is_retried<S: ContractSubject>() {
+    let subject = S::start().await;
+    let (settings, credentials) = (subject.settings(), subject.credentials());
+    let http = VendorClient::new();
+    let ctx = context(&settings, &credentials, &http, "contract/5xx");
+    subject.fail_next(Fault::ServerError);
+    let account = vendor(S::APP)
+        .check(&ctx)
+        .await
+        .unwrap_or_else(|e| panic!("{}: a 5xx was not retried: {e}", S::APP));
+    assert!(!account.is_null(), "{}", S::APP);
+    let statuses: Vec<Option<u16>> = subject.requests().iter().map(|r| r.status).collect();
+    assert!(
+        statuses.len() >= 2 && statuses[0].is_some_and(|s| s >= 500),
+        "{}: {statuses:?}",
+        S::APP
+    );
+}
+
+pub async fn credentials_never_reach_errors_or_logs<S: ContractSubject>() {
+    let subject = S::start().await;
+    let (logs, _guard) = capture_logs();
+    let settings = subject.settings();
+    let http = VendorClient::new();
+    let wrong = subject.wrong_credentials();
+    let ctx = context(&settings, &wrong, &http, "contract/auth");
+    let err = vendor(S::APP).check(&ctx).await.expect_err("refused");
+    assert!(!err.is_transient(), "{}: {err}", S::APP);
+    // Faults on the right credentials too: retries and failures get logged.
+    let good = subject.credentials();
+    let ctx = context(&settings, &good, &http, "contract/auth-5xx");
+    for _ in 0..12 {
+        subject.fail_next(Fault::ServerError);
+    }
+    let failed = vendor(S::APP)
+        .check(&ctx)
+        .await
+        .expect_err("5xx every time");
+    subject.clear_faults();
+    let (action, mut fields) = subject.create();
+    fields.insert("no_such_field".into(), json!(1));
+    let refused = vendor(S::APP)
+        .execute(&ctx, action, &fields, None)
+        .await
+        .expect_err("unknown field");
+    let logged = logs.text();
+    assert!(
+        !logged.is_empty(),
+        "{}: the retries and failures were logged (else this checks nothing)",
+        S::APP
+    );
+    for secret in secrets_of(&wrong).iter().chain(secrets_of(&good).iter()) {
+        for (what, text) in [
+            ("error", err.to_string()),
+            ("error (debug)", format!("{err:?}")),
+            ("5xx error", format!("{failed} {failed:?}")),
+            ("field error", format!("{refused} {refused:?}")),
+            ("log", logged.clone()),
+        ] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{}: a credential in the {what}: {text}",
+                S::APP
+            );
+        }
+    }
+}
+
+pub async fn a_lost_answer_then_a_retry_makes_one_record<S: ContractSubject>() {
+    let subject = S::start().await;
+    let (settings, credentials) = (subject.settings(), subject.credentials());
+    let http = VendorClient::new();
+    let ctx = context(&settings, &credentials, &http, "run_contract/step-1");
+    let (action, fields) = subject.create();
+    let resend = vendor(S::APP).resend(action, &fields);
+    subject.fail_create(Fault::DropAfterCommit);
+    let first = vendor(S::APP).execute(&ctx, action, &fields, None).await;
+    match resend {
+        Resend::Keyed | Resend::Repeatable => {
+            // The engine sends the step again under the same key.
+            let second = vendor(S::APP)
+                .execute(&ctx, action, &fields, None)
+                .await
+                .unwrap_or_else(|e| panic!("{}: the resent create failed: {e}", S::APP));
+            if let Ok(first) = first {
+                assert_eq!(first.id, second.id, "{}", S::APP);
+            }
+        }
+        Resend::Unsafe => {
+            // Nothing tells the connector whether the vendor acted: it must
+            // not send again by itself (the engine holds the run for
+            // review instead).
+            let err = first.expect_err("an unsafe create whose answer was lost");
+            assert!(matches!(err, ActionError::Vendor(_)), "{}: {err:?}", S::APP);
+        }
+    }
+    assert_eq!(subject.records(), 1, "{}: {resend:?}", S::APP);
+}
+
+pub async fn unknown_fields_are_refused_before_any_call<S: ContractSubject>() {
+    let subject = S::start().await;
+    let (settings, credentials) = (subject.settings(), subject.credentials());
+    let http = VendorClient::new();
+    let ctx = context(&settings, &credentials, &http, "contract/fields");
+    let (action, mut fields) = subject.create();
+    fields.insert("no_such_field".into(), json!("x"));
+    subject.clear_requests();
+    let err = vendor(S::APP)
+        .execute(&ctx, action, &fields, None)
+        .await
+        .expect_err("an unknown field");
+    assert!(
+        matches!(&err, ActionError::Field { field, .. } if field.contains("no_such_field")),
+        "{}: {err:?}",
+        S::APP
+    );
+    assert!(subject.requests().is_empty(), "{}", S::APP);
+    assert_eq!(subject.records(), 0, "{}", S::APP);
+}
+
+/// The contract, as tests of one vendor.
+macro_rules! contract_suite {
+    ($module:ident, $subject:ty) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn base_url_outside_the_vendor_is_refused() {
+                super::base_url_outside_the_vendor_is_refused::<$subject>().await;
+            }
+
+            #[tokio::test]
+            async fn a_rate_limit_is_waited_out() {
+                super::a_rate_limit_is_waited_out::<$subject>().await;
+            }
+
+            #[tokio::test]
+            async fn a_server_error_is_retried() {
+                super::a_server_error_is_retried::<$subject>().await;
+            }
+
+            #[tokio::test]
+            async fn credentials_never_reach_errors_or_logs() {
+                super::credentials_never_reach_errors_or_logs::<$subject>().await;
+            }
+
+            #[tokio::test]
+            async fn a_lost_answer_then_a_retry_makes_one_record() {
+                super::a_lost_answer_then_a_retry_makes_one_record::<$subject>().await;
+            }
+
+            #[tokio::test]
+            async fn unknown_fields_are_refused_before_any_call() {
+                super::unknown_fields_are_refused_before_any_call::<$subject>().await;
+            }
+        }
+    };
+}
+
+/// The fake-control methods every fake has, forwarded.
+macro_rules! forward_fake {
+    () => {
+        fn requests(&self) -> Vec<RecordedRequest> {
+            self.fake.requests()
+        }
+        fn fail_next(&self, fault: Fault) {
+            self.fake.fail_next(1, fault);
+        }
+        fn fail_create(&self, fault: Fault) {
+            self.fake
+                .fail_next_on(Some("POST"), self.create_request(), 1, fault);
+        }
+        fn clear_faults(&self) {
+            self.fake.clear_faults();
+        }
+        fn clear_requests(&self) {
+            self.fake.clear_requests();
+        }
+    };
+}
+
+pub struct MoySkladSubject {
+    fake: FakeMoySklad,
+}
+
+#[async_trait]
+impl ContractSubject for MoySkladSubject {
+    const APP: &'static str = "moysklad";
+    fn create_request(&self) -> &'static str {
+        "/entity/counterparty"
+    }
+    async fn start() -> Self {
+        let fake = FakeMoySklad::start("ms-contract-token").await.unwrap();
+        fake.set_retry_after(Duration::from_millis(300));
+        Self { fake }
+    }
+    fn settings(&self) -> Value {
+        json!({"base_url": self.fake.base_url()})
+    }
+    fn credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("token".into(), "ms-contract-token".into())])
+    }
+    fn wrong_credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("token".into(), "ms-wrong-token-31".into())])
+    }
+    fn create(&self) -> (&'static str, Map<String, Value>) {
+        (
+            "moysklad.counterparty.create",
+            fields(json!({"name": "ACME", "phone": "+79001234567"})),
+        )
+    }
+    fn records(&self) -> usize {
+        self.fake.counterparties().len()
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        Some(Duration::from_millis(300))
+    }
+    forward_fake!();
+}
+
+pub struct RetailCrmSubject {
+    fake: FakeRetailCrm,
+}
+
+#[async_trait]
+impl ContractSubject for RetailCrmSubject {
+    const APP: &'static str = "retailcrm";
+    fn create_request(&self) -> &'static str {
+        "/customers/create"
+    }
+    async fn start() -> Self {
+        let fake = FakeRetailCrm::start("rc-contract-key").await.unwrap();
+        fake.set_retry_after_secs(1);
+        Self { fake }
+    }
+    fn settings(&self) -> Value {
+        json!({"base_url": self.fake.base_url()})
+    }
+    fn credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("api_key".into(), "rc-contract-key".into())])
+    }
+    fn wrong_credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("api_key".into(), "rc-wrong-key-31".into())])
+    }
+    fn create(&self) -> (&'static str, Map<String, Value>) {
+        (
+            "retailcrm.customer.create",
+            fields(json!({"first_name": "Ann", "phone": "+79001234567"})),
+        )
+    }
+    fn records(&self) -> usize {
+        self.fake.customers().len()
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+    forward_fake!();
+}
+
+pub struct CalltouchSubject {
+    fake: FakeCalltouch,
+}
+
+#[async_trait]
+impl ContractSubject for CalltouchSubject {
+    const APP: &'static str = "calltouch";
+    fn create_request(&self) -> &'static str {
+        "client-order/create"
+    }
+    async fn start() -> Self {
+        let fake = FakeCalltouch::start("ct-contract-token", "777")
+            .await
+            .unwrap();
+        fake.set_retry_after_secs(1);
+        Self { fake }
+    }
+    fn settings(&self) -> Value {
+        json!({"base_url": self.fake.base_url(), "site_id": "777"})
+    }
+    fn credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("access_token".into(), "ct-contract-token".into())])
+    }
+    fn wrong_credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("access_token".into(), "ct-wrong-token-31".into())])
+    }
+    fn create(&self) -> (&'static str, Map<String, Value>) {
+        (
+            "calltouch.deal.create",
+            fields(json!({"order_number": "ct-contract-1", "call_id": "31", "status": "PENDING"})),
+        )
+    }
+    fn records(&self) -> usize {
+        self.fake.deals().len()
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+    forward_fake!();
+}
+
+pub struct NetHuntSubject {
+    fake: FakeNetHunt,
+    folder: String,
+}
+
+#[async_trait]
+impl ContractSubject for NetHuntSubject {
+    const APP: &'static str = "nethunt";
+    fn create_request(&self) -> &'static str {
+        "create-record"
+    }
+    async fn start() -> Self {
+        let fake = FakeNetHunt::start("me@acme.test", "nh-contract-key")
+            .await
+            .unwrap();
+        let folder = fake.add_folder("Deals");
+        fake.add_field(&folder, "Name").unwrap();
+        Self { fake, folder }
+    }
+    fn settings(&self) -> Value {
+        json!({"base_url": self.fake.base_url()})
+    }
+    fn credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("email".into(), "me@acme.test".into()),
+            ("api_key".into(), "nh-contract-key".into()),
+        ])
+    }
+    fn wrong_credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("email".into(), "me@acme.test".into()),
+            ("api_key".into(), "nh-wrong-key-31".into()),
+        ])
+    }
+    fn create(&self) -> (&'static str, Map<String, Value>) {
+        (
+            "nethunt.record.create",
+            fields(json!({"folder": "Deals", "fields": {"Name": "ACME"}})),
+        )
+    }
+    fn records(&self) -> usize {
+        self.fake.records(&self.folder).len()
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+    forward_fake!();
+}
+
+pub struct WorksectionSubject {
+    fake: FakeWorksection,
+    project: String,
+}
+
+#[async_trait]
+impl ContractSubject for WorksectionSubject {
+    const APP: &'static str = "worksection";
+    fn create_request(&self) -> &'static str {
+        "action=post_task"
+    }
+    async fn start() -> Self {
+        let fake = FakeWorksection::start("ws-contract-key").await.unwrap();
+        let project = fake.add_project("Delivery");
+        Self { fake, project }
+    }
+    fn settings(&self) -> Value {
+        json!({"base_url": self.fake.base_url(), "auth_scheme": "header"})
+    }
+    fn credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("admin_key".into(), "ws-contract-key".into())])
+    }
+    fn wrong_credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("admin_key".into(), "ws-wrong-key-31".into())])
+    }
+    fn create(&self) -> (&'static str, Map<String, Value>) {
+        (
+            "worksection.task.create",
+            fields(json!({"project": self.project, "title": "Deal won: ACME"})),
+        )
+    }
+    fn records(&self) -> usize {
+        self.fake.tasks().len()
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+    forward_fake!();
+}
+
+contract_suite!(calltouch, CalltouchSubject);
+contract_suite!(moysklad, MoySkladSubject);
+contract_suite!(nethunt, NetHuntSubject);
+contract_suite!(retailcrm, RetailCrmSubject);
+contract_suite!(worksection, WorksectionSubject);
+
+/// The vendors this suite covers, for the registry test.
+#[test]
+fn the_suite_covers_every_vendor_that_calls_out() {
+    let covered = [
+        CalltouchSubject::APP,
+        MoySkladSubject::APP,
+        NetHuntSubject::APP,
+        RetailCrmSubject::APP,
+        WorksectionSubject::APP,
+    ];
+    let registry = crmbridge_connectors::Registry::builtin();
+    for vendor in registry.vendors() {
+        let calls_out = vendor.account.is_some()
+            || vendor.poller.is_some()
+            || vendor.actions().next().is_some();
+        assert_eq!(
+            calls_out,
+            covered.contains(&vendor.app),
+            "{}: a vendor that calls its API runs the contract suite (and only those)",
+            vendor.app
+        );
+    }
+}

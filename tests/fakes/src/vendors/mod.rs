@@ -1,0 +1,18 @@
+//! One fake per vendor, in a folder named as the connector's
+//! (`shared/connectors/src/vendors/<vendor>/`), following the facts in that
+//! connector's `API.md`.
+
+pub mod calltouch;
+pub mod moysklad;
+pub mod nethunt;
+pub mod retailcrm;
+pub mod worksection;
+
+/// The vendors that have a fake, for the registry's completeness check.
+pub const FAKED: &[&str] = &[
+    "calltouch",
+    "moysklad",
+    "nethunt",
+    "retailcrm",
+    "worksection",
+];
