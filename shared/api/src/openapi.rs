@@ -6,6 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crmbridge_engine::admin::{ConnectionCheck, ConnectionPatch, ConnectionView, NewConnection};
 use crmbridge_engine::automations::AutomationRecord;
+use crmbridge_engine::oauth::{AuthorizationStart, Authorized};
 use crmbridge_engine::recipes::RecipeParameter;
 use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary, StepRecord, TenantRecord};
 use crmbridge_engine::runs::ReplayReport;
@@ -64,6 +65,8 @@ impl Modify for BearerKey {
         crate::delete_connection,
         crate::check_connection,
         crate::connection_catalog,
+        crate::authorize_connection,
+        crate::oauth_callback,
         crate::list_automations,
         crate::create_automation,
         crate::get_automation,
@@ -84,6 +87,7 @@ impl Modify for BearerKey {
         CreatedKey, NewTenant, CreatedTenant, TenantView, TenantRecord, Role, RunPage, RunSummary,
         RunRecord, RunStatus, StepRecord, ReplaySince, ReplayReport, RecipeList, RecipeView,
         InstantiateRecipe, DeletedConnection, ConnectionCheck, RecipeParameter,
+        AuthorizationStart, Authorized,
     )),
     modifiers(&BearerKey),
     tags(

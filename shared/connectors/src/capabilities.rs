@@ -185,6 +185,8 @@ pub struct Vendor {
     pub poller: Option<Arc<dyn Poller>>,
     pub account: Option<Arc<dyn Account>>,
     pub live_catalog: Option<Arc<dyn LiveCatalog>>,
+    /// OAuth 2.0 sign-in; `None` for vendors with API keys.
+    pub oauth: Option<Arc<dyn crate::oauth::OAuthApp>>,
     actions: BTreeMap<String, Arc<dyn Action>>,
 }
 
@@ -197,6 +199,7 @@ impl std::fmt::Debug for Vendor {
             .field("poller", &self.poller.is_some())
             .field("account", &self.account.is_some())
             .field("live_catalog", &self.live_catalog.is_some())
+            .field("oauth", &self.oauth.is_some())
             .field("actions", &self.actions.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -212,6 +215,7 @@ impl Vendor {
             poller: None,
             account: None,
             live_catalog: None,
+            oauth: None,
             actions: BTreeMap::new(),
         }
     }
@@ -238,6 +242,11 @@ impl Vendor {
 
     pub fn live_catalog(mut self, catalog: Arc<dyn LiveCatalog>) -> Self {
         self.live_catalog = Some(catalog);
+        self
+    }
+
+    pub fn oauth(mut self, app: Arc<dyn crate::oauth::OAuthApp>) -> Self {
+        self.oauth = Some(app);
         self
     }
 

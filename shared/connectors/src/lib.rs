@@ -7,7 +7,8 @@
 //! ([`WebhookSource`]), describe and complete events ([`EventSource`]), be
 //! polled ([`Poller`]), carry actions ([`Action`], each declared once with
 //! its catalog entry, its resend safety and how it runs, optionally a
-//! [`Lookup`]) and be introspected ([`Account`], [`LiveCatalog`]). What a
+//! [`Lookup`]), be introspected ([`Account`], [`LiveCatalog`]) and sign in
+//! with OAuth 2.0 ([`oauth::OAuthApp`]). What a
 //! vendor does not do, it does not declare: the engine refuses an
 //! automation that needs it when it is saved, not when it runs.
 //!
@@ -16,6 +17,7 @@
 
 mod capabilities;
 pub mod client;
+pub mod oauth;
 mod support;
 pub mod vendors;
 
@@ -116,6 +118,9 @@ pub struct CallContext<'a> {
     /// Tests point connections at fakes on loopback; production refuses
     /// any base URL outside the vendor's domains.
     pub allow_any_base_url: bool,
+    /// Access tokens for an OAuth 2.0 vendor's connection (refreshed by
+    /// the engine); `None` for vendors with API keys.
+    pub tokens: Option<&'a dyn oauth::AccessTokens>,
 }
 
 impl std::fmt::Debug for CallContext<'_> {

@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::vendor;
-use crmbridge_connectors::{ActionError, CallContext, Resend, VendorClient};
+use common::{context, vendor};
+use crmbridge_connectors::{ActionError, Resend, VendorClient};
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
 use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
@@ -64,23 +64,6 @@ pub trait ContractSubject: Sized + Send + Sync {
 
 fn fields(value: Value) -> Map<String, Value> {
     value.as_object().cloned().unwrap_or_default()
-}
-
-/// Runs `f` with a context on the subject's fake.
-pub fn context<'a>(
-    settings: &'a Value,
-    credentials: &'a BTreeMap<String, String>,
-    http: &'a VendorClient,
-    key: &'a str,
-) -> CallContext<'a> {
-    CallContext {
-        connection: "con_contract",
-        settings,
-        credentials,
-        http,
-        idempotency_key: key,
-        allow_any_base_url: true,
-    }
 }
 
 /// Everything written by `tracing` while a test runs, at every level.

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 mod common;
 
-use common::vendor;
-use crmbridge_connectors::{ActionError, CallContext, Resend, VendorClient, VendorError};
+use common::{context, vendor};
+use crmbridge_connectors::{ActionError, Resend, VendorClient, VendorError};
 use crmbridge_fakes::Fault;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use crmbridge_fakes::vendors::worksection::FakeWorksection;
@@ -17,22 +17,6 @@ use serde_json::{Map, Value, json};
 
 fn fields(value: Value) -> Map<String, Value> {
     value.as_object().unwrap().clone()
-}
-
-fn context<'a>(
-    settings: &'a Value,
-    credentials: &'a BTreeMap<String, String>,
-    http: &'a VendorClient,
-    key: &'a str,
-) -> CallContext<'a> {
-    CallContext {
-        connection: "con_test",
-        settings,
-        credentials,
-        http,
-        idempotency_key: key,
-        allow_any_base_url: true,
-    }
 }
 
 #[tokio::test]

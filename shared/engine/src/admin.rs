@@ -105,6 +105,11 @@ pub struct ConnectionView {
     pub webhook_path: String,
     pub chat_path: String,
     pub created_at: DateTime<Utc>,
+    /// What needs doing before the connection works (an OAuth connection
+    /// not authorized yet, or whose grant was refused:
+    /// "reauthorization needed"); absent when it is fine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// One page of a listing.
@@ -255,7 +260,11 @@ impl Engine {
         Ok(view(&record, &secrets))
     }
 
-    async fn own_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionRecord> {
+    pub(crate) async fn own_connection(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> EngineResult<ConnectionRecord> {
         match self.read::<ConnectionRecord>(&keys::connection(id)).await? {
             Some((record, _)) if record.tenant == who.tenant => Ok(record),
             _ => Err(EngineError::NotFound {
@@ -331,6 +340,7 @@ impl Engine {
                 });
             }
         }
+        let credentials_changed = patch.replace_credentials || patch.credentials.is_some();
         if patch.replace_credentials {
             secrets.credentials.clear();
         }
@@ -381,15 +391,24 @@ impl Engine {
             }
             Err(err) => return Err(err.into()),
         }
+        if credentials_changed {
+            // Tokens granted to the old credentials (or refused) no longer
+            // apply: a pasted refresh token starts afresh.
+            self.forget_tokens(id).await?;
+        }
         tracing::info!(tenant = %who.tenant, connection = %id, "connection updated");
-        Ok(view(&record, &secrets))
+        let mut view = view(&record, &secrets);
+        view.health = self.oauth_health(&record).await?;
+        Ok(view)
     }
 
     pub async fn get_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionView> {
         who.require_role(Role::Admin, "read connections")?;
         let record = self.own_connection(who, id).await?;
         let secrets = self.open_secrets(&record)?;
-        Ok(view(&record, &secrets))
+        let mut view = view(&record, &secrets);
+        view.health = self.oauth_health(&record).await?;
+        Ok(view)
     }
 
     pub async fn list_connections(&self, who: &Principal) -> EngineResult<Vec<ConnectionView>> {
@@ -424,6 +443,7 @@ fn view(record: &ConnectionRecord, secrets: &ConnectionSecrets) -> ConnectionVie
         webhook_path: format!("/hooks/{}/{}", record.id, secrets.webhook_token),
         chat_path: format!("/chat/{}/{}", record.id, secrets.webhook_token),
         created_at: record.created_at,
+        health: None,
     }
 }
 

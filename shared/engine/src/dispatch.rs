@@ -255,6 +255,10 @@ impl Engine {
             http: &self.http,
             idempotency_key,
             allow_any_base_url: self.config.allow_any_base_url,
+            tokens: connection
+                .tokens
+                .as_ref()
+                .map(|t| t as &dyn crmbridge_connectors::oauth::AccessTokens),
         }
     }
 
@@ -274,7 +278,12 @@ impl Engine {
             }
         };
         let secrets = self.open_secrets(&record)?;
-        Ok(OpenConnection { record, secrets })
+        let tokens = self.connection_tokens(&record, &secrets)?;
+        Ok(OpenConnection {
+            record,
+            secrets,
+            tokens,
+        })
     }
 
     fn compiled(&self, record: &AutomationRecord) -> EngineResult<Arc<CompiledAutomation>> {
@@ -996,6 +1005,8 @@ fn may_resend(action: &dyn Action, request: &crmbridge_mapping::RenderedRequest)
 pub(crate) struct OpenConnection {
     pub record: ConnectionRecord,
     pub secrets: ConnectionSecrets,
+    /// Access tokens, for a connection of an OAuth vendor.
+    pub tokens: Option<crate::oauth::ConnectionTokens>,
 }
 
 enum StepOutcome {

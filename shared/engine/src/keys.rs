@@ -23,6 +23,8 @@
 //! | links of a record | `LINK#{connection}#{entity}#{id}` | `LINKS` |
 //! | dedupe claim (TTL) | `DEDUPE#{connection}#{action}` | `{field}#{normalised value}` |
 //! | tick record (TTL) | `TICK` | `{started_at}` |
+//! | OAuth tokens of a connection (versioned, sealed) | `OAUTH#{connection}` | `TOKENS` |
+//! | pending OAuth consent (TTL) | `OAUTHSTATE#{sha256 of the state}` | `STATE` |
 
 /// A table key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,14 @@ pub fn tenant_key_index(tenant: &str, key_id: &str) -> Key {
 
 pub fn connection(connection: &str) -> Key {
     key(format!("CONN#{connection}"), "META")
+}
+
+pub fn oauth_tokens(connection: &str) -> Key {
+    key(format!("OAUTH#{connection}"), "TOKENS")
+}
+
+pub fn oauth_state(state_hash: &str) -> Key {
+    key(format!("OAUTHSTATE#{state_hash}"), "STATE")
 }
 
 pub fn tenant_connection_index(tenant: &str, connection: &str) -> Key {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod ingest;
 pub mod keys;
 pub mod links;
+pub mod oauth;
 mod payload;
 mod poll;
 pub mod recipes;
@@ -103,7 +104,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     connectors: Registry,
-    keyring: Keyring,
+    keyring: Arc<Keyring>,
     config: EngineConfig,
     http: VendorClient,
     compiled: Mutex<CompiledCache>,
@@ -133,7 +134,7 @@ impl Engine {
             store,
             bus,
             connectors,
-            keyring,
+            keyring: Arc::new(keyring),
             config,
             http: VendorClient::new(),
             compiled: Mutex::new(HashMap::new()),

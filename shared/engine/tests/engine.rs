@@ -2,6 +2,8 @@
 //! with the real durable outbox as the bus.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -85,18 +87,8 @@ async fn harness(dynamo: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crmbridge.db");
     let (store, raw): (Arc<dyn Store>, Raw) = if dynamo {
-        let endpoint = std::env::var("CRMBRIDGE_TEST_AWS_ENDPOINT")
-            .expect("CRMBRIDGE_TEST_AWS_ENDPOINT is not set: run the suite through infra/test.sh");
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region("us-east-1")
-            .endpoint_url(endpoint)
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "testing", "testing", None, None, "t",
-            ))
-            .load()
-            .await;
-        let client = aws_sdk_dynamodb::Client::new(&config);
-        let table = format!("engine-{}", unique());
+        let client = common::dynamo_client().await;
+        let table = format!("engine-{}", common::unique());
         let store = DynamoStore::new(client.clone(), table.clone());
         store.create_table().await.unwrap();
         (Arc::new(store), Raw::Dynamo(client, table))
@@ -131,17 +123,6 @@ async fn harness(dynamo: bool) -> Harness {
         raw,
         _dir: dir,
     }
-}
-
-fn unique() -> u128 {
-    use std::sync::atomic::AtomicU64;
-    static N: AtomicU64 = AtomicU64::new(0);
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros()
-        * 1000
-        + u128::from(N.fetch_add(1, Ordering::SeqCst))
 }
 
 impl Harness {

@@ -8,8 +8,9 @@
 //! real account would hold.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,7 +25,7 @@ use crmbridge_fakes::Fault;
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use crmbridge_mapping::Event;
-use crmbridge_store::{DynamoStore, SqliteStore, Store};
+use crmbridge_store::Store;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
@@ -37,37 +38,12 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-fn unique() -> u128 {
-    static N: AtomicU64 = AtomicU64::new(0);
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros()
-        * 1000
-        + u128::from(N.fetch_add(1, Ordering::SeqCst))
-}
-
 async fn harness(dynamo: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = if dynamo {
-        let endpoint = std::env::var("CRMBRIDGE_TEST_AWS_ENDPOINT")
-            .expect("CRMBRIDGE_TEST_AWS_ENDPOINT is not set: run the suite through infra/test.sh");
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region("us-east-1")
-            .endpoint_url(endpoint)
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "testing", "testing", None, None, "t",
-            ))
-            .load()
-            .await;
-        let store = DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&config),
-            format!("once-{}", unique()),
-        );
-        store.create_table().await.unwrap();
-        Arc::new(store)
+        common::store(true, dir.path(), &format!("once-{}", common::unique())).await
     } else {
-        Arc::new(SqliteStore::open(&dir.path().join("crmbridge.db")).unwrap())
+        common::store(false, dir.path(), "").await
     };
     let bus =
         Arc::new(OutboxBus::open(&dir.path().join("bus.db"), OutboxConfig::default()).unwrap());

@@ -2,9 +2,11 @@
 //! suites read: `vendor("moysklad").execute(&ctx, "moysklad.…", …)`.
 #![allow(dead_code, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use crmbridge_connectors::{
-    ActionError, ActionOutput, CallContext, PollBatch, Registry, Resend, Vendor,
+    ActionError, ActionOutput, CallContext, PollBatch, Registry, Resend, Vendor, VendorClient,
 };
 use crmbridge_mapping::LookupKey;
 use serde_json::{Map, Value};
@@ -79,5 +81,24 @@ impl Under {
             .expect("a poller")
             .poll(ctx, kind, scope, cursor, now)
             .await
+    }
+}
+
+/// A call context on a fake (any base URL allowed), with API-key
+/// credentials.
+pub fn context<'a>(
+    settings: &'a Value,
+    credentials: &'a BTreeMap<String, String>,
+    http: &'a VendorClient,
+    key: &'a str,
+) -> CallContext<'a> {
+    CallContext {
+        connection: "con_test",
+        settings,
+        credentials,
+        http,
+        idempotency_key: key,
+        allow_any_base_url: true,
+        tokens: None,
     }
 }

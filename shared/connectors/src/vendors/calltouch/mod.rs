@@ -951,6 +951,7 @@ mod tests {
             http: &http,
             idempotency_key: "run/1/deal",
             allow_any_base_url: true,
+            tokens: None,
         };
         let fields = json!({"order_number": "C-3", "call_id": "555"});
         let err = CreateDeal
