@@ -14,10 +14,12 @@ use crmbridge_engine::tenants::{
     CreatedKey, CreatedTenant, KeyView, NewKey, NewTenant, TenantView,
 };
 
-use crate::{
-    AutomationList, ConnectionList, ConnectionResponse, DeletedConnection, ErrorBody, ErrorDetail,
-    FieldErrorDoc, InstantiateRecipe, KeyList, RecipeList, RecipeView, ReplaySince, RunPage,
-};
+use crate::automations::{AutomationList, ReplaySince};
+use crate::connections::{ConnectionList, ConnectionResponse, DeletedConnection};
+use crate::keys::KeyList;
+use crate::recipes::{InstantiateRecipe, RecipeList, RecipeView};
+use crate::runs::RunPage;
+use crate::{ErrorBody, ErrorDetail, FieldErrorDoc};
 
 struct BearerKey;
 
@@ -47,39 +49,39 @@ impl Modify for BearerKey {
         description = "The admin API of crmbridge (tenants, keys, connections, automations, runs and replay) and its webhook endpoints. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`; objects of another tenant are 404."
     ),
     paths(
-        crate::webhook,
-        crate::webhook_get,
-        crate::chat,
-        crate::health,
-        crate::live,
+        crate::hooks::webhook,
+        crate::hooks::webhook_get,
+        crate::chat::chat,
+        crate::health::health,
+        crate::health::live,
         crate::openapi_document,
-        crate::get_tenant,
-        crate::create_tenant,
-        crate::list_keys,
-        crate::create_key,
-        crate::delete_key,
-        crate::list_connections,
-        crate::create_connection,
-        crate::get_connection,
-        crate::update_connection,
-        crate::delete_connection,
-        crate::check_connection,
-        crate::connection_catalog,
-        crate::authorize_connection,
-        crate::oauth_callback,
-        crate::list_automations,
-        crate::create_automation,
-        crate::get_automation,
-        crate::put_automation,
-        crate::delete_automation,
-        crate::enable_automation,
-        crate::disable_automation,
-        crate::replay_automation,
-        crate::list_recipes,
-        crate::instantiate_recipe,
-        crate::list_runs,
-        crate::get_run,
-        crate::replay_run,
+        crate::tenants::get_tenant,
+        crate::tenants::create_tenant,
+        crate::keys::list_keys,
+        crate::keys::create_key,
+        crate::keys::delete_key,
+        crate::connections::list_connections,
+        crate::connections::create_connection,
+        crate::connections::get_connection,
+        crate::connections::update_connection,
+        crate::connections::delete_connection,
+        crate::connections::check_connection,
+        crate::connections::connection_catalog,
+        crate::connections::authorize_connection,
+        crate::connections::oauth_callback,
+        crate::automations::list_automations,
+        crate::automations::create_automation,
+        crate::automations::get_automation,
+        crate::automations::put_automation,
+        crate::automations::delete_automation,
+        crate::automations::enable_automation,
+        crate::automations::disable_automation,
+        crate::automations::replay_automation,
+        crate::recipes::list_recipes,
+        crate::recipes::instantiate_recipe,
+        crate::runs::list_runs,
+        crate::runs::get_run,
+        crate::runs::replay_run,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, FieldErrorDoc, ConnectionResponse, ConnectionList, ConnectionView,
