@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use crmbridge_control::prelude::*;
 
 #[derive(Debug, Parser)]
 #[command(

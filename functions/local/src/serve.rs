@@ -16,6 +16,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use crmbridge_api::{HttpState, local_router};
 use crmbridge_bus::{Bus, BusError, EventHandler, HandlerError, OutboxBus, OutboxConfig};
+use crmbridge_control::prelude::*;
 use crmbridge_engine::{Engine, EngineConfig, Keyring};
 use crmbridge_mapping::Event;
 use crmbridge_store::SqliteStore;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use crmbridge_bus::{OutboxBus, OutboxConfig};
 use crmbridge_connectors::Registry;
-use crmbridge_engine::admin::NewConnection;
+use crmbridge_control::admin::NewConnection;
+use crmbridge_control::prelude::*;
 use crmbridge_engine::ingest::WebhookRequest;
 use crmbridge_engine::{Engine, EngineConfig, Keyring};
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;

@@ -34,17 +34,18 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use crmbridge_engine::admin::{
+use crmbridge_control::admin::{
     ConnectionCheck, ConnectionPatch, ConnectionView, NewConnection, Principal,
 };
-use crmbridge_engine::automations::AutomationRecord;
-use crmbridge_engine::ingest::WebhookRequest;
-use crmbridge_engine::oauth::{AuthorizationStart, Authorized};
-use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary};
-use crmbridge_engine::runs::{ReplayReport, RunFilter};
-use crmbridge_engine::tenants::{
+use crmbridge_control::consent::{AuthorizationStart, Authorized};
+use crmbridge_control::prelude::*;
+use crmbridge_control::runs::{ReplayReport, RunFilter};
+use crmbridge_control::tenants::{
     CreatedKey, CreatedTenant, KeyView, NewKey, NewTenant, TenantView,
 };
+use crmbridge_engine::bookkeeping::AutomationRecord;
+use crmbridge_engine::ingest::WebhookRequest;
+use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary};
 use crmbridge_engine::{Engine, EngineError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

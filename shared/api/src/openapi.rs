@@ -4,15 +4,15 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crmbridge_engine::admin::{ConnectionCheck, ConnectionPatch, ConnectionView, NewConnection};
-use crmbridge_engine::automations::AutomationRecord;
-use crmbridge_engine::oauth::{AuthorizationStart, Authorized};
-use crmbridge_engine::recipes::RecipeParameter;
-use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary, StepRecord, TenantRecord};
-use crmbridge_engine::runs::ReplayReport;
-use crmbridge_engine::tenants::{
+use crmbridge_control::admin::{ConnectionCheck, ConnectionPatch, ConnectionView, NewConnection};
+use crmbridge_control::consent::{AuthorizationStart, Authorized};
+use crmbridge_control::recipes::RecipeParameter;
+use crmbridge_control::runs::ReplayReport;
+use crmbridge_control::tenants::{
     CreatedKey, CreatedTenant, KeyView, NewKey, NewTenant, TenantView,
 };
+use crmbridge_engine::bookkeeping::AutomationRecord;
+use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary, StepRecord, TenantRecord};
 
 use crate::automations::{AutomationList, ReplaySince};
 use crate::connections::{ConnectionList, ConnectionResponse, DeletedConnection};

@@ -17,7 +17,7 @@ pub struct RecipeView {
     /// Role → the app a connection in that role must be.
     pub connections: std::collections::BTreeMap<String, String>,
     /// What the user chooses when instantiating, by name.
-    pub parameters: std::collections::BTreeMap<String, crmbridge_engine::recipes::RecipeParameter>,
+    pub parameters: std::collections::BTreeMap<String, crmbridge_control::recipes::RecipeParameter>,
     #[schema(value_type = Vec<Object>)]
     pub automations: Vec<serde_json::Value>,
 }
@@ -38,8 +38,8 @@ pub(crate) async fn list_recipes(
 ) -> ApiResult<Response> {
     principal(&state, &headers).await?;
     let mut items = Vec::new();
-    for (name, _) in crmbridge_engine::recipes::RECIPES {
-        let recipe = crmbridge_engine::recipes::recipe(name)?;
+    for (name, _) in crmbridge_control::recipes::RECIPES {
+        let recipe = crmbridge_control::recipes::recipe(name)?;
         items.push(RecipeView {
             name: recipe.name,
             description: recipe.description,

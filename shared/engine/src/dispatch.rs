@@ -25,7 +25,7 @@ use crmbridge_store::{StoreError, Write};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::automations::AutomationRecord;
+use crate::bookkeeping::AutomationRecord;
 use crate::links::RecordRef;
 use crate::records::{
     ConnectionRecord, ConnectionSecrets, RunLease, RunRecord, RunStatus, RunSummary, StepRecord,
@@ -243,7 +243,7 @@ impl Engine {
             })
     }
 
-    pub(crate) fn call_context<'a>(
+    pub fn call_context<'a>(
         &'a self,
         connection: &'a OpenConnection,
         idempotency_key: &'a str,
@@ -262,11 +262,7 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn open_connection(
-        &self,
-        tenant: &str,
-        id: &str,
-    ) -> EngineResult<OpenConnection> {
+    pub async fn open_connection(&self, tenant: &str, id: &str) -> EngineResult<OpenConnection> {
         let record = match self.read::<ConnectionRecord>(&keys::connection(id)).await? {
             Some((record, _)) if record.tenant == tenant => record,
             _ => {
@@ -323,7 +319,7 @@ impl Engine {
     /// took it over from a holder that is gone, is the only one calling
     /// vendors for it. Another delivery of the same event meanwhile backs
     /// off (see [`Taken::Busy`]).
-    pub(crate) async fn run_automation(
+    pub async fn run_automation(
         &self,
         event: &Event,
         record: &AutomationRecord,
@@ -497,7 +493,7 @@ impl Engine {
             item: item(keys::run(&run.id), run)?.expiring_at(expires),
             expected: *version,
         }];
-        writes.extend(crate::runs::index_writes(run, expires)?);
+        writes.extend(crate::bookkeeping::index_writes(run, expires)?);
         match self.store.transact(writes).await {
             Ok(()) => {
                 *version += 1;
@@ -938,12 +934,12 @@ impl Engine {
     }
 
     /// Writes a run and its index entry together; `false` if it existed.
-    pub(crate) async fn create_run(&self, run: &RunRecord) -> EngineResult<bool> {
+    pub async fn create_run(&self, run: &RunRecord) -> EngineResult<bool> {
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
         let mut writes = vec![Write::PutIfAbsent(
             item(keys::run(&run.id), run)?.expiring_at(expires),
         )];
-        writes.extend(crate::runs::index_writes(run, expires)?);
+        writes.extend(crate::bookkeeping::index_writes(run, expires)?);
         match self.store.transact(writes).await {
             Ok(()) => Ok(true),
             Err(StoreError::TransactionConflict { index: 0, .. }) => Ok(false),
@@ -1002,7 +998,7 @@ fn may_resend(action: &dyn Action, request: &crmbridge_mapping::RenderedRequest)
 }
 
 /// A connection opened for a run (record + decrypted secrets).
-pub(crate) struct OpenConnection {
+pub struct OpenConnection {
     pub record: ConnectionRecord,
     pub secrets: ConnectionSecrets,
     /// Access tokens, for a connection of an OAuth vendor.

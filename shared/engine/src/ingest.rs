@@ -48,7 +48,7 @@ impl Accepted {
 
 impl Engine {
     /// Looks a connection up and checks the secret token of its URL.
-    pub(crate) async fn authenticate_hook(
+    pub async fn authenticate_hook(
         &self,
         connection: &str,
         token: &str,
@@ -74,10 +74,7 @@ impl Engine {
         Ok((record, secrets))
     }
 
-    pub(crate) fn open_secrets(
-        &self,
-        record: &ConnectionRecord,
-    ) -> EngineResult<ConnectionSecrets> {
+    pub fn open_secrets(&self, record: &ConnectionRecord) -> EngineResult<ConnectionSecrets> {
         let plain = self
             .keyring
             .open(&record.secrets, secrets_aad(&record.id).as_bytes())
@@ -92,7 +89,7 @@ impl Engine {
     }
 
     /// Decodes a delivery into events (no state is touched).
-    pub(crate) fn decode_events(
+    pub fn decode_events(
         &self,
         record: &ConnectionRecord,
         request: &WebhookRequest<'_>,
@@ -157,7 +154,7 @@ impl Engine {
     }
 
     /// Wraps a decoded change in the event envelope.
-    pub(crate) fn envelope(
+    pub fn envelope(
         &self,
         record: &ConnectionRecord,
         decoded: DecodedEvent,
@@ -401,7 +398,7 @@ enum Acceptance {
     InFlight,
 }
 
-pub(crate) fn secrets_aad(connection: &str) -> String {
+pub fn secrets_aad(connection: &str) -> String {
     format!("crmbridge:connection:{connection}")
 }
 

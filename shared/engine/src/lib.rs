@@ -7,8 +7,7 @@
 //! [`Engine`] at start-up and call it per request, which is why the same
 //! behaviour holds on both.
 
-pub mod admin;
-pub mod automations;
+pub mod bookkeeping;
 pub mod dispatch;
 pub mod error;
 pub mod ingest;
@@ -17,11 +16,8 @@ pub mod links;
 pub mod oauth;
 mod payload;
 mod poll;
-pub mod recipes;
 pub mod records;
-pub mod runs;
 pub mod sealed;
-pub mod tenants;
 pub mod tick;
 
 use std::collections::HashMap;
@@ -143,39 +139,55 @@ impl Engine {
     }
 
     /// A lease owner name unique to one attempt of this process.
-    pub(crate) fn lease_owner(&self) -> String {
+    pub fn lease_owner(&self) -> String {
         format!("{}:{}", self.instance, random_id("att"))
     }
 
     /// Whether a lease (or pending acceptance) named `owner` may still have
     /// a live holder: in a sole-worker deployment one left by an earlier
     /// process has none.
-    pub(crate) fn holder_may_live(&self, owner: &str) -> bool {
+    pub fn holder_may_live(&self, owner: &str) -> bool {
         !self.config.sole_worker || owner.split(':').next() == Some(self.instance.as_str())
+    }
+
+    /// The store, for the admin side (the control crate).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The registered vendors.
+    pub fn connectors(&self) -> &Registry {
+        &self.connectors
+    }
+
+    /// The keyring that seals credentials.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// The HTTP stack to vendors.
+    pub fn http(&self) -> &VendorClient {
+        &self.http
     }
 
     /// The event side of an app: what its triggers match and how its
     /// events are completed.
-    pub(crate) fn event_source(
+    pub fn event_source(
         &self,
         app: &str,
     ) -> Option<std::sync::Arc<dyn crmbridge_connectors::EventSource>> {
         self.connectors.get(app).and_then(|v| v.events.clone())
     }
 
-    pub(crate) fn now(&self) -> DateTime<Utc> {
+    pub fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
 
-    pub(crate) async fn read<T: DeserializeOwned>(
+    pub async fn read<T: DeserializeOwned>(
         &self,
         key: &keys::Key,
     ) -> EngineResult<Option<(T, u64)>> {
@@ -190,7 +202,7 @@ impl Engine {
     /// Every item of a partition whose sort key starts with `prefix`, all
     /// pages. For the small indexes (a tenant's keys, connections,
     /// automations; an event kind's triggers), never for runs.
-    pub(crate) async fn query_all(&self, pk: &str, prefix: &str) -> EngineResult<Vec<Item>> {
+    pub async fn query_all(&self, pk: &str, prefix: &str) -> EngineResult<Vec<Item>> {
         let mut items = Vec::new();
         let mut after = None;
         loop {
@@ -207,14 +219,14 @@ impl Engine {
     }
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(item: &Item) -> EngineResult<T> {
+pub fn decode<T: DeserializeOwned>(item: &Item) -> EngineResult<T> {
     serde_json::from_value(item.body.clone()).map_err(|err| EngineError::Corrupt {
         what: format!("{} / {}", item.pk, item.sk),
         message: err.to_string(),
     })
 }
 
-pub(crate) fn item<T: Serialize>(key: keys::Key, body: &T) -> EngineResult<Item> {
+pub fn item<T: Serialize>(key: keys::Key, body: &T) -> EngineResult<Item> {
     let body = serde_json::to_value(body).map_err(|err| EngineError::Corrupt {
         what: format!("{} / {}", key.pk, key.sk),
         message: err.to_string(),
@@ -223,7 +235,7 @@ pub(crate) fn item<T: Serialize>(key: keys::Key, body: &T) -> EngineResult<Item>
 }
 
 /// A random identifier with a readable prefix (`con_…`, `key_…`).
-pub(crate) fn random_id(prefix: &str) -> String {
+pub fn random_id(prefix: &str) -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 12];
     rand::rng().fill_bytes(&mut bytes);
@@ -231,7 +243,7 @@ pub(crate) fn random_id(prefix: &str) -> String {
 }
 
 /// A random secret, URL-safe, 256 bits.
-pub(crate) fn random_secret() -> String {
+pub fn random_secret() -> String {
     use base64::Engine as _;
     use rand::RngCore;
     let mut bytes = [0u8; 32];
@@ -239,7 +251,7 @@ pub(crate) fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-pub(crate) fn sha256_hex(text: &str) -> String {
+pub fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(text.as_bytes()))
 }

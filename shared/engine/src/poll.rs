@@ -25,7 +25,7 @@ use crmbridge_store::{PutOutcome, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::automations::PollSource;
+use crate::bookkeeping::PollSource;
 use crate::dispatch::Dispatched;
 use crate::{Engine, EngineError, EngineResult, item, keys};
 
@@ -62,7 +62,7 @@ fn nothing() -> Dispatched {
 }
 
 impl Engine {
-    pub(crate) async fn poll_requested(
+    pub async fn poll_requested(
         &self,
         request: &crmbridge_mapping::Event,
     ) -> EngineResult<Dispatched> {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use crmbridge_mapping::{Event, EventId, Subject};
 use crmbridge_store::Query;
 
-use crate::automations::PollSource;
+use crate::bookkeeping::PollSource;
 use crate::records::TickRecord;
 use crate::{Engine, EngineResult, decode, item, keys};
 

@@ -18,8 +18,8 @@ use crmbridge_store::{StoreError, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{Principal, new_api_key};
-use crate::records::{KeyIndexEntry, Role, TenantRecord};
-use crate::{
+use crmbridge_engine::records::{KeyIndexEntry, Role, TenantRecord};
+use crmbridge_engine::{
     Engine, EngineError, EngineResult, FieldError, decode, item, keys, random_id, sha256_hex,
 };
 
@@ -75,51 +75,39 @@ pub struct TenantView {
     pub key_id: String,
 }
 
-impl Engine {
-    /// Writes a new key for a tenant: the record by hash, the index by id.
-    fn key_writes(&self, tenant: &str, role: Role) -> EngineResult<(CreatedKey, Vec<Write>)> {
-        let (secret, record) = new_api_key(tenant, role, self.now());
-        let hash = sha256_hex(&secret);
-        let writes = vec![
-            Write::PutIfAbsent(item(keys::api_key(&hash), &record)?),
-            Write::PutIfAbsent(item(
-                keys::tenant_key_index(tenant, &record.id),
-                &KeyIndexEntry {
-                    key: record.clone(),
-                    secret_hash: Some(hash),
-                },
-            )?),
-        ];
-        Ok((
-            CreatedKey {
-                id: record.id,
-                tenant: record.tenant,
-                role: record.role,
-                created_at: record.created_at,
-                key: secret,
-            },
-            writes,
-        ))
-    }
+/// What the admin API does here (implemented by [`Engine`]; import
+/// `crmbridge_control::prelude::*`).
+pub trait Tenants {
+    async fn create_key(&self, who: &Principal, new: NewKey) -> EngineResult<CreatedKey>;
 
-    pub async fn create_key(&self, who: &Principal, new: NewKey) -> EngineResult<CreatedKey> {
+    async fn list_keys(&self, who: &Principal) -> EngineResult<Vec<KeyView>>;
+
+    /// Revokes a key at once. The last owner key of a tenant cannot go.
+    ///
+    /// "Another owner key remains" is part of the same transaction as the
+    /// deletion: it rewrites one other owner key's index entry on its
+    /// version (a condition that fails if that key is revoked meanwhile).
+    /// Two owners revoking each other at once: one transaction commits, the
+    /// other's condition fails, and it is answered 409 after a fresh look.
+    async fn delete_key(&self, who: &Principal, id: &str) -> EngineResult<()>;
+
+    async fn current_tenant(&self, who: &Principal) -> EngineResult<TenantView>;
+
+    /// Creates a tenant and its first owner key (see the module docs for
+    /// who may).
+    async fn create_tenant(&self, who: &Principal, new: NewTenant) -> EngineResult<CreatedTenant>;
+}
+
+impl Tenants for Engine {
+    async fn create_key(&self, who: &Principal, new: NewKey) -> EngineResult<CreatedKey> {
         who.require_role(Role::Owner, "manage API keys")?;
         let (created, writes) = self.key_writes(&who.tenant, new.role)?;
-        self.store.transact(writes).await?;
+        self.store().transact(writes).await?;
         tracing::info!(tenant = %who.tenant, key_id = %created.id, role = ?created.role, "API key created");
         Ok(created)
     }
 
-    async fn key_entries(&self, tenant: &str) -> EngineResult<Vec<KeyIndexEntry>> {
-        Ok(self
-            .key_items(tenant)
-            .await?
-            .into_iter()
-            .map(|(entry, _)| entry)
-            .collect())
-    }
-
-    pub async fn list_keys(&self, who: &Principal) -> EngineResult<Vec<KeyView>> {
+    async fn list_keys(&self, who: &Principal) -> EngineResult<Vec<KeyView>> {
         who.require_role(Role::Owner, "manage API keys")?;
         Ok(self
             .key_entries(&who.tenant)
@@ -134,14 +122,7 @@ impl Engine {
             .collect())
     }
 
-    /// Revokes a key at once. The last owner key of a tenant cannot go.
-    ///
-    /// "Another owner key remains" is part of the same transaction as the
-    /// deletion: it rewrites one other owner key's index entry on its
-    /// version (a condition that fails if that key is revoked meanwhile).
-    /// Two owners revoking each other at once: one transaction commits, the
-    /// other's condition fails, and it is answered 409 after a fresh look.
-    pub async fn delete_key(&self, who: &Principal, id: &str) -> EngineResult<()> {
+    async fn delete_key(&self, who: &Principal, id: &str) -> EngineResult<()> {
         who.require_role(Role::Owner, "manage API keys")?;
         for _ in 0..5 {
             let entries = self.key_items(&who.tenant).await?;
@@ -185,7 +166,7 @@ impl Engine {
                     expected: *version,
                 });
             }
-            match self.store.transact(writes).await {
+            match self.store().transact(writes).await {
                 Ok(()) => {
                     tracing::info!(tenant = %who.tenant, key_id = %id, "API key revoked");
                     return Ok(());
@@ -201,17 +182,7 @@ impl Engine {
         ))
     }
 
-    /// The tenant's key index entries with their versions.
-    async fn key_items(&self, tenant: &str) -> EngineResult<Vec<(KeyIndexEntry, u64)>> {
-        let (pk, prefix) = keys::tenant_keys(tenant);
-        self.query_all(&pk, prefix)
-            .await?
-            .iter()
-            .map(|item| Ok((decode::<KeyIndexEntry>(item)?, item.version)))
-            .collect()
-    }
-
-    pub async fn current_tenant(&self, who: &Principal) -> EngineResult<TenantView> {
+    async fn current_tenant(&self, who: &Principal) -> EngineResult<TenantView> {
         let (tenant, _) = self
             .read::<TenantRecord>(&keys::tenant(&who.tenant))
             .await?
@@ -228,16 +199,10 @@ impl Engine {
         })
     }
 
-    /// Creates a tenant and its first owner key (see the module docs for
-    /// who may).
-    pub async fn create_tenant(
-        &self,
-        who: &Principal,
-        new: NewTenant,
-    ) -> EngineResult<CreatedTenant> {
+    async fn create_tenant(&self, who: &Principal, new: NewTenant) -> EngineResult<CreatedTenant> {
         who.require_role(Role::Owner, "create tenants")?;
         let operator = self
-            .store
+            .store()
             .get(&keys::bootstrap().pk, &keys::bootstrap().sk)
             .await?
             .and_then(|item| item.body["tenant"].as_str().map(str::to_owned));
@@ -261,9 +226,65 @@ impl Engine {
         let (owner_key, key_writes) = self.key_writes(&tenant.id, Role::Owner)?;
         let mut writes = vec![Write::PutIfAbsent(item(keys::tenant(&tenant.id), &tenant)?)];
         writes.extend(key_writes);
-        self.store.transact(writes).await?;
+        self.store().transact(writes).await?;
         tracing::info!(by = %who.tenant, tenant = %tenant.id, "tenant created");
         Ok(CreatedTenant { tenant, owner_key })
+    }
+}
+
+/// Helpers of [`Tenants`] shared inside this crate.
+pub(crate) trait TenantsInternal {
+    /// Writes a new key for a tenant: the record by hash, the index by id.
+    fn key_writes(&self, tenant: &str, role: Role) -> EngineResult<(CreatedKey, Vec<Write>)>;
+
+    async fn key_entries(&self, tenant: &str) -> EngineResult<Vec<KeyIndexEntry>>;
+
+    /// The tenant's key index entries with their versions.
+    async fn key_items(&self, tenant: &str) -> EngineResult<Vec<(KeyIndexEntry, u64)>>;
+}
+
+impl TenantsInternal for Engine {
+    fn key_writes(&self, tenant: &str, role: Role) -> EngineResult<(CreatedKey, Vec<Write>)> {
+        let (secret, record) = new_api_key(tenant, role, self.now());
+        let hash = sha256_hex(&secret);
+        let writes = vec![
+            Write::PutIfAbsent(item(keys::api_key(&hash), &record)?),
+            Write::PutIfAbsent(item(
+                keys::tenant_key_index(tenant, &record.id),
+                &KeyIndexEntry {
+                    key: record.clone(),
+                    secret_hash: Some(hash),
+                },
+            )?),
+        ];
+        Ok((
+            CreatedKey {
+                id: record.id,
+                tenant: record.tenant,
+                role: record.role,
+                created_at: record.created_at,
+                key: secret,
+            },
+            writes,
+        ))
+    }
+
+    async fn key_entries(&self, tenant: &str) -> EngineResult<Vec<KeyIndexEntry>> {
+        Ok(self
+            .key_items(tenant)
+            .await?
+            .into_iter()
+            .map(|(entry, _)| entry)
+            .collect())
+    }
+
+    async fn key_items(&self, tenant: &str) -> EngineResult<Vec<(KeyIndexEntry, u64)>> {
+        let (pk, prefix) = keys::tenant_keys(tenant);
+        self.query_all(&pk, prefix)
+            .await?
+            .iter()
+            .map(|item| Ok((decode::<KeyIndexEntry>(item)?, item.version)))
+            .collect()
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crmbridge_bus::{Bus, BusError, EventHandler, HandlerError, OutboxBus, OutboxConfig};
 use crmbridge_connectors::Registry;
-use crmbridge_engine::admin::{NewConnection, Principal};
+use crmbridge_control::admin::{NewConnection, Principal};
+use crmbridge_control::prelude::*;
 use crmbridge_engine::ingest::WebhookRequest;
 use crmbridge_engine::records::{Role, RunStatus};
 use crmbridge_engine::{Engine, EngineConfig, EngineError, Keyring};
@@ -222,8 +223,8 @@ mod cases {
     use super::*;
 
     pub async fn keys_tenants_and_connection_updates(h: Harness) {
-        use crmbridge_engine::admin::ConnectionPatch;
-        use crmbridge_engine::tenants::{NewKey, NewTenant};
+        use crmbridge_control::admin::ConnectionPatch;
+        use crmbridge_control::tenants::{NewKey, NewTenant};
         let owner = h.owner().await;
         let admin_key = h
             .engine
@@ -347,7 +348,7 @@ mod cases {
     }
 
     pub async fn runs_are_filtered_by_status_and_time(h: Harness) {
-        use crmbridge_engine::runs::RunFilter;
+        use crmbridge_control::runs::RunFilter;
         let owner = h.owner().await;
         let (conn, token) = h.connection(&owner).await;
         let start = chrono::Utc::now();
@@ -565,7 +566,7 @@ mod cases {
             .engine
             .list_runs(
                 &owner,
-                crmbridge_engine::runs::RunFilter {
+                crmbridge_control::runs::RunFilter {
                     limit: 50,
                     ..Default::default()
                 },
@@ -653,7 +654,7 @@ mod cases {
             h.engine
                 .list_runs(
                     &stranger,
-                    crmbridge_engine::runs::RunFilter {
+                    crmbridge_control::runs::RunFilter {
                         limit: 50,
                         ..Default::default()
                     }
@@ -687,7 +688,7 @@ mod cases {
             h.engine
                 .list_runs(
                     &viewer,
-                    crmbridge_engine::runs::RunFilter {
+                    crmbridge_control::runs::RunFilter {
                         limit: 50,
                         ..Default::default()
                     }
@@ -786,7 +787,7 @@ mod cases {
             h.engine
                 .list_runs(
                     &owner,
-                    crmbridge_engine::runs::RunFilter {
+                    crmbridge_control::runs::RunFilter {
                         limit: 10,
                         ..Default::default()
                     }

@@ -9,7 +9,7 @@ use crmbridge_mapping::Automation;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{EngineError, EngineResult, FieldError};
+use crmbridge_engine::{EngineError, EngineResult, FieldError};
 
 /// Every recipe file, by name.
 pub const RECIPES: &[(&str, &str)] = &[

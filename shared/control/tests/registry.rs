@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crmbridge_connectors::{Registry, vendors};
-use crmbridge_engine::recipes::RECIPES;
+use crmbridge_control::recipes::RECIPES;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -25,7 +25,8 @@ use crmbridge_connectors::{
     Account, Action, ActionError, ActionOutput, CallContext, Registry, Resend, SettingsError,
     Vendor, VendorError, VendorSettings,
 };
-use crmbridge_engine::admin::{NewConnection, Principal};
+use crmbridge_control::admin::{NewConnection, Principal};
+use crmbridge_control::prelude::*;
 use crmbridge_engine::records::RunStatus;
 use crmbridge_engine::{Engine, EngineConfig, EngineError, Keyring};
 use crmbridge_fakes::oauth::{FakeOAuth, OAuthConfig};
@@ -568,7 +569,7 @@ async fn a_refused_refresh_needs_reauthorization_and_stops_token_calls(dynamo: b
 
     // A new refresh token pasted: working again.
     let fresh = h.oauth.issue_refresh_token();
-    let patch: crmbridge_engine::admin::ConnectionPatch =
+    let patch: crmbridge_control::admin::ConnectionPatch =
         serde_json::from_value(json!({"credentials": {"refresh_token": fresh}})).unwrap();
     let view = h
         .engine

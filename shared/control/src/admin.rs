@@ -11,11 +11,11 @@ use chrono::{DateTime, Utc};
 use crmbridge_store::{StoreError, Write};
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::secrets_aad;
-use crate::records::{
+use crmbridge_engine::ingest::secrets_aad;
+use crmbridge_engine::records::{
     ApiKeyRecord, ConnectionRecord, ConnectionSecrets, KeyIndexEntry, Role, TenantRecord,
 };
-use crate::{
+use crmbridge_engine::{
     Engine, EngineError, EngineResult, FieldError, item, keys, random_id, random_secret, sha256_hex,
 };
 
@@ -119,10 +119,50 @@ pub struct Listing<T> {
     pub next_cursor: Option<String>,
 }
 
-impl Engine {
+/// What the admin API does here (implemented by [`Engine`]; import
+/// `crmbridge_control::prelude::*`).
+pub trait Admin {
     /// Creates the first tenant and its owner key, once per deployment.
     /// Returns `None` when the deployment was bootstrapped before.
-    pub async fn bootstrap(&self, tenant_name: &str) -> EngineResult<Option<Bootstrapped>> {
+    async fn bootstrap(&self, tenant_name: &str) -> EngineResult<Option<Bootstrapped>>;
+
+    /// Resolves `Authorization: Bearer <key>`.
+    async fn authenticate(&self, authorization: Option<&str>) -> EngineResult<Principal>;
+
+    async fn create_connection(
+        &self,
+        who: &Principal,
+        new: NewConnection,
+    ) -> EngineResult<ConnectionView>;
+
+    /// Changes a connection (see [`ConnectionPatch`]); nothing is written
+    /// unless every part of the change is valid.
+    async fn update_connection(
+        &self,
+        who: &Principal,
+        id: &str,
+        patch: ConnectionPatch,
+    ) -> EngineResult<ConnectionView>;
+
+    async fn get_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionView>;
+
+    async fn list_connections(&self, who: &Principal) -> EngineResult<Vec<ConnectionView>>;
+
+    /// Tries the connection's credentials against the vendor (NetHunt's
+    /// auth-test, Worksection's project list).
+    async fn check_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionCheck>;
+
+    /// What the connection's account holds that automations name (NetHunt
+    /// folders, fields and suggested values; Worksection projects), live.
+    async fn connection_catalog(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> EngineResult<serde_json::Value>;
+}
+
+impl Admin for Engine {
+    async fn bootstrap(&self, tenant_name: &str) -> EngineResult<Option<Bootstrapped>> {
         let now = self.now();
         let tenant = TenantRecord {
             id: random_id("ten"),
@@ -145,7 +185,7 @@ impl Engine {
                 },
             )?),
         ];
-        match self.store.transact(writes).await {
+        match self.store().transact(writes).await {
             Ok(()) => {
                 tracing::info!(tenant = %tenant.id, key_id = %key_record.id, "bootstrapped the first tenant");
                 Ok(Some(Bootstrapped { tenant, owner_key }))
@@ -155,8 +195,7 @@ impl Engine {
         }
     }
 
-    /// Resolves `Authorization: Bearer <key>`.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> EngineResult<Principal> {
+    async fn authenticate(&self, authorization: Option<&str>) -> EngineResult<Principal> {
         let key = authorization
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
@@ -177,7 +216,7 @@ impl Engine {
         })
     }
 
-    pub async fn create_connection(
+    async fn create_connection(
         &self,
         who: &Principal,
         new: NewConnection,
@@ -191,19 +230,19 @@ impl Engine {
                 message: "must be 1 to 200 characters".into(),
             });
         }
-        match self.connectors.get(&new.app) {
+        match self.connectors().get(&new.app) {
             None => errors.push(FieldError {
                 field: "app".into(),
                 message: format!(
                     "unknown app '{}'; known: {}",
                     new.app,
-                    self.connectors.apps().collect::<Vec<_>>().join(", ")
+                    self.connectors().apps().collect::<Vec<_>>().join(", ")
                 ),
             }),
             Some(connector) => {
                 if let Err(problems) = connector
                     .settings
-                    .validate_settings(&new.settings, self.config.allow_any_base_url)
+                    .validate_settings(&new.settings, self.config().allow_any_base_url)
                 {
                     errors.extend(problems.into_iter().map(|p| FieldError {
                         field: if p.field.is_empty() {
@@ -243,11 +282,11 @@ impl Engine {
             name: name.to_owned(),
             settings: new.settings,
             credential_names: secrets.credentials.keys().cloned().collect(),
-            secrets: self.keyring.seal(&plain, secrets_aad(&id).as_bytes()),
+            secrets: self.keyring().seal(&plain, secrets_aad(&id).as_bytes()),
             created_at: self.now(),
         };
         let index = serde_json::json!({"id": id, "app": record.app, "name": record.name});
-        self.store
+        self.store()
             .transact(vec![
                 Write::PutIfAbsent(item(keys::connection(&id), &record)?),
                 Write::Put(item(
@@ -260,23 +299,7 @@ impl Engine {
         Ok(view(&record, &secrets))
     }
 
-    pub(crate) async fn own_connection(
-        &self,
-        who: &Principal,
-        id: &str,
-    ) -> EngineResult<ConnectionRecord> {
-        match self.read::<ConnectionRecord>(&keys::connection(id)).await? {
-            Some((record, _)) if record.tenant == who.tenant => Ok(record),
-            _ => Err(EngineError::NotFound {
-                what: "connection",
-                id: id.to_owned(),
-            }),
-        }
-    }
-
-    /// Changes a connection (see [`ConnectionPatch`]); nothing is written
-    /// unless every part of the change is valid.
-    pub async fn update_connection(
+    async fn update_connection(
         &self,
         who: &Principal,
         id: &str,
@@ -319,10 +342,10 @@ impl Engine {
         if let Some(settings) = &patch.settings {
             if settings.is_object() {
                 merge_patch(&mut record.settings, settings);
-                if let Some(connector) = self.connectors.get(&record.app)
+                if let Some(connector) = self.connectors().get(&record.app)
                     && let Err(problems) = connector
                         .settings
-                        .validate_settings(&record.settings, self.config.allow_any_base_url)
+                        .validate_settings(&record.settings, self.config().allow_any_base_url)
                 {
                     errors.extend(problems.into_iter().map(|p| FieldError {
                         field: if p.field.is_empty() {
@@ -366,10 +389,10 @@ impl Engine {
             message: err.to_string(),
         })?;
         record.credential_names = secrets.credentials.keys().cloned().collect();
-        record.secrets = self.keyring.seal(&plain, secrets_aad(id).as_bytes());
+        record.secrets = self.keyring().seal(&plain, secrets_aad(id).as_bytes());
         let index = serde_json::json!({"id": id, "app": record.app, "name": record.name});
         let result = self
-            .store
+            .store()
             .transact(vec![
                 Write::UpdateIfVersion {
                     item: item(key, &record)?,
@@ -402,7 +425,7 @@ impl Engine {
         Ok(view)
     }
 
-    pub async fn get_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionView> {
+    async fn get_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionView> {
         who.require_role(Role::Admin, "read connections")?;
         let record = self.own_connection(who, id).await?;
         let secrets = self.open_secrets(&record)?;
@@ -411,7 +434,7 @@ impl Engine {
         Ok(view)
     }
 
-    pub async fn list_connections(&self, who: &Principal) -> EngineResult<Vec<ConnectionView>> {
+    async fn list_connections(&self, who: &Principal) -> EngineResult<Vec<ConnectionView>> {
         who.require_role(Role::Admin, "list connections")?;
         let (pk, prefix) = keys::tenant_connections(&who.tenant);
         let mut views = Vec::new();
@@ -420,6 +443,161 @@ impl Engine {
             views.push(self.get_connection(who, id).await?);
         }
         Ok(views)
+    }
+
+    async fn check_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionCheck> {
+        who.require_role(Role::Admin, "check connections")?;
+        self.own_connection(who, id).await?;
+        let (open, vendor) = self.open_with_vendor(&who.tenant, id).await?;
+        let Some(account) = &vendor.account else {
+            return Err(EngineError::bad_request(
+                "id",
+                format!("{} connections cannot be checked", vendor.app),
+            ));
+        };
+        let key = format!("check/{id}");
+        let ctx = self.call_context(&open, &key);
+        Ok(match account.check(&ctx).await {
+            Ok(account) => ConnectionCheck {
+                ok: true,
+                account: Some(account),
+                error: None,
+                transient: false,
+            },
+            Err(err) => ConnectionCheck {
+                ok: false,
+                account: None,
+                transient: err.is_transient(),
+                error: Some(err.to_string()),
+            },
+        })
+    }
+
+    async fn connection_catalog(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> EngineResult<serde_json::Value> {
+        who.require_role(Role::Admin, "read connections")?;
+        self.own_connection(who, id).await?;
+        let (open, vendor) = self.open_with_vendor(&who.tenant, id).await?;
+        let Some(catalog) = &vendor.live_catalog else {
+            return Err(EngineError::bad_request(
+                "id",
+                format!(
+                    "{} has no account catalog: its catalog is static",
+                    vendor.app
+                ),
+            ));
+        };
+        let key = format!("catalog/{id}");
+        let ctx = self.call_context(&open, &key);
+        catalog
+            .account_catalog(&ctx)
+            .await
+            .map_err(|err| EngineError::Action {
+                what: format!("reading the account of connection {id}"),
+                transient: err.is_transient(),
+                message: err.to_string(),
+            })
+    }
+}
+
+/// Helpers of [`Admin`] shared inside this crate.
+pub(crate) trait AdminInternal {
+    async fn own_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionRecord>;
+
+    /// A connection opened for a vendor call, with its vendor.
+    async fn open_with_vendor(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> EngineResult<(
+        crmbridge_engine::dispatch::OpenConnection,
+        crmbridge_connectors::Vendor,
+    )>;
+
+    /// Checks what an automation names in its connections' accounts (a
+    /// NetHunt folder and field, a Worksection project) against the live
+    /// accounts. A vendor that cannot be asked is an error too: saving an
+    /// automation that may be wrong would only fail later, at 3 a.m.
+    async fn check_against_accounts(
+        &self,
+        who: &Principal,
+        automation: &crmbridge_engine::Automation,
+    ) -> EngineResult<()>;
+}
+
+impl AdminInternal for Engine {
+    async fn own_connection(&self, who: &Principal, id: &str) -> EngineResult<ConnectionRecord> {
+        match self.read::<ConnectionRecord>(&keys::connection(id)).await? {
+            Some((record, _)) if record.tenant == who.tenant => Ok(record),
+            _ => Err(EngineError::NotFound {
+                what: "connection",
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    async fn open_with_vendor(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> EngineResult<(
+        crmbridge_engine::dispatch::OpenConnection,
+        crmbridge_connectors::Vendor,
+    )> {
+        let open = self.open_connection(tenant, id).await?;
+        let vendor = self
+            .connectors()
+            .get(&open.record.app)
+            .cloned()
+            .ok_or_else(|| EngineError::Corrupt {
+                what: format!("connection {id}"),
+                message: format!("no connector for app {}", open.record.app),
+            })?;
+        Ok((open, vendor))
+    }
+
+    async fn check_against_accounts(
+        &self,
+        who: &Principal,
+        automation: &crmbridge_engine::Automation,
+    ) -> EngineResult<()> {
+        let mut ids: Vec<&str> = vec![automation.trigger.connection.as_str()];
+        ids.extend(automation.steps.iter().map(|s| s.connection.as_str()));
+        ids.sort_unstable();
+        ids.dedup();
+        let mut errors = Vec::new();
+        for id in ids {
+            let (open, vendor) = self.open_with_vendor(&who.tenant, id).await?;
+            // A vendor without an account to ask has a static catalog,
+            // already checked.
+            let Some(account) = &vendor.account else {
+                continue;
+            };
+            let key = format!("validate/{id}");
+            let ctx = self.call_context(&open, &key);
+            match account.check_automation(&ctx, automation, id).await {
+                Ok(problems) => errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|(field, message)| FieldError { field, message }),
+                ),
+                Err(err) => {
+                    return Err(EngineError::Action {
+                        what: format!("checking the automation against connection {id}'s account"),
+                        transient: err.is_transient(),
+                        message: err.to_string(),
+                    });
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Invalid(errors))
+        }
     }
 }
 
@@ -483,137 +661,4 @@ pub struct ConnectionCheck {
     pub error: Option<String>,
     /// The vendor was unreachable rather than refusing: try again later.
     pub transient: bool,
-}
-
-impl Engine {
-    /// Tries the connection's credentials against the vendor (NetHunt's
-    /// auth-test, Worksection's project list).
-    pub async fn check_connection(
-        &self,
-        who: &Principal,
-        id: &str,
-    ) -> EngineResult<ConnectionCheck> {
-        who.require_role(Role::Admin, "check connections")?;
-        self.own_connection(who, id).await?;
-        let (open, vendor) = self.open_with_vendor(&who.tenant, id).await?;
-        let Some(account) = &vendor.account else {
-            return Err(EngineError::bad_request(
-                "id",
-                format!("{} connections cannot be checked", vendor.app),
-            ));
-        };
-        let key = format!("check/{id}");
-        let ctx = self.call_context(&open, &key);
-        Ok(match account.check(&ctx).await {
-            Ok(account) => ConnectionCheck {
-                ok: true,
-                account: Some(account),
-                error: None,
-                transient: false,
-            },
-            Err(err) => ConnectionCheck {
-                ok: false,
-                account: None,
-                transient: err.is_transient(),
-                error: Some(err.to_string()),
-            },
-        })
-    }
-
-    /// What the connection's account holds that automations name (NetHunt
-    /// folders, fields and suggested values; Worksection projects), live.
-    pub async fn connection_catalog(
-        &self,
-        who: &Principal,
-        id: &str,
-    ) -> EngineResult<serde_json::Value> {
-        who.require_role(Role::Admin, "read connections")?;
-        self.own_connection(who, id).await?;
-        let (open, vendor) = self.open_with_vendor(&who.tenant, id).await?;
-        let Some(catalog) = &vendor.live_catalog else {
-            return Err(EngineError::bad_request(
-                "id",
-                format!(
-                    "{} has no account catalog: its catalog is static",
-                    vendor.app
-                ),
-            ));
-        };
-        let key = format!("catalog/{id}");
-        let ctx = self.call_context(&open, &key);
-        catalog
-            .account_catalog(&ctx)
-            .await
-            .map_err(|err| EngineError::Action {
-                what: format!("reading the account of connection {id}"),
-                transient: err.is_transient(),
-                message: err.to_string(),
-            })
-    }
-
-    /// A connection opened for a vendor call, with its vendor.
-    async fn open_with_vendor(
-        &self,
-        tenant: &str,
-        id: &str,
-    ) -> EngineResult<(
-        crate::dispatch::OpenConnection,
-        crmbridge_connectors::Vendor,
-    )> {
-        let open = self.open_connection(tenant, id).await?;
-        let vendor = self
-            .connectors
-            .get(&open.record.app)
-            .cloned()
-            .ok_or_else(|| EngineError::Corrupt {
-                what: format!("connection {id}"),
-                message: format!("no connector for app {}", open.record.app),
-            })?;
-        Ok((open, vendor))
-    }
-
-    /// Checks what an automation names in its connections' accounts (a
-    /// NetHunt folder and field, a Worksection project) against the live
-    /// accounts. A vendor that cannot be asked is an error too: saving an
-    /// automation that may be wrong would only fail later, at 3 a.m.
-    pub(crate) async fn check_against_accounts(
-        &self,
-        who: &Principal,
-        automation: &crate::Automation,
-    ) -> EngineResult<()> {
-        let mut ids: Vec<&str> = vec![automation.trigger.connection.as_str()];
-        ids.extend(automation.steps.iter().map(|s| s.connection.as_str()));
-        ids.sort_unstable();
-        ids.dedup();
-        let mut errors = Vec::new();
-        for id in ids {
-            let (open, vendor) = self.open_with_vendor(&who.tenant, id).await?;
-            // A vendor without an account to ask has a static catalog,
-            // already checked.
-            let Some(account) = &vendor.account else {
-                continue;
-            };
-            let key = format!("validate/{id}");
-            let ctx = self.call_context(&open, &key);
-            match account.check_automation(&ctx, automation, id).await {
-                Ok(problems) => errors.extend(
-                    problems
-                        .into_iter()
-                        .map(|(field, message)| FieldError { field, message }),
-                ),
-                Err(err) => {
-                    return Err(EngineError::Action {
-                        what: format!("checking the automation against connection {id}'s account"),
-                        transient: err.is_transient(),
-                        message: err.to_string(),
-                    });
-                }
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(EngineError::Invalid(errors))
-        }
-    }
 }

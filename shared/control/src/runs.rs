@@ -16,48 +16,21 @@
 //! connection. A replay answers with the run as it stands afterwards, which
 //! may be failed again (the error is in its steps).
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use crmbridge_store::{Query, Write};
 use serde::Serialize;
 
 use crate::admin::{Listing, Principal};
-use crate::records::{Role, RunRecord, RunStatus, RunSummary, StepStatus};
-use crate::{Engine, EngineError, EngineResult, decode, item, keys};
+use crate::automations::{Automations as _, PLAIN_ID_RULE, is_plain_id};
+use crmbridge_engine::bookkeeping::{index_writes, sort_time};
+use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary, StepStatus};
+use crmbridge_engine::{Engine, EngineError, EngineResult, decode, item, keys};
 
 /// The most index entries one listing reads before it returns a short page
 /// with a cursor (a selective status filter must not scan forever).
 const MAX_SCANNED: usize = 2000;
 /// The most runs one automation replay handles; `more` says to call again.
 pub const MAX_REPLAYED: usize = 100;
-
-/// The sort-key form of a time: fixed width, so it sorts as it compares.
-pub(crate) fn sort_time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// The index entries of a run (tenant and automation), for the same
-/// transaction that writes the run.
-pub(crate) fn index_writes(run: &RunRecord, expires: i64) -> EngineResult<Vec<Write>> {
-    let created_at = sort_time(run.created_at);
-    let summary = RunSummary::from(run);
-    let mut writes = vec![Write::Put(
-        item(
-            keys::tenant_run_index(&run.tenant, &created_at, &run.id),
-            &summary,
-        )?
-        .expiring_at(expires),
-    )];
-    if let Some(automation) = &run.automation {
-        writes.push(Write::Put(
-            item(
-                keys::automation_run_index(&run.tenant, automation, &created_at, &run.id),
-                &summary,
-            )?
-            .expiring_at(expires),
-        ));
-    }
-    Ok(writes)
-}
 
 /// What to list. `since` is inclusive, `until` exclusive.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,9 +65,33 @@ pub struct ReplayReport {
     pub more: bool,
 }
 
-impl Engine {
+/// What the admin API does here (implemented by [`Engine`]; import
+/// `crmbridge_control::prelude::*`).
+pub trait Runs {
     /// Lists the caller's runs, newest first.
-    pub async fn list_runs(
+    async fn list_runs(
+        &self,
+        who: &Principal,
+        filter: RunFilter,
+    ) -> EngineResult<Listing<RunSummary>>;
+
+    async fn get_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord>;
+
+    /// Replays one failed run (see the module docs).
+    async fn replay_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord>;
+
+    /// Replays every failed run of an automation created at or after
+    /// `since`, oldest first, at most [`MAX_REPLAYED`] per call.
+    async fn replay_automation(
+        &self,
+        who: &Principal,
+        automation: &str,
+        since: DateTime<Utc>,
+    ) -> EngineResult<ReplayReport>;
+}
+
+impl Runs for Engine {
+    async fn list_runs(
         &self,
         who: &Principal,
         filter: RunFilter,
@@ -142,7 +139,7 @@ impl Engine {
         let mut scanned = 0;
         loop {
             let page = self
-                .store
+                .store()
                 .query(
                     Query::prefix(pk.clone(), "")
                         .limit(200)
@@ -181,7 +178,7 @@ impl Engine {
         }
     }
 
-    pub async fn get_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord> {
+    async fn get_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord> {
         who.require_role(Role::Viewer, "read runs")?;
         match self.read::<RunRecord>(&keys::run(id)).await? {
             Some((run, _)) if run.tenant == who.tenant => Ok(run),
@@ -192,16 +189,13 @@ impl Engine {
         }
     }
 
-    /// Replays one failed run (see the module docs).
-    pub async fn replay_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord> {
+    async fn replay_run(&self, who: &Principal, id: &str) -> EngineResult<RunRecord> {
         who.require_role(Role::Admin, "replay runs")?;
         let run = self.get_run(who, id).await?;
         self.replay(who, run).await
     }
 
-    /// Replays every failed run of an automation created at or after
-    /// `since`, oldest first, at most [`MAX_REPLAYED`] per call.
-    pub async fn replay_automation(
+    async fn replay_automation(
         &self,
         who: &Principal,
         automation: &str,
@@ -217,7 +211,7 @@ impl Engine {
         let mut start = Some(sort_time(since));
         'pages: loop {
             let page = self
-                .store
+                .store()
                 .query(Query::prefix(pk.clone(), "").limit(200).after(start))
                 .await?;
             for entry in &page.items {
@@ -253,10 +247,24 @@ impl Engine {
         tracing::info!(tenant = %who.tenant, automation, replayed = replayed.len(), more, "automation replayed");
         Ok(ReplayReport { replayed, more })
     }
+}
 
+/// Helpers of [`Runs`] shared inside this crate.
+pub(crate) trait RunsInternal {
     /// Gives a run a fresh budget of attempts, and turns a step that needs
     /// review into one that is sent again: replaying it is the person's
     /// decision that it should be.
+    async fn prepare_replay(&self, id: &str) -> EngineResult<()>;
+
+    fn check_replayable(
+        &self,
+        record: &crmbridge_engine::bookkeeping::AutomationRecord,
+    ) -> EngineResult<()>;
+
+    async fn replay(&self, who: &Principal, run: RunRecord) -> EngineResult<RunRecord>;
+}
+
+impl RunsInternal for Engine {
     async fn prepare_replay(&self, id: &str) -> EngineResult<()> {
         let Some((mut run, version)) = self.read::<RunRecord>(&keys::run(id)).await? else {
             return Err(EngineError::NotFound {
@@ -273,13 +281,13 @@ impl Engine {
                 step.status = StepStatus::Failed;
             }
         }
-        let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
+        let expires = run.created_at.timestamp() + self.config().run_ttl_secs;
         let mut writes = vec![Write::UpdateIfVersion {
             item: item(keys::run(id), &run)?.expiring_at(expires),
             expected: version,
         }];
         writes.extend(index_writes(&run, expires)?);
-        match self.store.transact(writes).await {
+        match self.store().transact(writes).await {
             Ok(()) => Ok(()),
             Err(crmbridge_store::StoreError::TransactionConflict { index: 0, .. }) => {
                 Err(EngineError::conflict(
@@ -291,7 +299,10 @@ impl Engine {
         }
     }
 
-    fn check_replayable(&self, record: &crate::automations::AutomationRecord) -> EngineResult<()> {
+    fn check_replayable(
+        &self,
+        record: &crmbridge_engine::bookkeeping::AutomationRecord,
+    ) -> EngineResult<()> {
         if let Some(reason) = &record.halted {
             return Err(EngineError::conflict(
                 "automation",
@@ -379,15 +390,3 @@ fn check_id(field: &str, id: &str) -> EngineResult<()> {
         Err(EngineError::bad_request(field, PLAIN_ID_RULE))
     }
 }
-
-/// What an automation id may be, everywhere (saving one, filtering runs by
-/// one): ids go into store keys and URLs, so they stay plain ASCII.
-pub(crate) fn is_plain_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 200
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-pub(crate) const PLAIN_ID_RULE: &str = "must be 1 to 200 letters, digits, '-', '_' or '.'";

@@ -16,10 +16,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crmbridge_bus::{EventHandler, HandlerError, OutboxBus, OutboxConfig};
 use crmbridge_connectors::Registry;
-use crmbridge_engine::admin::{NewConnection, Principal};
+use crmbridge_control::admin::{NewConnection, Principal};
+use crmbridge_control::prelude::*;
+use crmbridge_control::tenants::{NewKey, NewTenant};
 use crmbridge_engine::ingest::WebhookRequest;
 use crmbridge_engine::records::{Role, RunStatus, StepStatus};
-use crmbridge_engine::tenants::{NewKey, NewTenant};
 use crmbridge_engine::{Automation, Engine, EngineConfig, EngineError, Keyring};
 use crmbridge_fakes::Fault;
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
@@ -559,7 +560,7 @@ async fn runs_that_keep_failing_halt_their_automation_and_replay_after_enabling(
         .engine
         .list_runs(
             &who,
-            crmbridge_engine::runs::RunFilter {
+            crmbridge_control::runs::RunFilter {
                 automation: Some("poisoned".into()),
                 limit: 50,
                 ..Default::default()
@@ -759,7 +760,7 @@ async fn automation_ids_are_plain_everywhere(h: Harness) {
             .engine
             .list_runs(
                 &who,
-                crmbridge_engine::runs::RunFilter {
+                crmbridge_control::runs::RunFilter {
                     automation: Some(id.to_owned()),
                     ..Default::default()
                 },

@@ -1,0 +1,254 @@
+//! What the pipeline keeps about automations and runs: the stored
+//! automation and its poll source, the automations an event triggers, the
+//! failure streak that halts an automation and its health, and the run
+//! indexes written with every run. The admin API (the control crate) writes
+//! automations; this side only reads them and records what runs did.
+
+use chrono::{DateTime, Utc};
+use crmbridge_mapping::Automation;
+use crmbridge_store::{StoreError, Write};
+use serde::{Deserialize, Serialize};
+
+use crate::records::{RunRecord, RunSummary};
+use crate::{Engine, EngineError, EngineResult, decode, item, keys};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AutomationRecord {
+    pub tenant: String,
+    /// The automation document (see recipes/ and DESIGN.md "Automations").
+    #[schema(value_type = Object)]
+    pub automation: Automation,
+    /// Why the automation cannot run right now (a connection missing, a
+    /// project archived…), or `None` when it is healthy.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// Runs that failed for good in a row (a success resets it).
+    #[serde(default)]
+    pub failure_streak: u32,
+    /// Set when the failure streak reached the automation's threshold: its
+    /// events are recorded as failed runs without being run, until it is
+    /// enabled again (then they can be replayed). Says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An index entry pointing at an automation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutomationRef {
+    pub tenant: String,
+    pub automation: String,
+}
+
+/// A source whose trigger must be polled: `{connection}#{kind}`, narrowed
+/// by the connector's poll scope (NetHunt: one folder and field).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollSource {
+    pub tenant: String,
+    pub connection: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub scope: serde_json::Value,
+}
+
+impl PollSource {
+    /// A short stable tag of the scope, for keys ("" without a scope).
+    pub fn scope_tag(&self) -> String {
+        scope_tag(&self.scope)
+    }
+
+    pub fn name(&self) -> String {
+        keys::source_name(&self.connection, &self.kind, &self.scope_tag())
+    }
+}
+
+pub fn scope_tag(scope: &serde_json::Value) -> String {
+    if scope.is_null() {
+        String::new()
+    } else {
+        // serde_json maps are sorted: the text is canonical.
+        crate::sha256_hex(&scope.to_string())[..16].to_owned()
+    }
+}
+
+/// At most `max` characters of `text` (a reason kept in a record).
+fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// The index entries of a run (tenant and automation), for the same
+/// transaction that writes the run.
+pub fn index_writes(run: &RunRecord, expires: i64) -> EngineResult<Vec<Write>> {
+    let created_at = sort_time(run.created_at);
+    let summary = RunSummary::from(run);
+    let mut writes = vec![Write::Put(
+        item(
+            keys::tenant_run_index(&run.tenant, &created_at, &run.id),
+            &summary,
+        )?
+        .expiring_at(expires),
+    )];
+    if let Some(automation) = &run.automation {
+        writes.push(Write::Put(
+            item(
+                keys::automation_run_index(&run.tenant, automation, &created_at, &run.id),
+                &summary,
+            )?
+            .expiring_at(expires),
+        ));
+    }
+    Ok(writes)
+}
+
+/// The sort-key form of a time: fixed width, so it sorts as it compares.
+pub fn sort_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+impl Engine {
+    pub fn app_of<'a>(&self, id: &'a str) -> &'a str {
+        id.split('.').next().unwrap_or_default()
+    }
+
+    /// The poll source an automation's trigger reads from.
+    pub fn poll_source_of(&self, record: &AutomationRecord) -> PollSource {
+        let trigger = &record.automation.trigger;
+        let scope = self
+            .connectors
+            .get(self.app_of(&trigger.event))
+            .and_then(|vendor| vendor.poller.as_ref())
+            .map_or(serde_json::Value::Null, |poller| {
+                poller.poll_scope(&trigger.event, &trigger.options)
+            });
+        PollSource {
+            tenant: record.tenant.clone(),
+            connection: trigger.connection.clone(),
+            kind: trigger.event.clone(),
+            scope,
+        }
+    }
+
+    /// The enabled automations an event triggers.
+    pub async fn automations_for(
+        &self,
+        connection: &str,
+        kind: &str,
+    ) -> EngineResult<Vec<AutomationRecord>> {
+        let (pk, prefix) = keys::triggers(connection, kind);
+        let mut found = Vec::new();
+        for entry in self.query_all(&pk, prefix).await? {
+            let reference: AutomationRef = decode(&entry)?;
+            if let Some((record, _)) = self
+                .read::<AutomationRecord>(&keys::automation(
+                    &reference.tenant,
+                    &reference.automation,
+                ))
+                .await?
+                && record.automation.enabled
+            {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Counts a run that failed for good; at the threshold the automation
+    /// is halted, its health saying why.
+    pub async fn note_failure(&self, record: &AutomationRecord, outcome: &str) -> EngineResult<()> {
+        let threshold = record
+            .automation
+            .halt_after
+            .unwrap_or(self.config.halt_after_failures);
+        let updated = self
+            .update_automation(&record.tenant, &record.automation.id, |current| {
+                if current.halted.is_some() {
+                    return false;
+                }
+                current.failure_streak += 1;
+                if threshold > 0 && current.failure_streak >= threshold {
+                    let reason = format!(
+                        "{} runs in a row failed; the last: {}",
+                        current.failure_streak,
+                        truncate_chars(outcome, 300)
+                    );
+                    current.health = Some(format!("halted: {reason}"));
+                    current.halted = Some(reason);
+                }
+                true
+            })
+            .await?;
+        if let Some(reason) = updated.and_then(|r| r.halted) {
+            tracing::warn!(tenant = %record.tenant, automation = %record.automation.id, reason = %reason, "automation halted");
+        }
+        Ok(())
+    }
+
+    /// A run succeeded: whatever was wrong is fixed.
+    pub async fn clear_failures(&self, tenant: &str, id: &str) -> EngineResult<()> {
+        self.update_automation(tenant, id, |record| {
+            if record.halted.is_some() || (record.health.is_none() && record.failure_streak == 0) {
+                return false;
+            }
+            record.health = None;
+            record.failure_streak = 0;
+            true
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Marks an automation's health (e.g. "project archived"); `None` = ok.
+    pub async fn set_health(
+        &self,
+        tenant: &str,
+        id: &str,
+        health: Option<String>,
+    ) -> EngineResult<()> {
+        self.update_automation(tenant, id, |record| {
+            if record.health == health {
+                return false;
+            }
+            record.health = health.clone();
+            true
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Read, change, conditional write, again on a conflict: the record's
+    /// bookkeeping (health, failure streak) changes under concurrent runs
+    /// and admin saves. `change` says whether it changed anything; the
+    /// record as written is returned (`None` if nothing was written).
+    pub async fn update_automation(
+        &self,
+        tenant: &str,
+        id: &str,
+        change: impl Fn(&mut AutomationRecord) -> bool,
+    ) -> EngineResult<Option<AutomationRecord>> {
+        let key = keys::automation(tenant, id);
+        for _ in 0..10 {
+            let Some((mut record, version)) = self.read::<AutomationRecord>(&key).await? else {
+                return Ok(None);
+            };
+            if !change(&mut record) {
+                return Ok(None);
+            }
+            match self
+                .store
+                .update_if_version(item(key.clone(), &record)?, version)
+                .await
+            {
+                Ok(_) => return Ok(Some(record)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(EngineError::InProgress(format!(
+            "automation {id} kept changing while its bookkeeping was updated"
+        )))
+    }
+}
