@@ -39,7 +39,9 @@ wait_http "http://127.0.0.1:$MOTO_PORT/"
 
 export CRMBRIDGE_TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
-export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
+# A fresh build gains nothing from incremental state, which costs time and
+# gigabytes of disk.
+export CARGO_TERM_COLOR=never RUST_BACKTRACE=1 CARGO_INCREMENTAL=0
 
 echo "==> template checks (cfn-lint, sam validate --lint)"
 export SAM_CLI_TELEMETRY=0

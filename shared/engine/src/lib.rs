@@ -9,15 +9,11 @@
 
 pub mod bookkeeping;
 pub mod dispatch;
-pub mod error;
 pub mod ingest;
-pub mod keys;
 pub mod links;
 pub mod oauth;
 mod payload;
 mod poll;
-pub mod records;
-pub mod sealed;
 pub mod tick;
 
 use std::collections::HashMap;
@@ -28,12 +24,14 @@ use crmbridge_bus::Bus;
 use crmbridge_connectors::{Registry, VendorClient};
 use crmbridge_mapping::CompiledAutomation;
 use crmbridge_store::{Item, Store};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use crmbridge_mapping::Automation;
-pub use error::{EngineError, EngineResult, FieldError};
-pub use sealed::Keyring;
+// State lives in its own crate, under the paths it always had here.
+pub use crmbridge_state::{
+    EngineError, EngineResult, FieldError, Keyring, decode, error, item, keys, random_id,
+    random_secret, records, sealed, sha256_hex,
+};
 
 /// Limits and retention; every field has a production default.
 #[derive(Debug, Clone)]
@@ -217,41 +215,4 @@ impl Engine {
             }
         }
     }
-}
-
-pub fn decode<T: DeserializeOwned>(item: &Item) -> EngineResult<T> {
-    serde_json::from_value(item.body.clone()).map_err(|err| EngineError::Corrupt {
-        what: format!("{} / {}", item.pk, item.sk),
-        message: err.to_string(),
-    })
-}
-
-pub fn item<T: Serialize>(key: keys::Key, body: &T) -> EngineResult<Item> {
-    let body = serde_json::to_value(body).map_err(|err| EngineError::Corrupt {
-        what: format!("{} / {}", key.pk, key.sk),
-        message: err.to_string(),
-    })?;
-    Ok(Item::new(key.pk, key.sk, body))
-}
-
-/// A random identifier with a readable prefix (`con_…`, `key_…`).
-pub fn random_id(prefix: &str) -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 12];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{prefix}_{}", hex::encode(bytes))
-}
-
-/// A random secret, URL-safe, 256 bits.
-pub fn random_secret() -> String {
-    use base64::Engine as _;
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-pub fn sha256_hex(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(text.as_bytes()))
 }

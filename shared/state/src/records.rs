@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use crmbridge_mapping::Event;
+use crmbridge_mapping::{Automation, Event};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -262,4 +262,64 @@ pub struct TickRecord {
     /// `connection#automation` of every source a poll was requested for.
     pub sources: Vec<String>,
     pub published: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AutomationRecord {
+    pub tenant: String,
+    /// The automation document (see recipes/ and DESIGN.md "Automations").
+    #[schema(value_type = Object)]
+    pub automation: Automation,
+    /// Why the automation cannot run right now (a connection missing, a
+    /// project archived…), or `None` when it is healthy.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// Runs that failed for good in a row (a success resets it).
+    #[serde(default)]
+    pub failure_streak: u32,
+    /// Set when the failure streak reached the automation's threshold: its
+    /// events are recorded as failed runs without being run, until it is
+    /// enabled again (then they can be replayed). Says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An index entry pointing at an automation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutomationRef {
+    pub tenant: String,
+    pub automation: String,
+}
+
+/// A source whose trigger must be polled: `{connection}#{kind}`, narrowed
+/// by the connector's poll scope (NetHunt: one folder and field).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollSource {
+    pub tenant: String,
+    pub connection: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub scope: serde_json::Value,
+}
+
+impl PollSource {
+    /// A short stable tag of the scope, for keys ("" without a scope).
+    pub fn scope_tag(&self) -> String {
+        scope_tag(&self.scope)
+    }
+
+    pub fn name(&self) -> String {
+        crate::keys::source_name(&self.connection, &self.kind, &self.scope_tag())
+    }
+}
+
+pub fn scope_tag(scope: &serde_json::Value) -> String {
+    if scope.is_null() {
+        String::new()
+    } else {
+        // serde_json maps are sorted: the text is canonical.
+        crate::sha256_hex(&scope.to_string())[..16].to_owned()
+    }
 }
