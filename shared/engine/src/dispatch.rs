@@ -565,7 +565,7 @@ impl Engine {
             entity: event.subject.kind.clone(),
             id: event.subject.id.clone(),
         };
-        let mut links: BTreeMap<String, String> = self
+        let links: BTreeMap<String, String> = self
             .links_of(&subject)
             .await?
             .into_iter()
@@ -606,252 +606,22 @@ impl Engine {
                 }
             }
         }
+        let mut scope = RunScope {
+            event,
+            connections,
+            settings,
+            subject,
+            links,
+            outputs,
+            now,
+        };
         for index in 0..compiled.step_count() {
-            let step_id = record.automation.steps[index].id.clone();
-            if outputs.contains_key(&step_id) {
-                continue;
-            }
-            let plan = {
-                let ctx = RenderContext::new(&event, now)
-                    .with_steps(&outputs)
-                    .with_links(&links)
-                    .with_connections(&settings);
-                compiled.render_step(index, &ctx)
-            };
-            let request = match plan {
-                Err(err) => {
-                    let message = format!("{}: {}", err.path, err.message);
-                    self.put_step(
-                        run,
-                        StepRecord {
-                            id: step_id,
-                            action: record.automation.steps[index].action.clone(),
-                            status: StepStatus::Failed,
-                            request: Value::Null,
-                            response_status: None,
-                            error: Some(message.clone()),
-                            output: Value::Null,
-                            attempts: 1,
-                        },
-                    );
-                    return self.finish(run, version, RunStatus::Failed, message).await;
-                }
-                Ok(StepPlan::Skip { reason }) => {
-                    self.put_step(
-                        run,
-                        StepRecord {
-                            id: step_id.clone(),
-                            action: record.automation.steps[index].action.clone(),
-                            status: StepStatus::Skipped,
-                            request: Value::Null,
-                            response_status: None,
-                            error: Some(reason),
-                            output: json!({}),
-                            attempts: 0,
-                        },
-                    );
-                    outputs.insert(step_id, json!({}));
-                    self.save_run(run, version).await?;
-                    continue;
-                }
-                Ok(StepPlan::Call(request)) => request,
-            };
-            let Some(connection) = connections.get(&request.connection) else {
-                return self
-                    .finish(
-                        run,
-                        version,
-                        RunStatus::Failed,
-                        format!(
-                            "steps[{index}]: connection {} is not open",
-                            request.connection
-                        ),
-                    )
-                    .await;
-            };
-            let app = request.action.split('.').next().unwrap_or_default();
-            let Some(action) = self
-                .connectors
-                .get(app)
-                .and_then(|vendor| vendor.find_action(&request.action))
-                .cloned()
-            else {
-                return self
-                    .finish(
-                        run,
-                        version,
-                        RunStatus::Failed,
-                        format!("steps[{index}]: {app} has no action {}", request.action),
-                    )
-                    .await;
-            };
-            let key = format!("{}/{}", run.id, step_id);
-            let ctx = self.call_context(connection, &key);
-            let request_json = serde_json::to_value(&request).unwrap_or_default();
-            let previous = run.steps.iter().find(|s| s.id == step_id);
-            let previous_attempts = previous.map_or(0, |s| s.attempts);
-            let resend_safe = may_resend(action.as_ref(), &request);
-            if previous.is_some_and(|s| s.status == StepStatus::Calling) {
-                if !resend_safe {
-                    return self
-                        .needs_review(
-                            run,
-                            version,
-                            &step_id,
-                            &request.action,
-                            request_json,
-                            previous_attempts,
-                            None,
-                        )
-                        .await;
-                }
-                tracing::info!(run = %run.id, step = %step_id, "sending again a step whose earlier attempt has an unknown outcome; the vendor de-duplicates it");
-            }
-            // The intent is saved before the call: if this worker dies
-            // during it, the next attempt knows the vendor may have acted.
-            // A step that may be sent again anyway needs no such trace (it
-            // would cost a write per step for nothing): the lease alone
-            // keeps two workers from sending it at once.
-            if !resend_safe {
-                self.put_step(
-                    run,
-                    StepRecord {
-                        id: step_id.clone(),
-                        action: request.action.clone(),
-                        status: StepStatus::Calling,
-                        request: request_json.clone(),
-                        response_status: None,
-                        error: None,
-                        output: Value::Null,
-                        attempts: previous_attempts + 1,
-                    },
-                );
-                self.save_run(run, version).await?;
-            }
-            let outcome = perform(self, action.as_ref(), &ctx, &request).await;
-            match outcome {
-                Ok(StepOutcome::Done(output)) => {
-                    if let Some(name) = &request.link {
-                        let target = RecordRef {
-                            connection: request.connection.clone(),
-                            entity: entity_of(&request.action),
-                            id: output.id.clone(),
-                        };
-                        self.link(&subject, &event.subject.kind, name, &target)
-                            .await?;
-                        links.insert(name.clone(), output.id.clone());
-                    }
-                    let mut record_output = output.record.clone();
-                    if let Value::Object(map) = &mut record_output {
-                        map.insert("id".into(), Value::String(output.id.clone()));
-                    } else {
-                        record_output = json!({"id": output.id});
-                    }
-                    self.put_step(
-                        run,
-                        StepRecord {
-                            id: step_id.clone(),
-                            action: request.action.clone(),
-                            status: StepStatus::Succeeded,
-                            request: request_json,
-                            response_status: Some(output.response_status),
-                            error: None,
-                            output: record_output.clone(),
-                            attempts: previous_attempts + output.attempts,
-                        },
-                    );
-                    outputs.insert(step_id, record_output);
-                    self.save_run(run, version).await?;
-                }
-                Ok(StepOutcome::Stopped(reason)) => {
-                    self.put_step(
-                        run,
-                        StepRecord {
-                            id: step_id,
-                            action: request.action.clone(),
-                            status: StepStatus::Stopped,
-                            request: request_json,
-                            response_status: None,
-                            error: Some(reason.clone()),
-                            output: Value::Null,
-                            attempts: previous_attempts,
-                        },
-                    );
-                    return self
-                        .finish(
-                            run,
-                            version,
-                            RunStatus::Filtered,
-                            format!("stopped: {reason}"),
-                        )
-                        .await;
-                }
-                Err(ActionError::Skipped { reason, health }) => {
-                    self.put_step(
-                        run,
-                        StepRecord {
-                            id: step_id,
-                            action: request.action.clone(),
-                            status: StepStatus::Skipped,
-                            request: request_json,
-                            response_status: None,
-                            error: Some(reason.clone()),
-                            output: Value::Null,
-                            attempts: previous_attempts + 1,
-                        },
-                    );
-                    self.set_health(&record.tenant, &record.automation.id, Some(health))
-                        .await?;
-                    return self
-                        .finish(
-                            run,
-                            version,
-                            RunStatus::Skipped,
-                            format!("skipped: {reason}"),
-                        )
-                        .await;
-                }
-                Err(err) if outcome_unknown(&err) && !resend_safe => {
-                    return self
-                        .needs_review(
-                            run,
-                            version,
-                            &step_id,
-                            &request.action,
-                            request_json,
-                            previous_attempts + 1,
-                            Some(err.to_string()),
-                        )
-                        .await;
-                }
-                Err(err) => {
-                    let transient = err.is_transient();
-                    let message = err.to_string();
-                    self.put_step(
-                        run,
-                        StepRecord {
-                            id: step_id.clone(),
-                            action: request.action.clone(),
-                            status: StepStatus::Failed,
-                            request: request_json,
-                            response_status: vendor_status(&err),
-                            error: Some(message.clone()),
-                            output: Value::Null,
-                            attempts: previous_attempts + 1,
-                        },
-                    );
-                    let outcome = format!("steps.{step_id}: {message}");
-                    self.finish(run, version, RunStatus::Failed, outcome.clone())
-                        .await?;
-                    if transient {
-                        return Err(EngineError::Action {
-                            what: format!("run {}", run.id),
-                            transient: true,
-                            message: outcome,
-                        });
-                    }
-                    return Ok(());
-                }
+            match self
+                .run_step(run, version, record, &compiled, &mut scope, index)
+                .await?
+            {
+                StepFlow::Next => {}
+                StepFlow::Stop => return Ok(()),
             }
         }
         let done = run
@@ -866,6 +636,330 @@ impl Engine {
             format!("{done} step(s) succeeded"),
         )
         .await
+    }
+
+    /// Runs step `index` of a run: renders it, resumes or refuses an
+    /// attempt whose outcome is unknown, saves the intent where a resend
+    /// would be unsafe, calls the vendor and records what came back.
+    async fn run_step(
+        &self,
+        run: &mut RunRecord,
+        version: &mut u64,
+        record: &AutomationRecord,
+        compiled: &CompiledAutomation,
+        scope: &mut RunScope,
+        index: usize,
+    ) -> EngineResult<StepFlow> {
+        let RunScope {
+            event,
+            connections,
+            settings,
+            subject,
+            links,
+            outputs,
+            now,
+        } = scope;
+        let (event, connections, settings, subject, now) =
+            (&*event, &*connections, &*settings, &*subject, *now);
+        let step_id = record.automation.steps[index].id.clone();
+        if outputs.contains_key(&step_id) {
+            return Ok(StepFlow::Next);
+        }
+        let plan = {
+            let ctx = RenderContext::new(event, now)
+                .with_steps(outputs)
+                .with_links(links)
+                .with_connections(settings);
+            compiled.render_step(index, &ctx)
+        };
+        let request = match plan {
+            Err(err) => {
+                let message = format!("{}: {}", err.path, err.message);
+                self.put_step(
+                    run,
+                    StepRecord {
+                        id: step_id,
+                        action: record.automation.steps[index].action.clone(),
+                        status: StepStatus::Failed,
+                        request: Value::Null,
+                        response_status: None,
+                        error: Some(message.clone()),
+                        output: Value::Null,
+                        attempts: 1,
+                    },
+                );
+                return self
+                    .finish(run, version, RunStatus::Failed, message)
+                    .await
+                    .map(|()| StepFlow::Stop);
+            }
+            Ok(StepPlan::Skip { reason }) => {
+                self.put_step(
+                    run,
+                    StepRecord {
+                        id: step_id.clone(),
+                        action: record.automation.steps[index].action.clone(),
+                        status: StepStatus::Skipped,
+                        request: Value::Null,
+                        response_status: None,
+                        error: Some(reason),
+                        output: json!({}),
+                        attempts: 0,
+                    },
+                );
+                outputs.insert(step_id, json!({}));
+                self.save_run(run, version).await?;
+                return Ok(StepFlow::Next);
+            }
+            Ok(StepPlan::Call(request)) => request,
+        };
+        let Some(connection) = connections.get(&request.connection) else {
+            return self
+                .finish(
+                    run,
+                    version,
+                    RunStatus::Failed,
+                    format!(
+                        "steps[{index}]: connection {} is not open",
+                        request.connection
+                    ),
+                )
+                .await
+                .map(|()| StepFlow::Stop);
+        };
+        let app = request.action.split('.').next().unwrap_or_default();
+        let Some(action) = self
+            .connectors
+            .get(app)
+            .and_then(|vendor| vendor.find_action(&request.action))
+            .cloned()
+        else {
+            return self
+                .finish(
+                    run,
+                    version,
+                    RunStatus::Failed,
+                    format!("steps[{index}]: {app} has no action {}", request.action),
+                )
+                .await
+                .map(|()| StepFlow::Stop);
+        };
+        let key = format!("{}/{}", run.id, step_id);
+        let ctx = self.call_context(connection, &key);
+        let request_json = serde_json::to_value(&request).unwrap_or_default();
+        let previous = run.steps.iter().find(|s| s.id == step_id);
+        let previous_attempts = previous.map_or(0, |s| s.attempts);
+        let resend_safe = may_resend(action.as_ref(), &request);
+        if previous.is_some_and(|s| s.status == StepStatus::Calling) {
+            if !resend_safe {
+                return self
+                    .needs_review(
+                        run,
+                        version,
+                        &step_id,
+                        &request.action,
+                        request_json,
+                        previous_attempts,
+                        None,
+                    )
+                    .await
+                    .map(|()| StepFlow::Stop);
+            }
+            tracing::info!(run = %run.id, step = %step_id, "sending again a step whose earlier attempt has an unknown outcome; the vendor de-duplicates it");
+        }
+        // The intent is saved before the call: if this worker dies
+        // during it, the next attempt knows the vendor may have acted.
+        // A step that may be sent again anyway needs no such trace (it
+        // would cost a write per step for nothing): the lease alone
+        // keeps two workers from sending it at once.
+        if !resend_safe {
+            self.put_step(
+                run,
+                StepRecord {
+                    id: step_id.clone(),
+                    action: request.action.clone(),
+                    status: StepStatus::Calling,
+                    request: request_json.clone(),
+                    response_status: None,
+                    error: None,
+                    output: Value::Null,
+                    attempts: previous_attempts + 1,
+                },
+            );
+            self.save_run(run, version).await?;
+        }
+        let outcome = perform(self, action.as_ref(), &ctx, &request).await;
+        let attempt = Attempt {
+            step_id,
+            request,
+            request_json,
+            previous_attempts,
+            resend_safe,
+        };
+        self.settle_step(
+            run,
+            version,
+            record,
+            (event, subject, links, outputs),
+            attempt,
+            outcome,
+        )
+        .await
+    }
+
+    /// Records how a step's call ended: its output (and link) on success,
+    /// the run finished otherwise — stopped, skipped, held for review when
+    /// the vendor may have acted and a resend is unsafe, or failed (an
+    /// error when the failure is transient, so the run is retried).
+    async fn settle_step(
+        &self,
+        run: &mut RunRecord,
+        version: &mut u64,
+        record: &AutomationRecord,
+        (event, subject, links, outputs): (
+            &Event,
+            &RecordRef,
+            &mut BTreeMap<String, String>,
+            &mut BTreeMap<String, Value>,
+        ),
+        attempt: Attempt,
+        outcome: Result<StepOutcome, ActionError>,
+    ) -> EngineResult<StepFlow> {
+        let Attempt {
+            step_id,
+            request,
+            request_json,
+            previous_attempts,
+            resend_safe,
+        } = attempt;
+        match outcome {
+            Ok(StepOutcome::Done(output)) => {
+                if let Some(name) = &request.link {
+                    let target = RecordRef {
+                        connection: request.connection.clone(),
+                        entity: entity_of(&request.action),
+                        id: output.id.clone(),
+                    };
+                    self.link(subject, &event.subject.kind, name, &target)
+                        .await?;
+                    links.insert(name.clone(), output.id.clone());
+                }
+                let mut record_output = output.record.clone();
+                if let Value::Object(map) = &mut record_output {
+                    map.insert("id".into(), Value::String(output.id.clone()));
+                } else {
+                    record_output = json!({"id": output.id});
+                }
+                self.put_step(
+                    run,
+                    StepRecord {
+                        id: step_id.clone(),
+                        action: request.action.clone(),
+                        status: StepStatus::Succeeded,
+                        request: request_json,
+                        response_status: Some(output.response_status),
+                        error: None,
+                        output: record_output.clone(),
+                        attempts: previous_attempts + output.attempts,
+                    },
+                );
+                outputs.insert(step_id, record_output);
+                self.save_run(run, version).await?;
+            }
+            Ok(StepOutcome::Stopped(reason)) => {
+                self.put_step(
+                    run,
+                    StepRecord {
+                        id: step_id,
+                        action: request.action.clone(),
+                        status: StepStatus::Stopped,
+                        request: request_json,
+                        response_status: None,
+                        error: Some(reason.clone()),
+                        output: Value::Null,
+                        attempts: previous_attempts,
+                    },
+                );
+                return self
+                    .finish(
+                        run,
+                        version,
+                        RunStatus::Filtered,
+                        format!("stopped: {reason}"),
+                    )
+                    .await
+                    .map(|()| StepFlow::Stop);
+            }
+            Err(ActionError::Skipped { reason, health }) => {
+                self.put_step(
+                    run,
+                    StepRecord {
+                        id: step_id,
+                        action: request.action.clone(),
+                        status: StepStatus::Skipped,
+                        request: request_json,
+                        response_status: None,
+                        error: Some(reason.clone()),
+                        output: Value::Null,
+                        attempts: previous_attempts + 1,
+                    },
+                );
+                self.set_health(&record.tenant, &record.automation.id, Some(health))
+                    .await?;
+                return self
+                    .finish(
+                        run,
+                        version,
+                        RunStatus::Skipped,
+                        format!("skipped: {reason}"),
+                    )
+                    .await
+                    .map(|()| StepFlow::Stop);
+            }
+            Err(err) if outcome_unknown(&err) && !resend_safe => {
+                return self
+                    .needs_review(
+                        run,
+                        version,
+                        &step_id,
+                        &request.action,
+                        request_json,
+                        previous_attempts + 1,
+                        Some(err.to_string()),
+                    )
+                    .await
+                    .map(|()| StepFlow::Stop);
+            }
+            Err(err) => {
+                let transient = err.is_transient();
+                let message = err.to_string();
+                self.put_step(
+                    run,
+                    StepRecord {
+                        id: step_id.clone(),
+                        action: request.action.clone(),
+                        status: StepStatus::Failed,
+                        request: request_json,
+                        response_status: vendor_status(&err),
+                        error: Some(message.clone()),
+                        output: Value::Null,
+                        attempts: previous_attempts + 1,
+                    },
+                );
+                let outcome = format!("steps.{step_id}: {message}");
+                self.finish(run, version, RunStatus::Failed, outcome.clone())
+                    .await?;
+                if transient {
+                    return Err(EngineError::Action {
+                        what: format!("run {}", run.id),
+                        transient: true,
+                        message: outcome,
+                    });
+                }
+                return Ok(StepFlow::Stop);
+            }
+        }
+        Ok(StepFlow::Next)
     }
 
     /// Stops a run at a step that may have reached the vendor and cannot
@@ -1003,6 +1097,34 @@ pub struct OpenConnection {
     pub secrets: ConnectionSecrets,
     /// Access tokens, for a connection of an OAuth vendor.
     pub tokens: Option<crate::oauth::ConnectionTokens>,
+}
+
+/// What the steps of one run share: the event, the connections opened
+/// once, the records linked to the event's subject, the outputs so far.
+struct RunScope {
+    event: Event,
+    connections: BTreeMap<String, OpenConnection>,
+    settings: BTreeMap<String, Value>,
+    subject: RecordRef,
+    links: BTreeMap<String, String>,
+    outputs: BTreeMap<String, Value>,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+/// One call of a step, as rendered and as far as it went before.
+struct Attempt {
+    step_id: String,
+    request: crmbridge_mapping::RenderedRequest,
+    request_json: Value,
+    previous_attempts: u32,
+    resend_safe: bool,
+}
+
+/// Whether the run goes on after a step.
+enum StepFlow {
+    Next,
+    /// The run was finished (or stopped for review) by the step.
+    Stop,
 }
 
 enum StepOutcome {
