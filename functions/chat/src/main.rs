@@ -8,10 +8,10 @@ use crmbridge_api::{HttpState, chat_router};
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     crmbridge_runtime::init_tracing();
-    let engine = crmbridge_runtime::aws_engine().await?;
+    let (engine, settings) = crmbridge_runtime::aws_engine().await?;
     let state = HttpState {
         engine,
-        public_url: crmbridge_runtime::public_url_from_env(),
+        public_url: settings.public_url,
     };
     lambda_http::run(chat_router(state)).await
 }

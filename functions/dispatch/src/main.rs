@@ -24,7 +24,7 @@ async fn handle(
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     crmbridge_runtime::init_tracing();
-    let engine: Arc<Engine> = crmbridge_runtime::aws_engine().await?;
+    let (engine, _settings): (Arc<Engine>, _) = crmbridge_runtime::aws_engine().await?;
     lambda_runtime::run(service_fn(|event| {
         let engine = Arc::clone(&engine);
         async move { handle(&engine, event).await }

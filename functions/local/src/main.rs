@@ -54,33 +54,12 @@ pub struct ServeArgs {
     /// Parallel dispatch workers; 0 only accepts (events wait on disk for a later start).
     #[arg(long, env = "CRMBRIDGE_WORKERS", default_value_t = 4)]
     pub workers: usize,
-    /// Largest webhook body accepted, in bytes.
-    #[arg(long, env = "CRMBRIDGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
-    pub max_body_bytes: usize,
-    /// Base URL shown in webhook URLs (e.g. the public URL of a tunnel or proxy).
-    #[arg(long, env = "CRMBRIDGE_PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// Let connections use any http(s) base URL, e.g. fakes on loopback. For
-    /// tests only: in production a vendor's base URL must be on its domain.
-    #[arg(long, env = "CRMBRIDGE_ALLOW_ANY_VENDOR_URL")]
-    pub allow_any_vendor_url: bool,
-    /// Most events one webhook delivery may carry (a JSON array is a batch); 413 above.
-    #[arg(
-        long,
-        env = "CRMBRIDGE_MAX_EVENTS_PER_DELIVERY",
-        default_value_t = 1000
-    )]
-    pub max_events_per_delivery: usize,
-    /// Deliveries an event gets before it is dead-lettered and its runs fail
-    /// (a delivery whose worker dies counts too).
-    #[arg(long, env = "CRMBRIDGE_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub max_attempts: u32,
     /// First wait before a failed delivery is retried; it doubles each time.
     #[arg(long, env = "CRMBRIDGE_RETRY_BACKOFF", default_value = "500ms", value_parser = parse_duration)]
     pub retry_backoff: Duration,
-    /// Runs of an automation that fail for good in a row before it is halted (0 = never).
-    #[arg(long, env = "CRMBRIDGE_HALT_AFTER_FAILURES", default_value_t = 5)]
-    pub halt_after_failures: u32,
+    /// What the Lambda functions are told by their environment, the same here.
+    #[command(flatten)]
+    pub settings: crmbridge_runtime::Settings,
     /// Name of the first tenant, created on the first start.
     #[arg(long, default_value = "default")]
     pub tenant_name: String,

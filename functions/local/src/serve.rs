@@ -17,8 +17,9 @@ use async_trait::async_trait;
 use crmbridge_api::{HttpState, local_router};
 use crmbridge_bus::{Bus, BusError, EventHandler, HandlerError, OutboxBus, OutboxConfig};
 use crmbridge_control::prelude::*;
-use crmbridge_engine::{Engine, EngineConfig, Keyring};
+use crmbridge_engine::{Engine, Keyring};
 use crmbridge_mapping::Event;
+use crmbridge_runtime::Deployment;
 use crmbridge_store::SqliteStore;
 use tokio::sync::watch;
 
@@ -236,7 +237,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         &db,
         OutboxConfig {
             workers: args.workers,
-            max_attempts: args.max_attempts,
+            max_attempts: args.settings.max_run_attempts(Deployment::Serve),
             base_backoff: args.retry_backoff,
             ..OutboxConfig::default()
         },
@@ -246,20 +247,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::new(bus.clone()),
         crmbridge_connectors::Registry::builtin(),
         local_keyring(&args.data_dir)?,
-        EngineConfig {
-            max_body_bytes: args.max_body_bytes,
-            allow_any_base_url: args.allow_any_vendor_url,
-            // The data directory's lock makes this process the only worker.
-            sole_worker: true,
-            // A dead process's leases are taken over at once here (see
-            // sole_worker), so a long lease costs nothing and covers a
-            // step whose vendor retries outlast the default.
-            run_lease_secs: 600,
-            max_run_attempts: args.max_attempts,
-            max_events_per_delivery: args.max_events_per_delivery,
-            halt_after_failures: args.halt_after_failures,
-            ..EngineConfig::default()
-        },
+        args.settings.engine_config(Deployment::Serve),
     ));
 
     if let Some(done) = engine.bootstrap(&args.tenant_name).await? {
@@ -309,6 +297,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     let base = args
+        .settings
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{bound}"));
@@ -322,7 +311,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let router = local_router(HttpState {
         engine: Arc::clone(&engine),
-        public_url: args.public_url.clone(),
+        public_url: args.settings.public_url.clone(),
     });
     let mut http_shutdown = shutdown.clone();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {

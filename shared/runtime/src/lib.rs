@@ -1,19 +1,16 @@
-//! Start-up wiring shared by every binary: tracing, and an [`Engine`] built
-//! once from environment variables. Lambda `main`s stay glue: they call
-//! [`init_tracing`] and [`aws_engine`], then hand requests to the engine.
+//! Start-up wiring shared by every binary: tracing, the one configuration
+//! type ([`Settings`]), and an [`Engine`] built once from it. Lambda
+//! `main`s stay glue: they call [`init_tracing`] and [`aws_engine`], then
+//! hand requests to the engine.
 //!
-//! Environment (Lambda; template.yaml sets all of them):
-//!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `CRMBRIDGE_TABLE` | the DynamoDB table | required |
-//! | `CRMBRIDGE_EVENT_BUS` | the EventBridge bus | required |
-//! | `CRMBRIDGE_ENCRYPTION_KEYS` | `kid:base64key[,…]`, first one seals | required |
-//! | `CRMBRIDGE_MAX_BODY_BYTES` | webhook body limit | 1048576 |
-//! | `CRMBRIDGE_PUBLIC_URL` | base URL shown in webhook URLs | from the Host header |
-//! | `CRMBRIDGE_LOG` | tracing filter, e.g. `info,crmbridge_engine=debug` | `info` |
-//! | `AWS_ENDPOINT_URL` | point the AWS SDK at an emulator (tests) | AWS |
-//! | `CRMBRIDGE_ALLOW_ANY_VENDOR_URL` | `true` lets vendor base URLs leave the vendors' domains (tests with fakes only) | `false` |
+//! [`Settings`] is read by the Lambda functions from the environment and
+//! by `crmbridge serve` from its flags (each flag falls back to the same
+//! environment variable); where the two deployments need different
+//! defaults ([`Deployment`]) the setting is optional and the deployment
+//! fills it in. Lambda also needs `CRMBRIDGE_TABLE`, `CRMBRIDGE_EVENT_BUS`
+//! and `CRMBRIDGE_ENCRYPTION_KEYS` (template.yaml sets them), and every
+//! binary reads `CRMBRIDGE_LOG` (a tracing filter) and the AWS SDK's own
+//! variables (`AWS_ENDPOINT_URL` points it at an emulator).
 
 use std::sync::Arc;
 
@@ -22,12 +19,141 @@ use crmbridge_connectors::Registry;
 use crmbridge_engine::{Engine, EngineConfig, Keyring};
 use crmbridge_store::DynamoStore;
 
+/// What both deployments can be told (flags for `serve`, environment for
+/// both). The doc comment of each field is its `--help` text.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct Settings {
+    /// Largest webhook body accepted, in bytes (413 above).
+    #[arg(long, env = "CRMBRIDGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Base URL shown in webhook URLs and used as the OAuth redirect (e.g.
+    /// the public URL of a tunnel or proxy); from the Host header when unset.
+    #[arg(long, env = "CRMBRIDGE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Let connections use any http(s) base URL, e.g. fakes on loopback. For
+    /// tests only: in production a vendor's base URL must be on its domain.
+    #[arg(long, env = "CRMBRIDGE_ALLOW_ANY_VENDOR_URL")]
+    pub allow_any_vendor_url: bool,
+    /// Most events one webhook delivery may carry (a JSON array is a batch); 413 above.
+    #[arg(
+        long,
+        env = "CRMBRIDGE_MAX_EVENTS_PER_DELIVERY",
+        default_value_t = 1000
+    )]
+    pub max_events_per_delivery: usize,
+    /// Deliveries an event gets before it is given up and its runs fail (a
+    /// delivery whose worker dies counts too). Lambda: 3 (its own 1 + 2
+    /// async retries); serve: 8.
+    #[arg(long = "max-attempts", env = "CRMBRIDGE_MAX_RUN_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_run_attempts: Option<u32>,
+    /// How long a dispatch worker's lease on a run lasts unrenewed, in
+    /// seconds; on Lambda it must exceed the dispatch function's timeout.
+    /// Lambda: 90; serve: 600 (a dead process's leases are taken over at
+    /// once there).
+    #[arg(long, env = "CRMBRIDGE_RUN_LEASE_SECS", value_parser = clap::value_parser!(i64).range(1..=86_400))]
+    pub run_lease_secs: Option<i64>,
+    /// Runs of an automation that fail for good in a row before it is halted (0 = never).
+    #[arg(long, env = "CRMBRIDGE_HALT_AFTER_FAILURES", default_value_t = 5)]
+    pub halt_after_failures: u32,
+}
+
+/// Where crmbridge runs, for the defaults that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    /// The Lambda functions, on DynamoDB and EventBridge.
+    Lambda,
+    /// `crmbridge serve`: one process, the only worker on its data directory.
+    Serve,
+}
+
+/// The environment alone, parsed as the flags would be.
+#[derive(Debug, clap::Parser)]
+#[command(name = "crmbridge")]
+struct FromEnvironment {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+impl Settings {
+    /// The settings from the environment (the Lambda functions). A value
+    /// that does not parse is an error naming its variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::parse_from(["crmbridge"])
+    }
+
+    /// The settings from these arguments, then the environment.
+    fn parse_from(args: impl IntoIterator<Item = &'static str>) -> Result<Self, ConfigError> {
+        use clap::{CommandFactory, Parser};
+        FromEnvironment::try_parse_from(args)
+            .map(|parsed| parsed.settings)
+            .map_err(|err| {
+                let command = FromEnvironment::command();
+                let argument = err
+                    .get(clap::error::ContextKind::InvalidArg)
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                let variable = command
+                    .get_arguments()
+                    .find(|arg| {
+                        arg.get_long()
+                            .is_some_and(|long| argument.starts_with(&format!("--{long}")))
+                    })
+                    .and_then(|arg| arg.get_env())
+                    .map(|env| env.to_string_lossy().into_owned());
+                let value = err
+                    .get(clap::error::ContextKind::InvalidValue)
+                    .map(ToString::to_string);
+                match (variable, value) {
+                    (Some(name), Some(value)) => ConfigError::Invalid {
+                        name,
+                        message: format!("'{value}' is not a valid value"),
+                    },
+                    // Anything else: clap's own first line says what.
+                    _ => ConfigError::Invalid {
+                        name: "settings".into(),
+                        message: err
+                            .to_string()
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .trim_start_matches("error: ")
+                            .to_owned(),
+                    },
+                }
+            })
+    }
+
+    /// The engine's limits for a deployment.
+    pub fn engine_config(&self, deployment: Deployment) -> EngineConfig {
+        let (attempts, lease) = match deployment {
+            Deployment::Lambda => (3, 90),
+            Deployment::Serve => (8, 600),
+        };
+        EngineConfig {
+            max_body_bytes: self.max_body_bytes,
+            allow_any_base_url: self.allow_any_vendor_url,
+            max_events_per_delivery: self.max_events_per_delivery,
+            max_run_attempts: self.max_run_attempts.unwrap_or(attempts),
+            run_lease_secs: self.run_lease_secs.unwrap_or(lease),
+            halt_after_failures: self.halt_after_failures,
+            // serve's data-directory lock makes it the only worker.
+            sole_worker: deployment == Deployment::Serve,
+            ..EngineConfig::default()
+        }
+    }
+
+    /// How many deliveries an event gets, for the deployment.
+    pub fn max_run_attempts(&self, deployment: Deployment) -> u32 {
+        self.engine_config(deployment).max_run_attempts
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("environment variable {0} is required")]
     Missing(&'static str),
     #[error("environment variable {name}: {message}")]
-    Invalid { name: &'static str, message: String },
+    Invalid { name: String, message: String },
 }
 
 /// JSON logs on Lambda (CloudWatch parses them), readable text elsewhere.
@@ -53,58 +179,11 @@ fn required(name: &'static str) -> Result<String, ConfigError> {
         .ok_or(ConfigError::Missing(name))
 }
 
-/// The engine limits from the environment, with production defaults.
-pub fn engine_config_from_env() -> Result<EngineConfig, ConfigError> {
-    let mut config = EngineConfig::default();
-    if let Some(bytes) = number_from_env("CRMBRIDGE_MAX_BODY_BYTES", "a number of bytes")? {
-        config.max_body_bytes = bytes;
-    }
-    if let Some(events) =
-        number_from_env("CRMBRIDGE_MAX_EVENTS_PER_DELIVERY", "a number of events")?
-    {
-        config.max_events_per_delivery = events;
-    }
-    // Lambda retries an asynchronous invocation twice: three deliveries in
-    // all, the last of which gives a failing run up (see template.yaml).
-    config.max_run_attempts =
-        number_from_env("CRMBRIDGE_MAX_RUN_ATTEMPTS", "a number")?.map_or(3, |n: usize| n as u32);
-    if let Some(secs) = number_from_env("CRMBRIDGE_RUN_LEASE_SECS", "a number of seconds")? {
-        config.run_lease_secs = secs as i64;
-    }
-    if let Some(runs) = number_from_env("CRMBRIDGE_HALT_AFTER_FAILURES", "a number of runs")? {
-        config.halt_after_failures = runs as u32;
-    }
-    config.allow_any_base_url =
-        std::env::var("CRMBRIDGE_ALLOW_ANY_VENDOR_URL").is_ok_and(|v| v == "true" || v == "1");
-    Ok(config)
-}
-
-/// A whole number from the environment, `None` when the variable is unset.
-fn number_from_env(name: &'static str, what: &str) -> Result<Option<usize>, ConfigError> {
-    match std::env::var(name) {
-        Err(_) => Ok(None),
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| ConfigError::Invalid {
-                name,
-                message: format!("'{text}' is not {what}"),
-            }),
-    }
-}
-
 pub fn keyring_from_env() -> Result<Keyring, ConfigError> {
     Keyring::parse(&required("CRMBRIDGE_ENCRYPTION_KEYS")?).map_err(|err| ConfigError::Invalid {
-        name: "CRMBRIDGE_ENCRYPTION_KEYS",
+        name: "CRMBRIDGE_ENCRYPTION_KEYS".into(),
         message: err.to_string(),
     })
-}
-
-pub fn public_url_from_env() -> Option<String> {
-    std::env::var("CRMBRIDGE_PUBLIC_URL")
-        .ok()
-        .filter(|v| !v.is_empty())
 }
 
 /// The AWS SDK configuration (region, credentials, `AWS_ENDPOINT_URL`).
@@ -122,19 +201,78 @@ pub fn dynamo_store(sdk: &aws_config::SdkConfig) -> Result<DynamoStore, ConfigEr
     ))
 }
 
-/// The engine every Lambda function uses: DynamoDB + EventBridge.
-pub async fn aws_engine() -> Result<Arc<Engine>, ConfigError> {
+/// The engine every Lambda function uses: DynamoDB + EventBridge, with
+/// the [`Settings`] from the environment (returned too: the HTTP functions
+/// need the public URL).
+pub async fn aws_engine() -> Result<(Arc<Engine>, Settings), ConfigError> {
+    let settings = Settings::from_env()?;
     let sdk = aws_sdk_config().await;
     let store = dynamo_store(&sdk)?;
     let bus = EventBridgeBus::new(
         aws_sdk_eventbridge::Client::new(&sdk),
         required("CRMBRIDGE_EVENT_BUS")?,
     );
-    Ok(Arc::new(Engine::new(
+    let engine = Arc::new(Engine::new(
         Arc::new(store),
         Arc::new(bus),
         Registry::builtin(),
         keyring_from_env()?,
-        engine_config_from_env()?,
-    )))
+        settings.engine_config(Deployment::Lambda),
+    ));
+    Ok((engine, settings))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn each_deployment_fills_in_its_own_defaults() {
+        let settings = Settings::parse_from(["crmbridge"]).unwrap();
+        let lambda = settings.engine_config(Deployment::Lambda);
+        let serve = settings.engine_config(Deployment::Serve);
+        assert_eq!((lambda.max_run_attempts, lambda.run_lease_secs), (3, 90));
+        assert_eq!((serve.max_run_attempts, serve.run_lease_secs), (8, 600));
+        assert!(!lambda.sole_worker && serve.sole_worker);
+        assert_eq!(lambda.max_body_bytes, 1024 * 1024);
+        let told = Settings::parse_from([
+            "crmbridge",
+            "--max-attempts",
+            "5",
+            "--run-lease-secs",
+            "120",
+            "--allow-any-vendor-url",
+            "--halt-after-failures",
+            "0",
+        ])
+        .unwrap();
+        for deployment in [Deployment::Lambda, Deployment::Serve] {
+            let config = told.engine_config(deployment);
+            assert_eq!((config.max_run_attempts, config.run_lease_secs), (5, 120));
+            assert!(config.allow_any_base_url);
+            assert_eq!(config.halt_after_failures, 0);
+        }
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error_naming_its_variable() {
+        for (args, variable) in [
+            (
+                ["crmbridge", "--max-body-bytes", "lots"],
+                "CRMBRIDGE_MAX_BODY_BYTES",
+            ),
+            (
+                ["crmbridge", "--max-attempts", "0"],
+                "CRMBRIDGE_MAX_RUN_ATTEMPTS",
+            ),
+            (
+                ["crmbridge", "--run-lease-secs", "0"],
+                "CRMBRIDGE_RUN_LEASE_SECS",
+            ),
+        ] {
+            let err = Settings::parse_from(args).unwrap_err().to_string();
+            assert!(err.contains(variable), "{args:?}: {err}");
+        }
+    }
 }
