@@ -73,7 +73,7 @@ impl Engine {
     }
 
     /// The enabled automations an event triggers.
-    pub async fn automations_for(
+    pub(crate) async fn automations_for(
         &self,
         connection: &str,
         kind: &str,
@@ -98,7 +98,11 @@ impl Engine {
 
     /// Counts a run that failed for good; at the threshold the automation
     /// is halted, its health saying why.
-    pub async fn note_failure(&self, record: &AutomationRecord, outcome: &str) -> EngineResult<()> {
+    pub(crate) async fn note_failure(
+        &self,
+        record: &AutomationRecord,
+        outcome: &str,
+    ) -> EngineResult<()> {
         let threshold = record
             .automation
             .halt_after
@@ -128,7 +132,7 @@ impl Engine {
     }
 
     /// A run succeeded: whatever was wrong is fixed.
-    pub async fn clear_failures(&self, tenant: &str, id: &str) -> EngineResult<()> {
+    pub(crate) async fn clear_failures(&self, tenant: &str, id: &str) -> EngineResult<()> {
         self.update_automation(tenant, id, |record| {
             if record.halted.is_some() || (record.health.is_none() && record.failure_streak == 0) {
                 return false;
@@ -142,7 +146,7 @@ impl Engine {
     }
 
     /// Marks an automation's health (e.g. "project archived"); `None` = ok.
-    pub async fn set_health(
+    pub(crate) async fn set_health(
         &self,
         tenant: &str,
         id: &str,
@@ -163,7 +167,7 @@ impl Engine {
     /// bookkeeping (health, failure streak) changes under concurrent runs
     /// and admin saves. `change` says whether it changed anything; the
     /// record as written is returned (`None` if nothing was written).
-    pub async fn update_automation(
+    pub(crate) async fn update_automation(
         &self,
         tenant: &str,
         id: &str,

@@ -1028,7 +1028,7 @@ impl Engine {
     }
 
     /// Writes a run and its index entry together; `false` if it existed.
-    pub async fn create_run(&self, run: &RunRecord) -> EngineResult<bool> {
+    pub(crate) async fn create_run(&self, run: &RunRecord) -> EngineResult<bool> {
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
         let mut writes = vec![Write::PutIfAbsent(
             item(keys::run(&run.id), run)?.expiring_at(expires),
@@ -1096,7 +1096,7 @@ pub struct OpenConnection {
     pub record: ConnectionRecord,
     pub secrets: ConnectionSecrets,
     /// Access tokens, for a connection of an OAuth vendor.
-    pub tokens: Option<crate::oauth::ConnectionTokens>,
+    pub(crate) tokens: Option<crate::oauth::ConnectionTokens>,
 }
 
 /// What the steps of one run share: the event, the connections opened

@@ -48,7 +48,7 @@ impl Accepted {
 
 impl Engine {
     /// Looks a connection up and checks the secret token of its URL.
-    pub async fn authenticate_hook(
+    pub(crate) async fn authenticate_hook(
         &self,
         connection: &str,
         token: &str,
@@ -89,7 +89,7 @@ impl Engine {
     }
 
     /// Decodes a delivery into events (no state is touched).
-    pub fn decode_events(
+    pub(crate) fn decode_events(
         &self,
         record: &ConnectionRecord,
         request: &WebhookRequest<'_>,
@@ -154,7 +154,7 @@ impl Engine {
     }
 
     /// Wraps a decoded change in the event envelope.
-    pub fn envelope(
+    pub(crate) fn envelope(
         &self,
         record: &ConnectionRecord,
         decoded: DecodedEvent,

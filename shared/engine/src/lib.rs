@@ -137,14 +137,14 @@ impl Engine {
     }
 
     /// A lease owner name unique to one attempt of this process.
-    pub fn lease_owner(&self) -> String {
+    pub(crate) fn lease_owner(&self) -> String {
         format!("{}:{}", self.instance, random_id("att"))
     }
 
     /// Whether a lease (or pending acceptance) named `owner` may still have
     /// a live holder: in a sole-worker deployment one left by an earlier
     /// process has none.
-    pub fn holder_may_live(&self, owner: &str) -> bool {
+    pub(crate) fn holder_may_live(&self, owner: &str) -> bool {
         !self.config.sole_worker || owner.split(':').next() == Some(self.instance.as_str())
     }
 
@@ -174,7 +174,7 @@ impl Engine {
 
     /// The event side of an app: what its triggers match and how its
     /// events are completed.
-    pub fn event_source(
+    pub(crate) fn event_source(
         &self,
         app: &str,
     ) -> Option<std::sync::Arc<dyn crmbridge_connectors::EventSource>> {

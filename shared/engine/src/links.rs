@@ -23,7 +23,7 @@ pub struct RecordRef {
 pub type LinkSet = BTreeMap<String, RecordRef>;
 
 impl Engine {
-    pub async fn links_of(&self, record: &RecordRef) -> EngineResult<LinkSet> {
+    pub(crate) async fn links_of(&self, record: &RecordRef) -> EngineResult<LinkSet> {
         let key = keys::links(&record.connection, &record.entity, &record.id);
         Ok(self
             .read::<LinkSet>(&key)
@@ -34,7 +34,7 @@ impl Engine {
 
     /// Records `name → target` in the group of `subject` (named
     /// `subject_name` from the other side).
-    pub async fn link(
+    pub(crate) async fn link(
         &self,
         subject: &RecordRef,
         subject_name: &str,

@@ -92,7 +92,7 @@ pub fn client_of(secrets: &ConnectionSecrets) -> Result<OAuthClient<'_>, ActionE
 
 /// The tokens of one open connection; what connectors see as
 /// [`AccessTokens`].
-pub struct ConnectionTokens {
+pub(crate) struct ConnectionTokens {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     http: VendorClient,

@@ -32,7 +32,7 @@ fn split_utf8(text: &str, max: usize) -> Vec<&str> {
 
 impl Engine {
     /// Returns the event as it should travel on the bus.
-    pub async fn externalise(&self, event: &Event) -> EngineResult<Event> {
+    pub(crate) async fn externalise(&self, event: &Event) -> EngineResult<Event> {
         let text = event.data.to_string();
         if text.len() <= INLINE_LIMIT {
             return Ok(event.clone());
@@ -65,7 +65,7 @@ impl Engine {
     }
 
     /// Puts stored data back into an event taken off the bus.
-    pub async fn resolve_data(&self, mut event: Event) -> EngineResult<Event> {
+    pub(crate) async fn resolve_data(&self, mut event: Event) -> EngineResult<Event> {
         let Some(parts) = event
             .data
             .get(REF_KEY)

@@ -62,7 +62,7 @@ fn nothing() -> Dispatched {
 }
 
 impl Engine {
-    pub async fn poll_requested(
+    pub(crate) async fn poll_requested(
         &self,
         request: &crmbridge_mapping::Event,
     ) -> EngineResult<Dispatched> {
