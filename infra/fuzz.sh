@@ -9,10 +9,10 @@
 #   FUZZ_SECONDS=60 bash infra/fuzz.sh          # a quick pass
 #   FUZZ_TARGETS="template_render" bash infra/fuzz.sh
 #
-# Seeds are read from fuzz/corpus/<target>/ (committed; left unchanged);
-# what the fuzzer discovers goes to fuzz/target/corpus/<target>/ (ignored),
+# Seeds are read from shared/fuzz/corpus/<target>/ (committed; left unchanged);
+# what the fuzzer discovers goes to shared/fuzz/target/corpus/<target>/ (ignored),
 # and is reused by the next run. A crash, out-of-memory or timeout input is
-# copied to fuzz/regressions/<target>/ (commit it: the replay tests run it
+# copied to shared/fuzz/regressions/<target>/ (commit it: the replay tests run it
 # from then on) and the script exits 1.
 set -euo pipefail
 
@@ -38,24 +38,24 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 echo "fuzz.sh: building the targets (nightly, sanitizer coverage)"
-cargo +nightly fuzz build
+cargo +nightly fuzz build --fuzz-dir shared/fuzz
 
-logs=$root/fuzz/target/logs
+logs=$root/shared/fuzz/target/logs
 mkdir -p "$logs"
 summary=()
 found=0
 for target in $targets; do
-    seeds=$root/fuzz/corpus/$target
-    work=$root/fuzz/target/corpus/$target
-    artifacts=$root/fuzz/artifacts/$target
-    regressions=$root/fuzz/regressions/$target
+    seeds=$root/shared/fuzz/corpus/$target
+    work=$root/shared/fuzz/target/corpus/$target
+    artifacts=$root/shared/fuzz/artifacts/$target
+    regressions=$root/shared/fuzz/regressions/$target
     mkdir -p "$seeds" "$work" "$artifacts" "$regressions"
     log=$logs/$target.log
     echo "fuzz.sh: $target for ${seconds}s (log: ${log#"$root"/})"
     status=0
     # New inputs go to the first corpus directory, so the seeds (and the
     # regressions, replayed first) stay as committed.
-    cargo +nightly fuzz run "$target" "$work" "$seeds" "$regressions" -- \
+    cargo +nightly fuzz run --fuzz-dir shared/fuzz "$target" "$work" "$seeds" "$regressions" -- \
         -max_total_time="$seconds" \
         -malloc_limit_mb="$malloc_limit_mb" \
         -rss_limit_mb="$rss_limit_mb" \
@@ -85,6 +85,6 @@ for line in "${summary[@]}"; do
     echo "  $line"
 done
 if [ "$found" -ne 0 ]; then
-    echo "fuzz.sh: crash inputs were copied to fuzz/regressions/<target>/; commit them with the fix"
+    echo "fuzz.sh: crash inputs were copied to shared/fuzz/regressions/<target>/; commit them with the fix"
     exit 1
 fi

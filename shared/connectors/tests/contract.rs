@@ -21,8 +21,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -64,37 +62,6 @@ pub trait ContractSubject: Sized + Send + Sync {
 
 fn fields(value: Value) -> Map<String, Value> {
     value.as_object().cloned().unwrap_or_default()
-}
-
-/// Everything written by `tracing` while a test runs, at every level.
-#[derive(Clone, Default)]
-pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl CapturedLogs {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-pub fn capture_logs() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    (logs, tracing::subscriber::set_default(subscriber))
 }
 
 pub fn secrets_of(credentials: &BTreeMap<String, String>) -> Vec<String> {
@@ -181,7 +148,7 @@ pub async fn a_server_error_is_retried<S: ContractSubject>() {
 
 pub async fn credentials_never_reach_errors_or_logs<S: ContractSubject>() {
     let subject = S::start().await;
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = crmbridge_fakes::logs::capture();
     let settings = subject.settings();
     let http = VendorClient::new();
     let wrong = subject.wrong_credentials();

@@ -1,5 +1,5 @@
 //! Replays every saved input of the `webhook_decoders` fuzz target
-//! (`fuzz/corpus/webhook_decoders/`: the seeds; `fuzz/regressions/
+//! (`shared/fuzz/corpus/webhook_decoders/`: the seeds; `shared/fuzz/regressions/
 //! webhook_decoders/`: inputs that once crashed) through the target's own
 //! harness, so they are checked by every `cargo test --workspace`, on
 //! stable, without libFuzzer. It needs no new dependency: the harness uses
@@ -8,12 +8,12 @@
 
 use std::path::{Path, PathBuf};
 
-#[path = "../../../fuzz/harness/webhook_decoders.rs"]
+#[path = "../../fuzz/harness/webhook_decoders.rs"]
 mod harness;
 
 /// The files saved for the target, corpus and regressions.
 fn saved_inputs() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let mut files = Vec::new();
     for dir in ["corpus", "regressions"] {
         let Ok(entries) = std::fs::read_dir(root.join(dir).join("webhook_decoders")) else {

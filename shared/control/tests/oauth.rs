@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -158,20 +158,6 @@ fn registry() -> Registry {
     registry
 }
 
-/// Every log line written while a test runs.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 struct Harness {
     engine: Arc<Engine>,
     store: Arc<dyn Store>,
@@ -180,7 +166,7 @@ struct Harness {
     who: Principal,
     dynamo: bool,
     table: String,
-    logs: Logs,
+    logs: crmbridge_fakes::logs::CapturedLogs,
     _log_guard: tracing::subscriber::DefaultGuard,
     dir: tempfile::TempDir,
 }
@@ -189,15 +175,7 @@ const CLIENT_ID: &str = "crmbridge-client";
 const CLIENT_SECRET: &str = "client-secret-9f27c1";
 
 async fn harness(dynamo: bool, config: OAuthConfig) -> Harness {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let (logs, guard) = crmbridge_fakes::logs::capture();
     let dir = tempfile::tempdir().unwrap();
     let table = format!("oauth-{}", common::unique());
     let store = common::store(dynamo, dir.path(), &table).await;
@@ -345,7 +323,7 @@ impl Harness {
         secrets.extend(self.oauth.codes_issued());
         secrets.push(CLIENT_SECRET.into());
         assert!(secrets.len() >= 3, "{secrets:?}");
-        let logs = String::from_utf8_lossy(&self.logs.0.lock().unwrap()).into_owned();
+        let logs = self.logs.text();
         assert!(logs.contains("access token refreshed") || logs.contains("connection authorized"));
         let stored = common::everything_stored(self.dynamo, self.dir.path(), &self.table).await;
         assert!(

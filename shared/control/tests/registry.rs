@@ -139,7 +139,7 @@ fn no_file_points_outside_the_repository() {
     assert!(files.len() > 100, "the walk found the repository");
     // Written in two pieces so this file does not name it either. A
     // relative path is fine when it resolves inside the repository
-    // (fuzz/Cargo.toml naming the repository's own shared/ crates).
+    // (a crate naming a sibling crate).
     let outside = format!("{}/shared", "..");
     let mut offenders = Vec::new();
     for path in &files {

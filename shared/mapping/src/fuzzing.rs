@@ -1,4 +1,4 @@
-//! The entry points of the fuzz targets (`fuzz/`, run by `infra/fuzz.sh`)
+//! The entry points of the fuzz targets (`shared/fuzz/`, run by `infra/fuzz.sh`)
 //! and of the test that replays their corpus and crash inputs
 //! (`tests/fuzz_replay.rs`): one function per target, so that an input the
 //! fuzzer saved fails the normal test run the same way. Not for production

@@ -1,6 +1,6 @@
 //! Replays every saved input of the `automation_parse` and
-//! `template_render` fuzz targets (`fuzz/corpus/<target>/`: the seeds;
-//! `fuzz/regressions/<target>/`: inputs that once crashed) through the
+//! `template_render` fuzz targets (`shared/fuzz/corpus/<target>/`: the seeds;
+//! `shared/fuzz/regressions/<target>/`: inputs that once crashed) through the
 //! functions the targets call, so they are checked by every test run, on
 //! stable, without libFuzzer. A crash there fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +14,7 @@ use crmbridge_mapping::fuzzing::{self, TemplateOutcome};
 
 /// The files saved for `target`, corpus and regressions.
 fn saved_inputs(target: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let mut files = Vec::new();
     for dir in ["corpus", "regressions"] {
         let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {

@@ -45,6 +45,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod logs;
 pub mod oauth;
 mod server;
 mod util;
