@@ -78,6 +78,12 @@ pub trait AccessTokens: Send + Sync {
     /// The vendor answered 401 to `rejected`: a fresh token (refreshed
     /// once, however many requests saw the same 401).
     async fn after_rejection(&self, rejected: &str) -> Result<String, ActionError>;
+
+    /// The API domain the last grant named (Zoho's `api_domain`), known
+    /// once a token was asked for.
+    fn api_domain(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What a token endpoint granted.
@@ -87,6 +93,9 @@ pub struct TokenGrant {
     /// Sent with a code; on refresh only by servers that rotate them.
     pub refresh_token: Option<String>,
     pub expires_in_secs: Option<i64>,
+    /// Where this grant's API calls go, when the server says (Zoho's
+    /// `api_domain`: the data centre the account lives in).
+    pub api_domain: Option<String>,
 }
 
 impl std::fmt::Debug for TokenGrant {
@@ -224,6 +233,10 @@ fn read_grant(response: &VendorResponse, secrets: &[&str]) -> Result<TokenGrant,
             expires_in_secs: body["expires_in"]
                 .as_i64()
                 .or_else(|| body["expires_in"].as_str().and_then(|s| s.parse().ok())),
+            api_domain: body["api_domain"]
+                .as_str()
+                .filter(|d| !d.is_empty())
+                .map(|d| d.trim_end_matches('/').to_owned()),
         }),
         _ => {
             let reason = ["error_description", "error", "message", "status"]

@@ -248,10 +248,98 @@ pub(crate) fn only_known(fields: &Map<String, Value>, known: &[&str]) -> Result<
     }
 }
 
+/// A number given as a JSON number or as text (`"81"`, `" 3.5 "`).
+pub(crate) fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().replace(',', ".").parse().ok(),
+        _ => None,
+    }
+    .filter(|n: &f64| n.is_finite())
+}
+
+/// A date-time without zone in the shapes senders use (ISO with `T` or a
+/// space, day-first with dots or dashes, slashes, without seconds), or
+/// Unix seconds: vendors whose date format is the user's choice.
+pub(crate) fn lenient_datetime(text: &str) -> Option<chrono::NaiveDateTime> {
+    const FORMATS: &[&str] = &[
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%d.%m.%Y %H:%M:%S",
+        "%d.%m.%Y %H:%M",
+        "%d-%m-%Y %H:%M:%S",
+        "%d/%m/%Y %H:%M:%S",
+        "%Y/%m/%d %H:%M:%S",
+    ];
+    let text = text.trim();
+    if text.len() >= 9 && text.len() <= 10 && text.chars().all(|c| c.is_ascii_digit()) {
+        return text
+            .parse::<i64>()
+            .ok()
+            .and_then(|secs| DateTime::from_timestamp(secs, 0))
+            .map(|at| at.naive_utc());
+    }
+    FORMATS
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+}
+
+/// A webhook's parameters: the query string, then a JSON object body or
+/// a form body (every value as text).
+pub(crate) fn params_of(
+    request: &crate::InboundRequest<'_>,
+) -> Result<Vec<(String, String)>, crate::DecodeError> {
+    let mut params: Vec<(String, String)> = request.query.to_vec();
+    if !request.body.is_empty() {
+        let is_json = request.content_type.is_some_and(|ct| ct.contains("json"));
+        if is_json {
+            let body: Value = serde_json::from_slice(request.body)
+                .map_err(|err| crate::DecodeError::new("body", format!("not valid JSON: {err}")))?;
+            let object = body
+                .as_object()
+                .ok_or_else(|| crate::DecodeError::new("body", "expected a JSON object"))?;
+            params.extend(object.iter().map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            }));
+        } else {
+            params.extend(form_urlencoded::parse(request.body).into_owned());
+        }
+    }
+    Ok(params)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn lenient_dates_and_numbers() {
+        let at = lenient_datetime("2026-04-25 16:07:14").unwrap();
+        assert_eq!(lenient_datetime("25.04.2026 16:07:14"), Some(at));
+        assert_eq!(lenient_datetime("2026-04-25T16:07:14"), Some(at));
+        assert_eq!(
+            lenient_datetime("1777133234")
+                .unwrap()
+                .and_utc()
+                .timestamp(),
+            1777133234
+        );
+        assert_eq!(lenient_datetime("yesterday"), None);
+        assert_eq!(lenient_datetime("2026-13-45 10:00:00"), None);
+        assert_eq!(number(&Value::from("81")), Some(81.0));
+        assert_eq!(number(&Value::from(" 3,5 ")), Some(3.5));
+        assert_eq!(number(&Value::from("NaN")), None);
+        assert_eq!(number(&Value::Bool(true)), None);
+    }
 
     #[test]
     fn base_urls_must_be_on_the_vendor_domain() {

@@ -25,6 +25,10 @@ pub const RECIPES: &[(&str, &str)] = &[
         "nethunt-worksection",
         include_str!("../../../recipes/nethunt-worksection.yaml"),
     ),
+    (
+        "ringostat-zoho",
+        include_str!("../../../recipes/ringostat-zoho.yaml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +56,72 @@ pub struct RecipeParameter {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub default: Option<Value>,
+    /// What a value must be; without one, anything (a template, a value).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ParameterKind>,
+    /// A valid value, shown in the docs and used by the recipe checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub example: Option<Value>,
+}
+
+/// The type of a recipe parameter. Values of these types are written into
+/// templates, so they may not carry template syntax or quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ParameterKind {
+    Boolean,
+    Number,
+    /// An e-mail address.
+    Email,
+    /// An object whose values are e-mail addresses (keys: any plain text).
+    EmailMap,
+}
+
+/// Text that can sit inside a template and inside its string literals.
+fn plain_text(text: &str) -> bool {
+    !["{{", "}}", "{%", "%}", "{#", "#}", "'", "\\"]
+        .iter()
+        .any(|bad| text.contains(bad))
+}
+
+fn is_email(text: &str) -> bool {
+    let mut parts = text.split('@');
+    matches!((parts.next(), parts.next(), parts.next()),
+        (Some(local), Some(domain), None)
+            if !local.is_empty() && domain.contains('.') && !text.contains(char::is_whitespace))
+        && plain_text(text)
+}
+
+impl ParameterKind {
+    /// Why `value` is not of this kind, if it is not.
+    fn check(self, value: &Value) -> Option<String> {
+        match self {
+            ParameterKind::Boolean if !value.is_boolean() => Some("must be true or false".into()),
+            ParameterKind::Number if !value.is_number() => Some("must be a number".into()),
+            ParameterKind::Email => match value.as_str() {
+                Some(text) if is_email(text) => None,
+                _ => Some(format!("must be an e-mail address, not {value}")),
+            },
+            ParameterKind::EmailMap => {
+                let Some(map) = value.as_object() else {
+                    return Some("must be an object: key → e-mail".into());
+                };
+                map.iter().find_map(|(key, email)| {
+                    if !plain_text(key) || key.contains('"') {
+                        return Some(format!(
+                            "the key {key:?} may not contain quotes or template syntax"
+                        ));
+                    }
+                    match email.as_str() {
+                        Some(text) if is_email(text) => None,
+                        _ => Some(format!("{key}: must be an e-mail address, not {email}")),
+                    }
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Replaces `${name}` in every string and key. A string that is exactly
@@ -121,6 +191,12 @@ impl Recipe {
         for (name, spec) in &self.parameters {
             match parameters.get(name).or(spec.default.as_ref()) {
                 Some(value) => {
+                    if let Some(problem) = spec.kind.and_then(|kind| kind.check(value)) {
+                        errors.push(FieldError {
+                            field: format!("parameters.{name}"),
+                            message: problem,
+                        });
+                    }
                     values.insert(name.clone(), value.clone());
                 }
                 None => errors.push(FieldError {
@@ -205,7 +281,13 @@ mod tests {
             .parameters
             .iter()
             .filter(|(_, spec)| spec.default.is_none())
-            .map(|(name, _)| (name.clone(), Value::String(format!("sample-{name}"))))
+            .map(|(name, spec)| {
+                let sample = spec
+                    .example
+                    .clone()
+                    .unwrap_or_else(|| Value::String(format!("sample-{name}")));
+                (name.clone(), sample)
+            })
             .collect()
     }
 
@@ -221,6 +303,12 @@ mod tests {
                 .map(|role| (role.clone(), role.clone()))
                 .collect();
             let automations = recipe.instantiate(&roles, &samples(&recipe)).unwrap();
+            let registry = crmbridge_connectors::Registry::builtin();
+            for automation in &automations {
+                if let Err(errors) = crmbridge_mapping::validate(automation, registry.catalog()) {
+                    panic!("{name}/{}: {errors}", automation.id);
+                }
+            }
             let text = serde_json::to_string(&automations).unwrap();
             assert!(
                 !text.contains("${"),
@@ -313,5 +401,49 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(err.status(), 422);
+    }
+
+    #[test]
+    fn typed_parameters_refuse_values_that_would_break_a_template() {
+        let recipe = recipe("ringostat-zoho").unwrap();
+        let roles = BTreeMap::from([
+            ("ringostat".to_owned(), "c1".to_owned()),
+            ("zoho".to_owned(), "c2".to_owned()),
+        ]);
+        let with = |employees: Value, senior: Value, before: Value| {
+            let params = BTreeMap::from([
+                ("employees".to_owned(), employees),
+                ("senior_manager".to_owned(), senior),
+                ("before_call".to_owned(), before),
+            ]);
+            match recipe.instantiate(&roles, &params) {
+                Ok(_) => Vec::new(),
+                Err(EngineError::Invalid(errors)) => errors,
+                Err(other) => panic!("{other}"),
+            }
+        };
+        assert!(
+            with(
+                json!({"102": "a@corp.example"}),
+                json!("b@corp.example"),
+                json!(true)
+            )
+            .is_empty()
+        );
+        let errors = with(
+            json!({"102": "not-an-email", "x\"y": "a@corp.example"}),
+            json!("b@corp.example' }}{{ 1"),
+            json!("yes"),
+        );
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "parameters.before_call",
+                "parameters.employees",
+                "parameters.senior_manager"
+            ],
+            "{errors:?}"
+        );
     }
 }

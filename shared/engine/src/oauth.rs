@@ -55,6 +55,9 @@ struct TokenRecord {
     #[serde(default)]
     refreshing: Option<RefreshLease>,
     updated_at: Option<DateTime<Utc>>,
+    /// The API domain the grant named (not a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +107,8 @@ pub(crate) struct ConnectionTokens {
     /// until consent or rotation stores one with the tokens.
     pasted_refresh_token: Option<String>,
     owner: String,
+    /// The API domain of the tokens last read or granted.
+    api_domain: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for ConnectionTokens {
@@ -194,6 +199,7 @@ impl ConnectionTokens {
             if let Some(reason) = &record.refused {
                 return Err(vendor_oauth::reauthorization_needed(reason));
             }
+            self.remember_domain(record.api_domain.as_deref());
             let secrets = self.open(&record)?;
             if let Some(current) = &secrets
                 && Some(current.access_token.as_str()) != rejected
@@ -268,6 +274,7 @@ impl ConnectionTokens {
         match outcome {
             Ok(grant) => {
                 let access = grant.access_token.clone();
+                self.remember_domain(grant.api_domain.as_deref());
                 self.seal_grant(&mut record, grant, refresh_token);
                 // Our lease makes this write ours; a conflict means the
                 // lease lapsed and another worker refreshed: use theirs.
@@ -291,6 +298,12 @@ impl ConnectionTokens {
         }
     }
 
+    fn remember_domain(&self, domain: Option<&str>) {
+        if let (Some(domain), Ok(mut slot)) = (domain, self.api_domain.lock()) {
+            *slot = Some(domain.to_owned());
+        }
+    }
+
     fn seal_grant(&self, record: &mut TokenRecord, grant: TokenGrant, previous: Option<String>) {
         seal_into(&self.keyring, &self.connection, record, grant, previous);
     }
@@ -303,6 +316,9 @@ fn seal_into(
     grant: TokenGrant,
     previous_refresh: Option<String>,
 ) {
+    if grant.api_domain.is_some() {
+        record.api_domain = grant.api_domain.clone();
+    }
     let secrets = TokenSecrets {
         access_token: grant.access_token,
         // A server that does not rotate keeps the refresh token we had.
@@ -323,6 +339,10 @@ impl AccessTokens for ConnectionTokens {
 
     async fn after_rejection(&self, rejected: &str) -> Result<String, ActionError> {
         self.token(Some(rejected)).await
+    }
+
+    fn api_domain(&self) -> Option<String> {
+        self.api_domain.lock().ok().and_then(|slot| slot.clone())
     }
 }
 
@@ -351,6 +371,7 @@ impl Engine {
             // Per call context, not per process: two tasks of one process
             // refreshing at once must also make one refresh.
             owner: crate::random_id("rfr"),
+            api_domain: std::sync::Mutex::new(None),
         }))
     }
 

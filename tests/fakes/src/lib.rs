@@ -16,6 +16,14 @@
 //!   and `Authorization: Admin` HMAC auth, projects, tasks, events,
 //!   webhooks with the URL probe), plus [`vendors::worksection::FakeWorksection::send_webhook`],
 //!   the webhook Worksection sends to us.
+//! * [`vendors::zoho::FakeZoho`] — Zoho CRM REST API `/crm/{v2…v8}` (org,
+//!   users, field metadata, insert / upsert / update / get, search with a
+//!   deterministic index lag, COQL, credit and concurrency limits); it
+//!   accepts the access tokens of an [`oauth::FakeOAuth`], Zoho's accounts
+//!   server.
+//! * [`vendors::ringostat::FakeRingostat`] — Ringostat's call-log export
+//!   (`/calls/list`), plus [`vendors::ringostat::RingostatWebhook`], the
+//!   "Webhooks 2.0" call webhook Ringostat sends to us.
 //!
 //! Every fake keeps its records in memory, logs every request it receives
 //! ([`RecordedRequest`], credentials redacted), and injects faults on demand
@@ -47,6 +55,7 @@
 
 pub mod logs;
 pub mod oauth;
+pub mod scenarios;
 mod server;
 mod util;
 pub mod vendors;

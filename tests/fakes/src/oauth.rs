@@ -3,7 +3,9 @@
 //! CRM, HubSpot and other RFC 6749 vendors).
 //!
 //! What it models (every path is relative to [`FakeOAuth::base_url`], which
-//! is also the `api_domain` the token endpoint returns):
+//! is also the `api_domain` the token endpoint returns unless
+//! [`FakeOAuth::set_api_domain`] names another host — Zoho answers with its
+//! data centre's API host, e.g. a `FakeZoho`'s base URL):
 //! * `GET /oauth/authorize` (alias `/oauth/v2/auth`, Zoho's path) with
 //!   `response_type=code`, `client_id`, `redirect_uri`, `state`, `scope`,
 //!   optional `code_challenge` + `code_challenge_method=S256`. The fake
@@ -54,6 +56,9 @@
 //!   expired or revoked token → 401
 //!   `{"code":"INVALID_TOKEN","details":{},"message":"invalid oauth token","status":"error"}`
 //!   with `WWW-Authenticate: Bearer error="invalid_token"`.
+//! * [`FakeOAuth::token_checker`] hands another fake (Zoho's API) a
+//!   [`TokenChecker`] that tells whether an access token is valid, expired
+//!   or unknown, so that fake can serve as the protected resource.
 //! * Injected faults: `ServerError` → 500 `{"error":"server_error"}`
 //!   (`{"code":"INTERNAL_ERROR"}` under `/api`), `TooManyRequests` → 429
 //!   with `Retry-After: 1`.
@@ -241,7 +246,60 @@ struct AccessToken {
 
 impl AccessToken {
     fn valid(&self, now: Instant) -> bool {
-        !self.expired && !self.revoked && self.expires_at.is_none_or(|e| now < e)
+        self.state(now) == TokenState::Valid
+    }
+
+    fn state(&self, now: Instant) -> TokenState {
+        if self.revoked {
+            TokenState::Unknown
+        } else if self.expired || self.expires_at.is_some_and(|e| now >= e) {
+            TokenState::Expired
+        } else {
+            TokenState::Valid
+        }
+    }
+}
+
+/// What [`TokenChecker::check`] knows about an access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// Issued by this fake, not expired, not revoked.
+    Valid,
+    /// Issued by this fake, but past its lifetime or expired by
+    /// [`FakeOAuth::expire_access_tokens`].
+    Expired,
+    /// Never issued by this fake, or **revoked** (by
+    /// [`FakeOAuth::revoke_refresh_token`] or [`FakeOAuth::revoke_all`]): a
+    /// revoked token is as good as one never issued, and Zoho answers
+    /// `INVALID_TOKEN` for both.
+    Unknown,
+}
+
+/// A cheap, cloneable handle onto a [`FakeOAuth`]'s tokens, for another fake
+/// that acts as the protected resource (the Zoho CRM fake checks
+/// `Authorization: Zoho-oauthtoken …` with it). It keeps the token store
+/// alive, not the server: after the [`FakeOAuth`] is dropped it still
+/// answers from the tokens issued until then.
+#[derive(Clone)]
+pub struct TokenChecker(Arc<Inner>);
+
+impl std::fmt::Debug for TokenChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenChecker")
+            .field("base_url", &self.0.base_url)
+            .finish()
+    }
+}
+
+impl TokenChecker {
+    /// The state of `access_token` now (exact, case-sensitive match).
+    pub fn check(&self, access_token: &str) -> TokenState {
+        let now = Instant::now();
+        lock(&self.0.data)
+            .access
+            .iter()
+            .find(|a| a.token == access_token)
+            .map_or(TokenState::Unknown, |a| a.state(now))
     }
 }
 
@@ -266,6 +324,8 @@ struct Data {
     token_delay: Duration,
     /// The `Authorization` scheme of each protected-resource request.
     schemes: Vec<String>,
+    /// `api_domain` of token answers; `None` = the fake's own base URL.
+    api_domain: Option<String>,
 }
 
 impl Data {
@@ -359,10 +419,23 @@ impl FakeOAuth {
 
     common_methods!();
 
-    /// `http://127.0.0.1:PORT` — the accounts server and the API domain
-    /// (`api_domain` in token answers).
+    /// `http://127.0.0.1:PORT` — the accounts server, and the API domain
+    /// (`api_domain` in token answers) until [`FakeOAuth::set_api_domain`].
     pub fn base_url(&self) -> String {
         self.inner.base_url.clone()
+    }
+
+    /// From now on token answers carry `"api_domain": url` instead of
+    /// [`FakeOAuth::base_url`] (Zoho's accounts server returns the API host
+    /// of the account's data centre: point it at a `FakeZoho`).
+    pub fn set_api_domain(&self, url: &str) {
+        lock(&self.inner.data).api_domain = Some(url.to_owned());
+    }
+
+    /// A handle that checks access tokens against this fake's store, for a
+    /// fake API that accepts them (see [`TokenChecker`]).
+    pub fn token_checker(&self) -> TokenChecker {
+        TokenChecker(self.inner.clone())
     }
 
     /// `{base_url}/oauth/token`.
@@ -968,7 +1041,7 @@ impl Inner {
         let scope = entry.scope.clone();
         let refresh = d.mint_refresh(&scope);
         let access = d.mint_access(self.lifetime(), Some(refresh.as_str()), &scope);
-        Ok(self.token_response(&access, Some(refresh.as_str()), &scope))
+        Ok(self.token_response(d, &access, Some(refresh.as_str()), &scope))
     }
 
     fn refresh_grant(&self, d: &mut Data, params: &[(String, String)]) -> R<Resp> {
@@ -998,14 +1071,14 @@ impl Inner {
             }
             let next = d.mint_refresh(&scope);
             let access = d.mint_access(self.lifetime(), Some(next.as_str()), &scope);
-            Ok(self.token_response(&access, Some(next.as_str()), &scope))
+            Ok(self.token_response(d, &access, Some(next.as_str()), &scope))
         } else {
             let access = d.mint_access(self.lifetime(), Some(presented.as_str()), &scope);
-            Ok(self.token_response(&access, None, &scope))
+            Ok(self.token_response(d, &access, None, &scope))
         }
     }
 
-    fn token_response(&self, access: &str, refresh: Option<&str>, scope: &str) -> Resp {
+    fn token_response(&self, d: &Data, access: &str, refresh: Option<&str>, scope: &str) -> Resp {
         let mut body = Map::new();
         body.insert("access_token".into(), Value::from(access));
         if let Some(rt) = refresh {
@@ -1016,7 +1089,8 @@ impl Inner {
             Value::from(self.config.access_token_lifetime_secs),
         );
         body.insert("token_type".into(), Value::from("Bearer"));
-        body.insert("api_domain".into(), Value::from(self.base_url.as_str()));
+        let api_domain = d.api_domain.as_deref().unwrap_or(self.base_url.as_str());
+        body.insert("api_domain".into(), Value::from(api_domain));
         if !scope.is_empty() {
             body.insert("scope".into(), Value::from(scope));
         }
@@ -1332,5 +1406,77 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 401);
+    }
+
+    #[tokio::test]
+    async fn api_domain_can_point_elsewhere() {
+        let fake = FakeOAuth::start(OAuthConfig::zoho("cid", SECRET))
+            .await
+            .unwrap();
+        let refresh = fake.issue_refresh_token();
+        let grant = || async {
+            reqwest::Client::new()
+                .post(format!("{}/oauth/v2/token", fake.base_url()))
+                .query(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh.as_str()),
+                    ("client_id", "cid"),
+                    ("client_secret", SECRET),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        };
+        assert_eq!(grant().await["api_domain"], json!(fake.base_url()));
+        fake.set_api_domain("http://127.0.0.1:9/zoho-api");
+        let body = grant().await;
+        assert_eq!(body["api_domain"], json!("http://127.0.0.1:9/zoho-api"));
+        assert!(body["access_token"].is_string());
+    }
+
+    #[tokio::test]
+    async fn token_checker_sees_valid_expired_unknown_and_revoked() {
+        let fake = FakeOAuth::start(OAuthConfig::zoho("cid", SECRET))
+            .await
+            .unwrap();
+        let checker = fake.token_checker();
+        let direct = fake.issue_access_token();
+        assert_eq!(checker.check(&direct), TokenState::Valid);
+        assert_eq!(checker.check("fake-at-never-issued"), TokenState::Unknown);
+        assert_eq!(checker.check(""), TokenState::Unknown);
+
+        fake.expire_access_tokens();
+        assert_eq!(checker.clone().check(&direct), TokenState::Expired);
+
+        // A token minted from a refresh token dies with it: Unknown.
+        let refresh = fake.issue_refresh_token();
+        let body: Value = reqwest::Client::new()
+            .post(fake.token_url())
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.as_str()),
+                ("client_id", "cid"),
+                ("client_secret", SECRET),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let minted = body["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(checker.check(&minted), TokenState::Valid);
+        assert!(fake.revoke_refresh_token(&refresh));
+        assert_eq!(checker.check(&minted), TokenState::Unknown);
+
+        // Lifetime 0: expired as soon as issued.
+        let short = FakeOAuth::start(OAuthConfig::new("c", "s").with_access_token_lifetime(0))
+            .await
+            .unwrap();
+        let token = short.issue_access_token();
+        assert_eq!(short.token_checker().check(&token), TokenState::Expired);
     }
 }

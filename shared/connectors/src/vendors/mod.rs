@@ -22,5 +22,7 @@ vendors! {
     moysklad,
     nethunt,
     retailcrm,
+    ringostat,
     worksection,
+    zoho,
 }

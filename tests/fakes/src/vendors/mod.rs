@@ -6,7 +6,9 @@ pub mod calltouch;
 pub mod moysklad;
 pub mod nethunt;
 pub mod retailcrm;
+pub mod ringostat;
 pub mod worksection;
+pub mod zoho;
 
 /// The vendors that have a fake, for the registry's completeness check.
 pub const FAKED: &[&str] = &[
@@ -14,5 +16,7 @@ pub const FAKED: &[&str] = &[
     "moysklad",
     "nethunt",
     "retailcrm",
+    "ringostat",
     "worksection",
+    "zoho",
 ];

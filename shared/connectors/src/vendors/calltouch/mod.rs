@@ -58,7 +58,7 @@ use serde_json::{Map, Value, json};
 
 use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, redact};
 use crate::support::{
-    base_url, credential, field, only_known, required_text, text, url_with_query,
+    base_url, credential, field, only_known, params_of, required_text, text, url_with_query,
     validate_known_settings, with_timeout,
 };
 use crate::{
@@ -250,31 +250,6 @@ fn deal_fields(create: bool) -> Vec<FieldSpec> {
 fn looks_unfilled(value: &str) -> bool {
     let trimmed = value.trim();
     trimmed.starts_with('{') && trimmed.ends_with('}') && !trimmed.contains('"')
-}
-
-fn params_of(request: &InboundRequest<'_>) -> Result<Vec<(String, String)>, DecodeError> {
-    let mut params: Vec<(String, String)> = request.query.to_vec();
-    if !request.body.is_empty() {
-        let is_json = request.content_type.is_some_and(|ct| ct.contains("json"));
-        if is_json {
-            let body: Value = serde_json::from_slice(request.body)
-                .map_err(|err| DecodeError::new("body", format!("not valid JSON: {err}")))?;
-            let object = body
-                .as_object()
-                .ok_or_else(|| DecodeError::new("body", "expected a JSON object"))?;
-            params.extend(object.iter().map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| v.to_string()),
-                )
-            }));
-        } else {
-            params.extend(form_urlencoded::parse(request.body).into_owned());
-        }
-    }
-    Ok(params)
 }
 
 /// `dd-mm-yyyy HH:MM:SS`, the lead-service format (uncertain; see module docs).
