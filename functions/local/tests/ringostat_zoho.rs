@@ -24,8 +24,14 @@ struct Serve {
 
 impl Serve {
     fn start() -> Self {
+        Self::start_with(2, &[])
+    }
+
+    fn start_with(workers: usize, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = serve_with(&dir.path().join("data"), 2, &["--allow-any-vendor-url"]);
+        let mut args = vec!["--allow-any-vendor-url"];
+        args.extend_from_slice(extra);
+        let server = serve_with(&dir.path().join("data"), workers, &args);
         let key = server.owner_key.clone().unwrap();
         Self {
             server,
@@ -71,7 +77,7 @@ impl Gateway for Serve {
     }
 
     async fn settle(&self, expected: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let all = runs(&self.server, &self.key).await;
             let busy = all
@@ -87,6 +93,9 @@ impl Gateway for Serve {
             );
             pause().await;
         }
+    }
+    async fn runs(&self) -> Vec<Value> {
+        runs(&self.server, &self.key).await
     }
 }
 
@@ -109,4 +118,99 @@ async fn bad_deliveries_through_serve() {
     let account = ZohoAccount::start().await;
     let gateway = Serve::start();
     scenario::bad_deliveries(&gateway, &account).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_field_is_refused_on_save_and_skips_runs_later_through_serve() {
+    let account = ZohoAccount::start().await;
+    let gateway = Serve::start();
+    scenario::missing_fields(&gateway, &account).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expire_mid_burst_then_the_grant_is_revoked_through_serve() {
+    let account = ZohoAccount::start().await;
+    let gateway = Serve::start_with(4, &[]);
+    scenario::tokens_expire_mid_burst_then_the_grant_is_revoked(&gateway, &account).await;
+    let logs = gateway.server.logs.lock().unwrap().clone();
+    for secret in [account.refresh_token.as_str(), "zoho-client-secret-5c1"] {
+        assert!(!logs.contains(secret), "a secret in the logs");
+    }
+    for token in account.oauth.access_tokens_issued() {
+        assert!(!logs.contains(&token), "an access token in the logs");
+    }
+}
+
+/// 30 % of Zoho's answers are faults — 5xx, 429 (and Zoho's concurrency
+/// limit of 5), a connection dropped before or after Zoho acted — over
+/// 1,000 calls from 700 callers, each delivered once or twice: every call
+/// ends in a run that succeeded, and every caller has exactly one lead.
+/// `CRMBRIDGE_ZOHO_FAULT_CALLS` sets the number of calls (default 1000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_zoho_faults_lose_nothing_and_double_no_lead() {
+    use crmbridge_fakes::Fault;
+    let calls: usize = std::env::var("CRMBRIDGE_ZOHO_FAULT_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let callers = calls * 7 / 10;
+    let account = ZohoAccount::start().await;
+    let gateway = Serve::start_with(8, &["--retry-backoff", "50ms"]);
+    let hook = scenario::install(&gateway, &account, false).await;
+    let zoho = &account.zoho;
+    zoho.set_concurrency_limit(Some(5));
+    zoho.set_fault_rate(
+        0.3,
+        vec![
+            Fault::ServerError,
+            Fault::TooManyRequests,
+            Fault::Drop,
+            Fault::DropAfterCommit,
+        ],
+        20261125,
+    );
+    let phone = |caller: usize| format!("38063{caller:07}");
+    let deliveries: Vec<(scenario::Delivery, usize)> = (0..calls)
+        .map(|n| {
+            let call = scenario::call(
+                &format!("ua-9{n:05}"),
+                &phone(n % callers),
+                Some(scenario::ANNA),
+                "ANSWERED",
+            );
+            (scenario::delivery(&call, "answered", n), 1 + n % 2)
+        })
+        .collect();
+    for batch in deliveries.chunks(25) {
+        let sends = batch
+            .iter()
+            .flat_map(|(delivery, times)| (0..*times).map(|_| gateway.webhook(&hook, delivery)));
+        for (status, body) in futures_util::future::join_all(sends).await {
+            assert!(status == 200, "{status} {body}");
+        }
+    }
+    let runs = gateway.settle(calls).await;
+    zoho.clear_faults();
+    assert_eq!(runs.len(), calls, "one run per call");
+    let not_ok: Vec<&Value> = runs.iter().filter(|r| r["status"] != "succeeded").collect();
+    assert!(not_ok.is_empty(), "{not_ok:#?}");
+    let leads = zoho.records("Leads");
+    let mut phones: Vec<String> = leads
+        .iter()
+        .map(|l| l["Phone"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    phones.sort();
+    phones.dedup();
+    assert_eq!(phones.len(), leads.len(), "a doubled lead");
+    assert_eq!(leads.len(), callers, "a lost lead");
+    assert!(
+        zoho.fault_count() > calls,
+        "faults were injected: {}",
+        zoho.fault_count()
+    );
+    println!(
+        "{calls} calls, {callers} callers: {} faults injected, {} Zoho credits used",
+        zoho.fault_count(),
+        zoho.credits_used()
+    );
 }

@@ -66,6 +66,14 @@ pub trait OAuthApp: Send + Sync {
     fn authorization(&self, access_token: &str) -> String {
         format!("Bearer {access_token}")
     }
+
+    /// Whether an answer says the access token itself was refused (so a
+    /// fresh one may help), as opposed to a 401 for a missing scope, which
+    /// a refresh cannot cure and which would burn the refresh token's
+    /// quota (Zoho: 10 access tokens per 10 minutes).
+    fn token_refused(&self, response: &VendorResponse) -> bool {
+        response.status == 401
+    }
 }
 
 /// Access tokens of one connection, kept fresh by the engine.
@@ -244,10 +252,29 @@ fn read_grant(response: &VendorResponse, secrets: &[&str]) -> Result<TokenGrant,
                 .find_map(|name| body[*name].as_str())
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("HTTP {} without an access token", response.status));
-            Err(TokenError::Refused(crate::client::redact(
-                &truncated(&reason),
-                secrets,
-            )))
+            let reason = crate::client::redact(&truncated(&reason), secrets);
+            // A server that is throttling token calls (Zoho: "Access
+            // Denied … too many requests"; RFC 6749's
+            // `temporarily_unavailable`) has not revoked anything.
+            let throttled = [&body["error"], &body["error_description"], &body["message"]]
+                .iter()
+                .filter_map(|v| v.as_str())
+                .any(|text| {
+                    let text = text.to_ascii_lowercase();
+                    text.contains("too many requests")
+                        || text.contains("access denied")
+                        || text == "temporarily_unavailable"
+                        || text == "slow_down"
+                });
+            if throttled {
+                return Err(TokenError::Unavailable(VendorError::Status {
+                    vendor: "oauth",
+                    status: 429,
+                    attempts: response.attempts,
+                    body: reason,
+                }));
+            }
+            Err(TokenError::Refused(reason))
         }
     }
 }
@@ -280,7 +307,7 @@ pub async fn send_authorized(
         .http
         .send(ctx.connection, policy, &request, &[&token])
         .await?;
-    if response.status != 401 {
+    if !app.token_refused(&response) {
         return Ok(response);
     }
     let fresh = tokens.after_rejection(&token).await?;
@@ -339,6 +366,14 @@ mod tests {
         for status in [500, 502, 429] {
             let err = read_grant(&answer(status, "{}"), &[]).unwrap_err();
             assert!(matches!(err, TokenError::Unavailable(_)), "{status}");
+        }
+        // Throttled token calls are not a revoked grant.
+        for body in [
+            r#"{"error":"Access Denied","error_description":"You have made too many requests continuously. Please try again after some time."}"#,
+            r#"{"error":"temporarily_unavailable"}"#,
+        ] {
+            let err = read_grant(&answer(400, body), &[]).unwrap_err();
+            assert!(matches!(err, TokenError::Unavailable(_)), "{body}: {err:?}");
         }
     }
 

@@ -46,7 +46,13 @@ fn webhook_corpus_replays() {
     }
     // The seeds are the connectors' own test payloads: each connector that
     // takes webhooks decodes some of them.
-    for app in ["generic", "calltouch", "moysklad", "worksection"] {
+    for app in [
+        "generic",
+        "calltouch",
+        "moysklad",
+        "ringostat",
+        "worksection",
+    ] {
         assert!(
             decoded.get(app).copied().unwrap_or(0) > 0,
             "{app}: {decoded:?}"
@@ -76,5 +82,5 @@ fn the_harness_reads_a_delivery_as_documented() {
     );
     // Every connector, with settings its validate_settings accepts (the
     // harness checks them when it first builds the registry).
-    assert_eq!(harness::decode(b"*\n\n\n{}").len(), 6);
+    assert_eq!(harness::decode(b"*\n\n\n{}").len(), 7);
 }

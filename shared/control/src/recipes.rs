@@ -94,6 +94,25 @@ fn is_email(text: &str) -> bool {
 }
 
 impl ParameterKind {
+    /// The value as templates compare it: e-mail maps' keys and values in
+    /// lower case (the events they are looked up with are).
+    fn normalized(self, value: &Value) -> Value {
+        match (self, value) {
+            (ParameterKind::EmailMap, Value::Object(map)) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| {
+                        let v = v
+                            .as_str()
+                            .map_or_else(|| v.clone(), |s| Value::String(s.to_lowercase()));
+                        (k.trim().to_lowercase(), v)
+                    })
+                    .collect(),
+            ),
+            (ParameterKind::Email, Value::String(s)) => Value::String(s.trim().to_lowercase()),
+            _ => value.clone(),
+        }
+    }
+
     /// Why `value` is not of this kind, if it is not.
     fn check(self, value: &Value) -> Option<String> {
         match self {
@@ -197,7 +216,11 @@ impl Recipe {
                             message: problem,
                         });
                     }
-                    values.insert(name.clone(), value.clone());
+                    values.insert(
+                        name.clone(),
+                        spec.kind
+                            .map_or_else(|| value.clone(), |k| k.normalized(value)),
+                    );
                 }
                 None => errors.push(FieldError {
                     field: format!("parameters.{name}"),

@@ -45,6 +45,10 @@ pub fn settings_for(app: &str) -> Vec<Value> {
         "moysklad" => vec![json!({}), json!({"organization": "org-1"})],
         "retailcrm" => vec![json!({"base_url": "https://demo.retailcrm.ru", "site": "shop"})],
         "nethunt" => vec![json!({}), json!({"time_zone": "Europe/Kyiv"})],
+        "ringostat" => vec![
+            json!({}),
+            json!({"keys": {"caller": ["phone", "caller_id"], "call_id": "call"}, "timezone": "UTC", "default_region": "UA"}),
+        ],
         "worksection" => vec![
             json!({"base_url": "https://demo.worksection.com"}),
             json!({"base_url": "https://demo.worksection.com", "auth_scheme": "header",

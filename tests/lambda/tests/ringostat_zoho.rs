@@ -13,7 +13,9 @@ mod common;
 
 use async_trait::async_trait;
 use common::{Stack, admin_request, hook_request, http};
-use crmbridge_fakes::scenarios::ringostat_zoho::{self as scenario, Delivery, Gateway, ZohoAccount};
+use crmbridge_fakes::scenarios::ringostat_zoho::{
+    self as scenario, Delivery, Gateway, ZohoAccount,
+};
 use serde_json::Value;
 
 struct Deployed(Stack);
@@ -50,6 +52,9 @@ impl Gateway for Deployed {
         assert_eq!(runs.len(), expected, "{runs:#?}");
         runs
     }
+    async fn runs(&self) -> Vec<Value> {
+        self.0.runs().await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,4 +72,11 @@ async fn the_before_call_mode_and_bad_deliveries_through_the_lambda_binaries() {
     let account = ZohoAccount::start().await;
     let gateway = Deployed(Stack::start().await);
     scenario::bad_deliveries(&gateway, &account).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_field_is_refused_on_save_and_skips_runs_later_through_the_lambda_binaries() {
+    let account = ZohoAccount::start().await;
+    let gateway = Deployed(Stack::start().await);
+    scenario::missing_fields(&gateway, &account).await;
 }

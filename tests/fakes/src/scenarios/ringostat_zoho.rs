@@ -46,6 +46,8 @@ pub trait Gateway: Send + Sync {
     /// Returns once `runs` runs exist and none is still running or
     /// waiting for a retry; every run, as `GET /v1/runs` lists them.
     async fn settle(&self, runs: usize) -> Vec<Value>;
+    /// Every run now, whatever its state.
+    async fn runs(&self) -> Vec<Value>;
 }
 
 /// A Zoho account (accounts server + API) with three users.
@@ -194,9 +196,9 @@ pub fn delivery(call: &BTreeMap<String, String>, moment: &str, style: usize) -> 
     }
 }
 
-/// A connection, the recipe instantiated; returns the Ringostat webhook
-/// path.
-pub async fn install(gateway: &dyn Gateway, account: &ZohoAccount, before_call: bool) -> String {
+/// The two connections (the Zoho one checked); returns their ids and the
+/// Ringostat webhook path.
+pub async fn connect(gateway: &dyn Gateway, account: &ZohoAccount) -> Installed {
     let (status, zoho) = gateway
         .admin("POST", "/v1/connections", Some(account.connection()))
         .await;
@@ -206,15 +208,9 @@ pub async fn install(gateway: &dyn Gateway, account: &ZohoAccount, before_call: 
         !text.contains(CLIENT_SECRET) && !text.contains(&account.refresh_token),
         "a secret in the answer: {text}"
     );
+    let zoho_id = zoho["id"].as_str().unwrap_or_default().to_owned();
     let (status, checked) = gateway
-        .admin(
-            "POST",
-            &format!(
-                "/v1/connections/{}/check",
-                zoho["id"].as_str().unwrap_or_default()
-            ),
-            None,
-        )
+        .admin("POST", &format!("/v1/connections/{zoho_id}/check"), None)
         .await;
     assert_eq!(status, 200, "{checked}");
     assert_eq!(checked["account"]["active_users"], 4, "{checked}");
@@ -222,21 +218,47 @@ pub async fn install(gateway: &dyn Gateway, account: &ZohoAccount, before_call: 
         .admin("POST", "/v1/connections", Some(ringostat_connection()))
         .await;
     assert_eq!(status, 201, "{ringostat}");
-    let (status, created) = gateway
+    Installed {
+        zoho: zoho_id,
+        ringostat: ringostat["id"].as_str().unwrap_or_default().to_owned(),
+        hook: ringostat["webhook_path"]
+            .as_str()
+            .expect("a webhook path")
+            .to_owned(),
+    }
+}
+
+/// What [`connect`] made.
+pub struct Installed {
+    pub zoho: String,
+    pub ringostat: String,
+    pub hook: String,
+}
+
+/// `POST /v1/recipes/ringostat-zoho/instantiate`: status and answer.
+pub async fn instantiate(
+    gateway: &dyn Gateway,
+    installed: &Installed,
+    before_call: bool,
+) -> (u16, Value) {
+    gateway
         .admin(
             "POST",
             "/v1/recipes/ringostat-zoho/instantiate",
             Some(json!({
-                "connections": {"ringostat": ringostat["id"], "zoho": zoho["id"]},
+                "connections": {"ringostat": installed.ringostat, "zoho": installed.zoho},
                 "parameters": parameters(before_call),
             })),
         )
-        .await;
+        .await
+}
+
+/// The connections and the recipe; returns the Ringostat webhook path.
+pub async fn install(gateway: &dyn Gateway, account: &ZohoAccount, before_call: bool) -> String {
+    let installed = connect(gateway, account).await;
+    let (status, created) = instantiate(gateway, &installed, before_call).await;
     assert_eq!(status, 201, "{created}");
-    ringostat["webhook_path"]
-        .as_str()
-        .expect("a webhook path")
-        .to_owned()
+    installed.hook
 }
 
 /// Sends a delivery `times` times; every one is accepted.
@@ -359,7 +381,7 @@ pub async fn call_matrix(gateway: &dyn Gateway, account: &ZohoAccount) {
         "{calls:#?}"
     );
     // Bob answered Anna's client: an open task for Anna, due 4 hours after
-    // the call (16:07 Kyiv = 13:07 UTC → 17:07 UTC).
+    // the call (16:07 Kyiv → 20:07 Kyiv).
     let callbacks = account.find("Tasks", |t| text(t, "Subject").starts_with("Call back"));
     assert_eq!(callbacks.len(), 2, "{callbacks:#?}");
     for task in &callbacks {
@@ -369,7 +391,7 @@ pub async fn call_matrix(gateway: &dyn Gateway, account: &ZohoAccount) {
         assert!(
             task["Remind_At"]
                 .to_string()
-                .contains("2026-04-25T17:07:14"),
+                .contains("2026-04-25T20:07:14+03:00"),
             "{task:#}"
         );
     }
@@ -514,4 +536,189 @@ pub async fn bad_deliveries(gateway: &dyn Gateway, account: &ZohoAccount) {
     assert_eq!(status, 200, "{body}");
     gateway.settle(1).await;
     assert_eq!(account.zoho.records("Leads").len(), 1);
+}
+
+/// Preflight: an account without `rs_utm_term` is refused on save with the
+/// field named; a field deleted later skips the runs that would write it
+/// (nothing half-made) and marks the automation; restoring it clears the
+/// mark.
+pub async fn missing_fields(gateway: &dyn Gateway, account: &ZohoAccount) {
+    let zoho = &account.zoho;
+    assert!(zoho.remove_field("Leads", "rs_utm_term"));
+    let installed = connect(gateway, account).await;
+    let (status, refused) = instantiate(gateway, &installed, false).await;
+    assert_eq!(status, 422, "{refused}");
+    let errors = refused["error"]["errors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!errors.is_empty(), "{refused}");
+    for error in &errors {
+        let field = error["field"].as_str().unwrap_or_default();
+        assert!(
+            field.starts_with("automations[") && field.ends_with(".fields.custom.rs_utm_term"),
+            "{refused:#}"
+        );
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("rs_utm_term") && message.contains("Setup"),
+            "{message}"
+        );
+    }
+    let (_, saved) = gateway.admin("GET", "/v1/automations", None).await;
+    assert_eq!(saved["items"], json!([]), "nothing saved: {saved}");
+
+    zoho.add_custom_field("Leads", "rs_utm_term")
+        .expect("field back");
+    let (status, created) = instantiate(gateway, &installed, false).await;
+    assert_eq!(status, 201, "{created}");
+
+    // Deleted later: the run is skipped with the reason, no lead is made,
+    // and the automation's health names the field.
+    assert!(zoho.remove_field("Leads", "rs_utm_term"));
+    let first = call("ua-7001", "380679990001", Some(ANNA), "ANSWERED");
+    send(
+        gateway,
+        &installed.hook,
+        &delivery(&first, "answered", 0),
+        2,
+    )
+    .await;
+    let runs = gateway.settle(1).await;
+    assert_eq!(runs[0]["status"], "skipped", "{runs:#?}");
+    assert!(
+        runs[0]["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rs_utm_term"),
+        "{runs:#?}"
+    );
+    assert!(zoho.records("Leads").is_empty(), "no half-made lead");
+    let (_, automation) = gateway
+        .admin(
+            "GET",
+            "/v1/automations/ringostat-call-answered-to-zoho",
+            None,
+        )
+        .await;
+    assert!(
+        automation["health"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rs_utm_term"),
+        "{automation:#}"
+    );
+
+    // Restored: the next call runs, and the mark is gone.
+    zoho.add_custom_field("Leads", "rs_utm_term")
+        .expect("field back");
+    let second = call("ua-7002", "380679990002", Some(ANNA), "ANSWERED");
+    send(
+        gateway,
+        &installed.hook,
+        &delivery(&second, "answered", 1),
+        1,
+    )
+    .await;
+    let runs = gateway.settle(2).await;
+    assert!(runs.iter().any(|r| r["status"] == "succeeded"), "{runs:#?}");
+    let leads = zoho.records("Leads");
+    assert_eq!(leads.len(), 1);
+    assert_eq!(text(&leads[0], "rs_utm_term"), "crm");
+    let (_, automation) = gateway
+        .admin(
+            "GET",
+            "/v1/automations/ringostat-call-answered-to-zoho",
+            None,
+        )
+        .await;
+    assert!(automation["health"].is_null(), "{automation:#}");
+}
+
+/// Access tokens expire in the middle of a busy minute: one refresh, and no
+/// run fails. Then the grant is revoked: the next run fails with
+/// "reauthorization needed", and so does the connection's health.
+pub async fn tokens_expire_mid_burst_then_the_grant_is_revoked(
+    gateway: &dyn Gateway,
+    account: &ZohoAccount,
+) {
+    let installed = connect(gateway, account).await;
+    let (status, created) = instantiate(gateway, &installed, false).await;
+    assert_eq!(status, 201, "{created}");
+    let oauth = &account.oauth;
+    let calls: Vec<_> = (0..24)
+        .map(|n| {
+            call(
+                &format!("ua-8{n:03}"),
+                &format!("38067100{n:04}"),
+                Some(ANNA),
+                "ANSWERED",
+            )
+        })
+        .collect();
+    let deliveries: Vec<Delivery> = calls.iter().map(|c| delivery(c, "answered", 0)).collect();
+    let (first_half, second_half) = deliveries.split_at(12);
+    futures_join(gateway, &installed.hook, first_half).await;
+    let refreshes_before = oauth.refresh_calls();
+    oauth.expire_access_tokens();
+    futures_join(gateway, &installed.hook, second_half).await;
+    let runs = gateway.settle(24).await;
+    assert!(
+        runs.iter().all(|r| r["status"] == "succeeded"),
+        "{:#?}",
+        statuses(&runs)
+    );
+    assert_eq!(account.zoho.records("Leads").len(), 24);
+    assert_eq!(
+        oauth.refresh_calls(),
+        refreshes_before + 1,
+        "the expired token is refreshed once, however many calls saw the 401"
+    );
+
+    oauth.revoke_all();
+    oauth.expire_access_tokens();
+    let last = call("ua-8999", "380671009999", Some(ANNA), "ANSWERED");
+    send(gateway, &installed.hook, &delivery(&last, "answered", 0), 1).await;
+    let failed = wait_for(gateway, |runs| {
+        runs.iter().find(|r| r["status"] == "failed").cloned()
+    })
+    .await;
+    let outcome = failed["outcome"].as_str().unwrap_or_default();
+    assert!(outcome.contains("reauthorization needed"), "{failed:#}");
+    let (_, connection) = gateway
+        .admin("GET", &format!("/v1/connections/{}", installed.zoho), None)
+        .await;
+    assert!(
+        connection["health"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("reauthorization needed"),
+        "{connection:#}"
+    );
+    assert_eq!(account.zoho.records("Leads").len(), 24);
+}
+
+/// Sends the deliveries all at once.
+async fn futures_join(gateway: &dyn Gateway, hook: &str, deliveries: &[Delivery]) {
+    let mut pending = Vec::new();
+    for delivery in deliveries {
+        pending.push(gateway.webhook(hook, delivery));
+    }
+    for (status, body) in futures_util::future::join_all(pending).await {
+        assert!(status == 200 || status == 202, "{status} {body}");
+    }
+}
+
+/// Polls the runs (with a deadline) until `found` picks something.
+async fn wait_for<T>(gateway: &dyn Gateway, found: impl Fn(&[Value]) -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let runs = gateway.runs().await;
+        if let Some(hit) = found(&runs) {
+            return hit;
+        }
+        assert!(std::time::Instant::now() < deadline, "{runs:#?}");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

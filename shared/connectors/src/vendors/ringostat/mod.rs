@@ -99,6 +99,7 @@ fn event_fields() -> Vec<crmbridge_mapping::FieldSpec> {
         field("call_id", FieldType::String, "Ringostat's call id (uniqueid)"),
         field("moment", FieldType::Enum(MOMENTS.iter().map(|m| (*m).to_owned()).collect()), "which webhook reported it"),
         field("call_date", FieldType::DateTime, "when the call started (UTC)"),
+        field("call_date_local", FieldType::DateTime, "the same, in the connection's time zone (dates of tasks)"),
         field("client_phone", FieldType::Phone, "the client's number, E.164 when it could be read (the caller of an incoming call, the callee of an outgoing one)"),
         field("caller", FieldType::Phone, "the calling number, E.164 when it could be read"),
         field("destination", FieldType::String, "the number called (the tracking number, or the client on an outgoing call)"),
@@ -288,6 +289,7 @@ impl WebhookSource for Ringostat {
         put!("client_phone", json!(client_phone));
         if let Some(at) = call_date {
             put!("call_date", json!(at.to_rfc3339()));
+            put!("call_date_local", json!(at.with_timezone(&zone).to_rfc3339()));
         }
         for name in ["caller", "destination"] {
             if let Some((_, raw)) = get(name) {
@@ -386,8 +388,14 @@ fn parse_date(text: &str, zone: Tz) -> Option<DateTime<Utc>> {
     if text.chars().all(|c| c.is_ascii_digit()) {
         return Some(naive.and_utc());
     }
+    // A time the clocks skipped (spring forward) is read an hour later,
+    // as the wall clock would have shown it.
     zone.from_local_datetime(&naive)
         .earliest()
+        .or_else(|| {
+            zone.from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                .earliest()
+        })
         .map(|at| at.with_timezone(&Utc))
 }
 
@@ -458,6 +466,7 @@ mod tests {
         assert_eq!(data["answered"], true);
         // Kyiv is UTC+3 in April.
         assert_eq!(data["call_date"], "2026-04-25T13:07:14+00:00");
+        assert_eq!(data["call_date_local"], "2026-04-25T16:07:14+03:00");
         assert_eq!(data["google_client_id"], "123.456");
         assert_eq!(data["params"]["custom_thing"], "x");
     }
@@ -474,6 +483,15 @@ mod tests {
         assert_eq!(event.kind, MISSED);
         assert_eq!(event.data["client_phone"], "+380671234567");
         assert_eq!(event.data["call_date"], "2026-04-25T16:07:00+00:00");
+    }
+
+    #[test]
+    fn a_time_the_clocks_skipped_is_read_an_hour_later() {
+        let mut body = call();
+        // Kyiv went from 03:00 to 04:00 on 2026-03-29.
+        body["calldate"] = json!("2026-03-29 03:30:00");
+        let event = decode(json!({}), &[("moment", "completed")], body).unwrap();
+        assert_eq!(event.data["call_date"], "2026-03-29T01:30:00+00:00");
     }
 
     #[test]

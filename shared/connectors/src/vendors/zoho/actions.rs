@@ -179,6 +179,25 @@ impl Module {
         specs
     }
 
+    /// The value a step gives a Zoho field (by its API name): through our
+    /// field name, or among the custom fields.
+    fn value_of(&self, fields: &Map<String, Value>, api_name: &str) -> Option<String> {
+        if let Some((ours, _)) = self.table.iter().find(|(_, theirs)| theirs.eq_ignore_ascii_case(api_name)) {
+            return text(fields, ours);
+        }
+        match fields.get("custom") {
+            Some(Value::Object(custom)) => custom
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(api_name))
+                .and_then(|(_, v)| match v {
+                    Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                }),
+            _ => None,
+        }
+    }
+
     fn known(&self, create: bool) -> Vec<String> {
         self.fields(create).into_iter().map(|f| f.name).collect()
     }
@@ -472,10 +491,21 @@ impl Action for Create {
         ])
     }
 
+    /// Keyed only when the key is really there: an upsert on a field the
+    /// step leaves empty is a plain insert.
     fn resend(&self, fields: &Map<String, Value>) -> Resend {
         let keyed = match fields.get("upsert_on") {
-            Some(Value::Array(list)) => !list.is_empty(),
-            _ => fields.get("unique_subject") == Some(&Value::Bool(true)),
+            Some(Value::Array(list)) => {
+                !list.is_empty()
+                    && list.iter().all(|name| {
+                        name.as_str()
+                            .is_some_and(|name| self.module.value_of(fields, name).is_some())
+                    })
+            }
+            _ => {
+                fields.get("unique_subject") == Some(&Value::Bool(true))
+                    && text(fields, "subject").is_some()
+            }
         };
         if keyed { Resend::Keyed } else { Resend::Unsafe }
     }
@@ -518,7 +548,8 @@ impl Action for Create {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(ActionError::field("fields.upsert_on", "must be a list")),
         };
-        let (path, idempotency) = if upsert_on.is_empty() {
+        let keyed = self.resend(fields) == Resend::Keyed && !upsert_on.is_empty();
+        let (path, idempotency) = if !keyed {
             (module.name.to_owned(), Idempotency::NotIdempotent)
         } else {
             body["duplicate_check_fields"] = json!(upsert_on);
@@ -681,7 +712,7 @@ impl Action for FindCaller {
             field("id", FieldType::String, "its id (empty when none)"),
             field("module", FieldType::String, "its module"),
             field("owner_id", FieldType::String, "its owner's user id"),
-            field("owner_email", FieldType::Email, "its owner's e-mail"),
+            field("owner_email", FieldType::Email, "its owner's e-mail, in lower case (empty when the owner is no longer an active user)"),
             field("owner_name", FieldType::String, "its owner's name"),
         ])
     }
@@ -733,13 +764,13 @@ impl Action for FindCaller {
             None => json!({"found": false, "id": "", "module": "", "owner_id": "", "owner_email": "", "owner_name": ""}),
             Some((module, record)) => {
                 let owner = &record["Owner"];
-                let mut owner_email = owner["email"].as_str().unwrap_or_default().to_owned();
+                let mut owner_email = owner["email"].as_str().unwrap_or_default().to_lowercase();
                 let owner_id = id_text(&owner["id"]);
                 let mut owner_name = owner["name"].as_str().unwrap_or_default().to_owned();
                 if owner_email.is_empty() && !owner_id.is_empty() {
                     let users: Vec<ZohoUser> = zoho.users(ctx).await?;
                     if let Some(user) = users.iter().find(|u| u.id == owner_id) {
-                        owner_email = user.email.clone();
+                        owner_email = user.email.to_lowercase();
                         owner_name = user.name.clone();
                     }
                 }
@@ -804,11 +835,23 @@ mod tests {
         let fields = |v: Value| v.as_object().cloned().unwrap();
         assert_eq!(create.resend(&fields(json!({"last_name": "x"}))), Resend::Unsafe);
         assert_eq!(
-            create.resend(&fields(json!({"upsert_on": ["rs_call_id"]}))),
+            create.resend(&fields(json!({"upsert_on": ["rs_call_id"], "custom": {"rs_call_id": "ua-1"}}))),
+            Resend::Keyed
+        );
+        assert_eq!(
+            create.resend(&fields(json!({"upsert_on": ["Email"], "email": ""}))),
+            Resend::Unsafe,
+            "an upsert on an empty field is a plain insert"
+        );
+        assert_eq!(
+            create.resend(&fields(json!({"upsert_on": ["Email"], "email": "a@b.c"}))),
             Resend::Keyed
         );
         let task = vendor.find_action("zoho.task.create").unwrap();
-        assert_eq!(task.resend(&fields(json!({"unique_subject": true}))), Resend::Keyed);
+        assert_eq!(
+            task.resend(&fields(json!({"unique_subject": true, "subject": "Call (ua-1)"}))),
+            Resend::Keyed
+        );
         assert_eq!(task.resend(&fields(json!({}))), Resend::Unsafe);
         assert!(create.lookup().is_some() && task.lookup().is_none());
         assert_eq!(module_of("zoho.call.create"), Some("Calls"));

@@ -90,9 +90,10 @@ pub const RINGOSTAT_LEAD_FIELDS: &[&str] = &[
 ];
 
 /// Zoho counts credits per day and caps concurrent calls per organisation
-/// (5 on the free edition): stay at the lowest cap.
+/// (5 on the free edition): stay at the lowest cap. It documents no
+/// per-second rate; the window only keeps a runaway loop in check.
 pub fn policy() -> VendorPolicy {
-    VendorPolicy::new("zoho", 10, Duration::from_secs(1), 5)
+    VendorPolicy::new("zoho", 100, Duration::from_secs(1), 5)
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -132,19 +133,19 @@ fn overridden(
 }
 
 impl Zoho {
-    /// Where API calls go: the grant's `api_domain` when it is a Zoho API
-    /// host (or anything, in test mode), else the setting, else the data
-    /// centre's.
+    /// Where API calls go: the `api_url` setting when set (a sandbox or
+    /// developer host), else the grant's `api_domain` when it is a Zoho API
+    /// host (or anything, in test mode), else the data centre's.
     fn api_base(ctx: &CallContext<'_>) -> Result<String, ActionError> {
-        if let Some(domain) = ctx.tokens.and_then(|t| t.api_domain())
-            && check_base_url(&domain, API_DOMAINS, ctx.allow_any_base_url).is_ok()
-        {
-            return Ok(domain.trim_end_matches('/').to_owned());
-        }
         if let Some(url) = overridden(ctx.settings, "api_url", API_DOMAINS, ctx.allow_any_base_url)
             .map_err(|m| ActionError::Config(format!("settings.api_url: {m}")))?
         {
             return Ok(url);
+        }
+        if let Some(domain) = ctx.tokens.and_then(|t| t.api_domain())
+            && check_base_url(&domain, API_DOMAINS, ctx.allow_any_base_url).is_ok()
+        {
+            return Ok(domain.trim_end_matches('/').to_owned());
         }
         data_centre(ctx.settings)
             .map(|(_, api)| api.to_owned())
@@ -301,22 +302,38 @@ impl Zoho {
         if !found.is_empty() {
             return Ok(found);
         }
-        let tail = &national[national.len().saturating_sub(9)..];
-        let phone_fields = if module == "Leads" || module == "Contacts" {
-            "Phone, Mobile"
+        let phone_fields: &[&str] = if module == "Leads" || module == "Contacts" {
+            &["Phone", "Mobile"]
         } else {
-            "Phone"
+            &["Phone"]
         };
-        let condition = phone_fields
-            .split(", ")
+        let select = format!("select id, Owner, {} from {module}", phone_fields.join(", "));
+        // Exactly as crmbridge writes numbers (E.164) and as digits: COQL
+        // surely filters phone fields by equality; `like` may be refused.
+        let mut exact = vec![format!("+{all}"), all.clone()];
+        exact.dedup();
+        let equal = phone_fields
+            .iter()
+            .flat_map(|f| exact.iter().map(move |v| format!("{f} = '{v}'")))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let found: Vec<Value> = self
+            .coql(ctx, &format!("{select} where {equal} limit 50"))
+            .await?
+            .into_iter()
+            .filter(matches)
+            .collect();
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        let tail = &national[national.len().saturating_sub(9)..];
+        let like = phone_fields
+            .iter()
             .map(|f| format!("{f} like '%{tail}'"))
             .collect::<Vec<_>>()
             .join(" or ");
-        let query = format!(
-            "select id, Owner, {phone_fields}, Last_Name, Full_Name from {module} where {condition} limit 50"
-        );
         Ok(self
-            .coql(ctx, &query)
+            .coql(ctx, &format!("{select} where {like} limit 50"))
             .await?
             .into_iter()
             .filter(matches)
@@ -607,6 +624,21 @@ impl OAuthApp for Zoho {
 
     fn authorization(&self, access_token: &str) -> String {
         format!("Zoho-oauthtoken {access_token}")
+    }
+
+    /// Only an invalid or expired token is cured by a refresh; a 401
+    /// `OAUTH_SCOPE_MISMATCH` is not (it needs a new consent).
+    fn token_refused(&self, response: &VendorResponse) -> bool {
+        if response.status != 401 {
+            return false;
+        }
+        match response.json().ok().and_then(|b| b["code"].as_str().map(str::to_owned)) {
+            Some(code) => matches!(
+                code.as_str(),
+                "INVALID_TOKEN" | "AUTHENTICATION_FAILURE" | "INVALID_OAUTHTOKEN"
+            ),
+            None => true,
+        }
     }
 }
 
