@@ -1210,14 +1210,28 @@ async fn perform(
             // Lost the race for a claim: loop to wait for the winner.
             continue;
         }
-        let outcome = decide_and_act(action, ctx, request, None).await?;
-        if let StepOutcome::Done(output) = &outcome {
-            engine
+        let outcome = decide_and_act(action, ctx, request, None).await;
+        match &outcome {
+            Ok(StepOutcome::Done(output)) => engine
                 .resolve_claims(&claims, &output.id)
                 .await
-                .map_err(store_failure)?;
+                .map_err(store_failure)?,
+            // Nothing was made (refused, skipped, stopped): let the next
+            // run about the same key create at once instead of waiting for
+            // the claim to lapse.
+            Ok(StepOutcome::Stopped(_)) => engine
+                .release_claims(&claims, &owner)
+                .await
+                .map_err(store_failure)?,
+            Err(err) if !outcome_unknown(err) => engine
+                .release_claims(&claims, &owner)
+                .await
+                .map_err(store_failure)?,
+            // The vendor may have made it: the claim stays ours, and the
+            // step sent again finds the record by its keys.
+            _ => {}
         }
-        return Ok(outcome);
+        return outcome;
     }
 }
 
@@ -1305,6 +1319,19 @@ impl Engine {
             }
         }
         Ok(true)
+    }
+
+    /// Gives up the claims `owner` holds (and has not resolved).
+    async fn release_claims(&self, claims: &[keys::Key], owner: &str) -> EngineResult<()> {
+        for claim in claims {
+            if let Some(item) = self.store.get(&claim.pk, &claim.sk).await?
+                && item.body["id"].is_null()
+                && item.body["owner"].as_str() == Some(owner)
+            {
+                self.store.delete(&claim.pk, &claim.sk).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn resolve_claims(&self, claims: &[keys::Key], id: &str) -> EngineResult<()> {

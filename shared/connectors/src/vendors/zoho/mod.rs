@@ -805,6 +805,28 @@ mod tests {
     }
 
     #[test]
+    fn only_a_refused_token_is_worth_a_refresh() {
+        let answer = |status: u16, body: &str| VendorResponse {
+            status,
+            headers: Default::default(),
+            body: body.as_bytes().to_vec(),
+            attempts: 1,
+        };
+        for body in [
+            r#"{"code":"INVALID_TOKEN","details":{},"message":"invalid oauth token","status":"error"}"#,
+            r#"{"code":"AUTHENTICATION_FAILURE","details":{},"message":"Authentication failed","status":"error"}"#,
+            "not json",
+        ] {
+            assert!(Zoho.token_refused(&answer(401, body)), "{body}");
+        }
+        // A missing scope is not cured by a new token: refreshing for it
+        // would only spend the refresh token's ten-per-ten-minutes quota.
+        let scope = r#"{"code":"OAUTH_SCOPE_MISMATCH","details":{},"message":"invalid oauth scope to access this URL","status":"error"}"#;
+        assert!(!Zoho.token_refused(&answer(401, scope)));
+        assert!(!Zoho.token_refused(&answer(400, r#"{"code":"INVALID_TOKEN"}"#)));
+    }
+
+    #[test]
     fn emails_are_found_in_templates() {
         let template = r#"{{ {"102": "Anna@Example.com", "103": "bob@x.org"}[event.employee] | default('top@corp.example') }}"#;
         assert_eq!(
