@@ -214,6 +214,14 @@ pub async fn connect(gateway: &dyn Gateway, account: &ZohoAccount) -> Installed 
         .await;
     assert_eq!(status, 200, "{checked}");
     assert_eq!(checked["account"]["active_users"], 4, "{checked}");
+    // The catalog lists the users to map employees to, and the six fields.
+    let (status, catalog) = gateway
+        .admin("GET", &format!("/v1/connections/{zoho_id}/catalog"), None)
+        .await;
+    assert_eq!(status, 200, "{catalog}");
+    let users = catalog.to_string();
+    assert!(users.contains(ANNA) && users.contains(BOSS), "{catalog:#}");
+    assert!(users.contains("\"rs_utm_term\":true"), "{catalog:#}");
     let (status, ringostat) = gateway
         .admin("POST", "/v1/connections", Some(ringostat_connection()))
         .await;
@@ -544,8 +552,8 @@ pub async fn bad_deliveries(gateway: &dyn Gateway, account: &ZohoAccount) {
 /// mark.
 pub async fn missing_fields(gateway: &dyn Gateway, account: &ZohoAccount) {
     let zoho = &account.zoho;
-    assert!(zoho.remove_field("Leads", "rs_utm_term"));
     let installed = connect(gateway, account).await;
+    assert!(zoho.remove_field("Leads", "rs_utm_term"));
     let (status, refused) = instantiate(gateway, &installed, false).await;
     assert_eq!(status, 422, "{refused}");
     let errors = refused["error"]["errors"]
@@ -570,6 +578,23 @@ pub async fn missing_fields(gateway: &dyn Gateway, account: &ZohoAccount) {
 
     zoho.add_custom_field("Leads", "rs_utm_term")
         .expect("field back");
+    // An employee mapped to someone who is not an active Zoho user.
+    let (status, refused) = gateway
+        .admin(
+            "POST",
+            "/v1/recipes/ringostat-zoho/instantiate",
+            Some(json!({
+                "connections": {"ringostat": installed.ringostat, "zoho": installed.zoho},
+                "parameters": {"employees": {"103": "gone@corp.example"}, "senior_manager": BOSS},
+            })),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused.to_string().contains("gone@corp.example")
+            && refused.to_string().contains("fields.owner"),
+        "{refused:#}"
+    );
     let (status, created) = instantiate(gateway, &installed, false).await;
     assert_eq!(status, 201, "{created}");
 
