@@ -220,6 +220,8 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
                 query,
                 content_type: Some("application/json"),
                 body: &payload,
+                headers: Vec::new(),
+                url: None,
             })
             .await?;
         for event in take_published() {
@@ -303,5 +305,7 @@ fn hook<'a>(connection: &'a str, token: &'a str, body: &'a [u8]) -> WebhookReque
         query: vec![],
         content_type: Some("application/x-www-form-urlencoded"),
         body,
+        headers: Vec::new(),
+        url: None,
     }
 }

@@ -36,6 +36,13 @@ pub(crate) async fn chat(
             query: query_pairs(raw_query.as_deref()),
             content_type: content_type(&headers),
             body: &body,
+            headers: header_pairs(&headers),
+            url: Some(addressed_url(
+                &state,
+                &headers,
+                &format!("/chat/{connection}/{token}"),
+                raw_query.as_deref(),
+            )),
         })
         .await?;
     Ok(axum::Json(json!({

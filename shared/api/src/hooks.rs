@@ -41,6 +41,13 @@ pub(crate) async fn webhook(
             query: query_pairs(raw_query.as_deref()),
             content_type: content_type(&headers),
             body: &body,
+            headers: header_pairs(&headers),
+            url: Some(addressed_url(
+                &state,
+                &headers,
+                &format!("/hooks/{connection}/{token}"),
+                raw_query.as_deref(),
+            )),
         })
         .await?;
     let ids: Vec<String> = outcome

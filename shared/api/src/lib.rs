@@ -159,6 +159,36 @@ fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Headers as decoders read them: names in lower case, values that are
+/// not text left out.
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            value
+                .to_str()
+                .ok()
+                .map(|v| (name.as_str().to_ascii_lowercase(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// The URL a sender addressed: the public base and the path and query as
+/// sent (signatures such as HubSpot's v3 cover it).
+fn addressed_url(
+    state: &HttpState,
+    headers: &HeaderMap,
+    path: &str,
+    raw_query: Option<&str>,
+) -> String {
+    let mut url = format!("{}{path}", base_url(state, headers));
+    if let Some(query) = raw_query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::CONTENT_TYPE)

@@ -48,6 +48,13 @@ pub trait WebhookSource: Send + Sync {
         None
     }
 
+    /// The credential a sender keys its signatures with (HubSpot: the
+    /// app's `client_secret`); the decoder receives it as
+    /// [`ConnectionView::signing_secret`].
+    fn signing_credential(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Verifies and decodes one webhook delivery. Fast and without IO: some
     /// vendors (MoySklad: 1.5 s) give up on slow receivers.
     fn decode_webhook(

@@ -42,14 +42,41 @@ pub struct InboundRequest<'a> {
     pub query: &'a [(String, String)],
     pub content_type: Option<&'a str>,
     pub body: &'a [u8],
+    /// Headers, names in lower case (signatures and timestamps).
+    pub headers: &'a [(String, String)],
+    /// The URL as the sender addressed it (scheme, host, path, query),
+    /// when known: signatures that cover the URL need it.
+    pub url: Option<&'a str>,
 }
 
-/// What a decoder may know of the connection: its id and non-secret
-/// settings. Credentials never reach a decoder.
-#[derive(Debug, Clone, Copy)]
+impl InboundRequest<'_> {
+    /// The first header of this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a decoder may know of the connection: its id, non-secret settings
+/// and, for a sender that signs its deliveries, the one credential the
+/// signature is keyed with ([`WebhookSource::signing_credential`]). No
+/// other credential reaches a decoder.
+#[derive(Clone, Copy)]
 pub struct ConnectionView<'a> {
     pub id: &'a str,
     pub settings: &'a serde_json::Value,
+    pub signing_secret: Option<&'a str>,
+}
+
+impl std::fmt::Debug for ConnectionView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionView")
+            .field("id", &self.id)
+            .field("signing_secret", &self.signing_secret.map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// One change the webhook reported, before the engine wraps it in an
@@ -86,6 +113,9 @@ pub struct Observation {
 pub struct DecodeError {
     pub field: String,
     pub message: String,
+    /// The delivery could not be shown to come from the sender (a wrong
+    /// or stale signature): a 401, not a 400.
+    pub unauthenticated: bool,
 }
 
 impl DecodeError {
@@ -93,6 +123,15 @@ impl DecodeError {
         Self {
             field: field.into(),
             message: message.into(),
+            unauthenticated: false,
+        }
+    }
+
+    /// A delivery whose signature does not hold.
+    pub fn unauthenticated(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            unauthenticated: true,
+            ..Self::new(field, message)
         }
     }
 }

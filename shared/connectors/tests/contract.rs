@@ -29,6 +29,7 @@ use crmbridge_connectors::oauth::AccessTokens;
 use crmbridge_connectors::{ActionError, Resend, VendorClient};
 use crmbridge_fakes::oauth::{FakeOAuth, OAuthConfig};
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
+use crmbridge_fakes::vendors::hubspot::FakeHubSpot;
 use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use crmbridge_fakes::vendors::retailcrm::FakeRetailCrm;
@@ -543,6 +544,7 @@ contract_suite!(nethunt, NetHuntSubject);
 contract_suite!(retailcrm, RetailCrmSubject);
 contract_suite!(worksection, WorksectionSubject);
 contract_suite!(zoho, ZohoSubject);
+contract_suite!(hubspot, HubSpotSubject);
 
 /// The vendors this suite covers, for the registry test.
 #[test]
@@ -554,6 +556,7 @@ fn the_suite_covers_every_vendor_that_calls_out() {
         RetailCrmSubject::APP,
         WorksectionSubject::APP,
         ZohoSubject::APP,
+        HubSpotSubject::APP,
     ];
     let registry = crmbridge_connectors::Registry::builtin();
     for vendor in registry.vendors() {
@@ -636,6 +639,66 @@ impl ContractSubject for ZohoSubject {
     }
     fn records(&self) -> usize {
         self.fake.records("Leads").len()
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+    fn tokens(&self, credentials: &BTreeMap<String, String>) -> Option<Box<dyn AccessTokens>> {
+        Some(Box::new(IssuedToken {
+            token: credentials.get("access_token").cloned().unwrap_or_default(),
+            api_domain: self.fake.base_url(),
+        }))
+    }
+    forward_fake!();
+}
+
+/// HubSpot signs in with OAuth like Zoho: the "credentials" are an access
+/// token its (fake) authorization server issued.
+pub struct HubSpotSubject {
+    fake: FakeHubSpot,
+    _accounts: FakeOAuth,
+    token: String,
+}
+
+#[async_trait]
+impl ContractSubject for HubSpotSubject {
+    const APP: &'static str = "hubspot";
+    fn create_request(&self) -> &'static str {
+        "/crm/v3/objects/contacts"
+    }
+    async fn start() -> Self {
+        let accounts = FakeOAuth::start(OAuthConfig::hubspot("hs-contract", "hs-secret-77"))
+            .await
+            .unwrap();
+        let fake = FakeHubSpot::start(accounts.token_checker(), "hs-secret-77")
+            .await
+            .unwrap();
+        let token = accounts.issue_access_token();
+        Self {
+            fake,
+            _accounts: accounts,
+            token,
+        }
+    }
+    fn settings(&self) -> Value {
+        json!({"base_url": self.fake.base_url()})
+    }
+    fn credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("access_token".into(), self.token.clone())])
+    }
+    fn wrong_credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("access_token".into(), "hs-wrong-token-31".into())])
+    }
+    /// Without an e-mail: the plain create (with one it is an upsert,
+    /// which the contract's lost-answer case would resend).
+    fn create(&self) -> (&'static str, Map<String, Value>) {
+        (
+            "hubspot.contact.create",
+            fields(json!({"first_name": "Ann", "phone": "+380671234567"})),
+        )
+    }
+    fn records(&self) -> usize {
+        self.fake.contacts().len()
     }
     fn retry_after(&self) -> Option<Duration> {
         None

@@ -187,6 +187,8 @@ fn hook<'a>(connection: &'a str, token: &'a str, body: &'a [u8]) -> WebhookReque
         query: vec![],
         content_type: Some("application/json"),
         body,
+        headers: Vec::new(),
+        url: None,
     }
 }
 

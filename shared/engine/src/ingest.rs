@@ -24,6 +24,10 @@ pub struct WebhookRequest<'a> {
     pub query: Vec<(String, String)>,
     pub content_type: Option<&'a str>,
     pub body: &'a [u8],
+    /// Headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The URL as the sender addressed it, when the edge knows it.
+    pub url: Option<String>,
 }
 
 /// What became of the events of one delivery.
@@ -92,6 +96,7 @@ impl Engine {
     pub(crate) fn decode_events(
         &self,
         record: &ConnectionRecord,
+        secrets: &ConnectionSecrets,
         request: &WebhookRequest<'_>,
         received_at: DateTime<Utc>,
     ) -> EngineResult<Vec<Event>> {
@@ -113,20 +118,34 @@ impl Engine {
                 field: "connection".into(),
                 message: format!("{} connections receive no webhooks", record.app),
             })?;
+        let signing_secret = connector
+            .signing_credential()
+            .and_then(|name| secrets.credentials.get(name))
+            .map(String::as_str)
+            .filter(|secret| !secret.is_empty());
         let decoded = connector
             .decode_webhook(
                 ConnectionView {
                     id: &record.id,
                     settings: &record.settings,
+                    signing_secret,
                 },
                 &InboundRequest {
                     method: request.method,
                     query: &request.query,
                     content_type: request.content_type,
                     body: request.body,
+                    headers: &request.headers,
+                    url: request.url.as_deref(),
                 },
             )
-            .map_err(|err| EngineError::bad_request(err.field, err.message))?;
+            .map_err(|err| {
+                if err.unauthenticated {
+                    EngineError::Unauthorized(format!("{}: {}", err.field, err.message))
+                } else {
+                    EngineError::bad_request(err.field, err.message)
+                }
+            })?;
         if decoded.len() > self.config.max_events_per_delivery {
             return Err(EngineError::TooManyEvents {
                 count: decoded.len(),
@@ -198,10 +217,10 @@ impl Engine {
 
     /// The webhook use case: authenticate, decode, accept, publish.
     pub async fn ingest_webhook(&self, request: WebhookRequest<'_>) -> EngineResult<Accepted> {
-        let (record, _secrets) = self
+        let (record, secrets) = self
             .authenticate_hook(request.connection, request.token)
             .await?;
-        let events = self.decode_events(&record, &request, self.now())?;
+        let events = self.decode_events(&record, &secrets, &request, self.now())?;
         let mut outcome = self.accept(events).await?;
         if let Some(connector) = self
             .connectors
@@ -414,10 +433,10 @@ impl Engine {
     /// The chat use case: like a webhook, but dispatched inline instead of
     /// through the bus, because the chat's sender waits for the relay.
     pub async fn ingest_chat(&self, request: WebhookRequest<'_>) -> EngineResult<ChatHandled> {
-        let (record, _secrets) = self
+        let (record, secrets) = self
             .authenticate_hook(request.connection, request.token)
             .await?;
-        let events = self.decode_events(&record, &request, self.now())?;
+        let events = self.decode_events(&record, &secrets, &request, self.now())?;
         let mut handled = ChatHandled {
             runs: Vec::new(),
             duplicates: Vec::new(),

@@ -135,6 +135,8 @@ pub fn decode(data: &[u8]) -> Vec<(&'static str, usize)> {
         query: &delivery.query,
         content_type: delivery.content_type.as_deref(),
         body: &delivery.body,
+        headers: &[],
+        url: None,
     };
     let mut decoded = Vec::new();
     for app in apps {
@@ -146,6 +148,7 @@ pub fn decode(data: &[u8]) -> Vec<(&'static str, usize)> {
         let connection = ConnectionView {
             id: "con_fuzz",
             settings,
+            signing_secret: Some("fuzz-signing-secret"),
         };
         let first = connector.decode_webhook(connection, &request);
         let second = connector.decode_webhook(connection, &request);

@@ -24,6 +24,13 @@
 //! * [`vendors::ringostat::FakeRingostat`] — Ringostat's call-log export
 //!   (`/calls/list`), plus [`vendors::ringostat::RingostatWebhook`], the
 //!   "Webhooks 2.0" call webhook Ringostat sends to us.
+//! * [`vendors::hubspot::FakeHubSpot`] — HubSpot CRM v3 contacts and notes
+//!   (search with index lag, batch, associations, the 409 conflict, the
+//!   ten-second rate limit) and the signed webhooks it sends for every
+//!   write, ours included; it accepts the tokens of an [`oauth::FakeOAuth`].
+//! * [`vendors::kado::FakeKado`] — crmbridge's own KADO contract (KADO
+//!   publishes no API): contacts and notes with teams and private items,
+//!   and signed webhooks for every write.
 //!
 //! Every fake keeps its records in memory, logs every request it receives
 //! ([`RecordedRequest`], credentials redacted), and injects faults on demand

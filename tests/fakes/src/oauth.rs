@@ -23,7 +23,7 @@
 //!   single-use: presenting it to the token endpoint consumes it whatever
 //!   the outcome.
 //! * `POST /oauth/token` (aliases `/oauth/v2/token` — Zoho, `/oauth/v1/token`
-//!   — HubSpot), `application/x-www-form-urlencoded`; parameters are also
+//!   and `/oauth/2026-03/token` — HubSpot), `application/x-www-form-urlencoded`; parameters are also
 //!   read from the query string, as Zoho documents for its refresh call.
 //!   Client authentication by `client_id` + `client_secret` form fields or
 //!   HTTP Basic (RFC 6749 §2.3.1; the Basic user and password are accepted
@@ -114,8 +114,14 @@ pub const RECORDS_PATH: &str = "/api/records";
 
 /// Accepted spellings of the authorization endpoint (ours, Zoho's).
 const AUTHORIZE_PATHS: &[&str] = &[AUTHORIZE_PATH, "/oauth/v2/auth"];
-/// Accepted spellings of the token endpoint (ours, Zoho's, HubSpot's v1).
-const TOKEN_PATHS: &[&str] = &[TOKEN_PATH, "/oauth/v2/token", "/oauth/v1/token"];
+/// Accepted spellings of the token endpoint (ours, Zoho's, HubSpot's v1
+/// and its dated successor).
+const TOKEN_PATHS: &[&str] = &[
+    TOKEN_PATH,
+    "/oauth/v2/token",
+    "/oauth/v1/token",
+    "/oauth/2026-03/token",
+];
 
 /// How long an authorization code stays usable.
 const CODE_LIFETIME: Duration = Duration::from_secs(600);

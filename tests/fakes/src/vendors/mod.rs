@@ -3,6 +3,8 @@
 //! connector's `API.md`.
 
 pub mod calltouch;
+pub mod hubspot;
+pub mod kado;
 pub mod moysklad;
 pub mod nethunt;
 pub mod retailcrm;
@@ -13,6 +15,8 @@ pub mod zoho;
 /// The vendors that have a fake, for the registry's completeness check.
 pub const FAKED: &[&str] = &[
     "calltouch",
+    "hubspot",
+    "kado",
     "moysklad",
     "nethunt",
     "retailcrm",

@@ -966,12 +966,15 @@ mod tests {
             ConnectionView {
                 id: "c",
                 settings: &json!({}),
+                signing_secret: None,
             },
             &InboundRequest {
                 method: "GET",
                 query: &query,
                 content_type: None,
                 body: b"",
+                headers: &[],
+                url: None,
             },
         )
     }

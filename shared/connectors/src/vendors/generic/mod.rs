@@ -289,12 +289,15 @@ mod tests {
             ConnectionView {
                 id: "c1",
                 settings: &settings,
+                signing_secret: None,
             },
             &InboundRequest {
                 method,
                 query,
                 content_type: ct,
                 body,
+                headers: &[],
+                url: None,
             },
         )
     }

@@ -1165,12 +1165,15 @@ mod tests {
                 ConnectionView {
                     id: "c",
                     settings: &json!({}),
+                    signing_secret: None,
                 },
                 &InboundRequest {
                     method: "POST",
                     query: &query,
                     content_type: Some("application/json"),
                     body,
+                    headers: &[],
+                    url: None,
                 },
             )
             .unwrap();
@@ -1182,12 +1185,15 @@ mod tests {
                 ConnectionView {
                     id: "c",
                     settings: &json!({}),
+                    signing_secret: None,
                 },
                 &InboundRequest {
                     method: "POST",
                     query: &[],
                     content_type: None,
                     body: br#"{"events":[]}"#,
+                    headers: &[],
+                    url: None,
                 },
             )
             .unwrap_err();

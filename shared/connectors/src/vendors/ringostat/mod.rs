@@ -439,9 +439,18 @@ mod tests {
             query: &query,
             content_type: Some("application/json"),
             body: &bytes,
+            headers: &[],
+            url: None,
         };
         Ringostat
-            .decode_webhook(ConnectionView { id: "c", settings: &settings }, &request)
+            .decode_webhook(
+                ConnectionView {
+                    id: "c",
+                    settings: &settings,
+                    signing_secret: None,
+                },
+                &request,
+            )
             .map(|mut events| events.remove(0))
     }
 

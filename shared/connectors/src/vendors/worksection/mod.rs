@@ -1062,12 +1062,15 @@ mod tests {
                 ConnectionView {
                     id: "c",
                     settings: &settings,
+                    signing_secret: None,
                 },
                 &InboundRequest {
                     method: "POST",
                     query: &[],
                     content_type: Some("application/json"),
                     body: &bytes,
+                    headers: &[],
+                    url: None,
                 },
             )
             .unwrap();
@@ -1084,12 +1087,15 @@ mod tests {
                 ConnectionView {
                     id: "c",
                     settings: &settings,
+                    signing_secret: None,
                 },
                 &InboundRequest {
                     method: "POST",
                     query: &[],
                     content_type: Some("application/json"),
                     body: b"[]",
+                    headers: &[],
+                    url: None,
                 },
             )
             .unwrap();
@@ -1099,12 +1105,15 @@ mod tests {
                 ConnectionView {
                     id: "c",
                     settings: &settings,
+                    signing_secret: None,
                 },
                 &InboundRequest {
                     method: "POST",
                     query: &[],
                     content_type: Some("application/json"),
                     body: b"[{\"object\": {}}]",
+                    headers: &[],
+                    url: None,
                 },
             )
             .unwrap_err();
