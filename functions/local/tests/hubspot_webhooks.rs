@@ -177,3 +177,123 @@ async fn signed_deliveries_are_accepted_and_forged_or_stale_ones_refused() {
     let genuine: Value = genuine.json().await.unwrap();
     assert_eq!(genuine["status"], "accepted", "{genuine}");
 }
+
+/// Waits (with a deadline) until `n` runs exist and none is running.
+async fn settled(server: &common::Server, key: &str, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let all = common::runs(server, key).await;
+        if all.len() >= n
+            && all
+                .iter()
+                .all(|r| r["status"] != "running" && r["status"] != "failed")
+        {
+            return all;
+        }
+        assert!(std::time::Instant::now() < deadline, "{all:#?}");
+        common::pause().await;
+    }
+}
+
+fn count(runs: &[Value], status: &str) -> usize {
+    runs.iter().filter(|r| r["status"] == status).count()
+}
+
+/// An automation that writes back to the record whose change triggered it
+/// would loop forever if its own write came back as a change: HubSpot
+/// reports every write, ours included. The echo is recognised and starts
+/// no run, while a person's edit right after still flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_own_writes_do_not_come_back_and_a_persons_edit_does() {
+    let accounts = FakeOAuth::start(OAuthConfig::hubspot(CLIENT_ID, CLIENT_SECRET))
+        .await
+        .unwrap();
+    let hubspot = FakeHubSpot::start(accounts.token_checker(), CLIENT_SECRET)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(&dir.path().join("data"), 2, &["--allow-any-vendor-url"]);
+    let key = server.owner_key.clone().unwrap();
+    let post = |path: &str, body: Value| {
+        client()
+            .post(format!("{}{path}", server.base))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let connection: Value = post(
+        "/v1/connections",
+        json!({
+            "app": "hubspot", "name": "HubSpot",
+            "settings": {"base_url": hubspot.base_url(), "oauth_url": accounts.base_url()},
+            "credentials": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                            "refresh_token": accounts.issue_refresh_token()},
+        }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let cid = connection["id"].as_str().unwrap();
+    let saved = post(
+        "/v1/automations",
+        json!({
+            "id": "mark-changes", "name": "mark every change on the contact",
+            "trigger": {"connection": cid, "event": "hubspot.contact.changed"},
+            "steps": [{"id": "mark", "action": "hubspot.contact.update", "connection": cid,
+                       "target": {"id": "{{ event.id }}"},
+                       "fields": {"job_title": "seen {{ event.property }}={{ event.value }}"}}],
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(saved.status(), 201, "{}", saved.text().await.unwrap());
+    hubspot.subscribe(&format!(
+        "{}{}",
+        server.base,
+        connection["webhook_path"].as_str().unwrap()
+    ));
+
+    // A person makes a contact: its creation (no automation) and its
+    // e-mail (one run, which writes the job title).
+    let id = hubspot
+        .create_as_user("contacts", &[("email", "ann@example.com")])
+        .unwrap();
+    for delivery in hubspot.deliver_webhooks().await {
+        assert_eq!(delivery.status, Some(200), "{delivery:?}");
+    }
+    let runs = settled(&server, &key, 2).await;
+    assert_eq!(count(&runs, "succeeded"), 1, "{runs:#?}");
+    // HubSpot reports our job title write: an echo, not a run.
+    let echoes = hubspot.deliver_webhooks().await;
+    assert_eq!(echoes.len(), 1, "our write was reported: {echoes:?}");
+    let runs = settled(&server, &key, 3).await;
+    let filtered: Vec<&Value> = runs.iter().filter(|r| r["status"] == "filtered").collect();
+    assert_eq!(filtered.len(), 1, "{runs:#?}");
+    assert!(
+        filtered[0]["outcome"].as_str().unwrap().contains("echo"),
+        "{filtered:#?}"
+    );
+    assert!(
+        hubspot.pending_webhooks().is_empty(),
+        "nothing more to send"
+    );
+
+    // A person sets the job title right after: it flows (one more run),
+    // and that run's own write is again an echo.
+    hubspot
+        .edit_as_user("contacts", &id, &[("jobtitle", "manual")])
+        .unwrap();
+    hubspot.deliver_webhooks().await;
+    let runs = settled(&server, &key, 4).await;
+    assert_eq!(count(&runs, "succeeded"), 2, "{runs:#?}");
+    hubspot.deliver_webhooks().await;
+    let runs = settled(&server, &key, 5).await;
+    assert_eq!(count(&runs, "filtered"), 2, "{runs:#?}");
+    assert!(hubspot.pending_webhooks().is_empty());
+    assert_eq!(
+        hubspot.contact(&id).unwrap()["properties"]["jobtitle"],
+        "seen jobtitle=manual"
+    );
+}

@@ -64,6 +64,30 @@ pub trait WebhookSource: Send + Sync {
     ) -> Result<Vec<DecodedEvent>, DecodeError>;
 }
 
+/// What a write set on one record, so that the change the vendor reports
+/// back for it is known as crmbridge's own and not sent back (two-way sync
+/// without echoes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The record type, as the vendor's events name their subject
+    /// (`contact`).
+    pub entity: String,
+    pub id: String,
+    /// The write made the record.
+    pub created: bool,
+    /// Property → value, as text, as the vendor's events report them.
+    pub properties: Vec<(String, String)>,
+}
+
+/// The change an event reports, to compare with what crmbridge wrote.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReportedChange {
+    /// The event reports the record's creation.
+    pub created: bool,
+    /// Property → new value, as text.
+    pub properties: Vec<(String, String)>,
+}
+
 /// A vendor whose events (by webhook or by poll) trigger automations.
 #[async_trait]
 pub trait EventSource: Send + Sync {
@@ -87,6 +111,13 @@ pub trait EventSource: Send + Sync {
     /// change can reach crmbridge by two paths (webhook and poll): the
     /// engine dispatches one change once.
     fn change_key(&self, _event: &Event) -> Option<String> {
+        None
+    }
+
+    /// What the event says changed on its subject, for vendors whose
+    /// records crmbridge also writes: a change that only repeats what
+    /// crmbridge wrote is its own echo.
+    fn reported_change(&self, _event: &Event) -> Option<ReportedChange> {
         None
     }
 }
@@ -139,6 +170,12 @@ pub trait Action: Send + Sync {
     /// How a find-or-create step finds an existing record, if the vendor
     /// can search for this action's records.
     fn lookup(&self) -> Option<&dyn Lookup> {
+        None
+    }
+
+    /// What a successful call set on the record, in the terms of the
+    /// vendor's own change events (see [`Written`]).
+    fn written(&self, _fields: &Map<String, Value>, _output: &ActionOutput) -> Option<Written> {
         None
     }
 }

@@ -28,8 +28,8 @@ use crmbridge_mapping::Subject;
 use serde_json::Value;
 
 pub use capabilities::{
-    Account, Action, EventSource, LiveCatalog, Lookup, Poller, Registry, Vendor, VendorSettings,
-    WebhookSource,
+    Account, Action, EventSource, LiveCatalog, Lookup, Poller, Registry, ReportedChange, Vendor,
+    VendorSettings, WebhookSource, Written,
 };
 pub use client::{VendorClient, VendorError};
 

@@ -101,6 +101,13 @@ impl Engine {
                 duplicate: false,
             });
         }
+        if let Some(change) = self
+            .event_source(&event.app)
+            .and_then(|c| c.reported_change(&event))
+            && let Some(writer) = self.echo_of(&event, &change).await?
+        {
+            return self.record_echo(&event, &automations, &writer).await;
+        }
         let mut runs = Vec::new();
         let mut duplicate = true;
         let mut transient: Option<EngineError> = None;
@@ -180,6 +187,33 @@ impl Engine {
             self.note_failure(&record, &run.outcome).await?;
         }
         Ok(())
+    }
+
+    /// The event only reports back what a run of ours wrote: each
+    /// automation records it as filtered, and nothing is sent back.
+    async fn record_echo(
+        &self,
+        event: &Event,
+        automations: &[AutomationRecord],
+        writer: &str,
+    ) -> EngineResult<Dispatched> {
+        let outcome = format!("echo of crmbridge's own write (run {writer}): not sent back");
+        let mut runs = Vec::new();
+        let mut duplicate = true;
+        for record in automations {
+            let run = self.new_run(
+                event,
+                Some(&record.automation.id),
+                RunStatus::Filtered,
+                outcome.clone(),
+                None,
+            );
+            let created = self.create_run(&run).await?;
+            duplicate &= !created;
+            runs.push(RunSummary::from(&run));
+        }
+        tracing::info!(writer, "an echo of our own write; no run");
+        Ok(Dispatched { runs, duplicate })
     }
 
     async fn record_no_match(&self, event: Event) -> EngineResult<Dispatched> {
@@ -789,6 +823,15 @@ impl Engine {
             self.save_run(run, version).await?;
         }
         let outcome = perform(self, action.as_ref(), &ctx, &request).await;
+        // Only what reached the vendor (a record found by dedupe and used
+        // unchanged was not written).
+        if let Ok(StepOutcome::Done(output)) = &outcome
+            && output.attempts > 0
+            && let Some(written) = action.written(&request.fields, output)
+        {
+            self.remember_write(&request.connection, &written, &run.id)
+                .await?;
+        }
         let attempt = Attempt {
             step_id,
             request,

@@ -9,6 +9,7 @@
 
 pub mod bookkeeping;
 pub mod dispatch;
+mod echoes;
 pub mod ingest;
 pub mod links;
 pub mod oauth;

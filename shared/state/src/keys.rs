@@ -169,6 +169,11 @@ pub fn links(connection: &str, entity: &str, id: &str) -> Key {
     key(format!("LINK#{connection}#{entity}#{id}"), "LINKS")
 }
 
+/// What crmbridge last wrote on a record (two-way sync without echoes).
+pub fn written(connection: &str, entity: &str, id: &str) -> Key {
+    key(format!("WRITTEN#{connection}#{entity}#{id}"), "WRITTEN")
+}
+
 pub fn tick(started_at: &str) -> Key {
     key("TICK".into(), started_at)
 }

@@ -41,8 +41,8 @@ use crate::support::{
 };
 use crate::{
     Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError,
-    DecodedEvent, EventSource, InboundRequest, Lookup, Resend, SettingsError, Vendor,
-    VendorSettings, WebhookSource,
+    DecodedEvent, EventSource, InboundRequest, Lookup, ReportedChange, Resend, SettingsError,
+    Vendor, VendorSettings, WebhookSource, Written,
 };
 
 const API: &str = "https://api.hubapi.com";
@@ -574,7 +574,45 @@ impl WebhookSource for HubSpot {
     }
 }
 
+/// What a contact write set, as HubSpot's change events will report it.
+fn contact_written(fields: &Map<String, Value>, output: &ActionOutput, created: bool) -> Option<Written> {
+    let properties = contact_properties(fields).ok()?;
+    Some(Written {
+        entity: "contact".into(),
+        id: output.id.clone(),
+        created,
+        properties: properties
+            .into_iter()
+            .map(|(name, value)| (name, value.as_str().unwrap_or_default().to_owned()))
+            .collect(),
+    })
+}
+
 impl EventSource for HubSpot {
+    /// A creation, or one property's new value (HubSpot reports each
+    /// changed property as its own event).
+    fn reported_change(&self, event: &crmbridge_mapping::Event) -> Option<ReportedChange> {
+        if event.kind.ends_with(".created") {
+            return Some(ReportedChange {
+                created: true,
+                properties: Vec::new(),
+            });
+        }
+        if event.kind.ends_with(".changed") {
+            let property = event.data["property"].as_str()?;
+            let value = match &event.data["value"] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            return Some(ReportedChange {
+                created: false,
+                properties: vec![(property.to_owned(), value)],
+            });
+        }
+        None
+    }
+
     fn event_kinds(&self) -> Vec<crmbridge_mapping::EventKindSpec> {
         let fields = || {
             vec![
@@ -721,6 +759,11 @@ impl Action for CreateContact {
     fn lookup(&self) -> Option<&dyn Lookup> {
         Some(self)
     }
+
+    fn written(&self, fields: &Map<String, Value>, output: &ActionOutput) -> Option<Written> {
+        let existing = output.record["existing"] == json!(true);
+        contact_written(fields, output, !existing)
+    }
 }
 
 #[async_trait]
@@ -797,6 +840,10 @@ impl Action for UpdateContact {
             )
             .await?;
         Ok(output(HubSpot::json(&response)?, &response, false))
+    }
+
+    fn written(&self, fields: &Map<String, Value>, output: &ActionOutput) -> Option<Written> {
+        contact_written(fields, output, false)
     }
 }
 
