@@ -5,7 +5,7 @@
 //! tokens it issued through a [`TokenChecker`], and also accepts static
 //! private-app tokens ([`FakeHubSpot::add_private_app_token`]).
 //!
-//! Mirrors (facts: `shared/apis/hubspot-kado-planfix-verbox.md` §A):
+//! Mirrors (facts: `shared/connectors/src/vendors/hubspot/API.md`):
 //! * auth `Authorization: Bearer <token>` (scheme case-insensitive): missing,
 //!   another scheme, unknown or revoked → 401 `INVALID_AUTHENTICATION`
 //!   (`Authentication credentials not found. …`); a token the checker finds

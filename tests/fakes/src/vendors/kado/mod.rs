@@ -1,6 +1,6 @@
 //! Fake KADO (KADO Networks: digital business cards, contacts and notes per
 //! company and team). KADO publishes **no** API: this fake implements our
-//! own minimal contract, `shared/apis/hubspot-kado-planfix-verbox.md` §B.2,
+//! own minimal contract (`shared/connectors/src/vendors/kado/API.md`),
 //! which is the contract of crmbridge's `kado` connector — a test that
 //! passes here passes against that contract, not against a real KADO.
 //!

@@ -1,8 +1,8 @@
 //! Fake Ringostat: the call-log export of the REST API and the "Webhooks
 //! 2.0" call webhooks Ringostat sends to us.
 //!
-//! Mirrors (facts: `shared/apis/nethunt-worksection-zoho-ringostat.md` §D,
-//! from Ringostat's help centre and integrators' clients):
+//! Mirrors (facts: `shared/connectors/src/vendors/ringostat/API.md`, from
+//! Ringostat's help centre and integrators' clients):
 //! * `GET /calls/list` on `https://api.ringostat.net`, auth by the header
 //!   `Auth-key: <key>` (missing or wrong → 401); parameters `from`, `to`
 //!   (`YYYY-MM-DD HH:MM:SS`, or a bare `YYYY-MM-DD` meaning midnight, as the

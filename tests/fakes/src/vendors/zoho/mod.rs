@@ -5,8 +5,8 @@
 //! [`TokenChecker`], and a test points the token answers' `api_domain` here
 //! with `oauth.set_api_domain(&zoho.base_url())`.
 //!
-//! Mirrors (facts: `shared/apis/nethunt-worksection-zoho-ringostat.md` §C,
-//! from Zoho's own v7 docs, SDKs and api-limits pages):
+//! Mirrors (facts: `shared/connectors/src/vendors/zoho/API.md`, from Zoho's
+//! own v7 docs, SDKs and api-limits pages):
 //! * paths `/crm/{version}/…` with `version` matching `v\d+(\.\d+)?` (`v2`,
 //!   `v2.1`, `v7`, `v8`); any other path → 404 `INVALID_URL_PATTERN`; a
 //!   method a path does not take → 400 `INVALID_REQUEST_METHOD`.
