@@ -30,6 +30,7 @@ use crmbridge_connectors::{ActionError, Resend, VendorClient};
 use crmbridge_fakes::oauth::{FakeOAuth, OAuthConfig};
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
 use crmbridge_fakes::vendors::hubspot::FakeHubSpot;
+use crmbridge_fakes::vendors::kado::FakeKado;
 use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use crmbridge_fakes::vendors::retailcrm::FakeRetailCrm;
@@ -545,6 +546,7 @@ contract_suite!(retailcrm, RetailCrmSubject);
 contract_suite!(worksection, WorksectionSubject);
 contract_suite!(zoho, ZohoSubject);
 contract_suite!(hubspot, HubSpotSubject);
+contract_suite!(kado, KadoSubject);
 
 /// The vendors this suite covers, for the registry test.
 #[test]
@@ -557,6 +559,7 @@ fn the_suite_covers_every_vendor_that_calls_out() {
         WorksectionSubject::APP,
         ZohoSubject::APP,
         HubSpotSubject::APP,
+        KadoSubject::APP,
     ];
     let registry = crmbridge_connectors::Registry::builtin();
     for vendor in registry.vendors() {
@@ -708,6 +711,47 @@ impl ContractSubject for HubSpotSubject {
             token: credentials.get("access_token").cloned().unwrap_or_default(),
             api_domain: self.fake.base_url(),
         }))
+    }
+    forward_fake!();
+}
+
+/// KADO: crmbridge's own adapter contract, served by the KADO fake.
+pub struct KadoSubject {
+    fake: FakeKado,
+}
+
+#[async_trait]
+impl ContractSubject for KadoSubject {
+    const APP: &'static str = "kado";
+    fn create_request(&self) -> &'static str {
+        "/contacts/by-ref/hubspot/"
+    }
+    async fn start() -> Self {
+        let fake = FakeKado::start("kado-contract-token", "co_1", &[("t_sales", "Sales")])
+            .await
+            .unwrap();
+        Self { fake }
+    }
+    fn settings(&self) -> Value {
+        json!({"base_url": self.fake.base_url(), "company_id": "co_1", "teams": ["t_sales"]})
+    }
+    fn credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("token".into(), "kado-contract-token".into())])
+    }
+    fn wrong_credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("token".into(), "kado-wrong-token-31".into())])
+    }
+    fn create(&self) -> (&'static str, Map<String, Value>) {
+        (
+            "kado.contact.upsert",
+            fields(json!({"hubspot_id": "37700000001", "team_id": "t_sales", "first_name": "Ann"})),
+        )
+    }
+    fn records(&self) -> usize {
+        self.fake.contacts().len()
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        None
     }
     forward_fake!();
 }

@@ -22,6 +22,10 @@ pub const RECIPES: &[(&str, &str)] = &[
         include_str!("../../../recipes/calltouch-retailcrm.yaml"),
     ),
     (
+        "kado-hubspot",
+        include_str!("../../../recipes/kado-hubspot.yaml"),
+    ),
+    (
         "nethunt-worksection",
         include_str!("../../../recipes/nethunt-worksection.yaml"),
     ),

@@ -20,6 +20,7 @@ vendors! {
     calltouch,
     generic,
     hubspot,
+    kado,
     moysklad,
     nethunt,
     retailcrm,

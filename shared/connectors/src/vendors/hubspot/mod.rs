@@ -588,7 +588,73 @@ fn contact_written(fields: &Map<String, Value>, output: &ActionOutput, created: 
     })
 }
 
+#[async_trait]
 impl EventSource for HubSpot {
+    /// A contact event carries only ids: its current properties are read
+    /// (`event.contact`: email, first_name, last_name, phone, job_title,
+    /// company); a note's text, time and contacts likewise (`event.note`).
+    async fn enrich(
+        &self,
+        ctx: &CallContext<'_>,
+        event: &mut crmbridge_mapping::Event,
+    ) -> Result<(), ActionError> {
+        let id = event.subject.id.clone();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) || event.kind.ends_with(".deleted") {
+            return Ok(());
+        }
+        if event.kind.starts_with("hubspot.contact.") {
+            let properties: Vec<&str> = CONTACT.iter().map(|(_, theirs)| *theirs).collect();
+            let response = self
+                .call(
+                    ctx,
+                    reqwest::Method::GET,
+                    &format!("/crm/v3/objects/contacts/{id}"),
+                    &[("properties", properties.join(","))],
+                    None,
+                    Idempotency::Idempotent,
+                )
+                .await?;
+            if response.status == 404 {
+                return Ok(());
+            }
+            let record = Self::json(&response)?;
+            let mut contact = Map::new();
+            for (ours, theirs) in CONTACT {
+                contact.insert((*ours).to_owned(), record["properties"][*theirs].clone());
+            }
+            event.data["contact"] = Value::Object(contact);
+        } else if event.kind.starts_with("hubspot.note.") {
+            let response = self
+                .call(
+                    ctx,
+                    reqwest::Method::GET,
+                    &format!("/crm/v3/objects/notes/{id}"),
+                    &[
+                        ("properties", "hs_note_body,hs_timestamp".into()),
+                        ("associations", "contacts".into()),
+                    ],
+                    None,
+                    Idempotency::Idempotent,
+                )
+                .await?;
+            if response.status == 404 {
+                return Ok(());
+            }
+            let record = Self::json(&response)?;
+            let contacts: Vec<Value> = record["associations"]["contacts"]["results"]
+                .as_array()
+                .map(|list| list.iter().map(|c| Value::String(id_text(&c["id"]))).collect())
+                .unwrap_or_default();
+            event.data["note"] = json!({
+                "body": record["properties"]["hs_note_body"],
+                "timestamp": record["properties"]["hs_timestamp"],
+                "contact_id": contacts.first().cloned().unwrap_or(Value::Null),
+                "contact_ids": contacts,
+            });
+        }
+        Ok(())
+    }
+
     /// A creation, or one property's new value (HubSpot reports each
     /// changed property as its own event).
     fn reported_change(&self, event: &crmbridge_mapping::Event) -> Option<ReportedChange> {
@@ -623,6 +689,8 @@ impl EventSource for HubSpot {
                 field("source_id", FieldType::String, "who made it, e.g. userId:45678 or the app's id"),
                 field("portal_id", FieldType::Integer, "the HubSpot account"),
                 field("attempt", FieldType::Integer, "HubSpot's delivery attempt (0 = first)"),
+                field("contact", FieldType::Object, "a contact's current properties (email, first_name, last_name, phone, mobile, company, job_title, lifecycle_stage, owner_id), read at dispatch"),
+                field("note", FieldType::Object, "a note's body, timestamp and contact_id, read at dispatch"),
             ]
         };
         let mut kinds: Vec<crmbridge_mapping::EventKindSpec> = [

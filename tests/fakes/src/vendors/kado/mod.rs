@@ -1,84 +1,117 @@
 //! Fake KADO (KADO Networks: digital business cards, contacts and notes per
-//! company and team). KADO publishes **no** API: this fake implements our
-//! own minimal contract (`shared/connectors/src/vendors/kado/API.md`),
-//! which is the contract of crmbridge's `kado` connector — a test that
-//! passes here passes against that contract, not against a real KADO.
+//! company and team). KADO publishes **no** API: this fake implements
+//! crmbridge's own contract for a KADO-side adapter, exactly as written in
+//! `shared/connectors/src/vendors/kado/API.md` ("The contract") — a test
+//! that passes here passes against that contract, not against a real KADO.
 //!
-//! The contract, as served:
-//! * auth `Authorization: Bearer <integration token>` (one token per KADO
+//! The contract, as served (paths are relative to [`FakeKado::base_url`],
+//! which stands for the adapter's `base_url` with any prefix, so they are
+//! served at the root):
+//! * auth `Authorization: Bearer <token>` on every call (one token per
 //!   company, scheme case-insensitive); missing or wrong → 401
-//!   `{"error":{"code":"unauthorized","message"}}`. The token's company is
-//!   [`FakeKado::company_id`]; the teams enabled for the integration are the
-//!   `allowed_teams` given to [`FakeKado::start`]
-//!   ([`FakeKado::set_allowed_teams`] changes them). The request log
-//!   redacts `authorization`.
-//! * `GET /v1/contacts?updated_since=<RFC3339>&cursor=<opaque>&limit=<1–100>`
-//!   and `GET /v1/notes?…` → `{"data":[…],"next_cursor":"…"|null}`, ordered by
-//!   `updated_at` then id, only records of the allowed teams (deleted and
-//!   private ones included, with `deleted` / `is_private` set: the connector
-//!   must skip private items itself). `updated_since` is inclusive; the
-//!   cursor is a keyset position (the last row's `updated_at` and id), so a
-//!   record updated while a client pages moves to the end and is seen again,
-//!   never skipped. `limit` defaults to [`DEFAULT_LIMIT`].
-//! * `POST /v1/contacts`, `PATCH /v1/contacts/{id}`, `POST /v1/notes`,
-//!   `PATCH /v1/notes/{id}`: JSON objects of the writable fields (contacts:
-//!   `team_id`, `owner_user_id`, `first_name`, `last_name`, `emails`,
-//!   `phones`, `job_title`, `organization`, `is_private`, `external_refs`;
-//!   notes: `contact_id` (POST only), `author_user_id`, `body`,
-//!   `occurred_at`, `is_private`, `external_refs`). POST → 201 with the
-//!   record; **idempotent on `external_refs.hubspot`**: a POST whose ref is
-//!   already on a record of the same kind returns that record unchanged with
-//!   200 (no write, no event). PATCH → 200 with the record; a field left out
-//!   is kept, `null` clears it, `external_refs` is merged key by key (`null`
-//!   removes a key), arrays are replaced whole.
-//! * errors `{"error":{"code","message"}}`: 422 `validation` (with `field`:
-//!   an unknown or read-only field — `id`, `company_id`, `created_at`,
-//!   `updated_at`, `deleted`, a note's `contact_id` on PATCH —, a wrong type,
-//!   an e-mail without `@`, a phone without digits, a contact with neither a
-//!   name nor an e-mail nor a phone, a team not enabled, a note without
-//!   `body` or longer than [`MAX_NOTE_BODY`], an `occurred_at` that is not
-//!   RFC 3339, a note's unknown contact, a bad `limit`, `updated_since` or
-//!   `cursor`); 404 `not_found` (an unknown id, a record of a team not
-//!   enabled, a deleted record, an unknown path); 405 `method_not_allowed`;
-//!   409 `conflict` (a PATCH giving a record an `external_refs.hubspot` that
-//!   another record of its kind has); 429 `rate_limited` with `Retry-After`
-//!   once [`FakeKado::set_rate_limit`] requests a second are exceeded.
-//! * records: Contact `{"id":"c_1","company_id","team_id","owner_user_id",
-//!   "first_name","last_name","emails":[…],"phones":[…],"job_title",
-//!   "organization","is_private","external_refs":{"hubspot":"512"},
-//!   "created_at","updated_at","deleted"}`; Note `{"id":"n_1","contact_id",
-//!   "company_id","team_id","author_user_id","body","occurred_at",
-//!   "is_private","external_refs","updated_at","deleted"}` (a note belongs to
-//!   its contact's team). Times are RFC 3339 UTC with milliseconds; every
-//!   write gets a fresh `updated_at` (never equal to another's), and every
-//!   successful PATCH counts as a write, even one that changes nothing.
-//! * webhooks: after [`FakeKado::subscribe`], **every** write to a record of
-//!   an allowed team — through the API too, so a two-way sync must not echo
-//!   its own writes — queues one event `{"event":"contact.created" |
-//!   "contact.updated" | "note.created" | "note.updated","company_id",
-//!   "data":{…the full record…},"occurred_at"}`. [`FakeKado::deliver_webhooks`]
-//!   makes one pass: one POST per event, `Content-Type: application/json`,
-//!   `X-Timestamp` (epoch seconds), `X-Signature: sha256=<hex
-//!   HMAC-SHA256(secret, timestamp + "." + body)>` ([`signature`]); an event
-//!   that got no 2xx (or a transport error, timeout after
-//!   [`WEBHOOK_TIMEOUT`]) is queued again for the next pass. Knobs:
-//!   duplicate sends, a wrong signing secret, stale timestamps (receivers
-//!   must refuse ones older than 5 minutes).
+//!   `{"error":{"code":"unauthorized","message"}}`. The request log redacts
+//!   `authorization`.
+//! * `GET /company` → `{"company_id","name","teams":[{"id","name"}]}`: the
+//!   token's company ([`FakeKado::company_id`]) and all its teams, as given
+//!   to [`FakeKado::start`].
+//! * `GET /contacts?email=<e-mail>` or `?phone=<E.164>` → `{"data":[Contact]}`
+//!   (empty when none), in creation order: the e-mail compared
+//!   case-insensitively with each of a contact's `emails`, the phone by
+//!   digits (equal when the last 10 digits are equal, or all of them when
+//!   either side has fewer than 10) with each of its `phones`; deleted
+//!   contacts excluded, private ones included.
+//! * `GET /contacts?updated_since=<RFC 3339>&cursor=<opaque>&limit=<1–100>`
+//!   and `GET /notes?…` → `{"data":[…],"next_cursor":"…"|null}`, records of
+//!   every team ordered by `updated_at`, then id, private and deleted ones
+//!   included (flagged by `is_private` / `deleted`). `updated_since` is
+//!   inclusive; the cursor is a keyset position (the last row's
+//!   `updated_at` and id), so a record changed while a client pages moves to
+//!   the end and is seen again, never skipped. `limit` defaults to
+//!   [`DEFAULT_LIMIT`]. Both are optional in the contract:
+//!   [`FakeKado::set_list_endpoints`]`(false)` makes them answer 404
+//!   `not_found` ("not offered"); the e-mail / phone look-up stays.
+//! * `GET /contacts/{id}` → the Contact (404 `not_found`); `PATCH
+//!   /contacts/{id}` with some writable fields (left out: kept; `null`:
+//!   cleared; `external_refs` merged key by key) → 200 the Contact; a
+//!   crmbridge write, so its event carries `origin: "crmbridge"`.
+//! * `PUT /contacts/by-ref/hubspot/{hubspot_contact_id}` with a Contact
+//!   (writable fields `team_id`, `first_name`, `last_name`, `job_title`,
+//!   `organization`, `emails`, `phones`, `owner_email`, `is_private`,
+//!   `external_refs`): the contact whose `external_refs.hubspot` is that id
+//!   — of any team, a deleted one included (it is restored) — is updated in
+//!   place → 200 `{"id"}`; else one is created carrying that id → 201
+//!   `{"id"}` (`team_id` and `is_private` required then). A field left out
+//!   is kept, `null` (or `""`) clears it, arrays are replaced whole,
+//!   `external_refs` is merged key by key (`null` removes a key; `hubspot`
+//!   always equals the path's id). A PUT that changes no value writes
+//!   nothing: no `updated_at` bump, no event.
+//! * `PUT /notes/by-ref/hubspot/{hubspot_note_id}` with a Note (`contact_id`
+//!   — a **KADO** contact id, required on every PUT —, `author_email`,
+//!   `body`, `is_private`, `external_refs`), the same way: 201 / 200
+//!   `{"id"}`; `body` and `is_private` required when creating; an unknown or
+//!   deleted `contact_id` → 404 `not_found`. A note belongs to its contact's
+//!   team.
+//! * records: Contact `{"id":"c_1","team_id","first_name","last_name",
+//!   "job_title","organization","emails":[…],"phones":[…],"owner_email",
+//!   "is_private","external_refs":{"hubspot":"512"},"created_at",
+//!   "updated_at"[,"deleted"]}`; Note `{"id":"n_1","contact_id",
+//!   "author_email","body","is_private","external_refs","created_at",
+//!   "updated_at"[,"deleted"]}`. `deleted` appears in list answers and
+//!   `*.deleted` events only. Times are RFC 3339 UTC with milliseconds;
+//!   every change gets a fresh `updated_at` (never equal to another's).
+//! * `external_refs.hubspot` is unique per company and object type: the
+//!   fixtures refuse to give a second record the same HubSpot id.
+//! * errors `{"error":{"code","message"[,"field"]}}`: 400 `validation` with
+//!   `field` (an unknown field, one KADO sets — `id`, `created_at`,
+//!   `updated_at`, `deleted` —, a wrong type, a missing required field, an
+//!   e-mail without `@`, a body longer than [`MAX_NOTE_BODY`] characters,
+//!   an `external_refs.hubspot` other than the path's, a bad `limit`,
+//!   `updated_since`, `cursor`, `email` or `phone`; a body that is not a
+//!   JSON object has no `field`); 403 `forbidden` (a `team_id` that is not
+//!   one of the company's teams); 404 `not_found` (an unknown `contact_id`,
+//!   a list endpoint switched off, any call not in the contract); 409
+//!   `conflict` (only with [`FakeKado::set_refuse_duplicate_emails`]: an
+//!   e-mail another live contact has; the message names both ids); 429
+//!   `rate_limited` with `Retry-After: 1` once [`FakeKado::set_rate_limit`]
+//!   requests a second are exceeded.
+//! * webhooks (KADO → crmbridge): after [`FakeKado::subscribe`], **every**
+//!   change — a user's (`*_as_user` fixtures, `"origin":"user"`) and a
+//!   write through the PUT calls (`"origin":"crmbridge"`) — queues one event
+//!   `{"event_id","kind","occurred_at","origin","company_id","team_id",
+//!   "data"}`, `kind` one of `contact.created|updated|deleted`,
+//!   `note.created|updated|deleted`, `data` the Contact or Note,
+//!   `event_id` a fresh UUID. [`FakeKado::deliver_webhooks`] makes one
+//!   pass: one POST per event whose body is the event object
+//!   ([`FakeKado::set_batch`]: JSON arrays of up to [`WEBHOOK_BATCH`]
+//!   events instead), `Content-Type: application/json`; with a secret,
+//!   `X-Timestamp: <unix seconds>` and `X-Signature: sha256=<lower-case hex
+//!   HMAC-SHA256(secret, timestamp + "." + body)>` ([`signature`]). A
+//!   request answered 5xx or 429, or not answered within
+//!   [`WEBHOOK_TIMEOUT`], is sent again on the next pass with the same
+//!   `event_id`s and the same body bytes (a fresh timestamp and
+//!   signature); one answered anything else (400, 401, …) is dropped
+//!   ([`FakeKado::dropped_webhooks`]). Knobs: duplicate sends, a wrong
+//!   signing secret, stale timestamps (receivers must refuse ones more than
+//!   300 seconds off).
 //! * injected faults: `ServerError` → 500 `{"error":{"code":"internal",…}}`,
 //!   `TooManyRequests` → the 429 above with `Retry-After: 1`.
 //!
-//! Choices the contract leaves open (the fake's choice in brackets):
-//! * a contact POSTed without `team_id` [the first allowed team]; whether
-//!   the API refuses a duplicate e-mail [no: the connector must match by
-//!   e-mail, then phone, before importing]; whether private items are
-//!   listed [yes, flagged]; whether `updated_since` is inclusive [yes]; a
-//!   deletion's event [`contact.updated` / `note.updated` with `deleted:
-//!   true`]; an event's retries [unbounded, one per pass]; a 409 body [no
-//!   `field`].
+//! Choices the contract leaves open (the fake's choice in brackets): the
+//! company's `name` [`Company <company_id>`, see
+//! [`FakeKado::set_company_name`]]; a PUT's `team_id` on an existing record
+//! [checked, but the record stays in its team: "updated in place"]; a
+//! note PUT naming another contact [the note moves to it]; whether a
+//! duplicate e-mail is refused [no, unless switched on: the connector must
+//! match by e-mail, then phone, before creating]; whether `updated_since`
+//! is inclusive [yes]; a restored record's event [`*.updated`]; the answer
+//! statuses besides 2xx that are retried [only 5xx and 429]; an event's
+//! retries [unbounded, one per pass]; a contact with no name, e-mail or
+//! phone [allowed]; phones [any text, "as typed"]; an empty note body
+//! [allowed through the API, refused by the fixtures].
 //!
-//! Not in the contract, so not served: reading one record by id, searching
-//! by e-mail or phone, deleting through the API, subscribing through the
-//! API, pagination by page number.
+//! Not in the contract, so not served: reading one record by id, deleting
+//! through the API, subscribing through the API, the earlier draft's
+//! `POST /contacts`, `PATCH /contacts/{id}` and `POST /notes`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -93,7 +126,7 @@ use sha2::Sha256;
 
 use crate::FakeError;
 use crate::server::{self, Fault, Req, Resp, Server, Vendor, common_methods, lock};
-use crate::util::PerSecondLimit;
+use crate::util::{PerSecondLimit, uuid_v4};
 
 /// The largest `limit` of a list call.
 pub const MAX_LIMIT: usize = 100;
@@ -101,32 +134,37 @@ pub const MAX_LIMIT: usize = 100;
 pub const DEFAULT_LIMIT: usize = 50;
 /// The longest note body, in characters.
 pub const MAX_NOTE_BODY: usize = 65_536;
-/// The KADO user the `*_as_user` fixtures act as (owner / author).
-pub const USER_ID: &str = "u_7";
+/// The most events in one webhook request (with [`FakeKado::set_batch`]).
+pub const WEBHOOK_BATCH: usize = 100;
+/// The KADO user the `*_as_user` fixtures act as (`owner_email`,
+/// `author_email`).
+pub const USER_EMAIL: &str = "anna@kado.example";
 /// How long the webhook sender waits for the receiver.
-pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How far in the past [`FakeKado::set_stale_timestamps`] puts
+/// `X-Timestamp`, in seconds.
+pub const STALE_BY_SECS: i64 = 600;
 
 const CONTACT_FIELDS: &[&str] = &[
     "team_id",
-    "owner_user_id",
     "first_name",
     "last_name",
-    "emails",
-    "phones",
     "job_title",
     "organization",
+    "emails",
+    "phones",
+    "owner_email",
     "is_private",
     "external_refs",
 ];
 const NOTE_FIELDS: &[&str] = &[
     "contact_id",
-    "author_user_id",
+    "author_email",
     "body",
-    "occurred_at",
     "is_private",
     "external_refs",
 ];
-const READ_ONLY: &[&str] = &["id", "company_id", "created_at", "updated_at", "deleted"];
+const READ_ONLY: &[&str] = &["id", "created_at", "updated_at", "deleted"];
 
 /// An error of the contract: `{"error":{"code","message"[,"field"]}}`.
 #[derive(Debug, Clone)]
@@ -151,25 +189,31 @@ impl KErr {
 
     fn validation(field: &str, message: impl Into<String>) -> Self {
         KErr {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "validation",
-            message: message.into(),
             field: Some(field.to_owned()),
+            ..KErr::new(StatusCode::BAD_REQUEST, "validation", message)
         }
     }
 
-    fn not_found(what: &str) -> Self {
+    fn not_found(message: impl Into<String>) -> Self {
+        KErr::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn forbidden(team: &str) -> Self {
         KErr::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("team {team} is not a team of this company"),
         )
+    }
+
+    fn conflict(message: impl Into<String>) -> Self {
+        KErr::new(StatusCode::CONFLICT, "conflict", message)
     }
 
     fn resp(&self) -> Resp {
         let mut error = json!({"code": self.code, "message": self.message});
-        if self.code == "validation" {
-            error["field"] = self.field.clone().map_or(Value::Null, Value::String);
+        if let Some(field) = &self.field {
+            error["field"] = json!(field);
         }
         Resp::json(self.status, &json!({"error": error}))
     }
@@ -200,19 +244,43 @@ fn opt_json(v: &Option<String>) -> Value {
     v.clone().map_or(Value::Null, Value::String)
 }
 
+/// Who made a change: the `origin` of its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A KADO user (the fixtures).
+    User,
+    /// crmbridge, through the PUT calls.
+    Crmbridge,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::User => "user",
+            Origin::Crmbridge => "crmbridge",
+        }
+    }
+}
+
+/// A contact's values (what "changed" compares).
+#[derive(Debug, Clone, PartialEq)]
+struct ContactData {
+    team_id: String,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    job_title: Option<String>,
+    organization: Option<String>,
+    emails: Vec<String>,
+    phones: Vec<String>,
+    owner_email: Option<String>,
+    is_private: bool,
+    external_refs: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone)]
 struct Contact {
     seq: u64,
-    team_id: String,
-    owner_user_id: Option<String>,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    emails: Vec<String>,
-    phones: Vec<String>,
-    job_title: Option<String>,
-    organization: Option<String>,
-    is_private: bool,
-    external_refs: BTreeMap<String, String>,
+    data: ContactData,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted: bool,
@@ -223,37 +291,47 @@ impl Contact {
         format!("c_{}", self.seq)
     }
 
-    fn json(&self, company: &str) -> Value {
-        json!({
+    /// The Contact shape; `with_deleted` for list answers and
+    /// `contact.deleted` events.
+    fn json(&self, with_deleted: bool) -> Value {
+        let c = &self.data;
+        let mut v = json!({
             "id": self.id(),
-            "company_id": company,
-            "team_id": self.team_id,
-            "owner_user_id": opt_json(&self.owner_user_id),
-            "first_name": opt_json(&self.first_name),
-            "last_name": opt_json(&self.last_name),
-            "emails": self.emails,
-            "phones": self.phones,
-            "job_title": opt_json(&self.job_title),
-            "organization": opt_json(&self.organization),
-            "is_private": self.is_private,
-            "external_refs": refs_json(&self.external_refs),
+            "team_id": c.team_id,
+            "first_name": opt_json(&c.first_name),
+            "last_name": opt_json(&c.last_name),
+            "job_title": opt_json(&c.job_title),
+            "organization": opt_json(&c.organization),
+            "emails": c.emails,
+            "phones": c.phones,
+            "owner_email": opt_json(&c.owner_email),
+            "is_private": c.is_private,
+            "external_refs": refs_json(&c.external_refs),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
-            "deleted": self.deleted,
-        })
+        });
+        if with_deleted {
+            v["deleted"] = json!(self.deleted);
+        }
+        v
     }
+}
+
+/// A note's values.
+#[derive(Debug, Clone, PartialEq)]
+struct NoteData {
+    contact_seq: u64,
+    author_email: Option<String>,
+    body: String,
+    is_private: bool,
+    external_refs: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
 struct Note {
     seq: u64,
-    contact_seq: u64,
-    team_id: String,
-    author_user_id: Option<String>,
-    body: String,
-    occurred_at: DateTime<Utc>,
-    is_private: bool,
-    external_refs: BTreeMap<String, String>,
+    data: NoteData,
+    created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted: bool,
 }
@@ -263,28 +341,30 @@ impl Note {
         format!("n_{}", self.seq)
     }
 
-    fn json(&self, company: &str) -> Value {
-        json!({
+    /// The Note shape; `with_deleted` as for contacts.
+    fn json(&self, with_deleted: bool) -> Value {
+        let n = &self.data;
+        let mut v = json!({
             "id": self.id(),
-            "contact_id": format!("c_{}", self.contact_seq),
-            "company_id": company,
-            "team_id": self.team_id,
-            "author_user_id": opt_json(&self.author_user_id),
-            "body": self.body,
-            "occurred_at": iso(self.occurred_at),
-            "is_private": self.is_private,
-            "external_refs": refs_json(&self.external_refs),
+            "contact_id": format!("c_{}", n.contact_seq),
+            "author_email": opt_json(&n.author_email),
+            "body": n.body,
+            "is_private": n.is_private,
+            "external_refs": refs_json(&n.external_refs),
+            "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
-            "deleted": self.deleted,
-        })
+        });
+        if with_deleted {
+            v["deleted"] = json!(self.deleted);
+        }
+        v
     }
 }
 
-/// What lists and webhooks need of a record.
+/// What a list needs of a record.
 trait Item {
     fn key(&self) -> (i64, u64);
-    fn team(&self) -> &str;
-    fn to_json(&self, company: &str) -> Value;
+    fn list_json(&self) -> Value;
 }
 
 impl Item for Contact {
@@ -292,12 +372,8 @@ impl Item for Contact {
         (self.updated_at.timestamp_millis(), self.seq)
     }
 
-    fn team(&self) -> &str {
-        &self.team_id
-    }
-
-    fn to_json(&self, company: &str) -> Value {
-        self.json(company)
+    fn list_json(&self) -> Value {
+        self.json(true)
     }
 }
 
@@ -306,37 +382,72 @@ impl Item for Note {
         (self.updated_at.timestamp_millis(), self.seq)
     }
 
-    fn team(&self) -> &str {
-        &self.team_id
-    }
-
-    fn to_json(&self, company: &str) -> Value {
-        self.json(company)
+    fn list_json(&self) -> Value {
+        self.json(true)
     }
 }
 
-/// The writable contact fields of a request (outer `None`: not sent).
+/// The contact fields of a write (outer `None`: not sent).
 #[derive(Debug, Default)]
 struct ContactFields {
     team_id: Option<String>,
-    owner_user_id: Option<Option<String>>,
     first_name: Option<Option<String>>,
     last_name: Option<Option<String>>,
-    emails: Option<Vec<String>>,
-    phones: Option<Vec<String>>,
     job_title: Option<Option<String>>,
     organization: Option<Option<String>>,
+    emails: Option<Vec<String>>,
+    phones: Option<Vec<String>>,
+    owner_email: Option<Option<String>>,
     is_private: Option<bool>,
     external_refs: Option<BTreeMap<String, Option<String>>>,
 }
 
-/// The writable note fields of a request.
+impl ContactFields {
+    /// `data` with these fields applied (`team_id` only when `move_team`).
+    fn apply(self, data: &ContactData, move_team: bool) -> ContactData {
+        let mut c = data.clone();
+        if let Some(v) = self.team_id
+            && move_team
+        {
+            c.team_id = v;
+        }
+        if let Some(v) = self.first_name {
+            c.first_name = v;
+        }
+        if let Some(v) = self.last_name {
+            c.last_name = v;
+        }
+        if let Some(v) = self.job_title {
+            c.job_title = v;
+        }
+        if let Some(v) = self.organization {
+            c.organization = v;
+        }
+        if let Some(v) = self.emails {
+            c.emails = v;
+        }
+        if let Some(v) = self.phones {
+            c.phones = v;
+        }
+        if let Some(v) = self.owner_email {
+            c.owner_email = v;
+        }
+        if let Some(v) = self.is_private {
+            c.is_private = v;
+        }
+        if let Some(r) = self.external_refs {
+            merge_refs(&mut c.external_refs, r);
+        }
+        c
+    }
+}
+
+/// The note fields of a write.
 #[derive(Debug, Default)]
 struct NoteFields {
     contact_id: Option<String>,
-    author_user_id: Option<Option<String>>,
-    body: Option<Option<String>>,
-    occurred_at: Option<DateTime<Utc>>,
+    author_email: Option<Option<String>>,
+    body: Option<String>,
     is_private: Option<bool>,
     external_refs: Option<BTreeMap<String, Option<String>>>,
 }
@@ -344,7 +455,10 @@ struct NoteFields {
 fn check_fields(body: &Map<String, Value>, allowed: &[&str]) -> R<()> {
     for key in body.keys() {
         if READ_ONLY.contains(&key.as_str()) {
-            return Err(KErr::validation(key, format!("{key} is read-only")));
+            return Err(KErr::validation(
+                key,
+                format!("{key} is set by KADO and must be absent on writes"),
+            ));
         }
         if !allowed.contains(&key.as_str()) {
             return Err(KErr::validation(key, format!("unknown field {key}")));
@@ -366,25 +480,24 @@ fn opt_string(field: &str, v: &Value) -> R<Option<String>> {
     }
 }
 
+/// A required, non-empty string.
+fn id_string(field: &str, v: &Value) -> R<String> {
+    opt_string(field, v)?.ok_or_else(|| KErr::validation(field, format!("{field} is required")))
+}
+
 fn string_list(field: &str, v: &Value) -> R<Vec<String>> {
-    match v {
-        Value::Null => Ok(Vec::new()),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) => Ok(s.trim().to_owned()),
-                _ => Err(KErr::validation(
-                    field,
-                    format!("{field} must be an array of strings"),
-                )),
-            })
-            .filter(|s| !matches!(s, Ok(s) if s.is_empty()))
-            .collect(),
-        _ => Err(KErr::validation(
-            field,
-            format!("{field} must be an array of strings"),
-        )),
+    let bad = || KErr::validation(field, format!("{field} must be an array of strings"));
+    let Value::Array(items) = v else {
+        return Err(bad());
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let s = item.as_str().ok_or_else(bad)?.trim();
+        if !s.is_empty() {
+            out.push(s.to_owned());
+        }
     }
+    Ok(out)
 }
 
 fn boolean(field: &str, v: &Value) -> R<bool> {
@@ -422,17 +535,12 @@ fn parse_contact(body: &Map<String, Value>) -> R<ContactFields> {
     let mut f = ContactFields::default();
     for (key, v) in body {
         match key.as_str() {
-            "team_id" => {
-                f.team_id = Some(
-                    opt_string(key, v)?
-                        .ok_or_else(|| KErr::validation(key, "team_id must not be empty"))?,
-                );
-            }
-            "owner_user_id" => f.owner_user_id = Some(opt_string(key, v)?),
+            "team_id" => f.team_id = Some(id_string(key, v)?),
             "first_name" => f.first_name = Some(opt_string(key, v)?),
             "last_name" => f.last_name = Some(opt_string(key, v)?),
             "job_title" => f.job_title = Some(opt_string(key, v)?),
             "organization" => f.organization = Some(opt_string(key, v)?),
+            "owner_email" => f.owner_email = Some(opt_string(key, v)?),
             "emails" => {
                 let emails = string_list(key, v)?;
                 if let Some(bad) = emails.iter().find(|e| !valid_email(e)) {
@@ -443,19 +551,7 @@ fn parse_contact(body: &Map<String, Value>) -> R<ContactFields> {
                 }
                 f.emails = Some(emails);
             }
-            "phones" => {
-                let phones = string_list(key, v)?;
-                if let Some(bad) = phones
-                    .iter()
-                    .find(|p| !p.chars().any(|c| c.is_ascii_digit()))
-                {
-                    return Err(KErr::validation(
-                        key,
-                        format!("{bad} is not a phone number"),
-                    ));
-                }
-                f.phones = Some(phones);
-            }
+            "phones" => f.phones = Some(string_list(key, v)?),
             "is_private" => f.is_private = Some(boolean(key, v)?),
             "external_refs" => f.external_refs = Some(refs(v)?),
             _ => {}
@@ -464,40 +560,30 @@ fn parse_contact(body: &Map<String, Value>) -> R<ContactFields> {
     Ok(f)
 }
 
+fn check_body_length(body: &str) -> R<()> {
+    let n = body.chars().count();
+    if n > MAX_NOTE_BODY {
+        return Err(KErr::validation(
+            "body",
+            format!("body is {n} characters long; at most {MAX_NOTE_BODY} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_note(body: &Map<String, Value>) -> R<NoteFields> {
     check_fields(body, NOTE_FIELDS)?;
     let mut f = NoteFields::default();
     for (key, v) in body {
         match key.as_str() {
-            "contact_id" => {
-                f.contact_id = Some(
-                    opt_string(key, v)?
-                        .ok_or_else(|| KErr::validation(key, "contact_id is required"))?,
-                );
-            }
-            "author_user_id" => f.author_user_id = Some(opt_string(key, v)?),
+            "contact_id" => f.contact_id = Some(id_string(key, v)?),
+            "author_email" => f.author_email = Some(opt_string(key, v)?),
             "body" => {
-                let body = opt_string(key, v)?;
-                if let Some(b) = &body {
-                    let n = b.chars().count();
-                    if n > MAX_NOTE_BODY {
-                        return Err(KErr::validation(
-                            key,
-                            format!(
-                                "body is {n} characters long; at most {MAX_NOTE_BODY} are allowed"
-                            ),
-                        ));
-                    }
-                }
-                f.body = Some(body);
-            }
-            "occurred_at" => {
                 let text = v
                     .as_str()
-                    .ok_or_else(|| KErr::validation(key, "occurred_at must be an RFC 3339 time"))?;
-                let t = DateTime::parse_from_rfc3339(text.trim())
-                    .map_err(|_| KErr::validation(key, "occurred_at must be an RFC 3339 time"))?;
-                f.occurred_at = Some(t.with_timezone(&Utc));
+                    .ok_or_else(|| KErr::validation(key, "body must be a string"))?;
+                check_body_length(text)?;
+                f.body = Some(text.to_owned());
             }
             "is_private" => f.is_private = Some(boolean(key, v)?),
             "external_refs" => f.external_refs = Some(refs(v)?),
@@ -510,12 +596,11 @@ fn parse_note(body: &Map<String, Value>) -> R<NoteFields> {
 fn body_object(req: &Req) -> R<Map<String, Value>> {
     match serde_json::from_slice::<Value>(&req.body) {
         Ok(Value::Object(m)) => Ok(m),
-        _ => Err(KErr {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "validation",
-            message: "the body must be a JSON object".into(),
-            field: None,
-        }),
+        _ => Err(KErr::new(
+            StatusCode::BAD_REQUEST,
+            "validation",
+            "the body must be a JSON object",
+        )),
     }
 }
 
@@ -532,8 +617,37 @@ fn merge_refs(target: &mut BTreeMap<String, String>, patch: BTreeMap<String, Opt
     }
 }
 
+/// A PUT's `external_refs` may repeat the path's HubSpot id, not change or
+/// remove it.
+fn check_hubspot_ref(refs: Option<&BTreeMap<String, Option<String>>>, hubspot: &str) -> R<()> {
+    match refs.and_then(|r| r.get("hubspot")) {
+        Some(Some(v)) if v == hubspot => Ok(()),
+        Some(_) => Err(KErr::validation(
+            "external_refs",
+            format!("external_refs.hubspot must be the id in the path ({hubspot})"),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn seq_of(id: &str, prefix: &str) -> Option<u64> {
     id.strip_prefix(prefix)?.parse().ok()
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Phones compared by digits: the last 10 when both have that many, else
+/// all of them.
+fn same_phone(a: &str, b: &str) -> bool {
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    if a.len() >= 10 && b.len() >= 10 {
+        return a.get(a.len() - 10..) == b.get(b.len() - 10..);
+    }
+    a == b
 }
 
 /// The cursor of a keyset position: base64url("ms:seq").
@@ -550,7 +664,7 @@ fn decode_cursor(s: &str) -> Option<(i64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// `X-Signature` of a webhook: `sha256=` + hex(HMAC-SHA256(secret,
+/// `X-Signature` of a webhook: `sha256=` + lower-case hex(HMAC-SHA256(secret,
 /// timestamp + "." + body)).
 pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
@@ -567,21 +681,24 @@ pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
 pub struct WebhookDelivery {
     /// The subscriber URL.
     pub url: String,
-    /// The event name (`contact.created`, …).
-    pub event: String,
-    /// The raw body.
+    /// The `event_id`s it carried, in order (one unless batched).
+    pub event_ids: Vec<String>,
+    /// Their `kind`s (`contact.created`, …), in the same order.
+    pub kinds: Vec<String>,
+    /// The raw body: one event object, or an array with
+    /// [`FakeKado::set_batch`].
     pub body: String,
-    /// `X-Timestamp` (epoch seconds).
-    pub timestamp: String,
-    /// `X-Signature` (`sha256=…`).
-    pub signature: String,
-    /// How many earlier passes failed to deliver this event (0 first time).
+    /// `X-Timestamp` (unix seconds); `None` when unsigned.
+    pub timestamp: Option<String>,
+    /// `X-Signature` (`sha256=…`); `None` when unsigned.
+    pub signature: Option<String>,
+    /// How many earlier passes failed to deliver this body (0 first time).
     pub attempt: u32,
     /// The receiver's status; `None` on a transport error or timeout.
     pub status: Option<u16>,
     /// The transport error, if any.
     pub error: Option<String>,
-    /// Whether the event was queued again for the next pass.
+    /// Whether the request was queued again for the next pass.
     pub requeued: bool,
 }
 
@@ -592,16 +709,53 @@ impl WebhookDelivery {
     }
 }
 
+/// One webhook request: its body is fixed when first sent, so that a
+/// retry carries the same bytes.
 #[derive(Debug, Clone)]
-struct Pending {
-    event: String,
-    payload: Value,
+struct Outgoing {
+    events: Vec<Value>,
+    body: String,
     attempt: u32,
+}
+
+impl Outgoing {
+    fn new(events: Vec<Value>, batch: bool) -> Self {
+        let body = match events.as_slice() {
+            [one] if !batch => serde_json::to_string(one),
+            _ => serde_json::to_string(&events),
+        }
+        .unwrap_or_default();
+        Outgoing {
+            events,
+            body,
+            attempt: 0,
+        }
+    }
+
+    fn field(&self, name: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .map(|e| e[name].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+/// Whether a webhook answer is retried: 5xx, 429, or none at all.
+fn retried(status: Option<u16>) -> bool {
+    status.is_none_or(|s| s == 429 || (500..600).contains(&s))
+}
+
+#[derive(Debug, Clone)]
+struct Subscription {
+    url: String,
+    secret: Option<String>,
 }
 
 #[derive(Debug)]
 struct Data {
-    allowed: Vec<String>,
+    company_name: String,
+    /// (id, name), as given to `start`.
+    teams: Vec<(String, String)>,
     contacts: Vec<Contact>,
     notes: Vec<Note>,
     next_contact: u64,
@@ -609,8 +763,16 @@ struct Data {
     last_ms: i64,
     limit: PerSecondLimit,
     api_calls: usize,
-    subscription: Option<(String, String)>,
-    queue: VecDeque<Pending>,
+    lists_offered: bool,
+    refuse_duplicate_emails: bool,
+    subscription: Option<Subscription>,
+    /// Events not sent yet.
+    queue: VecDeque<Value>,
+    /// Requests that failed and are sent again, body unchanged.
+    retry: VecDeque<Outgoing>,
+    /// Events whose request got an answer that is not retried.
+    dropped: Vec<Value>,
+    batch: bool,
     duplicates: usize,
     sign_secret: Option<String>,
     stale: bool,
@@ -624,8 +786,12 @@ impl Data {
         DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_else(Utc::now)
     }
 
-    fn allowed(&self, team: &str) -> bool {
-        self.allowed.iter().any(|t| t == team)
+    fn check_team(&self, team: &str) -> R<()> {
+        if self.teams.iter().any(|(id, _)| id == team) {
+            Ok(())
+        } else {
+            Err(KErr::forbidden(team))
+        }
     }
 
     fn contact_pos(&self, id: &str) -> Option<usize> {
@@ -638,303 +804,426 @@ impl Data {
         self.notes.iter().position(|n| n.seq == seq)
     }
 
-    fn emit(&mut self, company: &str, event: &str, team: &str, data: Value, at: DateTime<Utc>) {
-        if self.subscription.is_none() || !self.allowed(team) {
-            return;
-        }
-        self.queue.push_back(Pending {
-            event: event.to_owned(),
-            payload: json!({
-                "event": event,
-                "company_id": company,
-                "data": data,
-                "occurred_at": iso(at),
-            }),
-            attempt: 0,
-        });
+    /// A contact that is not deleted, or 404.
+    fn live_contact(&self, id: &str) -> R<usize> {
+        self.contact_pos(id)
+            .filter(|i| !self.contacts[*i].deleted)
+            .ok_or_else(|| KErr::not_found(format!("contact {id} not found")))
     }
 
-    /// A POST (`api`) or a fixture: the id and whether it was created.
-    fn create_contact(&mut self, company: &str, f: ContactFields, api: bool) -> R<(String, bool)> {
-        let hubspot = f
-            .external_refs
-            .as_ref()
-            .and_then(|r| r.get("hubspot").cloned().flatten());
-        if let Some(hs) = &hubspot
-            && let Some(existing) = self
-                .contacts
-                .iter()
-                .find(|c| c.external_refs.get("hubspot") == Some(hs))
-        {
-            if self.allowed(&existing.team_id) {
-                return Ok((existing.id(), false));
+    fn live_note(&self, id: &str) -> R<usize> {
+        self.note_pos(id)
+            .filter(|i| !self.notes[*i].deleted)
+            .ok_or_else(|| KErr::not_found(format!("note {id} not found")))
+    }
+
+    fn team_of(&self, contact_seq: u64) -> String {
+        self.contacts
+            .iter()
+            .find(|c| c.seq == contact_seq)
+            .map(|c| c.data.team_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// The record (deleted ones included) other than `except` that carries
+    /// this HubSpot id.
+    fn contact_by_hubspot(&self, hubspot: &str, except: Option<usize>) -> Option<usize> {
+        self.contacts.iter().enumerate().position(|(i, c)| {
+            Some(i) != except
+                && c.data.external_refs.get("hubspot").map(String::as_str) == Some(hubspot)
+        })
+    }
+
+    fn note_by_hubspot(&self, hubspot: &str) -> Option<usize> {
+        self.notes
+            .iter()
+            .position(|n| n.data.external_refs.get("hubspot").map(String::as_str) == Some(hubspot))
+    }
+
+    /// Keeps a contact's `external_refs.hubspot` unique (the fixtures; a
+    /// PUT finds the holder instead; the fixtures set no note refs).
+    fn check_unique_contact_ref(&self, data: &ContactData, except: Option<usize>) -> R<()> {
+        match data.external_refs.get("hubspot") {
+            Some(hs) => match self.contact_by_hubspot(hs, except) {
+                Some(j) => Err(KErr::conflict(format!(
+                    "external_refs.hubspot {hs} already belongs to {}",
+                    self.contacts[j].id()
+                ))),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// With [`FakeKado::set_refuse_duplicate_emails`]: 409 when another
+    /// live contact has one of `data`'s e-mails.
+    fn check_duplicate_emails(&self, data: &ContactData, me: Option<usize>) -> R<()> {
+        if !self.refuse_duplicate_emails {
+            return Ok(());
+        }
+        for email in &data.emails {
+            let holder = self.contacts.iter().enumerate().find(|(i, c)| {
+                Some(*i) != me
+                    && !c.deleted
+                    && c.data
+                        .emails
+                        .iter()
+                        .any(|e| e.to_lowercase() == email.to_lowercase())
+            });
+            if let Some((_, other)) = holder {
+                let me = me.map_or_else(|| "the new contact".to_owned(), |i| self.contacts[i].id());
+                return Err(KErr::conflict(format!(
+                    "{email} belongs to contact {}; {me} was not merged into it",
+                    other.id()
+                )));
             }
-            return Err(KErr::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!(
-                    "external_refs.hubspot {hs} belongs to a contact outside the enabled teams"
-                ),
-            ));
         }
-        let team = match f.team_id {
-            Some(t) => t,
-            None => self.allowed.first().cloned().ok_or_else(|| {
-                KErr::validation("team_id", "no team is enabled for the integration")
-            })?,
-        };
-        if api && !self.allowed(&team) {
-            return Err(KErr::validation(
-                "team_id",
-                format!("team {team} is not enabled for the integration"),
-            ));
+        Ok(())
+    }
+
+    fn emit(
+        &mut self,
+        company: &str,
+        kind: &str,
+        origin: Origin,
+        team: &str,
+        data: Value,
+        at: DateTime<Utc>,
+    ) {
+        if self.subscription.is_none() {
+            return;
         }
-        let first_name = f.first_name.flatten();
-        let last_name = f.last_name.flatten();
-        let emails = f.emails.unwrap_or_default();
-        let phones = f.phones.unwrap_or_default();
-        if first_name.is_none() && last_name.is_none() && emails.is_empty() && phones.is_empty() {
-            return Err(KErr::validation(
-                "first_name",
-                "a contact needs a name, an e-mail or a phone",
-            ));
-        }
-        let mut external_refs = BTreeMap::new();
-        merge_refs(&mut external_refs, f.external_refs.unwrap_or_default());
+        self.queue.push_back(json!({
+            "event_id": uuid_v4(),
+            "kind": kind,
+            "occurred_at": iso(at),
+            "origin": origin.as_str(),
+            "company_id": company,
+            "team_id": team,
+            "data": data,
+        }));
+    }
+
+    fn insert_contact(&mut self, company: &str, data: ContactData, origin: Origin) -> String {
         let now = self.tick();
         self.next_contact += 1;
         let contact = Contact {
             seq: self.next_contact,
-            team_id: team,
-            owner_user_id: f.owner_user_id.flatten(),
-            first_name,
-            last_name,
-            emails,
-            phones,
-            job_title: f.job_title.flatten(),
-            organization: f.organization.flatten(),
-            is_private: f.is_private.unwrap_or(false),
-            external_refs,
+            data,
             created_at: now,
             updated_at: now,
             deleted: false,
         };
-        let (id, team, data) = (contact.id(), contact.team_id.clone(), contact.json(company));
+        let (id, team, json) = (
+            contact.id(),
+            contact.data.team_id.clone(),
+            contact.json(false),
+        );
         self.contacts.push(contact);
-        self.emit(company, "contact.created", &team, data, now);
-        Ok((id, true))
+        self.emit(company, "contact.created", origin, &team, json, now);
+        id
     }
 
-    fn update_contact(&mut self, company: &str, id: &str, f: ContactFields, api: bool) -> R<usize> {
-        let i = self
-            .contact_pos(id)
-            .filter(|i| {
-                let c = &self.contacts[*i];
-                !api || (self.allowed(&c.team_id) && !c.deleted)
-            })
-            .ok_or_else(|| KErr::not_found(&format!("contact {id}")))?;
-        if let Some(team) = &f.team_id
-            && api
-            && !self.allowed(team)
-        {
-            return Err(KErr::validation(
-                "team_id",
-                format!("team {team} is not enabled for the integration"),
-            ));
-        }
-        if let Some(Some(hs)) = f.external_refs.as_ref().and_then(|r| r.get("hubspot"))
-            && let Some(other) = self
-                .contacts
-                .iter()
-                .enumerate()
-                .find(|(j, c)| *j != i && c.external_refs.get("hubspot") == Some(hs))
-                .map(|(_, c)| c.id())
-        {
-            return Err(KErr::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("external_refs.hubspot {hs} already belongs to {other}"),
-            ));
+    /// Stores `data` (restoring a deleted contact); nothing when no value
+    /// changed. Whether it wrote.
+    fn commit_contact(
+        &mut self,
+        company: &str,
+        i: usize,
+        data: ContactData,
+        origin: Origin,
+    ) -> bool {
+        if self.contacts[i].data == data && !self.contacts[i].deleted {
+            return false;
         }
         let now = self.tick();
         let c = &mut self.contacts[i];
-        if let Some(v) = f.team_id {
-            c.team_id = v;
-        }
-        if let Some(v) = f.owner_user_id {
-            c.owner_user_id = v;
-        }
-        if let Some(v) = f.first_name {
-            c.first_name = v;
-        }
-        if let Some(v) = f.last_name {
-            c.last_name = v;
-        }
-        if let Some(v) = f.emails {
-            c.emails = v;
-        }
-        if let Some(v) = f.phones {
-            c.phones = v;
-        }
-        if let Some(v) = f.job_title {
-            c.job_title = v;
-        }
-        if let Some(v) = f.organization {
-            c.organization = v;
-        }
-        if let Some(v) = f.is_private {
-            c.is_private = v;
-        }
-        if let Some(r) = f.external_refs {
-            merge_refs(&mut c.external_refs, r);
-        }
+        c.data = data;
+        c.deleted = false;
         c.updated_at = now;
-        let (team, data) = (c.team_id.clone(), c.json(company));
-        self.emit(company, "contact.updated", &team, data, now);
-        Ok(i)
+        let (team, json) = (c.data.team_id.clone(), c.json(false));
+        self.emit(company, "contact.updated", origin, &team, json, now);
+        true
     }
 
-    fn create_note(&mut self, company: &str, f: NoteFields, api: bool) -> R<(String, bool)> {
-        let hubspot = f
-            .external_refs
-            .as_ref()
-            .and_then(|r| r.get("hubspot").cloned().flatten());
-        if let Some(hs) = &hubspot
-            && let Some(existing) = self
-                .notes
-                .iter()
-                .find(|n| n.external_refs.get("hubspot") == Some(hs))
-        {
-            if self.allowed(&existing.team_id) {
-                return Ok((existing.id(), false));
-            }
-            return Err(KErr::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("external_refs.hubspot {hs} belongs to a note outside the enabled teams"),
-            ));
-        }
-        let contact_id = f
-            .contact_id
-            .ok_or_else(|| KErr::validation("contact_id", "contact_id is required"))?;
-        let contact = self
-            .contact_pos(&contact_id)
-            .map(|i| &self.contacts[i])
-            .filter(|c| !api || (self.allowed(&c.team_id) && !c.deleted))
-            .ok_or_else(|| {
-                KErr::validation("contact_id", format!("contact {contact_id} does not exist"))
-            })?;
-        let (contact_seq, team) = (contact.seq, contact.team_id.clone());
-        let body = f
-            .body
-            .flatten()
-            .ok_or_else(|| KErr::validation("body", "body is required"))?;
-        let mut external_refs = BTreeMap::new();
-        merge_refs(&mut external_refs, f.external_refs.unwrap_or_default());
+    fn insert_note(&mut self, company: &str, data: NoteData, origin: Origin) -> String {
         let now = self.tick();
         self.next_note += 1;
         let note = Note {
             seq: self.next_note,
-            contact_seq,
-            team_id: team.clone(),
-            author_user_id: f.author_user_id.flatten(),
-            body,
-            occurred_at: f.occurred_at.unwrap_or(now),
-            is_private: f.is_private.unwrap_or(false),
-            external_refs,
+            data,
+            created_at: now,
             updated_at: now,
             deleted: false,
         };
-        let (id, data) = (note.id(), note.json(company));
+        let (id, json) = (note.id(), note.json(false));
+        let team = self.team_of(note.data.contact_seq);
         self.notes.push(note);
-        self.emit(company, "note.created", &team, data, now);
-        Ok((id, true))
+        self.emit(company, "note.created", origin, &team, json, now);
+        id
     }
 
-    fn update_note(&mut self, company: &str, id: &str, f: NoteFields, api: bool) -> R<usize> {
-        let i = self
-            .note_pos(id)
-            .filter(|i| {
-                let n = &self.notes[*i];
-                !api || (self.allowed(&n.team_id) && !n.deleted)
-            })
-            .ok_or_else(|| KErr::not_found(&format!("note {id}")))?;
-        if f.contact_id.is_some() {
-            return Err(KErr::validation(
-                "contact_id",
-                "a note cannot move to another contact",
-            ));
-        }
-        if matches!(f.body, Some(None)) {
-            return Err(KErr::validation("body", "body must not be empty"));
-        }
-        if let Some(Some(hs)) = f.external_refs.as_ref().and_then(|r| r.get("hubspot"))
-            && let Some(other) = self
-                .notes
-                .iter()
-                .enumerate()
-                .find(|(j, n)| *j != i && n.external_refs.get("hubspot") == Some(hs))
-                .map(|(_, n)| n.id())
-        {
-            return Err(KErr::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("external_refs.hubspot {hs} already belongs to {other}"),
-            ));
+    fn commit_note(&mut self, company: &str, i: usize, data: NoteData, origin: Origin) -> bool {
+        if self.notes[i].data == data && !self.notes[i].deleted {
+            return false;
         }
         let now = self.tick();
         let n = &mut self.notes[i];
-        if let Some(v) = f.author_user_id {
-            n.author_user_id = v;
-        }
-        if let Some(Some(v)) = f.body {
-            n.body = v;
-        }
-        if let Some(v) = f.occurred_at {
-            n.occurred_at = v;
-        }
-        if let Some(v) = f.is_private {
-            n.is_private = v;
-        }
-        if let Some(r) = f.external_refs {
-            merge_refs(&mut n.external_refs, r);
-        }
+        n.data = data;
+        n.deleted = false;
         n.updated_at = now;
-        let (team, data) = (n.team_id.clone(), n.json(company));
-        self.emit(company, "note.updated", &team, data, now);
-        Ok(i)
+        let (seq, json) = (n.data.contact_seq, n.json(false));
+        let team = self.team_of(seq);
+        self.emit(company, "note.updated", origin, &team, json, now);
+        true
+    }
+
+    /// `PUT /contacts/by-ref/hubspot/{hubspot}`: the id and whether it was
+    /// created.
+    fn put_contact(&mut self, company: &str, hubspot: &str, f: ContactFields) -> R<(String, bool)> {
+        check_hubspot_ref(f.external_refs.as_ref(), hubspot)?;
+        if let Some(team) = &f.team_id {
+            self.check_team(team)?;
+        }
+        if let Some(i) = self.contact_by_hubspot(hubspot, None) {
+            let data = f.apply(&self.contacts[i].data, false);
+            self.check_duplicate_emails(&data, Some(i))?;
+            self.commit_contact(company, i, data, Origin::Crmbridge);
+            return Ok((self.contacts[i].id(), false));
+        }
+        let team_id = f.team_id.clone().ok_or_else(|| {
+            KErr::validation("team_id", "team_id is required to create a contact")
+        })?;
+        let is_private = f.is_private.ok_or_else(|| {
+            KErr::validation("is_private", "is_private is required to create a contact")
+        })?;
+        let blank = ContactData {
+            team_id,
+            first_name: None,
+            last_name: None,
+            job_title: None,
+            organization: None,
+            emails: Vec::new(),
+            phones: Vec::new(),
+            owner_email: None,
+            is_private,
+            external_refs: BTreeMap::new(),
+        };
+        let mut data = f.apply(&blank, true);
+        data.external_refs
+            .insert("hubspot".to_owned(), hubspot.to_owned());
+        self.check_duplicate_emails(&data, None)?;
+        Ok((self.insert_contact(company, data, Origin::Crmbridge), true))
+    }
+
+    /// `PUT /notes/by-ref/hubspot/{hubspot}`.
+    fn put_note(&mut self, company: &str, hubspot: &str, f: NoteFields) -> R<(String, bool)> {
+        check_hubspot_ref(f.external_refs.as_ref(), hubspot)?;
+        let contact_id = f
+            .contact_id
+            .clone()
+            .ok_or_else(|| KErr::validation("contact_id", "contact_id is required"))?;
+        let existing = self.note_by_hubspot(hubspot);
+        if existing.is_none() {
+            if f.body.is_none() {
+                return Err(KErr::validation(
+                    "body",
+                    "body is required to create a note",
+                ));
+            }
+            if f.is_private.is_none() {
+                return Err(KErr::validation(
+                    "is_private",
+                    "is_private is required to create a note",
+                ));
+            }
+        }
+        let contact_seq = self.contacts[self.live_contact(&contact_id)?].seq;
+        let apply = |mut n: NoteData| {
+            n.contact_seq = contact_seq;
+            if let Some(v) = f.author_email {
+                n.author_email = v;
+            }
+            if let Some(v) = f.body {
+                n.body = v;
+            }
+            if let Some(v) = f.is_private {
+                n.is_private = v;
+            }
+            if let Some(r) = f.external_refs {
+                merge_refs(&mut n.external_refs, r);
+            }
+            n.external_refs
+                .insert("hubspot".to_owned(), hubspot.to_owned());
+            n
+        };
+        match existing {
+            Some(i) => {
+                let data = apply(self.notes[i].data.clone());
+                self.commit_note(company, i, data, Origin::Crmbridge);
+                Ok((self.notes[i].id(), false))
+            }
+            None => {
+                let data = apply(NoteData {
+                    contact_seq,
+                    author_email: None,
+                    body: String::new(),
+                    is_private: false,
+                    external_refs: BTreeMap::new(),
+                });
+                Ok((self.insert_note(company, data, Origin::Crmbridge), true))
+            }
+        }
     }
 
     fn delete_contact(&mut self, company: &str, id: &str) -> R<()> {
-        let i = self
-            .contact_pos(id)
-            .ok_or_else(|| KErr::not_found(&format!("contact {id}")))?;
+        let i = self.live_contact(id)?;
         let now = self.tick();
         let c = &mut self.contacts[i];
         c.deleted = true;
         c.updated_at = now;
-        let (team, data) = (c.team_id.clone(), c.json(company));
-        self.emit(company, "contact.updated", &team, data, now);
+        let (team, json) = (c.data.team_id.clone(), c.json(true));
+        self.emit(company, "contact.deleted", Origin::User, &team, json, now);
         Ok(())
     }
 
     fn delete_note(&mut self, company: &str, id: &str) -> R<()> {
-        let i = self
-            .note_pos(id)
-            .ok_or_else(|| KErr::not_found(&format!("note {id}")))?;
+        let i = self.live_note(id)?;
         let now = self.tick();
         let n = &mut self.notes[i];
         n.deleted = true;
         n.updated_at = now;
-        let (team, data) = (n.team_id.clone(), n.json(company));
-        self.emit(company, "note.updated", &team, data, now);
+        let (seq, json) = (n.data.contact_seq, n.json(true));
+        let team = self.team_of(seq);
+        self.emit(company, "note.deleted", Origin::User, &team, json, now);
         Ok(())
+    }
+
+    /// `create_contact_as_user` (`f` carries the team and privacy).
+    fn user_create_contact(&mut self, company: &str, team: &str, f: ContactFields) -> R<String> {
+        self.check_team(team)?;
+        let blank = ContactData {
+            team_id: team.to_owned(),
+            first_name: None,
+            last_name: None,
+            job_title: None,
+            organization: None,
+            emails: Vec::new(),
+            phones: Vec::new(),
+            owner_email: None,
+            is_private: false,
+            external_refs: BTreeMap::new(),
+        };
+        let data = f.apply(&blank, true);
+        self.check_unique_contact_ref(&data, None)?;
+        Ok(self.insert_contact(company, data, Origin::User))
+    }
+
+    /// `edit_contact_as_user`.
+    fn user_edit_contact(&mut self, company: &str, id: &str, f: ContactFields) -> R<()> {
+        let i = self.live_contact(id)?;
+        if let Some(team) = &f.team_id {
+            self.check_team(team)?;
+        }
+        let data = f.apply(&self.contacts[i].data, true);
+        self.check_unique_contact_ref(&data, Some(i))?;
+        self.commit_contact(company, i, data, Origin::User);
+        Ok(())
+    }
+
+    /// `PATCH /contacts/{id}` (crmbridge's write: `origin: "crmbridge"`).
+    fn patch_contact(&mut self, company: &str, id: &str, f: ContactFields) -> R<Value> {
+        let i = self.live_contact(id)?;
+        if let Some(team) = &f.team_id {
+            self.check_team(team)?;
+        }
+        let data = f.apply(&self.contacts[i].data, false);
+        self.check_unique_contact_ref(&data, Some(i))?;
+        self.check_duplicate_emails(&data, Some(i))?;
+        self.commit_contact(company, i, data, Origin::Crmbridge);
+        Ok(self.contacts[i].json(false))
+    }
+
+    /// `create_note_as_user`.
+    fn user_create_note(
+        &mut self,
+        company: &str,
+        contact_id: &str,
+        body: &str,
+        private: bool,
+    ) -> R<String> {
+        let i = self.live_contact(contact_id)?;
+        let data = NoteData {
+            contact_seq: self.contacts[i].seq,
+            author_email: Some(USER_EMAIL.to_owned()),
+            body: fixture_body(body)?,
+            is_private: private,
+            external_refs: BTreeMap::new(),
+        };
+        Ok(self.insert_note(company, data, Origin::User))
+    }
+
+    /// A user's change to a live note (`edit_note_as_user`, `set_private`).
+    fn user_edit_note(
+        &mut self,
+        company: &str,
+        id: &str,
+        change: impl FnOnce(&mut NoteData),
+    ) -> R<()> {
+        let i = self.live_note(id)?;
+        let mut data = self.notes[i].data.clone();
+        change(&mut data);
+        self.commit_note(company, i, data, Origin::User);
+        Ok(())
+    }
+
+    /// `GET /contacts?email=` / `?phone=`.
+    fn lookup(&self, email: Option<String>, phone: Option<String>) -> R<Value> {
+        let found: Vec<Value> = match (email, phone) {
+            (Some(_), Some(_)) => {
+                return Err(KErr::validation(
+                    "phone",
+                    "give either email or phone, not both",
+                ));
+            }
+            (Some(email), None) => {
+                let email = email.trim().to_lowercase();
+                if !valid_email(&email) {
+                    return Err(KErr::validation("email", "email must be an e-mail address"));
+                }
+                self.contacts
+                    .iter()
+                    .filter(|c| !c.deleted)
+                    .filter(|c| c.data.emails.iter().any(|e| e.to_lowercase() == email))
+                    .map(|c| c.json(false))
+                    .collect()
+            }
+            (None, Some(phone)) => {
+                let wanted = digits(&phone);
+                if wanted.is_empty() {
+                    return Err(KErr::validation("phone", "phone must contain digits"));
+                }
+                self.contacts
+                    .iter()
+                    .filter(|c| !c.deleted)
+                    .filter(|c| {
+                        c.data
+                            .phones
+                            .iter()
+                            .any(|p| same_phone(&digits(p), &wanted))
+                    })
+                    .map(|c| c.json(false))
+                    .collect()
+            }
+            (None, None) => Vec::new(),
+        };
+        Ok(json!({"data": found}))
     }
 }
 
-/// One page of a list: records of the allowed teams, ordered by
-/// (`updated_at`, id), from `updated_since` (inclusive) and after `cursor`.
-fn page<T: Item>(items: &[T], d: &Data, company: &str, req: &Req) -> R<Value> {
+/// One page of a list: every record, ordered by (`updated_at`, id), from
+/// `updated_since` (inclusive) and after `cursor`.
+fn page<T: Item>(items: &[T], req: &Req) -> R<Value> {
     let limit = match req.query_param("limit").filter(|s| !s.trim().is_empty()) {
         None => DEFAULT_LIMIT,
         Some(s) => s
@@ -967,7 +1256,6 @@ fn page<T: Item>(items: &[T], d: &Data, company: &str, req: &Req) -> R<Value> {
     };
     let mut rows: Vec<&T> = items
         .iter()
-        .filter(|r| d.allowed(r.team()))
         .filter(|r| since.is_none_or(|s| r.key().0 >= s))
         .filter(|r| after.is_none_or(|a| r.key() > a))
         .collect();
@@ -978,11 +1266,7 @@ fn page<T: Item>(items: &[T], d: &Data, company: &str, req: &Req) -> R<Value> {
     } else {
         Value::Null
     };
-    let data: Vec<Value> = rows
-        .iter()
-        .take(limit)
-        .map(|r| r.to_json(company))
-        .collect();
+    let data: Vec<Value> = rows.iter().take(limit).map(|r| r.list_json()).collect();
     Ok(json!({"data": data, "next_cursor": next_cursor}))
 }
 
@@ -993,7 +1277,8 @@ struct Inner {
     data: Mutex<Data>,
 }
 
-/// A running fake KADO API (our contract). Dropping it stops the server.
+/// A running fake KADO adapter (crmbridge's contract). Dropping it stops
+/// the server.
 pub struct FakeKado {
     server: Server,
     inner: Arc<Inner>,
@@ -1016,13 +1301,23 @@ fn fields_object(fields: Value) -> Result<Map<String, Value>, FakeError> {
     }
 }
 
+/// A fixture's note body: not blank, not too long.
+fn fixture_body(body: &str) -> R<String> {
+    let body = body.trim();
+    if body.is_empty() {
+        return Err(KErr::validation("body", "a note needs a body"));
+    }
+    check_body_length(body)?;
+    Ok(body.to_owned())
+}
+
 impl FakeKado {
-    /// Starts the API for one company: `token` is its integration token,
-    /// `allowed_teams` the teams enabled for the integration.
+    /// Starts the adapter for one company: `token` is its token, `teams`
+    /// all its teams as (id, name) pairs.
     pub async fn start(
         token: &str,
         company_id: &str,
-        allowed_teams: &[&str],
+        teams: &[(&str, &str)],
     ) -> Result<Self, FakeError> {
         let mut inner_out = None;
         let server = server::serve(|addr| {
@@ -1031,7 +1326,11 @@ impl FakeKado {
                 company_id: company_id.to_owned(),
                 base_url: format!("http://{addr}"),
                 data: Mutex::new(Data {
-                    allowed: allowed_teams.iter().map(|t| (*t).to_owned()).collect(),
+                    company_name: format!("Company {company_id}"),
+                    teams: teams
+                        .iter()
+                        .map(|(id, name)| ((*id).to_owned(), (*name).to_owned()))
+                        .collect(),
                     contacts: Vec::new(),
                     notes: Vec::new(),
                     next_contact: 0,
@@ -1039,8 +1338,13 @@ impl FakeKado {
                     last_ms: 0,
                     limit: PerSecondLimit::default(),
                     api_calls: 0,
+                    lists_offered: true,
+                    refuse_duplicate_emails: false,
                     subscription: None,
                     queue: VecDeque::new(),
+                    retry: VecDeque::new(),
+                    dropped: Vec::new(),
+                    batch: false,
                     duplicates: 1,
                     sign_secret: None,
                     stale: false,
@@ -1056,7 +1360,8 @@ impl FakeKado {
 
     common_methods!();
 
-    /// `http://127.0.0.1:PORT`; the API is under `/v1`.
+    /// `http://127.0.0.1:PORT`: the adapter's `base_url` (no prefix; the
+    /// calls are served at the root, e.g. `GET /company`).
     pub fn base_url(&self) -> String {
         self.inner.base_url.clone()
     }
@@ -1066,14 +1371,14 @@ impl FakeKado {
         self.inner.company_id.clone()
     }
 
-    /// The teams enabled for the integration.
-    pub fn allowed_teams(&self) -> Vec<String> {
-        lock(&self.inner.data).allowed.clone()
+    /// The company's teams, (id, name), as `GET /company` lists them.
+    pub fn teams(&self) -> Vec<(String, String)> {
+        lock(&self.inner.data).teams.clone()
     }
 
-    /// The admin changes which teams take part.
-    pub fn set_allowed_teams(&self, teams: &[&str]) {
-        lock(&self.inner.data).allowed = teams.iter().map(|t| (*t).to_owned()).collect();
+    /// The company's `name` in `GET /company` (default `Company <id>`).
+    pub fn set_company_name(&self, name: &str) {
+        lock(&self.inner.data).company_name = name.to_owned();
     }
 
     /// More than `per_second` requests within a second → 429 `rate_limited`
@@ -1092,86 +1397,141 @@ impl FakeKado {
         lock(&self.inner.data).api_calls
     }
 
-    /// Subscribes `url` to every event, signed with `secret` (replaces an
-    /// earlier subscription); writes from now on queue events.
-    pub fn subscribe(&self, url: &str, secret: &str) {
-        lock(&self.inner.data).subscription = Some((url.to_owned(), secret.to_owned()));
+    /// Whether the optional list endpoints (`GET /contacts?updated_since=…`,
+    /// `GET /notes`) are offered (default true); off, they answer 404
+    /// `not_found`. The e-mail / phone look-up is always served.
+    pub fn set_list_endpoints(&self, offered: bool) {
+        lock(&self.inner.data).lists_offered = offered;
     }
 
-    /// Drops the subscription and the queued events.
+    /// Whether a PUT giving a contact an e-mail that another live contact
+    /// has is refused with 409 `conflict` (default false: accepted).
+    pub fn set_refuse_duplicate_emails(&self, refuse: bool) {
+        lock(&self.inner.data).refuse_duplicate_emails = refuse;
+    }
+
+    /// Subscribes `url` to every event (replaces an earlier subscription);
+    /// with a `secret` the requests are signed. Changes from now on queue
+    /// events.
+    pub fn subscribe(&self, url: &str, secret: Option<&str>) {
+        lock(&self.inner.data).subscription = Some(Subscription {
+            url: url.to_owned(),
+            secret: secret.map(str::to_owned),
+        });
+    }
+
+    /// Drops the subscription and every queued event and retry.
     pub fn unsubscribe(&self) {
         let mut d = lock(&self.inner.data);
         d.subscription = None;
         d.queue.clear();
+        d.retry.clear();
     }
 
-    /// Each event is POSTed `n` times (clamped to 1–3), each copy signed
-    /// with its own timestamp.
+    /// Sends events in JSON arrays of up to [`WEBHOOK_BATCH`] (default
+    /// false: one event object per request).
+    pub fn set_batch(&self, batch: bool) {
+        lock(&self.inner.data).batch = batch;
+    }
+
+    /// Each webhook request is sent `n` times (clamped to 1–3), the same
+    /// body, each copy with its own timestamp and signature.
     pub fn set_duplicate_deliveries(&self, n: usize) {
         lock(&self.inner.data).duplicates = n.clamp(1, 3);
     }
 
-    /// Signs webhooks with `secret` instead of the subscription's.
+    /// Signs webhooks with `secret` instead of the subscription's (a wrong
+    /// signature for the receiver to refuse), even when the subscription
+    /// has none.
     pub fn sign_with(&self, secret: &str) {
         lock(&self.inner.data).sign_secret = Some(secret.to_owned());
     }
 
-    /// Webhook timestamps ten minutes old (correctly signed, but outside
-    /// the 5-minute window).
+    /// Webhook timestamps [`STALE_BY_SECS`] in the past (correctly signed,
+    /// but outside the 300-second window).
     pub fn set_stale_timestamps(&self, stale: bool) {
         lock(&self.inner.data).stale = stale;
     }
 
-    /// Events queued and not delivered yet (the bodies), in order.
+    /// Events not delivered yet (waiting retries first, then new ones), in
+    /// the order they will be sent.
     pub fn pending_webhooks(&self) -> Vec<Value> {
-        lock(&self.inner.data)
-            .queue
+        let d = lock(&self.inner.data);
+        d.retry
             .iter()
-            .map(|p| p.payload.clone())
+            .flat_map(|o| o.events.iter().cloned())
+            .chain(d.queue.iter().cloned())
             .collect()
     }
 
-    /// One delivery pass: POSTs each queued event, signed; an event that
-    /// got no 2xx is queued again. Returns every request sent. No lock is
-    /// held while sending.
+    /// Events given up on: their request got an answer that is not retried
+    /// (400, 401, …).
+    pub fn dropped_webhooks(&self) -> Vec<Value> {
+        lock(&self.inner.data).dropped.clone()
+    }
+
+    /// One delivery pass: first the requests that failed before (same
+    /// body), then the new events, one per request (or in arrays with
+    /// [`FakeKado::set_batch`]), signed when there is a secret. A request
+    /// answered 5xx or 429, or not answered, is queued again; any other
+    /// answer ends it. Returns every request sent. No lock is held while
+    /// sending.
     pub async fn deliver_webhooks(&self) -> Vec<WebhookDelivery> {
-        let (url, secret, pending, copies, stale) = {
+        let (url, secret, requests, copies, stale) = {
             let mut d = lock(&self.inner.data);
-            let Some((url, secret)) = d.subscription.clone() else {
+            let Some(sub) = d.subscription.clone() else {
                 return Vec::new();
             };
-            let secret = d.sign_secret.clone().unwrap_or(secret);
-            let pending: Vec<Pending> = d.queue.drain(..).collect();
-            (url, secret, pending, d.duplicates, d.stale)
+            let mut requests: Vec<Outgoing> = d.retry.drain(..).collect();
+            let fresh: Vec<Value> = d.queue.drain(..).collect();
+            if d.batch {
+                requests.extend(
+                    fresh
+                        .chunks(WEBHOOK_BATCH)
+                        .map(|c| Outgoing::new(c.to_vec(), true)),
+                );
+            } else {
+                requests.extend(fresh.into_iter().map(|e| Outgoing::new(vec![e], false)));
+            }
+            let secret = d.sign_secret.clone().or(sub.secret);
+            (sub.url, secret, requests, d.duplicates, d.stale)
         };
-        if pending.is_empty() {
+        if requests.is_empty() {
             return Vec::new();
         }
         let client = reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build();
         let mut out = Vec::new();
         let mut again = Vec::new();
-        for p in pending {
-            let body = serde_json::to_string(&p.payload).unwrap_or_default();
+        let mut dropped = Vec::new();
+        for o in requests {
             let first = out.len();
-            let mut delivered = false;
+            let (mut delivered, mut retry) = (false, false);
             for _ in 0..copies {
-                let mut secs = Utc::now().timestamp();
-                if stale {
-                    secs -= 600;
-                }
-                let timestamp = secs.to_string();
-                let sig = signature(&secret, &timestamp, body.as_bytes());
+                let signed = secret.as_ref().map(|s| {
+                    let mut secs = Utc::now().timestamp();
+                    if stale {
+                        secs -= STALE_BY_SECS;
+                    }
+                    let timestamp = secs.to_string();
+                    let sig = signature(s, &timestamp, o.body.as_bytes());
+                    (timestamp, sig)
+                });
                 let sent = match &client {
-                    Ok(c) => c
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("x-timestamp", &timestamp)
-                        .header("x-signature", &sig)
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16())
-                        .map_err(|e| e.to_string()),
+                    Ok(c) => {
+                        let mut rb = c
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(o.body.clone());
+                        if let Some((timestamp, sig)) = &signed {
+                            rb = rb
+                                .header("x-timestamp", timestamp)
+                                .header("x-signature", sig);
+                        }
+                        rb.send()
+                            .await
+                            .map(|r| r.status().as_u16())
+                            .map_err(|e| e.to_string())
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 let (status, error) = match sent {
@@ -1179,40 +1539,49 @@ impl FakeKado {
                     Err(e) => (None, Some(e)),
                 };
                 delivered |= status.is_some_and(|s| (200..300).contains(&s));
+                retry |= retried(status);
+                let (timestamp, signature) = signed.unzip();
                 out.push(WebhookDelivery {
                     url: url.clone(),
-                    event: p.event.clone(),
-                    body: body.clone(),
+                    event_ids: o.field("event_id"),
+                    kinds: o.field("kind"),
+                    body: o.body.clone(),
                     timestamp,
-                    signature: sig,
-                    attempt: p.attempt,
+                    signature,
+                    attempt: o.attempt,
                     status,
                     error,
                     requeued: false,
                 });
             }
-            if !delivered {
+            if delivered {
+                continue;
+            }
+            if retry {
                 for d in out.iter_mut().skip(first) {
                     d.requeued = true;
                 }
-                again.push(Pending {
-                    attempt: p.attempt + 1,
-                    ..p
+                again.push(Outgoing {
+                    attempt: o.attempt + 1,
+                    ..o
                 });
+            } else {
+                dropped.extend(o.events);
             }
         }
         let mut d = lock(&self.inner.data);
-        for p in again.into_iter().rev() {
-            d.queue.push_front(p);
+        if d.subscription.is_some() {
+            d.retry.extend(again);
+            d.dropped.extend(dropped);
         }
         out
     }
 
-    /// A KADO user adds a contact to `team` (any team; one not enabled
-    /// stays invisible to the API and sends no event). `fields` are the
-    /// writable contact fields (`first_name`, `emails`, …); `team_id` and
-    /// `is_private` come from the arguments, `owner_user_id` defaults to
-    /// [`USER_ID`]. Returns the new id.
+    /// A KADO user adds a contact to `team` (one of the company's).
+    /// `fields` are the writable contact fields (`first_name`, `emails`,
+    /// …, `external_refs` too); `team_id` and `is_private` come from the
+    /// arguments, `owner_email` defaults to [`USER_EMAIL`]. Queues a
+    /// `contact.created` with `origin: "user"`. Returns the new id.
     pub fn create_contact_as_user(
         &self,
         team: &str,
@@ -1222,82 +1591,66 @@ impl FakeKado {
         let mut f = parse_contact(&fields_object(fields)?).map_err(fixture_error)?;
         f.team_id = Some(team.to_owned());
         f.is_private = Some(private);
-        if f.owner_user_id.is_none() {
-            f.owner_user_id = Some(Some(USER_ID.to_owned()));
+        if f.owner_email.is_none() {
+            f.owner_email = Some(Some(USER_EMAIL.to_owned()));
         }
         let company = self.inner.company_id.clone();
         lock(&self.inner.data)
-            .create_contact(&company, f, false)
-            .map(|(id, _)| id)
+            .user_create_contact(&company, team, f)
             .map_err(fixture_error)
     }
 
-    /// A KADO user edits a contact (fields as in a PATCH).
+    /// A KADO user edits a live contact: the fields given are set (`null`
+    /// clears, `team_id` moves it to another of the company's teams).
+    /// Queues a `contact.updated` (`origin: "user"`) unless no value
+    /// changed.
     pub fn edit_contact_as_user(&self, id: &str, fields: Value) -> Result<(), FakeError> {
         let f = parse_contact(&fields_object(fields)?).map_err(fixture_error)?;
         let company = self.inner.company_id.clone();
         lock(&self.inner.data)
-            .update_contact(&company, id, f, false)
-            .map(|_| ())
+            .user_edit_contact(&company, id, f)
             .map_err(fixture_error)
     }
 
-    /// A KADO user marks a contact (`c_…`) or a note (`n_…`) private or not.
+    /// A KADO user marks a contact (`c_…`) or a note (`n_…`) private or
+    /// not (a `*.updated` event when it changes).
     pub fn set_private(&self, id: &str, private: bool) -> Result<(), FakeError> {
-        let company = self.inner.company_id.clone();
-        let mut d = lock(&self.inner.data);
-        let result = if id.starts_with("n_") {
-            let f = NoteFields {
-                is_private: Some(private),
-                ..NoteFields::default()
-            };
-            d.update_note(&company, id, f, false).map(|_| ())
+        if id.starts_with("n_") {
+            let company = self.inner.company_id.clone();
+            lock(&self.inner.data)
+                .user_edit_note(&company, id, |n| n.is_private = private)
+                .map_err(fixture_error)
         } else {
-            let f = ContactFields {
-                is_private: Some(private),
-                ..ContactFields::default()
-            };
-            d.update_contact(&company, id, f, false).map(|_| ())
-        };
-        result.map_err(fixture_error)
+            self.edit_contact_as_user(id, json!({ "is_private": private }))
+        }
     }
 
-    /// A KADO user writes a note on a contact (author [`USER_ID`], occurred
-    /// now). Returns the new id.
+    /// A KADO user writes a note on a live contact (author [`USER_EMAIL`]);
+    /// queues a `note.created` (`origin: "user"`). Returns the new id.
     pub fn create_note_as_user(
         &self,
         contact_id: &str,
         body: &str,
         private: bool,
     ) -> Result<String, FakeError> {
-        let f = NoteFields {
-            contact_id: Some(contact_id.to_owned()),
-            author_user_id: Some(Some(USER_ID.to_owned())),
-            body: Some(Some(body.trim().to_owned()).filter(|b| !b.is_empty())),
-            is_private: Some(private),
-            ..NoteFields::default()
-        };
         let company = self.inner.company_id.clone();
         lock(&self.inner.data)
-            .create_note(&company, f, false)
-            .map(|(id, _)| id)
+            .user_create_note(&company, contact_id, body, private)
             .map_err(fixture_error)
     }
 
-    /// A KADO user rewrites a note's body.
+    /// A KADO user rewrites a live note's body (a `note.updated` when it
+    /// changes).
     pub fn edit_note_as_user(&self, id: &str, body: &str) -> Result<(), FakeError> {
-        let f = NoteFields {
-            body: Some(Some(body.to_owned()).filter(|b| !b.trim().is_empty())),
-            ..NoteFields::default()
-        };
+        let body = fixture_body(body).map_err(fixture_error)?;
         let company = self.inner.company_id.clone();
         lock(&self.inner.data)
-            .update_note(&company, id, f, false)
-            .map(|_| ())
+            .user_edit_note(&company, id, |n| n.body = body)
             .map_err(fixture_error)
     }
 
-    /// A KADO user deletes a contact (`deleted: true`, a `contact.updated`).
+    /// A KADO user deletes a live contact (`deleted: true`; a
+    /// `contact.deleted` whose `data` carries `deleted`). Its notes stay.
     pub fn delete_contact_as_user(&self, id: &str) -> Result<(), FakeError> {
         let company = self.inner.company_id.clone();
         lock(&self.inner.data)
@@ -1305,7 +1658,7 @@ impl FakeKado {
             .map_err(fixture_error)
     }
 
-    /// A KADO user deletes a note (`deleted: true`, a `note.updated`).
+    /// A KADO user deletes a live note (`deleted: true`; a `note.deleted`).
     pub fn delete_note_as_user(&self, id: &str) -> Result<(), FakeError> {
         let company = self.inner.company_id.clone();
         lock(&self.inner.data)
@@ -1313,36 +1666,29 @@ impl FakeKado {
             .map_err(fixture_error)
     }
 
-    /// Every contact of every team, in creation order, as the API shows it.
+    /// Every contact of every team, in creation order, as a list answer
+    /// shows it (with `deleted`).
     pub fn contacts(&self) -> Vec<Value> {
         let d = lock(&self.inner.data);
-        d.contacts
-            .iter()
-            .map(|c| c.json(&self.inner.company_id))
-            .collect()
+        d.contacts.iter().map(|c| c.json(true)).collect()
     }
 
-    /// Every note of every team, in creation order.
+    /// Every note, in creation order, as a list answer shows it.
     pub fn notes(&self) -> Vec<Value> {
         let d = lock(&self.inner.data);
-        d.notes
-            .iter()
-            .map(|n| n.json(&self.inner.company_id))
-            .collect()
+        d.notes.iter().map(|n| n.json(true)).collect()
     }
 
-    /// One contact by id (any team).
+    /// One contact by id (any team, deleted too), as a list shows it.
     pub fn contact(&self, id: &str) -> Option<Value> {
         let d = lock(&self.inner.data);
-        d.contact_pos(id)
-            .map(|i| d.contacts[i].json(&self.inner.company_id))
+        d.contact_pos(id).map(|i| d.contacts[i].json(true))
     }
 
-    /// One note by id (any team).
+    /// One note by id (deleted too), as a list shows it.
     pub fn note(&self, id: &str) -> Option<Value> {
         let d = lock(&self.inner.data);
-        d.note_pos(id)
-            .map(|i| d.notes[i].json(&self.inner.company_id))
+        d.note_pos(id).map(|i| d.notes[i].json(true))
     }
 }
 
@@ -1358,6 +1704,15 @@ fn rate_limited() -> Resp {
     .with_header("retry-after", "1")
 }
 
+fn written(id: String, created: bool) -> Resp {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Resp::json(status, &json!({ "id": id }))
+}
+
 impl Inner {
     fn handle(&self, req: &Req) -> Resp {
         match self.route(req) {
@@ -1367,15 +1722,11 @@ impl Inner {
     }
 
     fn route(&self, req: &Req) -> R<Resp> {
-        let segs = req
-            .segments_after("/v1")
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| KErr::not_found(&format!("path {}", req.path)))?;
         let unauthorized = || {
             KErr::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "a valid integration token is required",
+                "a valid KADO token is required",
             )
         };
         let header = req.header("authorization").ok_or_else(unauthorized)?;
@@ -1389,58 +1740,62 @@ impl Inner {
         }
         d.api_calls += 1;
         let company = self.company_id.as_str();
+        let segs = req.segments_after("").unwrap_or_default();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let not_offered = || KErr::not_found(format!("{} {} is not offered", req.method, req.path));
         match (&req.method, segs.as_slice()) {
+            (&Method::GET, ["company"]) => {
+                let teams: Vec<Value> = d
+                    .teams
+                    .iter()
+                    .map(|(id, name)| json!({"id": id, "name": name}))
+                    .collect();
+                Ok(Resp::json(
+                    StatusCode::OK,
+                    &json!({"company_id": company, "name": d.company_name, "teams": teams}),
+                ))
+            }
             (&Method::GET, ["contacts"]) => {
-                let v = page(&d.contacts, &d, company, req)?;
+                let email = req.query_param("email");
+                let phone = req.query_param("phone");
+                let v = if email.is_some() || phone.is_some() {
+                    d.lookup(email, phone)?
+                } else if d.lists_offered {
+                    page(&d.contacts, req)?
+                } else {
+                    return Err(not_offered());
+                };
                 Ok(Resp::json(StatusCode::OK, &v))
             }
             (&Method::GET, ["notes"]) => {
-                let v = page(&d.notes, &d, company, req)?;
-                Ok(Resp::json(StatusCode::OK, &v))
+                if !d.lists_offered {
+                    return Err(not_offered());
+                }
+                Ok(Resp::json(StatusCode::OK, &page(&d.notes, req)?))
             }
-            (&Method::POST, ["contacts"]) => {
-                let f = parse_contact(&body_object(req)?)?;
-                let (id, created) = d.create_contact(company, f, true)?;
-                let i = d
-                    .contact_pos(&id)
-                    .ok_or_else(|| KErr::not_found(&format!("contact {id}")))?;
-                let status = if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
-                Ok(Resp::json(status, &d.contacts[i].json(company)))
+            (&Method::GET, ["contacts", id]) => {
+                let i = d.live_contact(id)?;
+                Ok(Resp::json(StatusCode::OK, &d.contacts[i].json(false)))
             }
             (&Method::PATCH, ["contacts", id]) => {
                 let f = parse_contact(&body_object(req)?)?;
-                let i = d.update_contact(company, id, f, true)?;
-                Ok(Resp::json(StatusCode::OK, &d.contacts[i].json(company)))
+                let record = d.patch_contact(company, id, f)?;
+                Ok(Resp::json(StatusCode::OK, &record))
             }
-            (&Method::POST, ["notes"]) => {
+            (&Method::PUT, ["contacts", "by-ref", "hubspot", hubspot]) => {
+                let f = parse_contact(&body_object(req)?)?;
+                let (id, created) = d.put_contact(company, hubspot, f)?;
+                Ok(written(id, created))
+            }
+            (&Method::PUT, ["notes", "by-ref", "hubspot", hubspot]) => {
                 let f = parse_note(&body_object(req)?)?;
-                let (id, created) = d.create_note(company, f, true)?;
-                let i = d
-                    .note_pos(&id)
-                    .ok_or_else(|| KErr::not_found(&format!("note {id}")))?;
-                let status = if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
-                Ok(Resp::json(status, &d.notes[i].json(company)))
+                let (id, created) = d.put_note(company, hubspot, f)?;
+                Ok(written(id, created))
             }
-            (&Method::PATCH, ["notes", id]) => {
-                let f = parse_note(&body_object(req)?)?;
-                let i = d.update_note(company, id, f, true)?;
-                Ok(Resp::json(StatusCode::OK, &d.notes[i].json(company)))
-            }
-            (_, ["contacts" | "notes"] | ["contacts" | "notes", _]) => Err(KErr::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{} is not allowed on {}", req.method, req.path),
-            )),
-            _ => Err(KErr::not_found(&format!("path {}", req.path))),
+            _ => Err(KErr::not_found(format!(
+                "{} {} is not part of the contract",
+                req.method, req.path
+            ))),
         }
     }
 }
@@ -1474,17 +1829,23 @@ impl Vendor for KadoVendor {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
 
-    const TOKEN: &str = "kado-int-token-7f3a";
+    const TOKEN: &str = "kado-token-7f3a";
     const HOOK_SECRET: &str = "kado-hook-secret";
 
     async fn setup() -> FakeKado {
-        FakeKado::start(TOKEN, "co_1", &["t_sales", "t_support"])
-            .await
-            .unwrap()
+        FakeKado::start(
+            TOKEN,
+            "co_1",
+            &[
+                ("t_sales", "Sales"),
+                ("t_support", "Support"),
+                ("t_hr", "HR"),
+            ],
+        )
+        .await
+        .unwrap()
     }
 
     async fn call(
@@ -1495,9 +1856,10 @@ mod tests {
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let mut rb = reqwest::Client::new()
-            .request(method, format!("{}{path}", k.base_url()))
-            .query(query);
+        let mut rb = reqwest::Client::new().request(method, format!("{}{path}", k.base_url()));
+        if !query.is_empty() {
+            rb = rb.query(query);
+        }
         if let Some(auth) = auth {
             rb = rb.header("Authorization", auth);
         }
@@ -1528,12 +1890,8 @@ mod tests {
         (s, v)
     }
 
-    async fn post(k: &FakeKado, path: &str, body: Value) -> (u16, Value) {
-        send(k, reqwest::Method::POST, path, body).await
-    }
-
-    async fn patch(k: &FakeKado, path: &str, body: Value) -> (u16, Value) {
-        send(k, reqwest::Method::PATCH, path, body).await
+    async fn put(k: &FakeKado, path: &str, body: Value) -> (u16, Value) {
+        send(k, reqwest::Method::PUT, path, body).await
     }
 
     fn ids(body: &Value) -> Vec<String> {
@@ -1545,9 +1903,36 @@ mod tests {
             .collect()
     }
 
+    fn kinds_origins(events: &[Value]) -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap().to_owned(),
+                    e["origin"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// A record as a list shows it, without `deleted` (as a look-up answer
+    /// or a non-delete event shows it).
+    fn without_deleted(mut v: Value) -> Value {
+        v.as_object_mut().unwrap().remove("deleted");
+        v
+    }
+
+    /// A closed local port: connecting to it fails at once.
+    fn dead_url() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        format!("http://{addr}/hooks/kado")
+    }
+
+    /// Answers the given statuses in turn, then 202.
     struct Receiver {
-        failures: AtomicUsize,
-        status: u16,
+        statuses: Mutex<VecDeque<u16>>,
     }
 
     impl Vendor for Receiver {
@@ -1564,176 +1949,530 @@ mod tests {
         }
 
         fn handle(&self, _req: &Req) -> Resp {
-            let failing = self
-                .failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            let status = if failing { self.status } else { 204 };
+            let status = lock(&self.statuses).pop_front().unwrap_or(202);
             Resp::new(StatusCode::from_u16(status).unwrap())
         }
     }
 
-    async fn receiver(status: u16, failures: usize) -> Server {
-        server::serve(|_| {
+    async fn receiver(statuses: &[u16]) -> (Server, String) {
+        let rx = server::serve(|_| {
             Arc::new(Receiver {
-                failures: AtomicUsize::new(failures),
-                status,
+                statuses: Mutex::new(statuses.iter().copied().collect()),
             })
         })
         .await
-        .unwrap()
+        .unwrap();
+        let url = format!("http://{}/hooks/kado", rx.addr);
+        (rx, url)
     }
 
     #[tokio::test]
-    async fn auth_validation_and_not_found() {
+    async fn auth_company_and_calls_outside_the_contract() {
         let k = setup().await;
         for auth in [None, Some("Bearer wrong"), Some("Basic a2Fkbw==")] {
-            let (s, body, _) =
-                call(&k, auth, reqwest::Method::GET, "/v1/contacts", &[], None).await;
+            let (s, body, _) = call(&k, auth, reqwest::Method::GET, "/company", &[], None).await;
             assert_eq!(s, 401, "{auth:?}");
             assert_eq!(body["error"]["code"], json!("unauthorized"));
             assert!(body["error"]["message"].is_string());
+            assert!(body["error"].get("field").is_none());
         }
         assert_eq!(k.api_calls(), 0);
-        let (s, _, _) = call(
+        let (s, v, h) = call(
             &k,
             Some(&format!("bearer {TOKEN}")),
             reqwest::Method::GET,
-            "/v1/contacts",
+            "/company",
             &[],
             None,
         )
         .await;
         assert_eq!(s, 200);
+        assert!(
+            h["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        assert_eq!(
+            v,
+            json!({"company_id": "co_1", "name": "Company co_1", "teams": [
+                {"id": "t_sales", "name": "Sales"},
+                {"id": "t_support", "name": "Support"},
+                {"id": "t_hr", "name": "HR"},
+            ]})
+        );
+        k.set_company_name("Acme Sales");
+        assert_eq!(
+            get(&k, "/company", &[]).await.1["name"],
+            json!("Acme Sales")
+        );
+        assert_eq!(k.company_id(), "co_1");
+        assert_eq!(k.teams().len(), 3);
         assert!(!format!("{:?}", k.requests()).contains(TOKEN));
 
-        for (body, field) in [
-            (json!({"first_name": "Ann", "nickname": "A"}), "nickname"),
-            (json!({"first_name": "Ann", "id": "c_9"}), "id"),
-            (json!({"emails": ["not-an-email"]}), "emails"),
-            (json!({"phones": ["call me"]}), "phones"),
-            (json!({"first_name": 7}), "first_name"),
-            (json!({"job_title": "CTO"}), "first_name"),
-            (json!({"first_name": "Ann", "team_id": "t_hr"}), "team_id"),
+        // The earlier draft's calls and anything else: 404.
+        let body = json!({"team_id": "t_sales", "first_name": "Ann", "is_private": false});
+        for (method, path) in [
+            (reqwest::Method::POST, "/contacts"),
+            (reqwest::Method::PATCH, "/contacts/c_1"),
+            (reqwest::Method::POST, "/notes"),
+            (reqwest::Method::GET, "/contacts/c_1"),
+            (reqwest::Method::GET, "/v1/contacts"),
+            (reqwest::Method::PUT, "/contacts/by-ref/planfix/1"),
+            (reqwest::Method::PUT, "/contacts/by-ref/hubspot"),
+            (reqwest::Method::DELETE, "/contacts/by-ref/hubspot/1"),
         ] {
-            let (s, v) = post(&k, "/v1/contacts", body.clone()).await;
-            assert_eq!(s, 422, "{body}");
-            assert_eq!(v["error"]["code"], json!("validation"));
-            assert_eq!(v["error"]["field"], json!(field), "{body}");
+            let (s, v) = send(&k, method.clone(), path, body.clone()).await;
+            assert_eq!(
+                (s, v["error"]["code"].clone()),
+                (404, json!("not_found")),
+                "{method} {path}"
+            );
         }
-        let (s, v) = patch(&k, "/v1/contacts/c_404", json!({"first_name": "X"})).await;
-        assert_eq!((s, v["error"]["code"].clone()), (404, json!("not_found")));
-        let (s, _) = get(&k, "/v1/deals", &[]).await;
-        assert_eq!(s, 404);
-        let (s, v) = send(&k, reqwest::Method::DELETE, "/v1/contacts/c_1", json!({})).await;
-        assert_eq!(
-            (s, v["error"]["code"].clone()),
-            (405, json!("method_not_allowed"))
-        );
         assert!(k.contacts().is_empty());
+    }
 
-        // Notes: a contact is required, and a body.
-        let (s, v) = post(&k, "/v1/notes", json!({"contact_id": "c_1", "body": "x"})).await;
-        assert_eq!((s, v["error"]["field"].clone()), (422, json!("contact_id")));
-        let (_, c) = post(&k, "/v1/contacts", json!({"first_name": "Ann"})).await;
-        let cid = c["id"].as_str().unwrap();
-        let (s, v) = post(&k, "/v1/notes", json!({"contact_id": cid})).await;
-        assert_eq!((s, v["error"]["field"].clone()), (422, json!("body")));
-        let (s, v) = post(
+    #[tokio::test]
+    async fn put_contact_creates_then_updates_in_place() {
+        let k = setup().await;
+        k.subscribe(&dead_url(), None);
+        let path = "/contacts/by-ref/hubspot/37700000001";
+        let body = json!({"team_id": "t_sales", "first_name": "Ann", "last_name": "Lee",
+                          "job_title": "CTO", "organization": "Acme",
+                          "emails": ["ann@example.com"], "phones": ["+79161234567"],
+                          "owner_email": "rep@acme.example", "is_private": false,
+                          "external_refs": {"hubspot": "37700000001"}});
+        let (s, v) = put(&k, path, body.clone()).await;
+        assert_eq!(s, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_owned();
+        assert_eq!(v, json!({"id": id}));
+        let c = k.contact(&id).unwrap();
+        let created_at = c["created_at"].as_str().unwrap().to_owned();
+        assert!(created_at.ends_with('Z'));
+        assert_eq!(
+            c,
+            json!({"id": id, "team_id": "t_sales", "first_name": "Ann", "last_name": "Lee",
+                   "job_title": "CTO", "organization": "Acme", "emails": ["ann@example.com"],
+                   "phones": ["+79161234567"], "owner_email": "rep@acme.example",
+                   "is_private": false, "external_refs": {"hubspot": "37700000001"},
+                   "created_at": created_at, "updated_at": created_at, "deleted": false})
+        );
+
+        // The same PUT again: 200, nothing written, no event.
+        let (s, v) = put(&k, path, body).await;
+        assert_eq!((s, v), (200, json!({"id": id})));
+        assert_eq!(k.contact(&id).unwrap(), c);
+        let events = k.pending_webhooks();
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(
+            e.as_object().unwrap().keys().collect::<Vec<_>>(),
+            vec![
+                "company_id",
+                "data",
+                "event_id",
+                "kind",
+                "occurred_at",
+                "origin",
+                "team_id"
+            ]
+        );
+        assert_eq!(
+            (&e["kind"], &e["origin"], &e["company_id"], &e["team_id"]),
+            (
+                &json!("contact.created"),
+                &json!("crmbridge"),
+                &json!("co_1"),
+                &json!("t_sales")
+            )
+        );
+        assert_eq!(e["occurred_at"], json!(created_at));
+        assert_eq!(e["data"], without_deleted(c.clone()));
+        assert!(!e["event_id"].as_str().unwrap().is_empty());
+
+        // Without refs in the body the path's id is set anyway.
+        let (s, v) = put(
             &k,
-            "/v1/notes",
-            json!({"contact_id": cid, "body": "x", "occurred_at": "yesterday"}),
+            "/contacts/by-ref/hubspot/42",
+            json!({"team_id": "t_support", "first_name": "Bob", "is_private": true}),
         )
         .await;
+        assert_eq!(s, 201);
+        let bob = k.contact(v["id"].as_str().unwrap()).unwrap();
+        assert_eq!(bob["external_refs"], json!({"hubspot": "42"}));
         assert_eq!(
-            (s, v["error"]["field"].clone()),
-            (422, json!("occurred_at"))
+            (&bob["is_private"], &bob["emails"], &bob["owner_email"]),
+            (&json!(true), &json!([]), &Value::Null)
+        );
+
+        // An update: left out kept, null clears, arrays replaced, refs
+        // merged, the team stays.
+        let (s, v) = put(
+            &k,
+            path,
+            json!({"team_id": "t_support", "job_title": null, "phones": [],
+                   "external_refs": {"planfix": "9"}}),
+        )
+        .await;
+        assert_eq!((s, v), (200, json!({"id": id})));
+        let c2 = k.contact(&id).unwrap();
+        assert_eq!(
+            (
+                &c2["first_name"],
+                &c2["job_title"],
+                &c2["phones"],
+                &c2["team_id"]
+            ),
+            (&json!("Ann"), &Value::Null, &json!([]), &json!("t_sales"))
+        );
+        assert_eq!(
+            c2["external_refs"],
+            json!({"hubspot": "37700000001", "planfix": "9"})
+        );
+        assert_eq!(c2["created_at"], json!(created_at));
+        assert!(c2["updated_at"].as_str().unwrap() > created_at.as_str());
+        let events = k.pending_webhooks();
+        assert_eq!(
+            kinds_origins(&events),
+            vec![
+                ("contact.created".into(), "crmbridge".into()),
+                ("contact.created".into(), "crmbridge".into()),
+                ("contact.updated".into(), "crmbridge".into()),
+            ]
+        );
+        assert_eq!(events[2]["data"], without_deleted(c2));
+
+        // The ref on a user's contact of another team, deleted since: that
+        // contact is restored and updated in place.
+        let hr = k
+            .create_contact_as_user(
+                "t_hr",
+                json!({"first_name": "Cy", "external_refs": {"hubspot": "555"}}),
+                false,
+            )
+            .unwrap();
+        k.delete_contact_as_user(&hr).unwrap();
+        let (s, v) = put(
+            &k,
+            "/contacts/by-ref/hubspot/555",
+            json!({"team_id": "t_sales", "last_name": "Dee", "is_private": false}),
+        )
+        .await;
+        assert_eq!((s, v), (200, json!({"id": hr})));
+        let cy = k.contact(&hr).unwrap();
+        assert_eq!(
+            (
+                &cy["team_id"],
+                &cy["deleted"],
+                &cy["first_name"],
+                &cy["last_name"]
+            ),
+            (&json!("t_hr"), &json!(false), &json!("Cy"), &json!("Dee"))
+        );
+        assert_eq!(k.contacts().len(), 3);
+        let last = k.pending_webhooks().pop().unwrap();
+        assert_eq!(
+            (&last["kind"], &last["origin"], &last["team_id"]),
+            (
+                &json!("contact.updated"),
+                &json!("crmbridge"),
+                &json!("t_hr")
+            )
         );
     }
 
     #[tokio::test]
-    async fn post_is_idempotent_on_the_hubspot_ref() {
+    async fn put_contact_validation_forbidden_and_conflict() {
         let k = setup().await;
-        let body = json!({"first_name": "Ann", "last_name": "Lee", "emails": ["ann@example.com"],
-                          "phones": ["+79161234567"], "job_title": "CTO", "organization": "Acme",
-                          "external_refs": {"hubspot": "37700000001"}});
-        let (s, first) = post(&k, "/v1/contacts", body.clone()).await;
-        assert_eq!(s, 201, "{first}");
-        let id = first["id"].as_str().unwrap().to_owned();
-        assert!(id.starts_with("c_"));
-        assert_eq!(first["company_id"], json!("co_1"));
-        assert_eq!(first["team_id"], json!("t_sales"));
-        assert_eq!(first["owner_user_id"], Value::Null);
-        assert_eq!(first["is_private"], json!(false));
-        assert_eq!(first["deleted"], json!(false));
-        assert_eq!(first["external_refs"], json!({"hubspot": "37700000001"}));
-        assert!(first["created_at"].as_str().unwrap().ends_with('Z'));
+        let path = "/contacts/by-ref/hubspot/1";
+        for (body, field) in [
+            (json!({"first_name": "Ann", "is_private": false}), "team_id"),
+            (
+                json!({"team_id": "t_sales", "first_name": "Ann"}),
+                "is_private",
+            ),
+            (
+                json!({"team_id": "t_sales", "is_private": false, "id": "c_9"}),
+                "id",
+            ),
+            (
+                json!({"team_id": "t_sales", "is_private": false, "updated_at": "2024-05-01T10:00:00Z"}),
+                "updated_at",
+            ),
+            (
+                json!({"team_id": "t_sales", "is_private": false, "deleted": false}),
+                "deleted",
+            ),
+            (
+                json!({"team_id": "t_sales", "is_private": false, "nickname": "A"}),
+                "nickname",
+            ),
+            (
+                json!({"team_id": "t_sales", "is_private": false, "first_name": 7}),
+                "first_name",
+            ),
+            (
+                json!({"team_id": "t_sales", "is_private": false, "emails": ["nope"]}),
+                "emails",
+            ),
+            (
+                json!({"team_id": "t_sales", "is_private": false, "phones": "123"}),
+                "phones",
+            ),
+            (
+                json!({"team_id": "t_sales", "is_private": "no"}),
+                "is_private",
+            ),
+            (json!({"team_id": "", "is_private": false}), "team_id"),
+            (
+                json!({"team_id": "t_sales", "is_private": false, "external_refs": {"hubspot": "2"}}),
+                "external_refs",
+            ),
+            (
+                json!({"team_id": "t_sales", "is_private": false, "external_refs": {"hubspot": null}}),
+                "external_refs",
+            ),
+            (
+                json!({"team_id": "t_sales", "is_private": false, "external_refs": [1]}),
+                "external_refs",
+            ),
+        ] {
+            let (s, v) = put(&k, path, body.clone()).await;
+            assert_eq!(s, 400, "{body}");
+            assert_eq!(v["error"]["code"], json!("validation"), "{body}");
+            assert_eq!(v["error"]["field"], json!(field), "{body}");
+            assert!(v["error"]["message"].is_string());
+        }
+        let (s, v) = put(&k, path, json!(["not", "an", "object"])).await;
+        assert_eq!((s, v["error"]["code"].clone()), (400, json!("validation")));
+        assert!(v["error"].get("field").is_none());
 
-        // The same ref again (other fields differ): the record as it was, 200.
-        let mut again = body.clone();
-        again["first_name"] = json!("Changed");
-        let (s, second) = post(&k, "/v1/contacts", again).await;
-        assert_eq!(s, 200);
-        assert_eq!(second, first);
-        assert_eq!(k.contacts().len(), 1);
-
-        // Giving another contact that ref is a conflict.
-        let (_, bob) = post(&k, "/v1/contacts", json!({"first_name": "Bob"})).await;
-        let bob_id = bob["id"].as_str().unwrap();
-        let (s, v) = patch(
+        // A team of no concern to this company.
+        let (s, v) = put(
             &k,
-            &format!("/v1/contacts/{bob_id}"),
-            json!({"external_refs": {"hubspot": "37700000001"}}),
+            path,
+            json!({"team_id": "t_elsewhere", "is_private": false}),
+        )
+        .await;
+        assert_eq!((s, v["error"]["code"].clone()), (403, json!("forbidden")));
+        assert!(k.contacts().is_empty());
+
+        // Duplicate e-mails: accepted by default, 409 when switched on.
+        let ann = k
+            .create_contact_as_user("t_sales", json!({"emails": ["ann@example.com"]}), false)
+            .unwrap();
+        k.set_refuse_duplicate_emails(true);
+        let (s, v) = put(
+            &k,
+            path,
+            json!({"team_id": "t_sales", "is_private": false, "emails": ["ANN@example.com"]}),
         )
         .await;
         assert_eq!((s, v["error"]["code"].clone()), (409, json!("conflict")));
-
-        // PATCH merges refs, null clears, arrays are replaced.
-        let (s, v) = patch(
+        assert!(v["error"]["message"].as_str().unwrap().contains(&ann));
+        k.set_refuse_duplicate_emails(false);
+        let (s, _) = put(
             &k,
-            &format!("/v1/contacts/{id}"),
-            json!({"job_title": null, "phones": [], "external_refs": {"planfix": "9"}}),
+            path,
+            json!({"team_id": "t_sales", "is_private": false, "emails": ["ANN@example.com"]}),
+        )
+        .await;
+        assert_eq!(s, 201);
+        assert_eq!(k.contacts().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn put_note_by_ref() {
+        let k = setup().await;
+        k.subscribe(&dead_url(), None);
+        let c = k
+            .create_contact_as_user("t_support", json!({"first_name": "Ann"}), false)
+            .unwrap();
+        let path = "/notes/by-ref/hubspot/98765";
+
+        let (s, v) = put(
+            &k,
+            path,
+            json!({"contact_id": "c_404", "body": "x", "is_private": false}),
+        )
+        .await;
+        assert_eq!((s, v["error"]["code"].clone()), (404, json!("not_found")));
+        let long = "é".repeat(MAX_NOTE_BODY + 1);
+        for (body, field) in [
+            (json!({"body": "x", "is_private": false}), "contact_id"),
+            (json!({"contact_id": c, "is_private": false}), "body"),
+            (json!({"contact_id": c, "body": "x"}), "is_private"),
+            (
+                json!({"contact_id": c, "body": long, "is_private": false}),
+                "body",
+            ),
+            (
+                json!({"contact_id": c, "body": 7, "is_private": false}),
+                "body",
+            ),
+            (
+                json!({"contact_id": c, "body": "x", "is_private": false, "created_at": "2024-05-01T10:00:00Z"}),
+                "created_at",
+            ),
+            (
+                json!({"contact_id": c, "body": "x", "is_private": false, "external_refs": {"hubspot": "1"}}),
+                "external_refs",
+            ),
+        ] {
+            let (s, v) = put(&k, path, body).await;
+            assert_eq!(
+                (s, v["error"]["code"].clone(), v["error"]["field"].clone()),
+                (400, json!("validation"), json!(field))
+            );
+        }
+        assert!(k.notes().is_empty());
+
+        let body = json!({"contact_id": c, "author_email": "rep@acme.example",
+                          "body": "Met at expo", "is_private": false});
+        let (s, v) = put(&k, path, body.clone()).await;
+        assert_eq!(s, 201, "{v}");
+        let n = v["id"].as_str().unwrap().to_owned();
+        assert_eq!(v, json!({"id": n}));
+        let note = k.note(&n).unwrap();
+        let at = note["created_at"].as_str().unwrap().to_owned();
+        assert_eq!(
+            note,
+            json!({"id": n, "contact_id": c, "author_email": "rep@acme.example",
+                   "body": "Met at expo", "is_private": false,
+                   "external_refs": {"hubspot": "98765"}, "created_at": at,
+                   "updated_at": at, "deleted": false})
+        );
+        let (s, v) = put(&k, path, body).await;
+        assert_eq!((s, v), (200, json!({"id": n})));
+        assert_eq!(k.note(&n).unwrap(), note);
+
+        // The longest body is fine; an update bumps updated_at.
+        let max = "é".repeat(MAX_NOTE_BODY);
+        let (s, _) = put(
+            &k,
+            path,
+            json!({"contact_id": c, "body": max, "is_private": true}),
         )
         .await;
         assert_eq!(s, 200);
-        assert_eq!(v["job_title"], Value::Null);
-        assert_eq!(v["phones"], json!([]));
-        assert_eq!(
-            v["external_refs"],
-            json!({"hubspot": "37700000001", "planfix": "9"})
-        );
-        assert!(v["updated_at"].as_str().unwrap() > first["updated_at"].as_str().unwrap());
+        let note2 = k.note(&n).unwrap();
+        assert_eq!(note2["is_private"], json!(true));
+        assert_eq!(note2["author_email"], json!("rep@acme.example"));
+        assert!(note2["updated_at"].as_str().unwrap() > at.as_str());
 
-        // Notes: the same rule.
-        let note = json!({"contact_id": id, "body": "Met at expo", "occurred_at": "2024-05-01T10:00:00Z",
-                          "external_refs": {"hubspot": "98765"}});
-        let (s, n1) = post(&k, "/v1/notes", note.clone()).await;
-        assert_eq!(s, 201, "{n1}");
-        assert_eq!(n1["occurred_at"], json!("2024-05-01T10:00:00.000Z"));
-        assert_eq!(n1["team_id"], json!("t_sales"));
-        let (s, n2) = post(&k, "/v1/notes", note).await;
-        assert_eq!((s, n2["id"].clone()), (200, n1["id"].clone()));
+        let events = k.pending_webhooks();
+        assert_eq!(
+            kinds_origins(&events),
+            vec![
+                ("contact.created".into(), "user".into()),
+                ("note.created".into(), "crmbridge".into()),
+                ("note.updated".into(), "crmbridge".into()),
+            ]
+        );
+        assert_eq!(events[1]["team_id"], json!("t_support"));
+        assert_eq!(events[1]["data"], without_deleted(note));
+
+        // A deleted contact is unknown.
+        k.delete_contact_as_user(&c).unwrap();
+        let (s, v) = put(
+            &k,
+            "/notes/by-ref/hubspot/1",
+            json!({"contact_id": c, "body": "x", "is_private": false}),
+        )
+        .await;
+        assert_eq!((s, v["error"]["code"].clone()), (404, json!("not_found")));
         assert_eq!(k.notes().len(), 1);
     }
 
     #[tokio::test]
-    async fn lists_page_by_cursor_and_filter_teams() {
+    async fn lookup_by_email_and_phone() {
         let k = setup().await;
-        let hidden = k
-            .create_contact_as_user("t_hr", json!({"first_name": "Hidden"}), false)
+        let a = k
+            .create_contact_as_user(
+                "t_sales",
+                json!({"first_name": "Ann", "emails": ["ann@work.example", "Ann.Lee@Example.com"],
+                       "phones": ["+7 (916) 123-45-67"]}),
+                false,
+            )
             .unwrap();
-        let mut made = Vec::new();
-        for i in 0..5 {
-            let team = if i % 2 == 0 { "t_sales" } else { "t_support" };
-            made.push(
-                k.create_contact_as_user(team, json!({"first_name": format!("P{i}")}), i == 4)
-                    .unwrap(),
+        let b = k
+            .create_contact_as_user(
+                "t_hr",
+                json!({"emails": ["bob@example.com"], "phones": ["89161234567"]}),
+                true,
+            )
+            .unwrap();
+        let gone = k
+            .create_contact_as_user("t_sales", json!({"emails": ["gone@example.com"]}), false)
+            .unwrap();
+        k.delete_contact_as_user(&gone).unwrap();
+
+        let (s, v) = get(&k, "/contacts", &[("email", "ann.lee@example.COM")]).await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            v,
+            json!({"data": [without_deleted(k.contact(&a).unwrap())]})
+        );
+        for phone in ["+79161234567", "9161234567", "8 916 123 45 67"] {
+            let (s, v) = get(&k, "/contacts", &[("phone", phone)]).await;
+            assert_eq!((s, ids(&v)), (200, vec![a.clone(), b.clone()]), "{phone}");
+        }
+        for (q, v) in [
+            ("phone", "1234567"),
+            ("email", "gone@example.com"),
+            ("email", "nobody@example.com"),
+        ] {
+            let (s, body) = get(&k, "/contacts", &[(q, v)]).await;
+            assert_eq!((s, body), (200, json!({"data": []})), "{q}={v}");
+        }
+        for (q, field) in [
+            (vec![("email", "not-an-email")], "email"),
+            (vec![("email", "")], "email"),
+            (vec![("phone", "call me")], "phone"),
+            (
+                vec![("email", "ann@work.example"), ("phone", "+79161234567")],
+                "phone",
+            ),
+        ] {
+            let (s, v) = get(&k, "/contacts", &q).await;
+            assert_eq!(
+                (s, v["error"]["field"].clone()),
+                (400, json!(field)),
+                "{q:?}"
             );
         }
-        k.create_note_as_user(&hidden, "not for the CRM", false)
-            .unwrap();
+        // The look-up is not one of the optional endpoints.
+        k.set_list_endpoints(false);
+        let (s, v) = get(&k, "/contacts", &[("email", "bob@example.com")]).await;
+        assert_eq!((s, ids(&v)), (200, vec![b]));
+    }
+
+    #[tokio::test]
+    async fn lists_page_by_cursor_with_private_and_deleted() {
+        let k = setup().await;
+        let teams = ["t_sales", "t_support", "t_hr"];
+        let mut made = Vec::new();
+        for i in 0..5 {
+            made.push(
+                k.create_contact_as_user(
+                    teams[i % 3],
+                    json!({"first_name": format!("P{i}")}),
+                    i == 4,
+                )
+                .unwrap(),
+            );
+        }
+        k.delete_contact_as_user(&made[1]).unwrap();
+        let expected = vec![
+            made[0].clone(),
+            made[2].clone(),
+            made[3].clone(),
+            made[4].clone(),
+            made[1].clone(),
+        ];
 
         let mut seen = Vec::new();
+        let mut rows = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
             let mut q = vec![("limit", "2".to_owned())];
@@ -1741,43 +2480,57 @@ mod tests {
                 q.push(("cursor", c.clone()));
             }
             let q: Vec<(&str, &str)> = q.iter().map(|(a, b)| (*a, b.as_str())).collect();
-            let (s, body) = get(&k, "/v1/contacts", &q).await;
+            let (s, body) = get(&k, "/contacts", &q).await;
             assert_eq!(s, 200, "{body}");
             seen.extend(ids(&body));
+            rows.extend(body["data"].as_array().unwrap().clone());
             match body["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_owned()),
                 None => break,
             }
         }
-        assert_eq!(seen, made);
-        // Private contacts are listed, flagged.
-        assert_eq!(k.contact(&made[4]).unwrap()["is_private"], json!(true));
-        let (_, notes) = get(&k, "/v1/notes", &[]).await;
+        assert_eq!(seen, expected);
+        let flags: Vec<(bool, bool)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["is_private"].as_bool().unwrap(),
+                    r["deleted"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            flags,
+            vec![
+                (false, false),
+                (false, false),
+                (false, false),
+                (true, false),
+                (false, true)
+            ]
+        );
+
+        let (_, notes) = get(&k, "/notes", &[]).await;
         assert_eq!(notes, json!({"data": [], "next_cursor": null}));
+        let n = k
+            .create_note_as_user(&made[4], "private chat", true)
+            .unwrap();
+        let (_, notes) = get(&k, "/notes", &[]).await;
+        assert_eq!(notes["data"], json!([k.note(&n).unwrap()]));
+        assert_eq!(notes["data"][0]["deleted"], json!(false));
 
         // An edit moves a contact to the end; updated_since is inclusive.
         k.edit_contact_as_user(&made[0], json!({"last_name": "Edited"}))
             .unwrap();
-        let edited = k.contact(&made[0]).unwrap();
-        let since = edited["updated_at"].as_str().unwrap();
-        let (_, body) = get(&k, "/v1/contacts", &[("updated_since", since)]).await;
+        let since = k.contact(&made[0]).unwrap()["updated_at"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (_, body) = get(&k, "/contacts", &[("updated_since", &since)]).await;
         assert_eq!(ids(&body), vec![made[0].clone()]);
-        let (_, body) = get(&k, "/v1/contacts", &[]).await;
+        let (_, body) = get(&k, "/contacts", &[]).await;
         assert_eq!(ids(&body).last(), Some(&made[0]));
-
-        // Other teams: invisible, not writable, not a target.
-        let (s, _) = patch(
-            &k,
-            &format!("/v1/contacts/{hidden}"),
-            json!({"first_name": "X"}),
-        )
-        .await;
-        assert_eq!(s, 404);
-        let (s, v) = post(&k, "/v1/notes", json!({"contact_id": hidden, "body": "x"})).await;
-        assert_eq!((s, v["error"]["field"].clone()), (422, json!("contact_id")));
-        k.set_allowed_teams(&["t_hr"]);
-        let (_, body) = get(&k, "/v1/contacts", &[]).await;
-        assert_eq!(ids(&body), vec![hidden.clone()]);
+        assert_eq!(body["next_cursor"], Value::Null);
 
         for (q, field) in [
             (("limit", "101"), "limit"),
@@ -1785,63 +2538,73 @@ mod tests {
             (("cursor", "%%%"), "cursor"),
             (("updated_since", "2024-13-01"), "updated_since"),
         ] {
-            let (s, v) = get(&k, "/v1/contacts", &[q]).await;
+            let (s, v) = get(&k, "/contacts", &[q]).await;
             assert_eq!(
                 (s, v["error"]["field"].clone()),
-                (422, json!(field)),
+                (400, json!(field)),
                 "{q:?}"
             );
+        }
+        let (s, body) = get(&k, "/notes", &[("limit", "100")]).await;
+        assert_eq!((s, ids(&body)), (200, vec![n]));
+
+        // Switched off: "not offered".
+        k.set_list_endpoints(false);
+        for path in ["/contacts", "/notes"] {
+            let (s, v) = get(&k, path, &[("updated_since", &since)]).await;
+            assert_eq!((s, v["error"]["code"].clone()), (404, json!("not_found")));
         }
     }
 
     #[tokio::test]
-    async fn webhooks_echo_api_writes_and_are_signed() {
+    async fn webhooks_one_event_per_request_signed_and_retried() {
         let k = setup().await;
-        let rx = receiver(500, 1).await;
-        let url = format!("http://{}/hooks/kado", rx.addr);
-        k.subscribe(&url, HOOK_SECRET);
-
-        let (_, c) = post(
-            &k,
-            "/v1/contacts",
-            json!({"first_name": "Ann", "external_refs": {"hubspot": "1"}}),
-        )
-        .await;
-        let cid = c["id"].as_str().unwrap().to_owned();
-        // The idempotent repeat writes nothing and announces nothing.
-        post(
-            &k,
-            "/v1/contacts",
-            json!({"first_name": "Ann", "external_refs": {"hubspot": "1"}}),
-        )
-        .await;
-        let nid = k.create_note_as_user(&cid, "Met at expo", true).unwrap();
-        k.create_contact_as_user("t_hr", json!({"first_name": "Other team"}), false)
+        let (rx, url) = receiver(&[500]).await;
+        k.subscribe(&url, Some(HOOK_SECRET));
+        let c = k
+            .create_contact_as_user("t_support", json!({"first_name": "Ann"}), false)
             .unwrap();
+        let (_, v) = put(
+            &k,
+            "/notes/by-ref/hubspot/777",
+            json!({"contact_id": c, "body": "hi", "is_private": true}),
+        )
+        .await;
+        let nid = v["id"].as_str().unwrap().to_owned();
         let pending = k.pending_webhooks();
-        let names: Vec<&str> = pending
-            .iter()
-            .map(|p| p["event"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, vec!["contact.created", "note.created"]);
+        assert_eq!(
+            kinds_origins(&pending),
+            vec![
+                ("contact.created".into(), "user".into()),
+                ("note.created".into(), "crmbridge".into()),
+            ]
+        );
+        assert_ne!(pending[0]["event_id"], pending[1]["event_id"]);
 
-        // First pass: the receiver fails the first request; that event waits.
+        // First pass: the receiver fails the first request; it waits.
         let first = k.deliver_webhooks().await;
         assert_eq!(first.len(), 2);
         assert_eq!((first[0].status, first[0].requeued), (Some(500), true));
+        assert_eq!(first[0].kinds, vec!["contact.created".to_owned()]);
+        assert_eq!(
+            first[0].event_ids,
+            vec![pending[0]["event_id"].as_str().unwrap().to_owned()]
+        );
         assert!(first[1].ok() && !first[1].requeued);
+        assert_eq!(k.pending_webhooks(), vec![pending[0].clone()]);
         let second = k.deliver_webhooks().await;
         assert_eq!(second.len(), 1);
-        assert_eq!(
-            (second[0].event.as_str(), second[0].attempt),
-            ("contact.created", 1)
-        );
+        assert_eq!(second[0].attempt, 1);
+        assert_eq!(second[0].event_ids, first[0].event_ids);
+        assert_eq!(second[0].body, first[0].body);
         assert!(second[0].ok());
         assert!(k.deliver_webhooks().await.is_empty());
+        assert!(k.dropped_webhooks().is_empty());
 
         let got = rx.requests();
         assert_eq!(got.len(), 3);
         for req in &got {
+            assert_eq!(req.method, "POST");
             assert_eq!(req.path, "/hooks/kado");
             assert_eq!(req.header("content-type"), Some("application/json"));
             let ts = req.header("x-timestamp").unwrap();
@@ -1851,58 +2614,148 @@ mod tests {
             mac.update(format!("{ts}.{}", req.body).as_bytes());
             let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
             assert_eq!(req.header("x-signature"), Some(expected.as_str()));
+            assert!(req.json().unwrap().is_object());
         }
+        assert_eq!(got[0].body, got[2].body);
         let note_event = got[1].json().unwrap();
-        assert_eq!(note_event["event"], json!("note.created"));
-        assert_eq!(note_event["company_id"], json!("co_1"));
-        assert_eq!(note_event["data"]["id"], json!(nid));
-        assert_eq!(note_event["data"]["is_private"], json!(true));
-        assert_eq!(note_event["data"]["author_user_id"], json!(USER_ID));
-        assert!(note_event["occurred_at"].is_string());
-        let contact_event = got[2].json().unwrap();
+        assert_eq!(note_event, pending[1]);
         assert_eq!(
-            contact_event["data"]["external_refs"],
-            json!({"hubspot": "1"})
+            (
+                &note_event["kind"],
+                &note_event["origin"],
+                &note_event["company_id"],
+                &note_event["team_id"]
+            ),
+            (
+                &json!("note.created"),
+                &json!("crmbridge"),
+                &json!("co_1"),
+                &json!("t_support")
+            )
         );
-
-        // API PATCHes echo too; duplicates and bad signatures on demand.
-        k.set_duplicate_deliveries(2);
-        k.sign_with("wrong");
-        k.set_stale_timestamps(true);
-        patch(
-            &k,
-            &format!("/v1/contacts/{cid}"),
-            json!({"last_name": "Lee"}),
-        )
-        .await;
-        let dup = k.deliver_webhooks().await;
-        assert_eq!(dup.len(), 2);
-        assert_eq!(dup[0].event, "contact.updated");
-        assert_eq!(dup[0].body, dup[1].body);
-        assert_ne!(
-            dup[0].signature,
-            signature(HOOK_SECRET, &dup[0].timestamp, dup[0].body.as_bytes())
-        );
-        assert_eq!(
-            dup[0].signature,
-            signature("wrong", &dup[0].timestamp, dup[0].body.as_bytes())
-        );
-        assert!(Utc::now().timestamp() - dup[0].timestamp.parse::<i64>().unwrap() >= 540);
-        let event: Value = serde_json::from_str(&dup[0].body).unwrap();
-        assert_eq!(event["data"]["last_name"], json!("Lee"));
+        assert_eq!(note_event["data"], without_deleted(k.note(&nid).unwrap()));
+        assert_eq!(got[2].json().unwrap(), pending[0]);
     }
 
     #[tokio::test]
-    async fn fixtures_private_and_deleted() {
+    async fn webhooks_stop_on_400_and_401_and_are_unsigned_without_secret() {
         let k = setup().await;
+        let (rx, url) = receiver(&[400, 401, 429, 503]).await;
+        k.subscribe(&url, None);
+        for i in 0..4 {
+            k.create_contact_as_user("t_sales", json!({"first_name": format!("P{i}")}), false)
+                .unwrap();
+        }
+        let events = k.pending_webhooks();
+        let pass = k.deliver_webhooks().await;
+        let outcome: Vec<(Option<u16>, bool)> =
+            pass.iter().map(|d| (d.status, d.requeued)).collect();
+        assert_eq!(
+            outcome,
+            vec![
+                (Some(400), false),
+                (Some(401), false),
+                (Some(429), true),
+                (Some(503), true)
+            ]
+        );
+        assert!(
+            pass.iter()
+                .all(|d| d.timestamp.is_none() && d.signature.is_none())
+        );
+        assert_eq!(k.dropped_webhooks(), events[..2].to_vec());
+        assert_eq!(k.pending_webhooks(), events[2..].to_vec());
+        for req in rx.requests() {
+            assert!(req.header("x-signature").is_none());
+            assert!(req.header("x-timestamp").is_none());
+        }
+        let pass = k.deliver_webhooks().await;
+        assert_eq!(pass.len(), 2);
+        assert!(pass.iter().all(|d| d.ok() && d.attempt == 1));
+
+        // No answer at all: queued again.
+        k.subscribe(&dead_url(), None);
+        k.create_contact_as_user("t_sales", json!({"first_name": "Zed"}), false)
+            .unwrap();
+        let pass = k.deliver_webhooks().await;
+        assert_eq!(pass.len(), 1);
+        assert!(pass[0].status.is_none() && pass[0].error.is_some() && pass[0].requeued);
+        assert_eq!(k.pending_webhooks().len(), 1);
+        k.unsubscribe();
+        assert!(k.pending_webhooks().is_empty());
+        assert!(k.deliver_webhooks().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn webhooks_batches_duplicates_bad_signatures_stale_timestamps() {
+        let k = setup().await;
+        let (rx, url) = receiver(&[]).await;
+        k.subscribe(&url, Some(HOOK_SECRET));
+        k.set_batch(true);
+        let mut made = Vec::new();
+        for i in 0..(WEBHOOK_BATCH + 1) {
+            made.push(
+                k.create_contact_as_user("t_sales", json!({"first_name": format!("P{i}")}), false)
+                    .unwrap(),
+            );
+        }
+        let events = k.pending_webhooks();
+        let pass = k.deliver_webhooks().await;
+        assert_eq!(pass.len(), 2);
+        assert_eq!(pass[0].event_ids.len(), WEBHOOK_BATCH);
+        assert_eq!(pass[1].event_ids.len(), 1);
+        let got = rx.requests();
+        assert_eq!(
+            got[0].json().unwrap(),
+            Value::Array(events[..WEBHOOK_BATCH].to_vec())
+        );
+        assert_eq!(
+            got[1].json().unwrap(),
+            Value::Array(events[WEBHOOK_BATCH..].to_vec())
+        );
+
+        k.set_batch(false);
+        k.set_duplicate_deliveries(2);
+        k.sign_with("wrong");
+        k.set_stale_timestamps(true);
+        k.edit_contact_as_user(&made[0], json!({"last_name": "Lee"}))
+            .unwrap();
+        let dup = k.deliver_webhooks().await;
+        assert_eq!(dup.len(), 2);
+        assert_eq!(dup[0].body, dup[1].body);
+        assert_eq!(dup[0].event_ids, dup[1].event_ids);
+        let ts = dup[0].timestamp.clone().unwrap();
+        let sig = dup[0].signature.clone().unwrap();
+        assert_ne!(sig, signature(HOOK_SECRET, &ts, dup[0].body.as_bytes()));
+        assert_eq!(sig, signature("wrong", &ts, dup[0].body.as_bytes()));
+        assert!(Utc::now().timestamp() - ts.parse::<i64>().unwrap() >= STALE_BY_SECS - 1);
+        let event: Value = serde_json::from_str(&dup[0].body).unwrap();
+        assert_eq!(
+            (
+                &event["kind"],
+                &event["origin"],
+                &event["data"]["last_name"]
+            ),
+            (&json!("contact.updated"), &json!("user"), &json!("Lee"))
+        );
+    }
+
+    #[tokio::test]
+    async fn fixtures_private_deleted_and_no_op_edits() {
+        let k = setup().await;
+        k.subscribe(&dead_url(), None);
         let c = k
             .create_contact_as_user("t_support", json!({"emails": ["x@example.com"]}), false)
             .unwrap();
+        assert_eq!(k.contact(&c).unwrap()["owner_email"], json!(USER_EMAIL));
         let n = k.create_note_as_user(&c, "hello", false).unwrap();
+        assert_eq!(k.note(&n).unwrap()["author_email"], json!(USER_EMAIL));
+        k.edit_contact_as_user(&c, json!({"emails": ["x@example.com"]}))
+            .unwrap();
         k.set_private(&c, true).unwrap();
         k.set_private(&n, true).unwrap();
+        k.set_private(&n, true).unwrap();
         k.edit_note_as_user(&n, "hello again").unwrap();
-        assert_eq!(k.contact(&c).unwrap()["is_private"], json!(true));
         let note = k.note(&n).unwrap();
         assert_eq!(
             (note["is_private"].clone(), note["body"].clone()),
@@ -1910,14 +2763,64 @@ mod tests {
         );
         k.delete_note_as_user(&n).unwrap();
         k.delete_contact_as_user(&c).unwrap();
-        let (_, body) = get(&k, "/v1/contacts", &[]).await;
+        let events = k.pending_webhooks();
+        let user = |kind: &str| (kind.to_owned(), "user".to_owned());
+        assert_eq!(
+            kinds_origins(&events),
+            vec![
+                user("contact.created"),
+                user("note.created"),
+                user("contact.updated"),
+                user("note.updated"),
+                user("note.updated"),
+                user("note.deleted"),
+                user("contact.deleted"),
+            ]
+        );
+        assert_eq!(events[2]["data"]["is_private"], json!(true));
+        assert!(events[2]["data"].get("deleted").is_none());
+        assert_eq!(events[5]["data"]["deleted"], json!(true));
+        assert_eq!(events[6]["data"], k.contact(&c).unwrap());
+        assert_eq!(events[6]["team_id"], json!("t_support"));
+        let (_, body) = get(&k, "/contacts", &[]).await;
         assert_eq!(body["data"][0]["deleted"], json!(true));
-        let (s, _) = patch(&k, &format!("/v1/contacts/{c}"), json!({"first_name": "X"})).await;
-        assert_eq!(s, 404);
-        assert!(k.set_private("c_999", true).is_err());
-        assert!(k.create_note_as_user(&c, " ", false).is_err());
+
+        // Moving a contact to another team.
+        let d = k
+            .create_contact_as_user(
+                "t_sales",
+                json!({"first_name": "Dee", "external_refs": {"hubspot": "9"}}),
+                false,
+            )
+            .unwrap();
+        k.edit_contact_as_user(&d, json!({"team_id": "t_hr"}))
+            .unwrap();
+        assert_eq!(k.contact(&d).unwrap()["team_id"], json!("t_hr"));
+
+        assert!(matches!(
+            k.set_private("c_999", true),
+            Err(FakeError::NotFound(_))
+        ));
+        assert!(matches!(
+            k.delete_contact_as_user(&c),
+            Err(FakeError::NotFound(_))
+        ));
+        assert!(k.create_note_as_user(&c, "late", false).is_err());
+        assert!(k.create_note_as_user(&d, " ", false).is_err());
+        assert!(
+            k.edit_contact_as_user(&d, json!({"team_id": "t_x"}))
+                .is_err()
+        );
+        assert!(
+            k.create_contact_as_user("t_x", json!({"first_name": "X"}), false)
+                .is_err()
+        );
         assert!(
             k.create_contact_as_user("t_sales", json!({"bogus": 1}), false)
+                .is_err()
+        );
+        assert!(
+            k.create_contact_as_user("t_sales", json!({"external_refs": {"hubspot": "9"}}), false)
                 .is_err()
         );
     }
@@ -1933,7 +2836,7 @@ mod tests {
                 &k,
                 Some(&format!("Bearer {TOKEN}")),
                 reqwest::Method::GET,
-                "/v1/contacts",
+                "/company",
                 &[],
                 None,
             )
@@ -1948,13 +2851,14 @@ mod tests {
         assert_eq!(last.0["error"]["code"], json!("rate_limited"));
         assert_eq!(last.1.as_deref(), Some("1"));
         assert_eq!(k.rate_limited_count(), 1);
+        assert_eq!(k.api_calls(), 2);
         k.set_rate_limit(None);
 
         k.fail_next(1, Fault::ServerError);
-        let (s, v) = get(&k, "/v1/contacts", &[]).await;
+        let (s, v) = get(&k, "/contacts", &[]).await;
         assert_eq!((s, v["error"]["code"].clone()), (500, json!("internal")));
         k.fail_next(1, Fault::TooManyRequests);
-        let (s, v) = get(&k, "/v1/contacts", &[]).await;
+        let (s, v) = get(&k, "/contacts", &[]).await;
         assert_eq!(
             (s, v["error"]["code"].clone()),
             (429, json!("rate_limited"))
