@@ -24,6 +24,10 @@ const KADO_SECRET: &str = "kado-webhook-secret-3";
 struct World {
     server: Server,
     key: String,
+    /// Every distinct event crmbridge accepted so far: each starts exactly
+    /// one run (this recipe has one automation per event kind; a kind
+    /// without one is recorded as "no match").
+    accepted: std::sync::Mutex<std::collections::BTreeSet<String>>,
     kado: FakeKado,
     hubspot: FakeHubSpot,
     _accounts: FakeOAuth,
@@ -51,6 +55,7 @@ impl World {
         let world = Self {
             server,
             key,
+            accepted: Default::default(),
             kado,
             hubspot,
             _accounts: accounts,
@@ -118,18 +123,42 @@ impl World {
     /// Delivers both sides' webhooks, and waits for the runs they start,
     /// until neither side has anything left to send.
     async fn quiet(&self) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let mut sent = 0;
             for delivery in self.kado.deliver_webhooks().await {
                 assert!(delivery.ok(), "{delivery:?}");
                 sent += 1;
+                let body: Value = serde_json::from_str(&delivery.body).unwrap();
+                let events = match body {
+                    Value::Array(events) => events,
+                    event => vec![event],
+                };
+                for event in events {
+                    // Ours come back and are dropped; other teams' ignored.
+                    if event["origin"] == "user" && event["team_id"] == "t_sales" {
+                        self.accepted
+                            .lock()
+                            .unwrap()
+                            .insert(format!("kado:{}", event["event_id"]));
+                    }
+                }
             }
             for delivery in self.hubspot.deliver_webhooks().await {
                 assert_eq!(delivery.status, Some(200), "{delivery:?}");
                 sent += 1;
+                for event in &delivery.events {
+                    self.accepted.lock().unwrap().insert(format!(
+                        "hubspot:{}:{}:{}:{}",
+                        event["eventId"],
+                        event["objectId"],
+                        event["occurredAt"],
+                        event["propertyName"]
+                    ));
+                }
             }
-            let all = self.settled().await;
+            let expected = self.accepted.lock().unwrap().len();
+            let all = self.settled(expected).await;
             if sent == 0
                 && self.kado.pending_webhooks().is_empty()
                 && self.hubspot.pending_webhooks().is_empty()
@@ -143,17 +172,24 @@ impl World {
         }
     }
 
-    async fn settled(&self) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    /// Waits until `expected` runs exist (every accepted event has run)
+    /// and none is running or waiting for a retry.
+    async fn settled(&self, expected: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let all = runs(&self.server, &self.key).await;
-            if all
-                .iter()
-                .all(|r| r["status"] != "running" && r["status"] != "failed")
+            if all.len() >= expected
+                && all
+                    .iter()
+                    .all(|r| r["status"] != "running" && r["status"] != "failed")
             {
                 return all;
             }
-            assert!(Instant::now() < deadline, "{all:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "{} of {expected} runs: {all:#?}",
+                all.len()
+            );
             pause().await;
         }
     }
@@ -304,4 +340,245 @@ fn bob_of(w: &World, hubspot_id: &str) -> Value {
         .into_iter()
         .find(|c| c["external_refs"]["hubspot"] == hubspot_id)
         .unwrap()
+}
+
+/// Ping-pong: people create and edit contacts on both sides, every webhook
+/// is delivered two or three times, and both fakes report crmbridge's own
+/// writes too. Afterwards: no contact twice on either side, every person's
+/// last edit arrived on the other side, and crmbridge wrote exactly once
+/// per person's change — an echo written back would be an extra write.
+/// `CRMBRIDGE_PINGPONG_OPS` sets the number of changes (default 1000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_pong_writes_each_change_once_and_echoes_nothing() {
+    use std::collections::BTreeMap;
+
+    let ops: usize = std::env::var("CRMBRIDGE_PINGPONG_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let w = World::start().await;
+    w.kado.set_duplicate_deliveries(2);
+    w.hubspot.set_duplicate_deliveries(3);
+    // A person's HubSpot contact arrives as one creation event (HubSpot
+    // may add an event per property; the count below assumes one).
+    w.hubspot.set_property_changes_on_create(false);
+
+    // Contact → (KADO id, HubSpot id), filled in once both sides have it.
+    struct Pair {
+        kado: Option<String>,
+        hubspot: Option<String>,
+        email: String,
+        title: Option<String>,
+    }
+    let mut pairs: Vec<Pair> = Vec::new();
+    let (mut kado_creates, mut kado_edits, mut hubspot_creates, mut hubspot_edits) = (0, 0, 0, 0);
+    // A small deterministic generator: the run is the same every time.
+    let mut seed: u64 = 20_261_125;
+    let mut next = |n: usize| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        ((seed >> 33) as usize) % n.max(1)
+    };
+    let batch = 25;
+    let mut done = 0;
+    while done < ops {
+        // Within one batch a contact is edited on one side only: which of
+        // two simultaneous edits wins is the vendors' clock, not ours.
+        let mut touched: BTreeMap<usize, bool> = BTreeMap::new();
+        for _ in 0..batch.min(ops - done) {
+            done += 1;
+            let synced: Vec<usize> = (0..pairs.len())
+                .filter(|i| pairs[*i].kado.is_some() && pairs[*i].hubspot.is_some())
+                .collect();
+            let mut op = next(4);
+            let (mut i, mut in_kado) = (0, false);
+            if op < 2 && !synced.is_empty() {
+                i = synced[next(synced.len())];
+                in_kado = next(2) == 0;
+                // Edited on the other side in this batch already: edit it
+                // there again instead.
+                if let Some(side) = touched.get(&i) {
+                    in_kado = *side;
+                }
+            } else if op < 2 {
+                op = 2;
+            }
+            match op {
+                0 | 1 => {
+                    touched.insert(i, in_kado);
+                    let title = format!("title-{done}");
+                    if in_kado {
+                        w.kado
+                            .edit_contact_as_user(
+                                pairs[i].kado.as_ref().unwrap(),
+                                json!({"job_title": title}),
+                            )
+                            .unwrap();
+                        kado_edits += 1;
+                    } else {
+                        w.hubspot
+                            .edit_as_user(
+                                "contacts",
+                                pairs[i].hubspot.as_ref().unwrap(),
+                                &[("jobtitle", &title)],
+                            )
+                            .unwrap();
+                        hubspot_edits += 1;
+                    }
+                    pairs[i].title = Some(title);
+                }
+                2 => {
+                    let email = format!("k{done}@example.com");
+                    let id = w
+                        .kado
+                        .create_contact_as_user(
+                            "t_sales",
+                            json!({"first_name": "K", "emails": [email]}),
+                            false,
+                        )
+                        .unwrap();
+                    kado_creates += 1;
+                    pairs.push(Pair {
+                        kado: Some(id),
+                        hubspot: None,
+                        email,
+                        title: None,
+                    });
+                }
+                _ => {
+                    let email = format!("h{done}@example.com");
+                    let id = w
+                        .hubspot
+                        .create_as_user("contacts", &[("email", &email), ("firstname", "H")])
+                        .unwrap();
+                    hubspot_creates += 1;
+                    pairs.push(Pair {
+                        kado: None,
+                        hubspot: Some(id),
+                        email,
+                        title: None,
+                    });
+                }
+            }
+        }
+        w.quiet().await;
+        // Learn the other side's ids of the new contacts.
+        let kado_by_email: BTreeMap<String, Value> = w
+            .kado
+            .contacts()
+            .into_iter()
+            .filter_map(|c| c["emails"][0].as_str().map(|e| (e.to_owned(), c.clone())))
+            .collect();
+        let hubspot_by_email: BTreeMap<String, Value> = w
+            .hubspot
+            .contacts()
+            .into_iter()
+            .filter_map(|c| {
+                c["properties"]["email"]
+                    .as_str()
+                    .map(|e| (e.to_owned(), c.clone()))
+            })
+            .collect();
+        for pair in &mut pairs {
+            if pair.kado.is_none() {
+                let Some(found) = kado_by_email.get(&pair.email) else {
+                    let all = runs(&w.server, &w.key).await;
+                    panic!("{} never reached KADO: {all:#?}", pair.email);
+                };
+                pair.kado = found["id"].as_str().map(str::to_owned);
+            }
+            if pair.hubspot.is_none() {
+                pair.hubspot = hubspot_by_email[&pair.email]["id"]
+                    .as_str()
+                    .map(str::to_owned);
+            }
+        }
+    }
+    let runs = w.quiet().await;
+    assert!(runs.iter().all(|r| r["status"] != "failed"), "a run failed");
+
+    // No contact twice, on either side.
+    let kado_emails: Vec<String> = w
+        .kado
+        .contacts()
+        .iter()
+        .filter_map(|c| c["emails"][0].as_str().map(str::to_owned))
+        .collect();
+    let hubspot_emails: Vec<String> = w
+        .hubspot
+        .contacts()
+        .iter()
+        .filter_map(|c| c["properties"]["email"].as_str().map(str::to_owned))
+        .collect();
+    for emails in [&kado_emails, &hubspot_emails] {
+        let mut unique = emails.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), emails.len(), "a contact twice");
+        assert_eq!(emails.len(), pairs.len());
+    }
+    // Every person's last edit arrived on both sides.
+    for pair in &pairs {
+        if let Some(title) = &pair.title {
+            let kado = w.kado.contact(pair.kado.as_ref().unwrap()).unwrap();
+            let hubspot = w.hubspot.contact(pair.hubspot.as_ref().unwrap()).unwrap();
+            assert_eq!(kado["job_title"].as_str(), Some(title.as_str()), "{kado:#}");
+            assert_eq!(
+                hubspot["properties"]["jobtitle"].as_str(),
+                Some(title.as_str()),
+                "{hubspot:#}"
+            );
+        }
+    }
+    // crmbridge wrote once per person's change, never an echo back.
+    let hubspot_writes = w
+        .hubspot
+        .requests()
+        .iter()
+        .filter(|r| {
+            (r.method == "POST" && r.path.ends_with("/batch/upsert")) || r.method == "PATCH"
+        })
+        .count();
+    let kado_writes = w
+        .kado
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" || r.method == "PATCH")
+        .count();
+    assert_eq!(hubspot_writes, kado_creates + kado_edits, "HubSpot writes");
+    // A KADO contact made by a person gets its HubSpot id recorded (one
+    // PATCH); a HubSpot contact is made in KADO (one PUT); a HubSpot edit
+    // is one PATCH.
+    let puts = w
+        .kado
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .count();
+    let patches: Vec<String> = w
+        .kado
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| format!("{} {}", r.path, r.body))
+        .collect();
+    let mut per_automation = std::collections::BTreeMap::<String, usize>::new();
+    for run in &runs {
+        *per_automation
+            .entry(format!("{}:{}", run["automation"], run["status"]))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        kado_writes,
+        kado_creates + hubspot_creates + hubspot_edits,
+        "KADO writes: {puts} PUTs for {hubspot_creates} HubSpot creates; {} PATCHes for {kado_creates} KADO creates + {hubspot_edits} HubSpot edits; runs {per_automation:#?}; patches {patches:#?}",
+        patches.len()
+    );
+    let echoes = runs
+        .iter()
+        .filter(|r| r["outcome"].as_str().is_some_and(|o| o.contains("echo")))
+        .count();
+    println!(
+        "{ops} changes ({kado_creates} KADO creates, {kado_edits} KADO edits, {hubspot_creates} HubSpot creates, {hubspot_edits} HubSpot edits): {} runs, {echoes} echoes recognised, {hubspot_writes} HubSpot writes, {kado_writes} KADO writes",
+        runs.len()
+    );
 }

@@ -6,8 +6,11 @@
 //! wrote is its own echo and starts no run; a change to another value —
 //! a person editing right after us — flows as usual.
 //!
-//! Taking each property out once it is compared is what keeps a later,
-//! genuine edit back to the value we wrote from being mistaken for an
+//! Each write of a property is remembered until its report comes back, so
+//! two quick writes (two edits of one contact a second apart) are two
+//! echoes, whichever order the vendor reports them in. A report is matched
+//! with one remembered write and that write forgotten, which keeps a
+//! later, genuine edit back to a value we wrote from being mistaken for an
 //! echo. The memory lives a day: vendors report changes within seconds.
 //!
 //! The memory is written once the vendor has answered: a change event that
@@ -27,6 +30,8 @@ use crate::{Engine, EngineResult, decode, item, keys, sha256_hex};
 
 /// How long a write is remembered.
 const MEMORY_SECS: i64 = 24 * 3600;
+/// Writes of one property remembered at once; older ones are dropped.
+const PENDING_PER_PROPERTY: usize = 16;
 
 /// What crmbridge wrote on one record and not yet seen come back.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -34,9 +39,10 @@ struct WrittenRecord {
     /// The write made the record, and its creation was not reported yet.
     #[serde(default)]
     created: bool,
-    /// Property → digest of the value written.
+    /// Property → digests of the values written and not yet reported
+    /// back, oldest first (at most [`PENDING_PER_PROPERTY`]).
     #[serde(default)]
-    properties: BTreeMap<String, String>,
+    properties: BTreeMap<String, Vec<String>>,
     /// The run that wrote last, for the outcome of a dropped echo.
     #[serde(default)]
     run: String,
@@ -59,7 +65,11 @@ impl Engine {
         self.change_memory(&key, expires, |memory| {
             memory.created |= written.created;
             for (name, value) in &written.properties {
-                memory.properties.insert(name.clone(), digest(value));
+                let pending = memory.properties.entry(name.clone()).or_default();
+                pending.push(digest(value));
+                if pending.len() > PENDING_PER_PROPERTY {
+                    pending.remove(0);
+                }
             }
             memory.run = run.to_owned();
             true
@@ -85,9 +95,16 @@ impl Engine {
                 memory.created = false;
             }
             for (name, value) in &change.properties {
-                match memory.properties.remove(name) {
-                    Some(written) if written == digest(value) => {}
-                    _ => ours = false,
+                let reported = digest(value);
+                let pending = memory.properties.entry(name.clone()).or_default();
+                match pending.iter().position(|written| *written == reported) {
+                    Some(at) => {
+                        pending.remove(at);
+                    }
+                    None => ours = false,
+                }
+                if pending.is_empty() {
+                    memory.properties.remove(name);
                 }
             }
             if ours && (change.created || !change.properties.is_empty()) {
