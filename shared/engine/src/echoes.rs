@@ -90,6 +90,9 @@ impl Engine {
         let expires = self.now().timestamp() + MEMORY_SECS;
         let mut echo = None;
         self.change_memory(&key, expires, |memory| {
+            // Decided afresh on every attempt of the versioned write: a
+            // decision from an attempt that lost the race does not count.
+            echo = None;
             let mut ours = !change.created || memory.created;
             if change.created {
                 memory.created = false;

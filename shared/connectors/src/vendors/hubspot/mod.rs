@@ -382,14 +382,10 @@ fn unauthenticated(field: &str, message: impl Into<String>) -> DecodeError {
     DecodeError::unauthenticated(field, message)
 }
 
-/// Equal, in time that does not depend on where they differ.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Checks HubSpot's signature over the raw bytes, before anything is
 /// parsed: v3 (HMAC with the client secret over method, URL, body and
-/// timestamp, five minutes at most), else the older v1/v2 hashes.
+/// timestamp, five minutes at most). The older v1/v2 hashes carry no
+/// timestamp and are refused: a captured delivery could be replayed.
 fn verify_signature(
     secret: &str,
     request: &InboundRequest<'_>,
@@ -397,7 +393,7 @@ fn verify_signature(
 ) -> Result<(), DecodeError> {
     use base64::Engine as _;
     use hmac::{Hmac, Mac};
-    use sha2::{Digest, Sha256};
+    use sha2::Sha256;
 
     let url = || {
         request.url.map(|url| {
@@ -438,35 +434,13 @@ fn verify_signature(
             unauthenticated("headers.x-hubspot-signature-v3", "does not match: not signed with this app's client secret")
         });
     }
-    if let Some(signature) = request.header("x-hubspot-signature") {
-        let version = request
-            .header("x-hubspot-signature-version")
-            .unwrap_or("v1");
-        let mut hash = Sha256::new();
-        hash.update(secret.as_bytes());
-        match version {
-            "v1" => {}
-            "v2" => {
-                let url = url().ok_or_else(|| {
-                    unauthenticated("url", "the address HubSpot called is not known: set the public URL")
-                })?;
-                hash.update(request.method.as_bytes());
-                hash.update(url.as_bytes());
-            }
-            other => {
-                return Err(unauthenticated(
-                    "headers.x-hubspot-signature-version",
-                    format!("unknown version {other}"),
-                ));
-            }
-        }
-        hash.update(request.body);
-        let expected = hex::encode(hash.finalize());
-        return if same_bytes(expected.as_bytes(), signature.trim().to_ascii_lowercase().as_bytes()) {
-            Ok(())
-        } else {
-            Err(unauthenticated("headers.x-hubspot-signature", "does not match"))
-        };
+    if request.header("x-hubspot-signature").is_some() {
+        // v1 and v2 carry no timestamp: a captured delivery could be
+        // replayed for ever. HubSpot sends v3 with every delivery too.
+        return Err(unauthenticated(
+            "headers.x-hubspot-signature-v3",
+            "missing: only the v3 signature (with its timestamp) is accepted; v1/v2 can be replayed",
+        ));
     }
     Err(unauthenticated(
         "headers.x-hubspot-signature-v3",
@@ -1036,6 +1010,19 @@ mod tests {
                 url: Some(url),
             },
         )
+    }
+
+    #[test]
+    fn a_signature_without_a_timestamp_is_refused() {
+        use sha2::Digest;
+        let body = r#"[{"eventId":1,"subscriptionType":"contact.creation","objectId":1,"occurredAt":1}]"#;
+        let v1 = hex::encode(sha2::Sha256::digest(format!("s3cret{body}").as_bytes()));
+        let headers = vec![
+            ("x-hubspot-signature".to_owned(), v1),
+            ("x-hubspot-signature-version".to_owned(), "v1".to_owned()),
+        ];
+        let err = deliver(&headers, "https://gw.example/h", body, Some("s3cret")).unwrap_err();
+        assert!(err.unauthenticated && err.field == "headers.x-hubspot-signature-v3", "{err}");
     }
 
     #[test]

@@ -253,7 +253,9 @@ fn flatten(entity: &str, data: &Value) -> Value {
     let mut out = json!({
         "id": data["id"],
         "team_id": data["team_id"],
-        "is_private": data["is_private"].as_bool().unwrap_or(false),
+        // Fails closed: an item whose privacy cannot be read is private.
+        "is_private": !matches!(&data["is_private"], Value::Bool(false))
+            && data["is_private"].as_str() != Some("false"),
         "hubspot_id": data["external_refs"]["hubspot"],
         "deleted": data["deleted"].as_bool().unwrap_or(false),
         "updated_at": data["updated_at"],
@@ -677,6 +679,13 @@ mod tests {
         assert_eq!(events.len(), 1, "ours and the other team's are dropped");
         assert_eq!(events[0].kind, "kado.contact.created");
         assert_eq!(events[0].data["email"], "ann@example.com");
+        assert_eq!(events[0].data["is_private"], false);
+        // Privacy that cannot be read is private.
+        for unclear in [json!("yes"), json!(null), json!(1)] {
+            let data = json!({"id": "c_9", "is_private": unclear});
+            assert_eq!(flatten("contact", &data)["is_private"], true, "{unclear}");
+        }
+        assert_eq!(flatten("contact", &json!({"id": "c_9", "is_private": "false"}))["is_private"], false);
         assert_eq!(events[0].source_id.as_deref(), Some("e1"));
         for (headers, field) in [
             (sign("other", now, &body), "headers.x-signature"),
