@@ -270,6 +270,45 @@ async fn contacts_and_notes_flow_both_ways_once_private_and_other_teams_stay() {
         vec![ann_hs.clone()]
     );
 
+    // A contact and its note made seconds apart (both reach crmbridge
+    // before the contact's HubSpot id is recorded): one HubSpot contact,
+    // the note on it.
+    let cy = w
+        .kado
+        .create_contact_as_user(
+            "t_sales",
+            json!({"first_name": "Cy", "emails": ["cy@example.com"]}),
+            false,
+        )
+        .unwrap();
+    w.kado
+        .create_note_as_user(&cy, "Call back Monday", false)
+        .unwrap();
+    w.quiet().await;
+    let cys: Vec<Value> = w
+        .hubspot
+        .contacts()
+        .into_iter()
+        .filter(|c| c["properties"]["email"] == "cy@example.com")
+        .collect();
+    assert_eq!(cys.len(), 1, "{:#?}", w.hubspot.contacts());
+    let cy_hs = cys[0]["id"].as_str().unwrap().to_owned();
+    let cy_note = w
+        .hubspot
+        .notes()
+        .into_iter()
+        .find(|n| n["properties"]["hs_note_body"] == "Call back Monday")
+        .expect("the note reached HubSpot");
+    assert_eq!(
+        w.hubspot
+            .associations_of_note(cy_note["id"].as_str().unwrap()),
+        vec![cy_hs.clone()]
+    );
+    assert_eq!(
+        w.kado.contact(&cy).unwrap()["external_refs"]["hubspot"],
+        cy_hs
+    );
+
     // A contact made in HubSpot → a KADO contact in the chosen team, once.
     let bob_hs = w
         .hubspot
@@ -315,10 +354,10 @@ async fn contacts_and_notes_flow_both_ways_once_private_and_other_teams_stay() {
         "CTO"
     );
 
-    // Totals: two contacts on each side that take part, one note, and
+    // Totals: three contacts on each side that take part, two notes, and
     // every echo filtered (none written back).
-    assert_eq!(w.hubspot.contacts().len(), 2);
-    assert_eq!(w.hubspot.notes().len(), 1);
+    assert_eq!(w.hubspot.contacts().len(), 3);
+    assert_eq!(w.hubspot.notes().len(), 2);
     assert!(
         final_runs.iter().all(|r| r["status"] != "failed"),
         "{final_runs:#?}"
