@@ -307,57 +307,96 @@ impl WebhookSource for Kado {
             .map(|t| t.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let mut out = Vec::new();
+        let batch = body.is_array();
         for (index, event) in events.into_iter().enumerate() {
-            let at = |field: &str| format!("body[{index}].{field}");
-            let event_id = event["event_id"]
-                .as_str()
-                .filter(|id| !id.is_empty())
-                .ok_or_else(|| DecodeError::new(at("event_id"), "required"))?;
-            let kind = event["kind"].as_str().ok_or_else(|| DecodeError::new(at("kind"), "required"))?;
-            let (entity, change) = kind
-                .split_once('.')
-                .filter(|(e, c)| {
-                    matches!(*e, "contact" | "note") && matches!(*c, "created" | "updated" | "deleted")
-                })
-                .ok_or_else(|| DecodeError::new(at("kind"), format!("'{kind}' is not a contact or note change")))?;
-            if event["company_id"].as_str() != Some(company) {
-                return Err(DecodeError::new(
-                    at("company_id"),
-                    format!("this connection stands for company {company}"),
-                ));
+            match decode_event(index, event, company, &teams) {
+                Ok(Some(decoded)) => out.push(decoded),
+                Ok(None) => {}
+                // A single event is refused whole; in a batch, the bad one
+                // is reported and the others go on (the sender does not
+                // retry a 400: a refused batch would lose them all).
+                Err(err) if !batch => return Err(err),
+                Err(err) => out.push(DecodedEvent {
+                    source_id: None,
+                    kind: "kado.event.rejected".into(),
+                    subject: Subject {
+                        kind: "delivery".into(),
+                        id: String::new(),
+                    },
+                    occurred_at: None,
+                    observation: None,
+                    data: json!({"index": index, "reason": err.to_string(), "event": event}),
+                }),
             }
-            // Our own writes, reported back: nothing to send anywhere.
-            if event["origin"].as_str() == Some("crmbridge") {
-                continue;
-            }
-            let team = event["team_id"].as_str().or_else(|| event["data"]["team_id"].as_str()).unwrap_or_default();
-            if !teams.is_empty() && !teams.contains(&team) {
-                continue;
-            }
-            let data = &event["data"];
-            let id = data["id"].as_str().ok_or_else(|| DecodeError::new(at("data.id"), "required"))?;
-            let occurred_at = match event["occurred_at"].as_str() {
-                Some(text) => Some(
-                    chrono::DateTime::parse_from_rfc3339(text)
-                        .map_err(|_| DecodeError::new(at("occurred_at"), "not RFC 3339"))?
-                        .with_timezone(&chrono::Utc),
-                ),
-                None => None,
-            };
-            out.push(DecodedEvent {
-                source_id: Some(event_id.to_owned()),
-                kind: format!("kado.{entity}.{change}"),
-                subject: Subject {
-                    kind: entity.to_owned(),
-                    id: id.to_owned(),
-                },
-                occurred_at,
-                observation: None,
-                data: flatten(entity, data),
-            });
         }
         Ok(out)
     }
+}
+
+/// One event of a delivery: `None` when it is ours (`origin: crmbridge`)
+/// or of a team that does not take part.
+fn decode_event(
+    index: usize,
+    event: &Value,
+    company: &str,
+    teams: &[&str],
+) -> Result<Option<DecodedEvent>, DecodeError> {
+    let at = |field: &str| format!("body[{index}].{field}");
+    let event_id = event["event_id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| DecodeError::new(at("event_id"), "required"))?;
+    let kind = event["kind"]
+        .as_str()
+        .ok_or_else(|| DecodeError::new(at("kind"), "required"))?;
+    let (entity, change) = kind
+        .split_once('.')
+        .filter(|(e, c)| {
+            matches!(*e, "contact" | "note") && matches!(*c, "created" | "updated" | "deleted")
+        })
+        .ok_or_else(|| {
+            DecodeError::new(at("kind"), format!("'{kind}' is not a contact or note change"))
+        })?;
+    if event["company_id"].as_str() != Some(company) {
+        return Err(DecodeError::new(
+            at("company_id"),
+            format!("this connection stands for company {company}"),
+        ));
+    }
+    // Our own writes, reported back: nothing to send anywhere.
+    if event["origin"].as_str() == Some("crmbridge") {
+        return Ok(None);
+    }
+    let team = event["team_id"]
+        .as_str()
+        .or_else(|| event["data"]["team_id"].as_str())
+        .unwrap_or_default();
+    if !teams.is_empty() && !teams.contains(&team) {
+        return Ok(None);
+    }
+    let data = &event["data"];
+    let id = data["id"]
+        .as_str()
+        .ok_or_else(|| DecodeError::new(at("data.id"), "required"))?;
+    let occurred_at = match event["occurred_at"].as_str() {
+        Some(text) => Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|_| DecodeError::new(at("occurred_at"), "not RFC 3339"))?
+                .with_timezone(&chrono::Utc),
+        ),
+        None => None,
+    };
+    Ok(Some(DecodedEvent {
+        source_id: Some(event_id.to_owned()),
+        kind: format!("kado.{entity}.{change}"),
+        subject: Subject {
+            kind: entity.to_owned(),
+            id: id.to_owned(),
+        },
+        occurred_at,
+        observation: None,
+        data: flatten(entity, data),
+    }))
 }
 
 #[async_trait]
@@ -425,6 +464,14 @@ impl EventSource for Kado {
             kinds.push(EventKindSpec::new(format!("kado.contact.{change}"), contact()));
             kinds.push(EventKindSpec::new(format!("kado.note.{change}"), note()));
         }
+        kinds.push(EventKindSpec::new(
+            "kado.event.rejected",
+            vec![
+                field("index", FieldType::Integer, "its place in the batch"),
+                field("reason", FieldType::String, "why it could not be read"),
+                field("event", FieldType::Object, "the event as sent"),
+            ],
+        ));
         kinds
     }
 }
@@ -697,8 +744,15 @@ mod tests {
         }
         // Without a secret the path token alone authenticates.
         assert_eq!(decode(&[], &body, None).unwrap().len(), 1);
-        let foreign = body.replace("co_1", "co_9");
-        assert_eq!(decode(&[], &foreign, None).unwrap_err().field, "body[0].company_id");
+        // In a batch a bad event is reported, the others go on; a single
+        // bad event is refused whole.
+        let foreign = body.replacen("co_1", "co_9", 1);
+        let events = decode(&[], &foreign, None).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, "kado.event.rejected");
+        assert!(events[0].data["reason"].as_str().unwrap().contains("body[0].company_id"));
+        let single = json!({"event_id": "e9", "kind": "contact.created", "company_id": "co_9", "team_id": "t_sales", "data": {"id": "c_9"}}).to_string();
+        assert_eq!(decode(&[], &single, None).unwrap_err().field, "body[0].company_id");
     }
 
     #[test]
