@@ -85,7 +85,13 @@ impl World {
                        "parameters": {"team": "t_sales"}}),
             )
             .await;
-        assert_eq!(created["items"].as_array().unwrap().len(), 5, "{created}");
+        assert_eq!(created["items"].as_array().unwrap().len(), 6, "{created}");
+        // Activation imports HubSpot's existing records; the cases begin
+        // once it has finished (both fakes start empty).
+        let imports = created["imports"].as_array().unwrap();
+        assert_eq!(imports.len(), 1, "{created}");
+        assert_eq!(imports[0]["connection"], hs["id"]);
+        world.import_finished(imports[0]["id"].as_str().unwrap()).await;
         for connection in [&hs, &kd] {
             let text = connection.to_string();
             assert!(
@@ -118,6 +124,33 @@ impl World {
         let body: Value = response.json().await.unwrap();
         assert!(status.is_success(), "{path}: {status} {body}");
         body
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response = client()
+            .get(format!("{}{path}", self.server.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// Waits until the import has finished, and answers it.
+    async fn import_finished(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let import = self.get(&format!("/v1/imports/{id}")).await;
+            if import["status"] == "finished" {
+                assert_eq!(import["done"], import["total"], "{import}");
+                assert!(import["finished_at"].is_string(), "{import}");
+                return import;
+            }
+            assert_ne!(import["status"], "failed", "{import}");
+            assert!(Instant::now() < deadline, "the import never finished: {import}");
+            pause().await;
+        }
     }
 
     /// Delivers both sides' webhooks, and waits for the runs they start,
@@ -585,8 +618,8 @@ async fn ping_pong_writes_each_change_once_and_echoes_nothing() {
         .count();
     assert_eq!(hubspot_writes, kado_creates + kado_edits, "HubSpot writes");
     // A KADO contact made by a person gets its HubSpot id recorded (one
-    // PATCH); a HubSpot contact is made in KADO (one PUT); a HubSpot edit
-    // is one PATCH.
+    // PATCH); a HubSpot contact is made in KADO, and a HubSpot edit
+    // written to it, by one PUT by reference each.
     let puts = w
         .kado
         .requests()
@@ -609,7 +642,7 @@ async fn ping_pong_writes_each_change_once_and_echoes_nothing() {
     assert_eq!(
         kado_writes,
         kado_creates + hubspot_creates + hubspot_edits,
-        "KADO writes: {puts} PUTs for {hubspot_creates} HubSpot creates; {} PATCHes for {kado_creates} KADO creates + {hubspot_edits} HubSpot edits; runs {per_automation:#?}; patches {patches:#?}",
+        "KADO writes: {puts} PUTs for {hubspot_creates} HubSpot creates + {hubspot_edits} HubSpot edits; {} PATCHes for {kado_creates} KADO creates; runs {per_automation:#?}; patches {patches:#?}",
         patches.len()
     );
     let echoes = runs

@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 mod automations;
+mod imports;
 mod body;
 mod chat;
 mod connections;
@@ -385,6 +386,7 @@ fn admin_routes() -> Router<HttpState> {
         .merge(automations::routes())
         .merge(recipes::routes())
         .merge(runs::routes())
+        .merge(imports::routes())
 }
 
 /// The webhook function's routes: `GET|POST /hooks/{connection}/{token}`.
@@ -448,6 +450,10 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("admin", "GET", "/v1/runs"),
     ("admin", "GET", "/v1/runs/{id}"),
     ("admin", "POST", "/v1/runs/{id}/replay"),
+    ("admin", "GET", "/v1/imports"),
+    ("admin", "POST", "/v1/imports"),
+    ("admin", "GET", "/v1/imports/{id}"),
+    ("admin", "POST", "/v1/imports/{id}/resume"),
     ("admin", "GET", "/health"),
 ];
 

@@ -82,6 +82,10 @@ impl Modify for BearerKey {
         crate::runs::list_runs,
         crate::runs::get_run,
         crate::runs::replay_run,
+        crate::imports::start_import,
+        crate::imports::list_imports,
+        crate::imports::get_import,
+        crate::imports::resume_import,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, FieldErrorDoc, ConnectionResponse, ConnectionList, ConnectionView,
@@ -89,12 +93,14 @@ impl Modify for BearerKey {
         CreatedKey, NewTenant, CreatedTenant, TenantView, TenantRecord, Role, RunPage, RunSummary,
         RunRecord, RunStatus, StepRecord, ReplaySince, ReplayReport, RecipeList, RecipeView,
         InstantiateRecipe, DeletedConnection, ConnectionCheck, RecipeParameter,
-        AuthorizationStart, Authorized,
+        AuthorizationStart, Authorized, crate::imports::NewImport, crate::imports::ImportList, crate::recipes::InstantiatedRecipe,
+        crmbridge_engine::records::ImportRecord, crmbridge_engine::records::ImportProgress,
+        crmbridge_engine::records::ImportStatus,
     )),
     modifiers(&BearerKey),
     tags(
         (name = "tenants"), (name = "keys"), (name = "connections"), (name = "automations"),
-        (name = "recipes"), (name = "runs"), (name = "webhooks"), (name = "meta"),
+        (name = "recipes"), (name = "runs"), (name = "imports"), (name = "webhooks"), (name = "meta"),
     )
 )]
 struct ApiDoc;

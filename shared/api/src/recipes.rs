@@ -1,7 +1,6 @@
 //! `/v1/recipes`: the shipped recipes and instantiating one.
 
 use super::*;
-use crate::automations::AutomationList;
 
 /// This resource's routes.
 pub(crate) fn routes() -> Router<HttpState> {
@@ -66,14 +65,23 @@ pub struct InstantiateRecipe {
     pub parameters: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
+/// What instantiating a recipe made.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InstantiatedRecipe {
+    pub items: Vec<AutomationRecord>,
+    /// The imports of existing records the recipe starts on activation.
+    pub imports: Vec<crmbridge_engine::records::ImportRecord>,
+}
+
 /// Creates a recipe's automations with the given connections (all
-/// validated before any is saved).
+/// validated before any is saved), and starts the imports of existing
+/// records the recipe asks for (`import`).
 #[utoipa::path(
     post, path = "/v1/recipes/{name}/instantiate", tag = "recipes", security(("api_key" = [])),
     params(("name" = String, Path)),
     request_body = InstantiateRecipe,
     responses(
-        (status = 201, body = AutomationList),
+        (status = 201, body = InstantiatedRecipe),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
@@ -92,5 +100,21 @@ pub(crate) async fn instantiate_recipe(
         .engine
         .instantiate_recipe(&who, &name, &request.connections, &request.parameters)
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(AutomationList { items })).into_response())
+    // Activation imports what already exists (the roles were checked by
+    // the instantiation). An import of the connection already running
+    // covers this one.
+    let mut imports = Vec::new();
+    for role in crmbridge_control::recipes::recipe(&name)?.import {
+        let Some(connection) = request.connections.get(&role) else {
+            continue;
+        };
+        match state.engine.start_import(&who.tenant, connection).await {
+            Ok(job) => imports.push(job),
+            Err(EngineError::Conflict { message, .. }) => {
+                tracing::info!(connection, message, "import not started again");
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok((StatusCode::CREATED, axum::Json(InstantiatedRecipe { items, imports })).into_response())
 }

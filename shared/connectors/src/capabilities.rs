@@ -12,7 +12,7 @@ use crmbridge_mapping::{Automation, Event, EventKindSpec, LookupKey, StaticCatal
 use serde_json::{Map, Value};
 
 use crate::{
-    ActionError, ActionOutput, CallContext, ConnectionView, DecodeError, DecodedEvent,
+    ImportPage, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError, DecodedEvent,
     InboundRequest, PollBatch, Resend, SettingsError,
 };
 
@@ -147,6 +147,26 @@ pub trait Poller: Send + Sync {
     ) -> Result<PollBatch, ActionError>;
 }
 
+/// A vendor whose existing records can be walked once, page by page, when
+/// an integration is activated (the import that comes before live sync).
+#[async_trait]
+pub trait Importer: Send + Sync {
+    /// The event kinds an import walks, in the order it walks them
+    /// (contacts before the notes that hang on them).
+    fn import_kinds(&self) -> Vec<&'static str>;
+
+    /// One page of existing records of `kind` as events, from `cursor`
+    /// (`None`: the first page). The events' `source_id`s are stable for a
+    /// record, so a page read twice (a crash before its cursor was saved)
+    /// names the same events.
+    async fn import_page(
+        &self,
+        ctx: &CallContext<'_>,
+        kind: &str,
+        cursor: Option<&Value>,
+    ) -> Result<ImportPage, ActionError>;
+}
+
 /// One action, declared once: its catalog entry, whether an attempt with an
 /// unknown outcome may be sent again, and how it runs.
 #[async_trait]
@@ -227,6 +247,7 @@ pub struct Vendor {
     pub webhooks: Option<Arc<dyn WebhookSource>>,
     pub events: Option<Arc<dyn EventSource>>,
     pub poller: Option<Arc<dyn Poller>>,
+    pub importer: Option<Arc<dyn Importer>>,
     pub account: Option<Arc<dyn Account>>,
     pub live_catalog: Option<Arc<dyn LiveCatalog>>,
     /// OAuth 2.0 sign-in; `None` for vendors with API keys.
@@ -241,6 +262,7 @@ impl std::fmt::Debug for Vendor {
             .field("webhooks", &self.webhooks.is_some())
             .field("events", &self.events.is_some())
             .field("poller", &self.poller.is_some())
+            .field("importer", &self.importer.is_some())
             .field("account", &self.account.is_some())
             .field("live_catalog", &self.live_catalog.is_some())
             .field("oauth", &self.oauth.is_some())
@@ -257,6 +279,7 @@ impl Vendor {
             webhooks: None,
             events: None,
             poller: None,
+            importer: None,
             account: None,
             live_catalog: None,
             oauth: None,
@@ -276,6 +299,11 @@ impl Vendor {
 
     pub fn poller(mut self, poller: Arc<dyn Poller>) -> Self {
         self.poller = Some(poller);
+        self
+    }
+
+    pub fn importer(mut self, importer: Arc<dyn Importer>) -> Self {
+        self.importer = Some(importer);
         self
     }
 

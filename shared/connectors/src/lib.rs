@@ -28,7 +28,7 @@ use crmbridge_mapping::Subject;
 use serde_json::Value;
 
 pub use capabilities::{
-    Account, Action, EventSource, LiveCatalog, Lookup, Poller, Registry, ReportedChange, Vendor,
+    Account, Action, EventSource, Importer, LiveCatalog, Lookup, Poller, Registry, ReportedChange, Vendor,
     VendorSettings, WebhookSource, Written,
 };
 pub use client::{VendorClient, VendorError};
@@ -188,6 +188,16 @@ pub struct PollBatch {
     pub cursor: Value,
 }
 
+/// One page of an import: its events, where the next page starts (`None`
+/// on the last), and how many records the walk covers in all when the
+/// vendor says (usually on the first page only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportPage {
+    pub events: Vec<DecodedEvent>,
+    pub next: Option<Value>,
+    pub total: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ActionError {
     #[error(transparent)]
@@ -201,6 +211,11 @@ pub enum ActionError {
     /// with `health` until a later run succeeds.
     #[error("skipped: {reason}")]
     Skipped { reason: String, health: String },
+    /// The step needs something another run has not written yet (a note
+    /// whose contact is still on its way): retried later like an
+    /// unavailable vendor, and failed if it never comes.
+    #[error("not yet possible: {0}")]
+    NotYet(String),
 }
 
 impl ActionError {
@@ -214,7 +229,11 @@ impl ActionError {
     /// Worth retrying later (the vendor was unavailable); anything else will
     /// fail the same way again.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Vendor(err) if err.is_transient())
+        match self {
+            Self::Vendor(err) => err.is_transient(),
+            Self::NotYet(_) => true,
+            _ => false,
+        }
     }
 }
 

@@ -49,6 +49,10 @@ pub struct Recipe {
     /// Automation documents, parsed once their parameters are filled in
     /// (a placeholder may stand where only an enum value is valid).
     pub automations: Vec<Value>,
+    /// Roles whose existing records are imported when the recipe is
+    /// instantiated (the backfill before live sync), in this order.
+    #[serde(default)]
+    pub import: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]

@@ -31,6 +31,7 @@ use crate::records::{
     ConnectionRecord, ConnectionSecrets, RunLease, RunRecord, RunStatus, RunSummary, StepRecord,
     StepStatus,
 };
+use crate::import::IMPORT_PAGE;
 use crate::tick::POLL_REQUESTED;
 use crate::{Engine, EngineError, EngineResult, item, keys};
 
@@ -68,6 +69,9 @@ impl Engine {
         let _entered = span.enter();
         if event.kind == POLL_REQUESTED {
             return self.poll_requested(&event).await;
+        }
+        if event.kind == IMPORT_PAGE {
+            return self.import_page_requested(&event).await;
         }
         let automations = self.automations_for(&event.connection, &event.kind).await?;
         if automations.is_empty() {
@@ -138,6 +142,9 @@ impl Engine {
     pub async fn give_up(&self, event: Event, reason: &str) -> EngineResult<()> {
         if event.kind == POLL_REQUESTED {
             return Ok(());
+        }
+        if event.kind == IMPORT_PAGE {
+            return self.import_given_up(&event, reason).await;
         }
         let automations = self.automations_for(&event.connection, &event.kind).await?;
         let connector = self.event_source(&event.app);

@@ -10,6 +10,7 @@
 pub mod bookkeeping;
 pub mod dispatch;
 mod echoes;
+pub mod import;
 pub mod ingest;
 pub mod links;
 pub mod oauth;

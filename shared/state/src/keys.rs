@@ -21,6 +21,10 @@
 //! | poll sources | `POLL` | `{connection}#{kind}` |
 //! | poll cursor (versioned) | `CURSOR#{connection}#{kind}` | `CURSOR` |
 //! | links of a record | `LINK#{connection}#{entity}#{id}` | `LINKS` |
+//! | what crmbridge wrote on a record (TTL) | `WRITTEN#{connection}#{entity}#{id}` | `WRITTEN` |
+//! | import (versioned) | `IMPORT#{import}` | `IMPORT` |
+//! | tenant's import index | `TENANT#{tenant}` | `IMPORT#{import}` |
+//! | the running import of a connection | `CONN#{connection}` | `IMPORT` |
 //! | dedupe claim (TTL) | `DEDUPE#{connection}#{action}` | `{field}#{normalised value}` |
 //! | tick record (TTL) | `TICK` | `{started_at}` |
 //! | OAuth tokens of a connection (versioned, sealed) | `OAUTH#{connection}` | `TOKENS` |
@@ -172,6 +176,23 @@ pub fn links(connection: &str, entity: &str, id: &str) -> Key {
 /// What crmbridge last wrote on a record (two-way sync without echoes).
 pub fn written(connection: &str, entity: &str, id: &str) -> Key {
     key(format!("WRITTEN#{connection}#{entity}#{id}"), "WRITTEN")
+}
+
+pub fn import(import: &str) -> Key {
+    key(format!("IMPORT#{import}"), "IMPORT")
+}
+
+pub fn tenant_import_index(tenant: &str, import: &str) -> Key {
+    key(format!("TENANT#{tenant}"), format!("IMPORT#{import}"))
+}
+
+pub fn tenant_imports(tenant: &str) -> (String, &'static str) {
+    (format!("TENANT#{tenant}"), "IMPORT#")
+}
+
+/// Held while an import of the connection runs: one at a time.
+pub fn running_import(connection: &str) -> Key {
+    key(format!("CONN#{connection}"), "IMPORT")
 }
 
 pub fn tick(started_at: &str) -> Key {

@@ -286,6 +286,62 @@ pub struct AutomationRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Where an import stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportStatus {
+    Running,
+    Finished,
+    /// A page could not be read after every retry; `resume` goes on from
+    /// the saved cursor.
+    Failed,
+}
+
+/// One kind of record an import walks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImportProgress {
+    /// The event kind its records become (`hubspot.contact.created`).
+    pub kind: String,
+    /// Records read and handed to the automations.
+    pub done: u64,
+    /// How many the vendor says there are (when it says).
+    pub total: Option<u64>,
+}
+
+/// An import of a connection's existing records (the backfill that comes
+/// before live sync): read page by page, each page's records accepted as
+/// events, the cursor saved after each page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImportRecord {
+    /// `imp_…`.
+    pub id: String,
+    pub tenant: String,
+    pub connection: String,
+    pub status: ImportStatus,
+    /// Records read so far, over every kind.
+    pub done: u64,
+    /// The sum of the kinds' totals, once every kind's total is known.
+    pub total: Option<u64>,
+    /// Per kind, in the order they are read.
+    pub kinds: Vec<ImportProgress>,
+    /// The kind being read (an index into `kinds`).
+    pub phase: usize,
+    /// Pages read so far; the next page request is number `page`.
+    pub page: u64,
+    /// Where the next page of the current kind starts (the vendor's cursor).
+    #[schema(value_type = Option<Object>)]
+    pub cursor: Option<serde_json::Value>,
+    /// Bumped by each resume, so a resumed page gets a new request id.
+    #[serde(default)]
+    pub generation: u32,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
 /// An index entry pointing at an automation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AutomationRef {

@@ -41,7 +41,7 @@ use crate::support::{
 };
 use crate::{
     Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError,
-    DecodedEvent, EventSource, InboundRequest, Lookup, ReportedChange, Resend, SettingsError,
+    DecodedEvent, EventSource, ImportPage, Importer, InboundRequest, Lookup, ReportedChange, Resend, SettingsError,
     Vendor, VendorSettings, WebhookSource, Written,
 };
 
@@ -562,6 +562,155 @@ fn contact_written(fields: &Map<String, Value>, output: &ActionOutput, created: 
     })
 }
 
+/// The note properties crmbridge reads.
+const NOTE_PROPERTIES: &str = "hs_note_body,hs_timestamp";
+/// Records per list page (HubSpot's most).
+const IMPORT_PAGE: usize = 100;
+
+fn contact_property_list() -> String {
+    CONTACT
+        .iter()
+        .map(|(_, theirs)| *theirs)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A contact record as events carry it (`event.contact`): our field names,
+/// and HubSpot's own modification time (`updated_at`), by which a later
+/// write wins over an earlier one.
+fn contact_data(record: &Value) -> Value {
+    let mut contact = Map::new();
+    for (ours, theirs) in CONTACT {
+        contact.insert((*ours).to_owned(), record["properties"][*theirs].clone());
+    }
+    let updated = match &record["updatedAt"] {
+        Value::Null => record["properties"]["lastmodifieddate"].clone(),
+        other => other.clone(),
+    };
+    contact.insert("updated_at".into(), updated);
+    Value::Object(contact)
+}
+
+/// A note record as events carry it (`event.note`): its text, time and the
+/// contacts it is associated with (the first is `contact_id`).
+fn note_data(record: &Value) -> Value {
+    let contacts: Vec<Value> = record["associations"]["contacts"]["results"]
+        .as_array()
+        .map(|list| list.iter().map(|c| Value::String(id_text(&c["id"]))).collect())
+        .unwrap_or_default();
+    json!({
+        "body": record["properties"]["hs_note_body"],
+        "timestamp": record["properties"]["hs_timestamp"],
+        "updated_at": record["updatedAt"],
+        "contact_id": contacts.first().cloned().unwrap_or(Value::Null),
+        "contact_ids": contacts,
+    })
+}
+
+/// An existing record read by an import, as the event its creation would
+/// have been (with its properties already read).
+fn imported_event(entity: &str, record: &Value) -> Option<DecodedEvent> {
+    let id = id_text(&record["id"]);
+    if id.is_empty() {
+        return None;
+    }
+    let created = record["createdAt"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    let mut data = json!({"id": id, "change_source": "IMPORT", "imported": true});
+    data[entity] = match entity {
+        "contact" => contact_data(record),
+        _ => note_data(record),
+    };
+    Some(DecodedEvent {
+        source_id: Some(format!("import:{entity}:{id}")),
+        kind: format!("hubspot.{entity}.created"),
+        subject: crmbridge_mapping::Subject {
+            kind: entity.into(),
+            id,
+        },
+        occurred_at: created,
+        observation: None,
+        data,
+    })
+}
+
+/// Contacts, then notes, read with the list endpoints (`after` cursor;
+/// search cannot page past 10,000 records). The total comes from one
+/// search with `limit: 1` before the first page.
+#[async_trait]
+impl Importer for HubSpot {
+    fn import_kinds(&self) -> Vec<&'static str> {
+        vec!["hubspot.contact.created", "hubspot.note.created"]
+    }
+
+    async fn import_page(
+        &self,
+        ctx: &CallContext<'_>,
+        kind: &str,
+        cursor: Option<&Value>,
+    ) -> Result<ImportPage, ActionError> {
+        let (entity, plural, properties, associations) = match kind {
+            "hubspot.contact.created" => ("contact", "contacts", contact_property_list(), None),
+            "hubspot.note.created" => ("note", "notes", NOTE_PROPERTIES.to_owned(), Some("contacts")),
+            other => {
+                return Err(ActionError::Config(format!("{other} cannot be imported from HubSpot")));
+            }
+        };
+        let total = match cursor {
+            Some(_) => None,
+            None => {
+                let response = self
+                    .call(
+                        ctx,
+                        reqwest::Method::POST,
+                        &format!("/crm/v3/objects/{plural}/search"),
+                        &[],
+                        Some(&json!({"limit": 1, "properties": ["hs_object_id"]})),
+                        Idempotency::Idempotent,
+                    )
+                    .await?;
+                Self::json(&response)?["total"].as_u64()
+            }
+        };
+        let mut query = vec![
+            ("limit", IMPORT_PAGE.to_string()),
+            ("properties", properties),
+        ];
+        if let Some(associations) = associations {
+            query.push(("associations", associations.to_owned()));
+        }
+        if let Some(after) = cursor.and_then(|c| c["after"].as_str()) {
+            query.push(("after", after.to_owned()));
+        }
+        let response = self
+            .call(
+                ctx,
+                reqwest::Method::GET,
+                &format!("/crm/v3/objects/{plural}"),
+                &query,
+                None,
+                Idempotency::Idempotent,
+            )
+            .await?;
+        let body = Self::json(&response)?;
+        let events = body["results"]
+            .as_array()
+            .map(|records| records.iter().filter_map(|r| imported_event(entity, r)).collect())
+            .unwrap_or_default();
+        let next = body["paging"]["next"]["after"]
+            .as_str()
+            .filter(|after| !after.is_empty())
+            .map(|after| json!({"after": after}));
+        Ok(ImportPage {
+            events,
+            next,
+            total,
+        })
+    }
+}
+
 #[async_trait]
 impl EventSource for HubSpot {
     /// A contact event carries only ids: its current properties are read
@@ -577,13 +726,16 @@ impl EventSource for HubSpot {
             return Ok(());
         }
         if event.kind.starts_with("hubspot.contact.") {
-            let properties: Vec<&str> = CONTACT.iter().map(|(_, theirs)| *theirs).collect();
+            // An imported contact came with its properties from the list.
+            if event.data["contact"].is_object() {
+                return Ok(());
+            }
             let response = self
                 .call(
                     ctx,
                     reqwest::Method::GET,
                     &format!("/crm/v3/objects/contacts/{id}"),
-                    &[("properties", properties.join(","))],
+                    &[("properties", contact_property_list())],
                     None,
                     Idempotency::Idempotent,
                 )
@@ -591,20 +743,18 @@ impl EventSource for HubSpot {
             if response.status == 404 {
                 return Ok(());
             }
-            let record = Self::json(&response)?;
-            let mut contact = Map::new();
-            for (ours, theirs) in CONTACT {
-                contact.insert((*ours).to_owned(), record["properties"][*theirs].clone());
-            }
-            event.data["contact"] = Value::Object(contact);
+            event.data["contact"] = contact_data(&Self::json(&response)?);
         } else if event.kind.starts_with("hubspot.note.") {
+            if event.data["note"].is_object() {
+                return Ok(());
+            }
             let response = self
                 .call(
                     ctx,
                     reqwest::Method::GET,
                     &format!("/crm/v3/objects/notes/{id}"),
                     &[
-                        ("properties", "hs_note_body,hs_timestamp".into()),
+                        ("properties", NOTE_PROPERTIES.into()),
                         ("associations", "contacts".into()),
                     ],
                     None,
@@ -614,17 +764,7 @@ impl EventSource for HubSpot {
             if response.status == 404 {
                 return Ok(());
             }
-            let record = Self::json(&response)?;
-            let contacts: Vec<Value> = record["associations"]["contacts"]["results"]
-                .as_array()
-                .map(|list| list.iter().map(|c| Value::String(id_text(&c["id"]))).collect())
-                .unwrap_or_default();
-            event.data["note"] = json!({
-                "body": record["properties"]["hs_note_body"],
-                "timestamp": record["properties"]["hs_timestamp"],
-                "contact_id": contacts.first().cloned().unwrap_or(Value::Null),
-                "contact_ids": contacts,
-            });
+            event.data["note"] = note_data(&Self::json(&response)?);
         }
         Ok(())
     }
@@ -663,8 +803,9 @@ impl EventSource for HubSpot {
                 field("source_id", FieldType::String, "who made it, e.g. userId:45678 or the app's id"),
                 field("portal_id", FieldType::Integer, "the HubSpot account"),
                 field("attempt", FieldType::Integer, "HubSpot's delivery attempt (0 = first)"),
-                field("contact", FieldType::Object, "a contact's current properties (email, first_name, last_name, phone, mobile, company, job_title, lifecycle_stage, owner_id), read at dispatch"),
-                field("note", FieldType::Object, "a note's body, timestamp and contact_id, read at dispatch"),
+                field("contact", FieldType::Object, "a contact's current properties (email, first_name, last_name, phone, mobile, company, job_title, lifecycle_stage, owner_id) and HubSpot's updated_at, read at dispatch (an import reads them from its page)"),
+                field("note", FieldType::Object, "a note's body, timestamp, updated_at and contact_id (its first contact; contact_ids: all), read at dispatch or by the import"),
+                field("imported", FieldType::Boolean, "true when the event comes from an import of existing records"),
             ]
         };
         let mut kinds: Vec<crmbridge_mapping::EventKindSpec> = [
@@ -956,6 +1097,16 @@ impl Action for CreateNote {
             .await?;
         Ok(output(HubSpot::json(&response)?, &response, false))
     }
+
+    /// The note's creation, so HubSpot's report of it is known as ours.
+    fn written(&self, _fields: &Map<String, Value>, output: &ActionOutput) -> Option<Written> {
+        Some(Written {
+            entity: "note".into(),
+            id: output.id.clone(),
+            created: true,
+            properties: Vec::new(),
+        })
+    }
 }
 
 /// HubSpot CRM: contacts (upsert on e-mail) and notes; OAuth 2.0.
@@ -964,6 +1115,7 @@ pub fn vendor() -> Vendor {
     Vendor::new("hubspot", hubspot.clone())
         .webhooks(hubspot.clone())
         .events(hubspot.clone())
+        .importer(hubspot.clone())
         .oauth(hubspot.clone())
         .account(hubspot.clone())
         .action(Arc::new(CreateContact(hubspot.clone())))

@@ -44,11 +44,23 @@ const CONTACT_FIELDS: &[&str] = &[
     "organization",
     "owner_email",
     "is_private",
+    "updated_at",
 ];
-const NOTE_FIELDS: &[&str] = &["hubspot_id", "contact_id", "body", "author_email", "is_private"];
+const NOTE_FIELDS: &[&str] = &[
+    "hubspot_id",
+    "contact_id",
+    "contact_hubspot_id",
+    "body",
+    "author_email",
+    "is_private",
+];
+/// Contact fields copied as they are.
+const CONTACT_TEXT: &[&str] = &["team_id", "first_name", "last_name", "job_title", "organization", "owner_email"];
 
+/// The contract asks an adapter to take 200 requests a second per company
+/// (an import writes thousands of contacts); 429 with `Retry-After` above.
 pub fn policy() -> VendorPolicy {
-    VendorPolicy::new("kado", 10, Duration::from_secs(1), 4)
+    VendorPolicy::new("kado", 200, Duration::from_secs(1), 8)
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -120,6 +132,25 @@ impl Kado {
         Ok(response)
     }
 
+    /// `PATCH {base}/contacts/{id}`: the Contact afterwards.
+    async fn patch_contact(
+        &self,
+        ctx: &CallContext<'_>,
+        id: &str,
+        patch: &Value,
+    ) -> Result<(Value, VendorResponse), ActionError> {
+        let encoded: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        let request = VendorRequest::with_body(
+            reqwest::Method::PATCH,
+            format!("{}/contacts/{encoded}", Self::base(ctx)?),
+            patch.to_string().into_bytes(),
+            Idempotency::Idempotent,
+        )
+        .header("content-type", "application/json");
+        let response = self.call(ctx, request).await?;
+        Ok((response.json()?, response))
+    }
+
     /// `PUT {base}/{kind}/by-ref/hubspot/{id}`: found by the HubSpot id or
     /// made.
     async fn put_by_ref(
@@ -145,7 +176,7 @@ impl Kado {
         let id = answer["id"].as_str().unwrap_or_default().to_owned();
         Ok(ActionOutput {
             id: id.clone(),
-            record: json!({"id": id, "created": response.status == 201}),
+            record: json!({"id": id, "created": response.status == 201, "stale": answer["stale"].as_bool().unwrap_or(false)}),
             response_status: response.status,
             attempts: response.attempts,
         })
@@ -525,11 +556,14 @@ impl Action for UpsertContact {
                 field("organization", FieldType::String, "organization"),
                 field("owner_email", FieldType::Email, "the owning KADO user"),
                 field("is_private", FieldType::Boolean, "private (default false)"),
+                field("updated_at", FieldType::String, "the source's modification time (RFC 3339 or epoch ms): a write older than the one KADO holds changes nothing"),
             ],
         )
         .with_output(vec![
             field("id", FieldType::String, "KADO contact id"),
             field("created", FieldType::Boolean, "the contact was made now"),
+            field("matched_by", FieldType::String, "email or phone, when an existing KADO contact was linked"),
+            field("stale", FieldType::Boolean, "KADO held a newer write: nothing changed"),
         ])
     }
 
@@ -546,20 +580,103 @@ impl Action for UpsertContact {
     ) -> Result<ActionOutput, ActionError> {
         only_known(fields, CONTACT_FIELDS)?;
         let hubspot_id = required_text(fields, "hubspot_id")?;
-        let mut contact = json!({"is_private": flag(fields, "is_private")?});
-        for name in ["team_id", "first_name", "last_name", "job_title", "organization", "owner_email"] {
-            if let Some(value) = text(fields, name) {
-                contact[name] = Value::String(value);
+        let mut contact = contact_body(fields)?;
+        contact.insert("is_private".into(), Value::Bool(flag(fields, "is_private")?));
+        let email = text(fields, "email");
+        let phone = text(fields, "phone");
+        if email.is_none() && phone.is_none() {
+            return self.0.put_by_ref(ctx, "contacts", &hubspot_id, &Value::Object(contact)).await;
+        }
+        // One look-up: a contact already carrying this HubSpot id is updated
+        // by reference; else an existing KADO contact with the e-mail, then
+        // the phone, is linked (not doubled); else one is made.
+        let mut query = Vec::new();
+        if let Some(email) = &email {
+            query.push(("email", email.clone()));
+        }
+        if let Some(phone) = &phone {
+            query.push(("phone", phone.clone()));
+        }
+        let url = crate::support::url_with_query(&format!("{}/contacts", Kado::base(ctx)?), &query)?;
+        let found = self.0.call(ctx, VendorRequest::get(url)).await?.json()?;
+        let candidates = found["data"].as_array().cloned().unwrap_or_default();
+        let reference = |c: &Value| c["external_refs"]["hubspot"].as_str().map(str::to_owned);
+        let linked = candidates
+            .iter()
+            .any(|c| reference(c).as_deref() == Some(hubspot_id.as_str()));
+        let unlinked = candidates.iter().find(|c| reference(c).is_none());
+        match unlinked.filter(|_| !linked) {
+            Some(existing) => {
+                let id = existing["id"].as_str().unwrap_or_default().to_owned();
+                if id.is_empty() {
+                    return Err(VendorError::Decode {
+                        status: 200,
+                        message: "kado: a looked-up contact has no id".into(),
+                    }
+                    .into());
+                }
+                // A linked contact keeps its team and privacy: only the
+                // HubSpot values and the reference are written.
+                contact.remove("team_id");
+                contact.remove("is_private");
+                contact.insert("external_refs".into(), json!({"hubspot": hubspot_id}));
+                let record = self.0.patch_contact(ctx, &id, &Value::Object(contact)).await?;
+                let matched = if email.as_deref().is_some_and(|e| {
+                    existing["emails"]
+                        .as_array()
+                        .is_some_and(|list| list.iter().any(|x| x.as_str().is_some_and(|x| x.eq_ignore_ascii_case(e))))
+                }) {
+                    "email"
+                } else {
+                    "phone"
+                };
+                Ok(ActionOutput {
+                    id: id.clone(),
+                    record: json!({"id": id, "created": false, "matched_by": matched, "stale": record.0["stale"].as_bool().unwrap_or(false)}),
+                    response_status: record.1.status,
+                    attempts: record.1.attempts,
+                })
             }
+            None => self.0.put_by_ref(ctx, "contacts", &hubspot_id, &Value::Object(contact)).await,
         }
-        if let Some(email) = text(fields, "email") {
-            contact["emails"] = json!([email]);
-        }
-        if let Some(phone) = text(fields, "phone") {
-            contact["phones"] = json!([phone]);
-        }
-        self.0.put_by_ref(ctx, "contacts", &hubspot_id, &contact).await
     }
+}
+
+/// A Contact body from a step's fields (the look-up keys as lists, HubSpot's
+/// modification time as `source_updated_at`).
+fn contact_body(fields: &Map<String, Value>) -> Result<Map<String, Value>, ActionError> {
+    let mut contact = Map::new();
+    for name in CONTACT_TEXT {
+        if let Some(value) = text(fields, name) {
+            contact.insert((*name).into(), Value::String(value));
+        }
+    }
+    if let Some(email) = text(fields, "email") {
+        contact.insert("emails".into(), json!([email]));
+    }
+    if let Some(phone) = text(fields, "phone") {
+        contact.insert("phones".into(), json!([phone]));
+    }
+    if let Some(at) = source_time(fields)? {
+        contact.insert("source_updated_at".into(), Value::String(at));
+    }
+    Ok(contact)
+}
+
+/// `updated_at`: the source's modification time, RFC 3339 or epoch
+/// milliseconds (HubSpot gives both), as RFC 3339.
+fn source_time(fields: &Map<String, Value>) -> Result<Option<String>, ActionError> {
+    let Some(raw) = text(fields, "updated_at") else {
+        return Ok(None);
+    };
+    let at = match raw.parse::<i64>() {
+        Ok(ms) => chrono::DateTime::from_timestamp_millis(ms),
+        Err(_) => chrono::DateTime::parse_from_rfc3339(&raw)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+    };
+    at.map(|t| Some(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+        .ok_or_else(|| ActionError::field("fields.updated_at", "an RFC 3339 time or epoch milliseconds"))
 }
 
 /// `kado.contact.update`: fields of a KADO contact (by its KADO id), and
@@ -593,34 +710,14 @@ impl Action for UpdateContact {
         let id = target
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ActionError::field("target", "the KADO contact's id"))?;
-        let mut patch = Map::new();
-        for name in ["team_id", "first_name", "last_name", "job_title", "organization", "owner_email"] {
-            if let Some(value) = text(fields, name) {
-                patch.insert(name.into(), Value::String(value));
-            }
-        }
-        if let Some(email) = text(fields, "email") {
-            patch.insert("emails".into(), json!([email]));
-        }
-        if let Some(phone) = text(fields, "phone") {
-            patch.insert("phones".into(), json!([phone]));
-        }
+        let mut patch = contact_body(fields)?;
         if fields.contains_key("is_private") {
             patch.insert("is_private".into(), Value::Bool(flag(fields, "is_private")?));
         }
         if let Some(hubspot) = text(fields, "hubspot_id") {
             patch.insert("external_refs".into(), json!({"hubspot": hubspot}));
         }
-        let encoded: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
-        let request = VendorRequest::with_body(
-            reqwest::Method::PATCH,
-            format!("{}/contacts/{encoded}", Kado::base(ctx)?),
-            Value::Object(patch).to_string().into_bytes(),
-            Idempotency::Idempotent,
-        )
-        .header("content-type", "application/json");
-        let response = self.0.call(ctx, request).await?;
-        let record = response.json()?;
+        let (record, response) = self.0.patch_contact(ctx, id, &Value::Object(patch)).await?;
         Ok(ActionOutput {
             id: id.to_owned(),
             record: flatten("contact", &record),
@@ -641,7 +738,8 @@ impl Action for UpsertNote {
             ActionKind::Create,
             vec![
                 FieldSpec::required("hubspot_id", FieldType::String).describe("the HubSpot note's id"),
-                FieldSpec::required("contact_id", FieldType::String).describe("the KADO contact"),
+                field("contact_id", FieldType::String, "the KADO contact (or contact_hubspot_id)"),
+                field("contact_hubspot_id", FieldType::String, "the HubSpot id of the contact, when its KADO id is not known"),
                 FieldSpec::required("body", FieldType::String).describe("the text"),
                 field("author_email", FieldType::Email, "who wrote it"),
                 field("is_private", FieldType::Boolean, "private (default false)"),
@@ -663,14 +761,32 @@ impl Action for UpsertNote {
         only_known(fields, NOTE_FIELDS)?;
         let hubspot_id = required_text(fields, "hubspot_id")?;
         let mut note = json!({
-            "contact_id": required_text(fields, "contact_id")?,
             "body": required_text(fields, "body")?,
             "is_private": flag(fields, "is_private")?,
         });
+        match (text(fields, "contact_id"), text(fields, "contact_hubspot_id")) {
+            (Some(id), _) => note["contact_id"] = Value::String(id),
+            (None, Some(hubspot)) => note["contact_ref"] = json!({"hubspot": hubspot}),
+            (None, None) => {
+                return Err(ActionError::field("fields.contact_id", "the KADO contact (or fields.contact_hubspot_id)"));
+            }
+        }
         if let Some(author) = text(fields, "author_email") {
             note["author_email"] = Value::String(author);
         }
-        self.0.put_by_ref(ctx, "notes", &hubspot_id, &note).await
+        match self.0.put_by_ref(ctx, "notes", &hubspot_id, &note).await {
+            // The contact is written by its own run, which may still be on
+            // its way (an import sends contacts and notes close together).
+            Err(ActionError::Vendor(VendorError::Rejected { status: 404, message, .. }))
+                if message.contains("(field contact_ref)") =>
+            {
+                Err(ActionError::NotYet(format!(
+                    "the note's contact (HubSpot {}) is not in KADO yet: {message}",
+                    text(fields, "contact_hubspot_id").unwrap_or_default()
+                )))
+            }
+            other => other,
+        }
     }
 }
 

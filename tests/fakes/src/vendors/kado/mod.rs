@@ -14,8 +14,9 @@
 //! * `GET /company` → `{"company_id","name","teams":[{"id","name"}]}`: the
 //!   token's company ([`FakeKado::company_id`]) and all its teams, as given
 //!   to [`FakeKado::start`].
-//! * `GET /contacts?email=<e-mail>` or `?phone=<E.164>` → `{"data":[Contact]}`
-//!   (empty when none), in creation order: the e-mail compared
+//! * `GET /contacts?email=<e-mail>`, `?phone=<E.164>` or both →
+//!   `{"data":[Contact]}` (empty when none): the e-mail matches first, then
+//!   the phone matches, each contact once, in creation order: the e-mail compared
 //!   case-insensitively with each of a contact's `emails`, the phone by
 //!   digits (equal when the last 10 digits are equal, or all of them when
 //!   either side has fewer than 10) with each of its `phones`; deleted
@@ -44,12 +45,18 @@
 //!   is kept, `null` (or `""`) clears it, arrays are replaced whole,
 //!   `external_refs` is merged key by key (`null` removes a key; `hubspot`
 //!   always equals the path's id). A PUT that changes no value writes
-//!   nothing: no `updated_at` bump, no event.
+//!   nothing: no `updated_at` bump, no event. With `If-Match: *` a PUT only
+//!   updates: no contact with that reference → 404 `not_found`. A write
+//!   (PUT or PATCH) may carry `source_updated_at` (RFC 3339): when the
+//!   contact holds a newer one, it changes nothing → 200 with `"stale":
+//!   true` (the PATCH answers the Contact with it).
 //! * `PUT /notes/by-ref/hubspot/{hubspot_note_id}` with a Note (`contact_id`
 //!   — a **KADO** contact id, required on every PUT —, `author_email`,
 //!   `body`, `is_private`, `external_refs`), the same way: 201 / 200
 //!   `{"id"}`; `body` and `is_private` required when creating; an unknown or
-//!   deleted `contact_id` → 404 `not_found`. A note belongs to its contact's
+//!   deleted `contact_id` → 404 `not_found`. Instead of `contact_id` a note
+//!   may name `contact_ref: {"hubspot": "<contact id>"}`: no contact with
+//!   that reference → 404 `not_found` with `field: "contact_ref"`. A note belongs to its contact's
 //!   team.
 //! * records: Contact `{"id":"c_1","team_id","first_name","last_name",
 //!   "job_title","organization","emails":[…],"phones":[…],"owner_email",
@@ -156,9 +163,11 @@ const CONTACT_FIELDS: &[&str] = &[
     "owner_email",
     "is_private",
     "external_refs",
+    "source_updated_at",
 ];
 const NOTE_FIELDS: &[&str] = &[
     "contact_id",
+    "contact_ref",
     "author_email",
     "body",
     "is_private",
@@ -196,6 +205,11 @@ impl KErr {
 
     fn not_found(message: impl Into<String>) -> Self {
         KErr::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn on_field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_owned());
+        self
     }
 
     fn forbidden(team: &str) -> Self {
@@ -275,6 +289,9 @@ struct ContactData {
     owner_email: Option<String>,
     is_private: bool,
     external_refs: BTreeMap<String, String>,
+    /// The newest source modification time written (`source_updated_at`):
+    /// a write carrying an older one changes nothing.
+    source_updated_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +324,7 @@ impl Contact {
             "owner_email": opt_json(&c.owner_email),
             "is_private": c.is_private,
             "external_refs": refs_json(&c.external_refs),
+            "source_updated_at": c.source_updated_at.map(iso),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
         });
@@ -400,9 +418,16 @@ struct ContactFields {
     owner_email: Option<Option<String>>,
     is_private: Option<bool>,
     external_refs: Option<BTreeMap<String, Option<String>>>,
+    source_updated_at: Option<DateTime<Utc>>,
 }
 
 impl ContactFields {
+    /// Whether this write is older than what the contact already holds
+    /// (by the source's own modification time): it then changes nothing.
+    fn is_stale(&self, data: &ContactData) -> bool {
+        matches!((self.source_updated_at, data.source_updated_at), (Some(mine), Some(held)) if mine < held)
+    }
+
     /// `data` with these fields applied (`team_id` only when `move_team`).
     fn apply(self, data: &ContactData, move_team: bool) -> ContactData {
         let mut c = data.clone();
@@ -438,6 +463,9 @@ impl ContactFields {
         if let Some(r) = self.external_refs {
             merge_refs(&mut c.external_refs, r);
         }
+        if self.source_updated_at.is_some() {
+            c.source_updated_at = self.source_updated_at;
+        }
         c
     }
 }
@@ -446,6 +474,8 @@ impl ContactFields {
 #[derive(Debug, Default)]
 struct NoteFields {
     contact_id: Option<String>,
+    /// `{"hubspot": id}`: the contact found by its HubSpot id instead.
+    contact_ref: Option<String>,
     author_email: Option<Option<String>>,
     body: Option<String>,
     is_private: Option<bool>,
@@ -554,6 +584,15 @@ fn parse_contact(body: &Map<String, Value>) -> R<ContactFields> {
             "phones" => f.phones = Some(string_list(key, v)?),
             "is_private" => f.is_private = Some(boolean(key, v)?),
             "external_refs" => f.external_refs = Some(refs(v)?),
+            "source_updated_at" => {
+                let text = v.as_str().ok_or_else(|| {
+                    KErr::validation(key, "source_updated_at must be an RFC 3339 time")
+                })?;
+                let at = DateTime::parse_from_rfc3339(text).map_err(|_| {
+                    KErr::validation(key, format!("{text} is not an RFC 3339 time"))
+                })?;
+                f.source_updated_at = Some(at.with_timezone(&Utc));
+            }
             _ => {}
         }
     }
@@ -577,6 +616,12 @@ fn parse_note(body: &Map<String, Value>) -> R<NoteFields> {
     for (key, v) in body {
         match key.as_str() {
             "contact_id" => f.contact_id = Some(id_string(key, v)?),
+            "contact_ref" => {
+                let hubspot = v["hubspot"].as_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+                    KErr::validation(key, "contact_ref must be {\"hubspot\": \"<contact id>\"}")
+                })?;
+                f.contact_ref = Some(hubspot.to_owned());
+            }
             "author_email" => f.author_email = Some(opt_string(key, v)?),
             "body" => {
                 let text = v
@@ -980,16 +1025,33 @@ impl Data {
 
     /// `PUT /contacts/by-ref/hubspot/{hubspot}`: the id and whether it was
     /// created.
-    fn put_contact(&mut self, company: &str, hubspot: &str, f: ContactFields) -> R<(String, bool)> {
+    /// With `only_existing` (`If-Match: *`) a missing contact is 404, not
+    /// made. A write older than the contact's `source_updated_at` changes
+    /// nothing (`stale`).
+    fn put_contact(
+        &mut self,
+        company: &str,
+        hubspot: &str,
+        f: ContactFields,
+        only_existing: bool,
+    ) -> R<(String, bool, bool)> {
         check_hubspot_ref(f.external_refs.as_ref(), hubspot)?;
         if let Some(team) = &f.team_id {
             self.check_team(team)?;
         }
         if let Some(i) = self.contact_by_hubspot(hubspot, None) {
+            if f.is_stale(&self.contacts[i].data) {
+                return Ok((self.contacts[i].id(), false, true));
+            }
             let data = f.apply(&self.contacts[i].data, false);
             self.check_duplicate_emails(&data, Some(i))?;
             self.commit_contact(company, i, data, Origin::Crmbridge);
-            return Ok((self.contacts[i].id(), false));
+            return Ok((self.contacts[i].id(), false, false));
+        }
+        if only_existing {
+            return Err(KErr::not_found(format!(
+                "no contact carries the HubSpot reference {hubspot}"
+            )));
         }
         let team_id = f.team_id.clone().ok_or_else(|| {
             KErr::validation("team_id", "team_id is required to create a contact")
@@ -1008,21 +1070,34 @@ impl Data {
             owner_email: None,
             is_private,
             external_refs: BTreeMap::new(),
+            source_updated_at: None,
         };
         let mut data = f.apply(&blank, true);
         data.external_refs
             .insert("hubspot".to_owned(), hubspot.to_owned());
         self.check_duplicate_emails(&data, None)?;
-        Ok((self.insert_contact(company, data, Origin::Crmbridge), true))
+        Ok((self.insert_contact(company, data, Origin::Crmbridge), true, false))
     }
 
     /// `PUT /notes/by-ref/hubspot/{hubspot}`.
     fn put_note(&mut self, company: &str, hubspot: &str, f: NoteFields) -> R<(String, bool)> {
         check_hubspot_ref(f.external_refs.as_ref(), hubspot)?;
-        let contact_id = f
-            .contact_id
-            .clone()
-            .ok_or_else(|| KErr::validation("contact_id", "contact_id is required"))?;
+        let contact_id = match (&f.contact_id, &f.contact_ref) {
+            (Some(id), _) => id.clone(),
+            (None, Some(hubspot)) => {
+                let i = self.contact_by_hubspot(hubspot, None).ok_or_else(|| {
+                    KErr::not_found(format!("no contact carries the HubSpot reference {hubspot}"))
+                        .on_field("contact_ref")
+                })?;
+                self.contacts[i].id()
+            }
+            (None, None) => {
+                return Err(KErr::validation(
+                    "contact_id",
+                    "contact_id (or contact_ref) is required",
+                ));
+            }
+        };
         let existing = self.note_by_hubspot(hubspot);
         if existing.is_none() {
             if f.body.is_none() {
@@ -1113,6 +1188,7 @@ impl Data {
             owner_email: None,
             is_private: false,
             external_refs: BTreeMap::new(),
+            source_updated_at: None,
         };
         let data = f.apply(&blank, true);
         self.check_unique_contact_ref(&data, None)?;
@@ -1136,6 +1212,11 @@ impl Data {
         let i = self.live_contact(id)?;
         if let Some(team) = &f.team_id {
             self.check_team(team)?;
+        }
+        if f.is_stale(&self.contacts[i].data) {
+            let mut record = self.contacts[i].json(false);
+            record["stale"] = json!(true);
+            return Ok(record);
         }
         let data = f.apply(&self.contacts[i].data, false);
         self.check_unique_contact_ref(&data, Some(i))?;
@@ -1178,45 +1259,43 @@ impl Data {
     }
 
     /// `GET /contacts?email=` / `?phone=`.
+    /// `GET /contacts?email=…&phone=…`: live contacts with that e-mail
+    /// (case-insensitive), then those with that phone (by digits), each
+    /// once — either parameter alone, or both.
     fn lookup(&self, email: Option<String>, phone: Option<String>) -> R<Value> {
-        let found: Vec<Value> = match (email, phone) {
-            (Some(_), Some(_)) => {
-                return Err(KErr::validation(
-                    "phone",
-                    "give either email or phone, not both",
-                ));
-            }
-            (Some(email), None) => {
+        let email = match email {
+            Some(email) => {
                 let email = email.trim().to_lowercase();
                 if !valid_email(&email) {
                     return Err(KErr::validation("email", "email must be an e-mail address"));
                 }
-                self.contacts
-                    .iter()
-                    .filter(|c| !c.deleted)
-                    .filter(|c| c.data.emails.iter().any(|e| e.to_lowercase() == email))
-                    .map(|c| c.json(false))
-                    .collect()
+                Some(email)
             }
-            (None, Some(phone)) => {
+            None => None,
+        };
+        let phone = match phone {
+            Some(phone) => {
                 let wanted = digits(&phone);
                 if wanted.is_empty() {
                     return Err(KErr::validation("phone", "phone must contain digits"));
                 }
-                self.contacts
-                    .iter()
-                    .filter(|c| !c.deleted)
-                    .filter(|c| {
-                        c.data
-                            .phones
-                            .iter()
-                            .any(|p| same_phone(&digits(p), &wanted))
-                    })
-                    .map(|c| c.json(false))
-                    .collect()
+                Some(wanted)
             }
-            (None, None) => Vec::new(),
+            None => None,
         };
+        let live = || self.contacts.iter().filter(|c| !c.deleted);
+        let mut found: Vec<&Contact> = Vec::new();
+        if let Some(email) = &email {
+            found.extend(live().filter(|c| c.data.emails.iter().any(|e| e.to_lowercase() == *email)));
+        }
+        if let Some(wanted) = &phone {
+            for c in live().filter(|c| c.data.phones.iter().any(|p| same_phone(&digits(p), wanted))) {
+                if !found.iter().any(|f| f.seq == c.seq) {
+                    found.push(c);
+                }
+            }
+        }
+        let found: Vec<Value> = found.iter().map(|c| c.json(false)).collect();
         Ok(json!({"data": found}))
     }
 }
@@ -1784,8 +1863,13 @@ impl Inner {
             }
             (&Method::PUT, ["contacts", "by-ref", "hubspot", hubspot]) => {
                 let f = parse_contact(&body_object(req)?)?;
-                let (id, created) = d.put_contact(company, hubspot, f)?;
-                Ok(written(id, created))
+                let only_existing = req.header("if-match").is_some_and(|v| v.trim() == "*");
+                let (id, created, stale) = d.put_contact(company, hubspot, f, only_existing)?;
+                let mut resp = written(id.clone(), created);
+                if stale {
+                    resp = Resp::json(StatusCode::OK, &json!({"id": id, "stale": true}));
+                }
+                Ok(resp)
             }
             (&Method::PUT, ["notes", "by-ref", "hubspot", hubspot]) => {
                 let f = parse_note(&body_object(req)?)?;
@@ -2429,10 +2513,6 @@ mod tests {
             (vec![("email", "not-an-email")], "email"),
             (vec![("email", "")], "email"),
             (vec![("phone", "call me")], "phone"),
-            (
-                vec![("email", "ann@work.example"), ("phone", "+79161234567")],
-                "phone",
-            ),
         ] {
             let (s, v) = get(&k, "/contacts", &q).await;
             assert_eq!(
@@ -2441,6 +2521,9 @@ mod tests {
                 "{q:?}"
             );
         }
+        // Both: e-mail matches first, then phone matches, each once.
+        let (s, v) = get(&k, "/contacts", &[("email", "bob@example.com"), ("phone", "+79161234567")]).await;
+        assert_eq!((s, ids(&v)), (200, vec![b.clone(), a.clone()]));
         // The look-up is not one of the optional endpoints.
         k.set_list_endpoints(false);
         let (s, v) = get(&k, "/contacts", &[("email", "bob@example.com")]).await;
