@@ -30,12 +30,24 @@ struct World {
     accepted: std::sync::Mutex<std::collections::BTreeSet<String>>,
     kado: FakeKado,
     hubspot: FakeHubSpot,
+    /// The webhook paths of the HubSpot and KADO connections.
+    hooks: (String, String),
+    /// The import activation started.
+    import: String,
+    workers: usize,
     _accounts: FakeOAuth,
     _dir: tempfile::TempDir,
 }
 
 impl World {
     async fn start() -> Self {
+        Self::start_seeded(|_, _| {}).await
+    }
+
+    /// Like [`World::start`], with records put into both fakes (by their
+    /// users, before anyone listens) ahead of the recipe's activation; the
+    /// activation's import is then left running.
+    async fn start_seeded(seed: impl FnOnce(&FakeHubSpot, &FakeKado)) -> Self {
         let accounts = FakeOAuth::start(OAuthConfig::hubspot(CLIENT_ID, CLIENT_SECRET))
             .await
             .unwrap();
@@ -49,8 +61,12 @@ impl World {
         )
         .await
         .unwrap();
+        seed(&hubspot, &kado);
+        let seeded = !hubspot.contacts().is_empty();
         let dir = tempfile::tempdir().unwrap();
-        let server = serve_with(&dir.path().join("data"), 2, &["--allow-any-vendor-url"]);
+        // The import writes thousands of records: more workers then.
+        let workers = if seeded { 4 } else { 2 };
+        let server = serve_with(&dir.path().join("data"), workers, &["--allow-any-vendor-url"]);
         let key = server.owner_key.clone().unwrap();
         let world = Self {
             server,
@@ -58,9 +74,13 @@ impl World {
             accepted: Default::default(),
             kado,
             hubspot,
+            hooks: (String::new(), String::new()),
+            workers,
+            import: String::new(),
             _accounts: accounts,
             _dir: dir,
         };
+        let mut world = world;
         let hs = world
             .post(
                 "/v1/connections",
@@ -91,7 +111,10 @@ impl World {
         let imports = created["imports"].as_array().unwrap();
         assert_eq!(imports.len(), 1, "{created}");
         assert_eq!(imports[0]["connection"], hs["id"]);
-        world.import_finished(imports[0]["id"].as_str().unwrap()).await;
+        world.import = imports[0]["id"].as_str().unwrap().to_owned();
+        if !seeded {
+            world.import_finished().await;
+        }
         for connection in [&hs, &kd] {
             let text = connection.to_string();
             assert!(
@@ -100,16 +123,32 @@ impl World {
                     && !text.contains(KADO_SECRET)
             );
         }
-        let hook = |c: &Value| {
-            format!(
-                "{}{}",
-                world.server.base,
-                c["webhook_path"].as_str().unwrap()
-            )
-        };
-        world.hubspot.subscribe(&hook(&hs));
-        world.kado.subscribe(&hook(&kd), Some(KADO_SECRET));
+        world.hooks = (
+            hs["webhook_path"].as_str().unwrap().to_owned(),
+            kd["webhook_path"].as_str().unwrap().to_owned(),
+        );
+        world.listen();
         world
+    }
+
+    /// Points both fakes' webhooks at the running server.
+    fn listen(&self) {
+        self.hubspot
+            .subscribe(&format!("{}{}", self.server.base, self.hooks.0));
+        self.kado.subscribe(
+            &format!("{}{}", self.server.base, self.hooks.1),
+            Some(KADO_SECRET),
+        );
+    }
+
+    /// Kills `serve` with SIGKILL (no chance to finish anything) and starts
+    /// it again on the same data directory.
+    fn kill_and_restart(&mut self) {
+        self.server.child.kill().unwrap();
+        self.server.child.wait().unwrap();
+        let data = self._dir.path().join("data");
+        self.server = serve_with(&data, self.workers, &["--allow-any-vendor-url"]);
+        self.listen();
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
@@ -137,11 +176,16 @@ impl World {
         response.json().await.unwrap()
     }
 
+    /// The activation's import as the admin API shows it.
+    async fn import(&self) -> Value {
+        self.get(&format!("/v1/imports/{}", self.import)).await
+    }
+
     /// Waits until the import has finished, and answers it.
-    async fn import_finished(&self, id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
+    async fn import_finished(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let import = self.get(&format!("/v1/imports/{id}")).await;
+            let import = self.import().await;
             if import["status"] == "finished" {
                 assert_eq!(import["done"], import["total"], "{import}");
                 assert!(import["finished_at"].is_string(), "{import}");
@@ -153,46 +197,54 @@ impl World {
         }
     }
 
+    /// One round of both sides' webhooks: every event sent is noted as
+    /// one that starts one run once accepted (a delivery that failed is
+    /// sent again by the fake later). Answers the deliveries made and
+    /// whether each was answered 2xx.
+    async fn deliver(&self) -> Vec<bool> {
+        let mut answered = Vec::new();
+        for delivery in self.kado.deliver_webhooks().await {
+            answered.push(delivery.ok());
+            let body: Value = serde_json::from_str(&delivery.body).unwrap();
+            let events = match body {
+                Value::Array(events) => events,
+                event => vec![event],
+            };
+            for event in events {
+                // Ours come back and are dropped; other teams' ignored.
+                if event["origin"] == "user" && event["team_id"] == "t_sales" {
+                    self.accepted
+                        .lock()
+                        .unwrap()
+                        .insert(format!("kado:{}", event["event_id"]));
+                }
+            }
+        }
+        for delivery in self.hubspot.deliver_webhooks().await {
+            answered.push(delivery.status == Some(200));
+            for event in &delivery.events {
+                self.accepted.lock().unwrap().insert(format!(
+                    "hubspot:{}:{}:{}:{}",
+                    event["eventId"],
+                    event["objectId"],
+                    event["occurredAt"],
+                    event["propertyName"]
+                ));
+            }
+        }
+        answered
+    }
+
     /// Delivers both sides' webhooks, and waits for the runs they start,
     /// until neither side has anything left to send.
     async fn quiet(&self) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let mut sent = 0;
-            for delivery in self.kado.deliver_webhooks().await {
-                assert!(delivery.ok(), "{delivery:?}");
-                sent += 1;
-                let body: Value = serde_json::from_str(&delivery.body).unwrap();
-                let events = match body {
-                    Value::Array(events) => events,
-                    event => vec![event],
-                };
-                for event in events {
-                    // Ours come back and are dropped; other teams' ignored.
-                    if event["origin"] == "user" && event["team_id"] == "t_sales" {
-                        self.accepted
-                            .lock()
-                            .unwrap()
-                            .insert(format!("kado:{}", event["event_id"]));
-                    }
-                }
-            }
-            for delivery in self.hubspot.deliver_webhooks().await {
-                assert_eq!(delivery.status, Some(200), "{delivery:?}");
-                sent += 1;
-                for event in &delivery.events {
-                    self.accepted.lock().unwrap().insert(format!(
-                        "hubspot:{}:{}:{}:{}",
-                        event["eventId"],
-                        event["objectId"],
-                        event["occurredAt"],
-                        event["propertyName"]
-                    ));
-                }
-            }
+            let answered = self.deliver().await;
+            assert!(answered.iter().all(|ok| *ok), "a webhook delivery was refused");
             let expected = self.accepted.lock().unwrap().len();
             let all = self.settled(expected).await;
-            if sent == 0
+            if answered.is_empty()
                 && self.kado.pending_webhooks().is_empty()
                 && self.hubspot.pending_webhooks().is_empty()
             {
@@ -200,7 +252,8 @@ impl World {
             }
             assert!(
                 Instant::now() < deadline,
-                "the two sides never went quiet: {all:#?}"
+                "the two sides never went quiet: {} runs",
+                all.len()
             );
         }
     }
@@ -208,20 +261,22 @@ impl World {
     /// Waits until `expected` runs exist (every accepted event has run)
     /// and none is running or waiting for a retry.
     async fn settled(&self, expected: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let all = runs(&self.server, &self.key).await;
-            if all.len() >= expected
-                && all
-                    .iter()
-                    .all(|r| r["status"] != "running" && r["status"] != "failed")
-            {
+            let unfinished: Vec<&Value> = all
+                .iter()
+                .filter(|r| r["status"] == "running" || r["status"] == "failed")
+                .collect();
+            if all.len() >= expected && unfinished.is_empty() {
                 return all;
             }
             assert!(
                 Instant::now() < deadline,
-                "{} of {expected} runs: {all:#?}",
-                all.len()
+                "{} of {expected} runs, {} unfinished: {:#?}",
+                all.len(),
+                unfinished.len(),
+                &unfinished[..unfinished.len().min(20)]
             );
             pause().await;
         }
@@ -361,6 +416,28 @@ async fn contacts_and_notes_flow_both_ways_once_private_and_other_teams_stay() {
     assert_eq!(bob[0]["team_id"], "t_sales");
     assert_eq!(bob[0]["emails"], json!(["bob@example.com"]));
 
+    // A note made in HubSpot on Bob → a KADO note on his KADO contact, once
+    // (and it does not come back to HubSpot).
+    let bob_note = w
+        .hubspot
+        .create_as_user(
+            "notes",
+            &[("hs_note_body", "Sent the quote"), ("hs_timestamp", "2026-11-26T10:00:00Z")],
+        )
+        .unwrap();
+    w.hubspot.associate_as_user(&bob_note, &bob_hs).unwrap();
+    w.quiet().await;
+    let bob_notes: Vec<Value> = w
+        .kado
+        .notes()
+        .into_iter()
+        .filter(|n| n["external_refs"]["hubspot"] == bob_note)
+        .collect();
+    assert_eq!(bob_notes.len(), 1, "{:#?}", w.kado.notes());
+    assert_eq!(bob_notes[0]["contact_id"], bob[0]["id"]);
+    assert_eq!(bob_notes[0]["body"], "Sent the quote");
+    assert_eq!(w.hubspot.notes().len(), 3, "{:#?}", w.hubspot.notes());
+
     // Edits by people flow both ways, once; our writes never come back.
     w.kado
         .edit_contact_as_user(&ann, json!({"job_title": "CTO"}))
@@ -387,10 +464,11 @@ async fn contacts_and_notes_flow_both_ways_once_private_and_other_teams_stay() {
         "CTO"
     );
 
-    // Totals: three contacts on each side that take part, two notes, and
+    // Totals: three contacts on each side that take part, three notes, and
     // every echo filtered (none written back).
     assert_eq!(w.hubspot.contacts().len(), 3);
-    assert_eq!(w.hubspot.notes().len(), 2);
+    assert_eq!(w.hubspot.notes().len(), 3);
+    assert_eq!(w.kado.notes().len(), 3, "{:#?}", w.kado.notes());
     assert!(
         final_runs.iter().all(|r| r["status"] != "failed"),
         "{final_runs:#?}"
@@ -651,6 +729,206 @@ async fn ping_pong_writes_each_change_once_and_echoes_nothing() {
         .count();
     println!(
         "{ops} changes ({kado_creates} KADO creates, {kado_edits} KADO edits, {hubspot_creates} HubSpot creates, {hubspot_edits} HubSpot edits): {} runs, {echoes} echoes recognised, {hubspot_writes} HubSpot writes, {kado_writes} KADO writes",
+        runs.len()
+    );
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Import first: HubSpot holds 10,000 contacts (`CRMBRIDGE_IMPORT_CONTACTS`)
+/// and 3,000 notes; KADO already has 2,000 of those people (1,500 with the
+/// same e-mail, 500 with only the same phone). Activation imports them
+/// while people keep working on both sides, and `serve` is killed with
+/// SIGKILL twice while the import runs. Afterwards every person exists
+/// once on each side, every note once on its contact, progress reached
+/// done = total, and every live edit made during the import arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_survives_two_kills_links_existing_contacts_and_keeps_live_edits() {
+    let contacts = env_count("CRMBRIDGE_IMPORT_CONTACTS", 10_000);
+    let notes = contacts * 3 / 10;
+    let existing = contacts / 5;
+    let by_phone = existing / 4;
+    let email = |i: usize| format!("person{i}@import.example");
+    let mut hs_ids: Vec<String> = Vec::with_capacity(contacts);
+    let mut note_ids: Vec<(String, usize)> = Vec::with_capacity(notes);
+    let mut kado_existing: Vec<(String, usize)> = Vec::with_capacity(existing);
+    let mut w = World::start_seeded(|hubspot, kado| {
+        for i in 0..contacts {
+            let id = hubspot
+                .create_as_user(
+                    "contacts",
+                    &[
+                        ("email", &email(i)),
+                        ("firstname", &format!("P{i}")),
+                        ("lastname", "Imported"),
+                        ("phone", &format!("+1555{i:07}")),
+                    ],
+                )
+                .unwrap();
+            hs_ids.push(id);
+        }
+        for n in 0..notes {
+            let on = (n * 7) % contacts;
+            let id = hubspot
+                .create_as_user(
+                    "notes",
+                    &[
+                        ("hs_note_body", &format!("note {n} on person {on}")),
+                        ("hs_timestamp", "2026-11-01T09:00:00Z"),
+                    ],
+                )
+                .unwrap();
+            hubspot.associate_as_user(&id, &hs_ids[on]).unwrap();
+            note_ids.push((id, on));
+        }
+        for i in 0..existing {
+            // Spread over the list, so matches happen throughout the import.
+            let person = i * 5;
+            let card = if i < existing - by_phone {
+                json!({"first_name": format!("K{person}"), "emails": [email(person)]})
+            } else {
+                json!({"first_name": format!("K{person}"), "phones": [format!("555-{person:07}")]})
+            };
+            let id = kado.create_contact_as_user("t_sales", card, false).unwrap();
+            kado_existing.push((id, person));
+        }
+    })
+    .await;
+
+    // While the import runs: people edit HubSpot contacts (some twice) and
+    // make KADO contacts; serve is killed twice.
+    let mut kills_at: Vec<u64> = Vec::new();
+    let mut edits: std::collections::BTreeMap<usize, String> = Default::default();
+    let mut kado_made: Vec<String> = Vec::new();
+    let mut round = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let import = w.import().await;
+        let done = import["done"].as_u64().unwrap();
+        let running = import["status"] == "running";
+        let kill_points = [contacts as u64 / 5, contacts as u64 * 3 / 5];
+        if running && kills_at.len() < 2 && done >= kill_points[kills_at.len()] {
+            kills_at.push(done);
+            w.kill_and_restart();
+            continue;
+        }
+        if edits.len() < 100 || round < 150 {
+            let person = (round * 97) % contacts;
+            let title = format!("Title {round}");
+            w.hubspot
+                .edit_as_user("contacts", &hs_ids[person], &[("jobtitle", &title)])
+                .unwrap();
+            edits.insert(person, title);
+            if round % 5 == 0 {
+                let id = w
+                    .kado
+                    .create_contact_as_user(
+                        "t_sales",
+                        json!({"first_name": "Live", "emails": [format!("live{round}@kado.example")]}),
+                        false,
+                    )
+                    .unwrap();
+                kado_made.push(id);
+            }
+        }
+        round += 1;
+        w.deliver().await;
+        if !running && kills_at.len() == 2 && round >= 150 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the import never finished: {import}");
+        pause().await;
+    }
+    assert_eq!(kills_at.len(), 2, "serve was killed twice during the import");
+
+    // Every imported record is one event with one run; then both sides go
+    // quiet.
+    let import = w.import_finished().await;
+    for n in 0..import["done"].as_u64().unwrap() {
+        w.accepted.lock().unwrap().insert(format!("import:{n}"));
+    }
+    let runs = w.quiet().await;
+    assert!(runs.iter().all(|r| r["status"] != "failed"));
+    let kinds = import["kinds"].as_array().unwrap();
+    assert_eq!(kinds[0]["kind"], "hubspot.contact.created");
+    assert!(kinds[0]["done"].as_u64().unwrap() >= contacts as u64, "{import}");
+    assert_eq!(kinds[1]["done"], json!(notes), "{import}");
+    assert_eq!(import["done"], import["total"], "{import}");
+    let started = import["started_at"].as_str().unwrap();
+    assert!(import["finished_at"].as_str().unwrap() > started, "{import}");
+
+    // HubSpot: the seeded people plus the KADO-made ones, each once; no
+    // note came back.
+    let hubspot_contacts = w.hubspot.contacts();
+    assert_eq!(hubspot_contacts.len(), contacts + kado_made.len());
+    let mut emails = std::collections::BTreeSet::new();
+    for c in &hubspot_contacts {
+        assert!(emails.insert(c["properties"]["email"].to_string()), "twice: {c}");
+    }
+    assert_eq!(w.hubspot.notes().len(), notes);
+
+    // KADO: one contact per HubSpot contact, the existing ones linked (not
+    // doubled), by e-mail and by phone.
+    let kado_contacts = w.kado.contacts();
+    assert_eq!(
+        kado_contacts.len(),
+        contacts + kado_made.len(),
+        "{} KADO contacts",
+        kado_contacts.len()
+    );
+    let mut by_ref: std::collections::BTreeMap<String, Value> = Default::default();
+    for c in &kado_contacts {
+        let reference = c["external_refs"]["hubspot"].as_str().expect("linked").to_owned();
+        assert!(by_ref.insert(reference, c.clone()).is_none(), "two KADO contacts for one HubSpot contact: {c}");
+    }
+    for (i, id) in hs_ids.iter().enumerate() {
+        let kado = &by_ref[id];
+        assert!(
+            kado["emails"].as_array().unwrap().iter().any(|e| *e == email(i)),
+            "{kado}"
+        );
+    }
+    for (kado_id, person) in &kado_existing {
+        let kado = w.kado.contact(kado_id).unwrap();
+        assert_eq!(kado["external_refs"]["hubspot"], json!(hs_ids[*person]), "{kado}");
+    }
+
+    // Notes: each once, on its contact's KADO contact.
+    let kado_notes = w.kado.notes();
+    assert_eq!(kado_notes.len(), notes);
+    let mut seen = std::collections::BTreeSet::new();
+    for note in &kado_notes {
+        assert!(seen.insert(note["external_refs"]["hubspot"].to_string()));
+    }
+    let note_by_ref: std::collections::BTreeMap<String, &Value> = kado_notes
+        .iter()
+        .map(|n| (n["external_refs"]["hubspot"].as_str().unwrap().to_owned(), n))
+        .collect();
+    for (id, on) in &note_ids {
+        assert_eq!(note_by_ref[id]["contact_id"], by_ref[&hs_ids[*on]]["id"]);
+    }
+
+    // Every live edit arrived, the last one of each person.
+    for (person, title) in &edits {
+        assert_eq!(by_ref[&hs_ids[*person]]["job_title"], json!(title), "person {person}");
+    }
+    let pages = w
+        .hubspot
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && (r.path == "/crm/v3/objects/contacts" || r.path == "/crm/v3/objects/notes"))
+        .count();
+    println!(
+        "imported {} records in {} pages with 2 kills at done = {kills_at:?}; {} live edits, {} KADO-made contacts; {} runs",
+        import["done"],
+        pages,
+        edits.len(),
+        kado_made.len(),
         runs.len()
     );
 }
