@@ -5,6 +5,7 @@
 mod coldstart;
 mod cost;
 mod counting;
+mod import;
 mod load;
 
 use std::path::PathBuf;
@@ -39,6 +40,13 @@ struct Args {
     /// Only the load benchmark (e.g. under a profiler).
     #[arg(long)]
     load_only: bool,
+    /// HubSpot contacts the import benchmark starts with (30 % as many
+    /// notes; a fifth of the people already in KADO).
+    #[arg(long, default_value_t = 10_000)]
+    import_contacts: usize,
+    /// Only the import benchmark.
+    #[arg(long)]
+    import_only: bool,
     /// Markdown report to write.
     #[arg(long, default_value = "bench-report.md")]
     out: PathBuf,
@@ -71,6 +79,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         println!("{}", serde_json::to_string_pretty(&load)?);
+        return Ok(());
+    }
+    if args.import_only {
+        let import = import::run(&args.bin_dir.join("crmbridge"), args.import_contacts).await?;
+        println!("{}", serde_json::to_string_pretty(&import)?);
         return Ok(());
     }
     eprintln!("==> cold start ({} rounds per function)", args.rounds);
@@ -128,12 +141,16 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
+    eprintln!("==> import: {} HubSpot contacts into KADO", args.import_contacts);
+    let imported = import::run(&args.bin_dir.join("crmbridge"), args.import_contacts).await?;
+
     let report = json!({
         "machine": args.machine,
         "commit": args.commit,
         "date": chrono::Utc::now().to_rfc3339(),
         "mapping_render_ns_per_event": args.mapping_ns,
         "load": load,
+        "import": imported,
         "cold_start": cold,
         "cost": costs,
         "prices": {
@@ -147,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
         },
     });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
-    std::fs::write(&args.out, markdown(&args, &load, &cold, &costs))?;
+    std::fs::write(&args.out, markdown(&args, &load, &imported, &cold, &costs))?;
     eprintln!(
         "==> wrote {} and {}",
         args.out.display(),
@@ -167,6 +184,7 @@ fn base64_key() -> String {
 fn markdown(
     args: &Args,
     load: &load::LoadReport,
+    imported: &import::ImportReport,
     cold: &[coldstart::ColdStart],
     costs: &[cost::PathCost],
 ) -> String {
@@ -197,6 +215,15 @@ fn markdown(
         load.cpu_seconds_per_1000_events
     ));
     md.push_str("Completed automations/s is bounded by the vendors' per-connection limits (Calltouch 5 requests/s, MoySklad 45 per 3 s): each connection pair completes at most ~5 a second.\n\n");
+    md.push_str("## Import: HubSpot contacts and notes into KADO on activation (`crmbridge serve`, release, fsync on, 8 workers)\n\n");
+    md.push_str(&format!(
+        "{} contacts and {} notes in HubSpot, {} of the people already in KADO (matched by e-mail).\n\n| metric | value |\n|---|---|\n\
+         | every page read | {:.1} s |\n| every record in KADO | {:.1} s |\n| contacts/s | {:.0} |\n| records/s (contacts + notes) | {:.0} |\n\
+         | HubSpot calls | {} ({:.3} per contact) |\n| KADO calls | {} ({:.2} per record) |\n| CPU seconds (serve) / 1,000 records | {:.2} |\n\n",
+        imported.contacts, imported.notes, imported.already_in_kado, imported.pages_read_s, imported.total_s,
+        imported.contacts_per_s, imported.records_per_s, imported.hubspot_calls, imported.hubspot_calls_per_contact,
+        imported.kado_calls, imported.kado_calls_per_record, imported.cpu_seconds_per_1000_records
+    ));
     md.push_str("## Cold start (Lambda Runtime API emulator, release builds)\n\n| function | init ms | first invocation ms | warm invocation ms | init ÷ hello | binary | zip | peak RSS |\n|---|---|---|---|---|---|---|---|\n");
     for c in cold {
         md.push_str(&format!(

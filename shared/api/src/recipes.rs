@@ -101,8 +101,9 @@ pub(crate) async fn instantiate_recipe(
         .instantiate_recipe(&who, &name, &request.connections, &request.parameters)
         .await?;
     // Activation imports what already exists (the roles were checked by
-    // the instantiation). An import of the connection already running
-    // covers this one.
+    // the instantiation). An import of the connection that is still
+    // running, or failed and waits to be resumed, is answered instead: the
+    // caller sees its state (and resumes it if it failed).
     let mut imports = Vec::new();
     for role in crmbridge_control::recipes::recipe(&name)?.import {
         let Some(connection) = request.connections.get(&role) else {
@@ -112,6 +113,9 @@ pub(crate) async fn instantiate_recipe(
             Ok(job) => imports.push(job),
             Err(EngineError::Conflict { message, .. }) => {
                 tracing::info!(connection, message, "import not started again");
+                if let Some(job) = state.engine.connection_import(&who.tenant, connection).await? {
+                    imports.push(job);
+                }
             }
             Err(err) => return Err(err.into()),
         }

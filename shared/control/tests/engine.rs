@@ -219,10 +219,135 @@ on_both_stores!(
     keys_tenants_and_connection_updates,
     runs_are_filtered_by_status_and_time,
     concurrent_polls_back_off_and_a_dead_poll_resumes,
+    an_import_reads_each_page_once_however_its_requests_are_delivered,
 );
 
 mod cases {
     use super::*;
+
+    /// An import through the engine and the outbox, against the HubSpot
+    /// fake: a page request delivered twice at once reads its page and
+    /// counts it once and asks for one next page; redelivered after its
+    /// save, it asks for the next page again (the same request, so nothing
+    /// doubles); the connection takes one import at a time, and again
+    /// once it finished.
+    pub async fn an_import_reads_each_page_once_however_its_requests_are_delivered(h: Harness) {
+        use crmbridge_engine::import::IMPORT_PAGE;
+        use crmbridge_engine::records::ImportStatus;
+        use crmbridge_fakes::oauth::{FakeOAuth, OAuthConfig};
+        use crmbridge_fakes::vendors::hubspot::FakeHubSpot;
+
+        let accounts = FakeOAuth::start(OAuthConfig::hubspot("hs-id", "hs-secret")).await.unwrap();
+        let hubspot = FakeHubSpot::start(accounts.token_checker(), "hs-secret").await.unwrap();
+        for i in 0..250 {
+            hubspot
+                .create_as_user("contacts", &[("email", &format!("p{i}@import.example"))])
+                .unwrap();
+        }
+        let who = h.owner().await;
+        let hs = h
+            .engine
+            .create_connection(
+                &who,
+                NewConnection {
+                    app: "hubspot".into(),
+                    name: "HubSpot".into(),
+                    settings: json!({"base_url": hubspot.base_url(), "oauth_url": accounts.base_url()}),
+                    credentials: [
+                        ("client_id".to_owned(), "hs-id".to_owned()),
+                        ("client_secret".to_owned(), "hs-secret".to_owned()),
+                        ("refresh_token".to_owned(), accounts.issue_refresh_token()),
+                    ]
+                    .into(),
+                },
+            )
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (_stop, shutdown) = watch::channel(false);
+        h.bus.inner.spawn_workers(Arc::new(Collect(tx)), shutdown);
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("event not delivered")
+                .unwrap()
+        };
+
+        let job = h.engine.start_import(&who.tenant, &hs.id).await.unwrap();
+        assert_eq!(job.status, ImportStatus::Running);
+        let kinds: Vec<&str> = job.kinds.iter().map(|k| k.kind.as_str()).collect();
+        assert_eq!(kinds, ["hubspot.contact.created", "hubspot.note.created"]);
+        let again = h.engine.start_import(&who.tenant, &hs.id).await.unwrap_err();
+        assert_eq!(again.status(), 409, "{again}");
+        assert!(again.to_string().contains(&job.id), "{again}");
+
+        // Page 0, delivered twice at once.
+        let first = next().await;
+        assert_eq!(first.kind, IMPORT_PAGE);
+        let (a, b) = tokio::join!(h.engine.dispatch(first.clone()), h.engine.dispatch(first.clone()));
+        // A copy may find some of the page's events still being accepted
+        // by the other (both may, each waiting on the other's): it is told
+        // to retry (503), as the bus then does.
+        let accepted = a.is_ok() || b.is_ok();
+        for outcome in [a, b] {
+            if let Err(err) = outcome {
+                assert_eq!(err.status(), 503, "{err}");
+            }
+        }
+        if !accepted {
+            h.engine.dispatch(first.clone()).await.unwrap();
+        }
+        let read = h.engine.get_import(&who.tenant, &job.id).await.unwrap();
+        assert_eq!((read.page, read.done), (1, 100), "{read:?}");
+        assert_eq!(read.kinds[0].total, Some(250));
+        let mut contacts = std::collections::BTreeSet::new();
+        let mut requests = Vec::new();
+        while contacts.len() < 100 || requests.is_empty() {
+            let event = next().await;
+            if event.kind == IMPORT_PAGE {
+                requests.push(event);
+            } else {
+                assert_eq!(event.kind, "hubspot.contact.created");
+                assert_eq!(event.data["imported"], true);
+                assert!(contacts.insert(event.subject.id.clone()), "twice: {event:?}");
+            }
+        }
+        // Page 0 again, after its save: it is counted once, and the next
+        // page request it makes again is the same request (no new event).
+        h.engine.dispatch(first.clone()).await.unwrap();
+        let read = h.engine.get_import(&who.tenant, &job.id).await.unwrap();
+        assert_eq!((read.page, read.done), (1, 100), "{read:?}");
+
+        // The rest, one request at a time, until none is asked for.
+        while let Some(request) = requests.pop() {
+            h.engine.dispatch(request).await.unwrap();
+            let read = h.engine.get_import(&who.tenant, &job.id).await.unwrap();
+            if read.status == ImportStatus::Finished {
+                break;
+            }
+            loop {
+                let event = next().await;
+                if event.kind == IMPORT_PAGE {
+                    requests.push(event);
+                    break;
+                }
+                assert!(contacts.insert(event.subject.id.clone()), "twice: {event:?}");
+            }
+        }
+        let done = h.engine.get_import(&who.tenant, &job.id).await.unwrap();
+        assert_eq!(done.status, ImportStatus::Finished, "{done:?}");
+        assert_eq!((done.done, done.total), (250, Some(250)), "{done:?}");
+        assert!(done.finished_at.is_some());
+        while contacts.len() < 250 {
+            let event = next().await;
+            assert!(contacts.insert(event.subject.id.clone()), "twice: {event:?}");
+        }
+        // Finished: the connection takes another import.
+        let second = h.engine.start_import(&who.tenant, &hs.id).await.unwrap();
+        assert_ne!(second.id, job.id);
+        let listed = h.engine.list_imports(&who.tenant).await.unwrap();
+        assert_eq!(listed.len(), 2);
+    }
 
     pub async fn keys_tenants_and_connection_updates(h: Harness) {
         use crmbridge_control::admin::ConnectionPatch;

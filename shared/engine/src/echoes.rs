@@ -88,32 +88,21 @@ impl Engine {
     ) -> EngineResult<Option<String>> {
         let key = keys::written(&event.connection, &event.subject.kind, &event.subject.id);
         let expires = self.now().timestamp() + MEMORY_SECS;
+        // An import reads the record as it is: it is not one of the
+        // vendor's reports, so it matches the memory without using it up
+        // (the live report that follows is an echo too).
+        let consume = event.data["imported"] != serde_json::Value::Bool(true);
         let mut echo = None;
         self.change_memory(&key, expires, |memory| {
             // Decided afresh on every attempt of the versioned write: a
             // decision from an attempt that lost the race does not count.
-            echo = None;
-            let mut ours = !change.created || memory.created;
-            if change.created {
-                memory.created = false;
-            }
-            for (name, value) in &change.properties {
-                let reported = digest(value);
-                let pending = memory.properties.entry(name.clone()).or_default();
-                match pending.iter().position(|written| *written == reported) {
-                    Some(at) => {
-                        pending.remove(at);
-                    }
-                    None => ours = false,
-                }
-                if pending.is_empty() {
-                    memory.properties.remove(name);
-                }
-            }
-            if ours && (change.created || !change.properties.is_empty()) {
-                echo = Some(memory.run.clone());
-            }
-            true
+            let ours = if consume {
+                matches_memory(memory, change)
+            } else {
+                matches_memory(&mut memory.clone(), change)
+            };
+            echo = ours.then(|| memory.run.clone());
+            consume
         })
         .await?;
         Ok(echo)
@@ -159,4 +148,27 @@ impl Engine {
         tracing::warn!(pk = %key.pk, "the write memory kept changing under us; left as it was");
         Ok(())
     }
+}
+
+/// Whether a reported change only repeats what crmbridge wrote, taking
+/// what it matches out of `memory`.
+fn matches_memory(memory: &mut WrittenRecord, change: &ReportedChange) -> bool {
+    let mut ours = !change.created || memory.created;
+    if change.created {
+        memory.created = false;
+    }
+    for (name, value) in &change.properties {
+        let reported = digest(value);
+        let pending = memory.properties.entry(name.clone()).or_default();
+        match pending.iter().position(|written| *written == reported) {
+            Some(at) => {
+                pending.remove(at);
+            }
+            None => ours = false,
+        }
+        if pending.is_empty() {
+            memory.properties.remove(name);
+        }
+    }
+    ours && (change.created || !change.properties.is_empty())
 }

@@ -39,6 +39,17 @@ use crate::{Engine, EngineError, EngineResult, item, keys, random_id};
 
 /// The event kind of a page request.
 pub const IMPORT_PAGE: &str = "crmbridge.import.page";
+/// A running import that has not saved a page for this long may be
+/// resumed (a page is read in seconds; retries back off for minutes).
+pub const STALLED_SECS: i64 = 15 * 60;
+
+fn status_name(status: ImportStatus) -> &'static str {
+    match status {
+        ImportStatus::Running => "running",
+        ImportStatus::Finished => "finished",
+        ImportStatus::Failed => "failed",
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct PageRequest {
@@ -107,12 +118,31 @@ impl Engine {
             finished_at: None,
         };
         let marker = item(keys::running_import(connection), &json!({"import": job.id}))?;
-        if let PutOutcome::Exists(existing) = self.store.put_if_absent(marker).await? {
-            let running = existing.body["import"].as_str().unwrap_or_default().to_owned();
-            return Err(EngineError::conflict(
-                "connection",
-                format!("import {running} of this connection is still running; wait for it, or resume it if it failed"),
-            ));
+        if let PutOutcome::Exists(existing) = self.store.put_if_absent(marker.clone()).await? {
+            let held = existing.body["import"].as_str().unwrap_or_default().to_owned();
+            // A marker whose import finished, or was never written (a
+            // process killed between the two writes), holds nothing.
+            let holder = self.read::<ImportRecord>(&keys::import(&held)).await?;
+            if let Some((running, _)) = holder.filter(|(j, _)| j.status != ImportStatus::Finished) {
+                return Err(EngineError::conflict(
+                    "connection",
+                    format!(
+                        "import {} of this connection is {}; wait for it, or resume it",
+                        running.id,
+                        status_name(running.status)
+                    ),
+                ));
+            }
+            match self.store.update_if_version(marker, existing.version).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict { .. }) => {
+                    return Err(EngineError::conflict(
+                        "connection",
+                        "another import of this connection was started at the same time",
+                    ));
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
         self.store.put(item(keys::import(&job.id), &job)?).await?;
         self.store
@@ -126,13 +156,20 @@ impl Engine {
         Ok(job)
     }
 
-    /// Goes on with a failed import from its saved cursor.
+    /// Goes on with a failed import from its saved cursor, or with one
+    /// that has not moved for [`STALLED_SECS`] (its next page request was
+    /// lost with a process killed at the wrong moment).
     pub async fn resume_import(&self, tenant: &str, id: &str) -> EngineResult<ImportRecord> {
         let (mut job, version) = self.tenant_import(tenant, id).await?;
-        if job.status != ImportStatus::Failed {
+        let stalled = job.status == ImportStatus::Running
+            && (self.now() - job.updated_at).num_seconds() >= STALLED_SECS;
+        if job.status != ImportStatus::Failed && !stalled {
             return Err(EngineError::conflict(
                 "status",
-                format!("only a failed import can be resumed; this one is {:?}", job.status).to_lowercase(),
+                format!(
+                    "only a failed import, or one that has not moved for {STALLED_SECS} s, can be resumed; this one is {}",
+                    status_name(job.status)
+                ),
             ));
         }
         job.status = ImportStatus::Running;
@@ -152,6 +189,21 @@ impl Engine {
         }
         self.request_page(&job).await?;
         Ok(job)
+    }
+
+    /// The import holding the connection (running, or failed and waiting
+    /// to be resumed), if any.
+    pub async fn connection_import(&self, tenant: &str, connection: &str) -> EngineResult<Option<ImportRecord>> {
+        let key = keys::running_import(connection);
+        let Some(marker) = self.store.get(&key.pk, &key.sk).await? else {
+            return Ok(None);
+        };
+        let held = marker.body["import"].as_str().unwrap_or_default().to_owned();
+        Ok(self
+            .read::<ImportRecord>(&keys::import(&held))
+            .await?
+            .map(|(job, _)| job)
+            .filter(|job| job.tenant == tenant && job.status != ImportStatus::Finished))
     }
 
     /// One import of the tenant.
@@ -228,6 +280,12 @@ impl Engine {
         };
         let span = tracing::info_span!("import", import = %job.id, page = page.page, tenant = %job.tenant, connection = %job.connection);
         let _entered = span.enter();
+        if job.status == ImportStatus::Finished {
+            // Saved as finished by a process that may have died before
+            // letting the connection go.
+            self.release_connection(&job).await?;
+            return Ok(nothing());
+        }
         if job.status != ImportStatus::Running || job.generation != page.generation {
             return Ok(nothing());
         }
@@ -343,7 +401,12 @@ impl Engine {
         let Some((job, version)) = self.read::<ImportRecord>(&keys::import(&page.import)).await? else {
             return Ok(());
         };
-        if job.status == ImportStatus::Running && job.generation == page.generation && job.page == page.page {
+        // `page + 1`: the page was saved, but its successor could never be
+        // requested.
+        if job.status == ImportStatus::Running
+            && job.generation == page.generation
+            && (job.page == page.page || job.page == page.page + 1)
+        {
             self.fail_import(&job, version, &format!("page {}: {reason}", page.page))
                 .await?;
         }

@@ -139,6 +139,12 @@ impl Routing {
         events
     }
 
+    /// Whatever is routed now (waiting up to a second for the first),
+    /// deleted from the queue: for tests that pump events as they come.
+    pub async fn receive_now(&self) -> Vec<Value> {
+        self.receive(1).await
+    }
+
     async fn receive(&self, wait_seconds: i32) -> Vec<Value> {
         let received = self
             .sqs

@@ -128,6 +128,38 @@ impl HubSpot {
         .into())
     }
 
+    /// Contacts by id (`contact_data` shape), up to 100 per call with the
+    /// batch read; ids HubSpot no longer has are left out.
+    async fn contacts_by_id(
+        &self,
+        ctx: &CallContext<'_>,
+        ids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, Value>, ActionError> {
+        let mut found = std::collections::BTreeMap::new();
+        let properties: Vec<&str> = CONTACT.iter().map(|(_, theirs)| *theirs).collect();
+        for chunk in ids.chunks(IMPORT_PAGE) {
+            let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
+            let response = self
+                .call(
+                    ctx,
+                    reqwest::Method::POST,
+                    "/crm/v3/objects/contacts/batch/read",
+                    &[],
+                    Some(&json!({"properties": properties, "inputs": inputs})),
+                    Idempotency::Idempotent,
+                )
+                .await?;
+            // 207: some ids are gone; the others are in `results`.
+            if !(response.is_success() || response.status == 207) {
+                Self::json(&response)?;
+            }
+            for record in response.json()?["results"].as_array().into_iter().flatten() {
+                found.insert(id_text(&record["id"]), contact_data(record));
+            }
+        }
+        Ok(found)
+    }
+
     /// Contacts whose `property` equals `value` (search: it lags behind
     /// writes, so it finds, never guarantees absence).
     async fn search(
@@ -695,10 +727,30 @@ impl Importer for HubSpot {
             )
             .await?;
         let body = Self::json(&response)?;
-        let events = body["results"]
+        let mut events: Vec<DecodedEvent> = body["results"]
             .as_array()
             .map(|records| records.iter().filter_map(|r| imported_event(entity, r)).collect())
             .unwrap_or_default();
+        if entity == "note" {
+            // A note is written on its contact, which its event carries
+            // (one batch read per page), so the note does not wait for
+            // the contact's own run.
+            let mut wanted: Vec<String> = events
+                .iter()
+                .filter_map(|e| e.data["note"]["contact_id"].as_str().map(str::to_owned))
+                .collect();
+            wanted.sort();
+            wanted.dedup();
+            let contacts = self.contacts_by_id(ctx, &wanted).await?;
+            for event in &mut events {
+                if let Some(contact) = event.data["note"]["contact_id"]
+                    .as_str()
+                    .and_then(|id| contacts.get(id))
+                {
+                    event.data["note"]["contact"] = contact.clone();
+                }
+            }
+        }
         let next = body["paging"]["next"]["after"]
             .as_str()
             .filter(|after| !after.is_empty())
@@ -764,7 +816,14 @@ impl EventSource for HubSpot {
             if response.status == 404 {
                 return Ok(());
             }
-            event.data["note"] = note_data(&Self::json(&response)?);
+            let mut note = note_data(&Self::json(&response)?);
+            if let Some(contact) = note["contact_id"].as_str().map(str::to_owned) {
+                let read = self.contacts_by_id(ctx, &[contact.clone()]).await?;
+                if let Some(found) = read.get(&contact) {
+                    note["contact"] = found.clone();
+                }
+            }
+            event.data["note"] = note;
         }
         Ok(())
     }
@@ -804,7 +863,7 @@ impl EventSource for HubSpot {
                 field("portal_id", FieldType::Integer, "the HubSpot account"),
                 field("attempt", FieldType::Integer, "HubSpot's delivery attempt (0 = first)"),
                 field("contact", FieldType::Object, "a contact's current properties (email, first_name, last_name, phone, mobile, company, job_title, lifecycle_stage, owner_id) and HubSpot's updated_at, read at dispatch (an import reads them from its page)"),
-                field("note", FieldType::Object, "a note's body, timestamp, updated_at and contact_id (its first contact; contact_ids: all), read at dispatch or by the import"),
+                field("note", FieldType::Object, "a note's body, timestamp, updated_at, contact_id (its first contact; contact_ids: all) and contact (that contact's properties, as `contact`), read at dispatch or by the import"),
                 field("imported", FieldType::Boolean, "true when the event comes from an import of existing records"),
             ]
         };

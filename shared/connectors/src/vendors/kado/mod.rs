@@ -582,20 +582,15 @@ impl Action for UpsertContact {
         let hubspot_id = required_text(fields, "hubspot_id")?;
         let mut contact = contact_body(fields)?;
         contact.insert("is_private".into(), Value::Bool(flag(fields, "is_private")?));
-        let email = text(fields, "email");
-        let phone = text(fields, "phone");
-        if email.is_none() && phone.is_none() {
-            return self.0.put_by_ref(ctx, "contacts", &hubspot_id, &Value::Object(contact)).await;
+        let explicit_privacy = fields.contains_key("is_private");
+        // One look-up: the contact already carrying this HubSpot id, else
+        // existing KADO contacts with the e-mail, then the phone.
+        let mut query = vec![("hubspot_id", hubspot_id.clone())];
+        if let Some(email) = text(fields, "email") {
+            query.push(("email", email));
         }
-        // One look-up: a contact already carrying this HubSpot id is updated
-        // by reference; else an existing KADO contact with the e-mail, then
-        // the phone, is linked (not doubled); else one is made.
-        let mut query = Vec::new();
-        if let Some(email) = &email {
-            query.push(("email", email.clone()));
-        }
-        if let Some(phone) = &phone {
-            query.push(("phone", phone.clone()));
+        if let Some(phone) = text(fields, "phone") {
+            query.push(("phone", phone));
         }
         let url = crate::support::url_with_query(&format!("{}/contacts", Kado::base(ctx)?), &query)?;
         let found = self.0.call(ctx, VendorRequest::get(url)).await?.json()?;
@@ -604,41 +599,94 @@ impl Action for UpsertContact {
         let linked = candidates
             .iter()
             .any(|c| reference(c).as_deref() == Some(hubspot_id.as_str()));
-        let unlinked = candidates.iter().find(|c| reference(c).is_none());
-        match unlinked.filter(|_| !linked) {
-            Some(existing) => {
-                let id = existing["id"].as_str().unwrap_or_default().to_owned();
-                if id.is_empty() {
-                    return Err(VendorError::Decode {
-                        status: 200,
-                        message: "kado: a looked-up contact has no id".into(),
-                    }
-                    .into());
-                }
-                // A linked contact keeps its team and privacy: only the
-                // HubSpot values and the reference are written.
-                contact.remove("team_id");
+        if linked {
+            // Updated by reference: its team and privacy stay KADO's (a
+            // person may have made it private since).
+            contact.remove("team_id");
+            if !explicit_privacy {
                 contact.remove("is_private");
-                contact.insert("external_refs".into(), json!({"hubspot": hubspot_id}));
-                let record = self.0.patch_contact(ctx, &id, &Value::Object(contact)).await?;
-                let matched = if email.as_deref().is_some_and(|e| {
-                    existing["emails"]
-                        .as_array()
-                        .is_some_and(|list| list.iter().any(|x| x.as_str().is_some_and(|x| x.eq_ignore_ascii_case(e))))
-                }) {
-                    "email"
-                } else {
-                    "phone"
-                };
-                Ok(ActionOutput {
-                    id: id.clone(),
-                    record: json!({"id": id, "created": false, "matched_by": matched, "stale": record.0["stale"].as_bool().unwrap_or(false)}),
-                    response_status: record.1.status,
-                    attempts: record.1.attempts,
-                })
             }
-            None => self.0.put_by_ref(ctx, "contacts", &hubspot_id, &Value::Object(contact)).await,
+            return self.0.put_by_ref(ctx, "contacts", &hubspot_id, &Value::Object(contact)).await;
         }
+        if let Some(existing) = candidates.iter().find(|c| reference(c).is_none()) {
+            match self.link(ctx, existing, &hubspot_id, contact.clone(), explicit_privacy).await {
+                Ok(output) => return Ok(output),
+                // Another run linked it to another HubSpot contact first
+                // (a shared phone): this person gets a contact of their own.
+                Err(ActionError::Vendor(VendorError::Rejected { status: 409, .. })) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        self.0.put_by_ref(ctx, "contacts", &hubspot_id, &Value::Object(contact)).await
+    }
+}
+
+impl UpsertContact {
+    /// Links an existing KADO contact to the HubSpot contact: HubSpot's
+    /// values and the reference written, its team and privacy kept, its
+    /// other e-mails and phones kept after HubSpot's. KADO refuses (409) to
+    /// move a reference another run wrote meanwhile.
+    async fn link(
+        &self,
+        ctx: &CallContext<'_>,
+        existing: &Value,
+        hubspot_id: &str,
+        mut contact: Map<String, Value>,
+        explicit_privacy: bool,
+    ) -> Result<ActionOutput, ActionError> {
+        let id = existing["id"].as_str().unwrap_or_default().to_owned();
+        if id.is_empty() {
+            return Err(VendorError::Decode {
+                status: 200,
+                message: "kado: a looked-up contact has no id".into(),
+            }
+            .into());
+        }
+        contact.remove("team_id");
+        if !explicit_privacy {
+            contact.remove("is_private");
+        }
+        contact.insert("external_refs".into(), json!({"hubspot": hubspot_id}));
+        let mut matched = "phone";
+        for list in ["emails", "phones"] {
+            let mut merged: Vec<Value> = contact
+                .get(list)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if list == "emails"
+                && merged.iter().any(|new| {
+                    existing[list].as_array().is_some_and(|held| {
+                        held.iter().any(|h| {
+                            h.as_str().zip(new.as_str()).is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+                        })
+                    })
+                })
+            {
+                matched = "email";
+            }
+            for held in existing[list].as_array().into_iter().flatten() {
+                let known = merged.iter().any(|m| {
+                    m.as_str()
+                        .zip(held.as_str())
+                        .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+                });
+                if !known {
+                    merged.push(held.clone());
+                }
+            }
+            if !merged.is_empty() {
+                contact.insert(list.into(), Value::Array(merged));
+            }
+        }
+        let (record, response) = self.0.patch_contact(ctx, &id, &Value::Object(contact)).await?;
+        Ok(ActionOutput {
+            id: id.clone(),
+            record: json!({"id": id, "created": false, "matched_by": matched,
+                           "stale": record["stale"].as_bool().unwrap_or(false)}),
+            response_status: response.status,
+            attempts: response.attempts,
+        })
     }
 }
 
@@ -791,6 +839,69 @@ impl Action for UpsertNote {
 }
 
 
+/// `kado.note.update`: records the HubSpot note a KADO note became
+/// (`hubspot_id` → `external_refs.hubspot`), so a later report of that
+/// HubSpot note finds this KADO note instead of making a second.
+struct UpdateNote(Arc<Kado>);
+
+#[async_trait]
+impl Action for UpdateNote {
+    fn spec(&self) -> ActionSpec {
+        ActionSpec::new(
+            "kado.note.update",
+            ActionKind::Update,
+            vec![
+                field("hubspot_id", FieldType::String, "the HubSpot note it became"),
+                field("body", FieldType::String, "the text"),
+                field("is_private", FieldType::Boolean, "private"),
+            ],
+        )
+        .with_output(vec![field("id", FieldType::String, "KADO note id")])
+    }
+
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Repeatable
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        fields: &Map<String, Value>,
+        target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        only_known(fields, &["hubspot_id", "body", "is_private"])?;
+        let id = target
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ActionError::field("target", "the KADO note's id"))?;
+        let mut patch = Map::new();
+        if let Some(hubspot) = text(fields, "hubspot_id") {
+            patch.insert("external_refs".into(), json!({"hubspot": hubspot}));
+        }
+        if let Some(body) = text(fields, "body") {
+            patch.insert("body".into(), Value::String(body));
+        }
+        if fields.contains_key("is_private") {
+            patch.insert("is_private".into(), Value::Bool(flag(fields, "is_private")?));
+        }
+        let encoded: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        let request = VendorRequest::with_body(
+            reqwest::Method::PATCH,
+            format!("{}/notes/{encoded}", Kado::base(ctx)?),
+            Value::Object(patch).to_string().into_bytes(),
+            Idempotency::Idempotent,
+        )
+        .header("content-type", "application/json");
+        let response = self.0.call(ctx, request).await?;
+        let record = response.json()?;
+        Ok(ActionOutput {
+            id: id.to_owned(),
+            record: flatten("note", &record),
+            response_status: response.status,
+            attempts: response.attempts,
+        })
+    }
+}
+
 /// KADO (our adapter contract): contacts and notes both ways.
 pub fn vendor() -> Vendor {
     let kado = Arc::new(Kado);
@@ -800,7 +911,8 @@ pub fn vendor() -> Vendor {
         .account(kado.clone())
         .action(Arc::new(UpsertContact(kado.clone())))
         .action(Arc::new(UpdateContact(kado.clone())))
-        .action(Arc::new(UpsertNote(kado)))
+        .action(Arc::new(UpsertNote(kado.clone())))
+        .action(Arc::new(UpdateNote(kado)))
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@
 //! * `GET /company` → `{"company_id","name","teams":[{"id","name"}]}`: the
 //!   token's company ([`FakeKado::company_id`]) and all its teams, as given
 //!   to [`FakeKado::start`].
-//! * `GET /contacts?email=<e-mail>`, `?phone=<E.164>` or both →
-//!   `{"data":[Contact]}` (empty when none): the e-mail matches first, then
+//! * `GET /contacts?hubspot_id=<id>&email=<e-mail>&phone=<E.164>` (any of
+//!   the three) → `{"data":[Contact]}` (empty when none): the contact
+//!   carrying that HubSpot reference first, then the e-mail matches, then
 //!   the phone matches, each contact once, in creation order: the e-mail compared
 //!   case-insensitively with each of a contact's `emails`, the phone by
 //!   digits (equal when the last 10 digits are equal, or all of them when
@@ -34,7 +35,12 @@
 //! * `GET /contacts/{id}` → the Contact (404 `not_found`); `PATCH
 //!   /contacts/{id}` with some writable fields (left out: kept; `null`:
 //!   cleared; `external_refs` merged key by key) → 200 the Contact; a
-//!   crmbridge write, so its event carries `origin: "crmbridge"`.
+//!   crmbridge write, so its event carries `origin: "crmbridge"`. A PATCH
+//!   never moves a HubSpot reference: setting `external_refs.hubspot` on a
+//!   contact that carries another → 409 `conflict`. `PATCH /notes/{id}`
+//!   likewise (`body`, `is_private`, `external_refs`). A person's change
+//!   (`edit_contact_as_user`) stamps the contact's `source_updated_at` with
+//!   its time.
 //! * `PUT /contacts/by-ref/hubspot/{hubspot_contact_id}` with a Contact
 //!   (writable fields `team_id`, `first_name`, `last_name`, `job_title`,
 //!   `organization`, `emails`, `phones`, `owner_email`, `is_private`,
@@ -1201,7 +1207,10 @@ impl Data {
         if let Some(team) = &f.team_id {
             self.check_team(team)?;
         }
-        let data = f.apply(&self.contacts[i].data, true);
+        let mut data = f.apply(&self.contacts[i].data, true);
+        // A person's change is the newest write: a HubSpot value read
+        // before it (an imported snapshot) must not overwrite it.
+        data.source_updated_at = Some(Utc::now());
         self.check_unique_contact_ref(&data, Some(i))?;
         self.commit_contact(company, i, data, Origin::User);
         Ok(())
@@ -1218,11 +1227,62 @@ impl Data {
             record["stale"] = json!(true);
             return Ok(record);
         }
+        if let (Some(held), Some(Some(wanted))) = (
+            self.contacts[i].data.external_refs.get("hubspot"),
+            f.external_refs.as_ref().and_then(|r| r.get("hubspot")),
+        ) && held != wanted
+        {
+            return Err(KErr::conflict(format!(
+                "{id} already carries the HubSpot reference {held}; a reference is not moved"
+            ))
+            .on_field("external_refs.hubspot"));
+        }
         let data = f.apply(&self.contacts[i].data, false);
         self.check_unique_contact_ref(&data, Some(i))?;
         self.check_duplicate_emails(&data, Some(i))?;
         self.commit_contact(company, i, data, Origin::Crmbridge);
         Ok(self.contacts[i].json(false))
+    }
+
+    /// `PATCH /notes/{id}`: `body`, `is_private`, `external_refs` (merged
+    /// key by key; a HubSpot reference is never moved to another).
+    fn patch_note(&mut self, company: &str, id: &str, f: NoteFields) -> R<Value> {
+        let i = self.live_note(id)?;
+        if f.contact_id.is_some() || f.contact_ref.is_some() {
+            return Err(KErr::validation("contact_id", "a note does not move to another contact"));
+        }
+        let mut data = self.notes[i].data.clone();
+        if let Some(refs) = f.external_refs {
+            if let (Some(held), Some(Some(wanted))) = (data.external_refs.get("hubspot"), refs.get("hubspot"))
+                && held != wanted
+            {
+                return Err(KErr::conflict(format!(
+                    "{id} already carries the HubSpot reference {held}; a reference is not moved"
+                ))
+                .on_field("external_refs.hubspot"));
+            }
+            if let Some(Some(wanted)) = refs.get("hubspot")
+                && let Some(j) = self.note_by_hubspot(wanted)
+                && j != i
+            {
+                return Err(KErr::conflict(format!(
+                    "external_refs.hubspot {wanted} already belongs to {}",
+                    self.notes[j].id()
+                )));
+            }
+            merge_refs(&mut data.external_refs, refs);
+        }
+        if let Some(v) = f.body {
+            data.body = v;
+        }
+        if let Some(v) = f.is_private {
+            data.is_private = v;
+        }
+        if let Some(v) = f.author_email {
+            data.author_email = v;
+        }
+        self.commit_note(company, i, data, Origin::Crmbridge);
+        Ok(self.notes[i].json(false))
     }
 
     /// `create_note_as_user`.
@@ -1258,11 +1318,12 @@ impl Data {
         Ok(())
     }
 
-    /// `GET /contacts?email=` / `?phone=`.
-    /// `GET /contacts?email=…&phone=…`: live contacts with that e-mail
+    /// `GET /contacts?hubspot_id=…&email=…&phone=…` (any of them): the
+    /// contact carrying that HubSpot reference (deleted ones too: a PUT by
+    /// reference restores them), then live contacts with that e-mail
     /// (case-insensitive), then those with that phone (by digits), each
-    /// once — either parameter alone, or both.
-    fn lookup(&self, email: Option<String>, phone: Option<String>) -> R<Value> {
+    /// once.
+    fn lookup(&self, hubspot: Option<String>, email: Option<String>, phone: Option<String>) -> R<Value> {
         let email = match email {
             Some(email) => {
                 let email = email.trim().to_lowercase();
@@ -1285,8 +1346,15 @@ impl Data {
         };
         let live = || self.contacts.iter().filter(|c| !c.deleted);
         let mut found: Vec<&Contact> = Vec::new();
+        if let Some(i) = hubspot.as_deref().and_then(|h| self.contact_by_hubspot(h, None)) {
+            found.push(&self.contacts[i]);
+        }
         if let Some(email) = &email {
-            found.extend(live().filter(|c| c.data.emails.iter().any(|e| e.to_lowercase() == *email)));
+            for c in live().filter(|c| c.data.emails.iter().any(|e| e.to_lowercase() == *email)) {
+                if !found.iter().any(|f| f.seq == c.seq) {
+                    found.push(c);
+                }
+            }
         }
         if let Some(wanted) = &phone {
             for c in live().filter(|c| c.data.phones.iter().any(|p| same_phone(&digits(p), wanted))) {
@@ -1837,8 +1905,9 @@ impl Inner {
             (&Method::GET, ["contacts"]) => {
                 let email = req.query_param("email");
                 let phone = req.query_param("phone");
-                let v = if email.is_some() || phone.is_some() {
-                    d.lookup(email, phone)?
+                let hubspot = req.query_param("hubspot_id");
+                let v = if email.is_some() || phone.is_some() || hubspot.is_some() {
+                    d.lookup(hubspot, email, phone)?
                 } else if d.lists_offered {
                     page(&d.contacts, req)?
                 } else {
@@ -1870,6 +1939,11 @@ impl Inner {
                     resp = Resp::json(StatusCode::OK, &json!({"id": id, "stale": true}));
                 }
                 Ok(resp)
+            }
+            (&Method::PATCH, ["notes", id]) => {
+                let f = parse_note(&body_object(req)?)?;
+                let record = d.patch_note(company, id, f)?;
+                Ok(Resp::json(StatusCode::OK, &record))
             }
             (&Method::PUT, ["notes", "by-ref", "hubspot", hubspot]) => {
                 let f = parse_note(&body_object(req)?)?;
