@@ -48,6 +48,11 @@ impl World {
     /// users, before anyone listens) ahead of the recipe's activation; the
     /// activation's import is then left running.
     async fn start_seeded(seed: impl FnOnce(&FakeHubSpot, &FakeKado)) -> Self {
+        Self::start_with(seed, &[]).await
+    }
+
+    /// [`World::start_seeded`], with more flags for `serve`.
+    async fn start_with(seed: impl FnOnce(&FakeHubSpot, &FakeKado), flags: &[&str]) -> Self {
         let accounts = FakeOAuth::start(OAuthConfig::hubspot(CLIENT_ID, CLIENT_SECRET))
             .await
             .unwrap();
@@ -66,7 +71,9 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         // The import writes thousands of records: more workers then.
         let workers = if seeded { 4 } else { 2 };
-        let server = serve_with(&dir.path().join("data"), workers, &["--allow-any-vendor-url"]);
+        let mut args = vec!["--allow-any-vendor-url"];
+        args.extend_from_slice(flags);
+        let server = serve_with(&dir.path().join("data"), workers, &args);
         let key = server.owner_key.clone().unwrap();
         let world = Self {
             server,
@@ -931,4 +938,72 @@ async fn import_survives_two_kills_links_existing_contacts_and_keeps_live_edits(
         kado_made.len(),
         runs.len()
     );
+}
+
+/// Polling is the safety net under KADO's webhooks: a contact whose webhook
+/// never came (the adapter's subscription was down) still reaches HubSpot
+/// at the next tick; a change that arrives both by webhook and by poll runs
+/// once; crmbridge's own writes into KADO, seen by the poll, are not sent
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_kado_webhook_is_caught_by_the_poll_and_a_change_seen_twice_runs_once() {
+    let w = World::start_with(|_, _| {}, &["--tick-interval", "1s"]).await;
+    let polls = || {
+        w.kado
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.query.contains("updated_since"))
+            .count()
+    };
+    // Waits for `done`, delivering webhooks meanwhile, or holding them.
+    let wait_for = async |what: &str, deliver: bool, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done() {
+            if deliver {
+                w.deliver().await;
+            }
+            assert!(Instant::now() < deadline, "never: {what}");
+            pause().await;
+        }
+    };
+    // The first poll of each source only marks where the next starts.
+    wait_for("KADO polled", true, &|| polls() >= 2).await;
+
+    w.kado.unsubscribe();
+    let lost = w
+        .kado
+        .create_contact_as_user("t_sales", json!({"first_name": "Lost", "emails": ["lost@example.com"]}), false)
+        .unwrap();
+    w.listen();
+    let in_hubspot = |email: &str| {
+        w.hubspot
+            .contacts()
+            .iter()
+            .filter(|c| c["properties"]["email"] == email)
+            .count()
+    };
+    wait_for("the lost contact in HubSpot", true, &|| in_hubspot("lost@example.com") == 1).await;
+    wait_for("its HubSpot id recorded", true, &|| {
+        w.kado.contact(&lost).unwrap()["external_refs"]["hubspot"].is_string()
+    })
+    .await;
+
+    // Seen both ways: the webhook is held until the poll has carried the
+    // contact to HubSpot, then delivered: the same change, not run again.
+    w.kado
+        .create_contact_as_user("t_sales", json!({"first_name": "Both", "emails": ["both@example.com"]}), false)
+        .unwrap();
+    wait_for("the polled contact in HubSpot", false, &|| in_hubspot("both@example.com") == 1).await;
+    assert!(!w.kado.pending_webhooks().is_empty(), "the webhook is still held");
+    let after = polls();
+    wait_for("three more polls", true, &|| polls() >= after + 6).await;
+    assert_eq!(in_hubspot("both@example.com"), 1);
+    assert_eq!(in_hubspot("lost@example.com"), 1);
+    let all = runs(&w.server, &w.key).await;
+    assert_eq!(count(&all, "kado-contact-to-hubspot", "succeeded"), 2, "{all:#?}");
+    // Our own writes (the HubSpot ids recorded in KADO) were polled too,
+    // and sent nowhere.
+    assert_eq!(count(&all, "kado-contact-changed-to-hubspot", "succeeded"), 0, "{all:#?}");
+    assert_eq!(w.hubspot.contacts().len(), 2);
+    assert_eq!(w.kado.contacts().len(), 2);
 }

@@ -27,8 +27,8 @@ use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, Vendo
 use crate::support::{check_base_url, credential, field, only_known, required_text, text, with_timeout};
 use crate::{
     Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError,
-    DecodedEvent, EventSource, InboundRequest, Resend, SettingsError, Vendor, VendorSettings,
-    WebhookSource,
+    DecodedEvent, EventSource, InboundRequest, PollBatch, Poller, Resend, SettingsError, Vendor,
+    VendorSettings, WebhookSource,
 };
 
 const SETTINGS: &[&str] = &["base_url", "company_id", "teams", "timeout_ms"];
@@ -430,6 +430,104 @@ fn decode_event(
     }))
 }
 
+/// Pages one poll reads at most (100 records each); the rest is read by
+/// the next tick, from the saved position.
+const POLL_PAGES: usize = 10;
+
+/// The safety net under the webhooks: tick reads the contacts changed
+/// since the last poll (`GET /contacts?updated_since=…`, optional in the
+/// contract: 404 = not offered). Each change becomes the event its webhook
+/// would have been, with the same change key (contact id + `updated_at`),
+/// so a change that came both ways runs once. Changes made by crmbridge
+/// (`origin: "crmbridge"`) and other teams' contacts are left out, as on
+/// the webhook path. Notes are not polled: the contract's notes carry no
+/// team of their own.
+#[async_trait]
+impl Poller for Kado {
+    fn polls(&self, kind: &str) -> bool {
+        matches!(kind, "kado.contact.created" | "kado.contact.updated")
+    }
+
+    async fn poll(
+        &self,
+        ctx: &CallContext<'_>,
+        kind: &str,
+        _scope: &Value,
+        cursor: Option<&Value>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<PollBatch, ActionError> {
+        let stamp = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        // The first poll only marks where the next one starts.
+        let Some(since) = cursor.and_then(|c| c["since"].as_str()).map(str::to_owned) else {
+            return Ok(PollBatch {
+                events: Vec::new(),
+                cursor: json!({"since": stamp(now)}),
+            });
+        };
+        let company = ctx.settings["company_id"].as_str().unwrap_or_default();
+        let teams: Vec<&str> = ctx.settings["teams"]
+            .as_array()
+            .map(|list| list.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let change = kind.rsplit('.').next().unwrap_or_default();
+        let mut events = Vec::new();
+        let mut newest = since.clone();
+        let mut page: Option<String> = None;
+        for _ in 0..POLL_PAGES {
+            let mut query = vec![("updated_since", since.clone()), ("limit", "100".to_owned())];
+            if let Some(page) = &page {
+                query.push(("cursor", page.clone()));
+            }
+            let url = crate::support::url_with_query(&format!("{}/contacts", Self::base(ctx)?), &query)?;
+            let response = match self.call(ctx, VendorRequest::get(url)).await {
+                Ok(response) => response,
+                // Not offered: the webhooks are all there is.
+                Err(ActionError::Vendor(VendorError::Rejected { status: 404, .. })) => {
+                    return Ok(PollBatch {
+                        events: Vec::new(),
+                        cursor: json!({"since": since}),
+                    });
+                }
+                Err(err) => return Err(err),
+            };
+            let body = response.json()?;
+            for record in body["data"].as_array().into_iter().flatten() {
+                let updated = record["updated_at"].as_str().unwrap_or_default();
+                if updated > newest.as_str() {
+                    newest = updated.to_owned();
+                }
+                let created = record["created_at"] == record["updated_at"];
+                if (change == "created") != created || record["deleted"] == true {
+                    continue;
+                }
+                let synthetic = json!({
+                    "event_id": format!("poll:{}:{updated}", record["id"].as_str().unwrap_or_default()),
+                    "kind": format!("contact.{change}"),
+                    "occurred_at": updated,
+                    "origin": record["origin"].as_str().unwrap_or("user"),
+                    "company_id": company,
+                    "team_id": record["team_id"],
+                    "data": record,
+                });
+                // A record the webhook path would refuse is skipped here.
+                if let Ok(Some(event)) = decode_event(0, &synthetic, company, &teams) {
+                    events.push(event);
+                }
+            }
+            match body["next_cursor"].as_str() {
+                Some(next) if !next.is_empty() => page = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        // `updated_since` is inclusive: the newest change is read again
+        // next time and names the same event.
+        Ok(PollBatch {
+            events,
+            cursor: json!({"since": newest}),
+        })
+    }
+}
+
 #[async_trait]
 impl EventSource for Kado {
     /// A note event names its contact by KADO id: the contact is read
@@ -455,6 +553,16 @@ impl EventSource for Kado {
             Err(ActionError::Vendor(VendorError::Rejected { status: 404, .. })) => Ok(()),
             Err(err) => Err(err),
         }
+    }
+
+    /// A contact's change is its id and `updated_at`: the webhook and the
+    /// poll that both saw it name the same change, which runs once.
+    fn change_key(&self, event: &crmbridge_mapping::Event) -> Option<String> {
+        if event.subject.kind != "contact" {
+            return None;
+        }
+        let updated = event.data["updated_at"].as_str()?;
+        Some(format!("kado:contact:{}:{updated}", event.subject.id))
     }
 
     fn event_kinds(&self) -> Vec<EventKindSpec> {
@@ -908,6 +1016,7 @@ pub fn vendor() -> Vendor {
     Vendor::new("kado", kado.clone())
         .webhooks(kado.clone())
         .events(kado.clone())
+        .poller(kado.clone())
         .account(kado.clone())
         .action(Arc::new(UpsertContact(kado.clone())))
         .action(Arc::new(UpdateContact(kado.clone())))

@@ -25,7 +25,8 @@
 //! * `GET /contacts?updated_since=<RFC 3339>&cursor=<opaque>&limit=<1–100>`
 //!   and `GET /notes?…` → `{"data":[…],"next_cursor":"…"|null}`, records of
 //!   every team ordered by `updated_at`, then id, private and deleted ones
-//!   included (flagged by `is_private` / `deleted`). `updated_since` is
+//!   included (flagged by `is_private` / `deleted`; a contact also says who
+//!   made its last change, `origin`: `user` or `crmbridge`). `updated_since` is
 //!   inclusive; the cursor is a keyset position (the last row's
 //!   `updated_at` and id), so a record changed while a client pages moves to
 //!   the end and is seen again, never skipped. `limit` defaults to
@@ -307,6 +308,8 @@ struct Contact {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted: bool,
+    /// Who made the last change (list answers say it as `origin`).
+    last_origin: Origin,
 }
 
 impl Contact {
@@ -397,7 +400,9 @@ impl Item for Contact {
     }
 
     fn list_json(&self) -> Value {
-        self.json(true)
+        let mut v = self.json(true);
+        v["origin"] = json!(self.last_origin.as_str());
+        v
     }
 }
 
@@ -964,6 +969,7 @@ impl Data {
             created_at: now,
             updated_at: now,
             deleted: false,
+            last_origin: origin,
         };
         let (id, team, json) = (
             contact.id(),
@@ -992,6 +998,7 @@ impl Data {
         c.data = data;
         c.deleted = false;
         c.updated_at = now;
+        c.last_origin = origin;
         let (team, json) = (c.data.team_id.clone(), c.json(false));
         self.emit(company, "contact.updated", origin, &team, json, now);
         true
@@ -1162,6 +1169,7 @@ impl Data {
         let now = self.tick();
         let c = &mut self.contacts[i];
         c.deleted = true;
+        c.last_origin = Origin::User;
         c.updated_at = now;
         let (team, json) = (c.data.team_id.clone(), c.json(true));
         self.emit(company, "contact.deleted", Origin::User, &team, json, now);
