@@ -333,10 +333,12 @@ impl Contact {
             "owner_email": opt_json(&c.owner_email),
             "is_private": c.is_private,
             "external_refs": refs_json(&c.external_refs),
-            "source_updated_at": c.source_updated_at.map(iso),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
         });
+        if let Some(at) = c.source_updated_at {
+            v["source_updated_at"] = json!(iso(at));
+        }
         if with_deleted {
             v["deleted"] = json!(self.deleted);
         }
@@ -1217,8 +1219,11 @@ impl Data {
         }
         let mut data = f.apply(&self.contacts[i].data, true);
         // A person's change is the newest write: a HubSpot value read
-        // before it (an imported snapshot) must not overwrite it.
-        data.source_updated_at = Some(Utc::now());
+        // before it (an imported snapshot) must not overwrite it. An edit
+        // that changes nothing stays a no-op.
+        if data != self.contacts[i].data {
+            data.source_updated_at = Some(Utc::now());
+        }
         self.check_unique_contact_ref(&data, Some(i))?;
         self.commit_contact(company, i, data, Origin::User);
         Ok(())
