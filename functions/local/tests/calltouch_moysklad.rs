@@ -280,8 +280,11 @@ async fn a_request_with_a_known_email_reuses_its_counterparty() {
     assert_eq!(s.calltouch.deals()[0]["orderNumber"], "ct-request-77");
 }
 
+/// Calltouch's "test" button sends the template with its placeholders
+/// unfilled and counts anything but a 2xx as a broken webhook: it is
+/// answered 200 "ignored", and nothing is accepted or run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calltouch_test_sends_are_refused_with_a_clear_400() {
+async fn calltouch_test_sends_are_answered_and_accept_nothing() {
     let s = setup().await;
     let params = crmbridge_fakes::vendors::calltouch::unfilled_test_params();
     let borrowed: Vec<(&str, &str)> = params
@@ -294,16 +297,51 @@ async fn calltouch_test_sends_are_refused_with_a_clear_400() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
+    assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("test send"),
-        "{body}"
+    assert_eq!(body, json!({"status": "ignored", "event_ids": []}));
+    // A real call afterwards is the first run.
+    assert_eq!(s.call("1200", "79161234500").await, 202);
+    let all = s.settled_runs(1).await;
+    assert_eq!(all.len(), 1, "{all:#?}");
+}
+
+/// A parameter Calltouch had no value for arrives as a placeholder
+/// (`<не указано>`, `(none)`, `(not set)`, form-encoded with `+`): the
+/// order in MoySklad gets no value there, never the placeholder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placeholder_utm_values_reach_moysklad_as_no_value() {
+    let s = setup().await;
+    let params = [
+        ("callId", "1300"),
+        ("callerphone", "79161230000"),
+        ("phonenumber", "74950000000"),
+        ("utm_source", "<не указано>"),
+        ("utm_medium", "(none)"),
+        ("utm_campaign", "(not set)"),
+        ("utm_content", "banner 2"),
+    ];
+    assert_eq!(
+        send_call_webhook(&s.calltouch_hook, &params, WebhookMethod::Post)
+            .await
+            .unwrap(),
+        202
     );
-    assert!(runs(&s.server, &s.key).await.is_empty());
+    let all = s.settled_runs(1).await;
+    assert!(all.iter().all(|r| r["status"] == "succeeded"), "{all:#?}");
+    let orders = s.moysklad.orders();
+    assert_eq!(orders.len(), 1);
+    let order_id = orders[0]["id"].as_str().unwrap();
+    for name in ["utm_source", "utm_medium", "utm_campaign"] {
+        let value = s.moysklad.order_attribute(order_id, name);
+        assert!(
+            value.is_none() || value == Some(json!("")),
+            "{name} = {value:?}"
+        );
+    }
+    assert_eq!(s.moysklad.order_attribute(order_id, "utm_content"), Some(json!("banner 2")));
+    let text = serde_json::to_string(&orders).unwrap();
+    assert!(!text.contains("указано") && !text.contains("not set") && !text.contains("(none)"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,12 @@ async fn handle(
     engine: &Engine,
     event: LambdaEvent<EventBridgeEvent<Value>>,
 ) -> Result<Value, lambda_runtime::Error> {
+    if let Err(reason) =
+        crmbridge_engine::tick::check_schedule(&event.payload.source, &event.payload.detail_type)
+    {
+        tracing::warn!(reason, "tick invoked by another event");
+        return Ok(json!({ "ignored": reason }));
+    }
     // The schedule's own time, so a redelivered tick is the same tick.
     let started_at = event
         .payload
@@ -74,5 +80,16 @@ mod tests {
             reply,
             json!({"sources": ["con_1#retailcrm.order.changed"], "published": 1})
         );
+        // Anything but the schedule is ignored: no tick, no poll request.
+        let mut other: EventBridgeEvent<Value> = serde_json::from_str(&sample).unwrap();
+        other.source = "crmbridge".into();
+        other.detail_type = "crmbridge.poll.requested".into();
+        let reply = handle(&engine, LambdaEvent::new(other, Default::default()))
+            .await
+            .unwrap();
+        assert!(reply["ignored"].as_str().unwrap().contains("not the schedule"), "{reply}");
+        use crmbridge_store::Query;
+        let ticks = store.query(Query::prefix("TICK".to_owned(), "")).await.unwrap();
+        assert_eq!(ticks.items.len(), 1, "only the scheduled tick was recorded");
     }
 }

@@ -60,7 +60,15 @@ pub(crate) async fn webhook(
         let status = StatusCode::from_u16(outcome.ack_status).unwrap_or(StatusCode::OK);
         return Ok((status, axum::Json(body)).into_response());
     }
-    Ok(if outcome.is_duplicate() {
+    Ok(if ids.is_empty() {
+        // Nothing in the delivery is an event crmbridge takes (a vendor's
+        // test send, our own write reported back, another team's change).
+        (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ignored", "event_ids": ids})),
+        )
+            .into_response()
+    } else if outcome.is_duplicate() {
         (
             StatusCode::OK,
             axum::Json(json!({"status": "duplicate", "event_ids": ids})),

@@ -14,6 +14,19 @@ use crate::{Engine, EngineResult, decode, item, keys};
 /// The event kind of a poll request.
 pub const POLL_REQUESTED: &str = "crmbridge.poll.requested";
 
+/// Whether an EventBridge event is the schedule's tick (`source`
+/// `aws.events`, `detail-type` `Scheduled Event`); anything else routed to
+/// the tick function by mistake is refused with the reason, and ignored.
+pub fn check_schedule(source: &str, detail_type: &str) -> Result<(), String> {
+    if source == "aws.events" && detail_type == "Scheduled Event" {
+        Ok(())
+    } else {
+        Err(format!(
+            "not the schedule's tick (source '{source}', detail-type '{detail_type}'): ignored"
+        ))
+    }
+}
+
 impl Engine {
     pub async fn tick(&self, started_at: DateTime<Utc>) -> EngineResult<TickRecord> {
         let mut sources: Vec<PollSource> = Vec::new();

@@ -10,7 +10,12 @@
 //!   `callerNumber`, …), normalises them to snake_case fields, and keeps
 //!   every parameter as sent under `params`.
 //! - The UI's "test" send delivers unfilled placeholders like
-//!   `{callerphone}`: refused with a 400 that says so.
+//!   `{callerphone}`: answered 2xx with nothing accepted (Calltouch counts
+//!   anything else as a broken webhook), and logged.
+//! - A parameter Calltouch had no value for comes as a placeholder
+//!   (`<не указано>`, `(not set)`, `(none)`…): it is absent, so templates
+//!   and filters see no value. Repeated parameters keep every value; yes/no
+//!   parameters (`unique`, `targetCall`, …) are booleans.
 //! - A delivery with `requestId`, `requestNumber` or `subject` is a request
 //!   (form lead); anything else is a call.
 //! - Deals: `POST lead-service/v1/api/client-order/create|update` with
@@ -167,6 +172,10 @@ fn call_fields() -> Vec<FieldSpec> {
         FieldSpec::new("call_time", FieldType::String).describe("when the call happened, as sent"),
         FieldSpec::new("duration", FieldType::String).describe("seconds"),
         FieldSpec::new("status", FieldType::String).describe("e.g. successful"),
+        FieldSpec::new("unique", FieldType::Boolean).describe("the caller's first call"),
+        FieldSpec::new("unique_target", FieldType::Boolean).describe("the first call that met a goal"),
+        FieldSpec::new("target_call", FieldType::Boolean).describe("the call met a goal"),
+        FieldSpec::new("callback_call", FieldType::Boolean).describe("a callback ordered on the site"),
     ];
     fields.extend(common_fields());
     fields
@@ -250,6 +259,41 @@ fn deal_fields(create: bool) -> Vec<FieldSpec> {
 fn looks_unfilled(value: &str) -> bool {
     let trimmed = value.trim();
     trimmed.starts_with('{') && trimmed.ends_with('}') && !trimmed.contains('"')
+}
+
+/// What Calltouch (and the analytics sources behind it) write where they
+/// have no value, inside `<…>` or `(…)`, compared without case.
+const NO_VALUE: &[&str] = &["не указано", "не задано", "не определено", "none", "not set", "not provided", "undefined"];
+
+/// `<не указано>`, `(not set)` and the like: a parameter with no value.
+fn is_no_value(value: &str) -> bool {
+    let trimmed = value.trim();
+    let inner = trimmed
+        .strip_prefix('<')
+        .and_then(|v| v.strip_suffix('>'))
+        .or_else(|| trimmed.strip_prefix('(').and_then(|v| v.strip_suffix(')')));
+    inner.is_some_and(|inner| {
+        let inner = inner.trim().to_lowercase();
+        NO_VALUE.iter().any(|word| *word == inner)
+    })
+}
+
+/// Yes/no parameters: our field name and Calltouch's spellings.
+const FLAGS: &[(&str, &[&str])] = &[
+    ("unique", &["unique", "uniq"]),
+    ("unique_target", &["uniqTarget", "uniqueTarget", "unique_target"]),
+    ("target_call", &["targetCall", "target", "target_call"]),
+    ("callback_call", &["callbackCall", "callback", "callback_call"]),
+];
+
+/// A yes/no parameter as a boolean (`true`/`false`, `1`/`0`, `yes`/`no`,
+/// `да`/`нет`); anything else is kept as text.
+fn flag_value(value: &str) -> Value {
+    match value.trim().to_lowercase().as_str() {
+        "true" | "1" | "yes" | "y" | "да" => Value::Bool(true),
+        "false" | "0" | "no" | "n" | "нет" => Value::Bool(false),
+        _ => Value::String(value.to_owned()),
+    }
 }
 
 /// `dd-mm-yyyy HH:MM:SS`, the lead-service format (uncertain; see module docs).
@@ -565,7 +609,7 @@ impl VendorSettings for Calltouch {
 impl WebhookSource for Calltouch {
     fn decode_webhook(
         &self,
-        _connection: ConnectionView<'_>,
+        connection: ConnectionView<'_>,
         request: &InboundRequest<'_>,
     ) -> Result<Vec<DecodedEvent>, DecodeError> {
         let params = params_of(request)?;
@@ -575,14 +619,23 @@ impl WebhookSource for Calltouch {
                 "a Calltouch webhook carries its fields as parameters; none were sent",
             ));
         }
+        // Calltouch's "test" button sends the template with its
+        // placeholders unfilled and counts anything but a 2xx as a broken
+        // webhook: answered 2xx, nothing accepted.
         if let Some((name, value)) = params.iter().find(|(_, v)| looks_unfilled(v)) {
-            return Err(DecodeError::new(
-                format!("params.{name}"),
-                format!(
-                    "'{value}' is an unfilled placeholder: this is Calltouch's test send, not a real call"
-                ),
-            ));
+            tracing::info!(
+                connection = connection.id,
+                parameter = %name,
+                value = %value,
+                "Calltouch's test send (unfilled placeholders): answered 2xx, nothing accepted"
+            );
+            return Ok(Vec::new());
         }
+        // A parameter Calltouch had no value for is absent, not data.
+        let params: Vec<(String, String)> = params
+            .into_iter()
+            .filter(|(_, v)| !is_no_value(v))
+            .collect();
         let get = |ours: &str| -> Option<String> {
             let aliases = ALIASES
                 .iter()
@@ -597,32 +650,48 @@ impl WebhookSource for Calltouch {
             })
         };
         let mut data = Map::new();
-        for (ours, _) in ALIASES {
-            if let Some(value) = get(ours) {
-                let value = if *ours == "tags" {
-                    Value::Array(
-                        value
-                            .split([',', '|'])
-                            .map(str::trim)
-                            .filter(|t| !t.is_empty())
-                            .map(|t| Value::String(t.to_owned()))
-                            .collect(),
-                    )
-                } else {
-                    Value::String(value)
-                };
-                data.insert((*ours).to_owned(), value);
+        for (ours, aliases) in ALIASES {
+            if *ours == "tags" {
+                // Every occurrence counts (`tags=a&tags=b,c`), each split.
+                let tags: Vec<Value> = params
+                    .iter()
+                    .filter(|(k, _)| aliases.contains(&k.as_str()))
+                    .flat_map(|(_, v)| v.split([',', '|']))
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| Value::String(t.to_owned()))
+                    .collect();
+                if !tags.is_empty() {
+                    data.insert("tags".into(), Value::Array(tags));
+                }
+            } else if let Some(value) = get(ours) {
+                data.insert((*ours).to_owned(), Value::String(value));
             }
         }
-        data.insert(
-            "params".into(),
-            Value::Object(
-                params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                    .collect(),
-            ),
-        );
+        for (ours, aliases) in FLAGS {
+            if let Some((_, value)) = params
+                .iter()
+                .find(|(k, v)| aliases.contains(&k.as_str()) && !v.is_empty())
+            {
+                data.insert((*ours).to_owned(), flag_value(value));
+            }
+        }
+        // Every parameter as sent; a repeated one keeps all its values (a
+        // list), in order.
+        let mut all = Map::new();
+        for (k, v) in &params {
+            match all.get_mut(k) {
+                None => {
+                    all.insert(k.clone(), Value::String(v.clone()));
+                }
+                Some(Value::Array(list)) => list.push(Value::String(v.clone())),
+                Some(first) => {
+                    let earlier = first.take();
+                    *first = Value::Array(vec![earlier, Value::String(v.clone())]);
+                }
+            }
+        }
+        data.insert("params".into(), Value::Object(all));
         let is_request = ["request_id", "request_number", "subject"]
             .iter()
             .any(|f| data.contains_key(*f));
@@ -1011,15 +1080,58 @@ mod tests {
     }
 
     #[test]
-    fn the_test_send_is_refused_clearly() {
-        let err = decode(&[("callerphone", "{callerphone}"), ("callId", "{callId}")]).unwrap_err();
-        assert_eq!(err.field, "params.callerphone");
-        assert!(err.message.contains("test send"));
+    fn the_test_send_is_answered_and_accepts_nothing() {
+        let events = decode(&[("callerphone", "{callerphone}"), ("callId", "{callId}")]).unwrap();
+        assert!(events.is_empty(), "{events:?}");
         assert_eq!(decode(&[]).unwrap_err().field, "query");
         assert_eq!(
             decode(&[("utm_source", "x")]).unwrap_err().field,
             "params.callerphone"
         );
+    }
+
+    #[test]
+    fn placeholders_for_no_value_are_absent() {
+        let events = decode(&[
+            ("callerphone", "79161234567"),
+            ("callId", "556"),
+            ("utm_source", "<не указано>"),
+            ("utm_medium", "(none)"),
+            ("utm_campaign", "(Not Set)"),
+            ("utm_term", "< НЕ УКАЗАНО >"),
+            ("utm_content", "spring"),
+            ("city", "(not provided)"),
+        ])
+        .unwrap();
+        let data = &events[0].data;
+        for absent in ["utm_source", "utm_medium", "utm_campaign", "utm_term", "city"] {
+            assert!(data.get(absent).is_none(), "{absent}: {data}");
+            assert!(data["params"].get(absent).is_none(), "{absent}: {data}");
+        }
+        assert_eq!(data["utm_content"], "spring");
+        // A value that only looks like one stays.
+        assert!(!is_no_value("(direct)"));
+        assert!(!is_no_value("none"));
+    }
+
+    #[test]
+    fn repeated_parameters_keep_every_value_and_flags_are_booleans() {
+        let events = decode(&[
+            ("callerphone", "79161234567"),
+            ("callId", "557"),
+            ("tags", "a"),
+            ("tags", "b, c"),
+            ("unique", "true"),
+            ("targetCall", "0"),
+            ("callbackCall", "да"),
+        ])
+        .unwrap();
+        let data = &events[0].data;
+        assert_eq!(data["tags"], json!(["a", "b", "c"]));
+        assert_eq!(data["params"]["tags"], json!(["a", "b, c"]));
+        assert_eq!(data["unique"], true);
+        assert_eq!(data["target_call"], false);
+        assert_eq!(data["callback_call"], true);
     }
 
     #[test]

@@ -13,7 +13,14 @@
 //! - Writes made by crmbridge come back with `origin: "crmbridge"` and are
 //!   dropped on arrival: the adapter's half of "no echoes".
 //! - Writes into KADO are `PUT …/by-ref/hubspot/{id}`: found by the HubSpot
-//!   id or made, so repeating one changes nothing (`Keyed`).
+//!   id or made, so repeating one changes nothing (`Keyed`). Before one, a
+//!   single look-up (HubSpot id, e-mail, phone) finds the contact carrying
+//!   the reference (updated without touching its team or privacy) or an
+//!   existing one to link; writes carry HubSpot's `updatedAt` and KADO
+//!   keeps the newer.
+//! - Contacts are also polled (`updated_since`), the safety net under the
+//!   webhooks; a change is named by id + `updated_at`, so one seen both
+//!   ways runs once.
 #![doc = include_str!("API.md")]
 
 use std::sync::Arc;

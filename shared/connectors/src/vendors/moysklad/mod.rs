@@ -555,30 +555,49 @@ impl WebhookSource for MoySklad {
             .iter()
             .find(|(k, _)| k == "requestId")
             .map(|(_, v)| v.clone());
+        let batch = events.len() > 1;
         events
             .iter()
             .enumerate()
             .map(|(i, event)| {
-                let href = event["meta"]["href"]
-                    .as_str()
-                    .ok_or_else(|| DecodeError::new(format!("body.events[{i}].meta.href"), "missing"))?;
-                let entity = event["meta"]["type"]
-                    .as_str()
-                    .ok_or_else(|| DecodeError::new(format!("body.events[{i}].meta.type"), "missing"))?;
+                let source_id = request_id.as_ref().map(|r| format!("{r}:{i}"));
+                // An event crmbridge does not take (an action it does not
+                // handle, such as PROCESSED for asynchronous tasks, or one
+                // it cannot read within a batch) is recorded, and the
+                // others go on: a refused delivery is retried three times
+                // and then dropped by MoySklad, valid events included.
+                let ignored = |reason: String| DecodedEvent {
+                    source_id: source_id.clone(),
+                    kind: IGNORED.into(),
+                    subject: Subject { kind: "delivery".into(), id: String::new() },
+                    occurred_at: None,
+                    observation: None,
+                    data: json!({"index": i, "reason": reason, "event": event}),
+                };
+                let (href, entity) = match (event["meta"]["href"].as_str(), event["meta"]["type"].as_str()) {
+                    (Some(href), Some(entity)) => (href, entity),
+                    (href, _) => {
+                        let field = if href.is_none() { "meta.href" } else { "meta.type" };
+                        if batch {
+                            return Ok(ignored(format!("body.events[{i}].{field}: missing")));
+                        }
+                        return Err(DecodeError::new(format!("body.events[{i}].{field}"), "missing"));
+                    }
+                };
                 let what = match event["action"].as_str() {
                     Some("CREATE") => "created",
                     Some("UPDATE") => "updated",
                     Some("DELETE") => "deleted",
                     other => {
-                        return Err(DecodeError::new(
-                            format!("body.events[{i}].action"),
-                            format!("expected CREATE, UPDATE or DELETE, got {}", other.unwrap_or("nothing")),
-                        ));
+                        return Ok(ignored(format!(
+                            "body.events[{i}].action: {} is not one crmbridge handles (CREATE, UPDATE, DELETE)",
+                            other.unwrap_or("nothing")
+                        )));
                     }
                 };
                 let id = last_segment(href);
                 Ok(DecodedEvent {
-                    source_id: request_id.as_ref().map(|r| format!("{r}:{i}")),
+                    source_id,
                     kind: format!("moysklad.{entity}.{what}"),
                     subject: Subject { kind: entity.to_owned(), id: id.clone() },
                     occurred_at: body["auditContext"]["moment"].as_str().and_then(parse_msk),
@@ -595,15 +614,27 @@ impl WebhookSource for MoySklad {
     }
 }
 
+/// The kind of a webhook event crmbridge records but does not handle.
+const IGNORED: &str = "moysklad.event.ignored";
+
 #[async_trait]
 impl EventSource for MoySklad {
     fn event_kinds(&self) -> Vec<EventKindSpec> {
-        ["created", "updated", "deleted"]
+        let mut kinds: Vec<EventKindSpec> = ["created", "updated", "deleted"]
             .into_iter()
             .map(|what| {
                 EventKindSpec::new(format!("moysklad.customerorder.{what}"), order_fields())
             })
-            .collect()
+            .collect();
+        kinds.push(EventKindSpec::new(
+            IGNORED,
+            vec![
+                FieldSpec::new("index", FieldType::Integer).describe("its place in the delivery"),
+                FieldSpec::new("reason", FieldType::String).describe("why it is not handled"),
+                FieldSpec::new("event", FieldType::Object).describe("the event as sent"),
+            ],
+        ));
+        kinds
     }
 
     async fn enrich(&self, ctx: &CallContext<'_>, event: &mut Event) -> Result<(), ActionError> {
@@ -1198,6 +1229,51 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(bad.field, "body.events");
+    }
+
+    #[test]
+    fn a_batch_keeps_its_events_when_some_are_not_handled() {
+        let decode = |body: &[u8]| {
+            MoySklad::default().decode_webhook(
+                ConnectionView {
+                    id: "c",
+                    settings: &json!({}),
+                    signing_secret: None,
+                },
+                &InboundRequest {
+                    method: "POST",
+                    query: &[("requestId".to_owned(), "req-9".to_owned())],
+                    content_type: Some("application/json"),
+                    body,
+                    headers: &[],
+                    url: None,
+                },
+            )
+        };
+        let order = |id: &str, action: &str| {
+            json!({"meta": {"type": "customerorder", "href": format!("https://api.moysklad.ru/api/remap/1.2/entity/customerorder/{id}")}, "action": action})
+        };
+        let body = json!({"events": [order("a", "CREATE"), order("b", "PROCESSED"), {"action": "UPDATE"}, order("c", "UPDATE")]});
+        let events = decode(body.to_string().as_bytes()).unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "moysklad.customerorder.created",
+                "moysklad.event.ignored",
+                "moysklad.event.ignored",
+                "moysklad.customerorder.updated"
+            ]
+        );
+        assert!(events[1].data["reason"].as_str().unwrap().contains("PROCESSED"));
+        assert_eq!(events[2].data["reason"], "body.events[2].meta.href: missing");
+        assert_eq!(events[1].source_id.as_deref(), Some("req-9:1"));
+        // An action crmbridge does not handle, alone: recorded, not refused.
+        let single = decode(json!({"events": [order("d", "PROCESSED")]}).to_string().as_bytes()).unwrap();
+        assert_eq!(single[0].kind, "moysklad.event.ignored");
+        // A single event that cannot be read is still refused.
+        let bad = decode(br#"{"events":[{"action":"UPDATE"}]}"#).unwrap_err();
+        assert_eq!(bad.field, "body.events[0].meta.href");
     }
 
     #[test]

@@ -328,9 +328,21 @@ impl EventSource for RetailCrm {
                 "retailcrm.order.changed",
                 order_event_fields(),
             ),
+            EventKindSpec::new(
+                OWN_CHANGES,
+                vec![
+                    FieldSpec::new("count", FieldType::Integer).describe("history entries made with crmbridge's own key, skipped"),
+                    FieldSpec::new("first_history_id", FieldType::Integer).describe("the first of them"),
+                    FieldSpec::new("last_history_id", FieldType::Integer).describe("the last of them"),
+                    FieldSpec::new("orders", FieldType::Array).describe("the orders they touched"),
+                ],
+            ),
         ]
     }
 }
+
+/// The event counting history entries made with crmbridge's own key.
+const OWN_CHANGES: &str = "retailcrm.history.own_changes";
 
 #[async_trait]
 impl Poller for RetailCrm {
@@ -367,6 +379,10 @@ impl Poller for RetailCrm {
         filter.push(("limit", HISTORY_PAGE.to_string()));
         let mut events = Vec::new();
         let mut newest = since_id;
+        // Changes made with the key that reads the history are our own
+        // writes: not events (a two-way automation would hear itself), but
+        // counted in one event of their own, so the run log shows them.
+        let mut own: Vec<(i64, String)> = Vec::new();
         for page in 1..=HISTORY_MAX_PAGES {
             let mut query = filter.clone();
             query.push(("page", page.to_string()));
@@ -379,6 +395,10 @@ impl Poller for RetailCrm {
                 newest = Some(newest.map_or(history_id, |n| n.max(history_id)));
                 let order = &record["order"];
                 let order_id = id_text(&order["id"]);
+                if record["apiKey"]["current"] == true {
+                    own.push((history_id, order_id));
+                    continue;
+                }
                 let status = if record["field"] == "status" {
                     record["newValue"]["code"].clone()
                 } else {
@@ -410,6 +430,28 @@ impl Poller for RetailCrm {
             if page >= pages {
                 break;
             }
+        }
+        if let (Some((first, _)), Some((last, _))) = (own.first(), own.last()) {
+            let mut orders: Vec<String> = own.iter().map(|(_, order)| order.clone()).collect();
+            orders.sort();
+            orders.dedup();
+            events.push(DecodedEvent {
+                // The same span of history names the same event again.
+                source_id: Some(format!("own:{first}-{last}")),
+                kind: OWN_CHANGES.to_owned(),
+                subject: Subject {
+                    kind: "history".into(),
+                    id: format!("{first}-{last}"),
+                },
+                occurred_at: None,
+                observation: None,
+                data: json!({
+                    "count": own.len(),
+                    "first_history_id": first,
+                    "last_history_id": last,
+                    "orders": orders,
+                }),
+            });
         }
         let cursor = match (newest, start_date) {
             (Some(id), _) => json!({"since_id": id}),
