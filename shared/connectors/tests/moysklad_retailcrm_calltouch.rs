@@ -402,3 +402,92 @@ async fn calltouch_an_update_that_adds_a_comment_is_never_repeated_by_the_http_s
     assert_eq!(updates, 3);
     assert_eq!(ct.deal("A-1").unwrap()["comments"], json!([]));
 }
+
+/// The order history: changes made with the very key that reads it are
+/// crmbridge's own writes — not order changes, but one counted event, the
+/// cursor past them; a user's change is an event; a payment's change keeps
+/// the payment.
+#[tokio::test]
+async fn retailcrm_history_skips_our_own_changes_counted_and_keeps_payments() {
+    let rc = FakeRetailCrm::start("rc-key-3").await.unwrap();
+    let http = VendorClient::new();
+    let settings = json!({"base_url": rc.base_url()});
+    let key = credential("api_key", "rc-key-3");
+    let ctx = context(&settings, &key, &http, "poll/1");
+    let kind = "retailcrm.order.changed";
+    let first = vendor("retailcrm")
+        .poll(&ctx, kind, &Value::Null, None, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(first.events.is_empty(), "the first poll only places the cursor");
+    let step = context(&settings, &key, &http, "run/1/order");
+    let order = vendor("retailcrm")
+        .execute(&step, "retailcrm.order.create", &fields(json!({"status": "new", "comment": "call 6"})), None)
+        .await
+        .unwrap();
+    let order_id: i64 = order.id.parse().unwrap();
+    // Our id written back onto the order (an update with our key).
+    let step = context(&settings, &key, &http, "run/2/order");
+    let updated = vendor("retailcrm")
+        .execute(&step, "retailcrm.order.update", &fields(json!({"external_id": "deal-9"})), Some(&order.id))
+        .await
+        .unwrap();
+    assert_eq!(updated.id, order.id);
+    assert_eq!(rc.order(order_id).unwrap()["externalId"], "deal-9");
+    rc.set_order_status(order_id, "complete").unwrap();
+    rc.set_payment_status(order_id, 501, "paid").unwrap();
+    let second = vendor("retailcrm")
+        .poll(&ctx, kind, &Value::Null, Some(&first.cursor), chrono::Utc::now())
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = second.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, [kind, kind, "retailcrm.history.own_changes"], "{:#?}", second.events);
+    assert_eq!(second.events[0].data["status"], "complete");
+    assert_eq!(second.events[1].data["field"], "payments.status");
+    assert_eq!(second.events[1].data["payment"]["id"], 501);
+    assert_eq!(second.events[1].data["payment"]["status"], "paid");
+    let own = &second.events[2];
+    assert_eq!(own.data["count"], 2, "the create and the update: {own:?}");
+    assert_eq!(own.data["orders"], json!([order.id]));
+    // The cursor is past all three: nothing again.
+    let third = vendor("retailcrm")
+        .poll(&ctx, kind, &Value::Null, Some(&second.cursor), chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(third.events.is_empty(), "{:#?}", third.events);
+}
+
+/// MoySklad's search answers are paged: with 250 near-matches (counterparties
+/// whose text contains the number but whose phone is another) ahead of the
+/// real one, the look-up still finds it — reading past the first page —
+/// instead of letting a second counterparty be created.
+#[tokio::test]
+async fn moysklad_finds_a_counterparty_behind_250_near_matches() {
+    let ms = FakeMoySklad::start("ms-token-9").await.unwrap();
+    let http = VendorClient::new();
+    let settings = json!({"base_url": ms.base_url(), "default_region": "RU"});
+    let token = credential("token", "ms-token-9");
+    let ctx = context(&settings, &token, &http, "run/1/counterparty");
+    for i in 0..250 {
+        ms.insert_counterparty(json!({"name": format!("Звонок с 9161234567, заявка {i}"), "phone": format!("+7999000{i:04}")}))
+            .unwrap();
+    }
+    let real = ms
+        .insert_counterparty(json!({"name": "Анна", "phone": "+79161234567"}))
+        .unwrap();
+    let keys = [crmbridge_mapping::LookupKey {
+        field: "phone".into(),
+        value: json!("+79161234567"),
+    }];
+    let found = vendor("moysklad")
+        .find(&ctx, "moysklad.counterparty.create", &keys)
+        .await
+        .unwrap();
+    assert_eq!(found.as_deref(), real["id"].as_str());
+    let pages = ms
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/entity/counterparty"))
+        .count();
+    assert_eq!(pages, 3, "100 + 100 + 51 rows");
+}

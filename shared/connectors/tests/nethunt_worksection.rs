@@ -318,3 +318,49 @@ async fn nethunt_records_fields_and_polls() {
     assert!(err.contains("does not appear to be valid"), "{err}");
     assert!(!err.contains("nh-wrong-0"));
 }
+
+/// Closing and reopening, polled from `get_events`: each kind's poll reports
+/// its own events only, with who did it.
+#[tokio::test]
+async fn worksection_polls_closes_and_reopens_as_their_own_events() {
+    let ws = FakeWorksection::start("k").await.unwrap();
+    let project = ws.add_project("Delivery");
+    ws.add_user("olga@ws.example", "Olga");
+    let http = VendorClient::new();
+    let credentials = BTreeMap::from([("admin_key".to_owned(), "k".to_owned())]);
+    let settings = json!({"base_url": ws.base_url()});
+    let ctx = context(&settings, &credentials, &http, "poll/1");
+    let start = Utc::now() - chrono::Duration::minutes(1);
+    let (closed, reopened) = ("worksection.task.closed", "worksection.task.reopened");
+    let mut cursors = Vec::new();
+    for kind in [closed, reopened] {
+        let first = vendor("worksection")
+            .poll(&ctx, kind, &Value::Null, None, start)
+            .await
+            .unwrap();
+        assert!(first.events.is_empty());
+        cursors.push(first.cursor);
+    }
+    let step = context(&settings, &credentials, &http, "run/1/task");
+    let task = vendor("worksection")
+        .execute(&step, "worksection.task.create", &fields(json!({"project": project, "title": "Deal won"})), None)
+        .await
+        .unwrap();
+    ws.close_task_as_user(&task.id, "olga@ws.example").unwrap();
+    ws.reopen_task_as_user(&task.id, "olga@ws.example").unwrap();
+    let polled_closed = vendor("worksection")
+        .poll(&ctx, closed, &Value::Null, Some(&cursors[0]), Utc::now())
+        .await
+        .unwrap();
+    let polled_reopened = vendor("worksection")
+        .poll(&ctx, reopened, &Value::Null, Some(&cursors[1]), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(polled_closed.events.len(), 1, "{:#?}", polled_closed.events);
+    assert_eq!(polled_closed.events[0].kind, closed);
+    assert_eq!(polled_reopened.events.len(), 1, "{:#?}", polled_reopened.events);
+    let event = &polled_reopened.events[0];
+    assert_eq!(event.kind, reopened);
+    assert_eq!(event.subject.id, task.id);
+    assert_eq!(event.data["reopened_by"], "olga@ws.example");
+}

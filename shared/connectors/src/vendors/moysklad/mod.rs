@@ -810,6 +810,10 @@ impl MoySklad {
     }
 }
 
+/// Rows per search page, and the most pages one look-up reads.
+const SEARCH_PAGE: usize = 100;
+const SEARCH_PAGES: usize = 10;
+
 /// Whether a searched row really matches the wanted key.
 type RowCheck = Box<dyn Fn(&Value) -> bool + Send>;
 
@@ -880,17 +884,34 @@ impl MoySklad {
                         ));
                     }
                 };
-            let mut pairs = vec![("limit", "100".to_owned())];
-            pairs.extend(query.iter().map(|(k, v)| (*k, v.to_string())));
-            let url = url_with_query(&format!("{base}/entity/counterparty"), &pairs)?;
-            let body = self.call(ctx, VendorRequest::get(url)).await?;
+            // Answers are paged (`meta.size`, `limit`, `offset`): a
+            // substring search over a busy account can put the match past
+            // the first page, so every page is read, up to a bound.
+            let mut matches: Vec<Value> = Vec::new();
+            for page in 0..SEARCH_PAGES {
+                let mut pairs = vec![
+                    ("limit", SEARCH_PAGE.to_string()),
+                    ("offset", (page * SEARCH_PAGE).to_string()),
+                ];
+                pairs.extend(query.iter().map(|(k, v)| (*k, v.to_string())));
+                let url = url_with_query(&format!("{base}/entity/counterparty"), &pairs)?;
+                let body = self.call(ctx, VendorRequest::get(url)).await?;
+                let rows = body["rows"].as_array().cloned().unwrap_or_default();
+                let read = rows.len();
+                matches.extend(rows.into_iter().filter(|row| check(row)));
+                let size = body["meta"]["size"].as_u64().unwrap_or(0) as usize;
+                if read < SEARCH_PAGE || (page + 1) * SEARCH_PAGE >= size {
+                    break;
+                }
+                if page + 1 == SEARCH_PAGES {
+                    tracing::warn!(
+                        field = %key.field,
+                        size,
+                        "more counterparties match the search than crmbridge reads; the oldest match among the first ones is used"
+                    );
+                }
+            }
             // The oldest match wins, so repeated searches agree.
-            let mut matches: Vec<&Value> = body["rows"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|row| check(row))
-                .collect();
             matches.sort_by(|a, b| a["created"].as_str().cmp(&b["created"].as_str()));
             if let Some(id) = matches.first().and_then(|row| row["id"].as_str()) {
                 return Ok(Some(id.to_owned()));

@@ -99,6 +99,11 @@ fn order_event_fields() -> Vec<FieldSpec> {
             FieldType::Boolean,
             "the change created the order",
         ),
+        field(
+            "payment",
+            FieldType::Object,
+            "for a payment's change (field payments.*): the payment — id, type, status, externalId, amount — as the history gives it",
+        ),
     ]
 }
 
@@ -423,6 +428,9 @@ impl Poller for RetailCrm {
                         "new_value": record["newValue"],
                         "total_sum": order["totalSumm"],
                         "created": record["created"].as_bool().unwrap_or(false),
+                        // Which payment changed, so an automation can act
+                        // on it rather than on the order only.
+                        "payment": record["payment"],
                     }),
                 });
             }
@@ -493,7 +501,8 @@ pub fn vendor() -> Vendor {
         .poller(retailcrm.clone())
         .account(retailcrm.clone())
         .action(Arc::new(CreateCustomer(retailcrm.clone())))
-        .action(Arc::new(CreateOrder(retailcrm)))
+        .action(Arc::new(CreateOrder(retailcrm.clone())))
+        .action(Arc::new(UpdateOrder(retailcrm)))
 }
 
 impl RetailCrm {
@@ -683,7 +692,15 @@ impl Action for CreateOrder {
         only_known(fields, ORDER_FIELDS)?;
         let external =
             text(fields, "external_id").unwrap_or_else(|| external_id(ctx.idempotency_key));
-        let mut order = json!({"externalId": external});
+        let mut order = order_body(fields)?;
+        order["externalId"] = Value::String(external.clone());
+        vendor.create(ctx, "order", order, &external).await
+    }
+}
+
+/// An order body from a step's fields (retailCRM's names).
+fn order_body(fields: &Map<String, Value>) -> Result<Value, ActionError> {
+        let mut order = json!({});
         for (ours, theirs) in [
             ("first_name", "firstName"),
             ("last_name", "lastName"),
@@ -712,7 +729,60 @@ impl Action for CreateOrder {
                 }
             }
         }
-        vendor.create(ctx, "order", order, &external).await
+        Ok(order)
+}
+
+/// `retailcrm.order.update`: fields of an order found by its retailCRM id
+/// (`POST /orders/{id}/edit?by=id`); `external_id` writes our id back, so
+/// later history entries can be matched without a look-up.
+struct UpdateOrder(Arc<RetailCrm>);
+
+#[async_trait]
+impl Action for UpdateOrder {
+    fn spec(&self) -> ActionSpec {
+        let mut spec = CreateOrder(self.0.clone()).spec();
+        spec.id = "retailcrm.order.update".into();
+        spec.kind = ActionKind::Update;
+        if let Some(external) = spec.fields.iter_mut().find(|f| f.name == "external_id") {
+            external.description = "set the order's externalId (your id for it)".into();
+        }
+        spec
+    }
+
+    /// It overwrites fields.
+    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
+        Resend::Repeatable
+    }
+
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        fields: &Map<String, Value>,
+        target: Option<&str>,
+    ) -> Result<ActionOutput, ActionError> {
+        only_known(fields, ORDER_FIELDS)?;
+        let id = target
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ActionError::field("target", "the retailCRM order's id"))?;
+        let mut order = order_body(fields)?;
+        if let Some(external) = text(fields, "external_id") {
+            order["externalId"] = Value::String(external);
+        }
+        let request = VendorRequest::with_body(
+            reqwest::Method::POST,
+            self.0
+                .url(ctx, &format!("orders/{}/edit", urlencode(id)), &[("by", "id".into())])?,
+            self.0.form(ctx, "order", &order),
+            Idempotency::Idempotent,
+        )
+        .header("content-type", "application/x-www-form-urlencoded");
+        let (body, status, attempts) = self.0.call(ctx, request).await?;
+        Ok(ActionOutput {
+            id: id_text(&body["id"]),
+            record: body["order"].clone(),
+            response_status: status,
+            attempts,
+        })
     }
 }
 

@@ -70,6 +70,9 @@ use crate::{
 const DOMAINS: &[&str] = &[".worksection.com"];
 const SETTINGS: &[&str] = &["auth_scheme", "time_zone"];
 pub const TASK_CLOSED: &str = "worksection.task.closed";
+/// A closed task opened again (polled: Worksection's webhooks have no
+/// reopen event), so an automation can undo what the close did.
+pub const TASK_REOPENED: &str = "worksection.task.reopened";
 /// Extra minutes each `get_events` poll looks back: events have minute
 /// precision and the previous poll may have run late.
 const OVERLAP_MINUTES: i64 = 2;
@@ -240,6 +243,15 @@ fn parse_added(text: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// `data` as one record: Worksection answers `post_task` with an object
+/// or with a list holding one.
+fn one_record(data: &Value) -> Value {
+    match data {
+        Value::Array(list) if list.len() == 1 => list[0].clone(),
+        other => other.clone(),
+    }
+}
+
 /// The project id in a page path: `/project/{p}/…`.
 fn project_of(page: &str) -> Option<String> {
     let mut parts = page.trim_matches('/').split('/');
@@ -248,11 +260,17 @@ fn project_of(page: &str) -> Option<String> {
         .flatten()
 }
 
-/// A close event (webhook item or `get_events` item) as a decoded event.
+/// A close or reopen event (webhook item or `get_events` item) as a
+/// decoded event.
 fn close_event(item: &Value, tz: chrono_tz::Tz) -> Option<DecodedEvent> {
-    if item["action"].as_str() != Some("close") || item["object"]["type"].as_str() != Some("task") {
+    if item["object"]["type"].as_str() != Some("task") {
         return None;
     }
+    let (kind, verb) = match item["action"].as_str() {
+        Some("close") => (TASK_CLOSED, "close"),
+        Some("reopen") => (TASK_REOPENED, "reopen"),
+        _ => return None,
+    };
     let task = id_text(&item["object"]["id"]);
     if task.is_empty() {
         return None;
@@ -260,22 +278,28 @@ fn close_event(item: &Value, tz: chrono_tz::Tz) -> Option<DecodedEvent> {
     let added = item["date_added"].as_str().unwrap_or_default().to_owned();
     let closed_at = parse_added(&added, tz);
     let page = item["object"]["page"].as_str().unwrap_or_default();
+    let (at, by, by_name) = if verb == "close" {
+        ("closed_at", "closed_by", "closed_by_name")
+    } else {
+        ("reopened_at", "reopened_by", "reopened_by_name")
+    };
+    let mut data = json!({
+        "id": task,
+        "page": page,
+        "project_id": project_of(page),
+    });
+    data[at] = json!(closed_at.map(|t| t.to_rfc3339()));
+    data[by] = item["user_from"]["email"].clone();
+    data[by_name] = item["user_from"]["name"].clone();
     Some(DecodedEvent {
-        source_id: Some(format!("close:{task}:{added}")),
-        kind: TASK_CLOSED.into(),
+        source_id: Some(format!("{verb}:{task}:{added}")),
+        kind: kind.into(),
         subject: Subject {
             kind: "task".into(),
             id: task.clone(),
         },
         occurred_at: closed_at,
-        data: json!({
-            "id": task,
-            "page": page,
-            "project_id": project_of(page),
-            "closed_at": closed_at.map(|t| t.to_rfc3339()),
-            "closed_by": item["user_from"]["email"],
-            "closed_by_name": item["user_from"]["name"],
-        }),
+        data,
         observation: None,
     })
 }
@@ -562,7 +586,7 @@ impl Worksection {
         let (body, status, attempts) = self
             .call(ctx, "post_task", &params, Idempotency::NotIdempotent)
             .await?;
-        let task = body["data"].clone();
+        let task = one_record(&body["data"]);
         let id = id_text(&task["id"]);
         if id.is_empty() {
             return Err(VendorError::Decode {
@@ -725,6 +749,24 @@ impl EventSource for Worksection {
                 FieldType::String,
                 "only tasks of this project id",
             )]),
+            EventKindSpec::new(
+                TASK_REOPENED,
+                vec![
+                    field("id", FieldType::String, "task id"),
+                    field("name", FieldType::String, "task title"),
+                    field("project_id", FieldType::String, "project id"),
+                    field("page", FieldType::String, "task page path"),
+                    field("reopened_at", FieldType::DateTime, "when it was opened again"),
+                    field("reopened_by", FieldType::Email, "who opened it"),
+                    field("reopened_by_name", FieldType::String, "their name"),
+                    field("task", FieldType::Object, "the task as get_task returns it"),
+                ],
+            )
+            .with_options(vec![field(
+                "project",
+                FieldType::String,
+                "only tasks of this project id",
+            )]),
         ]
     }
 
@@ -736,7 +778,7 @@ impl EventSource for Worksection {
     }
 
     async fn enrich(&self, ctx: &CallContext<'_>, event: &mut Event) -> Result<(), ActionError> {
-        if event.kind != TASK_CLOSED {
+        if event.kind != TASK_CLOSED && event.kind != TASK_REOPENED {
             return Ok(());
         }
         let (envelope, status, _) = self
@@ -769,7 +811,7 @@ impl Poller for Worksection {
     fn polls(&self, kind: &str) -> bool {
         // The backstop of accounts without a webhook, or whose webhook
         // Worksection disabled after 10 errors.
-        kind == TASK_CLOSED
+        kind == TASK_CLOSED || kind == TASK_REOPENED
     }
 
     async fn poll(
@@ -780,7 +822,7 @@ impl Poller for Worksection {
         cursor: Option<&Value>,
         now: DateTime<Utc>,
     ) -> Result<PollBatch, ActionError> {
-        if kind != TASK_CLOSED {
+        if kind != TASK_CLOSED && kind != TASK_REOPENED {
             return Err(ActionError::Config(format!("worksection does not poll {kind}")));
         }
         let next = json!({"polled_at": now.to_rfc3339()});
@@ -808,6 +850,7 @@ impl Poller for Worksection {
             .into_iter()
             .flatten()
             .filter_map(|item| close_event(item, tz))
+            .filter(|event| event.kind == kind)
             .collect();
         // Newest first from the API; accepted in the order they happened.
         events.reverse();
@@ -1044,6 +1087,21 @@ mod tests {
         assert_eq!(period(now, now), "2m");
         assert_eq!(period(now - chrono::Duration::hours(10), now), "11h");
         assert_eq!(period(now - chrono::Duration::days(90), now), "30d");
+    }
+
+    #[test]
+    fn a_reopen_is_an_event_and_post_task_answers_either_shape() {
+        let item = json!({"action": "reopen", "object": {"type": "task", "id": 331430, "page": "/project/9/331430/"},
+                          "date_added": "2026-03-02 09:00", "user_from": {"id": 1, "email": "o@ws.com", "name": "Olga"}});
+        let event = close_event(&item, chrono_tz::UTC).unwrap();
+        assert_eq!(event.kind, TASK_REOPENED);
+        assert_eq!(event.source_id.as_deref(), Some("reopen:331430:2026-03-02 09:00"));
+        assert_eq!(event.data["reopened_by"], "o@ws.com");
+        assert_eq!(event.data["project_id"], "9");
+        assert!(event.data.get("closed_by").is_none());
+        let task = json!({"id": "77", "name": "Deal won"});
+        assert_eq!(one_record(&task), task);
+        assert_eq!(one_record(&json!([task.clone()])), task);
     }
 
     #[test]

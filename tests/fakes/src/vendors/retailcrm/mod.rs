@@ -255,6 +255,39 @@ impl FakeRetailCrm {
         Ok(())
     }
 
+    /// A user changes the status of one of an order's payments: one history
+    /// record, `field: "payments.status"`, carrying the payment (`id`,
+    /// `type`, `status`, `externalId`, `amount`), as retailCRM's history
+    /// reports payment changes.
+    pub fn set_payment_status(&self, order_id: i64, payment_id: i64, status: &str) -> Result<(), FakeError> {
+        let mut d = lock(&self.inner.data);
+        let order = d
+            .orders
+            .iter()
+            .find(|o| o["id"] == order_id)
+            .cloned()
+            .ok_or_else(|| FakeError::NotFound(format!("order {order_id}")))?;
+        let now = self.inner.now(&d);
+        let hid = d.next_history;
+        d.next_history += 1;
+        d.history.push(json!({
+            "id": hid,
+            "createdAt": now,
+            "created": false,
+            "deleted": false,
+            "source": "user",
+            "user": {"id": 1},
+            "field": "payments.status",
+            "oldValue": {"code": "not-paid"},
+            "newValue": {"code": status},
+            "payment": {"id": payment_id, "type": "cash", "status": status, "externalId": null,
+                        "amount": order["totalSumm"].clone()},
+            "order": {"id": order["id"], "externalId": order["externalId"], "number": order["number"],
+                      "site": order["site"], "status": order["status"]},
+        }));
+        Ok(())
+    }
+
     /// Edits an order as a user would (history `source: "user"` per changed field).
     pub fn edit_order_as_user(&self, id: i64, patch: Value) -> Result<(), FakeError> {
         let mut d = lock(&self.inner.data);

@@ -529,6 +529,29 @@ impl FakeWorksection {
         Ok(())
     }
 
+    /// Opens a closed task again as the user with this e-mail would in the
+    /// UI: appends a `reopen` event by that user (Worksection's webhooks
+    /// have no reopen event; `get_events` lists it).
+    pub fn reopen_task_as_user(&self, task_id: &str, user_email: &str) -> Result<(), FakeError> {
+        let mut d = lock(&self.inner.data);
+        let user = Inner::user_by_email(&d, user_email)
+            .ok_or_else(|| FakeError::Invalid(format!("unknown user {user_email}")))?
+            .json();
+        let idx = d
+            .tasks
+            .iter()
+            .position(|t| t.id == task_id)
+            .ok_or_else(|| FakeError::NotFound(format!("task {task_id}")))?;
+        if !d.tasks[idx].done {
+            return Err(FakeError::Invalid(format!("task {task_id} is not closed")));
+        }
+        let t = &mut d.tasks[idx];
+        t.done = false;
+        t.date_closed = None;
+        Inner::push_event(&mut d, "reopen", idx, user, None);
+        Ok(())
+    }
+
     /// The webhook payload (a JSON array with one event) Worksection would
     /// send for closing this task, in the production shape:
     /// `{"action":"close","object":{"type":"task","id":<number>,"page":"/task/{id}/"},
