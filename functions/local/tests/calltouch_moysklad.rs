@@ -339,9 +339,15 @@ async fn placeholder_utm_values_reach_moysklad_as_no_value() {
             "{name} = {value:?}"
         );
     }
-    assert_eq!(s.moysklad.order_attribute(order_id, "utm_content"), Some(json!("banner 2")));
+    assert_eq!(
+        s.moysklad.order_attribute(order_id, "utm_content"),
+        Some(json!("banner 2"))
+    );
     let text = serde_json::to_string(&orders).unwrap();
-    assert!(!text.contains("указано") && !text.contains("not set") && !text.contains("(none)"), "{text}");
+    assert!(
+        !text.contains("указано") && !text.contains("not set") && !text.contains("(none)"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,7 +179,11 @@ impl World {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
         response.json().await.unwrap()
     }
 
@@ -199,7 +203,10 @@ impl World {
                 return import;
             }
             assert_ne!(import["status"], "failed", "{import}");
-            assert!(Instant::now() < deadline, "the import never finished: {import}");
+            assert!(
+                Instant::now() < deadline,
+                "the import never finished: {import}"
+            );
             pause().await;
         }
     }
@@ -232,10 +239,7 @@ impl World {
             for event in &delivery.events {
                 self.accepted.lock().unwrap().insert(format!(
                     "hubspot:{}:{}:{}:{}",
-                    event["eventId"],
-                    event["objectId"],
-                    event["occurredAt"],
-                    event["propertyName"]
+                    event["eventId"], event["objectId"], event["occurredAt"], event["propertyName"]
                 ));
             }
         }
@@ -248,7 +252,10 @@ impl World {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let answered = self.deliver().await;
-            assert!(answered.iter().all(|ok| *ok), "a webhook delivery was refused");
+            assert!(
+                answered.iter().all(|ok| *ok),
+                "a webhook delivery was refused"
+            );
             let expected = self.accepted.lock().unwrap().len();
             let all = self.settled(expected).await;
             if answered.is_empty()
@@ -429,7 +436,10 @@ async fn contacts_and_notes_flow_both_ways_once_private_and_other_teams_stay() {
         .hubspot
         .create_as_user(
             "notes",
-            &[("hs_note_body", "Sent the quote"), ("hs_timestamp", "2026-11-26T10:00:00Z")],
+            &[
+                ("hs_note_body", "Sent the quote"),
+                ("hs_timestamp", "2026-11-26T10:00:00Z"),
+            ],
         )
         .unwrap();
     w.hubspot.associate_as_user(&bob_note, &bob_hs).unwrap();
@@ -831,7 +841,7 @@ async fn import_survives_two_kills_links_existing_contacts_and_keeps_live_edits(
                 .edit_as_user("contacts", &hs_ids[person], &[("jobtitle", &title)])
                 .unwrap();
             edits.insert(person, title);
-            if round % 5 == 0 {
+            if round.is_multiple_of(5) {
                 let id = w
                     .kado
                     .create_contact_as_user(
@@ -848,10 +858,17 @@ async fn import_survives_two_kills_links_existing_contacts_and_keeps_live_edits(
         if !running && kills_at.len() == 2 && round >= 150 {
             break;
         }
-        assert!(Instant::now() < deadline, "the import never finished: {import}");
+        assert!(
+            Instant::now() < deadline,
+            "the import never finished: {import}"
+        );
         pause().await;
     }
-    assert_eq!(kills_at.len(), 2, "serve was killed twice during the import");
+    assert_eq!(
+        kills_at.len(),
+        2,
+        "serve was killed twice during the import"
+    );
 
     // Every imported record is one event with one run; then both sides go
     // quiet.
@@ -863,11 +880,17 @@ async fn import_survives_two_kills_links_existing_contacts_and_keeps_live_edits(
     assert!(runs.iter().all(|r| r["status"] != "failed"));
     let kinds = import["kinds"].as_array().unwrap();
     assert_eq!(kinds[0]["kind"], "hubspot.contact.created");
-    assert!(kinds[0]["done"].as_u64().unwrap() >= contacts as u64, "{import}");
+    assert!(
+        kinds[0]["done"].as_u64().unwrap() >= contacts as u64,
+        "{import}"
+    );
     assert_eq!(kinds[1]["done"], json!(notes), "{import}");
     assert_eq!(import["done"], import["total"], "{import}");
     let started = import["started_at"].as_str().unwrap();
-    assert!(import["finished_at"].as_str().unwrap() > started, "{import}");
+    assert!(
+        import["finished_at"].as_str().unwrap() > started,
+        "{import}"
+    );
 
     // HubSpot: the seeded people plus the KADO-made ones, each once; no
     // note came back.
@@ -875,7 +898,10 @@ async fn import_survives_two_kills_links_existing_contacts_and_keeps_live_edits(
     assert_eq!(hubspot_contacts.len(), contacts + kado_made.len());
     let mut emails = std::collections::BTreeSet::new();
     for c in &hubspot_contacts {
-        assert!(emails.insert(c["properties"]["email"].to_string()), "twice: {c}");
+        assert!(
+            emails.insert(c["properties"]["email"].to_string()),
+            "twice: {c}"
+        );
     }
     assert_eq!(w.hubspot.notes().len(), notes);
 
@@ -890,19 +916,33 @@ async fn import_survives_two_kills_links_existing_contacts_and_keeps_live_edits(
     );
     let mut by_ref: std::collections::BTreeMap<String, Value> = Default::default();
     for c in &kado_contacts {
-        let reference = c["external_refs"]["hubspot"].as_str().expect("linked").to_owned();
-        assert!(by_ref.insert(reference, c.clone()).is_none(), "two KADO contacts for one HubSpot contact: {c}");
+        let reference = c["external_refs"]["hubspot"]
+            .as_str()
+            .expect("linked")
+            .to_owned();
+        assert!(
+            by_ref.insert(reference, c.clone()).is_none(),
+            "two KADO contacts for one HubSpot contact: {c}"
+        );
     }
     for (i, id) in hs_ids.iter().enumerate() {
         let kado = &by_ref[id];
         assert!(
-            kado["emails"].as_array().unwrap().iter().any(|e| *e == email(i)),
+            kado["emails"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| *e == email(i)),
             "{kado}"
         );
     }
     for (kado_id, person) in &kado_existing {
         let kado = w.kado.contact(kado_id).unwrap();
-        assert_eq!(kado["external_refs"]["hubspot"], json!(hs_ids[*person]), "{kado}");
+        assert_eq!(
+            kado["external_refs"]["hubspot"],
+            json!(hs_ids[*person]),
+            "{kado}"
+        );
     }
 
     // Notes: each once, on its contact's KADO contact.
@@ -914,7 +954,12 @@ async fn import_survives_two_kills_links_existing_contacts_and_keeps_live_edits(
     }
     let note_by_ref: std::collections::BTreeMap<String, &Value> = kado_notes
         .iter()
-        .map(|n| (n["external_refs"]["hubspot"].as_str().unwrap().to_owned(), n))
+        .map(|n| {
+            (
+                n["external_refs"]["hubspot"].as_str().unwrap().to_owned(),
+                n,
+            )
+        })
         .collect();
     for (id, on) in &note_ids {
         assert_eq!(note_by_ref[id]["contact_id"], by_ref[&hs_ids[*on]]["id"]);
@@ -922,13 +967,20 @@ async fn import_survives_two_kills_links_existing_contacts_and_keeps_live_edits(
 
     // Every live edit arrived, the last one of each person.
     for (person, title) in &edits {
-        assert_eq!(by_ref[&hs_ids[*person]]["job_title"], json!(title), "person {person}");
+        assert_eq!(
+            by_ref[&hs_ids[*person]]["job_title"],
+            json!(title),
+            "person {person}"
+        );
     }
     let pages = w
         .hubspot
         .requests()
         .iter()
-        .filter(|r| r.method == "GET" && (r.path == "/crm/v3/objects/contacts" || r.path == "/crm/v3/objects/notes"))
+        .filter(|r| {
+            r.method == "GET"
+                && (r.path == "/crm/v3/objects/contacts" || r.path == "/crm/v3/objects/notes")
+        })
         .count();
     println!(
         "imported {} records in {} pages with 2 kills at done = {kills_at:?}; {} live edits, {} KADO-made contacts; {} runs",
@@ -972,7 +1024,11 @@ async fn a_lost_kado_webhook_is_caught_by_the_poll_and_a_change_seen_twice_runs_
     w.kado.unsubscribe();
     let lost = w
         .kado
-        .create_contact_as_user("t_sales", json!({"first_name": "Lost", "emails": ["lost@example.com"]}), false)
+        .create_contact_as_user(
+            "t_sales",
+            json!({"first_name": "Lost", "emails": ["lost@example.com"]}),
+            false,
+        )
         .unwrap();
     w.listen();
     let in_hubspot = |email: &str| {
@@ -982,7 +1038,10 @@ async fn a_lost_kado_webhook_is_caught_by_the_poll_and_a_change_seen_twice_runs_
             .filter(|c| c["properties"]["email"] == email)
             .count()
     };
-    wait_for("the lost contact in HubSpot", true, &|| in_hubspot("lost@example.com") == 1).await;
+    wait_for("the lost contact in HubSpot", true, &|| {
+        in_hubspot("lost@example.com") == 1
+    })
+    .await;
     wait_for("its HubSpot id recorded", true, &|| {
         w.kado.contact(&lost).unwrap()["external_refs"]["hubspot"].is_string()
     })
@@ -991,19 +1050,37 @@ async fn a_lost_kado_webhook_is_caught_by_the_poll_and_a_change_seen_twice_runs_
     // Seen both ways: the webhook is held until the poll has carried the
     // contact to HubSpot, then delivered: the same change, not run again.
     w.kado
-        .create_contact_as_user("t_sales", json!({"first_name": "Both", "emails": ["both@example.com"]}), false)
+        .create_contact_as_user(
+            "t_sales",
+            json!({"first_name": "Both", "emails": ["both@example.com"]}),
+            false,
+        )
         .unwrap();
-    wait_for("the polled contact in HubSpot", false, &|| in_hubspot("both@example.com") == 1).await;
-    assert!(!w.kado.pending_webhooks().is_empty(), "the webhook is still held");
+    wait_for("the polled contact in HubSpot", false, &|| {
+        in_hubspot("both@example.com") == 1
+    })
+    .await;
+    assert!(
+        !w.kado.pending_webhooks().is_empty(),
+        "the webhook is still held"
+    );
     let after = polls();
     wait_for("three more polls", true, &|| polls() >= after + 6).await;
     assert_eq!(in_hubspot("both@example.com"), 1);
     assert_eq!(in_hubspot("lost@example.com"), 1);
     let all = runs(&w.server, &w.key).await;
-    assert_eq!(count(&all, "kado-contact-to-hubspot", "succeeded"), 2, "{all:#?}");
+    assert_eq!(
+        count(&all, "kado-contact-to-hubspot", "succeeded"),
+        2,
+        "{all:#?}"
+    );
     // Our own writes (the HubSpot ids recorded in KADO) were polled too,
     // and sent nowhere.
-    assert_eq!(count(&all, "kado-contact-changed-to-hubspot", "succeeded"), 0, "{all:#?}");
+    assert_eq!(
+        count(&all, "kado-contact-changed-to-hubspot", "succeeded"),
+        0,
+        "{all:#?}"
+    );
     assert_eq!(w.hubspot.contacts().len(), 2);
     assert_eq!(w.kado.contacts().len(), 2);
 }

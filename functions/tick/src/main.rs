@@ -87,9 +87,18 @@ mod tests {
         let reply = handle(&engine, LambdaEvent::new(other, Default::default()))
             .await
             .unwrap();
-        assert!(reply["ignored"].as_str().unwrap().contains("not the schedule"), "{reply}");
+        assert!(
+            reply["ignored"]
+                .as_str()
+                .unwrap()
+                .contains("not the schedule"),
+            "{reply}"
+        );
         use crmbridge_store::Query;
-        let ticks = store.query(Query::prefix("TICK".to_owned(), "")).await.unwrap();
+        let ticks = store
+            .query(Query::prefix("TICK".to_owned(), ""))
+            .await
+            .unwrap();
         assert_eq!(ticks.items.len(), 1, "only the scheduled tick was recorded");
     }
 }

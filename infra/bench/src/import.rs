@@ -81,7 +81,15 @@ pub async fn run(serve_binary: &Path, contacts: usize) -> anyhow::Result<ImportR
 
     let dir = tempfile::tempdir()?;
     let mut child = Command::new(serve_binary)
-        .args(["serve", "--port", "0", "--workers", "8", "--allow-any-vendor-url", "--data-dir"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            "8",
+            "--allow-any-vendor-url",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .env("CRMBRIDGE_LOG", "warn")
         .env_remove("CRMBRIDGE_ENCRYPTION_KEYS")
@@ -89,7 +97,13 @@ pub async fn run(serve_binary: &Path, contacts: usize) -> anyhow::Result<ImportR
         .stderr(Stdio::null())
         .spawn()?;
     let pid = child.id();
-    let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
+    let mut lines = BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    )
+    .lines();
     let (mut base, mut key) = (String::new(), String::new());
     for line in lines.by_ref() {
         let line = line?;
@@ -104,7 +118,10 @@ pub async fn run(serve_binary: &Path, contacts: usize) -> anyhow::Result<ImportR
     std::thread::spawn(move || for _ in lines {});
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| {
-        let request = http.post(format!("{base}{path}")).bearer_auth(&key).json(&body);
+        let request = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&key)
+            .json(&body);
         async move {
             let response = request.send().await?;
             let status = response.status();
@@ -165,7 +182,10 @@ pub async fn run(serve_binary: &Path, contacts: usize) -> anyhow::Result<ImportR
         if linked >= contacts && kado.notes().len() >= notes {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "the import did not complete in an hour");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the import did not complete in an hour"
+        );
         // Reading the fakes copies every record: a look every 200 ms keeps
         // the watcher from competing with the server it measures (±0.2 s).
         tokio::time::sleep(Duration::from_millis(200)).await;

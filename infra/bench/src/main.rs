@@ -141,7 +141,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    eprintln!("==> import: {} HubSpot contacts into KADO", args.import_contacts);
+    eprintln!(
+        "==> import: {} HubSpot contacts into KADO",
+        args.import_contacts
+    );
     let imported = import::run(&args.bin_dir.join("crmbridge"), args.import_contacts).await?;
 
     let report = json!({

@@ -48,7 +48,10 @@ pub(crate) async fn start_import(
 ) -> ApiResult<Response> {
     who.require_role(Role::Admin, "start imports")?;
     let new: NewImport = json_body(&headers, body, 4 * 1024).await?;
-    let job = state.engine.start_import(&who.tenant, &new.connection).await?;
+    let job = state
+        .engine
+        .start_import(&who.tenant, &new.connection)
+        .await?;
     Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
 }
 

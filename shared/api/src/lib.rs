@@ -52,12 +52,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 mod automations;
-mod imports;
 mod body;
 mod chat;
 mod connections;
 mod health;
 mod hooks;
+mod imports;
 mod keys;
 mod openapi;
 mod recipes;

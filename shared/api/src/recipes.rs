@@ -113,12 +113,20 @@ pub(crate) async fn instantiate_recipe(
             Ok(job) => imports.push(job),
             Err(EngineError::Conflict { message, .. }) => {
                 tracing::info!(connection, message, "import not started again");
-                if let Some(job) = state.engine.connection_import(&who.tenant, connection).await? {
+                if let Some(job) = state
+                    .engine
+                    .connection_import(&who.tenant, connection)
+                    .await?
+                {
                     imports.push(job);
                 }
             }
             Err(err) => return Err(err.into()),
         }
     }
-    Ok((StatusCode::CREATED, axum::Json(InstantiatedRecipe { items, imports })).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(InstantiatedRecipe { items, imports }),
+    )
+        .into_response())
 }

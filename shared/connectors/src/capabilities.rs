@@ -12,7 +12,7 @@ use crmbridge_mapping::{Automation, Event, EventKindSpec, LookupKey, StaticCatal
 use serde_json::{Map, Value};
 
 use crate::{
-    ImportPage, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError, DecodedEvent,
+    ActionError, ActionOutput, CallContext, ConnectionView, DecodeError, DecodedEvent, ImportPage,
     InboundRequest, PollBatch, Resend, SettingsError,
 };
 

@@ -28,8 +28,8 @@ use crmbridge_mapping::Subject;
 use serde_json::Value;
 
 pub use capabilities::{
-    Account, Action, EventSource, Importer, LiveCatalog, Lookup, Poller, Registry, ReportedChange, Vendor,
-    VendorSettings, WebhookSource, Written,
+    Account, Action, EventSource, Importer, LiveCatalog, Lookup, Poller, Registry, ReportedChange,
+    Vendor, VendorSettings, WebhookSource, Written,
 };
 pub use client::{VendorClient, VendorError};
 

@@ -419,17 +419,30 @@ async fn retailcrm_history_skips_our_own_changes_counted_and_keeps_payments() {
         .poll(&ctx, kind, &Value::Null, None, chrono::Utc::now())
         .await
         .unwrap();
-    assert!(first.events.is_empty(), "the first poll only places the cursor");
+    assert!(
+        first.events.is_empty(),
+        "the first poll only places the cursor"
+    );
     let step = context(&settings, &key, &http, "run/1/order");
     let order = vendor("retailcrm")
-        .execute(&step, "retailcrm.order.create", &fields(json!({"status": "new", "comment": "call 6"})), None)
+        .execute(
+            &step,
+            "retailcrm.order.create",
+            &fields(json!({"status": "new", "comment": "call 6"})),
+            None,
+        )
         .await
         .unwrap();
     let order_id: i64 = order.id.parse().unwrap();
     // Our id written back onto the order (an update with our key).
     let step = context(&settings, &key, &http, "run/2/order");
     let updated = vendor("retailcrm")
-        .execute(&step, "retailcrm.order.update", &fields(json!({"external_id": "deal-9"})), Some(&order.id))
+        .execute(
+            &step,
+            "retailcrm.order.update",
+            &fields(json!({"external_id": "deal-9"})),
+            Some(&order.id),
+        )
         .await
         .unwrap();
     assert_eq!(updated.id, order.id);
@@ -437,11 +450,22 @@ async fn retailcrm_history_skips_our_own_changes_counted_and_keeps_payments() {
     rc.set_order_status(order_id, "complete").unwrap();
     rc.set_payment_status(order_id, 501, "paid").unwrap();
     let second = vendor("retailcrm")
-        .poll(&ctx, kind, &Value::Null, Some(&first.cursor), chrono::Utc::now())
+        .poll(
+            &ctx,
+            kind,
+            &Value::Null,
+            Some(&first.cursor),
+            chrono::Utc::now(),
+        )
         .await
         .unwrap();
     let kinds: Vec<&str> = second.events.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, [kind, kind, "retailcrm.history.own_changes"], "{:#?}", second.events);
+    assert_eq!(
+        kinds,
+        [kind, kind, "retailcrm.history.own_changes"],
+        "{:#?}",
+        second.events
+    );
     assert_eq!(second.events[0].data["status"], "complete");
     assert_eq!(second.events[1].data["field"], "payments.status");
     assert_eq!(second.events[1].data["payment"]["id"], 501);
@@ -451,7 +475,13 @@ async fn retailcrm_history_skips_our_own_changes_counted_and_keeps_payments() {
     assert_eq!(own.data["orders"], json!([order.id]));
     // The cursor is past all three: nothing again.
     let third = vendor("retailcrm")
-        .poll(&ctx, kind, &Value::Null, Some(&second.cursor), chrono::Utc::now())
+        .poll(
+            &ctx,
+            kind,
+            &Value::Null,
+            Some(&second.cursor),
+            chrono::Utc::now(),
+        )
         .await
         .unwrap();
     assert!(third.events.is_empty(), "{:#?}", third.events);

@@ -343,7 +343,12 @@ async fn worksection_polls_closes_and_reopens_as_their_own_events() {
     }
     let step = context(&settings, &credentials, &http, "run/1/task");
     let task = vendor("worksection")
-        .execute(&step, "worksection.task.create", &fields(json!({"project": project, "title": "Deal won"})), None)
+        .execute(
+            &step,
+            "worksection.task.create",
+            &fields(json!({"project": project, "title": "Deal won"})),
+            None,
+        )
         .await
         .unwrap();
     ws.close_task_as_user(&task.id, "olga@ws.example").unwrap();
@@ -358,7 +363,12 @@ async fn worksection_polls_closes_and_reopens_as_their_own_events() {
         .unwrap();
     assert_eq!(polled_closed.events.len(), 1, "{:#?}", polled_closed.events);
     assert_eq!(polled_closed.events[0].kind, closed);
-    assert_eq!(polled_reopened.events.len(), 1, "{:#?}", polled_reopened.events);
+    assert_eq!(
+        polled_reopened.events.len(),
+        1,
+        "{:#?}",
+        polled_reopened.events
+    );
     let event = &polled_reopened.events[0];
     assert_eq!(event.kind, reopened);
     assert_eq!(event.subject.id, task.id);

@@ -237,8 +237,12 @@ mod cases {
         use crmbridge_fakes::oauth::{FakeOAuth, OAuthConfig};
         use crmbridge_fakes::vendors::hubspot::FakeHubSpot;
 
-        let accounts = FakeOAuth::start(OAuthConfig::hubspot("hs-id", "hs-secret")).await.unwrap();
-        let hubspot = FakeHubSpot::start(accounts.token_checker(), "hs-secret").await.unwrap();
+        let accounts = FakeOAuth::start(OAuthConfig::hubspot("hs-id", "hs-secret"))
+            .await
+            .unwrap();
+        let hubspot = FakeHubSpot::start(accounts.token_checker(), "hs-secret")
+            .await
+            .unwrap();
         for i in 0..250 {
             hubspot
                 .create_as_user("contacts", &[("email", &format!("p{i}@import.example"))])
@@ -277,14 +281,21 @@ mod cases {
         assert_eq!(job.status, ImportStatus::Running);
         let kinds: Vec<&str> = job.kinds.iter().map(|k| k.kind.as_str()).collect();
         assert_eq!(kinds, ["hubspot.contact.created", "hubspot.note.created"]);
-        let again = h.engine.start_import(&who.tenant, &hs.id).await.unwrap_err();
+        let again = h
+            .engine
+            .start_import(&who.tenant, &hs.id)
+            .await
+            .unwrap_err();
         assert_eq!(again.status(), 409, "{again}");
         assert!(again.to_string().contains(&job.id), "{again}");
 
         // Page 0, delivered twice at once.
         let first = next().await;
         assert_eq!(first.kind, IMPORT_PAGE);
-        let (a, b) = tokio::join!(h.engine.dispatch(first.clone()), h.engine.dispatch(first.clone()));
+        let (a, b) = tokio::join!(
+            h.engine.dispatch(first.clone()),
+            h.engine.dispatch(first.clone())
+        );
         // A copy may find some of the page's events still being accepted
         // by the other (both may, each waiting on the other's): it is told
         // to retry (503), as the bus then does.
@@ -309,7 +320,10 @@ mod cases {
             } else {
                 assert_eq!(event.kind, "hubspot.contact.created");
                 assert_eq!(event.data["imported"], true);
-                assert!(contacts.insert(event.subject.id.clone()), "twice: {event:?}");
+                assert!(
+                    contacts.insert(event.subject.id.clone()),
+                    "twice: {event:?}"
+                );
             }
         }
         // Page 0 again, after its save: it is counted once, and the next
@@ -331,7 +345,10 @@ mod cases {
                     requests.push(event);
                     break;
                 }
-                assert!(contacts.insert(event.subject.id.clone()), "twice: {event:?}");
+                assert!(
+                    contacts.insert(event.subject.id.clone()),
+                    "twice: {event:?}"
+                );
             }
         }
         let done = h.engine.get_import(&who.tenant, &job.id).await.unwrap();
@@ -340,7 +357,10 @@ mod cases {
         assert!(done.finished_at.is_some());
         while contacts.len() < 250 {
             let event = next().await;
-            assert!(contacts.insert(event.subject.id.clone()), "twice: {event:?}");
+            assert!(
+                contacts.insert(event.subject.id.clone()),
+                "twice: {event:?}"
+            );
         }
         // Finished: the connection takes another import.
         let second = h.engine.start_import(&who.tenant, &hs.id).await.unwrap();

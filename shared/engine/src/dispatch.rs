@@ -26,12 +26,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::bookkeeping::AutomationRecord;
+use crate::import::IMPORT_PAGE;
 use crate::links::RecordRef;
 use crate::records::{
     ConnectionRecord, ConnectionSecrets, RunLease, RunRecord, RunStatus, RunSummary, StepRecord,
     StepStatus,
 };
-use crate::import::IMPORT_PAGE;
 use crate::tick::POLL_REQUESTED;
 use crate::{Engine, EngineError, EngineResult, item, keys};
 

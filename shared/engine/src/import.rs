@@ -88,7 +88,10 @@ impl Engine {
             .ok_or_else(|| {
                 EngineError::bad_request(
                     "connection",
-                    format!("{} connections have no import of existing records", record.app),
+                    format!(
+                        "{} connections have no import of existing records",
+                        record.app
+                    ),
                 )
             })?;
         let now = self.now();
@@ -119,7 +122,10 @@ impl Engine {
         };
         let marker = item(keys::running_import(connection), &json!({"import": job.id}))?;
         if let PutOutcome::Exists(existing) = self.store.put_if_absent(marker.clone()).await? {
-            let held = existing.body["import"].as_str().unwrap_or_default().to_owned();
+            let held = existing.body["import"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             // A marker whose import finished, or was never written (a
             // process killed between the two writes), holds nothing.
             let holder = self.read::<ImportRecord>(&keys::import(&held)).await?;
@@ -183,7 +189,10 @@ impl Engine {
         {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => {
-                return Err(EngineError::conflict("import", "the import changed meanwhile; read it again"));
+                return Err(EngineError::conflict(
+                    "import",
+                    "the import changed meanwhile; read it again",
+                ));
             }
             Err(err) => return Err(err.into()),
         }
@@ -193,12 +202,19 @@ impl Engine {
 
     /// The import holding the connection (running, or failed and waiting
     /// to be resumed), if any.
-    pub async fn connection_import(&self, tenant: &str, connection: &str) -> EngineResult<Option<ImportRecord>> {
+    pub async fn connection_import(
+        &self,
+        tenant: &str,
+        connection: &str,
+    ) -> EngineResult<Option<ImportRecord>> {
         let key = keys::running_import(connection);
         let Some(marker) = self.store.get(&key.pk, &key.sk).await? else {
             return Ok(None);
         };
-        let held = marker.body["import"].as_str().unwrap_or_default().to_owned();
+        let held = marker.body["import"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         Ok(self
             .read::<ImportRecord>(&keys::import(&held))
             .await?
@@ -221,7 +237,7 @@ impl Engine {
                 imports.push(job);
             }
         }
-        imports.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        imports.sort_by_key(|job| std::cmp::Reverse(job.started_at));
         Ok(imports)
     }
 
@@ -311,7 +327,11 @@ impl Engine {
             .and_then(|vendor| vendor.importer.clone())
         else {
             return self
-                .fail_import(&job, version, "the connection's app no longer imports records")
+                .fail_import(
+                    &job,
+                    version,
+                    "the connection's app no longer imports records",
+                )
                 .await;
         };
         let call_key = format!("import/{}/{}", job.id, page.page);
@@ -371,12 +391,12 @@ impl Engine {
                 }
             }
         }
-        next.total = next
-            .kinds
-            .iter()
-            .map(|k| k.total)
-            .sum::<Option<u64>>();
-        match self.store.update_if_version(item(key, &next)?, version).await {
+        next.total = next.kinds.iter().map(|k| k.total).sum::<Option<u64>>();
+        match self
+            .store
+            .update_if_version(item(key, &next)?, version)
+            .await
+        {
             Ok(_) => {}
             // Another delivery of this page saved it first.
             Err(StoreError::Conflict { .. }) => return Ok(nothing()),
@@ -398,7 +418,10 @@ impl Engine {
         let Ok(page) = serde_json::from_value::<PageRequest>(request.data.clone()) else {
             return Ok(());
         };
-        let Some((job, version)) = self.read::<ImportRecord>(&keys::import(&page.import)).await? else {
+        let Some((job, version)) = self
+            .read::<ImportRecord>(&keys::import(&page.import))
+            .await?
+        else {
             return Ok(());
         };
         // `page + 1`: the page was saved, but its successor could never be

@@ -206,11 +206,19 @@ async fn calls_and_requests_become_customers_and_orders_and_polled_changes_close
         .await
         .remove(0);
     assert_eq!(own["detail"]["data"]["count"], 3, "{own:#}");
-    assert_eq!(own["detail"]["data"]["orders"].as_array().unwrap().len(), 3, "{own:#}");
+    assert_eq!(
+        own["detail"]["data"]["orders"].as_array().unwrap().len(),
+        3,
+        "{own:#}"
+    );
     assert_eq!(s.dispatch_runs(&own).await, pairs(&[("", "no_match")]));
     expected.push(("", "no_match"));
     for number in ["ct-call-5001", "ct-call-5002", "ct-request-77"] {
-        assert_eq!(calltouch.deal(number).unwrap()["status"], "PENDING", "{number}");
+        assert_eq!(
+            calltouch.deal(number).unwrap()["status"],
+            "PENDING",
+            "{number}"
+        );
     }
 
     // The first call's order moves on in retailCRM: its status flows back.
@@ -269,7 +277,10 @@ async fn calls_and_requests_become_customers_and_orders_and_polled_changes_close
         "COMPLETED"
     );
     assert_eq!(calltouch.deal("ct-call-5002").unwrap()["status"], "PENDING");
-    assert_eq!(calltouch.deal("ct-request-77").unwrap()["status"], "PENDING");
+    assert_eq!(
+        calltouch.deal("ct-request-77").unwrap()["status"],
+        "PENDING"
+    );
     assert_eq!(calltouch.deals().len(), 3);
 
     // The change delivered again runs nothing twice; a later tick finds

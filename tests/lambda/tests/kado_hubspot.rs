@@ -45,7 +45,12 @@ async fn front(
             request = request.header(name.as_str(), value);
         }
     }
-    for pair in uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         request = request.query(name, value);
     }
@@ -84,9 +89,13 @@ impl Deployment {
         let hubspot = FakeHubSpot::start(accounts.token_checker(), CLIENT_SECRET)
             .await
             .unwrap();
-        let kado = FakeKado::start(KADO_TOKEN, "co_1", &[("t_sales", "Sales"), ("t_other", "Other")])
-            .await
-            .unwrap();
+        let kado = FakeKado::start(
+            KADO_TOKEN,
+            "co_1",
+            &[("t_sales", "Sales"), ("t_other", "Other")],
+        )
+        .await
+        .unwrap();
         Self {
             stack,
             base,
@@ -146,7 +155,8 @@ impl Deployment {
             if moved == 0 {
                 let runs = self.stack.runs().await;
                 assert!(
-                    runs.iter().all(|r| r["status"] != "failed" && r["status"] != "running"),
+                    runs.iter()
+                        .all(|r| r["status"] != "failed" && r["status"] != "running"),
                     "{runs:#?}"
                 );
                 return runs;
@@ -183,8 +193,10 @@ async fn contacts_and_notes_both_ways_through_the_lambda_binaries() {
         .admin(
             "POST",
             "/v1/recipes/kado-hubspot/instantiate",
-            Some(json!({"connections": {"kado": kd["id"], "hubspot": hs["id"]},
-                        "parameters": {"team": "t_sales"}})),
+            Some(
+                json!({"connections": {"kado": kd["id"], "hubspot": hs["id"]},
+                        "parameters": {"team": "t_sales"}}),
+            ),
         )
         .await;
     assert_eq!(status, 201, "{created}");
@@ -192,12 +204,20 @@ async fn contacts_and_notes_both_ways_through_the_lambda_binaries() {
     // Activation's import (nothing in HubSpot yet) runs through dispatch.
     d.quiet().await;
     let import_id = created["imports"][0]["id"].as_str().unwrap();
-    let (_, import) = d.admin("GET", &format!("/v1/imports/{import_id}"), None).await;
+    let (_, import) = d
+        .admin("GET", &format!("/v1/imports/{import_id}"), None)
+        .await;
     assert_eq!(import["status"], "finished", "{import}");
-    assert_eq!((import["done"].clone(), import["total"].clone()), (json!(0), json!(0)));
+    assert_eq!(
+        (import["done"].clone(), import["total"].clone()),
+        (json!(0), json!(0))
+    );
 
-    d.hubspot
-        .subscribe(&format!("{}{}", d.base, hs["webhook_path"].as_str().unwrap()));
+    d.hubspot.subscribe(&format!(
+        "{}{}",
+        d.base,
+        hs["webhook_path"].as_str().unwrap()
+    ));
     d.kado.subscribe(
         &format!("{}{}", d.base, kd["webhook_path"].as_str().unwrap()),
         Some(KADO_SECRET),
@@ -217,34 +237,51 @@ async fn contacts_and_notes_both_ways_through_the_lambda_binaries() {
     assert_eq!(contacts.len(), 1, "{contacts:#?}");
     let ann_hs = contacts[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(contacts[0]["properties"]["email"], "ann@example.com");
-    assert_eq!(d.kado.contact(&ann).unwrap()["external_refs"]["hubspot"], ann_hs);
+    assert_eq!(
+        d.kado.contact(&ann).unwrap()["external_refs"]["hubspot"],
+        ann_hs
+    );
     assert_eq!(d.kado.contacts().len(), 1, "no second KADO contact");
 
     // Private, and a team not selected: nothing leaves KADO.
     d.kado
-        .create_contact_as_user("t_sales", json!({"first_name": "Secret", "emails": ["secret@example.com"]}), true)
+        .create_contact_as_user(
+            "t_sales",
+            json!({"first_name": "Secret", "emails": ["secret@example.com"]}),
+            true,
+        )
         .unwrap();
     d.kado
-        .create_contact_as_user("t_other", json!({"first_name": "Other", "emails": ["other@example.com"]}), false)
+        .create_contact_as_user(
+            "t_other",
+            json!({"first_name": "Other", "emails": ["other@example.com"]}),
+            false,
+        )
         .unwrap();
     d.quiet().await;
     assert_eq!(d.hubspot.contacts().len(), 1, "{:#?}", d.hubspot.contacts());
 
     // A note → a HubSpot note associated with that contact.
-    d.kado.create_note_as_user(&ann, "Met at the expo", false).unwrap();
+    d.kado
+        .create_note_as_user(&ann, "Met at the expo", false)
+        .unwrap();
     d.quiet().await;
     let notes = d.hubspot.notes();
     assert_eq!(notes.len(), 1, "{notes:#?}");
     assert_eq!(notes[0]["properties"]["hs_note_body"], "Met at the expo");
     assert_eq!(
-        d.hubspot.associations_of_note(notes[0]["id"].as_str().unwrap()),
+        d.hubspot
+            .associations_of_note(notes[0]["id"].as_str().unwrap()),
         vec![ann_hs.clone()]
     );
 
     // A contact created in HubSpot → one KADO contact in the chosen team.
     let bob_hs = d
         .hubspot
-        .create_as_user("contacts", &[("email", "bob@example.com"), ("firstname", "Bob")])
+        .create_as_user(
+            "contacts",
+            &[("email", "bob@example.com"), ("firstname", "Bob")],
+        )
         .unwrap();
     let runs = d.quiet().await;
     let bob: Vec<Value> = d
@@ -255,18 +292,27 @@ async fn contacts_and_notes_both_ways_through_the_lambda_binaries() {
         .collect();
     assert_eq!(bob.len(), 1, "{:#?}", d.kado.contacts());
     assert_eq!(bob[0]["team_id"], "t_sales");
-    assert_eq!(d.hubspot.contacts().len(), 2, "nothing came back as a new contact");
+    assert_eq!(
+        d.hubspot.contacts().len(),
+        2,
+        "nothing came back as a new contact"
+    );
     assert_eq!(d.hubspot.notes().len(), 1);
     let echoes = runs
         .iter()
         .filter(|r| r["outcome"].as_str().is_some_and(|o| o.contains("echo")))
         .count();
-    assert!(echoes > 0, "HubSpot's reports of our writes were recognised: {runs:#?}");
+    assert!(
+        echoes > 0,
+        "HubSpot's reports of our writes were recognised: {runs:#?}"
+    );
 
     // A stale signature: 401 at the gateway, nothing accepted.
     let before = d.stack.runs().await.len();
     d.hubspot.set_stale_timestamps(true);
-    d.hubspot.edit_as_user("contacts", &bob_hs, &[("lastname", "Stone")]).unwrap();
+    d.hubspot
+        .edit_as_user("contacts", &bob_hs, &[("lastname", "Stone")])
+        .unwrap();
     let refused = d.hubspot.deliver_webhooks().await;
     assert!(!refused.is_empty());
     assert!(refused.iter().all(|r| r.status == Some(401)), "{refused:?}");

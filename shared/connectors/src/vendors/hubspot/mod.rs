@@ -818,7 +818,7 @@ impl EventSource for HubSpot {
             }
             let mut note = note_data(&Self::json(&response)?);
             if let Some(contact) = note["contact_id"].as_str().map(str::to_owned) {
-                let read = self.contacts_by_id(ctx, &[contact.clone()]).await?;
+                let read = self.contacts_by_id(ctx, std::slice::from_ref(&contact)).await?;
                 if let Some(found) = read.get(&contact) {
                     note["contact"] = found.clone();
                 }

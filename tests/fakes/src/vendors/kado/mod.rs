@@ -630,9 +630,12 @@ fn parse_note(body: &Map<String, Value>) -> R<NoteFields> {
         match key.as_str() {
             "contact_id" => f.contact_id = Some(id_string(key, v)?),
             "contact_ref" => {
-                let hubspot = v["hubspot"].as_str().filter(|h| !h.is_empty()).ok_or_else(|| {
-                    KErr::validation(key, "contact_ref must be {\"hubspot\": \"<contact id>\"}")
-                })?;
+                let hubspot = v["hubspot"]
+                    .as_str()
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| {
+                        KErr::validation(key, "contact_ref must be {\"hubspot\": \"<contact id>\"}")
+                    })?;
                 f.contact_ref = Some(hubspot.to_owned());
             }
             "author_email" => f.author_email = Some(opt_string(key, v)?),
@@ -1091,7 +1094,11 @@ impl Data {
         data.external_refs
             .insert("hubspot".to_owned(), hubspot.to_owned());
         self.check_duplicate_emails(&data, None)?;
-        Ok((self.insert_contact(company, data, Origin::Crmbridge), true, false))
+        Ok((
+            self.insert_contact(company, data, Origin::Crmbridge),
+            true,
+            false,
+        ))
     }
 
     /// `PUT /notes/by-ref/hubspot/{hubspot}`.
@@ -1101,8 +1108,10 @@ impl Data {
             (Some(id), _) => id.clone(),
             (None, Some(hubspot)) => {
                 let i = self.contact_by_hubspot(hubspot, None).ok_or_else(|| {
-                    KErr::not_found(format!("no contact carries the HubSpot reference {hubspot}"))
-                        .on_field("contact_ref")
+                    KErr::not_found(format!(
+                        "no contact carries the HubSpot reference {hubspot}"
+                    ))
+                    .on_field("contact_ref")
                 })?;
                 self.contacts[i].id()
             }
@@ -1262,11 +1271,15 @@ impl Data {
     fn patch_note(&mut self, company: &str, id: &str, f: NoteFields) -> R<Value> {
         let i = self.live_note(id)?;
         if f.contact_id.is_some() || f.contact_ref.is_some() {
-            return Err(KErr::validation("contact_id", "a note does not move to another contact"));
+            return Err(KErr::validation(
+                "contact_id",
+                "a note does not move to another contact",
+            ));
         }
         let mut data = self.notes[i].data.clone();
         if let Some(refs) = f.external_refs {
-            if let (Some(held), Some(Some(wanted))) = (data.external_refs.get("hubspot"), refs.get("hubspot"))
+            if let (Some(held), Some(Some(wanted))) =
+                (data.external_refs.get("hubspot"), refs.get("hubspot"))
                 && held != wanted
             {
                 return Err(KErr::conflict(format!(
@@ -1336,7 +1349,12 @@ impl Data {
     /// reference restores them), then live contacts with that e-mail
     /// (case-insensitive), then those with that phone (by digits), each
     /// once.
-    fn lookup(&self, hubspot: Option<String>, email: Option<String>, phone: Option<String>) -> R<Value> {
+    fn lookup(
+        &self,
+        hubspot: Option<String>,
+        email: Option<String>,
+        phone: Option<String>,
+    ) -> R<Value> {
         let email = match email {
             Some(email) => {
                 let email = email.trim().to_lowercase();
@@ -1359,7 +1377,10 @@ impl Data {
         };
         let live = || self.contacts.iter().filter(|c| !c.deleted);
         let mut found: Vec<&Contact> = Vec::new();
-        if let Some(i) = hubspot.as_deref().and_then(|h| self.contact_by_hubspot(h, None)) {
+        if let Some(i) = hubspot
+            .as_deref()
+            .and_then(|h| self.contact_by_hubspot(h, None))
+        {
             found.push(&self.contacts[i]);
         }
         if let Some(email) = &email {
@@ -1370,7 +1391,8 @@ impl Data {
             }
         }
         if let Some(wanted) = &phone {
-            for c in live().filter(|c| c.data.phones.iter().any(|p| same_phone(&digits(p), wanted))) {
+            for c in live().filter(|c| c.data.phones.iter().any(|p| same_phone(&digits(p), wanted)))
+            {
                 if !found.iter().any(|f| f.seq == c.seq) {
                     found.push(c);
                 }
@@ -2609,7 +2631,12 @@ mod tests {
             );
         }
         // Both: e-mail matches first, then phone matches, each once.
-        let (s, v) = get(&k, "/contacts", &[("email", "bob@example.com"), ("phone", "+79161234567")]).await;
+        let (s, v) = get(
+            &k,
+            "/contacts",
+            &[("email", "bob@example.com"), ("phone", "+79161234567")],
+        )
+        .await;
         assert_eq!((s, ids(&v)), (200, vec![b.clone(), a.clone()]));
         // The look-up is not one of the optional endpoints.
         k.set_list_endpoints(false);

@@ -259,7 +259,12 @@ impl FakeRetailCrm {
     /// record, `field: "payments.status"`, carrying the payment (`id`,
     /// `type`, `status`, `externalId`, `amount`), as retailCRM's history
     /// reports payment changes.
-    pub fn set_payment_status(&self, order_id: i64, payment_id: i64, status: &str) -> Result<(), FakeError> {
+    pub fn set_payment_status(
+        &self,
+        order_id: i64,
+        payment_id: i64,
+        status: &str,
+    ) -> Result<(), FakeError> {
         let mut d = lock(&self.inner.data);
         let order = d
             .orders
