@@ -521,3 +521,78 @@ async fn moysklad_finds_a_counterparty_behind_250_near_matches() {
         .count();
     assert_eq!(pages, 3, "100 + 100 + 51 rows");
 }
+
+/// An order with 2,500 lines: the first 1,000 go with the create, the rest
+/// 1,000 a call; sent again by the same step (a lost answer), the order is
+/// found by its syncId and no line is added twice. Prices are kopecks (the
+/// `money('to_minor')` filter turns roubles into them); a bad line is
+/// refused before any call, its path named.
+#[tokio::test]
+async fn moysklad_orders_carry_positions_past_the_1000_cap() {
+    let ms = FakeMoySklad::start("ms-token-7").await.unwrap();
+    let http = VendorClient::new();
+    let settings = json!({"base_url": ms.base_url()});
+    let token = credential("token", "ms-token-7");
+    let connector = vendor("moysklad");
+    let agent = ms
+        .insert_counterparty(json!({"name": "ACME", "phone": "+79160000000"}))
+        .unwrap();
+    let lines: Vec<Value> = (0..2500)
+        .map(|i| json!({"product": format!("p-{i}"), "quantity": 2, "price": 15050, "vat": 20}))
+        .collect();
+    let order = fields(json!({"agent": agent["id"], "positions": lines}));
+    let step = context(&settings, &token, &http, "run/1/order");
+    let first = connector
+        .execute(&step, "moysklad.customerorder.create", &order, None)
+        .await
+        .unwrap();
+    let stored = ms.order_positions(&first.id);
+    assert_eq!(stored.len(), 2500);
+    assert_eq!(stored[0]["price"], 15050);
+    assert_eq!(
+        stored[2499]["assortment"]["meta"]["href"].as_str().unwrap(),
+        format!("{}/entity/product/p-2499", ms.base_url())
+    );
+    assert_eq!(stored[7]["vat"], 20);
+    // 2,500 × 2 × 150.50 roubles, read back in roubles.
+    assert_eq!(first.record["sum"], json!(752500.0));
+    let again = connector
+        .execute(&step, "moysklad.customerorder.create", &order, None)
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    assert_eq!(ms.order_positions(&first.id).len(), 2500, "no line twice");
+    assert_eq!(ms.orders().len(), 1);
+
+    let bad = fields(json!({"agent": agent["id"], "positions": [
+        {"product": "p-1", "price": 100}, {"product": "p-2", "price": 150.5}]}));
+    let err = connector
+        .execute(
+            &context(&settings, &token, &http, "run/2/order"),
+            "moysklad.customerorder.create",
+            &bad,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ActionError::Field { field, .. } if field == "fields.positions[1].price"),
+        "{err:?}"
+    );
+    let both =
+        fields(json!({"agent": agent["id"], "positions": [{"product": "p-1", "service": "s-1"}]}));
+    let err = connector
+        .execute(
+            &context(&settings, &token, &http, "run/3/order"),
+            "moysklad.customerorder.create",
+            &both,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ActionError::Field { field, .. } if field == "fields.positions[0]"),
+        "{err:?}"
+    );
+    assert_eq!(ms.orders().len(), 1);
+}

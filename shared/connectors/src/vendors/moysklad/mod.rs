@@ -787,6 +787,35 @@ pub fn vendor() -> Vendor {
 
 impl MoySklad {
     /// Sends a request that answers with a record and shapes the output.
+    /// Adds the lines past the first 1,000 to an order, 1,000 a call. An
+    /// order that already has some of them (a step sent again after a lost
+    /// answer) gets only the missing tail: lines are kept in order.
+    async fn add_positions(
+        &self,
+        ctx: &CallContext<'_>,
+        base: &str,
+        order: &str,
+        positions: &[Value],
+    ) -> Result<(), ActionError> {
+        let url = url_with_query(
+            &format!("{base}/entity/customerorder/{order}/positions"),
+            &[("limit", "1".to_owned())],
+        )?;
+        let held = self.call(ctx, VendorRequest::get(url)).await?["meta"]["size"]
+            .as_u64()
+            .unwrap_or(0) as usize;
+        for chunk in positions[held.min(positions.len())..].chunks(MAX_POSITIONS) {
+            let request = VendorRequest::with_body(
+                reqwest::Method::POST,
+                format!("{base}/entity/customerorder/{order}/positions"),
+                Value::Array(chunk.to_vec()).to_string().into_bytes(),
+                Idempotency::NotIdempotent,
+            );
+            self.call(ctx, request).await?;
+        }
+        Ok(())
+    }
+
     async fn send_record(
         &self,
         ctx: &CallContext<'_>,
@@ -1060,6 +1089,11 @@ impl Action for CreateOrder {
                 field("description", FieldType::String, "comment"),
                 field("external_code", FieldType::String, "external code"),
                 field("attributes", FieldType::Object, "custom attributes by name"),
+                field(
+                    "positions",
+                    FieldType::Array,
+                    "lines: {product | service | variant: id, quantity (default 1), price (kopecks: `money('to_minor')`), vat (integer %), discount (%)}; more than 1,000 are added 1,000 at a time after the create",
+                ),
             ],
         )
         .with_output(order_fields())
@@ -1079,6 +1113,7 @@ impl Action for CreateOrder {
     ) -> Result<ActionOutput, ActionError> {
         let vendor = &self.0;
         let base = vendor.base(ctx)?;
+        let positions = order_positions(&base, fields)?;
         let (request, normalise): (VendorRequest, fn(&Value) -> Value) = {
             only_known(
                 fields,
@@ -1089,6 +1124,7 @@ impl Action for CreateOrder {
                     "description",
                     "external_code",
                     "attributes",
+                    "positions",
                 ],
             )?;
             let agent = required_text(fields, "agent")?;
@@ -1109,6 +1145,10 @@ impl Action for CreateOrder {
                 json!({"meta": meta(&organization, "organization")}),
             );
             body.insert("syncId".into(), Value::String(sync_id(ctx.idempotency_key)));
+            if !positions.is_empty() {
+                let first: Vec<Value> = positions.iter().take(MAX_POSITIONS).cloned().collect();
+                body.insert("positions".into(), Value::Array(first));
+            }
             let request = VendorRequest::with_body(
                 reqwest::Method::POST,
                 format!("{base}/entity/customerorder"),
@@ -1117,8 +1157,96 @@ impl Action for CreateOrder {
             );
             (request, normalise_order)
         };
-        vendor.send_record(ctx, request, normalise).await
+        let mut output = vendor.send_record(ctx, request, normalise).await?;
+        if positions.len() > MAX_POSITIONS {
+            vendor.add_positions(ctx, &base, &output.id, &positions).await?;
+            // The answer to the create knew only the first 1,000.
+            let url = format!("{base}/entity/customerorder/{}", output.id);
+            output.record = normalise_order(&vendor.call(ctx, VendorRequest::get(url)).await?);
+        }
+        Ok(output)
     }
+}
+
+/// Lines one request may carry (MoySklad refuses more).
+const MAX_POSITIONS: usize = 1000;
+
+/// Order lines from a step's `positions`: MoySklad's shape, each checked
+/// (errors name `fields.positions[i].…`).
+fn order_positions(base: &str, fields: &Map<String, Value>) -> Result<Vec<Value>, ActionError> {
+    let list = match fields.get("positions") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(ActionError::field("fields.positions", "must be a list of lines")),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, line) in list.iter().enumerate() {
+        let at = |name: &str| format!("fields.positions[{i}].{name}");
+        let Some(line) = line.as_object() else {
+            return Err(ActionError::field(format!("fields.positions[{i}]"), "must be an object"));
+        };
+        only_known(line, &["product", "service", "variant", "quantity", "price", "vat", "discount"])
+            .map_err(|err| match err {
+                ActionError::Field { field, message } => ActionError::field(
+                    format!("fields.positions[{i}].{}", field.trim_start_matches("fields.")),
+                    message,
+                ),
+                other => other,
+            })?;
+        let referenced: Vec<(&str, String)> = ["product", "service", "variant"]
+            .into_iter()
+            .filter_map(|kind| text(line, kind).map(|id| (kind, id)))
+            .collect();
+        let [(kind, id)] = referenced.as_slice() else {
+            return Err(ActionError::field(
+                format!("fields.positions[{i}]"),
+                "exactly one of product, service or variant (an id)",
+            ));
+        };
+        let number = |name: &str| -> Result<Option<f64>, ActionError> {
+            match line.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) => Ok(n.as_f64()),
+                Some(Value::String(s)) if !s.trim().is_empty() => s
+                    .trim()
+                    .parse::<f64>()
+                    .map(Some)
+                    .map_err(|_| ActionError::field(at(name), "a number")),
+                Some(_) => Err(ActionError::field(at(name), "a number")),
+            }
+        };
+        let quantity = number("quantity")?.unwrap_or(1.0);
+        if quantity <= 0.0 {
+            return Err(ActionError::field(at("quantity"), "more than 0"));
+        }
+        let mut position = json!({
+            "quantity": quantity,
+            "assortment": {"meta": meta(&format!("{base}/entity/{kind}/{id}"), kind)},
+        });
+        if let Some(price) = number("price")? {
+            if price < 0.0 || price.fract() != 0.0 {
+                return Err(ActionError::field(
+                    at("price"),
+                    "whole kopecks (roubles × 100: use `money('to_minor')`)",
+                ));
+            }
+            position["price"] = json!(price as u64);
+        }
+        if let Some(vat) = number("vat")? {
+            if !(0.0..=100.0).contains(&vat) || vat.fract() != 0.0 {
+                return Err(ActionError::field(at("vat"), "a whole percent, 0 to 100"));
+            }
+            position["vat"] = json!(vat as u64);
+        }
+        if let Some(discount) = number("discount")? {
+            if !(0.0..=100.0).contains(&discount) {
+                return Err(ActionError::field(at("discount"), "a percent, 0 to 100"));
+            }
+            position["discount"] = json!(discount);
+        }
+        out.push(position);
+    }
+    Ok(out)
 }
 
 /// `moysklad.customerorder.update`.

@@ -466,6 +466,15 @@ impl FakeMoySklad {
     }
 
     /// Snapshot of all customer orders, in creation order.
+    /// An order's lines, in the order they were added.
+    pub fn order_positions(&self, order_id: &str) -> Vec<Value> {
+        lock(&self.inner.data)
+            .positions
+            .get(order_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn orders(&self) -> Vec<Value> {
         lock(&self.inner.data).orders.clone()
     }
@@ -1218,6 +1227,8 @@ impl Inner {
             }
         }
         let positions: Vec<Value> = body["positions"].as_array().cloned().unwrap_or_default();
+        self.check_positions(&positions)?;
+        let positions: Vec<Value> = positions.iter().map(|p| self.position_row(p)).collect();
         let mut m = Self::strip_read_only(body);
         d.order_seq += 1;
         let id = uuid_v4();
@@ -1369,6 +1380,60 @@ impl Inner {
             }
         }
         Ok(w.clone())
+    }
+
+    /// Positions of one request: at most 1,000; each with an `assortment`
+    /// reference, a positive `quantity`, an integer `price` (kopecks) and
+    /// an integer `vat` percent when given.
+    fn check_positions(&self, positions: &[Value]) -> Result<(), Resp> {
+        if positions.len() > 1000 {
+            return Err(self.error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                1044,
+                "В массиве не может быть больше 1000 элементов",
+                Some("positions"),
+            ));
+        }
+        for p in positions {
+            let kind = p["assortment"]["meta"]["type"].as_str().unwrap_or_default();
+            if !matches!(kind, "product" | "service" | "variant" | "bundle")
+                || p["assortment"]["meta"]["href"].as_str().is_none()
+            {
+                return Err(self.error(StatusCode::BAD_REQUEST, 3000, "Ошибка формата: поле 'assortment' должно ссылаться на товар, услугу или модификацию", Some("assortment")));
+            }
+            if !p["quantity"].as_f64().is_some_and(|q| q > 0.0) {
+                return Err(self.error(
+                    StatusCode::BAD_REQUEST,
+                    3000,
+                    "Ошибка формата: поле 'quantity' должно быть положительным числом",
+                    Some("quantity"),
+                ));
+            }
+            if !(p["price"].is_null() || p["price"].is_u64()) {
+                return Err(self.error(
+                    StatusCode::BAD_REQUEST,
+                    3000,
+                    "Ошибка формата: поле 'price' должно быть целым числом копеек",
+                    Some("price"),
+                ));
+            }
+            if !(p["vat"].is_null() || p["vat"].as_u64().is_some_and(|v| v <= 100)) {
+                return Err(self.error(
+                    StatusCode::BAD_REQUEST,
+                    3000,
+                    "Ошибка формата: поле 'vat' должно быть целым процентом",
+                    Some("vat"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A stored position row (with an id).
+    fn position_row(&self, p: &Value) -> Value {
+        let mut row = p.clone();
+        row["id"] = json!(uuid_v4());
+        row
     }
 
     fn positions_meta(&self, order_id: &str, n: usize) -> Value {
@@ -1743,6 +1808,39 @@ impl Inner {
                     Err(self.not_found(id))
                 } else {
                     Ok(Resp::new(StatusCode::OK))
+                }
+            }
+            (&Method::POST, ["entity", "customerorder", id, "positions"]) => {
+                let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+                let added: Vec<Value> = match &body {
+                    Value::Array(items) => items.clone(),
+                    Value::Object(_) => vec![body.clone()],
+                    _ => {
+                        return self.error(
+                            StatusCode::BAD_REQUEST,
+                            2000,
+                            "Ошибка формата: ожидается массив позиций",
+                            None,
+                        );
+                    }
+                };
+                match self.check_positions(&added) {
+                    Err(r) => Err(r),
+                    Ok(()) => match d.positions.get(*id).is_some() {
+                        false => Err(self.not_found(id)),
+                        true => {
+                            let rows: Vec<Value> =
+                                added.iter().map(|p| self.position_row(p)).collect();
+                            let list = d.positions.entry((*id).to_owned()).or_default();
+                            list.extend(rows.iter().cloned());
+                            let (n, sum) = (list.len(), Self::positions_sum(list));
+                            if let Some(order) = d.orders.iter_mut().find(|o| o["id"] == *id) {
+                                order["positions"] = self.positions_meta(id, n);
+                                order["sum"] = json!(sum);
+                            }
+                            Ok(Resp::json(StatusCode::OK, &Value::Array(rows)))
+                        }
+                    },
                 }
             }
             (&Method::GET, ["entity", "customerorder", id, "positions"]) => {
