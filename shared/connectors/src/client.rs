@@ -157,6 +157,15 @@ pub enum VendorError {
     },
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The vendor refused the connection's credentials (a wrong, revoked
+    /// or missing API key): no retry helps until a person changes them, so
+    /// the connection's health says so.
+    #[error("{vendor} refused the credentials (HTTP {status}): {message}")]
+    CredentialsRefused {
+        vendor: &'static str,
+        status: u16,
+        message: String,
+    },
 }
 
 impl VendorError {

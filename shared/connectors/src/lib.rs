@@ -226,6 +226,16 @@ impl ActionError {
         }
     }
 
+    /// Why the vendor refused the connection's credentials, when it did.
+    pub fn credentials_refused(&self) -> Option<String> {
+        match self {
+            Self::Vendor(VendorError::CredentialsRefused { vendor, message, .. }) => {
+                Some(format!("{vendor} refused the credentials: {message}"))
+            }
+            _ => None,
+        }
+    }
+
     /// Worth retrying later (the vendor was unavailable); anything else will
     /// fail the same way again.
     pub fn is_transient(&self) -> bool {

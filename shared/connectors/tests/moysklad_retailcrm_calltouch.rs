@@ -32,10 +32,12 @@ fn assert_auth_failure(err: &ActionError, secret: &str) {
     assert!(
         matches!(
             err,
-            ActionError::Vendor(VendorError::Rejected {
-                status: 401 | 403,
-                ..
-            })
+            ActionError::Vendor(
+                VendorError::Rejected {
+                    status: 401 | 403,
+                    ..
+                } | VendorError::CredentialsRefused { .. }
+            )
         ),
         "{err:?}"
     );
@@ -69,6 +71,7 @@ async fn moysklad_check_describes_the_account_and_refuses_a_wrong_token() {
         .await
         .unwrap_err();
     assert_auth_failure(&err, "ms-wrong-token-77");
+    assert!(err.credentials_refused().is_some(), "{err:?}");
 
     // Unavailable through every attempt: transient, so "try again later".
     ms.fail_next(10, Fault::ServerError);
@@ -159,6 +162,9 @@ async fn retailcrm_check_lists_the_keys_rights_and_refuses_a_wrong_key() {
         .unwrap_err();
     assert_auth_failure(&err, "rc-wrong-key-77");
     assert!(err.to_string().contains("Wrong \"apiKey\" value"), "{err}");
+    // Classified as refused credentials (the connection's health says so),
+    // not as a refused request.
+    assert!(err.credentials_refused().is_some(), "{err:?}");
 
     rc.fail_next(10, Fault::ServerError);
     let err = vendor("retailcrm")

@@ -106,8 +106,9 @@ pub struct ConnectionView {
     pub chat_path: String,
     pub created_at: DateTime<Utc>,
     /// What needs doing before the connection works (an OAuth connection
-    /// not authorized yet, or whose grant was refused:
-    /// "reauthorization needed"); absent when it is fine.
+    /// not authorized yet, or whose grant was refused: "reauthorization
+    /// needed"; an API key the vendor refused: "credentials refused");
+    /// absent when it is fine.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
 }
@@ -418,10 +419,11 @@ impl Admin for Engine {
             // Tokens granted to the old credentials (or refused) no longer
             // apply: a pasted refresh token starts afresh.
             self.forget_tokens(id).await?;
+            self.clear_credentials_refused(id).await?;
         }
         tracing::info!(tenant = %who.tenant, connection = %id, "connection updated");
         let mut view = view(&record, &secrets);
-        view.health = self.oauth_health(&record).await?;
+        view.health = self.connection_health(&record).await?;
         Ok(view)
     }
 
@@ -430,7 +432,7 @@ impl Admin for Engine {
         let record = self.own_connection(who, id).await?;
         let secrets = self.open_secrets(&record)?;
         let mut view = view(&record, &secrets);
-        view.health = self.oauth_health(&record).await?;
+        view.health = self.connection_health(&record).await?;
         Ok(view)
     }
 
@@ -458,18 +460,26 @@ impl Admin for Engine {
         let key = format!("check/{id}");
         let ctx = self.call_context(&open, &key);
         Ok(match account.check(&ctx).await {
-            Ok(account) => ConnectionCheck {
-                ok: true,
-                account: Some(account),
-                error: None,
-                transient: false,
-            },
-            Err(err) => ConnectionCheck {
-                ok: false,
-                account: None,
-                transient: err.is_transient(),
-                error: Some(err.to_string()),
-            },
+            Ok(account) => {
+                self.clear_credentials_refused(id).await?;
+                ConnectionCheck {
+                    ok: true,
+                    account: Some(account),
+                    error: None,
+                    transient: false,
+                }
+            }
+            Err(err) => {
+                if let Some(reason) = err.credentials_refused() {
+                    self.mark_credentials_refused(id, &reason).await?;
+                }
+                ConnectionCheck {
+                    ok: false,
+                    account: None,
+                    transient: err.is_transient(),
+                    error: Some(err.to_string()),
+                }
+            }
         })
     }
 

@@ -220,10 +220,98 @@ on_both_stores!(
     runs_are_filtered_by_status_and_time,
     concurrent_polls_back_off_and_a_dead_poll_resumes,
     an_import_reads_each_page_once_however_its_requests_are_delivered,
+    refused_credentials_mark_the_connection_until_they_change,
 );
 
 mod cases {
     use super::*;
+
+    /// retailCRM refuses a wrong API key with 403 "Wrong apiKey value": the
+    /// run fails with those words and the connection's health says the
+    /// credentials were refused (without the key) until new credentials
+    /// are saved; a check with a refused key marks it again, one that
+    /// passes clears it.
+    pub async fn refused_credentials_mark_the_connection_until_they_change(h: Harness) {
+        use crmbridge_control::admin::ConnectionPatch;
+        use crmbridge_fakes::vendors::retailcrm::FakeRetailCrm;
+
+        let retailcrm = FakeRetailCrm::start("rc-good-key-1").await.unwrap();
+        let owner = h.owner().await;
+        let (source, token) = h.connection(&owner).await;
+        let rc = h
+            .engine
+            .create_connection(
+                &owner,
+                NewConnection {
+                    app: "retailcrm".into(),
+                    name: "retailCRM".into(),
+                    settings: json!({"base_url": retailcrm.base_url()}),
+                    credentials: [("api_key".to_owned(), "rc-WRONG-key-42".to_owned())].into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(rc.health, None);
+        let automation = json!({
+            "id": "order-to-retailcrm",
+            "name": "Order status to retailCRM",
+            "trigger": {"connection": source, "event": "generic.order.created"},
+            "steps": [{"id": "order", "action": "retailcrm.order.update", "connection": rc.id,
+                       "target": {"id": "{{ event.id }}"}, "fields": {"status": "new"}}]
+        });
+        h.engine
+            .save_automation(
+                &owner,
+                crmbridge_mapping::Automation::from_json_str(&automation.to_string()).unwrap(),
+            )
+            .await
+            .unwrap();
+        h.engine
+            .ingest_webhook(hook(&source, &token, br#"{"id": "17"}"#))
+            .await
+            .unwrap();
+        let event = h.drain(1).await.remove(0);
+        let dispatched = h.engine.dispatch(event).await.unwrap();
+        let run = h
+            .engine
+            .get_run(&owner, &dispatched.runs[0].id)
+            .await
+            .unwrap();
+        assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+        assert!(run.outcome.contains("refused the credentials"), "{}", run.outcome);
+        let health = h
+            .engine
+            .get_connection(&owner, &rc.id)
+            .await
+            .unwrap()
+            .health
+            .expect("the connection shows the refusal");
+        assert!(health.starts_with("credentials refused: retailcrm"), "{health}");
+        assert!(health.contains("Wrong"), "{health}");
+        assert!(!health.contains("rc-WRONG-key-42"), "{health}");
+        let listed = h.engine.list_connections(&owner).await.unwrap();
+        assert!(listed.iter().any(|c| c.id == rc.id && c.health.is_some()));
+
+        // New credentials: the mark goes; the check passes.
+        let fixed = ConnectionPatch {
+            credentials: Some([("api_key".to_owned(), Some("rc-good-key-1".to_owned()))].into()),
+            ..Default::default()
+        };
+        let view = h.engine.update_connection(&owner, &rc.id, fixed).await.unwrap();
+        assert_eq!(view.health, None);
+        assert!(h.engine.check_connection(&owner, &rc.id).await.unwrap().ok);
+
+        // A key revoked later is found by a check, and cleared by the next
+        // check that passes.
+        retailcrm.set_api_key("rc-rotated-key-2");
+        let check = h.engine.check_connection(&owner, &rc.id).await.unwrap();
+        assert!(!check.ok && !check.transient, "{check:?}");
+        let health = h.engine.get_connection(&owner, &rc.id).await.unwrap().health;
+        assert!(health.unwrap().starts_with("credentials refused"));
+        retailcrm.set_api_key("rc-good-key-1");
+        assert!(h.engine.check_connection(&owner, &rc.id).await.unwrap().ok);
+        assert_eq!(h.engine.get_connection(&owner, &rc.id).await.unwrap().health, None);
+    }
 
     /// An import through the engine and the outbox, against the HubSpot
     /// fake: a page request delivered twice at once reads its page and

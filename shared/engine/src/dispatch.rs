@@ -996,6 +996,10 @@ impl Engine {
                         attempts: previous_attempts + 1,
                     },
                 );
+                if let Some(reason) = err.credentials_refused() {
+                    self.mark_credentials_refused(&request.connection, &reason)
+                        .await?;
+                }
                 let outcome = format!("steps.{step_id}: {message}");
                 self.finish(run, version, RunStatus::Failed, outcome.clone())
                     .await?;
@@ -1185,9 +1189,10 @@ enum StepOutcome {
 fn vendor_status(err: &ActionError) -> Option<u16> {
     match err {
         ActionError::Vendor(crmbridge_connectors::VendorError::Status { status, .. })
-        | ActionError::Vendor(crmbridge_connectors::VendorError::Rejected { status, .. }) => {
-            Some(*status)
-        }
+        | ActionError::Vendor(crmbridge_connectors::VendorError::Rejected { status, .. })
+        | ActionError::Vendor(crmbridge_connectors::VendorError::CredentialsRefused {
+            status, ..
+        }) => Some(*status),
         _ => None,
     }
 }

@@ -8,6 +8,7 @@
 //! behaviour holds on both.
 
 pub mod bookkeeping;
+pub mod credentials;
 pub mod dispatch;
 mod echoes;
 pub mod import;

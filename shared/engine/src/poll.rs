@@ -126,6 +126,10 @@ impl Engine {
                 {
                     tracing::warn!(error = %release, "could not release the poll lease");
                 }
+                if let Some(reason) = err.credentials_refused() {
+                    self.mark_credentials_refused(&source.connection, &reason)
+                        .await?;
+                }
                 return Err(EngineError::Action {
                     what: format!("polling {} on {}", source.kind, source.connection),
                     transient: err.is_transient(),

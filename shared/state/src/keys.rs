@@ -25,6 +25,7 @@
 //! | import (versioned) | `IMPORT#{import}` | `IMPORT` |
 //! | tenant's import index | `TENANT#{tenant}` | `IMPORT#{import}` |
 //! | the running import of a connection | `CONN#{connection}` | `IMPORT` |
+//! | a connection's refused credentials | `CONN#{connection}` | `HEALTH` |
 //! | dedupe claim (TTL) | `DEDUPE#{connection}#{action}` | `{field}#{normalised value}` |
 //! | tick record (TTL) | `TICK` | `{started_at}` |
 //! | OAuth tokens of a connection (versioned, sealed) | `OAUTH#{connection}` | `TOKENS` |
@@ -59,6 +60,10 @@ pub fn tenant_key_index(tenant: &str, key_id: &str) -> Key {
 
 pub fn connection(connection: &str) -> Key {
     key(format!("CONN#{connection}"), "META")
+}
+
+pub fn connection_health(connection: &str) -> Key {
+    key(format!("CONN#{connection}"), "HEALTH")
 }
 
 pub fn oauth_tokens(connection: &str) -> Key {

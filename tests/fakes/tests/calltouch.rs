@@ -45,6 +45,9 @@ fn create_body(number: &str) -> Value {
     }]})
 }
 
+/// Source: Calltouch "API: creating deals" (`deal-create`, <https://www.calltouch.ru/support/api-metod-sozdaniya-sdelok>):
+/// auth by the `Access-Token` and `SiteId` headers. Fake's choice, not documented (U): a wrong token → 401, a `SiteId` not
+/// the cabinet's → 403, nothing stored; the request log hides the token.
 #[tokio::test]
 async fn header_auth() {
     let ct = FakeCalltouch::start(TOKEN, SITE).await.unwrap();
@@ -61,6 +64,9 @@ async fn header_auth() {
     assert_eq!(reqs[2].header("siteid"), Some(SITE));
 }
 
+/// Source: `deal-create` (<https://www.calltouch.ru/support/api-metod-sozdaniya-sdelok>), `deal-update` (<https://www.calltouch.ru/support/api-metod-obnovleniya-sdelok>):
+/// deals keyed by `orderNumber`, update overwrites `status`/`revenue`, `addNewComment` appends. The `calltouchOrderId` answer: `integrators`
+/// (<https://github.com/Creepypoke/calltouch-requests-exporter>, S/U). Fake's choice (U): a duplicate `orderNumber` refused per order or answered as existing.
 #[tokio::test]
 async fn create_and_update_deals() {
     let ct = FakeCalltouch::start(TOKEN, SITE).await.unwrap();
@@ -122,6 +128,9 @@ async fn create_and_update_deals() {
     assert!(b["data"]["orders"][0]["error"].is_string());
 }
 
+/// Source: integrators' code (`integrators`, <https://github.com/Creepypoke/calltouch-requests-exporter> and
+/// others): dates as `dd-mm-yyyy HH:MM:SS`. Fake's choice (U): 400 `data.validationErrorData[{field, message}]`
+/// for empty `orders`, a bad `orderDate` or an empty `orderNumber`; nothing is stored.
 #[tokio::test]
 async fn validation_errors() {
     let ct = FakeCalltouch::start(TOKEN, SITE).await.unwrap();
@@ -143,6 +152,8 @@ async fn validation_errors() {
     assert!(ct.deals().is_empty());
 }
 
+/// Our rule, not documented (U): Calltouch's over-limit answer is unknown; the fake's injected 429 carries `Retry-After`
+/// (here 2) and creates nothing. Test tooling (I): a create whose answer is dropped after commit still makes the deal.
 #[tokio::test]
 async fn faults() {
     let ct = FakeCalltouch::start(TOKEN, SITE).await.unwrap();
@@ -231,6 +242,9 @@ async fn receiver() -> (String, Seen, tokio::task::JoinHandle<()>) {
     (format!("http://{addr}/hooks/ct?secret=s"), seen, task)
 }
 
+/// Source: Calltouch webhook help (`webhooks`, <https://www.calltouch.ru/support/otpravka-informatsii-o-zvonkakh-zayavkakh-chatakh-iz-calltouch-v-lyubuyu-sistemu-s-pomoshchyu-webhoo/>):
+/// URL-encoded parameters as a GET query or a POST form, after our `?secret=`; production receiver (`receiver`, <https://github.com/MrLasha/calltouch-webhook>): the names
+/// (`callerphone`, `phonenumber`, …) and the UI test send with unfilled `{callerphone}` placeholders.
 #[tokio::test]
 async fn call_webhook_get_and_post() {
     let (url, seen, task) = receiver().await;
@@ -298,6 +312,9 @@ async fn call_webhook_get_and_post() {
     assert!(pairs.contains(&("callerphone".into(), "{callerphone}".into())));
 }
 
+/// Source: `calls-journal` (<https://www.calltouch.ru/support/api-metod-vygruzki-zhurnala-zvonkov/>): `dd/mm/yyyy`, one day without `page` → bare array,
+/// `page`/`limit` → `{pageTotal, recordsTotal, records}`; `requests-journal` (<https://www.calltouch.ru/support/vygruzka-zhurnala-zayavok-cherez-api>):
+/// `mm/dd/yyyy`, a bare array. Fake's choice (U): 400 for several days without `page` or a bad date, 401 for a wrong `clientApiId`.
 #[tokio::test]
 async fn journals_with_their_date_formats() {
     let ct = FakeCalltouch::start(TOKEN, SITE).await.unwrap();

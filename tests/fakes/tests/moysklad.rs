@@ -64,6 +64,9 @@ fn order_body(ms: &FakeMoySklad, agent: &Value) -> Value {
     })
 }
 
+/// Source: MoySklad API 1.2 docs, <https://github.com/moysklad/api-remap-1.2-doc> (`general` = `md/_general.md`,
+/// `errors` = `md/_errors.md`): base path `/api/remap/1.2`, Bearer auth, a wrong token → 401 with `errors[]` code
+/// 1056 (no token → 401 too), a list's total in `meta.size`. Test tooling (I): the request log hides the token.
 #[tokio::test]
 async fn base_url_and_auth() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -104,6 +107,8 @@ async fn base_url_and_auth() {
     assert!(reqs.iter().all(|r| !format!("{r:?}").contains(TOKEN)));
 }
 
+/// Source: MoySklad API 1.2 docs (`general`, `md/_general.md` of <https://github.com/moysklad/api-remap-1.2-doc>): Basic
+/// `login:password` works too, and `POST /security/token` with Basic auth issues `{"access_token"}`; a wrong password → 401.
 #[tokio::test]
 async fn basic_auth_and_token_issue() {
     let ms = FakeMoySklad::start_with(MoySkladConfig::new(TOKEN).with_basic("admin@fake", "pw"))
@@ -134,6 +139,8 @@ async fn basic_auth_and_token_issue() {
     assert_eq!(resp.status(), 401);
 }
 
+/// Source: MoySklad API 1.2 docs (`general`, `md/_general.md` of <https://github.com/moysklad/api-remap-1.2-doc>):
+/// without `Accept-Encoding: gzip` the answer is 415 with no body; with it the answer is gzip-compressed.
 #[tokio::test]
 async fn gzip_is_mandatory_and_used() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -161,6 +168,8 @@ async fn gzip_is_mandatory_and_used() {
     assert_eq!(&raw[..2], &[0x1f, 0x8b]);
 }
 
+/// Source: MoySklad API 1.2 docs (`errors`, `md/_errors.md` of <https://github.com/moysklad/api-remap-1.2-doc>): a body
+/// not sent as `Content-Type: application/json` is refused with error 1037 (the fake answers 415) and nothing is created.
 #[tokio::test]
 async fn body_must_be_json() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -178,6 +187,9 @@ async fn body_must_be_json() {
     assert!(ms.counterparties().is_empty());
 }
 
+/// Source: MoySklad API 1.2 docs, <https://github.com/moysklad/api-remap-1.2-doc> (`counterparty` = `md/dictionaries/_counterparty.md`,
+/// `errors` = `md/_errors.md`, `general` = `md/_general.md`): create → 200, `name` required (412, 3000), bad email 3015, 404 is 1021,
+/// `updated` with milliseconds, PUT updates, and an array create ("Массовое создание") answers an array.
 #[tokio::test]
 async fn counterparty_create_get_and_validation() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -239,6 +251,9 @@ async fn counterparty_create_get_and_validation() {
     assert_eq!(upd["name"], "Иван Петров");
 }
 
+/// Source: MoySklad API 1.2 docs, <https://github.com/moysklad/api-remap-1.2-doc> (`general` = `md/_general.md`, `counterparty` =
+/// `md/dictionaries/_counterparty.md`, `paging` = `md/workbook/_workbook_paging.md`): `filter` operators, `search` a substring over name/phone/email, lists
+/// paged by `limit`/`offset` with `meta.size`/`nextHref`, `limit` ≤ 1000. Fake's choice (U): no phone normalisation. Search and paging are not combined here.
 #[tokio::test]
 async fn counterparty_filter_search_and_pagination() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -315,6 +330,8 @@ fn form_urlencoded_encode(s: &str) -> String {
         .collect()
 }
 
+/// Source: MoySklad API 1.2 docs, <https://github.com/moysklad/api-remap-1.2-doc> (`order` = `md/documents/_customerOrder.md`,
+/// `errors` = `md/_errors.md`): an order needs `organization` and `agent` (412, code 3000); an href on another server is error 1059.
 #[tokio::test]
 async fn order_requires_organization_and_agent() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -349,6 +366,9 @@ async fn order_requires_organization_and_agent() {
     assert!(ms.orders().is_empty());
 }
 
+/// Source: MoySklad API 1.2 docs, <https://github.com/moysklad/api-remap-1.2-doc> (`order` = `md/documents/_customerOrder.md`, `general` =
+/// `md/_general.md`, `errors` = `md/_errors.md`): `state`/`attributes` as metas, a repeated `syncId` answers the order made earlier, `expand`, PUT,
+/// `syncId` immutable (1047), a wrong value type 2016. Fake's choice (U): the default state is the first one; an unknown state or attribute href is 412.
 #[tokio::test]
 async fn order_create_with_state_attributes_and_sync_id() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -438,6 +458,8 @@ async fn order_create_with_state_attributes_and_sync_id() {
     assert_eq!(e["errors"][0]["code"], 1047);
 }
 
+/// Source: MoySklad API 1.2 docs, <https://github.com/moysklad/api-remap-1.2-doc> (`order` = `md/documents/_customerOrder.md`, `md/dictionaries/_states.md`):
+/// `metadata` lists states (with `stateType`) and attributes, also as `metadata/attributes`. Our choice (I): the seeded names come from the seed article.
 #[tokio::test]
 async fn metadata_has_seed_states_and_attributes() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -484,6 +506,8 @@ async fn metadata_has_seed_states_and_attributes() {
     );
 }
 
+/// Source: MoySklad API 1.2 docs, <https://github.com/moysklad/api-remap-1.2-doc> (`order` = `md/documents/_customerOrder.md`, `general` = `md/_general.md`):
+/// `filter=updated>=…` with `order=updated,asc`, `limit`/`offset`; date-times in Moscow time with milliseconds; `payedSum`; a `state.name` filter; a bad date → 400.
 #[tokio::test]
 async fn order_polling_by_updated_msk() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -525,6 +549,8 @@ async fn order_polling_by_updated_msk() {
     assert_eq!(st, 400);
 }
 
+/// Source: MoySklad API 1.2 docs, <https://github.com/moysklad/api-remap-1.2-doc> (`general` = `md/_general.md`, `errors` = `md/_errors.md`): 429
+/// is code 1049 with `X-Lognex-Retry-After` in milliseconds. Fake's choice (U): the 5xx body (`errors[]` with a message); neither changes state.
 #[tokio::test]
 async fn injected_429_carries_lognex_retry_after() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -561,6 +587,8 @@ async fn injected_429_carries_lognex_retry_after() {
     assert_eq!(ms.requests()[0].fault, Some(Fault::TooManyRequests));
 }
 
+/// Source: MoySklad API 1.2 docs (`general`, "Назначение поля syncId" in `md/_general.md` of <https://github.com/moysklad/api-remap-1.2-doc>):
+/// a create repeated with the same `syncId` answers the order made earlier. Test tooling (I): the drop before / after commit.
 #[tokio::test]
 async fn drop_and_drop_after_commit_with_sync_id() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -603,6 +631,7 @@ async fn drop_and_drop_after_commit_with_sync_id() {
     assert_eq!(ms.fault_count(), 2);
 }
 
+/// Test tooling, not a vendor behaviour (I): a slow answer still commits, so a client timeout does not mean "not created".
 #[tokio::test]
 async fn slow_commits_then_waits() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -621,6 +650,7 @@ async fn slow_commits_then_waits() {
     assert_eq!(ms.counterparties().len(), 1);
 }
 
+/// Test tooling, not a vendor behaviour (I): random faults (500 / 429) repeat exactly for the same seed.
 #[tokio::test]
 async fn fault_rate_is_deterministic_per_seed() {
     async fn run(seed: u64) -> Vec<u16> {
@@ -640,6 +670,9 @@ async fn fault_rate_is_deterministic_per_seed() {
     assert!(a.iter().any(|s| *s == 500 || *s == 429));
 }
 
+/// Source: MoySklad API 1.2 docs, <https://github.com/moysklad/api-remap-1.2-doc> (`restrictions` =
+/// `md/_restrictions.md`, `general` = `md/_general.md`): over the budget 429 code 1049 with `X-Lognex-Retry-After`, more
+/// than 5 in parallel 429 code 1073, `X-RateLimit-*` headers. The budget (3 requests a window here) is a test setting.
 #[tokio::test]
 async fn strict_rate_limit_window_and_parallel() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -712,6 +745,9 @@ async fn strict_rate_limit_window_and_parallel() {
     assert_eq!(ms.rate_limited_count(), 2);
 }
 
+/// Source: MoySklad API 1.2 docs (`webhook`, `md/dictionaries/_webhook.md` of
+/// <https://github.com/moysklad/api-remap-1.2-doc>): POST `{auditContext, events[{meta, action}]}` to `url?requestId=…`,
+/// failed deliveries retried at once with the same `requestId`. Fake's choice (U): the User-Agent string.
 #[tokio::test]
 async fn webhook_sender_posts_like_moysklad() {
     use std::sync::{Arc, Mutex};
@@ -809,6 +845,7 @@ async fn read_http(sock: &mut tokio::net::TcpStream) -> String {
     }
 }
 
+/// Test tooling, not a vendor behaviour (I): dropping the fake stops its server.
 #[tokio::test]
 async fn server_stops_on_drop() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -848,6 +885,9 @@ async fn ok_receiver() -> (
     (format!("http://{addr}"), seen, task)
 }
 
+/// Source: MoySklad API 1.2 docs (`webhook`, `md/dictionaries/_webhook.md` of <https://github.com/moysklad/api-remap-1.2-doc>):
+/// webhook CRUD, (entityType, action, url) unique (3006), `updatedFields` with `diffType=FIELDS`,
+/// `X-Lognex-WebHook-DisableByPrefix`. Fake's choice (U): one event per POST (no batches, no `PROCESSED` here).
 #[tokio::test]
 async fn webhook_subscriptions_and_delivery() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();
@@ -912,6 +952,7 @@ async fn webhook_subscriptions_and_delivery() {
     assert!(seen[1].0.starts_with("POST /hooks/ms?requestId="));
 }
 
+/// Test tooling, not a vendor behaviour (I): the request log keeps each answer's status and the query parameters.
 #[tokio::test]
 async fn request_log_has_status() {
     let ms = FakeMoySklad::start(TOKEN).await.unwrap();

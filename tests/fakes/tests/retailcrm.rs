@@ -31,6 +31,9 @@ async fn post_form(rc: &FakeRetailCrm, path: &str, form: &[(&str, String)]) -> (
     (st, resp.json().await.unwrap())
 }
 
+/// Source: retailCRM "API rules" (`rules`, <https://docs.simla.com/Developers/API/APIFeatures/APIRules>): the key goes in the
+/// `X-API-KEY` header or an `apiKey` parameter; official Go SDK (`go-sdk`, <https://github.com/retailcrm/api-client-go>): a wrong
+/// key → 403 `Wrong "apiKey" value.`, statuses keyed by code. Fake's choice (U): 403 for a missing key; the log hides the key.
 #[tokio::test]
 async fn auth_header_or_query_and_error_shape() {
     let rc = FakeRetailCrm::start(KEY).await.unwrap();
@@ -73,6 +76,9 @@ async fn auth_header_or_query_and_error_shape() {
     assert_eq!(reqs[2].query, "apiKey=***");
 }
 
+/// Source: retailCRM "API rules" (`rules`, <https://docs.simla.com/Developers/API/APIFeatures/APIRules>): the customer is JSON in one form field;
+/// Go SDK (`go-sdk`, <https://github.com/retailcrm/api-client-go>) and `maintainer` (<https://github.com/retailcrm/api-client-php/issues/157>):
+/// create → 201, `filter[name]` matches name or phone, 404 `Not found`, `limit` 20/50/100. Fake's choice (U): duplicate `externalId` → 400.
 #[tokio::test]
 async fn customers_create_and_search() {
     let rc = FakeRetailCrm::start(KEY).await.unwrap();
@@ -138,6 +144,9 @@ async fn customers_create_and_search() {
     assert!(b["errors"]["limit"].is_string());
 }
 
+/// Source: Go SDK (`go-sdk`, <https://github.com/retailcrm/api-client-go>, `types.go`), PHP SDK (`php-sdk`,
+/// <https://github.com/retailcrm/api-client-php>): order create → 201 `new`; history (`created` with the full order, `source` user/api, `{code}`
+/// values), `filter[sinceId]`, `pagination`. Fake's choice (U): duplicate `externalId` → 400. Not asserted here: `apiKey.current`, `payment`.
 #[tokio::test]
 async fn orders_create_history_and_pagination() {
     let rc = FakeRetailCrm::start(KEY).await.unwrap();
@@ -229,6 +238,9 @@ async fn orders_create_history_and_pagination() {
     assert_eq!(o["orders"][0]["status"], "assembling");
 }
 
+/// Source: official Go SDK (`go-sdk`, <https://github.com/retailcrm/api-client-go>, `client.go`): over the rate limit the answer is 503.
+/// Fake's choice, not documented (U): an injected 429 carries `Retry-After: 1` and writes nothing, a 500 is `success: false`; test
+/// tooling (I): a create whose answer is dropped after commit still lands (what the `externalId` look-up covers).
 #[tokio::test]
 async fn faults_and_strict_rate_limit() {
     let rc = FakeRetailCrm::start(KEY).await.unwrap();

@@ -151,6 +151,9 @@ async fn receiver(status: u16, body: &'static str) -> Receiver {
     }
 }
 
+/// Source: Worksection API help (`api-faq`, <https://worksection.com/en/faq/api-start.html>): md5 `hash` of the query plus the admin key,
+/// appended last; official Python SDK 2.1 (`py-sdk`, <https://github.com/worksection/python-api-client>): the header
+/// `Authorization: Admin {ts}_{hmac}`. Fake's choice (U): both schemes on every request, a POST form merged unhashed; secrets hidden in the log.
 #[tokio::test]
 async fn both_auth_schemes_are_accepted() {
     let ws = FakeWorksection::start(KEY).await.unwrap();
@@ -200,6 +203,9 @@ async fn both_auth_schemes_are_accepted() {
     assert_eq!(log[1].header("authorization"), Some("***"));
 }
 
+/// Source: Worksection API help (`api-faq`, <https://worksection.com/en/faq/api-start.html>): errors come as HTTP 200 `status: error`;
+/// Postman collection (`postman`, <https://github.com/pbv7/worksection-mcp>): code 2 `Action hash is missed or invalid`. Fake's choice
+/// (U): the header scheme's timestamp window; code 1 `Action is invalid` for an unknown action.
 #[tokio::test]
 async fn bad_auth_is_status_200_code_2() {
     let ws = FakeWorksection::start(KEY).await.unwrap();
@@ -264,6 +270,9 @@ async fn bad_auth_is_status_200_code_2() {
     );
 }
 
+/// Source: Worksection API help (`api-faq`, <https://worksection.com/en/faq/api-start.html>): `post_task` fields, `DD.MM.YYYY` in,
+/// `YYYY-MM-DD` out, `priority` a string, `data` an object (the one-element list is not tested); Postman collection (`postman`,
+/// <https://github.com/pbv7/worksection-mcp>): `NOONE`/`ANY`, codes 4, 5, 10, 11. Fake's choice (U): code 10 `Field is invalid`.
 #[tokio::test]
 async fn post_task_round_trip_and_validation() {
     let ws = FakeWorksection::start(KEY).await.unwrap();
@@ -403,6 +412,9 @@ async fn post_task_round_trip_and_validation() {
     assert_eq!(ws.tasks().len(), 3);
 }
 
+/// Source: PHP SDK (`php-sdk`, <https://github.com/worksection/worksection-php-sdk>): `post_task` creates tasks in archived or pending projects;
+/// Postman collection (`postman`, <https://github.com/pbv7/worksection-mcp>): `filter=archive`, code 4 for a deleted project. Fake's choice (U): status
+/// literal `archive`, and the filter `archived` that the API help (`api-faq`, <https://worksection.com/en/faq/api-start.html>) names is refused.
 #[tokio::test]
 async fn archived_project_still_accepts_tasks_and_deleted_is_invalid() {
     let ws = FakeWorksection::start(KEY).await.unwrap();
@@ -485,6 +497,9 @@ async fn archived_project_still_accepts_tasks_and_deleted_is_invalid() {
     let _ = live;
 }
 
+/// Source: Worksection API help (`api-faq`, <https://worksection.com/en/faq/api-start.html>): `get_events` items (`close`, `reopen`, `post`, `update`
+/// with `new`/`old`), `period` ranges, `complete_task`, `reopen_task`; code 12 from the Postman collection (`postman`,
+/// <https://github.com/pbv7/worksection-mcp>, S). Fake's choice (U): closed tasks are left out of `get_tasks`, though the API help says they are listed.
 #[tokio::test]
 async fn events_after_close_complete_and_reopen() {
     let ws = FakeWorksection::start(KEY).await.unwrap();
@@ -630,6 +645,9 @@ async fn events_after_close_complete_and_reopen() {
     );
 }
 
+/// Source: Worksection API help (`api-faq`, <https://worksection.com/en/faq/api-start.html>), Postman collection (`postman`,
+/// <https://github.com/pbv7/worksection-mcp>): `add_webhook` probes the URL, which must answer 200 + JSON `{"status": "OK"}`, else
+/// code 11; Basic auth from `http_user`/`http_pass`. Fake's choice (U): the probe body `[]`, a case-insensitive `OK`, code 10.
 #[tokio::test]
 async fn add_webhook_probes_the_url() {
     let ws = FakeWorksection::start(KEY).await.unwrap();
@@ -738,6 +756,9 @@ async fn add_webhook_probes_the_url() {
     assert!(ws.webhooks().is_empty());
 }
 
+/// Source: production receiver (`receiver`, <https://github.com/feverK13/worksection-nitify-boy>): a JSON array of `get_events` items,
+/// `object.page` `/task/<id>/`, numeric ids; Worksection API help (`api-faq`, <https://worksection.com/en/faq/api-start.html>):
+/// optional Basic auth, and a delivery is good only if answered 200 + `{"status": "OK"}`.
 #[tokio::test]
 async fn send_webhook_to_a_receiver() {
     let ws = FakeWorksection::start(KEY).await.unwrap();
@@ -792,6 +813,8 @@ async fn send_webhook_to_a_receiver() {
     assert_eq!(d.status, 503);
 }
 
+/// Source: Worksection API help (`api-faq`, <https://worksection.com/en/faq/api-start.html>): at most 1 request per second, else the
+/// error `Too many requests`. Fake's choice (U): that error as HTTP 429 without `status_code`; an injected 500; other paths 404.
 #[tokio::test]
 async fn rate_limit_and_faults() {
     let ws = FakeWorksection::start(KEY).await.unwrap();

@@ -188,8 +188,16 @@ impl MoySklad {
             })
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| format!("HTTP {} without an error body", response.status));
+        if response.status == 401 {
+            return Err(VendorError::CredentialsRefused {
+                vendor: "moysklad",
+                status: 401,
+                message: format!("the token is not accepted: {}", redact(&message, &[token])),
+            }
+            .into());
+        }
         let message = match response.status {
-            401 | 403 => format!("the token is not accepted: {message}"),
+            403 => format!("the token's user may not do this: {message}"),
             _ => message,
         };
         Err(VendorError::Rejected {

@@ -154,7 +154,14 @@ impl RetailCrm {
                 _ => {}
             }
             if matches!(response.status, 401 | 403) {
-                message = format!("the API key is not accepted: {message}");
+                // "Wrong apiKey value", "apiKey is missing", or a key
+                // without access to the method: a person must act.
+                return Err(VendorError::CredentialsRefused {
+                    vendor: "retailcrm",
+                    status: response.status,
+                    message: format!("the API key is not accepted: {}", redact(&message, &[key])),
+                }
+                .into());
             }
             return Err(VendorError::Rejected {
                 vendor: "retailcrm",

@@ -98,7 +98,8 @@ struct Data {
 }
 
 struct Inner {
-    api_key: String,
+    /// The key accepted; a test may revoke it (`set_api_key`).
+    api_key: Mutex<String>,
     data: Mutex<Data>,
 }
 
@@ -149,7 +150,7 @@ impl FakeRetailCrm {
         let mut inner_out = None;
         let server = server::serve(|_| {
             let inner = Arc::new(Inner {
-                api_key: api_key.to_owned(),
+                api_key: Mutex::new(api_key.to_owned()),
                 data: Mutex::new(Data {
                     customers: Vec::new(),
                     orders: Vec::new(),
@@ -188,8 +189,14 @@ impl FakeRetailCrm {
     }
 
     /// The API key accepted.
-    pub fn api_key(&self) -> &str {
-        &self.inner.api_key
+    pub fn api_key(&self) -> String {
+        lock(&self.inner.api_key).clone()
+    }
+
+    /// Accepts `key` from now on and refuses any other, as retailCRM does
+    /// once an administrator replaces or deletes a key.
+    pub fn set_api_key(&self, key: &str) {
+        *lock(&self.inner.api_key) = key.to_owned();
     }
 
     /// Replaces the site codes the key can access (default `["main"]`). With
@@ -792,7 +799,7 @@ impl Inner {
             .or_else(|| p.get("apiKey").map(str::to_owned));
         match key {
             None => Err(err(StatusCode::FORBIDDEN, "\"apiKey\" is missing.", None)),
-            Some(k) if k == self.api_key && !k.is_empty() => Ok(()),
+            Some(k) if k == *lock(&self.api_key) && !k.is_empty() => Ok(()),
             Some(_) => Err(err(StatusCode::FORBIDDEN, "Wrong \"apiKey\" value.", None)),
         }
     }

@@ -1,0 +1,58 @@
+//! A connection whose credentials the vendor refused (a wrong, revoked or
+//! missing API key) shows it in its health until a person acts: the mark
+//! is set by the call that was refused (a run's step, a poll, a check) and
+//! cleared when the credentials are changed or a check passes. Runs keep
+//! failing with the vendor's own words meanwhile; the mark is what tells
+//! the person who can fix it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Engine, EngineResult, item, keys};
+
+/// The health mark of a connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CredentialsHealth {
+    /// The vendor's refusal, as the run log shows it (no secret in it).
+    refused: String,
+    at: DateTime<Utc>,
+}
+
+/// The health text of a connection whose credentials were refused.
+pub const CREDENTIALS_REFUSED: &str = "credentials refused";
+
+impl Engine {
+    /// Marks a connection's credentials as refused, with why.
+    pub async fn mark_credentials_refused(&self, connection: &str, reason: &str) -> EngineResult<()> {
+        tracing::warn!(connection, reason, "the vendor refused the connection's credentials");
+        let mark = CredentialsHealth {
+            refused: reason.to_owned(),
+            at: self.now(),
+        };
+        self.store
+            .put(item(keys::connection_health(connection), &mark)?)
+            .await?;
+        Ok(())
+    }
+
+    /// Clears the mark: new credentials, or a check that passed.
+    pub async fn clear_credentials_refused(&self, connection: &str) -> EngineResult<()> {
+        let key = keys::connection_health(connection);
+        self.store.delete(&key.pk, &key.sk).await?;
+        Ok(())
+    }
+
+    /// The health of a connection: `None` when nothing needs doing.
+    pub async fn connection_health(
+        &self,
+        record: &crmbridge_state::records::ConnectionRecord,
+    ) -> EngineResult<Option<String>> {
+        if let Some(oauth) = self.oauth_health(record).await? {
+            return Ok(Some(oauth));
+        }
+        Ok(self
+            .read::<CredentialsHealth>(&keys::connection_health(&record.id))
+            .await?
+            .map(|(mark, _)| format!("{CREDENTIALS_REFUSED}: {}", mark.refused)))
+    }
+}
