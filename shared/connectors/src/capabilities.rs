@@ -67,7 +67,7 @@ pub trait WebhookSource: Send + Sync {
 /// What a write set on one record, so that the change the vendor reports
 /// back for it is known as crmbridge's own and not sent back (two-way sync
 /// without echoes).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Written {
     /// The record type, as the vendor's events name their subject
     /// (`contact`).
@@ -77,6 +77,10 @@ pub struct Written {
     pub created: bool,
     /// Property → value, as text, as the vendor's events report them.
     pub properties: Vec<(String, String)>,
+    /// The record's version after the write, when the vendor's answer
+    /// names one (MoySklad's `updated`): a report of that version is ours
+    /// whatever it shows, and a report of another version is not.
+    pub version: Option<String>,
 }
 
 /// The change an event reports, to compare with what crmbridge wrote.
@@ -84,8 +88,34 @@ pub struct Written {
 pub struct ReportedChange {
     /// The event reports the record's creation.
     pub created: bool,
-    /// Property → new value, as text.
+    /// Property → value, as text.
     pub properties: Vec<(String, String)>,
+    /// What the values are.
+    pub reading: Reading,
+    /// The record's version the event shows, when the vendor has one (see
+    /// [`Written::version`]).
+    pub version: Option<String>,
+}
+
+/// How a change's values were read, which decides how they are compared
+/// with what crmbridge wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reading {
+    /// Each value is what the change set, and every listed property
+    /// changed (HubSpot reports each property change with its value).
+    /// Reports may come in any order.
+    #[default]
+    Values,
+    /// The listed properties changed; the values were read after the
+    /// change (MoySklad's webhook names the fields and the record is
+    /// fetched at dispatch), so a later write may have overtaken an
+    /// earlier one, which is then never reported on its own.
+    Current,
+    /// The record as read now, without knowing which properties changed (a
+    /// poll): only the properties crmbridge wrote and has not seen back
+    /// are compared. A person's edit of another property at the same
+    /// moment cannot be told apart from it.
+    Snapshot,
 }
 
 /// A vendor whose events (by webhook or by poll) trigger automations.
@@ -196,6 +226,15 @@ pub trait Action: Send + Sync {
     /// What a successful call set on the record, in the terms of the
     /// vendor's own change events (see [`Written`]).
     fn written(&self, _fields: &Map<String, Value>, _output: &ActionOutput) -> Option<Written> {
+        None
+    }
+
+    /// What an update of `target` will set, known before the call. The
+    /// engine remembers it before sending (and forgets it if the vendor
+    /// refuses), so a change event that arrives before the vendor's answer
+    /// is processed is still known as crmbridge's own. An action that
+    /// answers this is not asked [`Action::written`].
+    fn will_write(&self, _fields: &Map<String, Value>, _target: &str) -> Option<Written> {
         None
     }
 }

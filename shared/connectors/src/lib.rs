@@ -28,8 +28,8 @@ use crmbridge_mapping::Subject;
 use serde_json::Value;
 
 pub use capabilities::{
-    Account, Action, EventSource, Importer, LiveCatalog, Lookup, Poller, Registry, ReportedChange,
-    Vendor, VendorSettings, WebhookSource, Written,
+    Account, Action, EventSource, Importer, LiveCatalog, Lookup, Poller, Reading, Registry,
+    ReportedChange, Vendor, VendorSettings, WebhookSource, Written,
 };
 pub use client::{VendorClient, VendorError};
 
@@ -229,9 +229,9 @@ impl ActionError {
     /// Why the vendor refused the connection's credentials, when it did.
     pub fn credentials_refused(&self) -> Option<String> {
         match self {
-            Self::Vendor(VendorError::CredentialsRefused { vendor, message, .. }) => {
-                Some(format!("{vendor} refused the credentials: {message}"))
-            }
+            Self::Vendor(VendorError::CredentialsRefused {
+                vendor, message, ..
+            }) => Some(format!("{vendor} refused the credentials: {message}")),
             _ => None,
         }
     }

@@ -62,6 +62,24 @@ async fn worksection_tasks_under_both_signing_schemes_and_its_error_envelope() {
     );
     assert_eq!(ws.tasks().len(), 2);
 
+    // post_task answering its task as a one-element list (as Worksection's
+    // official SDK expects it may): the same task id comes out.
+    ws.post_task_data_as_list(true);
+    let settings = json!({"base_url": ws.base_url()});
+    let ctx = context(&settings, &credentials, &http, "run/list/task");
+    let out = vendor("worksection")
+        .execute(
+            &ctx,
+            "worksection.task.create",
+            &fields(json!({"project": project, "title": "Listed", "assignee": "frank@acme.test"})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ws.task(&out.id).unwrap()["name"], "Listed");
+    ws.post_task_data_as_list(false);
+    assert_eq!(ws.tasks().len(), 3);
+
     // An error comes as HTTP 200 with status "error": still an error, and
     // not one worth retrying.
     let settings = json!({"base_url": ws.base_url()});

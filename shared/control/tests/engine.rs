@@ -278,7 +278,11 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(run.status, RunStatus::Failed, "{run:?}");
-        assert!(run.outcome.contains("refused the credentials"), "{}", run.outcome);
+        assert!(
+            run.outcome.contains("refused the credentials"),
+            "{}",
+            run.outcome
+        );
         let health = h
             .engine
             .get_connection(&owner, &rc.id)
@@ -286,7 +290,10 @@ mod cases {
             .unwrap()
             .health
             .expect("the connection shows the refusal");
-        assert!(health.starts_with("credentials refused: retailcrm"), "{health}");
+        assert!(
+            health.starts_with("credentials refused: retailcrm"),
+            "{health}"
+        );
         assert!(health.contains("Wrong"), "{health}");
         assert!(!health.contains("rc-WRONG-key-42"), "{health}");
         let listed = h.engine.list_connections(&owner).await.unwrap();
@@ -297,7 +304,11 @@ mod cases {
             credentials: Some([("api_key".to_owned(), Some("rc-good-key-1".to_owned()))].into()),
             ..Default::default()
         };
-        let view = h.engine.update_connection(&owner, &rc.id, fixed).await.unwrap();
+        let view = h
+            .engine
+            .update_connection(&owner, &rc.id, fixed)
+            .await
+            .unwrap();
         assert_eq!(view.health, None);
         assert!(h.engine.check_connection(&owner, &rc.id).await.unwrap().ok);
 
@@ -306,11 +317,23 @@ mod cases {
         retailcrm.set_api_key("rc-rotated-key-2");
         let check = h.engine.check_connection(&owner, &rc.id).await.unwrap();
         assert!(!check.ok && !check.transient, "{check:?}");
-        let health = h.engine.get_connection(&owner, &rc.id).await.unwrap().health;
+        let health = h
+            .engine
+            .get_connection(&owner, &rc.id)
+            .await
+            .unwrap()
+            .health;
         assert!(health.unwrap().starts_with("credentials refused"));
         retailcrm.set_api_key("rc-good-key-1");
         assert!(h.engine.check_connection(&owner, &rc.id).await.unwrap().ok);
-        assert_eq!(h.engine.get_connection(&owner, &rc.id).await.unwrap().health, None);
+        assert_eq!(
+            h.engine
+                .get_connection(&owner, &rc.id)
+                .await
+                .unwrap()
+                .health,
+            None
+        );
     }
 
     /// An import through the engine and the outbox, against the HubSpot

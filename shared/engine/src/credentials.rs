@@ -23,8 +23,16 @@ pub const CREDENTIALS_REFUSED: &str = "credentials refused";
 
 impl Engine {
     /// Marks a connection's credentials as refused, with why.
-    pub async fn mark_credentials_refused(&self, connection: &str, reason: &str) -> EngineResult<()> {
-        tracing::warn!(connection, reason, "the vendor refused the connection's credentials");
+    pub async fn mark_credentials_refused(
+        &self,
+        connection: &str,
+        reason: &str,
+    ) -> EngineResult<()> {
+        tracing::warn!(
+            connection,
+            reason,
+            "the vendor refused the connection's credentials"
+        );
         let mark = CredentialsHealth {
             refused: reason.to_owned(),
             at: self.now(),

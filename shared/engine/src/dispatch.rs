@@ -829,15 +829,44 @@ impl Engine {
             );
             self.save_run(run, version).await?;
         }
-        let outcome = perform(self, action.as_ref(), &ctx, &request).await;
-        // Only what reached the vendor (a record found by dedupe and used
-        // unchanged was not written).
-        if let Ok(StepOutcome::Done(output)) = &outcome
-            && output.attempts > 0
-            && let Some(written) = action.written(&request.fields, output)
-        {
-            self.remember_write(&request.connection, &written, &run.id)
+        // An update known in advance is remembered before it is sent: the
+        // vendor's report of it may arrive before its answer is read.
+        let intended = request
+            .target
+            .as_ref()
+            .and_then(|target| action.will_write(&request.fields, &target.id));
+        if let Some(written) = &intended {
+            self.remember_write(&request.connection, written, &run.id)
                 .await?;
+        }
+        let outcome = perform(self, action.as_ref(), &ctx, &request).await;
+        match (&outcome, &intended) {
+            // Only what reached the vendor (a record found by dedupe and
+            // used unchanged was not written).
+            (Ok(StepOutcome::Done(output)), None) if output.attempts > 0 => {
+                if let Some(written) = action.written(&request.fields, output) {
+                    self.remember_write(&request.connection, &written, &run.id)
+                        .await?;
+                }
+            }
+            // The answer names the version the write made: that decides
+            // from now on (no value left to be mistaken later).
+            (Ok(StepOutcome::Done(output)), Some(intended)) if output.attempts > 0 => {
+                if let Some(version) = action
+                    .written(&request.fields, output)
+                    .and_then(|written| written.version)
+                {
+                    self.settle_write(&request.connection, intended, version)
+                        .await?;
+                }
+            }
+            // Refused, or never sent: no report will come. A call whose
+            // outcome is unknown may have changed the record: kept.
+            (Err(err), Some(_)) if outcome_unknown(err) => {}
+            (_, Some(written)) => {
+                self.forget_write(&request.connection, written).await?;
+            }
+            (_, None) => {}
         }
         let attempt = Attempt {
             step_id,
@@ -1191,7 +1220,8 @@ fn vendor_status(err: &ActionError) -> Option<u16> {
         ActionError::Vendor(crmbridge_connectors::VendorError::Status { status, .. })
         | ActionError::Vendor(crmbridge_connectors::VendorError::Rejected { status, .. })
         | ActionError::Vendor(crmbridge_connectors::VendorError::CredentialsRefused {
-            status, ..
+            status,
+            ..
         }) => Some(*status),
         _ => None,
     }

@@ -418,3 +418,59 @@ async fn journals_with_their_date_formats() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// Source: Calltouch webhook help (`webhooks`, <https://www.calltouch.ru/support/otpravka-informatsii-o-zvonkakh-zayavkakh-chatakh-iz-calltouch-v-lyubuyu-sistemu-s-pomoshchyu-webhoo/>):
+/// parameters are URL-encoded ASCII, and a parameter Calltouch has no value for is sent as the placeholder `<не указано>` (from the
+/// analytics sources `(not set)` and the like), spaces as `+`. Uncertain (U): a repeated parameter (`tags=a&tags=b,c`) is sent
+/// as given, in order, with the comma percent-encoded like any reserved character (the fake's choice).
+#[tokio::test]
+async fn call_webhook_placeholders_and_repeated_keys() {
+    let (url, seen, task) = receiver().await;
+    let params = [
+        ("callerphone", "79161234567"),
+        ("utm_term", "<не указано>"),
+        ("utm_content", "(not set)"),
+        ("tags", "a"),
+        ("tags", "b,c"),
+    ];
+    // What Calltouch puts on the wire for these values, written out by hand.
+    let wire = "callerphone=79161234567\
+        &utm_term=%3C%D0%BD%D0%B5+%D1%83%D0%BA%D0%B0%D0%B7%D0%B0%D0%BD%D0%BE%3E\
+        &utm_content=%28not+set%29\
+        &tags=a&tags=b%2Cc";
+    assert_eq!(
+        send_call_webhook(&url, &params, WebhookMethod::Get)
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(
+        send_call_webhook(&url, &params, WebhookMethod::Post)
+            .await
+            .unwrap(),
+        200
+    );
+    task.abort();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+
+    // GET: the exact query, after the URL's own `secret=s`; no body.
+    let (line, _, body) = &seen[0];
+    assert_eq!(line, &format!("GET /hooks/ct?secret=s&{wire} HTTP/1.1"));
+    assert!(body.is_empty());
+    // POST: the exact form body; the query is the URL's own.
+    let (line, ct, body) = &seen[1];
+    assert_eq!(line, "POST /hooks/ct?secret=s HTTP/1.1");
+    assert_eq!(ct, "application/x-www-form-urlencoded");
+    assert_eq!(body, wire);
+
+    // Decoded, the receiver sees every pair in order: the placeholder whole, both `tags`.
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let want: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(pairs, want);
+}

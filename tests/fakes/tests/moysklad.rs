@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crmbridge_fakes::Fault;
 use crmbridge_fakes::vendors::moysklad::{
-    FakeMoySklad, MoySkladConfig, RateLimit, WEBHOOK_USER_AGENT,
+    FakeMoySklad, MoySkladConfig, RateLimit, WEBHOOK_USER_AGENT, WebhookEvent,
 };
 use serde_json::{Value, json};
 
@@ -966,4 +966,164 @@ async fn request_log_has_status() {
     assert_eq!(log[1].path, "/api/remap/1.2/entity/counterparty");
     ms.clear_requests();
     assert!(ms.requests().is_empty());
+}
+
+/// Source: MoySklad API 1.2 docs (`webhook`, `md/dictionaries/_webhook.md`; `async`, `md/_async.md` of
+/// <https://github.com/moysklad/api-remap-1.2-doc>): one POST to `url?requestId=…` with `{auditContext: {meta, uid, moment}, events: [...]}`,
+/// and `events` may hold several items; an asynchronous task's `PROCESSED` event has `meta.type` `async` and an `…/async/{id}` href;
+/// `updatedFields` only on an `UPDATE`. Test tooling (I): the events of one delivery are chosen by the test.
+#[tokio::test]
+async fn webhook_delivery_with_several_events_and_processed() {
+    let ms = FakeMoySklad::start(TOKEN).await.unwrap();
+    let cp = new_counterparty(&ms, "A", "1", "a@b.ru").await;
+    let (_, o) = post(&ms, "/entity/customerorder", order_body(&ms, &cp)).await;
+    let id = o["id"].as_str().unwrap().to_owned();
+    let cp_id = cp["id"].as_str().unwrap().to_owned();
+    let task_id = "91adc76b-a71c-11eb-ac12-000e00000000";
+    let (base, seen, task) = ok_receiver().await;
+
+    let events = [
+        WebhookEvent::new("customerorder", &id, "CREATE"),
+        WebhookEvent::new("customerorder", &id, "UPDATE").with_fields(&["state", "description"]),
+        WebhookEvent::new("async", task_id, "PROCESSED"),
+        WebhookEvent::new("counterparty", &cp_id, "DELETE").with_fields(&["name"]),
+    ];
+    let delivery = ms
+        .send_webhook_events(&format!("{base}/hooks/ms?secret=s"), &events)
+        .await
+        .unwrap();
+    task.abort();
+    assert!(delivery.delivered());
+    assert_eq!(delivery.attempts.len(), 1);
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "one POST for all four events");
+    let (line, body) = &seen[0];
+    assert!(
+        line.starts_with(&format!(
+            "POST /hooks/ms?secret=s&requestId={} ",
+            delivery.request_id
+        )),
+        "{line}"
+    );
+    assert_eq!(*body, delivery.payload);
+    assert_eq!(body["auditContext"]["meta"]["type"], "audit");
+    assert!(body["auditContext"]["uid"].is_string());
+    let moment = body["auditContext"]["moment"].as_str().unwrap();
+    assert!(chrono::NaiveDateTime::parse_from_str(moment, "%Y-%m-%d %H:%M:%S").is_ok());
+
+    let ev = body["events"].as_array().unwrap();
+    assert_eq!(ev.len(), 4);
+    let actions: Vec<&str> = ev.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["CREATE", "UPDATE", "PROCESSED", "DELETE"]);
+    for e in ev {
+        assert_eq!(e["accountId"], ms.account_id());
+    }
+    assert_eq!(
+        ev[0]["meta"],
+        json!({"type": "customerorder", "href": ms.order_href(&id)})
+    );
+    assert!(ev[0].get("updatedFields").is_none());
+    assert_eq!(ev[1]["updatedFields"], json!(["state", "description"]));
+    assert_eq!(
+        ev[2]["meta"],
+        json!({"type": "async", "href": format!("{}/async/{task_id}", ms.base_url())})
+    );
+    assert_eq!(ev[3]["meta"]["href"], ms.counterparty_href(&cp_id));
+    // updatedFields belong to UPDATE only.
+    assert!(ev[3].get("updatedFields").is_none());
+}
+
+fn position(ms: &FakeMoySklad, n: usize, price: u64, quantity: u64) -> Value {
+    json!({
+        "assortment": {"meta": {
+            "href": format!("{}/entity/product/00000000-0000-4000-8000-{n:012}", ms.base_url()),
+            "type": "product", "mediaType": "application/json"}},
+        "quantity": quantity, "price": price, "vat": 20, "discount": 0,
+    })
+}
+
+/// Source: MoySklad API 1.2 docs, <https://github.com/moysklad/api-remap-1.2-doc> (`order` = `md/documents/_customerOrder.md`,
+/// `restrictions` = `md/_restrictions.md`): an order's `positions` (assortment meta, `quantity`, `price` in kopecks, `vat`, `discount`)
+/// are given with the create or added by `POST …/customerorder/{id}/positions`, listed by `GET …/positions` (`meta.size`); an array of
+/// more than 1,000 items in one request → 413, and further lines go through the positions resource. Fake's choice (U): the error code
+/// (1044) of that 413; `sum` computed from the positions.
+#[tokio::test]
+async fn order_positions_create_add_and_cap() {
+    let ms = FakeMoySklad::start(TOKEN).await.unwrap();
+    let cp = new_counterparty(&ms, "A", "1", "a@b.ru").await;
+
+    // Create with two positions.
+    let mut body = order_body(&ms, &cp);
+    body["positions"] = json!([position(&ms, 1, 10_000, 2), position(&ms, 2, 5_050, 1)]);
+    let (st, o) = post(&ms, "/entity/customerorder", body).await;
+    assert_eq!(st, 200, "{o}");
+    let id = o["id"].as_str().unwrap().to_owned();
+    assert_eq!(o["positions"]["meta"]["size"], 2);
+    assert_eq!(
+        o["positions"]["meta"]["href"],
+        format!("{}/positions", ms.order_href(&id))
+    );
+    assert_eq!(o["sum"], 25_050.0);
+    let (st, list) = get(&ms, &format!("/entity/customerorder/{id}/positions")).await;
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list["meta"]["size"], 2);
+    let rows = list["rows"].as_array().unwrap();
+    assert!(rows.iter().all(|r| r["id"].is_string()));
+    assert_eq!(rows[0]["price"], 10_000);
+    assert_eq!(rows[1]["assortment"]["meta"]["type"], "product");
+
+    // Add three more through the positions resource: answered as an array, appended in order.
+    let positions_path = format!("/entity/customerorder/{id}/positions");
+    let added: Vec<Value> = (3..=5).map(|n| position(&ms, n, 100, 1)).collect();
+    let (st, rows) = post(&ms, &positions_path, json!(added)).await;
+    assert_eq!(st, 200, "{rows}");
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert!(rows[0]["id"].is_string());
+    let stored = ms.order_positions(&id);
+    assert_eq!(stored.len(), 5);
+    assert_eq!(stored[4]["assortment"], added[2]["assortment"]);
+    let (_, got) = get(&ms, &format!("/entity/customerorder/{id}")).await;
+    assert_eq!(got["positions"]["meta"]["size"], 5);
+    assert_eq!(got["sum"], 25_350.0);
+
+    // 1,001 in one request → 413 with MoySklad's error body; nothing added.
+    let too_many: Vec<Value> = (0..1001).map(|n| position(&ms, n, 1, 1)).collect();
+    let (st, e) = post(&ms, &positions_path, json!(too_many)).await;
+    assert_eq!(st, 413, "{e}");
+    assert!(e["errors"][0]["error"].is_string(), "{e}");
+    assert_eq!(e["errors"][0]["code"], 1044);
+    assert_eq!(e["errors"][0]["parameter"], "positions");
+    assert_eq!(ms.order_positions(&id).len(), 5);
+    // The same cap on create: no order is made.
+    let orders_before = ms.orders().len();
+    let mut body = order_body(&ms, &cp);
+    body["positions"] = json!(too_many);
+    let (st, e) = post(&ms, "/entity/customerorder", body).await;
+    assert_eq!(st, 413, "{e}");
+    assert_eq!(e["errors"][0]["code"], 1044);
+    assert_eq!(ms.orders().len(), orders_before);
+
+    // The cap is per request: exactly 1,000 more are accepted, the order then holds 1,005.
+    let thousand: Vec<Value> = (0..1000).map(|n| position(&ms, n, 1, 1)).collect();
+    let (st, rows) = post(&ms, &positions_path, json!(thousand)).await;
+    assert_eq!(st, 200);
+    assert_eq!(rows.as_array().unwrap().len(), 1000);
+    let (_, list) = get(
+        &ms,
+        &format!("/entity/customerorder/{id}/positions?limit=10"),
+    )
+    .await;
+    assert_eq!(list["meta"]["size"], 1005);
+    assert_eq!(list["rows"].as_array().unwrap().len(), 10);
+
+    // An unknown order → 404, code 1021.
+    let (st, e) = post(
+        &ms,
+        "/entity/customerorder/00000000-0000-4000-8000-000000000000/positions",
+        json!([position(&ms, 1, 1, 1)]),
+    )
+    .await;
+    assert_eq!(st, 404, "{e}");
+    assert_eq!(e["errors"][0]["code"], 1021);
 }

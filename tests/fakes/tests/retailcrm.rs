@@ -146,7 +146,7 @@ async fn customers_create_and_search() {
 
 /// Source: Go SDK (`go-sdk`, <https://github.com/retailcrm/api-client-go>, `types.go`), PHP SDK (`php-sdk`,
 /// <https://github.com/retailcrm/api-client-php>): order create → 201 `new`; history (`created` with the full order, `source` user/api, `{code}`
-/// values), `filter[sinceId]`, `pagination`. Fake's choice (U): duplicate `externalId` → 400. Not asserted here: `apiKey.current`, `payment`.
+/// values), `filter[sinceId]`, `pagination`. Fake's choice (U): duplicate `externalId` → 400. `apiKey.current`, `payment`: the history tests below.
 #[tokio::test]
 async fn orders_create_history_and_pagination() {
     let rc = FakeRetailCrm::start(KEY).await.unwrap();
@@ -281,4 +281,96 @@ async fn faults_and_strict_rate_limit() {
     }
     assert_eq!(statuses, vec![200, 200, 503]);
     assert_eq!(rc.rate_limited_count(), 1);
+}
+
+/// Source: retailCRM API v5 reference (`api-v5`, <https://docs.retailcrm.ru/Developers/API/APIVersions/APIv5>, `GET /orders/history`):
+/// a record made through the API has `source: "api"` and, made with the very key that reads the history, `apiKey: {"current": true}`;
+/// a change made by a person carries no `apiKey`; Go SDK (`go-sdk`, <https://github.com/retailcrm/api-client-go>, `types.go`: `APIKey.Current`).
+#[tokio::test]
+async fn history_marks_writes_made_with_the_reading_key() {
+    let rc = FakeRetailCrm::start(KEY).await.unwrap();
+    let (st, b) = post_form(
+        &rc,
+        "/orders/create",
+        &[(
+            "order",
+            json!({"externalId": "own-1", "firstName": "Пётр", "phone": "79160000001"}).to_string(),
+        )],
+    )
+    .await;
+    assert_eq!(st, 201, "{b}");
+    let id = b["id"].as_i64().unwrap();
+    // An API edit with our key, then a person's status change.
+    let (st, b) = post_form(
+        &rc,
+        "/orders/own-1/edit",
+        &[("order", json!({"status": "assembling"}).to_string())],
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    rc.set_order_status(id, "complete").unwrap();
+
+    let (st, h) = get(&rc, "/orders/history").await;
+    assert_eq!(st, 200);
+    let hist = h["history"].as_array().unwrap();
+    assert_eq!(hist.len(), 3, "{h}");
+    // The creation and the edit were made with the reading key.
+    for rec in &hist[..2] {
+        assert_eq!(rec["source"], "api", "{rec}");
+        assert_eq!(rec["apiKey"], json!({"current": true}), "{rec}");
+        assert!(rec.get("user").is_none(), "{rec}");
+    }
+    assert_eq!(hist[0]["created"], true);
+    assert_eq!(hist[1]["field"], "status");
+    assert_eq!(hist[1]["newValue"]["code"], "assembling");
+    // The person's change: no apiKey at all, a user instead.
+    let by_user = &hist[2];
+    assert_eq!(by_user["source"], "user", "{by_user}");
+    assert!(by_user.get("apiKey").is_none(), "{by_user}");
+    assert!(by_user["user"]["id"].is_number(), "{by_user}");
+    assert_eq!(by_user["newValue"]["code"], "complete");
+}
+
+/// Source: retailCRM API v5 reference (`api-v5`, <https://docs.retailcrm.ru/Developers/API/APIVersions/APIv5>, `GET /orders/history`,
+/// `OrderHistory.payment`): a payment's change (`field` `payments.status`) carries the payment itself in `payment` (`id`, `type`,
+/// `status`, `externalId`, `amount`) beside the partial order. Fake's choice (U): the payment type `cash`, `externalId` null, `amount` the order's total.
+#[tokio::test]
+async fn history_payment_change_carries_the_payment() {
+    let rc = FakeRetailCrm::start(KEY).await.unwrap();
+    let (st, b) = post_form(
+        &rc,
+        "/orders/create",
+        &[(
+            "order",
+            json!({"externalId": "pay-1", "firstName": "Анна",
+                   "items": [{"initialPrice": 1500.5, "quantity": 2}]})
+            .to_string(),
+        )],
+    )
+    .await;
+    assert_eq!(st, 201, "{b}");
+    let id = b["id"].as_i64().unwrap();
+    let before = rc.history().len();
+    rc.set_payment_status(id, 4242, "paid").unwrap();
+    assert!(rc.set_payment_status(999_999, 1, "paid").is_err());
+
+    let since = rc.history()[before - 1]["id"].as_i64().unwrap();
+    let (st, h) = get(&rc, &format!("/orders/history?filter[sinceId]={since}")).await;
+    assert_eq!(st, 200);
+    let hist = h["history"].as_array().unwrap();
+    assert_eq!(hist.len(), 1, "{h}");
+    let rec = &hist[0];
+    assert_eq!(rec["field"], "payments.status");
+    assert_eq!(rec["newValue"]["code"], "paid");
+    let p = rec["payment"].as_object().expect("a payment object");
+    assert_eq!(p["id"], 4242);
+    assert_eq!(p["type"], "cash");
+    assert_eq!(p["status"], "paid");
+    assert!(p.contains_key("externalId"), "{rec}");
+    assert_eq!(p["amount"], 3001.0);
+    assert_eq!(rec["order"]["id"], id);
+    assert_eq!(rec["order"]["externalId"], "pay-1");
+    // A person made it: no apiKey.
+    assert_eq!(rec["source"], "user");
+    assert!(rec.get("apiKey").is_none(), "{rec}");
 }

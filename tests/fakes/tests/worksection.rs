@@ -271,7 +271,7 @@ async fn bad_auth_is_status_200_code_2() {
 }
 
 /// Source: Worksection API help (`api-faq`, <https://worksection.com/en/faq/api-start.html>): `post_task` fields, `DD.MM.YYYY` in,
-/// `YYYY-MM-DD` out, `priority` a string, `data` an object (the one-element list is not tested); Postman collection (`postman`,
+/// `YYYY-MM-DD` out, `priority` a string, `data` an object (the one-element list: the test below); Postman collection (`postman`,
 /// <https://github.com/pbv7/worksection-mcp>): `NOONE`/`ANY`, codes 4, 5, 10, 11. Fake's choice (U): code 10 `Field is invalid`.
 #[tokio::test]
 async fn post_task_round_trip_and_validation() {
@@ -880,4 +880,71 @@ async fn rate_limit_and_faults() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
+}
+
+/// Source: Worksection API help (`api-faq`, <https://worksection.com/en/faq/api-start.html>): `post_task` answers
+/// `{"status": "ok", "data": <task>}`; official Python SDK (`py-sdk`, <https://github.com/worksection/python-api-client>,
+/// `resource.py` `_call_action_one`): it reads `post_task`'s `data` as a list and takes its first item. Fake's choice (U): which
+/// form comes is a switch (`post_task_data_as_list`), object by default; only `post_task` is affected.
+#[tokio::test]
+async fn post_task_data_object_or_one_element_list() {
+    let ws = FakeWorksection::start(KEY).await.unwrap();
+    let p = ws.add_project("Sales");
+
+    // Default: an object.
+    let v = call(
+        &ws,
+        &[
+            ("action", "post_task"),
+            ("id_project", &p),
+            ("title", "One"),
+        ],
+    )
+    .await;
+    assert_eq!(v["status"], "ok", "{v}");
+    assert!(v["data"].is_object(), "{v}");
+    let first = v["data"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(v["data"]["name"], "One");
+
+    // Switched on: a list holding the one task, with both auth schemes.
+    ws.post_task_data_as_list(true);
+    let v = call(
+        &ws,
+        &[
+            ("action", "post_task"),
+            ("id_project", &p),
+            ("title", "Two"),
+        ],
+    )
+    .await;
+    assert_eq!(v["status"], "ok", "{v}");
+    let list = v["data"].as_array().expect("data as a list");
+    assert_eq!(list.len(), 1, "{v}");
+    let t = &list[0];
+    let second = t["id"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    assert_eq!(t["name"], "Two");
+    assert_eq!(t["page"], format!("/project/{p}/{second}/"));
+    assert_eq!(ws.task(&second).unwrap(), *t);
+    let v = call_header(&ws, "post_task", json!({"id_project": p, "title": "Three"})).await;
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["data"][0]["name"], "Three");
+    // Other actions keep their shape: get_task is still an object.
+    let got = call(&ws, &[("action", "get_task"), ("id_task", &second)]).await;
+    assert_eq!(got["data"], *t);
+
+    // Switched off again: an object.
+    ws.post_task_data_as_list(false);
+    let v = call(
+        &ws,
+        &[
+            ("action", "post_task"),
+            ("id_project", &p),
+            ("title", "Four"),
+        ],
+    )
+    .await;
+    assert!(v["data"].is_object(), "{v}");
+    assert_eq!(v["data"]["name"], "Four");
+    assert_eq!(ws.tasks().len(), 4);
 }

@@ -41,7 +41,7 @@ use crate::support::{
 };
 use crate::{
     Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError,
-    DecodedEvent, EventSource, ImportPage, Importer, InboundRequest, Lookup, ReportedChange, Resend, SettingsError,
+    DecodedEvent, EventSource, ImportPage, Importer, InboundRequest, Lookup, Reading, ReportedChange, Resend, SettingsError,
     Vendor, VendorSettings, WebhookSource, Written,
 };
 
@@ -591,6 +591,7 @@ fn contact_written(fields: &Map<String, Value>, output: &ActionOutput, created: 
             .into_iter()
             .map(|(name, value)| (name, value.as_str().unwrap_or_default().to_owned()))
             .collect(),
+        version: None,
     })
 }
 
@@ -834,7 +835,7 @@ impl EventSource for HubSpot {
         if event.kind.ends_with(".created") {
             return Some(ReportedChange {
                 created: true,
-                properties: Vec::new(),
+                ..ReportedChange::default()
             });
         }
         if event.kind.ends_with(".changed") {
@@ -847,6 +848,8 @@ impl EventSource for HubSpot {
             return Some(ReportedChange {
                 created: false,
                 properties: vec![(property.to_owned(), value)],
+                reading: Reading::Values,
+                version: None,
             });
         }
         None
@@ -1163,7 +1166,7 @@ impl Action for CreateNote {
             entity: "note".into(),
             id: output.id.clone(),
             created: true,
-            properties: Vec::new(),
+            ..Written::default()
         })
     }
 }

@@ -21,6 +21,10 @@
 //! - Webhooks carry no entity: we accept them fast (MoySklad waits 1.5 s)
 //!   and fetch the order at dispatch time (`enrich`). The fetched href must
 //!   be under the connection's base URL (no SSRF through a forged webhook).
+//! - Our own order writes are announced back by webhook and seen by the
+//!   poll: each write says what it set ([`Action::written`]) and each event
+//!   what it shows ([`EventSource::reported_change`]), so two-way sync does
+//!   not echo.
 //! - `check` reads `GET /entity/organization?limit=1`: cheap, authenticated,
 //!   and every account has a legal entity. A refused token (401, code 1056)
 //!   is an auth failure, never transient.
@@ -62,7 +66,7 @@ use crate::support::{
 };
 use crate::{
     Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError, DecodedEvent, EventSource, Lookup, Poller, Vendor, VendorSettings, WebhookSource,
-    InboundRequest, PollBatch, Resend, SettingsError,
+    InboundRequest, PollBatch, Reading, ReportedChange, Resend, SettingsError, Written,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.moysklad.ru/api/remap/1.2";
@@ -486,6 +490,56 @@ fn normalise_order(order: &Value) -> Value {
     data
 }
 
+/// A property's value as text, the way both our writes and MoySklad's
+/// order (normalised) are compared for echoes: absent is empty.
+fn property_text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The properties of a normalised order that a write can set: `state`
+/// (its name), `description` and `attributes.<name>`.
+fn order_properties(order: &Value) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("state".to_owned(), property_text(&order["state"])),
+        ("description".to_owned(), property_text(&order["description"])),
+    ];
+    for (name, value) in order["attributes"].as_object().into_iter().flatten() {
+        out.push((format!("attributes.{name}"), property_text(value)));
+    }
+    out
+}
+
+/// An order's version: its `updated`, to the millisecond.
+fn version_of(order: &Value) -> Option<String> {
+    order["updated"].as_str().map(str::to_owned)
+}
+
+/// What an order create set, read from the order MoySklad answered with
+/// (so it is written down exactly as a later event will show it).
+fn order_written(fields: &Map<String, Value>, output: &ActionOutput) -> Option<Written> {
+    let named = |property: &str| match property.strip_prefix("attributes.") {
+        Some(attribute) => fields
+            .get("attributes")
+            .and_then(Value::as_object)
+            .is_some_and(|a| a.contains_key(attribute)),
+        None => fields.get(property).is_some_and(|v| !v.is_null()),
+    };
+    Some(Written {
+        entity: "customerorder".into(),
+        id: output.id.clone(),
+        created: true,
+        properties: order_properties(&output.record)
+            .into_iter()
+            .filter(|(property, _)| named(property))
+            .collect(),
+        version: version_of(&output.record),
+    })
+}
+
 fn parse_msk(text: &str) -> Option<DateTime<Utc>> {
     let trimmed = text.trim();
     [
@@ -659,6 +713,59 @@ impl EventSource for MoySklad {
         data["updated_fields"] = event.data["updated_fields"].clone();
         event.data = data;
         Ok(())
+    }
+
+    /// A webhook with `diffType=FIELDS` names what changed, read from the
+    /// order fetched afterwards; a poll (or a webhook without the list)
+    /// shows the whole order.
+    fn reported_change(&self, event: &Event) -> Option<ReportedChange> {
+        let version = version_of(&event.data);
+        if event.kind == "moysklad.customerorder.created" {
+            return Some(ReportedChange {
+                created: true,
+                version,
+                ..ReportedChange::default()
+            });
+        }
+        if event.kind != "moysklad.customerorder.updated" || event.data["id"].is_null() {
+            return None;
+        }
+        let all = order_properties(&event.data);
+        let Some(fields) = event.data["updated_fields"]
+            .as_array()
+            .filter(|f| !f.is_empty())
+        else {
+            return Some(ReportedChange {
+                created: false,
+                properties: all,
+                reading: Reading::Snapshot,
+                version,
+            });
+        };
+        let mut properties = Vec::new();
+        for field in fields.iter().filter_map(Value::as_str) {
+            let attribute = format!("attributes.{field}");
+            let matching: Vec<(String, String)> = all
+                .iter()
+                .filter(|(name, _)| {
+                    name == field
+                        || *name == attribute
+                        || (field == "attributes" && name.starts_with("attributes."))
+                })
+                .cloned()
+                .collect();
+            if matching.is_empty() {
+                // A field crmbridge never writes (positions, sum, …).
+                properties.push((field.to_owned(), property_text(&event.data[field])));
+            }
+            properties.extend(matching);
+        }
+        Some(ReportedChange {
+            created: false,
+            properties,
+            reading: Reading::Current,
+            version,
+        })
     }
 
     /// Webhooks (keyed by requestId) and polls (keyed by id@updated) report
@@ -998,6 +1105,10 @@ impl Action for CreateCounterparty {
         ])
     }
 
+    fn written(&self, fields: &Map<String, Value>, output: &ActionOutput) -> Option<Written> {
+        order_written(fields, output)
+    }
+
     /// The syncId is derived from the step's key: MoySklad answers a
     /// repeated create with the entity the first one made.
     fn resend(&self, _fields: &Map<String, Value>) -> Resend {
@@ -1280,6 +1391,42 @@ impl Action for UpdateOrder {
         Resend::Repeatable
     }
 
+    /// MoySklad may announce the change before its answer to the PUT is
+    /// read: remembered from the fields, as events will show them.
+    fn will_write(&self, fields: &Map<String, Value>, target: &str) -> Option<Written> {
+        let mut properties = Vec::new();
+        for name in ["state", "description"] {
+            if let Some(value) = fields.get(name).filter(|v| !v.is_null()) {
+                properties.push((name.to_owned(), property_text(value)));
+            }
+        }
+        for (name, value) in fields
+            .get("attributes")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            properties.push((format!("attributes.{name}"), property_text(value)));
+        }
+        Some(Written {
+            entity: "customerorder".into(),
+            id: target.to_owned(),
+            created: false,
+            properties,
+            version: None,
+        })
+    }
+
+    /// The version the PUT made, from MoySklad's answer.
+    fn written(&self, _fields: &Map<String, Value>, output: &ActionOutput) -> Option<Written> {
+        Some(Written {
+            entity: "customerorder".into(),
+            id: output.id.clone(),
+            version: version_of(&output.record),
+            ..Written::default()
+        })
+    }
+
     async fn execute(
         &self,
         ctx: &CallContext<'_>,
@@ -1442,5 +1589,75 @@ mod tests {
         assert_eq!(data["state"], "Новый");
         assert_eq!(data["agent_id"], "cp1");
         assert_eq!(data["attributes"]["utm_source"], "yandex");
+    }
+
+    fn order_event(kind: &str, updated_fields: Value) -> Event {
+        let mut data = normalise_order(&json!({"id": "o1", "updated": "2026-05-08 15:00:00.123",
+            "state": {"name": "s1"}, "description": "hi", "sum": 100.0,
+            "attributes": [{"name": "utm_source", "value": "yandex"}]}));
+        data["updated_fields"] = updated_fields;
+        Event {
+            id: crmbridge_mapping::EventId::from_source("c1", "o1"),
+            tenant: "t1".into(),
+            connection: "c1".into(),
+            app: "moysklad".into(),
+            kind: kind.into(),
+            subject: Subject { kind: "customerorder".into(), id: "o1".into() },
+            occurred_at: Utc::now(),
+            received_at: Utc::now(),
+            data,
+        }
+    }
+
+    #[test]
+    fn reported_changes_name_the_fields_the_version_and_how_they_were_read() {
+        let ms = MoySklad::default();
+        let listed = ms
+            .reported_change(&order_event("moysklad.customerorder.updated", json!(["state", "sum", "utm_source"])))
+            .unwrap();
+        assert_eq!(listed.reading, Reading::Current);
+        assert_eq!(listed.version.as_deref(), Some("2026-05-08 15:00:00.123"));
+        assert_eq!(
+            listed.properties,
+            vec![
+                ("state".to_owned(), "s1".to_owned()),
+                ("sum".to_owned(), "1.0".to_owned()),
+                ("attributes.utm_source".to_owned(), "yandex".to_owned()),
+            ]
+        );
+        let polled = ms
+            .reported_change(&order_event("moysklad.customerorder.updated", Value::Null))
+            .unwrap();
+        assert_eq!(polled.reading, Reading::Snapshot);
+        assert_eq!(polled.properties.len(), 3, "{polled:?}");
+        let created = ms
+            .reported_change(&order_event("moysklad.customerorder.created", Value::Null))
+            .unwrap();
+        assert!(created.created && created.version.is_some());
+        assert!(ms.reported_change(&order_event("moysklad.customerorder.deleted", Value::Null)).is_none());
+    }
+
+    #[test]
+    fn an_order_update_says_before_the_call_what_it_will_set() {
+        let update = UpdateOrder(Arc::new(MoySklad::default()));
+        let fields = json!({"state": "s2", "attributes": {"utm_source": 5}});
+        let intended = update.will_write(fields.as_object().unwrap(), "o1").unwrap();
+        assert_eq!(intended.entity, "customerorder");
+        assert_eq!(intended.id, "o1");
+        assert_eq!(
+            intended.properties,
+            vec![
+                ("state".to_owned(), "s2".to_owned()),
+                ("attributes.utm_source".to_owned(), "5".to_owned()),
+            ]
+        );
+        let output = ActionOutput {
+            id: "o1".into(),
+            record: json!({"updated": "2026-05-08 15:00:01.000"}),
+            response_status: 200,
+            attempts: 1,
+        };
+        let answered = update.written(fields.as_object().unwrap(), &output).unwrap();
+        assert_eq!(answered.version.as_deref(), Some("2026-05-08 15:00:01.000"));
     }
 }

@@ -37,7 +37,9 @@
 //!   by hand with [`FakeMoySklad::send_webhook`]. Delivery: POST
 //!   `{auditContext, events[]}` to `url?requestId=<uuid>` with MoySklad's
 //!   User-Agent, 1500 ms timeout, up to 3 immediate retries with the same
-//!   `requestId` unless 200/204. One event per POST (real MoySklad may batch).
+//!   `requestId` unless 200/204. One event per POST (real MoySklad may batch);
+//!   [`FakeMoySklad::send_webhook_events`] sends several [`WebhookEvent`]s
+//!   (`PROCESSED` of an `async` task among them, if wanted) in one POST.
 //!
 //! Uncertain (the fake's choice in brackets):
 //! * whether `Accept: application/json` without charset is rejected (1062)
@@ -151,6 +153,41 @@ impl WebhookDelivery {
     /// Whether MoySklad would count this as delivered (200 or 204).
     pub fn delivered(&self) -> bool {
         matches!(self.status(), Some(200 | 204))
+    }
+}
+
+/// One event of a webhook delivery built by hand, for
+/// [`FakeMoySklad::send_webhook_events`] (several events in one POST, as
+/// MoySklad may send them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEvent {
+    /// `meta.type`: an entity type (`customerorder`, `counterparty`, …) or
+    /// `async`, an asynchronous task (whose `meta.href` is `{base}/async/{id}`).
+    pub entity_type: String,
+    /// The entity's (or the task's) id.
+    pub id: String,
+    /// `CREATE`, `UPDATE`, `DELETE`, or `PROCESSED` (asynchronous tasks).
+    /// Sent as given (upper-cased), not checked.
+    pub action: String,
+    /// `updatedFields`, sent only for an `UPDATE` and only when not empty.
+    pub updated_fields: Vec<String>,
+}
+
+impl WebhookEvent {
+    /// An event without `updatedFields`.
+    pub fn new(entity_type: &str, id: &str, action: &str) -> Self {
+        WebhookEvent {
+            entity_type: entity_type.to_owned(),
+            id: id.to_owned(),
+            action: action.to_owned(),
+            updated_fields: Vec::new(),
+        }
+    }
+
+    /// The same event with `updatedFields` (as a `diffType=FIELDS` webhook gets).
+    pub fn with_fields(mut self, fields: &[&str]) -> Self {
+        self.updated_fields = fields.iter().map(|f| (*f).to_owned()).collect();
+        self
     }
 }
 
@@ -608,27 +645,58 @@ impl FakeMoySklad {
         action: &str,
         updated_fields: &[&str],
     ) -> Value {
+        let event =
+            WebhookEvent::new("customerorder", order_id, action).with_fields(updated_fields);
+        self.webhook_batch_payload(std::slice::from_ref(&event))
+    }
+
+    /// The body of one delivery holding every event given, in order:
+    /// `{"auditContext": {meta, uid, moment}, "events": [{meta: {type, href}, action, accountId, updatedFields?}, …]}`.
+    pub fn webhook_batch_payload(&self, events: &[WebhookEvent]) -> Value {
         let moment = {
             let d = lock(&self.inner.data);
             self.inner.now(&d).chars().take(19).collect::<String>()
         };
-        let action = action.to_ascii_uppercase();
-        let mut event = json!({
-            "meta": {"type": "customerorder", "href": self.order_href(order_id)},
-            "action": action,
-            "accountId": self.inner.account_id,
-        });
-        if !updated_fields.is_empty() && action == "UPDATE" {
-            event["updatedFields"] = json!(updated_fields);
-        }
+        let events: Vec<Value> = events.iter().map(|e| self.webhook_event_json(e)).collect();
         json!({
             "auditContext": {
                 "meta": {"type": "audit", "href": format!("{}/audit/{}", self.inner.base, uuid_v4())},
                 "uid": "admin@fake",
                 "moment": moment,
             },
-            "events": [event],
+            "events": events,
         })
+    }
+
+    /// One item of a delivery's `events`.
+    pub fn webhook_event_json(&self, event: &WebhookEvent) -> Value {
+        let action = event.action.to_ascii_uppercase();
+        let href = if event.entity_type == "async" {
+            format!("{}/async/{}", self.inner.base, event.id)
+        } else {
+            self.inner.href(&event.entity_type, &event.id)
+        };
+        let mut v = json!({
+            "meta": {"type": event.entity_type, "href": href},
+            "action": action,
+            "accountId": self.inner.account_id,
+        });
+        if !event.updated_fields.is_empty() && action == "UPDATE" {
+            v["updatedFields"] = json!(event.updated_fields);
+        }
+        v
+    }
+
+    /// POSTs one delivery holding all `events` (in that order) to
+    /// `target_url`, as MoySklad does (see [`Self::send_webhook`]):
+    /// `?requestId=<uuid>`, the same on every retry.
+    pub async fn send_webhook_events(
+        &self,
+        target_url: &str,
+        events: &[WebhookEvent],
+    ) -> Result<WebhookDelivery, FakeError> {
+        let payload = self.webhook_batch_payload(events);
+        send_webhook_payload(target_url, payload, &uuid_v4()).await
     }
 
     /// Webhook subscriptions created through `POST /entity/webhook`.
@@ -1826,7 +1894,7 @@ impl Inner {
                 };
                 match self.check_positions(&added) {
                     Err(r) => Err(r),
-                    Ok(()) => match d.positions.get(*id).is_some() {
+                    Ok(()) => match d.positions.contains_key(*id) {
                         false => Err(self.not_found(id)),
                         true => {
                             let rows: Vec<Value> =

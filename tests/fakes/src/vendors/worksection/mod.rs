@@ -31,6 +31,9 @@
 //!   `complete_task`, `reopen_task`, `get_events` (`period` = 1..360`m` |
 //!   1..72`h` | 1..30`d`, optional `id_project`; newest first),
 //!   `add_webhook` / `get_webhooks` / `delete_webhook`;
+//! * `post_task` answers `data` as the task object, or, with
+//!   [`FakeWorksection::post_task_data_as_list`], as a list holding it (both
+//!   forms are seen from Worksection);
 //! * `post_task` creates the task in an archived or pending project too, as
 //!   the real API does (the integration must check the project status);
 //!   input dates `DD.MM.YYYY`, output `date_start`/`date_end` `YYYY-MM-DD`,
@@ -200,6 +203,8 @@ struct Data {
     clock_offset: chrono::Duration,
     auth_schemes: Vec<&'static str>,
     rate_limit: PerSecondLimit,
+    /// `post_task` answers `data: [<task>]` instead of `data: <task>`.
+    post_task_data_as_list: bool,
 }
 
 struct Inner {
@@ -375,6 +380,7 @@ impl FakeWorksection {
                     clock_offset: chrono::Duration::zero(),
                     auth_schemes: Vec::new(),
                     rate_limit: PerSecondLimit::default(),
+                    post_task_data_as_list: false,
                 }),
             });
             inner_out = Some(inner.clone());
@@ -620,6 +626,14 @@ impl FakeWorksection {
     /// How many requests the rate limit refused.
     pub fn rate_limited_count(&self) -> usize {
         lock(&self.inner.data).rate_limit.refused()
+    }
+
+    /// Whether `post_task` answers its task as a one-element list,
+    /// `{"status":"ok","data":[<task>]}`, instead of the object
+    /// `{"status":"ok","data":<task>}` (the default). Worksection has been
+    /// seen answering both; a client must take either.
+    pub fn post_task_data_as_list(&self, on: bool) {
+        lock(&self.inner.data).post_task_data_as_list = on;
     }
 }
 
@@ -1080,7 +1094,11 @@ impl Inner {
         d.tasks.push(task);
         let idx = d.tasks.len() - 1;
         Self::push_event(d, "post", idx, user_from, None);
-        Ok(ok_data(Self::task_json(d, &d.tasks[idx])))
+        let task = Self::task_json(d, &d.tasks[idx]);
+        if d.post_task_data_as_list {
+            return Ok(ok_data(json!([task])));
+        }
+        Ok(ok_data(task))
     }
 
     fn update_task(&self, d: &mut Data, p: &Params) -> R<Resp> {
