@@ -48,6 +48,14 @@ pub trait WebhookSource: Send + Sync {
         None
     }
 
+    /// A body the sender reads from the acknowledgement of this very
+    /// request (Planfix's `{"chatId","contactId"}`), replacing crmbridge's
+    /// own; worked out from the request alone, so a redelivery gets the
+    /// same answer.
+    fn reply(&self, _request: &crate::InboundRequest<'_>) -> Option<Value> {
+        None
+    }
+
     /// The credential a sender keys its signatures with (HubSpot: the
     /// app's `client_secret`); the decoder receives it as
     /// [`ConnectionView::signing_secret`].

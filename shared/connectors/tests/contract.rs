@@ -33,7 +33,9 @@ use crmbridge_fakes::vendors::hubspot::FakeHubSpot;
 use crmbridge_fakes::vendors::kado::FakeKado;
 use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
+use crmbridge_fakes::vendors::planfix::FakePlanfix;
 use crmbridge_fakes::vendors::retailcrm::FakeRetailCrm;
+use crmbridge_fakes::vendors::verbox::FakeVerbox;
 use crmbridge_fakes::vendors::worksection::FakeWorksection;
 use crmbridge_fakes::vendors::zoho::FakeZoho;
 use crmbridge_fakes::{Fault, RecordedRequest};
@@ -547,6 +549,87 @@ contract_suite!(worksection, WorksectionSubject);
 contract_suite!(zoho, ZohoSubject);
 contract_suite!(hubspot, HubSpotSubject);
 contract_suite!(kado, KadoSubject);
+contract_suite!(planfix, PlanfixSubject);
+contract_suite!(verbox, VerboxSubject);
+
+pub struct PlanfixSubject {
+    fake: FakePlanfix,
+}
+
+#[async_trait]
+impl ContractSubject for PlanfixSubject {
+    const APP: &'static str = "planfix";
+    fn create_request(&self) -> &'static str {
+        "/rest/contact/"
+    }
+    async fn start() -> Self {
+        let fake = FakePlanfix::start("pf-contract-token", "pf-chat-key")
+            .await
+            .unwrap();
+        Self { fake }
+    }
+    fn settings(&self) -> Value {
+        json!({"base_url": self.fake.base_url(), "max_requests_per_second": 50})
+    }
+    fn credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("token".into(), "pf-contract-token".into())])
+    }
+    fn wrong_credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("token".into(), "pf-wrong-token-31".into())])
+    }
+    fn create(&self) -> (&'static str, Map<String, Value>) {
+        (
+            "planfix.contact.create",
+            fields(json!({"name": "Ivan", "phone": "+7 (900) 123-45-67"})),
+        )
+    }
+    fn records(&self) -> usize {
+        self.fake.contacts().len()
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+    forward_fake!();
+}
+
+pub struct VerboxSubject {
+    fake: FakeVerbox,
+}
+
+#[async_trait]
+impl ContractSubject for VerboxSubject {
+    const APP: &'static str = "verbox";
+    fn create_request(&self) -> &'static str {
+        "sendToClient"
+    }
+    async fn start() -> Self {
+        let fake = FakeVerbox::start("vb-contract-token").await.unwrap();
+        fake.add_client("v-contract");
+        Self { fake }
+    }
+    fn settings(&self) -> Value {
+        json!({"base_url": self.fake.base_url()})
+    }
+    fn credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("token".into(), "vb-contract-token".into())])
+    }
+    fn wrong_credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("token".into(), "vb-wrong-token-31".into())])
+    }
+    fn create(&self) -> (&'static str, Map<String, Value>) {
+        (
+            "verbox.message.send",
+            fields(json!({"client_id": "v-contract", "text": "Hello"})),
+        )
+    }
+    fn records(&self) -> usize {
+        self.fake.sent_to_client("v-contract").len()
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+    forward_fake!();
+}
 
 /// The vendors this suite covers, for the registry test.
 #[test]

@@ -33,6 +33,10 @@ pub const RECIPES: &[(&str, &str)] = &[
         "ringostat-zoho",
         include_str!("../../../recipes/ringostat-zoho.yaml"),
     ),
+    (
+        "verbox-planfix",
+        include_str!("../../../recipes/verbox-planfix.yaml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Deserialize)]

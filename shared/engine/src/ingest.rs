@@ -228,7 +228,16 @@ impl Engine {
             .and_then(|vendor| vendor.webhooks.as_ref())
         {
             outcome.ack_status = connector.ack_status();
-            outcome.ack_body = connector.ack_body();
+            outcome.ack_body = connector
+                .reply(&InboundRequest {
+                    method: request.method,
+                    query: &request.query,
+                    content_type: request.content_type,
+                    body: request.body,
+                    headers: &request.headers,
+                    url: request.url.as_deref(),
+                })
+                .or_else(|| connector.ack_body());
         }
         tracing::info!(
             tenant = %record.tenant,

@@ -10,6 +10,7 @@
 //! | filter | what it does |
 //! |---|---|
 //! | `phone` / `phone("UA")` | E.164 (`+79161234567`) using the connection's `default_region` (or the argument) |
+//! | `phone_mask(mask)` / `phone_mask(mask, "UA")` | a phone written as a CRM shows it: E.164 first (as `phone`), then its last digits fill the mask's `#` left to right (`+7 (###) ###-##-##` → `+7 (916) 123-45-67`); a number with fewer digits than `#` cannot be read |
 //! | `digits` | keeps only the digits |
 //! | `date(format, tz, from_tz)` | reads a date (RFC 3339, `YYYY-MM-DD HH:MM:SS`, `dd/mm/yyyy HH:MM:SS`, `dd.mm.yyyy`, Unix seconds or ms) and writes it with a strftime `format` in time zone `tz` (default UTC); values without an offset are read in `from_tz` (default: `tz`) |
 //! | `money("to_minor", scale)` / `money("to_major", scale)` | roubles → kopecks (integer) / kopecks → roubles (decimal string), `scale` decimals (default 2) |
@@ -79,7 +80,15 @@ fn note_conversion_failure(note: String) -> Value {
 }
 
 /// crmbridge's own filters (besides the internal [`NATIVE_FILTER`]).
-pub const CRMBRIDGE_FILTERS: &[&str] = &["phone", "digits", "date", "money", "join", "truncate"];
+pub const CRMBRIDGE_FILTERS: &[&str] = &[
+    "phone",
+    "phone_mask",
+    "digits",
+    "date",
+    "money",
+    "join",
+    "truncate",
+];
 
 /// minijinja's built-in filters templates may use (each bounded by its
 /// input; see [`crate::bounded::charged_filter`]).
@@ -274,6 +283,10 @@ pub(crate) fn environment() -> Environment<'static> {
         bounded::charged_filter(Value::from_function(phone), None),
     );
     env.add_filter(
+        "phone_mask",
+        bounded::charged_filter(Value::from_function(phone_mask), None),
+    );
+    env.add_filter(
         "digits",
         bounded::charged_filter(Value::from_function(digits), None),
     );
@@ -415,6 +428,43 @@ fn phone(state: &State, value: Value, region: Option<String>) -> Value {
             region.as_deref().unwrap_or("none")
         )),
     }
+}
+
+/// Longest mask `phone_mask` takes (masks are a phone number's length).
+const MAX_MASK_CHARS: usize = 64;
+
+/// A phone number in a CRM's own spelling: normalised as [`phone`] does,
+/// then its last digits poured into the mask's `#` (CRMs that store phones
+/// as free text match and show them the way a person typed the first one).
+fn phone_mask(state: &State, value: Value, mask: String, region: Option<String>) -> Value {
+    let normalised = phone(state, value, region);
+    let Some(e164) = normalised.as_str() else {
+        return normalised;
+    };
+    if mask.chars().count() > MAX_MASK_CHARS {
+        return note_conversion_failure(format!(
+            "phone_mask: the mask is longer than {MAX_MASK_CHARS} characters"
+        ));
+    }
+    let digits: Vec<char> = e164.chars().filter(char::is_ascii_digit).collect();
+    let slots = mask.chars().filter(|c| *c == '#').count();
+    if slots == 0 || digits.len() < slots {
+        return note_conversion_failure(format!(
+            "phone_mask: {e164} does not fill the {slots} digit(s) of {mask:?}"
+        ));
+    }
+    let mut fill = digits[digits.len() - slots..].iter();
+    Value::from(
+        mask.chars()
+            .map(|c| {
+                if c == '#' {
+                    fill.next().copied().unwrap_or(c)
+                } else {
+                    c
+                }
+            })
+            .collect::<String>(),
+    )
 }
 
 /// Longer input is not read as a phone number.
@@ -739,6 +789,51 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    #[test]
+    fn phone_mask_writes_a_number_the_way_the_crm_shows_it() {
+        let mask = "+7 (###) ###-##-##";
+        for raw in ["79161234567", "8 (916) 123-45-67", "+7 916 123 45 67"] {
+            assert_eq!(
+                render(
+                    "{{ p | phone_mask(m) }}",
+                    context! { p => raw, m => mask, ..ru() }
+                )
+                .unwrap(),
+                "+7 (916) 123-45-67",
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            render(
+                "{{ p | phone_mask('+380 ## ### ## ##', 'UA') }}",
+                context! { p => "050 123 4567" }
+            )
+            .unwrap(),
+            "+380 50 123 45 67"
+        );
+        // Unreadable, too short for the mask, or a mask without slots: an
+        // error naming the filter, unless defaulted.
+        for (p, m) in [("{phone}", mask), ("+7 916", mask), ("79161234567", "none")] {
+            take_conversion_notes();
+            let err = render(
+                "{{ p | phone_mask(m) }}",
+                context! { p => p, m => m, ..ru() },
+            )
+            .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::UndefinedError, "{p} {m}");
+            let notes = take_conversion_notes();
+            assert!(notes.iter().any(|n| n.starts_with("phone")), "{notes:?}");
+        }
+        assert_eq!(
+            render(
+                "{{ p | phone_mask(m) | default('') }}",
+                context! { p => "+7 916", m => mask, ..ru() }
+            )
+            .unwrap(),
+            ""
+        );
     }
 
     #[test]

@@ -31,6 +31,14 @@
 //! * [`vendors::kado::FakeKado`] — crmbridge's own KADO contract (KADO
 //!   publishes no API): contacts and notes with teams and private items,
 //!   and signed webhooks for every write.
+//! * [`vendors::planfix::FakePlanfix`] — Planfix REST API v2 (Bearer tokens
+//!   with scopes, checked before validation; contacts and their filters,
+//!   tasks with numbers, comments, users, processes, projects) and the
+//!   chat API for third-party chats (`/webchat/api`), plus the sender of
+//!   operators' replies and first messages Planfix posts to the provider.
+//! * [`vendors::verbox::FakeVerbox`] — crmbridge's own Verbox contract
+//!   (Verbox's server API is only partly documented): `sendToClient`,
+//!   the operator list, and the visitor events sent to us.
 //!
 //! Every fake keeps its records in memory, logs every request it receives
 //! ([`RecordedRequest`], credentials redacted), and injects faults on demand

@@ -23,8 +23,10 @@ vendors! {
     kado,
     moysklad,
     nethunt,
+    planfix,
     retailcrm,
     ringostat,
+    verbox,
     worksection,
     zoho,
 }

@@ -7,8 +7,10 @@ pub mod hubspot;
 pub mod kado;
 pub mod moysklad;
 pub mod nethunt;
+pub mod planfix;
 pub mod retailcrm;
 pub mod ringostat;
+pub mod verbox;
 pub mod worksection;
 pub mod zoho;
 
@@ -19,8 +21,10 @@ pub const FAKED: &[&str] = &[
     "kado",
     "moysklad",
     "nethunt",
+    "planfix",
     "retailcrm",
     "ringostat",
+    "verbox",
     "worksection",
     "zoho",
 ];
