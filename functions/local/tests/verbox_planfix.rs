@@ -160,7 +160,10 @@ async fn a_visitor_and_an_operator_talk_through_planfix() {
     assert_eq!(contacts.len(), 1, "{contacts:#?}");
     let contact_id = contacts[0]["id"].as_i64().unwrap();
     let contact = s.planfix.contact(contact_id).unwrap();
-    assert_eq!(contact["phones"][0]["number"], "+7 (916) 123-45-67", "{contact:#}");
+    assert_eq!(
+        contact["phones"][0]["number"], "+7 (916) 123-45-67",
+        "{contact:#}"
+    );
     let tasks = s.rest_tasks();
     assert_eq!(tasks.len(), 1, "{tasks:#?}");
     let task = s.planfix.task(tasks[0]["id"].as_i64().unwrap()).unwrap();

@@ -152,6 +152,14 @@ pub trait EventSource: Send + Sync {
         None
     }
 
+    /// The conversation an event belongs to, when its events must be
+    /// handled one after another in the order they were accepted (a
+    /// chat's messages): events with the same key on one connection wait
+    /// for each other, other events do not.
+    fn sequence_key(&self, _event: &Event) -> Option<String> {
+        None
+    }
+
     /// What the event says changed on its subject, for vendors whose
     /// records crmbridge also writes: a change that only repeats what
     /// crmbridge wrote is its own echo.

@@ -221,10 +221,151 @@ on_both_stores!(
     concurrent_polls_back_off_and_a_dead_poll_resumes,
     an_import_reads_each_page_once_however_its_requests_are_delivered,
     refused_credentials_mark_the_connection_until_they_change,
+    a_chats_messages_are_relayed_in_order_whatever_order_they_are_dispatched_in,
 );
 
 mod cases {
     use super::*;
+
+    /// Three messages of one Verbox chat, relayed to Planfix: the first
+    /// fails for now (Planfix answers 429 throughout), so the second and
+    /// third, dispatched meanwhile, wait (parked, no run, nothing sent);
+    /// once the first goes through it sends the second on, which sends the
+    /// third: Planfix gets them once each, in order. Another chat is not
+    /// held up by it.
+    pub async fn a_chats_messages_are_relayed_in_order_whatever_order_they_are_dispatched_in(
+        h: Harness,
+    ) {
+        use crmbridge_fakes::Fault;
+        use crmbridge_fakes::vendors::planfix::FakePlanfix;
+        use crmbridge_fakes::vendors::verbox::FakeVerbox;
+
+        let planfix = FakePlanfix::start("pf-token", "pf-chat-key").await.unwrap();
+        let owner = h.owner().await;
+        let verbox = h
+            .engine
+            .create_connection(
+                &owner,
+                NewConnection {
+                    app: "verbox".into(),
+                    name: "Verbox".into(),
+                    settings: json!({"base_url": "https://admin.verbox.ru"}),
+                    credentials: [("token".to_owned(), "vb-token-1".to_owned())].into(),
+                },
+            )
+            .await
+            .unwrap();
+        let pf = h
+            .engine
+            .create_connection(
+                &owner,
+                NewConnection {
+                    app: "planfix".into(),
+                    name: "Planfix".into(),
+                    settings: json!({"base_url": planfix.base_url(), "chat_endpoint": planfix.chat_endpoint(),
+                                     "max_requests_per_second": 50}),
+                    credentials: [
+                        ("token".to_owned(), "pf-token".to_owned()),
+                        ("planfix_token".to_owned(), "pf-chat-key".to_owned()),
+                    ]
+                    .into(),
+                },
+            )
+            .await
+            .unwrap();
+        let automation = json!({
+            "id": "relay", "name": "Visitor → Planfix chat",
+            "trigger": {"connection": verbox.id, "event": "verbox.message.received"},
+            "steps": [{"id": "chat", "action": "planfix.chat.message", "connection": pf.id,
+                       "fields": {"chat_id": "{{ event.client_id }}", "contact_id": "{{ event.client_id }}",
+                                  "contact_name": "Visitor", "message": "{{ event.text }}"}}]
+        });
+        h.engine
+            .save_automation(
+                &owner,
+                crmbridge_mapping::Automation::from_json_str(&automation.to_string()).unwrap(),
+            )
+            .await
+            .unwrap();
+        let token = verbox.webhook_path.rsplit('/').next().unwrap().to_owned();
+        let send = |body: serde_json::Value| {
+            let body = body.to_string();
+            let engine = &h.engine;
+            let conn = verbox.id.clone();
+            let token = token.clone();
+            async move {
+                engine
+                    .ingest_webhook(WebhookRequest {
+                        headers: vec![("x-verbox-token".into(), "vb-token-1".into())],
+                        ..hook(&conn, &token, body.as_bytes())
+                    })
+                    .await
+                    .unwrap();
+            }
+        };
+        // One set of bus workers for the whole case: events (the woken
+        // ones too) arrive on `bus`.
+        let (tx, mut bus) = mpsc::unbounded_channel();
+        let (_stop, shutdown) = watch::channel(false);
+        h.bus.inner.spawn_workers(Arc::new(Collect(tx)), shutdown);
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(20), bus.recv())
+                .await
+                .expect("an event on the bus")
+                .unwrap()
+        };
+        for (n, text) in ["one", "two", "three"].iter().enumerate() {
+            send(FakeVerbox::client_message("v-1", &format!("m-{n}"), text)).await;
+        }
+        send(FakeVerbox::client_message("v-2", "m-x", "elsewhere")).await;
+        let mut events = Vec::new();
+        for _ in 0..4 {
+            events.push(next().await);
+        }
+        let by_text = |text: &str| {
+            events
+                .iter()
+                .find(|e| e.data["text"] == text)
+                .cloned()
+                .unwrap()
+        };
+
+        planfix.fail_next(1000, Fault::TooManyRequests);
+        let first = h.engine.dispatch(by_text("one")).await;
+        assert!(first.is_err(), "the first fails for now: {first:?}");
+        planfix.clear_faults();
+        // Dispatched out of order, the third and the second wait.
+        for text in ["three", "two"] {
+            let parked = h.engine.dispatch(by_text(text)).await.unwrap();
+            assert!(parked.runs.is_empty(), "{text}: {parked:?}");
+        }
+        assert!(planfix.chat_messages("v-1").is_empty());
+        // Another chat goes on.
+        let other = h.engine.dispatch(by_text("elsewhere")).await.unwrap();
+        assert_eq!(other.runs[0].status, RunStatus::Succeeded);
+        // The first goes through, then each wakes the next.
+        let first = h.engine.dispatch(by_text("one")).await.unwrap();
+        assert_eq!(first.runs[0].status, RunStatus::Succeeded);
+        for expected in ["two", "three"] {
+            let woken = next().await;
+            assert_eq!(woken.data["text"], expected);
+            let done = h.engine.dispatch(woken.clone()).await.unwrap();
+            assert_eq!(done.runs[0].status, RunStatus::Succeeded, "{expected}");
+            // Delivered again: nothing more.
+            let again = h.engine.dispatch(woken).await.unwrap();
+            assert!(again.duplicate || again.runs.is_empty(), "{again:?}");
+        }
+        let texts: Vec<String> = planfix
+            .chat_messages("v-1")
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["one", "two", "three"]);
+        // A redelivered first message does not disturb the finished chat.
+        let again = h.engine.dispatch(by_text("one")).await.unwrap();
+        assert!(again.duplicate, "{again:?}");
+        assert_eq!(planfix.chat_messages("v-1").len(), 3);
+    }
 
     /// retailCRM refuses a wrong API key with 403 "Wrong apiKey value": the
     /// run fails with those words and the connection's health says the

@@ -32,6 +32,7 @@ use crate::records::{
     ConnectionRecord, ConnectionSecrets, RunLease, RunRecord, RunStatus, RunSummary, StepRecord,
     StepStatus,
 };
+use crate::sequence::Gate;
 use crate::tick::POLL_REQUESTED;
 use crate::{Engine, EngineError, EngineResult, item, keys};
 
@@ -57,7 +58,32 @@ fn entity_of(action: &str) -> String {
 }
 
 impl Engine {
+    /// Runs every automation the event triggers, once; a chat's message
+    /// waits for the one before it (see `sequence`).
     pub async fn dispatch(&self, event: Event) -> EngineResult<Dispatched> {
+        let turn = match self.take_turn(&event).await? {
+            Gate::Free => None,
+            Gate::Go(turn) => Some(turn),
+            Gate::Parked => {
+                return Ok(Dispatched {
+                    runs: vec![],
+                    duplicate: false,
+                });
+            }
+        };
+        let connection = event.connection.clone();
+        let dispatched = self.dispatch_now(event).await;
+        if let Some(turn) = &turn {
+            match &dispatched {
+                // Retried by the bus: the chat waits for it.
+                Err(err) if is_transient(err) => {}
+                _ => self.finish_turn(&connection, turn).await?,
+            }
+        }
+        dispatched
+    }
+
+    async fn dispatch_now(&self, event: Event) -> EngineResult<Dispatched> {
         let event = self.resolve_data(event).await?;
         let span = tracing::info_span!(
             "dispatch",
@@ -192,6 +218,10 @@ impl Engine {
             };
             tracing::warn!(tenant = %run.tenant, automation = %record.automation.id, run = %run.id, event_id = %event.id, reason, "run failed: its event was dead-lettered");
             self.note_failure(&record, &run.outcome).await?;
+        }
+        // Its chat goes on without it.
+        if let Some(turn) = self.turn_of(&event).await? {
+            self.finish_turn(&event.connection, &turn).await?;
         }
         Ok(())
     }

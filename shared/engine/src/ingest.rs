@@ -314,6 +314,8 @@ impl Engine {
     }
 
     async fn publish_fresh(&self, fresh: &[Event]) -> EngineResult<()> {
+        // A chat's messages get their places before any can be dispatched.
+        self.assign_turns(fresh).await?;
         let mut travelling = Vec::with_capacity(fresh.len());
         for event in fresh {
             travelling.push(self.externalise(event).await?);

@@ -17,6 +17,7 @@ pub mod links;
 pub mod oauth;
 mod payload;
 mod poll;
+mod sequence;
 pub mod tick;
 
 use std::collections::HashMap;

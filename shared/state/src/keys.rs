@@ -26,6 +26,9 @@
 //! | tenant's import index | `TENANT#{tenant}` | `IMPORT#{import}` |
 //! | the running import of a connection | `CONN#{connection}` | `IMPORT` |
 //! | a connection's refused credentials | `CONN#{connection}` | `HEALTH` |
+//! | a chat's message order (versioned) | `SEQ#{connection}#{chat}` | `SEQ` |
+//! | an event's place in its chat (TTL) | `EVENT#{event}` | `TURN` |
+//! | an event waiting for its turn (TTL) | `EVENT#{event}` | `PARKED` |
 //! | dedupe claim (TTL) | `DEDUPE#{connection}#{action}` | `{field}#{normalised value}` |
 //! | tick record (TTL) | `TICK` | `{started_at}` |
 //! | OAuth tokens of a connection (versioned, sealed) | `OAUTH#{connection}` | `TOKENS` |
@@ -80,6 +83,18 @@ pub fn tenant_connection_index(tenant: &str, connection: &str) -> Key {
 
 pub fn tenant_connections(tenant: &str) -> (String, &'static str) {
     (format!("TENANT#{tenant}"), "CONN#")
+}
+
+pub fn sequence(connection: &str, chat: &str) -> Key {
+    key(format!("SEQ#{connection}#{chat}"), "SEQ")
+}
+
+pub fn event_turn(event: &str) -> Key {
+    key(format!("EVENT#{event}"), "TURN")
+}
+
+pub fn parked_event(event: &str) -> Key {
+    key(format!("EVENT#{event}"), "PARKED")
 }
 
 pub fn event_accept(event: &str) -> Key {

@@ -546,6 +546,12 @@ impl WebhookSource for Planfix {
 
 #[async_trait]
 impl EventSource for Planfix {
+    /// A chat's messages are relayed in the order they came, one at a
+    /// time.
+    fn sequence_key(&self, event: &crmbridge_mapping::Event) -> Option<String> {
+        (event.kind == OPERATOR_MESSAGE).then(|| event.subject.id.clone())
+    }
+
     fn event_kinds(&self) -> Vec<EventKindSpec> {
         vec![EventKindSpec::new(
             OPERATOR_MESSAGE,

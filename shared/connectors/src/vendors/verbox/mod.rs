@@ -195,6 +195,12 @@ impl WebhookSource for Verbox {
 
 #[async_trait]
 impl EventSource for Verbox {
+    /// A chat's messages are relayed in the order they came, one at a
+    /// time.
+    fn sequence_key(&self, event: &crmbridge_mapping::Event) -> Option<String> {
+        (event.kind.starts_with("verbox.message.")).then(|| event.subject.id.clone())
+    }
+
     fn event_kinds(&self) -> Vec<EventKindSpec> {
         let visitor = || {
             vec![
