@@ -248,7 +248,7 @@ async fn two_hundred_messages_each_way_arrive_once_and_in_order() {
     // In each chat: no message twice, none out of order, none missing
     // unless held for review.
     let mut missing = 0;
-    for chat in 0..CHATS {
+    for (chat, replied) in replied.iter().enumerate() {
         let id = format!("v-{chat}");
         let to_planfix: Vec<String> = planfix
             .chat_messages(&id)
@@ -269,7 +269,7 @@ async fn two_hundred_messages_each_way_arrive_once_and_in_order() {
             ),
             (
                 &to_verbox,
-                replied[chat]
+                replied
                     .iter()
                     .map(|i| reply_text(chat, *i))
                     .collect::<Vec<_>>(),

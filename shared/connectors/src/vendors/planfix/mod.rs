@@ -410,13 +410,13 @@ impl VendorSettings for Planfix {
                 message: "a whole number, 1 to 50 (Planfix's help says 1)".into(),
             });
         }
-        if let Some(id) = settings.get("provider_id") {
-            if !id.as_str().is_some_and(|id| !id.is_empty() && !id.contains('~')) {
-                errors.push(SettingsError {
-                    field: "provider_id".into(),
-                    message: "text without '~' (Planfix separates providers by it)".into(),
-                });
-            }
+        if let Some(id) = settings.get("provider_id")
+            && !id.as_str().is_some_and(|id| !id.is_empty() && !id.contains('~'))
+        {
+            errors.push(SettingsError {
+                field: "provider_id".into(),
+                message: "text without '~' (Planfix separates providers by it)".into(),
+            });
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
@@ -511,7 +511,7 @@ impl WebhookSource for Planfix {
         let files = attachments(&params);
         let missing: Vec<&str> = missing
             .into_iter()
-            .filter(|name| !(*name == "message" && !files.is_empty()))
+            .filter(|name| *name != "message" || files.is_empty())
             .collect();
         if let Some(first) = missing.first() {
             return Err(DecodeError::new(
