@@ -1,8 +1,8 @@
 //! The KADO ↔ HubSpot recipe end to end through the real Lambda binaries
 //! under the Runtime API emulator, on moto, against the HubSpot and KADO
 //! fakes. The fakes post their webhooks over HTTP to a small stand-in for
-//! API Gateway, which invokes the webhook function with the request as an
-//! HTTP API event (the Host header kept: HubSpot signs the URL); events
+//! API Gateway ([`common::api_gateway`]; the Host header kept: HubSpot
+//! signs the URL); events
 //! routed by the bus's dispatch rule are taken from its queue and handed to
 //! `dispatch`, retried as Lambda's asynchronous invocation would be.
 //!
@@ -14,11 +14,7 @@ mod common;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::IntoResponse;
-use common::{Stack, admin_request, hook_request, http};
+use common::{Stack, admin_request, api_gateway, http};
 use crmbridge_fakes::oauth::{FakeOAuth, OAuthConfig};
 use crmbridge_fakes::vendors::hubspot::FakeHubSpot;
 use crmbridge_fakes::vendors::kado::FakeKado;
@@ -31,41 +27,6 @@ const KADO_SECRET: &str = "kado-webhook-secret-lambda";
 /// Lambda's asynchronous invocation: the first attempt and two retries.
 const ASYNC_ATTEMPTS: usize = 3;
 
-/// API Gateway in front of the webhook function.
-async fn front(
-    State(stack): State<Arc<Stack>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> impl IntoResponse {
-    let mut request = hook_request(method.as_str(), uri.path());
-    for (name, value) in &headers {
-        if let Ok(value) = value.to_str() {
-            request = request.header(name.as_str(), value);
-        }
-    }
-    for pair in uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        request = request.query(name, value);
-    }
-    if !body.is_empty() {
-        let content_type = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        request = request.body(&content_type, body.to_vec());
-    }
-    let (status, reply) = http(&stack.webhook, request).await;
-    (StatusCode::from_u16(status).unwrap(), axum::Json(reply))
-}
-
 struct Deployment {
     stack: Arc<Stack>,
     base: String,
@@ -77,12 +38,7 @@ struct Deployment {
 impl Deployment {
     async fn start() -> Self {
         let stack = Arc::new(Stack::start().await);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new()
-            .fallback(front)
-            .with_state(Arc::clone(&stack));
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let base = api_gateway(Arc::clone(&stack)).await;
         let accounts = FakeOAuth::start(OAuthConfig::hubspot(CLIENT_ID, CLIENT_SECRET))
             .await
             .unwrap();

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_eventbridge::types::Target;
 use aws_sdk_sqs::config::Credentials;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
 use base64::Engine as _;
 use crmbridge_lambda_harness::{
     FunctionProcess, HttpApiRequest, HttpApiResponse, LambdaEmulator, uuid_v4, workspace_binary,
@@ -452,4 +456,50 @@ pub fn hook_request(method: &str, webhook_path: &str) -> HttpApiRequest {
         "ANY /hooks/{connection}/{token}",
         &[("connection", parts[1]), ("token", parts[2])],
     )
+}
+
+/// API Gateway in front of the webhook function.
+async fn front(
+    State(stack): State<std::sync::Arc<Stack>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let mut request = hook_request(method.as_str(), uri.path());
+    for (name, value) in &headers {
+        if let Ok(value) = value.to_str() {
+            request = request.header(name.as_str(), value);
+        }
+    }
+    for pair in uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        request = request.query(name, value);
+    }
+    if !body.is_empty() {
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        request = request.body(&content_type, body.to_vec());
+    }
+    let (status, reply) = http(&stack.webhook, request).await;
+    (StatusCode::from_u16(status).unwrap(), axum::Json(reply))
+}
+
+/// Starts the stand-in for API Gateway in front of `stack`'s webhook
+/// function: each HTTP request a fake sends is invoked as an HTTP API
+/// event. Answers its base URL.
+pub async fn api_gateway(stack: std::sync::Arc<Stack>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(front).with_state(stack);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
 }
