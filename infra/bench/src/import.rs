@@ -9,9 +9,7 @@
 //! bound — the KADO writes (a look-up and a write per contact) and the
 //! engine's bookkeeping per run are.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crmbridge_fakes::oauth::{FakeOAuth, OAuthConfig};
@@ -79,43 +77,8 @@ pub async fn run(serve_binary: &Path, contacts: usize) -> anyhow::Result<ImportR
         )?;
     }
 
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(serve_binary)
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--workers",
-            "8",
-            "--allow-any-vendor-url",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .env("CRMBRIDGE_LOG", "warn")
-        .env_remove("CRMBRIDGE_ENCRYPTION_KEYS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = child.id();
-    let mut lines = BufReader::new(
-        child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
-    )
-    .lines();
-    let (mut base, mut key) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(k) = line.strip_prefix("owner API key (shown once, store it now): ") {
-            key = k.to_owned();
-        }
-        if let Some(url) = line.strip_prefix("crmbridge listening on ") {
-            base = url.to_owned();
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let server = crate::serve::spawn(serve_binary, 8)?;
+    let (base, key, pid) = (server.base.clone(), server.key.clone(), server.pid);
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| {
         let request = http
@@ -192,8 +155,7 @@ pub async fn run(serve_binary: &Path, contacts: usize) -> anyhow::Result<ImportR
     }
     let total_s = started.elapsed().as_secs_f64();
     let (_, cpu_after) = crate::load::proc_stat(pid);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let hubspot_calls = hubspot.api_calls() - hubspot_before;
     let kado_calls = kado.api_calls() - kado_before;
     let records = contacts + notes;

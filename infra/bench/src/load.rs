@@ -9,9 +9,7 @@
 //! connection pairs, as a deployment with many tenants would.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -80,43 +78,8 @@ pub async fn run(
     let moysklad = FakeMoySklad::start("ms-load").await?;
     // The fake must not be the limit: our own per-connection limiter is.
     moysklad.set_rate_limit(None);
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(serve_binary)
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--workers",
-            "16",
-            "--allow-any-vendor-url",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .env("CRMBRIDGE_LOG", "warn")
-        .env_remove("CRMBRIDGE_ENCRYPTION_KEYS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = child.id();
-    let mut lines = BufReader::new(
-        child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
-    )
-    .lines();
-    let (mut base, mut key) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(k) = line.strip_prefix("owner API key (shown once, store it now): ") {
-            key = k.to_owned();
-        }
-        if let Some(url) = line.strip_prefix("crmbridge listening on ") {
-            base = url.to_owned();
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let server = crate::serve::spawn(serve_binary, 16)?;
+    let (base, key, pid) = (server.base.clone(), server.key.clone(), server.pid);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency * 2)
         .build()?;
@@ -248,8 +211,7 @@ pub async fn run(
     }
     let finished = Instant::now();
     let (rss, cpu_after) = proc_stat(pid);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 
     let sent = sent.lock().await;
     let mut end_to_end: Vec<f64> = completed_at

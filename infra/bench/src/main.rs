@@ -7,6 +7,8 @@ mod cost;
 mod counting;
 mod import;
 mod load;
+mod relay;
+mod serve;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +49,15 @@ struct Args {
     /// Only the import benchmark.
     #[arg(long)]
     import_only: bool,
+    /// Only the chat relay benchmark (Verbox ↔ Planfix latency).
+    #[arg(long)]
+    relay_only: bool,
+    /// Chats at once in the relay benchmark.
+    #[arg(long, default_value_t = 20)]
+    relay_chats: usize,
+    /// Messages each way per chat in the relay benchmark.
+    #[arg(long, default_value_t = 10)]
+    relay_messages: usize,
     /// Markdown report to write.
     #[arg(long, default_value = "bench-report.md")]
     out: PathBuf,
@@ -79,6 +90,16 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         println!("{}", serde_json::to_string_pretty(&load)?);
+        return Ok(());
+    }
+    if args.relay_only {
+        let relay = relay::run(
+            &args.bin_dir.join("crmbridge"),
+            args.relay_chats,
+            args.relay_messages,
+        )
+        .await?;
+        println!("{}", serde_json::to_string_pretty(&relay)?);
         return Ok(());
     }
     if args.import_only {
