@@ -643,6 +643,8 @@ fn the_suite_covers_every_vendor_that_calls_out() {
         ZohoSubject::APP,
         HubSpotSubject::APP,
         KadoSubject::APP,
+        PlanfixSubject::APP,
+        VerboxSubject::APP,
     ];
     let registry = crmbridge_connectors::Registry::builtin();
     for vendor in registry.vendors() {
