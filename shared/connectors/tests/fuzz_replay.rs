@@ -82,5 +82,5 @@ fn the_harness_reads_a_delivery_as_documented() {
     );
     // Every connector, with settings its validate_settings accepts (the
     // harness checks them when it first builds the registry).
-    assert_eq!(harness::decode(b"*\n\n\n{}").len(), 9);
+    assert_eq!(harness::decode(b"*\n\n\n{}").len(), 11);
 }

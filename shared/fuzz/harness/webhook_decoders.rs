@@ -58,6 +58,11 @@ pub fn settings_for(app: &str) -> Vec<Value> {
             json!({"base_url": "https://demo.worksection.com", "auth_scheme": "header",
                    "time_zone": "Europe/Kyiv"}),
         ],
+        "planfix" => vec![
+            json!({"base_url": "https://demo.planfix.com/rest"}),
+            json!({"base_url": "https://demo.planfix.com/rest", "chat_endpoint": "https://demo.planfix.com/webchat/api",
+                   "provider_id": "crmbridge", "default_region": "RU"}),
+        ],
         _ => vec![json!({})],
     }
 }

@@ -383,12 +383,6 @@ impl VendorSettings for Planfix {
         let mut errors = validate_known_settings(settings, SETTINGS, None, DOMAINS, allow_any_base_url)
             .err()
             .unwrap_or_default();
-        if settings.get("base_url").and_then(Value::as_str).is_none() {
-            errors.push(SettingsError {
-                field: "base_url".into(),
-                message: "required: the account's REST address, https://<account>.planfix.com/rest".into(),
-            });
-        }
         if let Some(url) = settings.get("chat_endpoint") {
             match url.as_str() {
                 Some(url) => {
