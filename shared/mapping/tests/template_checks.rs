@@ -267,6 +267,11 @@ const EVERY_FILTER: &[(&str, &str, &str)] = &[
         r#""+79161234567""#,
     ),
     (
+        "phone_mask",
+        "{{ event.caller_phone | phone_mask('+7 (###) ###-##-##') }}",
+        r#""+7 (916) 123-45-67""#,
+    ),
+    (
         "digits",
         "{{ event.caller_phone | digits }}",
         r#""89161234567""#,
