@@ -31,7 +31,8 @@ use crmbridge_mapping::{ActionKind, ActionSpec, EventKindSpec, FieldSpec, FieldT
 use serde_json::{Map, Value, json};
 
 use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, VendorResponse};
-use crate::support::{check_base_url, credential, field, only_known, required_text, text, with_timeout};
+use crate::support::{
+    same_bytes,check_base_url, credential, field, only_known, required_text, text, with_timeout};
 use crate::{
     Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError,
     DecodedEvent, EventSource, InboundRequest, PollBatch, Poller, Resend, SettingsError, Vendor,
@@ -245,10 +246,6 @@ impl VendorSettings for Kado {
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
-}
-
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `X-Signature: sha256=<hex HMAC(secret, timestamp + "." + body)>`,

@@ -45,6 +45,7 @@ use serde_json::{Map, Value, json};
 
 use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, VendorResponse, redact};
 use crate::support::{
+    same_bytes,
     base_url, credential, digits, field, only_known, params_of, required_text, same_phone, text,
     validate_known_settings, with_timeout,
 };
@@ -425,10 +426,6 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
         .filter(|v| !v.is_empty())
-}
-
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The chat a Planfix notification is about: its `chatId`, or — for the

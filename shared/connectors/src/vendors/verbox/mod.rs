@@ -29,6 +29,7 @@ use serde_json::{Map, Value, json};
 
 use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, VendorResponse, redact};
 use crate::support::{
+    same_bytes,
     base_url, credential, field, only_known, required_text, text, validate_known_settings,
     with_timeout,
 };
@@ -67,10 +68,6 @@ fn kind_of(event: &str) -> Option<&'static str> {
         .flat_map(char::to_lowercase)
         .collect();
     EVENTS.iter().find(|(name, _)| *name == folded).map(|(_, kind)| *kind)
-}
-
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn id_text(value: &Value) -> Option<String> {
