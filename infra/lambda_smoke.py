@@ -11,7 +11,7 @@ admin lists the run. Every unmodified sample is also invoked and must get the
 answer documented for it. Exits non-zero on the first mismatch.
 
 Needs: CRMBRIDGE_TEST_AWS_ENDPOINT (moto), cargo lambda on PATH, and
-target/debug/crmbridge built (infra/test.sh does all of this).
+$CARGO_TARGET_DIR/debug/crmbridge built (infra/test.sh does all of this).
 """
 import base64
 import json
@@ -102,7 +102,7 @@ def main():
         "CRMBRIDGE_ENCRYPTION_KEYS": "smoke1:" + base64.b64encode(os.urandom(32)).decode(),
     })
     print("==> bootstrap the table (crmbridge admin bootstrap --create-table)")
-    out = subprocess.run([os.path.join(ROOT, "target/debug/crmbridge"), "admin", "bootstrap", "--create-table"],
+    out = subprocess.run([os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug", "crmbridge"), "admin", "bootstrap", "--create-table"],
                          env=env, capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         fail(f"bootstrap failed: {out.stderr}")

@@ -6,7 +6,7 @@
 //! run of an automation, and a second tenant that sees nothing of the first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

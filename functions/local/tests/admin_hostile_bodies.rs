@@ -6,7 +6,7 @@
 //! or in the log; the `Bearer` scheme is matched case-insensitively.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

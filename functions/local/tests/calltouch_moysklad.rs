@@ -2,7 +2,7 @@
 //! against the fake vendor APIs: the four bundles of the seed article.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

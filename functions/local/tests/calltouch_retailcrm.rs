@@ -3,7 +3,7 @@
 //! back through the tick → poll path (orders/history with sinceId).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -17,7 +17,7 @@
 //! `CRMBRIDGE_CHAOS_EVENTS` sets the number of orders (default 2000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! `CRMBRIDGE_FAULT_TEST_CALLS` sets the number of calls (default 1000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! be read accepts the others and reports the bad one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{client, serve_with};
 use crmbridge_fakes::oauth::{FakeOAuth, OAuthConfig};

@@ -6,7 +6,7 @@
 //! back would show as an extra write, a loop would never go quiet.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

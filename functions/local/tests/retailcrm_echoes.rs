@@ -6,7 +6,7 @@
 //! by people make exactly 100 writes and 100 runs, however many ticks pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@
 //! and 100 writes; our writes reported back are recorded as echoes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

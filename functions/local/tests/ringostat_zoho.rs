@@ -5,7 +5,7 @@
 //! `tests/lambda/tests/ringostat_zoho.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

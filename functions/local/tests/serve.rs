@@ -1,7 +1,7 @@
 //! `crmbridge serve` as a user runs it: the real binary, over HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

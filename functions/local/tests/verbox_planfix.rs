@@ -6,7 +6,7 @@
 //! chat from a contact's card binds a chat; bad notifications relay nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -245,6 +245,23 @@ async fn a_visitor_and_an_operator_talk_through_planfix() {
         "{statuses:?}"
     );
 
+    // The visitor rates the chat: a comment on the chat's linked task.
+    let (status, body) = s
+        .verbox
+        .send_event(&s.verbox_hook, FakeVerbox::rating("v-1", "d-1", 5, "спасибо"))
+        .await
+        .unwrap();
+    assert!((200..300).contains(&status), "{status} {body}");
+    s.settled("verbox-rating-to-planfix", 1).await;
+    let task_id = s.rest_tasks()[0]["id"].as_i64().unwrap();
+    let comments = s.planfix.comments(task_id);
+    assert!(
+        comments
+            .iter()
+            .any(|c| c.description == "Оценка посетителя: 5 — спасибо"),
+        "{comments:#?}"
+    );
+
     // An operator starts a chat from a contact's card: the chat is bound
     // (Planfix gets its chatId and contactId); Verbox cannot reach a phone,
     // so Planfix is told the message was not delivered.
@@ -329,6 +346,27 @@ async fn bad_notifications_and_events_are_refused_and_relay_nothing() {
         assert_eq!(status, 400, "{body}");
         assert!(body.to_string().contains(path), "{path}: {body}");
     }
+    // A rating or a closing of a chat that never began: 422 naming the
+    // chat's field, and nothing of the delivery is taken.
+    for event in [
+        FakeVerbox::rating("v-never", "d-1", 5, "thanks"),
+        FakeVerbox::chat_closed("v-never", "d-1"),
+    ] {
+        let (status, body) = s.verbox.send_event(&s.verbox_hook, event).await.unwrap();
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["field"], "body.client.clientId", "{body}");
+        assert!(body.to_string().contains("v-never"), "{body}");
+    }
+    let (status, body) = s
+        .verbox
+        .send_event(
+            &s.verbox_hook,
+            json!([FakeVerbox::chat_closed("v-never", "d-1"), FakeVerbox::client_message("v-never", "m-1", "hi")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "the closing comes before the first message: {body}");
+    assert_eq!(body["error"]["field"], "body[0].client.clientId", "{body}");
     let (status, _) = s
         .verbox
         .send_event_with_token(

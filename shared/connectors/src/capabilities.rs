@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     ActionError, ActionOutput, CallContext, ConnectionView, DecodeError, DecodedEvent, ImportPage,
-    InboundRequest, PollBatch, Resend, SettingsError,
+    InboundRequest, PollBatch, Resend, Sent, SettingsError,
 };
 
 /// What every vendor has: the credentials a connection needs and the check
@@ -160,6 +160,15 @@ pub trait EventSource: Send + Sync {
         None
     }
 
+    /// For an event that only makes sense in a conversation that already
+    /// began (a rating, a chat closed): that conversation's
+    /// [`EventSource::sequence_key`], and the body field that names it.
+    /// Ingest refuses such an event (422, naming the field) when no event
+    /// of the conversation was ever accepted.
+    fn continues_sequence(&self, _event: &Event) -> Option<(String, &'static str)> {
+        None
+    }
+
     /// What the event says changed on its subject, for vendors whose
     /// records crmbridge also writes: a change that only repeats what
     /// crmbridge wrote is its own echo.
@@ -237,6 +246,20 @@ pub trait Action: Send + Sync {
     /// can search for this action's records.
     fn lookup(&self) -> Option<&dyn Lookup> {
         None
+    }
+
+    /// For a [`Resend::ReadBack`] action: whether an attempt with these
+    /// fields, begun at `since` (by our clock), reached the vendor. Asked
+    /// only after an attempt whose outcome is unknown.
+    async fn find_sent(
+        &self,
+        _ctx: &CallContext<'_>,
+        _fields: &Map<String, Value>,
+        _since: DateTime<Utc>,
+    ) -> Result<Sent, ActionError> {
+        Ok(Sent::Unknown(
+            "this action cannot read back what it sent".into(),
+        ))
     }
 
     /// What a successful call set on the record, in the terms of the

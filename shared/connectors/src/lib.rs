@@ -260,7 +260,24 @@ pub enum Resend {
     /// connector looks the record up by our reference before creating
     /// (MoySklad `syncId`, retailCRM `externalId`, a reference line).
     Keyed,
+    /// The vendor takes no key, but what a call made can be read back
+    /// (a chat message in the chat's history): before sending again, the
+    /// engine asks [`Action::find_sent`] whether the earlier attempt
+    /// arrived.
+    ReadBack,
     /// Neither: a second send may make a second record, so the run stops
     /// as "needs review" with the request shown.
     Unsafe,
+}
+
+/// What [`Action::find_sent`] found out about an earlier attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sent {
+    /// It arrived: this is what it made (`attempts` 0: nothing was sent now).
+    Found(ActionOutput),
+    /// It surely did not arrive: sending again makes no second record.
+    NotSent,
+    /// Cannot be told yet (the vendor is still making the record the
+    /// history hangs on): ask again later, send nothing.
+    Unknown(String),
 }

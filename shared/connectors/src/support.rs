@@ -316,6 +316,12 @@ pub(crate) fn params_of(
     Ok(params)
 }
 
+/// Compares a secret a sender presented with ours in constant time (no
+/// early exit that would tell how much of a guess was right).
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -383,10 +389,4 @@ mod tests {
         assert!(!same_phone("", ""));
         assert!(same_phone("123", "1-2-3"));
     }
-}
-
-/// Compares a secret a sender presented with ours in constant time (no
-/// early exit that would tell how much of a guess was right).
-pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -18,7 +18,7 @@
 //! registry test (`registry.rs`) fails until it does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::{context, vendor};
 use crmbridge_connectors::oauth::AccessTokens;
-use crmbridge_connectors::{ActionError, Resend, VendorClient};
+use crmbridge_connectors::{ActionError, Resend, Sent, VendorClient};
 use crmbridge_fakes::oauth::{FakeOAuth, OAuthConfig};
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
 use crmbridge_fakes::vendors::hubspot::FakeHubSpot;
@@ -226,6 +226,7 @@ pub async fn a_lost_answer_then_a_retry_makes_one_record<S: ContractSubject>() {
     let (action, fields) = subject.create();
     let resend = vendor(S::APP).resend(action, &fields);
     subject.fail_create(Fault::DropAfterCommit);
+    let since = chrono::Utc::now();
     let first = vendor(S::APP).execute(&ctx, action, &fields, None).await;
     match resend {
         Resend::Keyed | Resend::Repeatable => {
@@ -237,6 +238,16 @@ pub async fn a_lost_answer_then_a_retry_makes_one_record<S: ContractSubject>() {
             if let Ok(first) = first {
                 assert_eq!(first.id, second.id, "{}", S::APP);
             }
+        }
+        Resend::ReadBack => {
+            // Not sent again: the vendor's history shows it arrived.
+            let err = first.expect_err("a create whose answer was lost");
+            assert!(matches!(err, ActionError::Vendor(_)), "{}: {err:?}", S::APP);
+            let found = vendor(S::APP)
+                .find_sent(&ctx, action, &fields, since)
+                .await
+                .unwrap_or_else(|e| panic!("{}: reading back failed: {e}", S::APP));
+            assert!(matches!(found, Sent::Found(_)), "{}: {found:?}", S::APP);
         }
         Resend::Unsafe => {
             // Nothing tells the connector whether the vendor acted: it must

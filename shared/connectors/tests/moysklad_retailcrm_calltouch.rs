@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-mod common;
+use crate::common;
 
 use common::{context, vendor};
 use crmbridge_connectors::{ActionError, Resend, VendorClient, VendorError};

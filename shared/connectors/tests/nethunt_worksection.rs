@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-mod common;
+use crate::common;
 
 use common::{context, vendor};
 use crmbridge_connectors::{ActionError, Resend, VendorClient, VendorError};

@@ -2,12 +2,13 @@
 //! finding a visitor's contact, the chat commands, a message to a visitor.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
 use common::{context, vendor};
-use crmbridge_connectors::{ActionError, VendorClient};
+use crmbridge_connectors::{ActionError, Resend, Sent, VendorClient};
+use crmbridge_fakes::Fault;
 use crmbridge_fakes::vendors::planfix::FakePlanfix;
 use crmbridge_fakes::vendors::verbox::FakeVerbox;
 use crmbridge_mapping::LookupKey;
@@ -181,6 +182,45 @@ async fn chat_messages_reach_the_chat_and_its_task_number_is_read() {
         .unwrap_err();
     assert!(err.credentials_refused().is_some(), "{err:?}");
     assert!(!err.to_string().contains("pf-wrong-chat-key"));
+}
+
+/// A chat message whose answer was lost is read back from the chat task's
+/// comments; one that never arrived is not found; text sent before the
+/// attempt began does not count. A chat with no task yet is "unknown"
+/// until the grace period has passed.
+#[tokio::test]
+async fn a_lost_chat_message_is_read_back_from_the_task_comments() {
+    let pf = FakePlanfix::start("pf-full", "pf-chat-key").await.unwrap();
+    let http = VendorClient::new();
+    let settings = settings(&pf);
+    let creds = credentials("pf-full");
+    let ctx = context(&settings, &creds, &http, "run/1/chat");
+    let planfix = vendor("planfix");
+    let message = |text: &str| fields(json!({"chat_id": "v-1", "contact_id": "v-1", "contact_name": "Ivan", "message": text}));
+    assert_eq!(planfix.resend("planfix.chat.message", &message("hi")), Resend::ReadBack);
+    let files_only = fields(json!({"chat_id": "v-1", "contact_id": "v-1", "contact_name": "Ivan", "message": "",
+        "attachments": [{"name": "a.png", "url": "https://f.example/a.png"}]}));
+    assert_eq!(planfix.resend("planfix.chat.message", &files_only), Resend::Unsafe);
+
+    let since = chrono::Utc::now();
+    let nothing = planfix.find_sent(&ctx, "planfix.chat.message", &message("first"), since).await.unwrap();
+    assert!(matches!(nothing, Sent::Unknown(_)), "no task yet: {nothing:?}");
+    let long_ago = since - chrono::Duration::seconds(600);
+    let nothing = planfix.find_sent(&ctx, "planfix.chat.message", &message("first"), long_ago).await.unwrap();
+    assert_eq!(nothing, Sent::NotSent, "no task long after the attempt");
+
+    planfix.execute(&ctx, "planfix.chat.message", &message("first"), None).await.unwrap();
+    pf.fail_next_on(Some("POST"), "/webchat/api", 1, Fault::DropAfterCommit);
+    let lost = planfix.execute(&ctx, "planfix.chat.message", &message("second"), None).await;
+    assert!(lost.is_err(), "{lost:?}");
+    assert_eq!(pf.chat_messages("v-1").len(), 2, "the fake took it");
+    let found = planfix.find_sent(&ctx, "planfix.chat.message", &message("second"), since).await.unwrap();
+    assert!(matches!(found, Sent::Found(_)), "{found:?}");
+    let missing = planfix.find_sent(&ctx, "planfix.chat.message", &message("third"), since).await.unwrap();
+    assert_eq!(missing, Sent::NotSent);
+    let later = since + chrono::Duration::seconds(300);
+    let old = planfix.find_sent(&ctx, "planfix.chat.message", &message("first"), later).await.unwrap();
+    assert_eq!(old, Sent::NotSent, "a comment from before the attempt is not it");
 }
 
 /// An operator's message reaches the visitor's chat; an unknown visitor

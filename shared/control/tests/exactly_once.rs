@@ -8,7 +8,7 @@
 //! real account would hold.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use crmbridge_engine::{Automation, Engine, EngineConfig, EngineError, Keyring};
 use crmbridge_fakes::Fault;
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
+use crmbridge_fakes::vendors::verbox::FakeVerbox;
 use crmbridge_mapping::Event;
 use crmbridge_store::Store;
 use serde_json::{Value, json};
@@ -268,6 +269,7 @@ on_both_stores!(
     one_event_dispatched_by_four_workers_at_once_calls_the_vendor_once,
     a_worker_killed_mid_call_leaves_a_run_that_needs_review_not_a_second_record,
     a_keyed_step_killed_mid_call_is_sent_again_and_the_vendor_keeps_one_record,
+    a_read_back_step_whose_outcome_is_unknown_is_found_or_sent_once,
     concurrent_copies_of_a_webhook_are_published_once,
     a_delivery_with_too_many_events_is_refused_whole,
     runs_that_keep_failing_halt_their_automation_and_replay_after_enabling,
@@ -454,6 +456,96 @@ async fn a_keyed_step_killed_mid_call_is_sent_again_and_the_vendor_keeps_one_rec
         .filter(|d| d["orderNumber"] == "order-K-2")
         .collect();
     assert_eq!(deals.len(), 1);
+}
+
+/// A Verbox message takes no key, but the chat's history can be read
+/// back. Three ways a call can end without an answer — the worker killed
+/// after Verbox took it, the connection dropped before Verbox took it,
+/// and dropped after — each end with the message in the chat exactly once
+/// and the run succeeded, with no one asked to review.
+async fn a_read_back_step_whose_outcome_is_unknown_is_found_or_sent_once(h: Harness) {
+    let who = h.owner().await;
+    let verbox = FakeVerbox::start("vb-token").await.unwrap();
+    let (source, token) = h.connect(&who, "generic", GENERIC(), &[]).await;
+    let (vb, _) = h
+        .connect(
+            &who,
+            "verbox",
+            json!({"base_url": verbox.base_url(), "timeout_ms": 60000}),
+            &[("token", "vb-token")],
+        )
+        .await;
+    h.automation(
+        &who,
+        json!({
+            "id": "orders-to-verbox", "name": "Orders → a Verbox chat",
+            "trigger": {"connection": source, "event": "generic.order.created"},
+            "steps": [{"id": "send", "action": "verbox.message.send", "connection": vb,
+                       "fields": {"client_id": "{{ event.chat }}", "text": "Заказ {{ event.id }} принят"}}]
+        }),
+    )
+    .await;
+    let texts = |chat: &str| -> Vec<String> {
+        verbox
+            .sent_to_client(chat)
+            .iter()
+            .map(|m| m["message"]["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Killed once Verbox has the message, before it answers: the restarted
+    // process finds it in the chat and does not send it again.
+    verbox.add_client("c-1");
+    let event = h
+        .event(&source, &token, json!({"id": "K-3", "chat": "c-1"}))
+        .await;
+    verbox.fail_next_on(
+        Some("POST"),
+        "chat/message/sendToClient",
+        1,
+        Fault::Slow(Duration::from_secs(60)),
+    );
+    let dying = tokio::spawn({
+        let engine = Arc::clone(&h.engine);
+        let event = event.clone();
+        async move { engine.dispatch(event).await }
+    });
+    eventually("Verbox takes the message", || texts("c-1").len() == 1).await;
+    dying.abort();
+    assert!(dying.await.unwrap_err().is_cancelled());
+    let restarted = h.another_process(true);
+    let resumed = restarted.dispatch(event.clone()).await.unwrap();
+    assert_eq!(resumed.runs[0].status, RunStatus::Succeeded, "{resumed:?}");
+    assert_eq!(texts("c-1"), ["Заказ K-3 принят"], "not sent a second time");
+    let run = restarted.get_run(&who, &resumed.runs[0].id).await.unwrap();
+    assert_eq!(
+        run.steps[0].output["id"],
+        json!(verbox.sent_message_ids("c-1")[0]),
+        "the output is the message read back: {:?}",
+        run.steps[0]
+    );
+
+    // The connection drops before (then after) Verbox takes it: the run
+    // fails for now, and its retry reads the chat before it sends.
+    for (chat, id, fault, sends) in [
+        ("c-2", "K-4", Fault::Drop, 2),
+        ("c-3", "K-5", Fault::DropAfterCommit, 1),
+    ] {
+        verbox.add_client(chat);
+        let event = h.event(&source, &token, json!({"id": id, "chat": chat})).await;
+        verbox.fail_next_on(Some("POST"), "chat/message/sendToClient", 1, fault);
+        let first = restarted.dispatch(event.clone()).await.unwrap_err();
+        assert!(matches!(first, EngineError::Action { transient: true, .. }), "{first}");
+        let retried = restarted.dispatch(event.clone()).await.unwrap();
+        assert_eq!(retried.runs[0].status, RunStatus::Succeeded, "{retried:?}");
+        assert_eq!(texts(chat), [format!("Заказ {id} принят")], "{chat}");
+        let calls = verbox
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("chat/message/sendToClient") && r.body.contains(chat))
+            .count();
+        assert_eq!(calls, sends, "{chat}: sent again only when it had not arrived");
+    }
 }
 
 /// Four copies of one delivery at once: one publishes, the others wait for

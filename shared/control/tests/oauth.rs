@@ -12,7 +12,7 @@
 //! OAuth vendor is (Zoho and HubSpot use the same machinery).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crmbridge_connectors::{Action, ActionError, ActionOutput, CallContext, Resend};
+use crmbridge_connectors::{Action, ActionError, ActionOutput, CallContext, Resend, Sent};
 use crmbridge_mapping::{
     CompiledAutomation, DedupeDecision, Event, EventId, FilterOutcome, RenderContext, StepPlan,
 };
@@ -757,6 +757,7 @@ impl Engine {
                         error: Some(message.clone()),
                         output: Value::Null,
                         attempts: 1,
+                        started_at: None,
                     },
                 );
                 return self
@@ -776,6 +777,7 @@ impl Engine {
                         error: Some(reason),
                         output: json!({}),
                         attempts: 0,
+                        started_at: None,
                     },
                 );
                 outputs.insert(step_id, json!({}));
@@ -818,11 +820,37 @@ impl Engine {
         let key = format!("{}/{}", run.id, step_id);
         let ctx = self.call_context(connection, &key);
         let request_json = serde_json::to_value(&request).unwrap_or_default();
-        let previous = run.steps.iter().find(|s| s.id == step_id);
-        let previous_attempts = previous.map_or(0, |s| s.attempts);
+        let previous = run.steps.iter().find(|s| s.id == step_id).cloned();
+        let previous_attempts = previous.as_ref().map_or(0, |s| s.attempts);
         let resend_safe = may_resend(action.as_ref(), &request);
-        if previous.is_some_and(|s| s.status == StepStatus::Calling) {
-            if !resend_safe {
+        let read_back = !resend_safe && action.resend(&request.fields) == Resend::ReadBack;
+        let mut recovered = None;
+        if let Some(earlier) = previous
+            .as_ref()
+            .filter(|s| s.status == StepStatus::Calling)
+        {
+            if read_back {
+                let since = earlier.started_at.unwrap_or(run.created_at);
+                match action.find_sent(&ctx, &request.fields, since).await {
+                    Ok(Sent::Found(output)) => {
+                        tracing::info!(run = %run.id, step = %step_id, "the earlier attempt arrived: read back, not sent again");
+                        recovered = Some(output);
+                    }
+                    Ok(Sent::NotSent) => {
+                        tracing::info!(run = %run.id, step = %step_id, "the earlier attempt did not arrive: sending again");
+                    }
+                    Ok(Sent::Unknown(reason)) => {
+                        return self
+                            .await_read_back(run, version, earlier.clone(), reason)
+                            .await;
+                    }
+                    Err(err) => {
+                        return self
+                            .await_read_back(run, version, earlier.clone(), err.to_string())
+                            .await;
+                    }
+                }
+            } else if !resend_safe {
                 return self
                     .needs_review(
                         run,
@@ -835,8 +863,31 @@ impl Engine {
                     )
                     .await
                     .map(|()| StepFlow::Stop);
+            } else {
+                tracing::info!(run = %run.id, step = %step_id, "sending again a step whose earlier attempt has an unknown outcome; the vendor de-duplicates it");
             }
-            tracing::info!(run = %run.id, step = %step_id, "sending again a step whose earlier attempt has an unknown outcome; the vendor de-duplicates it");
+        }
+        let started_at = self.now();
+        if let Some(output) = recovered {
+            let attempt = Attempt {
+                step_id,
+                request,
+                request_json,
+                previous_attempts,
+                resend_safe,
+                read_back,
+                started_at,
+            };
+            return self
+                .settle_step(
+                    run,
+                    version,
+                    record,
+                    (event, subject, links, outputs),
+                    attempt,
+                    Ok(StepOutcome::Done(output)),
+                )
+                .await;
         }
         // The intent is saved before the call: if this worker dies
         // during it, the next attempt knows the vendor may have acted.
@@ -855,6 +906,7 @@ impl Engine {
                     error: None,
                     output: Value::Null,
                     attempts: previous_attempts + 1,
+                    started_at: Some(started_at),
                 },
             );
             self.save_run(run, version).await?;
@@ -904,6 +956,8 @@ impl Engine {
             request_json,
             previous_attempts,
             resend_safe,
+            read_back,
+            started_at,
         };
         self.settle_step(
             run,
@@ -940,6 +994,8 @@ impl Engine {
             request_json,
             previous_attempts,
             resend_safe,
+            read_back,
+            started_at,
         } = attempt;
         match outcome {
             Ok(StepOutcome::Done(output)) => {
@@ -970,6 +1026,7 @@ impl Engine {
                         error: None,
                         output: record_output.clone(),
                         attempts: previous_attempts + output.attempts,
+                        started_at: None,
                     },
                 );
                 outputs.insert(step_id, record_output);
@@ -987,6 +1044,7 @@ impl Engine {
                         error: Some(reason.clone()),
                         output: Value::Null,
                         attempts: previous_attempts,
+                        started_at: None,
                     },
                 );
                 return self
@@ -1011,6 +1069,7 @@ impl Engine {
                         error: Some(reason.clone()),
                         output: Value::Null,
                         attempts: previous_attempts + 1,
+                        started_at: None,
                     },
                 );
                 self.set_health(&record.tenant, &record.automation.id, Some(health))
@@ -1024,6 +1083,23 @@ impl Engine {
                     )
                     .await
                     .map(|()| StepFlow::Stop);
+            }
+            // Read back on the next try whether it arrived.
+            Err(err) if outcome_unknown(&err) && read_back => {
+                let calling = StepRecord {
+                    id: step_id,
+                    action: request.action.clone(),
+                    status: StepStatus::Calling,
+                    request: request_json,
+                    response_status: vendor_status(&err),
+                    error: None,
+                    output: Value::Null,
+                    attempts: previous_attempts + 1,
+                    started_at: Some(started_at),
+                };
+                return self
+                    .await_read_back(run, version, calling, format!("no answer came ({err})"))
+                    .await;
             }
             Err(err) if outcome_unknown(&err) && !resend_safe => {
                 return self
@@ -1053,6 +1129,7 @@ impl Engine {
                         error: Some(message.clone()),
                         output: Value::Null,
                         attempts: previous_attempts + 1,
+                        started_at: None,
                     },
                 );
                 if let Some(reason) = err.credentials_refused() {
@@ -1073,6 +1150,37 @@ impl Engine {
             }
         }
         Ok(StepFlow::Next)
+    }
+
+    /// Leaves a step whose call may have reached the vendor as `calling`
+    /// and fails the run transiently: the retry reads the vendor's
+    /// history back ([`Action::find_sent`]) before it sends anything.
+    async fn await_read_back(
+        &self,
+        run: &mut RunRecord,
+        version: &mut u64,
+        calling: StepRecord,
+        cause: String,
+    ) -> EngineResult<StepFlow> {
+        let message = format!(
+            "steps.{}: {cause}; whether it arrived is read back before it is sent again",
+            calling.id
+        );
+        tracing::warn!(run = %run.id, step = %calling.id, "outcome unknown: read back on the next try");
+        self.put_step(
+            run,
+            StepRecord {
+                error: Some(message.clone()),
+                ..calling
+            },
+        );
+        self.finish(run, version, RunStatus::Failed, message.clone())
+            .await?;
+        Err(EngineError::Action {
+            what: format!("run {}", run.id),
+            transient: true,
+            message,
+        })
     }
 
     /// Stops a run at a step that may have reached the vendor and cannot
@@ -1107,6 +1215,7 @@ impl Engine {
                 error: Some(message.clone()),
                 output: Value::Null,
                 attempts,
+                started_at: None,
             },
         );
         self.finish(
@@ -1196,7 +1305,10 @@ fn outcome_unknown(err: &ActionError) -> bool {
 /// step first searches the target by its dedupe keys (the search finds
 /// what the lost attempt made).
 fn may_resend(action: &dyn Action, request: &crmbridge_mapping::RenderedRequest) -> bool {
-    if action.resend(&request.fields) != Resend::Unsafe {
+    if matches!(
+        action.resend(&request.fields),
+        Resend::Repeatable | Resend::Keyed
+    ) {
         return true;
     }
     request.target.is_none()
@@ -1231,6 +1343,9 @@ struct Attempt {
     request_json: Value,
     previous_attempts: u32,
     resend_safe: bool,
+    /// An unknown outcome is read back, not reviewed.
+    read_back: bool,
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Whether the run goes on after a step.

@@ -221,6 +221,7 @@ impl Engine {
             .authenticate_hook(request.connection, request.token)
             .await?;
         let events = self.decode_events(&record, &secrets, &request, self.now())?;
+        self.refuse_unbegun(&events).await?;
         let mut outcome = self.accept(events).await?;
         if let Some(connector) = self
             .connectors

@@ -23,7 +23,7 @@ use crmbridge_mapping::Event;
 use crmbridge_store::{StoreError, Write};
 use serde::{Deserialize, Serialize};
 
-use crate::{Engine, EngineError, EngineResult, decode, item, keys};
+use crate::{Engine, EngineError, EngineResult, FieldError, decode, item, keys};
 
 /// Attempts at a versioned write before giving up for now (the bus tries
 /// the event again).
@@ -62,6 +62,47 @@ impl Engine {
     fn sequence_of(&self, event: &Event) -> Option<String> {
         self.event_source(&event.app)
             .and_then(|source| source.sequence_key(event))
+    }
+
+    /// Refuses a delivery with an event that continues a chat no message
+    /// of which was ever accepted (a rating of a chat that never began):
+    /// 422 naming the field, and nothing of the delivery is accepted. A
+    /// chat's first message earlier in the same delivery counts.
+    pub(crate) async fn refuse_unbegun(&self, events: &[Event]) -> EngineResult<()> {
+        let mut problems = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            let Some((chat, field)) = self
+                .event_source(&event.app)
+                .and_then(|source| source.continues_sequence(event))
+            else {
+                continue;
+            };
+            if events[..index]
+                .iter()
+                .any(|earlier| self.sequence_of(earlier).as_deref() == Some(chat.as_str()))
+            {
+                continue;
+            }
+            let key = keys::sequence(&event.connection, &chat);
+            if self.store.get(&key.pk, &key.sk).await?.is_none() {
+                let at = if events.len() > 1 {
+                    format!("body[{index}].{field}")
+                } else {
+                    format!("body.{field}")
+                };
+                problems.push(FieldError {
+                    field: at,
+                    message: format!(
+                        "no chat {chat:?} has begun on this connection: its first message was never received"
+                    ),
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Invalid(problems))
+        }
     }
 
     /// Numbers the events of a delivery that belong to a chat, in order.

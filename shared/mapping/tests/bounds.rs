@@ -3,7 +3,7 @@
 //! limit, with the path of the field; legitimate large templates render.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

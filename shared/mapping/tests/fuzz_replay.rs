@@ -5,7 +5,7 @@
 //! stable, without libFuzzer. A crash there fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

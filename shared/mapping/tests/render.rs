@@ -2,7 +2,7 @@
 //! errors that name their path, targets, links and dedupe plans.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -24,7 +24,7 @@ fn checked_in_schema_is_up_to_date() {
     assert!(
         parse(&checked_in).is_some() && parse(&checked_in) == parse(&generated),
         "shared/mapping/automation.schema.json is stale; regenerate it with\n\
-         UPDATE_AUTOMATION_SCHEMA=1 cargo test -p crmbridge-mapping --test schema\n\
+         UPDATE_AUTOMATION_SCHEMA=1 cargo test -p crmbridge-mapping --test suite schema\n\
          and commit the result"
     );
 }

@@ -4,7 +4,7 @@
 //! the expected requests for a sample event.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

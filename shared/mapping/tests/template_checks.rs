@@ -4,7 +4,7 @@
 //! every registered filter pass and render.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! errors reported at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use crmbridge_mapping::{Automation, ValidationErrorKind as Kind, validate};
 

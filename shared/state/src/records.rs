@@ -196,6 +196,10 @@ pub struct StepRecord {
     pub output: serde_json::Value,
     #[serde(default)]
     pub attempts: u32,
+    /// When the attempt still on its way began (our clock): what a step
+    /// whose outcome is unknown reads the vendor's history back from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

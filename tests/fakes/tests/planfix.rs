@@ -688,6 +688,35 @@ async fn task_comments() {
     .await;
     assert_eq!(s, 405);
     assert_eq!(pf.comments(task).len(), 2);
+
+    // Read back (integrators' clients: `POST /task/{id}/comments/list`,
+    // shape uncertain): oldest first, paged, with minute-resolution times.
+    let (s, v) = post(
+        &pf,
+        &format!("/task/{task}/comments/list"),
+        json!({"offset": 0, "pageSize": 100, "fields": "id,description,dateTime"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let listed = v["comments"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{v}");
+    assert_eq!((listed[0]["id"].as_i64(), listed[0]["description"].as_str()), (Some(c1), Some("first")));
+    assert_eq!(listed[1]["owner"]["id"], "user:1");
+    let datetime = listed[0]["dateTime"]["datetime"].as_str().unwrap();
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(datetime, "%Y-%m-%dT%H:%MZ").is_ok(),
+        "{datetime}"
+    );
+    let (_, v) = post(
+        &pf,
+        &format!("/task/{task}/comments/list"),
+        json!({"offset": 1, "pageSize": 100}),
+    )
+    .await;
+    assert_eq!(v["comments"].as_array().unwrap().len(), 1, "{v}");
+    let (s, v) = post(&pf, "/task/9999/comments/list", json!({})).await;
+    assert_eq!(s, 400);
+    fail(1000)(&v);
 }
 
 /// Source: Planfix REST API v2 swagger (help.planfix.com/restapidocs): `POST /user/list` → `users[{id,name,email,role,

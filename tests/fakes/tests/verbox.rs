@@ -1,6 +1,6 @@
 //! The fake Verbox (our contract, not Verbox's): `X-Token` auth,
 //! `chat/message/sendToClient` and its 400 / 404 answers,
-//! `chat/operator/getList`, the event sender with `X-Verbox-Token` and the
+//! `chat/message/getList`, `chat/operator/getList`, the event sender with `X-Verbox-Token` and the
 //! event builders, faults.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -156,6 +156,51 @@ async fn send_to_client_succeeds_for_known_client() {
     assert_eq!(vb.sent_to_client("client-1"), vec![first, second]);
     assert_eq!(vb.sent_message_ids("client-1"), vec![id1, id2]);
     assert!(vb.sent_to_client("client-2").is_empty());
+}
+
+/// Source: integrators' wrappers for the same REST family (research D.2, V2/V3): `chat/message/getList` with
+/// `{"client":{"clientId"},"sender":"operator","dateRange":{"start","stop","isLocal"}}` → `result` a list of clients
+/// each with `messages[]` (`id`, `whoSend`, `text`, `dateTimeUTC`). Our choices: only `sendToClient` messages are
+/// kept; the range is inclusive, in whole UTC seconds.
+#[tokio::test]
+async fn message_list_reads_back_what_was_sent() {
+    let vb = FakeVerbox::start(TOKEN).await.unwrap();
+    vb.add_client("client-1");
+    let (s, v) = send(&vb, json!({"client": {"id": "client-1"}, "message": {"text": "first"}})).await;
+    assert_eq!(s, 200, "{v}");
+    let id = v["result"]["id"].as_str().unwrap().to_owned();
+    let now = chrono::Utc::now();
+    let range = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        json!({"start": from.format("%Y-%m-%d %H:%M:%S").to_string(), "stop": to.format("%Y-%m-%d %H:%M:%S").to_string(), "isLocal": false})
+    };
+    let minute = chrono::Duration::seconds(60);
+    let (s, v) = call(&vb, Some(TOKEN), "chat/message/getList",
+        &json!({"client": {"clientId": "client-1"}, "sender": "operator", "dateRange": range(now - minute, now + minute)})).await;
+    assert_eq!(s, 200, "{v}");
+    let messages = &v["result"][0]["messages"];
+    assert_eq!(v["result"][0]["clientId"], "client-1", "{v}");
+    assert_eq!(messages.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(messages[0]["id"], json!(id));
+    assert_eq!(messages[0]["whoSend"], "operator");
+    assert_eq!(messages[0]["text"], "first");
+    assert!(messages[0]["dateTimeUTC"].as_str().unwrap().len() == 19, "{v}");
+    // Outside the range, another client, or the visitors' side: none.
+    for body in [
+        json!({"client": {"clientId": "client-1"}, "dateRange": range(now + minute, now + minute + minute)}),
+        json!({"client": {"clientId": "client-2"}}),
+        json!({"client": {"clientId": "client-1"}, "sender": "client"}),
+    ] {
+        let (s, v) = call(&vb, Some(TOKEN), "chat/message/getList", &body).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["result"][0]["messages"], json!([]), "{body}: {v}");
+    }
+    let (s, v) = call(&vb, Some(TOKEN), "chat/message/getList", &json!({"client": {}})).await;
+    assert_eq!(s, 400);
+    error(400, "client.clientId")(&v);
+    let (s, v) = call(&vb, Some(TOKEN), "chat/message/getList",
+        &json!({"client": {"clientId": "client-1"}, "dateRange": {"start": "yesterday"}})).await;
+    assert_eq!(s, 400);
+    error(400, "dateRange.start")(&v);
 }
 
 /// Our contract, not Verbox's (its server API is undocumented): 400 `{"success":false,"error":{"code":400,"descr"}}`

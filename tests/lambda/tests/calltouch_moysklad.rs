@@ -10,7 +10,7 @@
 //! the binaries built (`cargo build --bins`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{Stack, admin_request, hook_request, http, pairs};
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;

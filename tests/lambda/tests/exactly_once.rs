@@ -24,7 +24,7 @@
 //! infra/test.sh starts it) and the binaries built (`cargo build --bins`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -10,7 +10,7 @@
 //! the binaries built (`cargo build --bins`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -9,7 +9,7 @@
 //! the binaries built (`cargo build --bins`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use async_trait::async_trait;
 use common::{Stack, admin_request, hook_request, http};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use crmbridge_connectors::{
-    ActionError, ActionOutput, CallContext, PollBatch, Registry, Resend, Vendor, VendorClient,
+    ActionError, ActionOutput, CallContext, PollBatch, Registry, Resend, Sent, Vendor, VendorClient,
 };
 use crmbridge_mapping::LookupKey;
 use serde_json::{Map, Value};
@@ -56,6 +56,16 @@ impl Under {
 
     pub fn resend(&self, action: &str, fields: &Map<String, Value>) -> Resend {
         self.action(action).resend(fields)
+    }
+
+    pub async fn find_sent(
+        &self,
+        ctx: &CallContext<'_>,
+        action: &str,
+        fields: &Map<String, Value>,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Sent, ActionError> {
+        self.action(action).find_sent(ctx, fields, since).await
     }
 
     pub async fn check(&self, ctx: &CallContext<'_>) -> Result<Value, ActionError> {

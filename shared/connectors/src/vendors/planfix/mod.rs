@@ -30,7 +30,7 @@
 //! | `planfix.contact.create` | `Unsafe` unless the step finds first | Planfix takes no client key on creates; a find-or-create step searches again and finds what the lost attempt made |
 //! | `planfix.contact.update` | `Repeatable` | sets the same fields again |
 //! | `planfix.task.create`, `planfix.task.comment` | `Unsafe` | no client key: a lost answer is reviewed, not guessed |
-//! | `planfix.chat.message` | `Unsafe` | `newMessage` takes no message id: a resend would show the message twice |
+//! | `planfix.chat.message` | `ReadBack` (`Unsafe` with files only) | `newMessage` takes no message id: after a lost answer the chat task's comments tell whether it arrived |
 //! | `planfix.chat.task`, `planfix.chat.message_status` | `Repeatable` | a read, and a status set to the same value |
 #![doc = include_str!("API.md")]
 
@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Timelike, Utc};
 use crmbridge_mapping::{
     ActionKind, ActionSpec, EventKindSpec, FieldSpec, FieldType, LookupKey, Subject,
 };
@@ -51,7 +52,7 @@ use crate::support::{
 };
 use crate::{
     Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError,
-    DecodedEvent, EventSource, InboundRequest, Lookup, Resend, SettingsError, Vendor,
+    DecodedEvent, EventSource, InboundRequest, Lookup, Resend, Sent, SettingsError, Vendor,
     VendorSettings, WebhookSource,
 };
 
@@ -110,6 +111,25 @@ fn refusal(body: &Value) -> (Option<i64>, String) {
 }
 
 impl Planfix {
+    /// A task's REST id from its number (filter 57), if the list has it.
+    async fn task_by_number(&self, ctx: &CallContext<'_>, number: i64) -> Result<Option<String>, ActionError> {
+        let body = json!({
+            "offset": 0, "pageSize": 1, "fields": "id,number",
+            "filters": [{"type": TASK_NUMBER_FILTER, "operator": "equal", "value": number}],
+        });
+        let (answer, _) = self
+            .rest(ctx, reqwest::Method::POST, "task/list", Some(&body), Idempotency::Idempotent)
+            .await?;
+        Ok(answer["tasks"]
+            .as_array()
+            .and_then(|tasks| tasks.first())
+            .and_then(|task| match &task["id"] {
+                Value::Number(n) => Some(n.to_string()),
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            }))
+    }
+
     fn base(ctx: &CallContext<'_>) -> Result<String, ActionError> {
         base_url(ctx.settings, "", DOMAINS, ctx.allow_any_base_url)
     }
@@ -864,6 +884,45 @@ const MESSAGE_KNOWN: &[&str] = &[
     "contact_data", "message", "title", "attachments", "is_echo", "user_email", "data",
 ];
 
+/// The task list's filter "task number".
+const TASK_NUMBER_FILTER: i64 = 57;
+/// Planfix makes a chat's task within seconds of its first message; none
+/// this long after an attempt means that message never arrived.
+const TASK_GRACE_SECS: i64 = 120;
+/// How far our clock and Planfix's may disagree when comments are read back.
+const CLOCK_SKEW_SECS: i64 = 10;
+/// A chat read back through more comments than this is not searched further.
+const MAX_COMMENT_PAGES: usize = 50;
+
+/// A comment's text without the HTML Planfix may wrap it in.
+fn plain_text(description: &str) -> String {
+    let mut out = String::with_capacity(description.len());
+    let mut in_tag = false;
+    for c in description.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("&nbsp;", " ").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&amp;", "&").trim().to_owned()
+}
+
+/// When a comment was made: `dateTime.datetime` (`2026-11-25T12:00Z`, or
+/// RFC 3339), if it reads.
+fn comment_time(comment: &Value) -> Option<DateTime<Utc>> {
+    let text = comment["dateTime"]["datetime"].as_str()?.trim();
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|at| at.with_timezone(&Utc))
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%MZ")
+                .ok()
+                .map(|at| at.and_utc())
+        })
+}
+
 /// `planfix.chat.message`: a message into the chat's task (`newMessage`).
 struct ChatMessage(Arc<Planfix>);
 
@@ -892,8 +951,79 @@ impl Action for ChatMessage {
         .with_output(vec![field("chat_id", FieldType::String, "the chat")])
     }
 
-    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
-        Resend::Unsafe
+    /// A message with text is found again among the chat task's
+    /// comments; one with files only cannot be told apart there.
+    fn resend(&self, fields: &Map<String, Value>) -> Resend {
+        if text(fields, "message").is_some_and(|t| !t.trim().is_empty()) {
+            Resend::ReadBack
+        } else {
+            Resend::Unsafe
+        }
+    }
+
+    /// The chat's task (`getTask`, then the task list by number) and its
+    /// comments: one with the same text, made since the attempt began, is
+    /// the attempt. No task long after the attempt: the chat's first
+    /// message never arrived.
+    async fn find_sent(
+        &self,
+        ctx: &CallContext<'_>,
+        fields: &Map<String, Value>,
+        since: DateTime<Utc>,
+    ) -> Result<Sent, ActionError> {
+        let chat = required_text(fields, "chat_id")?;
+        let wanted = text(fields, "message").unwrap_or_default();
+        let number = match self
+            .0
+            .chat(ctx, "getTask", &[("chatId".into(), chat.clone())], Idempotency::Idempotent)
+            .await
+        {
+            Err(ActionError::Vendor(VendorError::Rejected { message, .. })) if message.contains("not found") => {
+                return Ok(if Utc::now() - since > chrono::Duration::seconds(TASK_GRACE_SECS) {
+                    Sent::NotSent
+                } else {
+                    Sent::Unknown(format!("Planfix has no task for the chat yet ({message})"))
+                });
+            }
+            other => other?.0["data"]["number"].as_i64(),
+        };
+        let Some(number) = number else {
+            return Ok(Sent::Unknown("getTask answered without data.number".into()));
+        };
+        let Some(task) = self.0.task_by_number(ctx, number).await? else {
+            return Ok(Sent::Unknown(format!("the task list has no task number {number} yet")));
+        };
+        // Planfix's comment times have minutes only.
+        let from = since - chrono::Duration::seconds(CLOCK_SKEW_SECS);
+        let from = from
+            .with_second(0)
+            .and_then(|at| at.with_nanosecond(0))
+            .unwrap_or(from);
+        let mut offset = 0;
+        for _ in 0..MAX_COMMENT_PAGES {
+            let body = json!({"offset": offset, "pageSize": PAGE, "fields": "id,description,dateTime"});
+            let (answer, _) = self
+                .0
+                .rest(ctx, reqwest::Method::POST, &format!("task/{task}/comments/list"), Some(&body), Idempotency::Idempotent)
+                .await?;
+            let comments = answer["comments"].as_array().cloned().unwrap_or_default();
+            if comments.iter().any(|c| {
+                plain_text(c["description"].as_str().unwrap_or_default()) == wanted.trim()
+                    && comment_time(c).is_none_or(|at| at >= from)
+            }) {
+                return Ok(Sent::Found(ActionOutput {
+                    id: chat.clone(),
+                    record: json!({"chat_id": chat}),
+                    response_status: 200,
+                    attempts: 0,
+                }));
+            }
+            if comments.len() < PAGE {
+                break;
+            }
+            offset += PAGE;
+        }
+        Ok(Sent::NotSent)
     }
 
     async fn execute(

@@ -17,13 +17,14 @@
 //!
 //! | action | resend | why |
 //! |---|---|---|
-//! | `verbox.message.send` | `Unsafe` | Verbox takes no client key for a message: a lost answer is reviewed, not sent twice |
+//! | `verbox.message.send` | `ReadBack` (`Unsafe` with files only) | Verbox takes no client key for a message: after a lost answer the chat's history (`chat/message/getList`) tells whether it arrived |
 #![doc = include_str!("API.md")]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use crmbridge_mapping::{ActionKind, ActionSpec, EventKindSpec, FieldSpec, FieldType, Subject};
 use serde_json::{Map, Value, json};
 
@@ -35,7 +36,7 @@ use crate::support::{
 };
 use crate::{
     Account, Action, ActionError, ActionOutput, CallContext, ConnectionView, DecodeError,
-    DecodedEvent, EventSource, InboundRequest, Resend, SettingsError, Vendor, VendorSettings,
+    DecodedEvent, EventSource, InboundRequest, Resend, Sent, SettingsError, Vendor, VendorSettings,
     WebhookSource,
 };
 
@@ -198,6 +199,13 @@ impl EventSource for Verbox {
         (event.kind.starts_with("verbox.message.")).then(|| event.subject.id.clone())
     }
 
+    /// A rating or a closing refers to a chat; a contact form or contact
+    /// data may come from a visitor who never wrote.
+    fn continues_sequence(&self, event: &crmbridge_mapping::Event) -> Option<(String, &'static str)> {
+        matches!(event.kind.as_str(), "verbox.rating.left" | "verbox.chat.closed")
+            .then(|| (event.subject.id.clone(), "client.clientId"))
+    }
+
     fn event_kinds(&self) -> Vec<EventKindSpec> {
         let visitor = || {
             vec![
@@ -339,8 +347,64 @@ impl Action for SendMessage {
         .with_output(vec![field("id", FieldType::String, "Verbox's id for the message")])
     }
 
-    fn resend(&self, _fields: &Map<String, Value>) -> Resend {
-        Resend::Unsafe
+    /// A message with text is found again in the chat's history; one with
+    /// files only cannot be told apart there.
+    fn resend(&self, fields: &Map<String, Value>) -> Resend {
+        if text(fields, "text").is_some_and(|t| !t.trim().is_empty()) {
+            Resend::ReadBack
+        } else {
+            Resend::Unsafe
+        }
+    }
+
+    /// The chat's operator messages since the attempt began
+    /// (`chat/message/getList`): one with the same text is the attempt.
+    async fn find_sent(
+        &self,
+        ctx: &CallContext<'_>,
+        fields: &Map<String, Value>,
+        since: DateTime<Utc>,
+    ) -> Result<Sent, ActionError> {
+        let client = required_text(fields, "client_id")?;
+        let wanted = text(fields, "text").unwrap_or_default();
+        let from = since - chrono::Duration::seconds(CLOCK_SKEW_SECS);
+        let until = Utc::now() + chrono::Duration::seconds(CLOCK_SKEW_SECS);
+        let body = json!({
+            "client": {"clientId": client},
+            "sender": "operator",
+            "dateRange": {"start": from.format(VERBOX_TIME).to_string(), "stop": until.format(VERBOX_TIME).to_string(), "isLocal": false},
+        });
+        let (answer, _) = self
+            .0
+            .call(ctx, "chat/message/getList", &body, Idempotency::Idempotent)
+            .await?;
+        // `[{clientId, messages}]`, or `{items: [...]}` in another version.
+        let clients = match &answer["result"] {
+            Value::Array(items) => items.clone(),
+            Value::Object(page) => page.get("items").and_then(Value::as_array).cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let found = clients
+            .iter()
+            .filter(|c| id_text(&c["clientId"]).is_none_or(|id| id == client))
+            .flat_map(|c| c["messages"].as_array().cloned().unwrap_or_default())
+            .find(|m| {
+                m["whoSend"].as_str().is_none_or(|who| who == "operator")
+                    && m["text"].as_str().map(str::trim) == Some(wanted.trim())
+                    && sent_at(m).is_none_or(|at| at >= from)
+            });
+        Ok(match found {
+            Some(message) => {
+                let id = id_text(&message["id"]).unwrap_or_default();
+                Sent::Found(ActionOutput {
+                    id: id.clone(),
+                    record: json!({"id": id}),
+                    response_status: 200,
+                    attempts: 0,
+                })
+            }
+            None => Sent::NotSent,
+        })
     }
 
     async fn execute(
@@ -388,6 +452,21 @@ impl Action for SendMessage {
             attempts: response.attempts,
         })
     }
+}
+
+/// How far our clock and Verbox's may disagree when the chat's history is
+/// read back.
+const CLOCK_SKEW_SECS: i64 = 10;
+/// `dateRange` and `dateTimeUTC`: `YYYY-MM-DD HH:MM:SS`, UTC.
+const VERBOX_TIME: &str = "%Y-%m-%d %H:%M:%S";
+
+/// When a listed message was sent, if its `dateTimeUTC` reads.
+fn sent_at(message: &Value) -> Option<DateTime<Utc>> {
+    let text = message["dateTimeUTC"].as_str()?;
+    chrono::NaiveDateTime::parse_from_str(text.trim(), VERBOX_TIME)
+        .ok()
+        .map(|at| at.and_utc())
+        .or_else(|| DateTime::parse_from_rfc3339(text.trim()).ok().map(|at| at.with_timezone(&Utc)))
 }
 
 /// Verbox: the widget's events in, operator messages out.

@@ -72,6 +72,9 @@
 //!   `{"result":"success","tasks":[…]}`. `POST /task/{id}/comments/`
 //!   `{"description","owner":{"id":"user:N"|"contact:N"}?}` → 201
 //!   `{"result":"success","id":N}` ([`FakePlanfix::comments`]).
+//!   `POST /task/{id}/comments/list` `{"offset","pageSize","fields"?}` →
+//!   `{"result":"success","comments":[{"id","description","dateTime":{"date":"DD-MM-YYYY","time":"HH:MM","datetime":"YYYY-MM-DDTHH:MMZ"},"owner":{"id"}|null}]}`,
+//!   oldest first, the chat's messages among them (scope `task_readonly`).
 //! * `fields` (a comma list; numbers select `customFieldData` entries by
 //!   field id) chooses what a get or list answers, besides `id`, which is
 //!   always there. Without it a contact or task is answered as `id` and
@@ -283,6 +286,8 @@ pub struct Comment {
     pub owner: Option<String>,
     /// Whether the chat made it (a provider's message or an operator's reply).
     pub from_chat: bool,
+    /// When it was made.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// An operator's reply for [`FakePlanfix::send_operator_reply`].
@@ -896,6 +901,7 @@ enum Op {
     TaskGet(String),
     TaskUpdate(String),
     TaskComment(String),
+    TaskCommentList(String),
     UserList,
     Processes,
     ProjectCreate,
@@ -922,6 +928,7 @@ impl Op {
             ["task", id] if get => Op::TaskGet((*id).to_owned()),
             ["task", id] if post => Op::TaskUpdate((*id).to_owned()),
             ["task", id, "comments"] if post => Op::TaskComment((*id).to_owned()),
+            ["task", id, "comments", "list"] if post => Op::TaskCommentList((*id).to_owned()),
             ["user", "list"] if post => Op::UserList,
             ["process", "task"] if get => Op::Processes,
             ["project"] if post => Op::ProjectCreate,
@@ -940,7 +947,7 @@ impl Op {
             Op::ContactList | Op::ContactGet(_) => "contact_readonly",
             Op::ContactUpdate(_) => "contact_update",
             Op::TaskCreate => "task_add",
-            Op::TaskList | Op::TaskGet(_) => "task_readonly",
+            Op::TaskList | Op::TaskGet(_) | Op::TaskCommentList(_) => "task_readonly",
             Op::TaskUpdate(_) | Op::TaskComment(_) => "task_update",
             Op::UserList => "user_readonly",
             Op::Processes => "process_readonly",
@@ -1433,6 +1440,7 @@ impl Inner {
             description: description.to_owned(),
             owner,
             from_chat,
+            at: chrono::Utc::now(),
         });
         id
     }
@@ -1601,6 +1609,33 @@ impl Inner {
                 };
                 let cid = Self::add_comment(d, id, &text, owner, false);
                 Ok(created(cid))
+            }
+            Op::TaskCommentList(id) => {
+                let id = path_id(&id, "task")?;
+                Self::task_idx(d, id)
+                    .ok_or_else(|| Kind::Task.not_found(id, StatusCode::BAD_REQUEST))?;
+                let (offset, size) = paging(&body)?;
+                fields_param(&body)?;
+                let rows: Vec<Value> = d
+                    .comments
+                    .iter()
+                    .filter(|c| c.task_id == id)
+                    .skip(offset)
+                    .take(size)
+                    .map(|c| {
+                        json!({
+                            "id": c.id,
+                            "description": c.description,
+                            "dateTime": {
+                                "date": c.at.format("%d-%m-%Y").to_string(),
+                                "time": c.at.format("%H:%M").to_string(),
+                                "datetime": c.at.format("%Y-%m-%dT%H:%MZ").to_string(),
+                            },
+                            "owner": c.owner.as_ref().map(|o| json!({"id": o})),
+                        })
+                    })
+                    .collect();
+                Ok(ok_with("comments", Value::Array(rows)))
             }
             Op::UserList => {
                 let (offset, size) = paging(&body)?;

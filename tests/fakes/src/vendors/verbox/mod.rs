@@ -33,6 +33,10 @@
 //!   fields, operator, client. [`FakeVerbox::sent_to_client`] lists the
 //!   bodies received.
 //! * `chat/operator/getList` → `{"success":true,"result":[{"login","name","email"}]}`.
+//! * `chat/message/getList` `{"client":{"clientId"},"sender":"operator"?,"dateRange":{"start","stop","isLocal"}?}`
+//!   → `{"success":true,"result":[{"clientId","messages":[{"id","whoSend":"operator","text","dateTimeUTC","isVisibleForClient"}]}]}`:
+//!   the messages `sendToClient` took for that client, within the range
+//!   (UTC, whole seconds, inclusive); `sender` `client` lists none.
 //! * events (Verbox → crmbridge): [`FakeVerbox::send_event`] POSTs a JSON
 //!   body with `Content-Type: application/json` and `X-Verbox-Token:
 //!   <token>` (the REST token given to [`FakeVerbox::start`]; another or
@@ -57,13 +61,13 @@
 //! time format of `dateTimeUTC` [`YYYY-MM-DD HH:MM:SS`, UTC, as the
 //! widget's message lists show]; `message.id` on a contact form [none];
 //! the event sender's timeout [[`EVENT_TIMEOUT`]]. Not served: the other
-//! REST methods (`chat/message/getList`, `chat/client/setInfo`, …), rate
+//! REST methods (`chat/client/setInfo`, …), rate
 //! limits, the legacy `/api/chat/<token>/<method>` form.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{Timelike, Utc};
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
@@ -94,8 +98,8 @@ impl Operator {
 struct Data {
     clients: Vec<String>,
     operators: Vec<Operator>,
-    /// (client id, body as received, message id).
-    sent: Vec<(String, Value, String)>,
+    /// (client id, body as received, message id, when).
+    sent: Vec<(String, Value, String, chrono::DateTime<Utc>)>,
     next_message: u64,
 }
 
@@ -216,8 +220,8 @@ impl FakeVerbox {
         lock(&self.inner.data)
             .sent
             .iter()
-            .filter(|(c, _, _)| c == client_id)
-            .map(|(_, body, _)| body.clone())
+            .filter(|(c, ..)| c == client_id)
+            .map(|(_, body, ..)| body.clone())
             .collect()
     }
 
@@ -226,8 +230,8 @@ impl FakeVerbox {
         lock(&self.inner.data)
             .sent
             .iter()
-            .filter(|(c, _, _)| c == client_id)
-            .map(|(_, _, id)| id.clone())
+            .filter(|(c, ..)| c == client_id)
+            .map(|(_, _, id, _)| id.clone())
             .collect()
     }
 
@@ -370,6 +374,7 @@ impl Inner {
         };
         match method.as_str() {
             "chat/message/sendToClient" => self.send_to_client(&body),
+            "chat/message/getList" => self.message_list(&body),
             "chat/operator/getList" => {
                 let d = lock(&self.data);
                 Resp::json(
@@ -379,6 +384,68 @@ impl Inner {
             }
             _ => not_found(),
         }
+    }
+
+    /// The operator messages sent to one client (`client.clientId`,
+    /// required), within `dateRange` (`start`/`stop`, UTC, inclusive) when
+    /// given; `sender` `client` lists nothing (visitors' messages are
+    /// events the fake sends, not kept).
+    fn message_list(&self, body: &Map<String, Value>) -> Resp {
+        let Some(client_id) = body
+            .get("client")
+            .and_then(|c| c.get("clientId"))
+            .and_then(client_id_text)
+        else {
+            return bad("client.clientId is required");
+        };
+        let bound = |name: &str| -> Result<Option<chrono::NaiveDateTime>, Resp> {
+            match body.get("dateRange").and_then(|r| r.get(name)) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => {
+                    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+                        .or_else(|_| {
+                            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                                .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+                        })
+                        .map(Some)
+                        .map_err(|_| bad(&format!("dateRange.{name}: not YYYY-MM-DD[ HH:MM:SS]")))
+                }
+                Some(_) => Err(bad(&format!("dateRange.{name} must be a string"))),
+            }
+        };
+        let (start, stop) = match (bound("start"), bound("stop")) {
+            (Ok(start), Ok(stop)) => (start, stop),
+            (Err(resp), _) | (_, Err(resp)) => return resp,
+        };
+        let operators_only = match body.get("sender").and_then(Value::as_str) {
+            None | Some("operator") => true,
+            Some("client") => false,
+            Some(_) => return bad("sender must be operator or client"),
+        };
+        let d = lock(&self.data);
+        let messages: Vec<Value> = d
+            .sent
+            .iter()
+            .filter(|(client, ..)| operators_only && *client == client_id)
+            .filter(|(.., at)| {
+                // Whole seconds, as the list shows them.
+                let at = at.naive_utc().with_nanosecond(0).unwrap_or_default();
+                start.is_none_or(|s| at >= s) && stop.is_none_or(|s| at <= s)
+            })
+            .map(|(_, body, id, at)| {
+                json!({
+                    "id": id,
+                    "whoSend": "operator",
+                    "text": body["message"]["text"],
+                    "dateTimeUTC": at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    "isVisibleForClient": true,
+                })
+            })
+            .collect();
+        Resp::json(
+            StatusCode::OK,
+            &json!({"success": true, "result": [{"clientId": client_id, "messages": messages}]}),
+        )
     }
 
     fn send_to_client(&self, body: &Map<String, Value>) -> Resp {
@@ -434,8 +501,12 @@ impl Inner {
         }
         let id = d.next_message.to_string();
         d.next_message += 1;
-        d.sent
-            .push((client_id, Value::Object(body.clone()), id.clone()));
+        d.sent.push((
+            client_id,
+            Value::Object(body.clone()),
+            id.clone(),
+            Utc::now(),
+        ));
         Resp::json(
             StatusCode::OK,
             &json!({"success": true, "result": {"id": id}}),
