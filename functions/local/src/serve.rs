@@ -20,6 +20,7 @@ use crmbridge_control::prelude::*;
 use crmbridge_engine::{Engine, Keyring};
 use crmbridge_mapping::Event;
 use crmbridge_runtime::Deployment;
+use crmbridge_runtime::metrics::{PROMETHEUS_CONTENT_TYPE, PrometheusMetrics};
 use crmbridge_store::SqliteStore;
 use tokio::sync::watch;
 
@@ -242,13 +243,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..OutboxConfig::default()
         },
     )?;
-    let engine = Arc::new(Engine::new(
-        Arc::new(store),
-        Arc::new(bus.clone()),
-        crmbridge_connectors::Registry::builtin(),
-        local_keyring(&args.data_dir)?,
-        args.settings.engine_config(Deployment::Serve),
-    ));
+    let metrics = Arc::new(PrometheusMetrics::new());
+    let engine = Arc::new(
+        Engine::new(
+            Arc::new(store),
+            Arc::new(bus.clone()),
+            crmbridge_connectors::Registry::builtin(),
+            local_keyring(&args.data_dir)?,
+            args.settings.engine_config(Deployment::Serve),
+        )
+        .with_metrics(metrics.clone()),
+    );
 
     if let Some(done) = engine.bootstrap(&args.tenant_name).await? {
         println!(
@@ -307,12 +312,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("  chat:     {base}/chat/{{connection}}/{{token}}");
     println!("  admin:    {base}/v1/connections, {base}/v1/runs");
     println!("  api docs: {base}/v1/openapi.json");
+    println!("  metrics:  {base}/metrics (Prometheus)");
     println!("  data:     {}", args.data_dir.display());
 
     let router = local_router(HttpState {
         engine: Arc::clone(&engine),
         public_url: args.settings.public_url.clone(),
-    });
+    })
+    .route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
     let mut http_shutdown = shutdown.clone();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         let _ = http_shutdown.changed().await;

@@ -8,7 +8,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, client, pause, runs, serve_with};
+use common::{Server, client, get_json, pause, runs, serve_with};
 use crmbridge_fakes::Fault;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use crmbridge_fakes::vendors::worksection::FakeWorksection;
@@ -56,17 +56,6 @@ async fn post(server: &Server, key: &str, path: &str, body: Value) -> reqwest::R
         .unwrap()
 }
 
-async fn get(server: &Server, key: &str, path: &str) -> Value {
-    client()
-        .get(format!("{}{path}", server.base))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
 
 /// Creates both connections; returns (nethunt, worksection).
 async fn connections(server: &Server, key: &str, w: &World, scheme: &str) -> (Value, Value) {
@@ -170,7 +159,7 @@ async fn a_won_deal_becomes_one_task_and_closing_it_updates_the_deal() {
     .unwrap();
     assert_eq!(check["ok"], true, "{check}");
     assert_eq!(check["account"]["folders"][0]["name"], "Deals");
-    let catalog = get(&server, &key, &format!("/v1/connections/{nh_id}/catalog")).await;
+    let catalog = get_json(&server, &key, &format!("/v1/connections/{nh_id}/catalog")).await;
     let fields = catalog["folders"][0]["fields"].as_array().unwrap();
     let status = fields.iter().find(|f| f["name"] == "Status").unwrap();
     assert_eq!(
@@ -178,7 +167,7 @@ async fn a_won_deal_becomes_one_task_and_closing_it_updates_the_deal() {
         json!({"value": "Lost", "count": 2}),
         "{catalog:#}"
     );
-    let ws_catalog = get(
+    let ws_catalog = get_json(
         &server,
         &key,
         &format!("/v1/connections/{}/catalog", ws["id"].as_str().unwrap()),
@@ -212,7 +201,7 @@ async fn a_won_deal_becomes_one_task_and_closing_it_updates_the_deal() {
         paths.contains(&"automations[1].steps[0].fields.folder"),
         "{body:#}"
     );
-    let listed = get(&server, &key, "/v1/automations").await;
+    let listed = get_json(&server, &key, "/v1/automations").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 0);
 
     let created = post(
@@ -371,7 +360,7 @@ async fn a_won_deal_becomes_one_task_and_closing_it_updates_the_deal() {
             .any(|r| r["status"] == "skipped")
     })
     .await;
-    let automation = get(&server, &key, &format!("/v1/automations/{TO_TASK}")).await;
+    let automation = get_json(&server, &key, &format!("/v1/automations/{TO_TASK}")).await;
     assert_eq!(
         automation["health"],
         json!(format!("project archived ({})", w.project)),
@@ -383,7 +372,7 @@ async fn a_won_deal_becomes_one_task_and_closing_it_updates_the_deal() {
         .into_iter()
         .find(|r| r["status"] == "skipped")
         .unwrap();
-    let run = get(
+    let run = get_json(
         &server,
         &key,
         &format!("/v1/runs/{}", skipped["id"].as_str().unwrap()),
@@ -407,7 +396,7 @@ async fn a_won_deal_becomes_one_task_and_closing_it_updates_the_deal() {
         .unwrap();
     until("the third task", async || w.worksection.tasks().len() == 2).await;
     until("the mark to clear", async || {
-        get(&server, &key, &format!("/v1/automations/{TO_TASK}")).await["health"].is_null()
+        get_json(&server, &key, &format!("/v1/automations/{TO_TASK}")).await["health"].is_null()
     })
     .await;
 
@@ -430,7 +419,7 @@ async fn a_won_deal_becomes_one_task_and_closing_it_updates_the_deal() {
         .await
         .unwrap();
     assert_eq!(deleted.status(), 200);
-    let listed = get(&server, &key, "/v1/automations").await;
+    let listed = get_json(&server, &key, "/v1/automations").await;
     assert!(listed["items"].as_array().unwrap().is_empty(), "{listed:#}");
 }
 

@@ -469,3 +469,66 @@ async fn health_writes_through_the_store_and_live_needs_no_io() {
         pause().await;
     }
 }
+
+/// The value of one Prometheus sample line (`name{labels} value`), 0 when
+/// the series is not there yet.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `/metrics` counts what was sent: each new event once, each repeated
+/// delivery as a duplicate, each run by its status, with the tenant and
+/// app as labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_events_duplicates_and_runs_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("data"), 2);
+    let key = server.owner_key.clone().unwrap();
+    let path = create_connection(&server, &key).await;
+    let tenant = common::get_json(&server, &key, "/v1/tenant").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    post_webhooks(&server, &path, 0..12).await;
+    for n in 0..5 {
+        // The same ids again: answered as duplicates.
+        let response = client()
+            .post(format!("{}{path}", server.base))
+            .json(&json!({"id": format!("order-{n}"), "sum": n}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "duplicate {n}");
+    }
+    let accepted = format!(r#"crmbridge_events_accepted_total{{tenant="{tenant}",app="generic"}}"#);
+    let duplicate = format!(r#"crmbridge_events_duplicate_total{{tenant="{tenant}",app="generic"}}"#);
+    let no_match = format!(r#"crmbridge_runs_total{{tenant="{tenant}",automation="-",status="no_match"}}"#);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let response = client()
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"),
+            "{:?}",
+            response.headers()
+        );
+        let text = response.text().await.unwrap();
+        if sample(&text, &no_match) >= 12.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the runs were never counted:\n{text}");
+        pause().await;
+    };
+    assert_eq!(sample(&text, &accepted), 12.0, "{text}");
+    assert_eq!(sample(&text, &duplicate), 5.0, "{text}");
+    assert_eq!(sample(&text, &no_match), 12.0, "{text}");
+    let latency = format!(r#"crmbridge_dispatch_latency_ms_count{{tenant="{tenant}",automation="-"}}"#);
+    assert_eq!(sample(&text, &latency), 12.0, "{text}");
+    assert!(!text.contains(&key), "no secret in the metrics");
+}

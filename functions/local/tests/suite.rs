@@ -21,6 +21,7 @@ suites!(
     calltouch_retailcrm,
     chaos,
     faults,
+    generic_signatures,
     hubspot_webhooks,
     kado_hubspot,
     nethunt_worksection,

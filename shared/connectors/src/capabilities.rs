@@ -31,6 +31,17 @@ pub trait VendorSettings: Send + Sync {
         settings: &Value,
         allow_any_base_url: bool,
     ) -> Result<(), Vec<SettingsError>>;
+
+    /// Checks the credentials the settings call for (a signing secret a
+    /// setting requires), naming each problem by credential; the values
+    /// never appear in the messages.
+    fn validate_credentials(
+        &self,
+        _settings: &Value,
+        _credentials: &BTreeMap<String, String>,
+    ) -> Result<(), Vec<SettingsError>> {
+        Ok(())
+    }
 }
 
 /// A vendor that posts webhooks to crmbridge.

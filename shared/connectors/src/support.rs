@@ -316,6 +316,12 @@ pub(crate) fn params_of(
     Ok(params)
 }
 
+/// A message's text as compared when it is read back: whitespace runs (line
+/// breaks included) are one space, the ends trimmed.
+pub(crate) fn same_text(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Compares a secret a sender presented with ours in constant time (no
 /// early exit that would tell how much of a guess was right).
 pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {

@@ -264,6 +264,14 @@ impl Admin for Engine {
                 });
             }
         }
+        if errors.is_empty() {
+            errors.extend(credential_problems(
+                self.connectors(),
+                &new.app,
+                &new.settings,
+                &new.credentials,
+            ));
+        }
         if !errors.is_empty() {
             return Err(EngineError::Invalid(errors));
         }
@@ -381,6 +389,14 @@ impl Admin for Engine {
                     secrets.credentials.insert(name, value);
                 }
             }
+        }
+        if errors.is_empty() {
+            errors.extend(credential_problems(
+                self.connectors(),
+                &record.app,
+                &record.settings,
+                &secrets.credentials,
+            ));
         }
         if !errors.is_empty() {
             return Err(EngineError::Invalid(errors));
@@ -510,6 +526,32 @@ impl Admin for Engine {
                 transient: err.is_transient(),
                 message: err.to_string(),
             })
+    }
+}
+
+/// What an app's connector says about the credentials its settings call
+/// for (a signing secret a setting requires), as `credentials.<name>` errors.
+fn credential_problems(
+    connectors: &crmbridge_connectors::Registry,
+    app: &str,
+    settings: &serde_json::Value,
+    credentials: &std::collections::BTreeMap<String, String>,
+) -> Vec<FieldError> {
+    let Some(connector) = connectors.get(app) else {
+        return Vec::new();
+    };
+    match connector
+        .settings
+        .validate_credentials(settings, credentials)
+    {
+        Ok(()) => Vec::new(),
+        Err(problems) => problems
+            .into_iter()
+            .map(|p| FieldError {
+                field: format!("credentials.{}", p.field),
+                message: p.message,
+            })
+            .collect(),
     }
 }
 

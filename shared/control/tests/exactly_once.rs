@@ -546,6 +546,29 @@ async fn a_read_back_step_whose_outcome_is_unknown_is_found_or_sent_once(h: Harn
             .count();
         assert_eq!(calls, sends, "{chat}: sent again only when it had not arrived");
     }
+
+    // Reading back keeps failing: on the last delivery the run stops for
+    // review (the message may have arrived), not as a plain failure, and
+    // nothing is sent blind.
+    verbox.add_client("c-4");
+    let event = h.event(&source, &token, json!({"id": "K-6", "chat": "c-4"})).await;
+    verbox.fail_next_on(Some("POST"), "chat/message/sendToClient", 1, Fault::Drop);
+    verbox.fail_next_on(Some("POST"), "chat/message/getList", 1000, Fault::ServerError);
+    for _ in 1..h.config.max_run_attempts {
+        let err = restarted.dispatch(event.clone()).await.unwrap_err();
+        assert!(matches!(err, EngineError::Action { transient: true, .. }), "{err}");
+    }
+    let last = restarted.dispatch(event.clone()).await.unwrap();
+    assert_eq!(last.runs[0].status, RunStatus::NeedsReview, "{last:?}");
+    let run = restarted.get_run(&who, &last.runs[0].id).await.unwrap();
+    assert_eq!(run.steps[0].status, StepStatus::NeedsReview, "{:?}", run.steps[0]);
+    assert!(texts("c-4").is_empty());
+    let sends = verbox
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("chat/message/sendToClient") && r.body.contains("c-4"))
+        .count();
+    assert_eq!(sends, 1, "never sent blind");
 }
 
 /// Four copies of one delivery at once: one publishes, the others wait for

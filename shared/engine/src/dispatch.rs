@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::bookkeeping::AutomationRecord;
 use crate::import::IMPORT_PAGE;
 use crate::links::RecordRef;
+use crate::metrics::{Metric, status_class};
 use crate::records::{
     ConnectionRecord, ConnectionSecrets, RunLease, RunRecord, RunStatus, RunSummary, StepRecord,
     StepStatus,
@@ -192,6 +193,7 @@ impl Engine {
             );
             fresh.attempts = 0;
             let run = if self.create_run(&fresh).await? {
+                self.measure_run(&fresh);
                 fresh
             } else {
                 let Some((mut run, mut version)) = self.read::<RunRecord>(&keys::run(&id)).await?
@@ -210,7 +212,10 @@ impl Engine {
                     .finish(&mut run, &mut version, RunStatus::Failed, outcome)
                     .await
                 {
-                    Ok(()) => run,
+                    Ok(()) => {
+                        self.measure_run(&run);
+                        run
+                    }
                     // Someone is running it after all: let them finish.
                     Err(EngineError::Action { .. }) => continue,
                     Err(err) => return Err(err),
@@ -246,6 +251,9 @@ impl Engine {
                 None,
             );
             let created = self.create_run(&run).await?;
+            if created {
+                self.measure_run(&run);
+            }
             duplicate &= !created;
             runs.push(RunSummary::from(&run));
         }
@@ -260,6 +268,9 @@ impl Engine {
         );
         let run = self.new_run(&event, None, RunStatus::NoMatch, outcome, None);
         let created = self.create_run(&run).await?;
+        if created {
+            self.measure_run(&run);
+        }
         tracing::info!(run = %run.id, status = ?run.status, created, "dispatched");
         Ok(Dispatched {
             runs: vec![RunSummary::from(&run)],
@@ -438,6 +449,7 @@ impl Engine {
             );
             self.finish(&mut run, &mut version, RunStatus::Failed, outcome)
                 .await?;
+            self.measure_run(&run);
             self.track_outcome(record, &run).await?;
             return Ok((RunSummary::from(&run), created));
         }
@@ -447,17 +459,42 @@ impl Engine {
             );
             self.finish(&mut run, &mut version, RunStatus::Failed, outcome)
                 .await?;
+            self.measure_run(&run);
             return Ok((RunSummary::from(&run), created));
         }
         match self.execute_run(&mut run, &mut version, record).await {
             Ok(()) => {
+                self.measure_run(&run);
                 self.track_outcome(record, &run).await?;
                 Ok((RunSummary::from(&run), created))
             }
             Err(err) if used >= self.config.max_run_attempts && is_transient(&err) => {
+                // A step whose arrival could never be read back: a person
+                // looks (it may have arrived), rather than a plain failure.
+                if let Some(step) = run
+                    .steps
+                    .iter()
+                    .find(|s| s.status == StepStatus::Calling)
+                    .cloned()
+                {
+                    self.needs_review(
+                        &mut run,
+                        &mut version,
+                        &step.id,
+                        &step.action,
+                        step.request,
+                        step.attempts,
+                        Some(format!("and reading it back did not settle it: {err}")),
+                    )
+                    .await?;
+                    self.measure_run(&run);
+                    self.track_outcome(record, &run).await?;
+                    return Ok((RunSummary::from(&run), created));
+                }
                 // The last delivery the bus will make: the run is failed
                 // for good (replayable), and counts towards halting.
                 tracing::warn!(run = %run.id, attempts = used, error = %err, "giving up on a run that keeps failing");
+                self.measure_run(&run);
                 self.track_outcome(record, &run).await?;
                 Err(err)
             }
@@ -829,28 +866,44 @@ impl Engine {
             .as_ref()
             .filter(|s| s.status == StepStatus::Calling)
         {
-            if read_back {
+            // `Some(cause)`: a person must look (`None`: the worker died).
+            let review: Option<Option<String>> = if read_back {
                 let since = earlier.started_at.unwrap_or(run.created_at);
                 match action.find_sent(&ctx, &request.fields, since).await {
                     Ok(Sent::Found(output)) => {
                         tracing::info!(run = %run.id, step = %step_id, "the earlier attempt arrived: read back, not sent again");
                         recovered = Some(output);
+                        None
                     }
                     Ok(Sent::NotSent) => {
                         tracing::info!(run = %run.id, step = %step_id, "the earlier attempt did not arrive: sending again");
+                        None
                     }
                     Ok(Sent::Unknown(reason)) => {
                         return self
                             .await_read_back(run, version, earlier.clone(), reason)
                             .await;
                     }
-                    Err(err) => {
+                    Err(err) if err.is_transient() => {
                         return self
                             .await_read_back(run, version, earlier.clone(), err.to_string())
                             .await;
                     }
+                    Err(err) => {
+                        if let Some(reason) = err.credentials_refused() {
+                            self.mark_credentials_refused(&request.connection, &reason)
+                                .await?;
+                        }
+                        Some(Some(format!("and reading it back failed: {err}")))
+                    }
                 }
             } else if !resend_safe {
+                Some(None)
+            } else {
+                tracing::info!(run = %run.id, step = %step_id, "sending again a step whose earlier attempt has an unknown outcome; the vendor de-duplicates it");
+                None
+            };
+            if let Some(cause) = review {
                 return self
                     .needs_review(
                         run,
@@ -859,15 +912,19 @@ impl Engine {
                         &request.action,
                         request_json,
                         previous_attempts,
-                        None,
+                        cause,
                     )
                     .await
                     .map(|()| StepFlow::Stop);
-            } else {
-                tracing::info!(run = %run.id, step = %step_id, "sending again a step whose earlier attempt has an unknown outcome; the vendor de-duplicates it");
             }
         }
-        let started_at = self.now();
+        // A resend keeps the first attempt's start: that attempt may still
+        // surface later, and a later read-back must look back that far.
+        let started_at = previous
+            .as_ref()
+            .filter(|s| s.status == StepStatus::Calling)
+            .and_then(|s| s.started_at)
+            .unwrap_or_else(|| self.now());
         if let Some(output) = recovered {
             let attempt = Attempt {
                 step_id,
@@ -922,6 +979,7 @@ impl Engine {
                 .await?;
         }
         let outcome = perform(self, action.as_ref(), &ctx, &request).await;
+        self.measure_call(&run.tenant, app, &outcome);
         match (&outcome, &intended) {
             // Only what reached the vendor (a record found by dedupe and
             // used unchanged was not written).
@@ -1249,6 +1307,50 @@ impl Engine {
         Ok(())
     }
 
+    /// Counts a step's vendor call by its answer's class (nothing when the
+    /// step made no call: a record found by dedupe and used as it was).
+    fn measure_call(&self, tenant: &str, vendor: &str, outcome: &Result<StepOutcome, ActionError>) {
+        let (status, calls) = match outcome {
+            Ok(StepOutcome::Done(output)) if output.attempts > 0 => {
+                (Some(output.response_status), output.attempts)
+            }
+            Ok(_) => return,
+            Err(ActionError::Vendor(crmbridge_connectors::VendorError::Invalid(_))) => return,
+            // Our own store, not the vendor.
+            Err(ActionError::Vendor(crmbridge_connectors::VendorError::Unreachable {
+                vendor: "store" | "crmbridge",
+                ..
+            })) => return,
+            Err(ActionError::Vendor(err)) => (vendor_status_of(err), attempts_of(err)),
+            Err(_) => return,
+        };
+        self.measure(
+            Metric::VendorCalls,
+            &[tenant, vendor, status_class(status)],
+            f64::from(calls),
+        );
+    }
+
+    /// Counts a run that ended (or stopped for now), and how long its
+    /// event took from arrival.
+    fn measure_run(&self, run: &RunRecord) {
+        // CloudWatch refuses empty dimension values.
+        let automation = run.automation.as_deref().unwrap_or("-");
+        self.measure(
+            Metric::Runs,
+            &[&run.tenant, automation, run.status.as_str()],
+            1.0,
+        );
+        let waited = (self.now() - run.event.received_at)
+            .num_milliseconds()
+            .max(0);
+        self.measure(
+            Metric::DispatchLatency,
+            &[&run.tenant, automation],
+            waited as f64,
+        );
+    }
+
     /// Writes a run and its index entry together; `false` if it existed.
     pub(crate) async fn create_run(&self, run: &RunRecord) -> EngineResult<bool> {
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
@@ -1360,14 +1462,29 @@ enum StepOutcome {
     Stopped(String),
 }
 
+/// How many calls a failed vendor request made.
+fn attempts_of(err: &crmbridge_connectors::VendorError) -> u32 {
+    match err {
+        crmbridge_connectors::VendorError::Status { attempts, .. }
+        | crmbridge_connectors::VendorError::Unreachable { attempts, .. } => (*attempts).max(1),
+        _ => 1,
+    }
+}
+
+/// The status a vendor answered with, if it answered.
+fn vendor_status_of(err: &crmbridge_connectors::VendorError) -> Option<u16> {
+    match err {
+        crmbridge_connectors::VendorError::Status { status, .. }
+        | crmbridge_connectors::VendorError::Rejected { status, .. }
+        | crmbridge_connectors::VendorError::CredentialsRefused { status, .. }
+        | crmbridge_connectors::VendorError::Decode { status, .. } => Some(*status),
+        _ => None,
+    }
+}
+
 fn vendor_status(err: &ActionError) -> Option<u16> {
     match err {
-        ActionError::Vendor(crmbridge_connectors::VendorError::Status { status, .. })
-        | ActionError::Vendor(crmbridge_connectors::VendorError::Rejected { status, .. })
-        | ActionError::Vendor(crmbridge_connectors::VendorError::CredentialsRefused {
-            status,
-            ..
-        }) => Some(*status),
+        ActionError::Vendor(err) => vendor_status_of(err),
         _ => None,
     }
 }

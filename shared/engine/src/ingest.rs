@@ -12,6 +12,7 @@ use crmbridge_mapping::{Event, EventId, Subject};
 use crmbridge_store::{PutOutcome, StoreError};
 use subtle::ConstantTimeEq;
 
+use crate::metrics::Metric;
 use crate::records::{AcceptRecord, AcceptState, ConnectionRecord, ConnectionSecrets};
 use crate::{Engine, EngineError, EngineResult, decode, item, keys, sha256_hex};
 
@@ -260,6 +261,9 @@ impl Engine {
     /// If the wait runs out, the answer is 503 and the sender retries.
     pub async fn accept(&self, events: Vec<Event>) -> EngineResult<Accepted> {
         let publisher = self.lease_owner();
+        // One delivery comes from one connection: any event names its
+        // tenant and app for the duplicate count.
+        let origin = events.first().map(|e| (e.tenant.clone(), e.app.clone()));
         let mut fresh = Vec::new();
         let mut duplicates = Vec::new();
         let mut waiting = Vec::new();
@@ -305,6 +309,18 @@ impl Engine {
                 "event {} is being accepted by another request; retry shortly",
                 first.id
             )));
+        }
+        for event in &fresh {
+            self.measure(Metric::EventsAccepted, &[&event.tenant, &event.app], 1.0);
+        }
+        if let Some((tenant, app)) = &origin
+            && !duplicates.is_empty()
+        {
+            self.measure(
+                Metric::EventsDuplicate,
+                &[tenant, app],
+                duplicates.len() as f64,
+            );
         }
         Ok(Accepted {
             accepted: fresh.into_iter().map(|e| e.id).collect(),

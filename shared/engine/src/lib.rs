@@ -14,6 +14,7 @@ mod echoes;
 pub mod import;
 pub mod ingest;
 pub mod links;
+pub mod metrics;
 pub mod oauth;
 mod payload;
 mod poll;
@@ -108,6 +109,7 @@ pub struct Engine {
     compiled: Mutex<CompiledCache>,
     /// Names this process in leases (`ins_…`).
     instance: String,
+    metrics: Arc<dyn metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -137,7 +139,24 @@ impl Engine {
             http: VendorClient::new(),
             compiled: Mutex::new(HashMap::new()),
             instance: random_id("ins"),
+            metrics: Arc::new(metrics::Unrecorded),
         }
+    }
+
+    /// The same engine, measuring into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Records one measurement (label values in [`metrics::Metric::labels`]
+    /// order).
+    pub(crate) fn measure(&self, metric: metrics::Metric, labels: &[&str], value: f64) {
+        self.metrics.record(metrics::Sample {
+            metric,
+            labels,
+            value,
+        });
     }
 
     /// A lease owner name unique to one attempt of this process.

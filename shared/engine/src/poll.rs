@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use crate::bookkeeping::PollSource;
 use crate::dispatch::Dispatched;
+use crate::metrics::Metric;
 use crate::{Engine, EngineError, EngineResult, item, keys};
 
 /// How long a poll may hold its source before another may take it over.
@@ -149,6 +150,10 @@ impl Engine {
                 }
                 None => continue,
             }
+        }
+        if let Some(newest) = events.iter().map(|e| e.occurred_at).max() {
+            let lag = (now - newest).num_milliseconds().max(0) as f64 / 1000.0;
+            self.measure(Metric::PollLag, &[&record.tenant, &record.app], lag);
         }
         let accepted = if events.is_empty() {
             0

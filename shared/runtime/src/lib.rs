@@ -12,6 +12,8 @@
 //! binary reads `CRMBRIDGE_LOG` (a tracing filter) and the AWS SDK's own
 //! variables (`AWS_ENDPOINT_URL` points it at an emulator).
 
+pub mod metrics;
+
 use std::sync::Arc;
 
 use crmbridge_bus::EventBridgeBus;
@@ -212,13 +214,16 @@ pub async fn aws_engine() -> Result<(Arc<Engine>, Settings), ConfigError> {
         aws_sdk_eventbridge::Client::new(&sdk),
         required("CRMBRIDGE_EVENT_BUS")?,
     );
-    let engine = Arc::new(Engine::new(
-        Arc::new(store),
-        Arc::new(bus),
-        Registry::builtin(),
-        keyring_from_env()?,
-        settings.engine_config(Deployment::Lambda),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            Arc::new(store),
+            Arc::new(bus),
+            Registry::builtin(),
+            keyring_from_env()?,
+            settings.engine_config(Deployment::Lambda),
+        )
+        .with_metrics(Arc::new(metrics::EmfMetrics)),
+    );
     Ok((engine, settings))
 }
 

@@ -15,7 +15,7 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Stack, admin_request, hook_request, http, pairs};
+use common::{Stack, admin_request, emf_lines, hook_request, http, pairs};
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use crmbridge_fakes::vendors::worksection::FakeWorksection;
 use serde_json::{Value, json};
@@ -305,6 +305,29 @@ async fn won_records_become_tasks_and_closed_tasks_update_the_record() {
         pairs(&[(TO_TASK, "succeeded")])
     );
     let due_after = utc_date_plus(3);
+    // The functions measured it, as CloudWatch embedded metrics in their
+    // logs: the change the poll accepted, the Worksection call, the run.
+    let accepted = emf_lines(&s, "crmbridge_events_accepted");
+    assert!(
+        accepted.iter().any(|l| l["app"] == "nethunt" && l["crmbridge_events_accepted"] == 1.0),
+        "{accepted:#?}"
+    );
+    let calls = emf_lines(&s, "crmbridge_vendor_calls");
+    assert!(
+        calls.iter().any(|l| l["vendor"] == "worksection" && l["class"] == "2xx"),
+        "{calls:#?}"
+    );
+    let runs = emf_lines(&s, "crmbridge_runs");
+    let succeeded: Vec<&Value> = runs
+        .iter()
+        .filter(|l| l["automation"] == TO_TASK && l["status"] == "succeeded")
+        .collect();
+    assert_eq!(succeeded.len(), 1, "{runs:#?}");
+    assert_eq!(succeeded[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"], "crmbridge");
+    assert_eq!(
+        succeeded[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        json!([["tenant", "automation", "status"]])
+    );
     let tasks = ws.tasks();
     assert_eq!(tasks.len(), 1, "{tasks:#?}");
     let task = &tasks[0];

@@ -118,6 +118,19 @@ pub async fn runs(server: &Server, key: &str) -> Vec<Value> {
 
 /// The interval of a poll-with-deadline loop (the condition is what the
 /// test waits on; this only keeps the loop from spinning a core).
+/// `GET {base}{path}` with the key, as JSON.
+pub async fn get_json(server: &Server, key: &str, path: &str) -> Value {
+    client()
+        .get(format!("{}{path}", server.base))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub async fn pause() {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -365,6 +365,17 @@ impl Stack {
     }
 }
 
+/// The CloudWatch embedded-metric lines for `metric` the stack's
+/// functions wrote to their logs, parsed.
+pub fn emf_lines(stack: &Stack, metric: &str) -> Vec<Value> {
+    [&stack.admin, &stack.webhook, &stack.dispatcher, &stack.tick]
+        .iter()
+        .flat_map(|process| process.logs())
+        .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+        .filter(|line| line["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"] == metric)
+        .collect()
+}
+
 /// `events/tick.json`, the EventBridge schedule's event.
 pub fn tick_event() -> Value {
     serde_json::from_str(

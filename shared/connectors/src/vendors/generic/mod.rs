@@ -11,6 +11,7 @@
 //! | `subject_type` | what the event is about | `record` |
 //! | `subject_id_pointer` | JSON pointer to the subject's id | the source id, else the event hash |
 //! | `occurred_at_pointer` | JSON pointer to an RFC 3339 time | none: the time it was received |
+//! | `signature` | `standard_webhooks`: every delivery must carry a valid [Standard Webhooks](https://www.standardwebhooks.com) signature made with the connection's credential `signing_secret` (`whsec_…`) | none: the secret URL token alone |
 //!
 //! A JSON array body is a batch: one event per element. A pointer that is
 //! set but finds nothing is a 400 naming the pointer, never a silent
@@ -21,6 +22,7 @@ use chrono::{DateTime, Utc};
 use crmbridge_mapping::Subject;
 use serde_json::{Map, Value};
 
+use crate::standard_webhooks::{self, SigningSecret};
 use crate::{
     ConnectionView, DecodeError, DecodedEvent, InboundRequest, SettingsError, VendorSettings,
     WebhookSource,
@@ -35,14 +37,17 @@ const POINTERS: [&str; 4] = [
     "subject_id_pointer",
     "occurred_at_pointer",
 ];
-const KNOWN: [&str; 6] = [
+const KNOWN: [&str; 7] = [
     "event_id_pointer",
     "kind",
     "kind_pointer",
     "subject_type",
     "subject_id_pointer",
     "occurred_at_pointer",
+    "signature",
 ];
+/// The one signature scheme a generic connection can require.
+const STANDARD_WEBHOOKS: &str = "standard_webhooks";
 
 /// Kind segments are lowercase words so they can be matched by triggers and
 /// EventBridge patterns without escaping.
@@ -198,6 +203,28 @@ pub fn vendor() -> crate::Vendor {
 }
 
 impl VendorSettings for GenericJson {
+    /// A required signature needs a signing secret in the standard form.
+    fn validate_credentials(
+        &self,
+        settings: &Value,
+        credentials: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Vec<SettingsError>> {
+        if setting(settings, "signature") != Some(STANDARD_WEBHOOKS) {
+            return Ok(());
+        }
+        let problem = match credentials.get("signing_secret") {
+            None => "settings.signature requires it (whsec_ and base64, as Standard Webhooks senders give it)".to_owned(),
+            Some(secret) => match SigningSecret::parse(secret) {
+                Ok(_) => return Ok(()),
+                Err(err) => err.message,
+            },
+        };
+        Err(vec![SettingsError {
+            field: "signing_secret".into(),
+            message: problem,
+        }])
+    }
+
     fn validate_settings(
         &self,
         settings: &Value,
@@ -234,6 +261,12 @@ impl VendorSettings for GenericJson {
                     message: "a JSON pointer starts with '/', e.g. /id".into(),
                 });
             }
+            if name == "signature" && text != STANDARD_WEBHOOKS {
+                errors.push(SettingsError {
+                    field: name.clone(),
+                    message: format!("the only scheme is {STANDARD_WEBHOOKS}"),
+                });
+            }
             if name == "kind" && !valid_kind(text) {
                 errors.push(SettingsError {
                     field: name.clone(),
@@ -250,12 +283,40 @@ impl VendorSettings for GenericJson {
 
 }
 
+/// With `signature: standard_webhooks`, a delivery without a valid, recent
+/// signature is refused before its body is read.
+fn verify_signature(
+    connection: &ConnectionView<'_>,
+    request: &InboundRequest<'_>,
+    now: i64,
+) -> Result<(), DecodeError> {
+    if setting(connection.settings, "signature") != Some(STANDARD_WEBHOOKS) {
+        return Ok(());
+    }
+    let secret = connection.signing_secret.ok_or_else(|| {
+        DecodeError::unauthenticated(
+            "credentials.signing_secret",
+            "this connection requires Standard Webhooks signatures but has no signing_secret",
+        )
+    })?;
+    let secret = SigningSecret::parse(secret).map_err(|err| {
+        DecodeError::unauthenticated("credentials.signing_secret", err.message)
+    })?;
+    standard_webhooks::verify(&secret, |name| request.header(name), request.body, now)
+        .map_err(|err| DecodeError::unauthenticated(err.field, err.message))
+}
+
 impl WebhookSource for GenericJson {
+    fn signing_credential(&self) -> Option<&'static str> {
+        Some("signing_secret")
+    }
+
     fn decode_webhook(
         &self,
         connection: ConnectionView<'_>,
         request: &InboundRequest<'_>,
     ) -> Result<Vec<DecodedEvent>, DecodeError> {
+        verify_signature(&connection, request, Utc::now().timestamp())?;
         match parse_body(request)? {
             Value::Array(items) => {
                 if items.is_empty() {
@@ -267,7 +328,17 @@ impl WebhookSource for GenericJson {
                     .map(|(i, item)| self.decode_one(connection.settings, item, &format!("[{i}]")))
                     .collect()
             }
-            body => Ok(vec![self.decode_one(connection.settings, body, "")?]),
+            body => {
+                let mut event = self.decode_one(connection.settings, body, "")?;
+                // A signed message names itself: two messages with the same
+                // body are two events, a redelivery of one is one.
+                if event.source_id.is_none()
+                    && setting(connection.settings, "signature") == Some(STANDARD_WEBHOOKS)
+                {
+                    event.source_id = request.header("webhook-id").map(|id| id.trim().to_owned());
+                }
+                Ok(vec![event])
+            }
         }
     }
 }
@@ -468,5 +539,54 @@ mod tests {
                 .is_ok()
         );
         assert!(GenericJson.validate_settings(&json!([]), false).is_err());
+    }
+
+    /// With `signature: standard_webhooks`, a delivery needs a valid,
+    /// recent signature by the connection's secret; without the setting
+    /// none is asked for.
+    #[test]
+    fn a_required_signature_is_checked_before_the_body() {
+        let secret = SigningSecret::generate();
+        let settings = json!({"signature": "standard_webhooks", "event_id_pointer": "/id"});
+        let body = br#"{"id": 7}"#;
+        let now = Utc::now().timestamp();
+        let signed = |timestamp: i64, key: &str| -> Vec<(String, String)> {
+            standard_webhooks::signature_headers(&[SigningSecret::parse(key).unwrap()], "msg_1", timestamp, body)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect()
+        };
+        let decode_with = |settings: &Value, headers: &[(String, String)], secret: Option<&str>| {
+            GenericJson.decode_webhook(
+                ConnectionView { id: "c1", settings, signing_secret: secret },
+                &InboundRequest {
+                    method: "POST",
+                    query: &[],
+                    content_type: Some("application/json"),
+                    body,
+                    headers,
+                    url: None,
+                },
+            )
+        };
+        let events = decode_with(&settings, &signed(now, &secret), Some(&secret)).unwrap();
+        assert_eq!(events[0].source_id.as_deref(), Some("7"));
+        let other = SigningSecret::generate();
+        for (headers, key, field) in [
+            (signed(now, &other), Some(secret.as_str()), "headers.webhook-signature"),
+            (signed(now - 3600, &secret), Some(secret.as_str()), "headers.webhook-timestamp"),
+            (Vec::new(), Some(secret.as_str()), "headers.webhook-id"),
+            (signed(now, &secret), None, "credentials.signing_secret"),
+        ] {
+            let err = decode_with(&settings, &headers, key).unwrap_err();
+            assert!(err.unauthenticated, "{err:?}");
+            assert_eq!(err.field, field);
+        }
+        // Not required: no signature asked for.
+        assert!(decode_with(&json!({}), &[], None).is_ok());
+        let errors = GenericJson
+            .validate_settings(&json!({"signature": "hmac"}), false)
+            .unwrap_err();
+        assert_eq!(errors[0].field, "signature");
     }
 }

@@ -47,7 +47,7 @@ use serde_json::{Map, Value, json};
 use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, VendorResponse, redact};
 use crate::support::{
     same_bytes,
-    base_url, credential, digits, field, only_known, params_of, required_text, same_phone, text,
+    base_url, credential, digits, field, only_known, params_of, required_text, same_phone, same_text, text,
     validate_known_settings, with_timeout,
 };
 use crate::{
@@ -894,14 +894,18 @@ const CLOCK_SKEW_SECS: i64 = 10;
 /// A chat read back through more comments than this is not searched further.
 const MAX_COMMENT_PAGES: usize = 50;
 
-/// A comment's text without the HTML Planfix may wrap it in.
+/// A comment's text without the HTML Planfix may wrap it in (a tag counts
+/// as a space: `<br>` and `<p>` separate lines).
 fn plain_text(description: &str) -> String {
     let mut out = String::with_capacity(description.len());
     let mut in_tag = false;
     for c in description.chars() {
         match c {
             '<' => in_tag = true,
-            '>' if in_tag => in_tag = false,
+            '>' if in_tag => {
+                in_tag = false;
+                out.push(' ');
+            }
             _ if !in_tag => out.push(c),
             _ => {}
         }
@@ -999,31 +1003,57 @@ impl Action for ChatMessage {
             .with_second(0)
             .and_then(|at| at.with_nanosecond(0))
             .unwrap_or(from);
+        // A visitor's message is the contact's comment; an echo is a user's.
+        let author = if matches!(fields.get("is_echo"), Some(Value::Bool(true)))
+            || text(fields, "is_echo").as_deref() == Some("true")
+        {
+            "user:"
+        } else {
+            "contact:"
+        };
+        let wanted = same_text(&wanted);
         let mut offset = 0;
         for _ in 0..MAX_COMMENT_PAGES {
-            let body = json!({"offset": offset, "pageSize": PAGE, "fields": "id,description,dateTime"});
+            let body = json!({"offset": offset, "pageSize": PAGE, "fields": "id,description,dateTime,owner"});
             let (answer, _) = self
                 .0
                 .rest(ctx, reqwest::Method::POST, &format!("task/{task}/comments/list"), Some(&body), Idempotency::Idempotent)
                 .await?;
-            let comments = answer["comments"].as_array().cloned().unwrap_or_default();
-            if comments.iter().any(|c| {
-                plain_text(c["description"].as_str().unwrap_or_default()) == wanted.trim()
-                    && comment_time(c).is_none_or(|at| at >= from)
+            let Some(comments) = answer["comments"].as_array() else {
+                return Ok(Sent::Unknown("the comment list has no comments array".into()));
+            };
+            for comment in comments.iter().filter(|c| {
+                same_text(&plain_text(c["description"].as_str().unwrap_or_default())) == wanted
+                    && c["owner"]["id"].as_str().is_none_or(|owner| owner.starts_with(author))
             }) {
-                return Ok(Sent::Found(ActionOutput {
-                    id: chat.clone(),
-                    record: json!({"chat_id": chat}),
-                    response_status: 200,
-                    attempts: 0,
-                }));
+                match comment_time(comment) {
+                    Some(at) if at < from => {}
+                    Some(_) => {
+                        return Ok(Sent::Found(ActionOutput {
+                            id: chat.clone(),
+                            record: json!({"chat_id": chat}),
+                            response_status: 200,
+                            attempts: 0,
+                        }));
+                    }
+                    // The same text at a time we cannot read: it may be an
+                    // older message, or this one.
+                    None => {
+                        return Ok(Sent::Unknown(
+                            "a comment with this text has no readable time".into(),
+                        ));
+                    }
+                }
             }
             if comments.len() < PAGE {
-                break;
+                return Ok(Sent::NotSent);
             }
             offset += PAGE;
         }
-        Ok(Sent::NotSent)
+        Ok(Sent::Unknown(format!(
+            "the chat has more than {} comments; not searched further",
+            MAX_COMMENT_PAGES * PAGE
+        )))
     }
 
     async fn execute(

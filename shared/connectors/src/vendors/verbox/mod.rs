@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 
 use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, VendorResponse, redact};
 use crate::support::{
-    same_bytes,
+    same_bytes, same_text,
     base_url, credential, field, only_known, required_text, text, validate_known_settings,
     with_timeout,
 };
@@ -378,33 +378,53 @@ impl Action for SendMessage {
             .0
             .call(ctx, "chat/message/getList", &body, Idempotency::Idempotent)
             .await?;
-        // `[{clientId, messages}]`, or `{items: [...]}` in another version.
+        // `[{clientId, messages}]`, or `{count, limit, items}` in another
+        // version; anything else cannot say the message is not there.
         let clients = match &answer["result"] {
             Value::Array(items) => items.clone(),
-            Value::Object(page) => page.get("items").and_then(Value::as_array).cloned().unwrap_or_default(),
-            _ => Vec::new(),
+            Value::Object(page) => match page.get("items").and_then(Value::as_array) {
+                Some(items) => {
+                    let total = page.get("count").and_then(Value::as_u64);
+                    if total.is_some_and(|n| n > items.len() as u64) {
+                        return Ok(Sent::Unknown("the message list came in pages".into()));
+                    }
+                    items.clone()
+                }
+                None => return Ok(Sent::Unknown("the message list has no items".into())),
+            },
+            _ => return Ok(Sent::Unknown("the message list has no result".into())),
         };
-        let found = clients
+        let wanted = same_text(&wanted);
+        let candidates = clients
             .iter()
             .filter(|c| id_text(&c["clientId"]).is_none_or(|id| id == client))
             .flat_map(|c| c["messages"].as_array().cloned().unwrap_or_default())
-            .find(|m| {
+            .filter(|m| {
                 m["whoSend"].as_str().is_none_or(|who| who == "operator")
-                    && m["text"].as_str().map(str::trim) == Some(wanted.trim())
-                    && sent_at(m).is_none_or(|at| at >= from)
+                    && m["text"].as_str().map(same_text).as_deref() == Some(wanted.as_str())
             });
-        Ok(match found {
-            Some(message) => {
-                let id = id_text(&message["id"]).unwrap_or_default();
-                Sent::Found(ActionOutput {
-                    id: id.clone(),
-                    record: json!({"id": id}),
-                    response_status: 200,
-                    attempts: 0,
-                })
+        for message in candidates {
+            match sent_at(&message) {
+                Some(at) if at < from => {}
+                Some(_) => {
+                    let id = id_text(&message["id"]).unwrap_or_default();
+                    return Ok(Sent::Found(ActionOutput {
+                        id: id.clone(),
+                        record: json!({"id": id}),
+                        response_status: 200,
+                        attempts: 0,
+                    }));
+                }
+                // The same text at a time we cannot read: it may be an
+                // older message, or this one.
+                None => {
+                    return Ok(Sent::Unknown(
+                        "a message with this text has no readable time".into(),
+                    ));
+                }
             }
-            None => Sent::NotSent,
-        })
+        }
+        Ok(Sent::NotSent)
     }
 
     async fn execute(
