@@ -480,9 +480,9 @@ fn sample(text: &str, series: &str) -> f64 {
 
 /// `/metrics` counts what was sent: each new event once, each repeated
 /// delivery as a duplicate, each run by its status, with the tenant and
-/// app as labels.
+/// app as labels. Then `GET /v1/runs?format=ndjson` exports every run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_the_events_duplicates_and_runs_sent() {
+async fn metrics_count_what_was_sent_and_the_run_log_exports_as_ndjson() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(&dir.path().join("data"), 2);
     let key = server.owner_key.clone().unwrap();
@@ -531,4 +531,51 @@ async fn metrics_count_the_events_duplicates_and_runs_sent() {
     let latency = format!(r#"crmbridge_dispatch_latency_ms_count{{tenant="{tenant}",automation="-"}}"#);
     assert_eq!(sample(&text, &latency), 12.0, "{text}");
     assert!(!text.contains(&key), "no secret in the metrics");
+
+    // The run log as an export: every run once, one JSON object per line,
+    // across more than one page of the store.
+    post_webhooks(&server, &path, 12..205).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = client()
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if sample(&text, &no_match) >= 205.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every run was dispatched");
+        pause().await;
+    }
+    let response = client()
+        .get(format!("{}/v1/runs?format=ndjson&status=no_match", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let export = response.text().await.unwrap();
+    let runs: Vec<Value> = export
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let events: BTreeSet<&str> = runs.iter().map(|r| r["event_id"].as_str().unwrap()).collect();
+    assert_eq!((runs.len(), events.len()), (205, 205));
+    assert!(runs.iter().all(|r| r["status"] == "no_match"));
+    for (query, field) in [("format=ndjson&limit=5", "limit"), ("format=csv", "format")] {
+        let response = client()
+            .get(format!("{}/v1/runs?{query}", server.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
 }

@@ -1,5 +1,7 @@
 //! `/v1/runs`: the run log and replaying a run.
 
+use futures_util::StreamExt;
+
 use super::*;
 
 /// This resource's routes.
@@ -44,6 +46,7 @@ pub(crate) fn time_param(name: &str, value: Option<&String>) -> ApiResult<Option
         ("status" = Option<RunStatus>, Query, description = "only runs with this status"),
         ("since" = Option<String>, Query, description = "RFC 3339; runs created at or after"),
         ("until" = Option<String>, Query, description = "RFC 3339; runs created before"),
+        ("format" = Option<String>, Query, description = "`ndjson`: every matching run, newest first, one JSON object per line, streamed (`application/x-ndjson`); `limit` and `cursor` do not apply"),
     ),
     responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
 )]
@@ -54,8 +57,38 @@ pub(crate) async fn list_runs(
 ) -> ApiResult<Response> {
     let params = single_params(
         raw_query.as_deref(),
-        &["limit", "cursor", "automation", "status", "since", "until"],
+        &[
+            "limit",
+            "cursor",
+            "automation",
+            "status",
+            "since",
+            "until",
+            "format",
+        ],
     )?;
+    let export = match params.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("ndjson") => true,
+        Some(other) => {
+            return Err(EngineError::bad_request(
+                "format",
+                format!("'{other}' is not a format: json (pages) or ndjson (every run, streamed)"),
+            )
+            .into());
+        }
+    };
+    if export {
+        for name in ["limit", "cursor"] {
+            if params.contains_key(name) {
+                return Err(EngineError::bad_request(
+                    name,
+                    "not used with format=ndjson: the export has every matching run",
+                )
+                .into());
+            }
+        }
+    }
     let limit = match params.get("limit") {
         None => 50,
         Some(text) => text
@@ -85,12 +118,67 @@ pub(crate) async fn list_runs(
         limit,
         cursor: params.get("cursor").cloned(),
     };
+    if export {
+        return export_runs(
+            state,
+            who,
+            RunFilter {
+                limit: 200,
+                ..filter
+            },
+        )
+        .await;
+    }
     let listing = state.engine.list_runs(&who, filter).await?;
     Ok(axum::Json(RunPage {
         items: listing.items,
         next_cursor: listing.next_cursor,
     })
     .into_response())
+}
+
+/// Every run `filter` matches as NDJSON, a page at a time. The first page
+/// is read before the answer starts, so a bad filter or key is still an
+/// HTTP error; a store failure later cuts the stream short (the client
+/// sees a truncated body, never a wrong one).
+async fn export_runs(state: HttpState, who: Principal, filter: RunFilter) -> ApiResult<Response> {
+    fn lines(items: &[RunSummary]) -> Bytes {
+        let mut out = Vec::new();
+        for item in items {
+            if serde_json::to_writer(&mut out, item).is_ok() {
+                out.push(b'\n');
+            }
+        }
+        Bytes::from(out)
+    }
+    let first = state.engine.list_runs(&who, filter.clone()).await?;
+    let head = lines(&first.items);
+    let rest = futures_util::stream::try_unfold(
+        first.next_cursor.map(|cursor| RunFilter {
+            cursor: Some(cursor),
+            ..filter
+        }),
+        move |next| {
+            let (engine, who) = (Arc::clone(&state.engine), who.clone());
+            async move {
+                let Some(filter) = next else {
+                    return Ok(None);
+                };
+                let page = engine.list_runs(&who, filter.clone()).await?;
+                let next = page.next_cursor.map(|cursor| RunFilter {
+                    cursor: Some(cursor),
+                    ..filter
+                });
+                Ok::<_, EngineError>(Some((lines(&page.items), next)))
+            }
+        },
+    );
+    let body = futures_util::stream::once(async move { Ok::<_, EngineError>(head) }).chain(rest);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// One run: its event, each step's rendered request, response status and error.

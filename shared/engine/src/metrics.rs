@@ -85,6 +85,17 @@ impl Metric {
         }
     }
 
+    /// A coarser view worth its own series where metrics are stored by
+    /// label set (CloudWatch): failed runs across every tenant and
+    /// automation, for one alarm.
+    pub fn rollup(self) -> Option<&'static [&'static str]> {
+        match self {
+            Metric::Runs => Some(&["status"]),
+            Metric::VendorCalls => Some(&["vendor", "class"]),
+            _ => None,
+        }
+    }
+
     /// The label names, in order.
     pub fn labels(self) -> &'static [&'static str] {
         match self {

@@ -118,7 +118,8 @@ impl Metrics for PrometheusMetrics {
 }
 
 /// CloudWatch embedded metric format: each measurement one JSON line on
-/// stdout, namespace `crmbridge`, its labels as dimensions.
+/// stdout, namespace `crmbridge`, its labels as dimensions (and its
+/// [`Metric::rollup`], a second dimension set, where it has one).
 #[derive(Debug, Default)]
 pub struct EmfMetrics;
 
@@ -128,13 +129,16 @@ pub const EMF_NAMESPACE: &str = "crmbridge";
 /// One measurement as an EMF log line, stamped `at_ms` (Unix ms).
 pub fn emf_line(sample: &Sample<'_>, at_ms: i64) -> String {
     let metric = sample.metric;
-    let dimensions: Vec<&str> = metric.labels().to_vec();
+    let mut dimensions = vec![metric.labels().to_vec()];
+    if let Some(rollup) = metric.rollup() {
+        dimensions.push(rollup.to_vec());
+    }
     let mut line = serde_json::json!({
         "_aws": {
             "Timestamp": at_ms,
             "CloudWatchMetrics": [{
                 "Namespace": EMF_NAMESPACE,
-                "Dimensions": [dimensions],
+                "Dimensions": dimensions,
                 "Metrics": [{"Name": metric.name(), "Unit": metric.unit()}],
             }],
         },
@@ -208,7 +212,7 @@ mod tests {
         assert_eq!(directive["Namespace"], "crmbridge");
         assert_eq!(
             directive["Dimensions"],
-            serde_json::json!([["tenant", "vendor", "class"]])
+            serde_json::json!([["tenant", "vendor", "class"], ["vendor", "class"]])
         );
         assert_eq!(
             directive["Metrics"],

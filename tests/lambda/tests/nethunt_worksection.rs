@@ -326,7 +326,7 @@ async fn won_records_become_tasks_and_closed_tasks_update_the_record() {
     assert_eq!(succeeded[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"], "crmbridge");
     assert_eq!(
         succeeded[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
-        json!([["tenant", "automation", "status"]])
+        json!([["tenant", "automation", "status"], ["status"]])
     );
     let tasks = ws.tasks();
     assert_eq!(tasks.len(), 1, "{tasks:#?}");
