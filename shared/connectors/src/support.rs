@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crmbridge_mapping::{FieldSpec, FieldType};
 
 use crate::client::VendorPolicy;
-use crate::{ActionError, SettingsError};
+use crate::{ActionError, ActionOutput, Resend, Sent, SettingsError};
 
 /// Checks a base URL a user configured. Outside test mode it must be HTTPS
 /// on one of the vendor's domains, so a connection can never be used to
@@ -320,6 +320,40 @@ pub(crate) fn params_of(
 /// breaks included) are one space, the ends trimmed.
 pub(crate) fn same_text(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// How a message relay may be resent after an unknown outcome: one with
+/// text is found again in the chat's history ([`Resend::ReadBack`]); one
+/// with files only cannot be told apart there.
+pub(crate) fn resend_by_text(fields: &Map<String, Value>, name: &str) -> Resend {
+    if text(fields, name).is_some_and(|t| !t.trim().is_empty()) {
+        Resend::ReadBack
+    } else {
+        Resend::Unsafe
+    }
+}
+
+/// Among history entries with the wanted text (each with its time, if it
+/// reads, and what finding it would output), the attempt begun at `from`:
+/// the first at or after it. An entry with an unreadable time may be an
+/// older message or this one, so it makes the answer unknown. `None`:
+/// none of these is it.
+pub(crate) fn sent_since(
+    entries: impl IntoIterator<Item = (Option<DateTime<Utc>>, ActionOutput)>,
+    from: DateTime<Utc>,
+) -> Option<Sent> {
+    for (at, output) in entries {
+        match at {
+            Some(at) if at < from => {}
+            Some(_) => return Some(Sent::Found(output)),
+            None => {
+                return Some(Sent::Unknown(
+                    "an entry with this text has no readable time".into(),
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Compares a secret a sender presented with ours in constant time (no

@@ -536,6 +536,23 @@ async fn a_read_back_step_whose_outcome_is_unknown_is_found_or_sent_once(h: Harn
         verbox.fail_next_on(Some("POST"), "chat/message/sendToClient", 1, fault);
         let first = restarted.dispatch(event.clone()).await.unwrap_err();
         assert!(matches!(first, EngineError::Action { transient: true, .. }), "{first}");
+        // The retry delivered three times at once, to two processes: one
+        // reads back (and sends at most once), the others back off or find
+        // the run finished.
+        let workers = [h.another_process(false), h.another_process(false), Arc::clone(&restarted)];
+        let attempts = workers.iter().map(|engine| {
+            let (engine, event) = (Arc::clone(engine), event.clone());
+            tokio::spawn(async move { engine.dispatch(event).await })
+        });
+        let mut succeeded = 0;
+        for attempt in attempts.collect::<Vec<_>>() {
+            match attempt.await.unwrap() {
+                Ok(done) if done.runs[0].status == RunStatus::Succeeded => succeeded += 1,
+                Ok(other) => panic!("{other:?}"),
+                Err(err) => assert!(matches!(err, EngineError::Action { transient: true, .. }), "{err}"),
+            }
+        }
+        assert!(succeeded >= 1, "{chat}: one of the retries finished the run");
         let retried = restarted.dispatch(event.clone()).await.unwrap();
         assert_eq!(retried.runs[0].status, RunStatus::Succeeded, "{retried:?}");
         assert_eq!(texts(chat), [format!("Заказ {id} принят")], "{chat}");

@@ -47,7 +47,7 @@ use serde_json::{Map, Value, json};
 use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, VendorResponse, redact};
 use crate::support::{
     same_bytes,
-    base_url, credential, digits, field, only_known, params_of, required_text, same_phone, same_text, text,
+    base_url, credential, digits, field, only_known, params_of, required_text, resend_by_text, same_phone, same_text, sent_since, text,
     validate_known_settings, with_timeout,
 };
 use crate::{
@@ -955,14 +955,8 @@ impl Action for ChatMessage {
         .with_output(vec![field("chat_id", FieldType::String, "the chat")])
     }
 
-    /// A message with text is found again among the chat task's
-    /// comments; one with files only cannot be told apart there.
     fn resend(&self, fields: &Map<String, Value>) -> Resend {
-        if text(fields, "message").is_some_and(|t| !t.trim().is_empty()) {
-            Resend::ReadBack
-        } else {
-            Resend::Unsafe
-        }
+        resend_by_text(fields, "message")
     }
 
     /// The chat's task (`getTask`, then the task list by number) and its
@@ -1022,28 +1016,21 @@ impl Action for ChatMessage {
             let Some(comments) = answer["comments"].as_array() else {
                 return Ok(Sent::Unknown("the comment list has no comments array".into()));
             };
-            for comment in comments.iter().filter(|c| {
+            let matching = comments.iter().filter(|c| {
                 same_text(&plain_text(c["description"].as_str().unwrap_or_default())) == wanted
                     && c["owner"]["id"].as_str().is_none_or(|owner| owner.starts_with(author))
-            }) {
-                match comment_time(comment) {
-                    Some(at) if at < from => {}
-                    Some(_) => {
-                        return Ok(Sent::Found(ActionOutput {
-                            id: chat.clone(),
-                            record: json!({"chat_id": chat}),
-                            response_status: 200,
-                            attempts: 0,
-                        }));
-                    }
-                    // The same text at a time we cannot read: it may be an
-                    // older message, or this one.
-                    None => {
-                        return Ok(Sent::Unknown(
-                            "a comment with this text has no readable time".into(),
-                        ));
-                    }
-                }
+            });
+            let found = matching.map(|comment| {
+                let output = ActionOutput {
+                    id: chat.clone(),
+                    record: json!({"chat_id": chat}),
+                    response_status: 200,
+                    attempts: 0,
+                };
+                (comment_time(comment), output)
+            });
+            if let Some(sent) = sent_since(found, from) {
+                return Ok(sent);
             }
             if comments.len() < PAGE {
                 return Ok(Sent::NotSent);

@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 
 use crate::client::{Idempotency, VendorError, VendorPolicy, VendorRequest, VendorResponse, redact};
 use crate::support::{
-    same_bytes, same_text,
+    resend_by_text, same_bytes, same_text, sent_since,
     base_url, credential, field, only_known, required_text, text, validate_known_settings,
     with_timeout,
 };
@@ -347,14 +347,8 @@ impl Action for SendMessage {
         .with_output(vec![field("id", FieldType::String, "Verbox's id for the message")])
     }
 
-    /// A message with text is found again in the chat's history; one with
-    /// files only cannot be told apart there.
     fn resend(&self, fields: &Map<String, Value>) -> Resend {
-        if text(fields, "text").is_some_and(|t| !t.trim().is_empty()) {
-            Resend::ReadBack
-        } else {
-            Resend::Unsafe
-        }
+        resend_by_text(fields, "text")
     }
 
     /// The chat's operator messages since the attempt began
@@ -403,26 +397,18 @@ impl Action for SendMessage {
                 m["whoSend"].as_str().is_none_or(|who| who == "operator")
                     && m["text"].as_str().map(same_text).as_deref() == Some(wanted.as_str())
             });
-        for message in candidates {
-            match sent_at(&message) {
-                Some(at) if at < from => {}
-                Some(_) => {
-                    let id = id_text(&message["id"]).unwrap_or_default();
-                    return Ok(Sent::Found(ActionOutput {
-                        id: id.clone(),
-                        record: json!({"id": id}),
-                        response_status: 200,
-                        attempts: 0,
-                    }));
-                }
-                // The same text at a time we cannot read: it may be an
-                // older message, or this one.
-                None => {
-                    return Ok(Sent::Unknown(
-                        "a message with this text has no readable time".into(),
-                    ));
-                }
-            }
+        let found = candidates.map(|message| {
+            let id = id_text(&message["id"]).unwrap_or_default();
+            let output = ActionOutput {
+                id: id.clone(),
+                record: json!({"id": id}),
+                response_status: 200,
+                attempts: 0,
+            };
+            (sent_at(&message), output)
+        });
+        if let Some(sent) = sent_since(found, from) {
+            return Ok(sent);
         }
         Ok(Sent::NotSent)
     }
