@@ -425,3 +425,42 @@ async fn a_change_reported_by_webhook_and_by_poll_runs_once() {
         .count();
     assert_eq!(deal_updates, 1, "the deal was updated twice for one change");
 }
+
+/// The dry run of the call automation on the webhook Calltouch is about to
+/// send plans exactly what the run then sends (the counterparty, the order
+/// with its UTM attributes, the Calltouch deal), and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dry_run_of_a_call_plans_what_the_run_then_sends() {
+    let s = setup().await;
+    let writes = || {
+        s.moysklad
+            .requests()
+            .iter()
+            .chain(s.calltouch.requests().iter())
+            .filter(|r| r.method != "GET")
+            .count()
+    };
+    let delivery = common::Delivery::form(&[
+        ("callId", "3001"),
+        ("callerphone", "79167654321"),
+        ("phonenumber", "74950000000"),
+        ("utm_source", "google"),
+        ("utm_medium", "cpc"),
+        ("clientId", "GA1.9.9"),
+        ("callTags", "Лид"),
+    ]);
+    let plan = common::dry_run(
+        &s.server,
+        &s.key,
+        "calltouch-call-to-moysklad",
+        json!({"delivery": delivery.sample(), "reads": true}),
+        writes,
+    )
+    .await;
+    assert_eq!(plan["filter"]["outcome"], "passed", "{plan:#}");
+    assert!(s.moysklad.counterparties().is_empty() && s.moysklad.orders().is_empty());
+    assert_eq!(delivery.send(&s.calltouch_hook).await.status(), 202);
+    let runs = s.settled_runs(1).await;
+    let run = common::get_json(&s.server, &s.key, &format!("/v1/runs/{}", runs[0]["id"].as_str().unwrap())).await;
+    assert!(common::assert_plan_matches(&plan, &run) >= 2, "{plan:#}");
+}

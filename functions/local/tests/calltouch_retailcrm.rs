@@ -59,7 +59,38 @@ async fn calls_become_customers_and_orders_and_polled_status_changes_close_the_d
     assert_eq!(created.status(), 201);
     let hook = format!("{}{}", server.base, ct["webhook_path"].as_str().unwrap());
 
-    for (call, phone) in [("5001", "79031112233"), ("5002", "8 (903) 111-22-33")] {
+    // The first call is planned by a dry run on the very delivery, which
+    // writes nothing; its run then sends exactly the plan.
+    let writes = || {
+        retailcrm
+            .requests()
+            .iter()
+            .chain(calltouch.requests().iter())
+            .filter(|r| r.method != "GET")
+            .count()
+    };
+    let first = common::Delivery::form(&[
+        ("callId", "5001"),
+        ("callerphone", "79031112233"),
+        ("utm_source", "google"),
+        ("callTags", "a|b"),
+    ]);
+    let plan = common::dry_run(
+        &server,
+        &key,
+        "calltouch-call-to-retailcrm",
+        json!({"delivery": first.sample(), "reads": true}),
+        writes,
+    )
+    .await;
+    assert!(retailcrm.customers().is_empty() && retailcrm.orders().is_empty());
+    let sent = first.send(&hook).await;
+    assert_eq!(sent.status(), 202);
+    let first_event = sent.json::<Value>().await.unwrap()["event_ids"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (call, phone) in [("5002", "8 (903) 111-22-33")] {
         let params = [
             ("callId", call),
             ("callerphone", phone),
@@ -100,6 +131,14 @@ async fn calls_become_customers_and_orders_and_polled_status_changes_close_the_d
     assert_eq!(orders[0]["source"]["source"], "google");
     assert_eq!(orders[0]["customFields"]["tags"], "a|b");
     assert_eq!(calltouch.deals().len(), 2);
+    let first_run = runs(&server, &key)
+        .await
+        .into_iter()
+        .find(|r| r["event_id"] == first_event.as_str())
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    let run = common::get_json(&server, &key, &format!("/v1/runs/{first_run}")).await;
+    assert!(common::assert_plan_matches(&plan, &run) >= 2, "{plan:#}");
 
     // The order completes in retailCRM; the next polls find it in the history.
     let order_id = orders[0]["id"].as_i64().unwrap();

@@ -7,23 +7,12 @@
 
 use crate::common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::{client, serve};
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn python() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run `bash infra/test.sh` once (it installs the test tools, standardwebhooks among them)",
-        venv.display()
-    );
-    venv
-}
 
 /// The headers the reference Python library makes for `body`, signed
 /// `seconds_ago` seconds ago with `secret`.
@@ -37,7 +26,7 @@ at = datetime.now(tz=timezone.utc) - timedelta(seconds=ago)
 signature = Webhook(secret).sign(msg_id, at, body)
 print(json.dumps({"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())), "webhook-signature": signature}))
 "#;
-    let out = Command::new(python())
+    let out = Command::new(common::python())
         .args(["-c", script, secret, "msg_2Lh9KRb0pzN4LePd3XiA", body])
         .arg(seconds_ago.to_string())
         .output()

@@ -1084,3 +1084,62 @@ async fn a_lost_kado_webhook_is_caught_by_the_poll_and_a_change_seen_twice_runs_
     assert_eq!(w.hubspot.contacts().len(), 2);
     assert_eq!(w.kado.contacts().len(), 2);
 }
+
+/// The dry run of the KADO-contact automation on the webhook KADO is about
+/// to send (reads on: HubSpot is searched by e-mail) plans exactly what
+/// the run then sends, and writes nothing to HubSpot or KADO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dry_run_of_a_new_kado_contact_plans_what_the_run_then_sends() {
+    let w = World::start().await;
+    w.quiet().await;
+    w.kado
+        .create_contact_as_user(
+            "t_sales",
+            json!({"first_name": "Dry", "last_name": "Run", "emails": ["dry@example.com"], "phones": ["+380501112233"]}),
+            false,
+        )
+        .unwrap();
+    let event = w
+        .kado
+        .pending_webhooks()
+        .into_iter()
+        .find(|e| e["kind"] == "contact.created")
+        .unwrap();
+    let body = event.to_string();
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let delivery = common::Delivery::json(&event)
+        .header("x-timestamp", &timestamp)
+        .header(
+            "x-signature",
+            &crmbridge_fakes::vendors::kado::signature(KADO_SECRET, &timestamp, body.as_bytes()),
+        );
+    let writes = || {
+        let hubspot = w
+            .hubspot
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.method != "GET" && !r.path.ends_with("/search") && !r.path.ends_with("/batch/read")
+            })
+            .count();
+        let kado = w.kado.requests().iter().filter(|r| r.method != "GET").count();
+        hubspot + kado
+    };
+    let plan = common::dry_run(
+        &w.server,
+        &w.key,
+        "kado-contact-to-hubspot",
+        json!({"delivery": delivery.sample(), "reads": true}),
+        writes,
+    )
+    .await;
+    assert!(w.hubspot.contacts().is_empty(), "{plan:#}");
+    let runs = w.quiet().await;
+    let id = runs
+        .iter()
+        .find(|r| r["automation"] == "kado-contact-to-hubspot")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    let run = common::get_json(&w.server, &w.key, &format!("/v1/runs/{id}")).await;
+    assert!(common::assert_plan_matches(&plan, &run) >= 1, "{plan:#}\n{run:#}");
+}

@@ -257,6 +257,34 @@ async fn a_won_deal_becomes_one_task_and_closing_it_updates_the_deal() {
     assert!(text.contains("Folder: Deals"), "{text}");
     assert_eq!(w.worksection.auth_schemes().first(), Some(&"hash"));
     assert_eq!(automation_runs(&server, &key, TO_TASK).await.len(), 1);
+    // NetHunt is polled, so its events are planned on the last real one:
+    // the dry run of that event plans exactly what its run sent, and
+    // writes nothing to Worksection.
+    let ws_writes = || {
+        w.worksection
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.query_pairs().iter().any(|(k, v)| {
+                    k == "action"
+                        && ["post_", "update_", "complete_", "reopen_", "add_"]
+                            .iter()
+                            .any(|p| v.starts_with(p))
+                })
+            })
+            .count()
+    };
+    let plan = common::dry_run(&server, &key, TO_TASK, json!({}), ws_writes).await;
+    assert_eq!(plan["vendor_reads"], 0, "{plan:#}");
+    let ran = automation_runs(&server, &key, TO_TASK).await;
+    let run = get_json(
+        &server,
+        &key,
+        &format!("/v1/runs/{}", ran[0]["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(plan["event"]["id"], run["event"]["id"], "{plan:#}");
+    assert_eq!(common::assert_plan_matches(&plan, &run), 1, "{plan:#}\n{run:#}");
 
     // The task is closed in Worksection: its webhook is answered as
     // Worksection requires, and the deal's Stage is set through the link.

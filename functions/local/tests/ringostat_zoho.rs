@@ -242,3 +242,54 @@ async fn thirty_percent_zoho_faults_lose_nothing_and_double_no_lead() {
         zoho.credits_used()
     );
 }
+
+/// The dry run of the completed-call automation on the delivery Ringostat
+/// is about to send (reads on: the caller is looked up in Zoho) plans
+/// exactly what the run then sends — the lead and the call — and writes
+/// nothing to Zoho.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dry_run_of_a_completed_call_plans_what_the_run_then_sends() {
+    let account = ZohoAccount::start().await;
+    let gateway = Serve::start();
+    let hook = scenario::install(&gateway, &account, false).await;
+    let call = scenario::call("dry-1", "380671112233", Some(scenario::ANNA), "ANSWERED");
+    let delivery = scenario::delivery(&call, "completed", 0);
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(delivery.query.iter())
+        .finish();
+    let sample = serde_json::json!({
+        "method": delivery.method,
+        "query": query,
+        "content_type": delivery.content_type,
+        "body": String::from_utf8(delivery.body.clone()).unwrap(),
+    });
+    let writes = || {
+        account
+            .zoho
+            .requests()
+            .iter()
+            // COQL queries are POSTs that read.
+            .filter(|r| r.method != "GET" && !r.path.ends_with("/coql"))
+            .count()
+    };
+    let plan = common::dry_run(
+        &gateway.server,
+        &gateway.key,
+        "ringostat-call-completed-to-zoho",
+        serde_json::json!({"delivery": sample, "reads": true}),
+        writes,
+    )
+    .await;
+    assert_eq!(plan["steps"][0]["output_from"], "read", "{plan:#}");
+    assert_eq!(plan["steps"][0]["output"]["found"], false, "{plan:#}");
+    let (status, answer) = gateway.webhook(&hook, &delivery).await;
+    assert!(status == 200 || status == 202, "{status} {answer}");
+    let runs = gateway.settle(1).await;
+    let run = common::get_json(
+        &gateway.server,
+        &gateway.key,
+        &format!("/v1/runs/{}", runs[0]["id"].as_str().unwrap()),
+    )
+    .await;
+    assert!(common::assert_plan_matches(&plan, &run) >= 3, "{plan:#}\n{run:#}");
+}

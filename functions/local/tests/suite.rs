@@ -17,6 +17,7 @@ suites!(
     admin_bad_requests,
     admin_e2e,
     admin_hostile_bodies,
+    alerts,
     calltouch_moysklad,
     calltouch_retailcrm,
     chaos,

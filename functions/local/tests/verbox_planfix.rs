@@ -383,3 +383,48 @@ async fn bad_notifications_and_events_are_refused_and_relay_nothing() {
     assert!(s.planfix.chats().is_empty() && s.planfix.contacts().is_empty());
     assert!(s.verbox.sent_to_client("v-1").is_empty());
 }
+
+/// Whether a request the Planfix fake received changed anything: REST
+/// writes are POSTs other than the `…/list` reads; chat commands other
+/// than `getTask` and `getChatMessages`-style reads write.
+fn planfix_write(r: &crmbridge_fakes::RecordedRequest) -> bool {
+    if r.method != "POST" {
+        return false;
+    }
+    if r.path.ends_with("/list") {
+        return false;
+    }
+    !r.body.contains("cmd=getTask")
+}
+
+/// The dry run of the visitor-message automation on the event Verbox is
+/// about to send (reads on: the contact is looked up in Planfix) plans
+/// exactly what the run then sends, and writes nothing to Planfix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dry_run_of_a_first_message_plans_what_the_run_then_sends() {
+    let s = setup().await;
+    let mut first = FakeVerbox::client_message("v-dry", "m-dry", "Добрый день");
+    first["client"] = json!({"clientId": "v-dry", "name": "Мария", "phone": "89160001122", "email": "maria@example.com"});
+    first["operator"] = json!({"login": "olga"});
+    let delivery = common::Delivery::json(&first).header("x-verbox-token", s.verbox.token());
+    let writes = || s.planfix.requests().iter().filter(|r| planfix_write(r)).count();
+    let plan = common::dry_run(
+        &s.server,
+        &s.key,
+        "verbox-message-to-planfix",
+        json!({"delivery": delivery.sample(), "reads": true}),
+        writes,
+    )
+    .await;
+    assert!(s.planfix.chats().is_empty(), "{plan:#}");
+    let (status, _) = s.verbox.send_event(&s.verbox_hook, first).await.unwrap();
+    assert!((200..300).contains(&status), "{status}");
+    let all = s.settled("verbox-message-to-planfix", 1).await;
+    let id = all
+        .iter()
+        .find(|r| r["automation"] == "verbox-message-to-planfix")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    let run = common::get_json(&s.server, &s.key, &format!("/v1/runs/{id}")).await;
+    assert!(common::assert_plan_matches(&plan, &run) >= 2, "{plan:#}\n{run:#}");
+}

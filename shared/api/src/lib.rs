@@ -51,10 +51,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+mod alerts;
 mod automations;
 mod body;
 mod chat;
 mod connections;
+mod dry_runs;
 mod health;
 mod hooks;
 mod imports;
@@ -387,6 +389,8 @@ fn admin_routes() -> Router<HttpState> {
         .merge(recipes::routes())
         .merge(runs::routes())
         .merge(imports::routes())
+        .merge(alerts::routes())
+        .merge(dry_runs::routes())
 }
 
 /// The webhook function's routes: `GET|POST /hooks/{connection}/{token}`.
@@ -454,6 +458,14 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("admin", "POST", "/v1/imports"),
     ("admin", "GET", "/v1/imports/{id}"),
     ("admin", "POST", "/v1/imports/{id}/resume"),
+    ("admin", "GET", "/v1/alert-destinations"),
+    ("admin", "POST", "/v1/alert-destinations"),
+    ("admin", "DELETE", "/v1/alert-destinations/{id}"),
+    ("admin", "POST", "/v1/alert-destinations/{id}/test"),
+    ("admin", "POST", "/v1/alert-destinations/{id}/rotate-secret"),
+    ("admin", "GET", "/v1/alerts"),
+    ("admin", "POST", "/v1/automations/{id}/test"),
+    ("admin", "POST", "/v1/automation-tests"),
     ("admin", "GET", "/health"),
 ];
 

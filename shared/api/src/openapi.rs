@@ -86,6 +86,14 @@ impl Modify for BearerKey {
         crate::imports::list_imports,
         crate::imports::get_import,
         crate::imports::resume_import,
+        crate::alerts::create_alert_destination,
+        crate::alerts::list_alert_destinations,
+        crate::alerts::delete_alert_destination,
+        crate::alerts::test_alert_destination,
+        crate::alerts::rotate_alert_secret,
+        crate::alerts::list_alerts,
+        crate::dry_runs::test_automation,
+        crate::dry_runs::test_automation_document,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, FieldErrorDoc, ConnectionResponse, ConnectionList, ConnectionView,
@@ -96,11 +104,17 @@ impl Modify for BearerKey {
         AuthorizationStart, Authorized, crate::imports::NewImport, crate::imports::ImportList, crate::recipes::InstantiatedRecipe,
         crmbridge_engine::records::ImportRecord, crmbridge_engine::records::ImportProgress,
         crmbridge_engine::records::ImportStatus,
+        crmbridge_control::alerts::NewAlertDestination, crmbridge_control::alerts::AlertDestinationView,
+        crmbridge_control::alerts::CreatedAlertDestination, crate::alerts::AlertDestinationList,
+        crate::alerts::AlertList, crmbridge_engine::records::AlertRecord,
+        crmbridge_engine::records::AlertCause, crmbridge_engine::records::AlertStatus,
+        crmbridge_engine::records::AlertSendOutcome,
+        crate::dry_runs::AutomationTest, crate::dry_runs::SampleEvent, crate::dry_runs::SampleWebhook,
     )),
     modifiers(&BearerKey),
     tags(
         (name = "tenants"), (name = "keys"), (name = "connections"), (name = "automations"),
-        (name = "recipes"), (name = "runs"), (name = "imports"), (name = "webhooks"), (name = "meta"),
+        (name = "recipes"), (name = "runs"), (name = "imports"), (name = "alerts"), (name = "webhooks"), (name = "meta"),
     )
 )]
 struct ApiDoc;

@@ -253,6 +253,12 @@ pub trait Action: Send + Sync {
         target: Option<&str>,
     ) -> Result<ActionOutput, ActionError>;
 
+    /// True for an action that only reads (a look-up such as
+    /// `zoho.caller.find`): a dry run may perform it when asked for reads.
+    fn reads_only(&self) -> bool {
+        false
+    }
+
     /// How a find-or-create step finds an existing record, if the vendor
     /// can search for this action's records.
     fn lookup(&self) -> Option<&dyn Lookup> {

@@ -237,6 +237,17 @@ impl ActionError {
         }
     }
 
+    /// Why an OAuth grant must be given again, when the authorization
+    /// server refused it.
+    pub fn reauthorization_needed(&self) -> Option<String> {
+        match self {
+            Self::Config(message) if message.starts_with(oauth::REAUTHORIZATION_NEEDED) => {
+                Some(message.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// Worth retrying later (the vendor was unavailable); anything else will
     /// fail the same way again.
     pub fn is_transient(&self) -> bool {

@@ -435,7 +435,7 @@ impl Admin for Engine {
             // Tokens granted to the old credentials (or refused) no longer
             // apply: a pasted refresh token starts afresh.
             self.forget_tokens(id).await?;
-            self.clear_credentials_refused(id).await?;
+            self.clear_credentials_refused(&who.tenant, id).await?;
         }
         tracing::info!(tenant = %who.tenant, connection = %id, "connection updated");
         let mut view = view(&record, &secrets);
@@ -477,7 +477,7 @@ impl Admin for Engine {
         let ctx = self.call_context(&open, &key);
         Ok(match account.check(&ctx).await {
             Ok(account) => {
-                self.clear_credentials_refused(id).await?;
+                self.clear_credentials_refused(&who.tenant, id).await?;
                 ConnectionCheck {
                     ok: true,
                     account: Some(account),
@@ -486,9 +486,7 @@ impl Admin for Engine {
                 }
             }
             Err(err) => {
-                if let Some(reason) = err.credentials_refused() {
-                    self.mark_credentials_refused(id, &reason).await?;
-                }
+                self.note_refusal(&who.tenant, id, &err).await?;
                 ConnectionCheck {
                     ok: false,
                     account: None,

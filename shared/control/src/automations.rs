@@ -7,7 +7,7 @@ use crmbridge_store::Write;
 
 use crate::admin::{Admin as _, AdminInternal as _, Principal};
 use crmbridge_engine::bookkeeping::{AutomationRecord, AutomationRef};
-use crmbridge_engine::records::{ConnectionRecord, Role};
+use crmbridge_engine::records::{AlertCause, ConnectionRecord, Role};
 use crmbridge_engine::{Engine, EngineError, EngineResult, FieldError, decode, item, keys};
 
 /// The connectors' catalogs, plus the open-ended `generic.*` kinds.
@@ -368,6 +368,15 @@ impl AutomationsInternal for Engine {
         )?));
         dedupe_writes(&mut writes);
         self.store().transact(writes).await?;
+        if let Some((old, _)) = &existing
+            && (old.halted.is_some() || old.failure_streak > 0)
+        {
+            // A person acted on it: what the alerts said is answered.
+            for cause in [AlertCause::AutomationHalted, AlertCause::RunsFailing] {
+                self.resolve_alert(&who.tenant, cause, &record.automation.id)
+                    .await;
+            }
+        }
         tracing::info!(tenant = %who.tenant, automation = %record.automation.id, "automation saved");
         Ok(record)
     }

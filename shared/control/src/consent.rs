@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use crmbridge_connectors::oauth::{self as vendor_oauth, TokenError};
 use crmbridge_engine::oauth::client_of;
-use crmbridge_engine::records::{ConnectionRecord, Role};
+use crmbridge_engine::records::{AlertCause, ConnectionRecord, Role};
 use crmbridge_engine::{Engine, EngineError, EngineResult, item, keys, random_secret};
 use crmbridge_store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -217,6 +217,12 @@ impl Consent for Engine {
             tracing::warn!(connection = %record.id, "the authorization server sent no refresh token; the connection will need authorizing again when the access token expires");
         }
         self.save_grant(&record.id, grant).await?;
+        self.resolve_alert(
+            &record.tenant,
+            AlertCause::ReauthorizationNeeded,
+            &record.id,
+        )
+        .await;
         tracing::info!(tenant = %record.tenant, connection = %record.id, "connection authorized");
         Ok(Authorized {
             connection: record.id,

@@ -5,7 +5,7 @@
 //! reaches into admin code" is the compiler's: `crmbridge-engine` (state
 //! and pipeline: ingest, dispatch, tick, poll, tokens) cannot depend on
 //! this crate, this crate depends on it. Each concern is a trait
-//! implemented by [`Engine`] — [`admin::Admin`], [`automations::Automations`],
+//! implemented by [`Engine`] — [`admin::Admin`], [`alerts::Alerts`], [`automations::Automations`],
 //! [`runs::Runs`], [`tenants::Tenants`], [`consent::Consent`] — so callers
 //! write `engine.create_connection(…)` after `use crmbridge_control::prelude::*`.
 //!
@@ -16,8 +16,10 @@
 #![allow(async_fn_in_trait)]
 
 pub mod admin;
+pub mod alerts;
 pub mod automations;
 pub mod consent;
+pub mod dry_runs;
 pub mod recipes;
 pub mod runs;
 pub mod tenants;
@@ -27,8 +29,10 @@ pub use crmbridge_engine::Engine;
 /// Every admin trait, for `use crmbridge_control::prelude::*`.
 pub mod prelude {
     pub use crate::admin::Admin;
+    pub use crate::alerts::Alerts;
     pub use crate::automations::Automations;
     pub use crate::consent::Consent;
+    pub use crate::dry_runs::DryRuns;
     pub use crate::runs::Runs;
     pub use crate::tenants::Tenants;
 }

@@ -9,7 +9,7 @@ use crmbridge_store::{StoreError, Write};
 
 pub use crmbridge_state::records::{AutomationRecord, AutomationRef, PollSource, scope_tag};
 
-use crate::records::{RunRecord, RunSummary};
+use crate::records::{AlertCause, RunRecord, RunSummary};
 use crate::{Engine, EngineError, EngineResult, decode, item, keys};
 
 /// At most `max` characters of `text` (a reason kept in a record).
@@ -125,24 +125,45 @@ impl Engine {
                 true
             })
             .await?;
+        self.raise_alert(
+            &record.tenant,
+            AlertCause::RunsFailing,
+            &record.automation.id,
+            outcome,
+        )
+        .await;
         if let Some(reason) = updated.and_then(|r| r.halted) {
             tracing::warn!(tenant = %record.tenant, automation = %record.automation.id, reason = %reason, "automation halted");
+            self.raise_alert(
+                &record.tenant,
+                AlertCause::AutomationHalted,
+                &record.automation.id,
+                &reason,
+            )
+            .await;
         }
         Ok(())
     }
 
     /// A run succeeded: whatever was wrong is fixed.
     pub(crate) async fn clear_failures(&self, tenant: &str, id: &str) -> EngineResult<()> {
-        self.update_automation(tenant, id, |record| {
-            if record.halted.is_some() || (record.health.is_none() && record.failure_streak == 0) {
-                return false;
-            }
-            record.health = None;
-            record.failure_streak = 0;
-            true
-        })
-        .await
-        .map(|_| ())
+        let cleared = self
+            .update_automation(tenant, id, |record| {
+                if record.halted.is_some()
+                    || (record.health.is_none() && record.failure_streak == 0)
+                {
+                    return false;
+                }
+                record.health = None;
+                record.failure_streak = 0;
+                true
+            })
+            .await?;
+        if cleared.is_some() {
+            self.resolve_alert(tenant, AlertCause::RunsFailing, id)
+                .await;
+        }
+        Ok(())
     }
 
     /// Marks an automation's health (e.g. "project archived"); `None` = ok.

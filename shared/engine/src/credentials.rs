@@ -8,6 +8,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crmbridge_state::records::AlertCause;
+
 use crate::{Engine, EngineResult, item, keys};
 
 /// The health mark of a connection.
@@ -25,6 +27,7 @@ impl Engine {
     /// Marks a connection's credentials as refused, with why.
     pub async fn mark_credentials_refused(
         &self,
+        tenant: &str,
         connection: &str,
         reason: &str,
     ) -> EngineResult<()> {
@@ -40,13 +43,45 @@ impl Engine {
         self.store
             .put(item(keys::connection_health(connection), &mark)?)
             .await?;
+        self.raise_alert(tenant, AlertCause::CredentialsRefused, connection, reason)
+            .await;
+        Ok(())
+    }
+
+    /// What a vendor's refusal says about the connection itself: refused
+    /// credentials are marked (and alerted); a refused OAuth grant, whose
+    /// health the token record already shows, is alerted.
+    pub async fn note_refusal(
+        &self,
+        tenant: &str,
+        connection: &str,
+        err: &crmbridge_connectors::ActionError,
+    ) -> EngineResult<()> {
+        if let Some(reason) = err.credentials_refused() {
+            self.mark_credentials_refused(tenant, connection, &reason)
+                .await?;
+        } else if let Some(reason) = err.reauthorization_needed() {
+            self.raise_alert(
+                tenant,
+                AlertCause::ReauthorizationNeeded,
+                connection,
+                &reason,
+            )
+            .await;
+        }
         Ok(())
     }
 
     /// Clears the mark: new credentials, or a check that passed.
-    pub async fn clear_credentials_refused(&self, connection: &str) -> EngineResult<()> {
+    pub async fn clear_credentials_refused(
+        &self,
+        tenant: &str,
+        connection: &str,
+    ) -> EngineResult<()> {
         let key = keys::connection_health(connection);
         self.store.delete(&key.pk, &key.sk).await?;
+        self.resolve_alert(tenant, AlertCause::CredentialsRefused, connection)
+            .await;
         Ok(())
     }
 

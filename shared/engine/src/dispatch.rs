@@ -25,6 +25,7 @@ use crmbridge_store::{StoreError, Write};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::alerts::ALERT_DELIVERY;
 use crate::bookkeeping::AutomationRecord;
 use crate::import::IMPORT_PAGE;
 use crate::links::RecordRef;
@@ -52,6 +53,16 @@ pub struct Dispatched {
     pub runs: Vec<RunSummary>,
     /// True when every run had already finished (a redelivery).
     pub duplicate: bool,
+}
+
+impl Dispatched {
+    /// Nothing was run (a bus message that is not an event of a source).
+    pub fn nothing() -> Self {
+        Self {
+            runs: vec![],
+            duplicate: false,
+        }
+    }
 }
 
 fn entity_of(action: &str) -> String {
@@ -99,6 +110,9 @@ impl Engine {
         }
         if event.kind == IMPORT_PAGE {
             return self.import_page_requested(&event).await;
+        }
+        if event.kind == ALERT_DELIVERY {
+            return self.deliver_alert(&event).await;
         }
         let automations = self.automations_for(&event.connection, &event.kind).await?;
         if automations.is_empty() {
@@ -172,6 +186,11 @@ impl Engine {
         }
         if event.kind == IMPORT_PAGE {
             return self.import_given_up(&event, reason).await;
+        }
+        if event.kind == ALERT_DELIVERY {
+            // Not an alert itself: that would feed on its own failure.
+            tracing::warn!(tenant = %event.tenant, destination = %event.connection, reason, "an alert could not be delivered; given up");
+            return Ok(());
         }
         let automations = self.automations_for(&event.connection, &event.kind).await?;
         let connector = self.event_source(&event.app);
@@ -364,7 +383,10 @@ impl Engine {
         })
     }
 
-    fn compiled(&self, record: &AutomationRecord) -> EngineResult<Arc<CompiledAutomation>> {
+    pub(crate) fn compiled(
+        &self,
+        record: &AutomationRecord,
+    ) -> EngineResult<Arc<CompiledAutomation>> {
         let key = (
             record.tenant.clone(),
             record.automation.id.clone(),
@@ -890,10 +912,8 @@ impl Engine {
                             .await;
                     }
                     Err(err) => {
-                        if let Some(reason) = err.credentials_refused() {
-                            self.mark_credentials_refused(&request.connection, &reason)
-                                .await?;
-                        }
+                        self.note_refusal(&run.tenant, &request.connection, &err)
+                            .await?;
                         Some(Some(format!("and reading it back failed: {err}")))
                     }
                 }
@@ -1190,10 +1210,8 @@ impl Engine {
                         started_at: None,
                     },
                 );
-                if let Some(reason) = err.credentials_refused() {
-                    self.mark_credentials_refused(&request.connection, &reason)
-                        .await?;
-                }
+                self.note_refusal(&run.tenant, &request.connection, &err)
+                    .await?;
                 let outcome = format!("steps.{step_id}: {message}");
                 self.finish(run, version, RunStatus::Failed, outcome.clone())
                     .await?;

@@ -58,13 +58,6 @@ struct PageRequest {
     page: u64,
 }
 
-fn nothing() -> Dispatched {
-    Dispatched {
-        runs: vec![],
-        duplicate: false,
-    }
-}
-
 impl Engine {
     /// Starts importing a connection's existing records. One import per
     /// connection runs at a time (409 naming the running one).
@@ -292,7 +285,7 @@ impl Engine {
             })?;
         let key = keys::import(&page.import);
         let Some((job, version)) = self.read::<ImportRecord>(&key).await? else {
-            return Ok(nothing());
+            return Ok(Dispatched::nothing());
         };
         let span = tracing::info_span!("import", import = %job.id, page = page.page, tenant = %job.tenant, connection = %job.connection);
         let _entered = span.enter();
@@ -300,10 +293,10 @@ impl Engine {
             // Saved as finished by a process that may have died before
             // letting the connection go.
             self.release_connection(&job).await?;
-            return Ok(nothing());
+            return Ok(Dispatched::nothing());
         }
         if job.status != ImportStatus::Running || job.generation != page.generation {
-            return Ok(nothing());
+            return Ok(Dispatched::nothing());
         }
         if job.page != page.page {
             if job.page == page.page + 1 {
@@ -311,7 +304,7 @@ impl Engine {
                 // the next page.
                 self.request_page(&job).await?;
             }
-            return Ok(nothing());
+            return Ok(Dispatched::nothing());
         }
         let Some(progress) = job.kinds.get(job.phase) else {
             return Err(EngineError::Corrupt {
@@ -399,7 +392,7 @@ impl Engine {
         {
             Ok(_) => {}
             // Another delivery of this page saved it first.
-            Err(StoreError::Conflict { .. }) => return Ok(nothing()),
+            Err(StoreError::Conflict { .. }) => return Ok(Dispatched::nothing()),
             Err(err) => return Err(err.into()),
         }
         tracing::info!(kind, read = count, done = next.done, total = ?next.total, "import page read");
@@ -409,7 +402,7 @@ impl Engine {
         } else {
             self.request_page(&next).await?;
         }
-        Ok(nothing())
+        Ok(Dispatched::nothing())
     }
 
     /// The bus gave up on a page request: the import fails with the reason
@@ -455,7 +448,7 @@ impl Engine {
             Err(StoreError::Conflict { .. }) => {}
             Err(err) => return Err(err.into()),
         }
-        Ok(nothing())
+        Ok(Dispatched::nothing())
     }
 
     /// Lets the connection start another import.

@@ -7,9 +7,11 @@
 //! [`Engine`] at start-up and call it per request, which is why the same
 //! behaviour holds on both.
 
+pub mod alerts;
 pub mod bookkeeping;
 pub mod credentials;
 pub mod dispatch;
+pub mod dry_run;
 mod echoes;
 pub mod import;
 pub mod ingest;
@@ -110,6 +112,8 @@ pub struct Engine {
     /// Names this process in leases (`ins_…`).
     instance: String,
     metrics: Arc<dyn metrics::Metrics>,
+    /// Alert deliveries in flight in this process (see [`alerts`]).
+    alert_slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Engine {
@@ -140,6 +144,7 @@ impl Engine {
             compiled: Mutex::new(HashMap::new()),
             instance: random_id("ins"),
             metrics: Arc::new(metrics::Unrecorded),
+            alert_slots: tokio::sync::Semaphore::new(alerts::ALERT_SLOTS),
         }
     }
 

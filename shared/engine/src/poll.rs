@@ -28,6 +28,7 @@ use serde_json::Value;
 use crate::bookkeeping::PollSource;
 use crate::dispatch::Dispatched;
 use crate::metrics::Metric;
+use crate::records::AlertCause;
 use crate::{Engine, EngineError, EngineResult, item, keys};
 
 /// How long a poll may hold its source before another may take it over.
@@ -39,7 +40,18 @@ struct Cursor {
     polled_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lease: Option<Lease>,
+    /// Polls in a row that failed (an alert at [`POLL_FAILURES_ALERT`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    failures: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Failed polls in a row that raise a `poll_failing` alert: one failure is
+/// an outage the next tick usually outlives.
+pub const POLL_FAILURES_ALERT: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Lease {
@@ -53,13 +65,6 @@ struct Lease {
 struct ObservedValue {
     value: Value,
     changes: u64,
-}
-
-fn nothing() -> Dispatched {
-    Dispatched {
-        runs: vec![],
-        duplicate: false,
-    }
 }
 
 impl Engine {
@@ -82,7 +87,7 @@ impl Engine {
             // The last automation on this trigger (and scope) was removed.
             let key = keys::poll_source(&source.connection, &source.kind, &tag);
             self.store.delete(&key.pk, &key.sk).await?;
-            return Ok(nothing());
+            return Ok(Dispatched::nothing());
         }
         let connection = self
             .open_connection(&source.tenant, &source.connection)
@@ -92,14 +97,14 @@ impl Engine {
             .get(&connection.record.app)
             .and_then(|vendor| vendor.poller.clone())
         else {
-            return Ok(nothing());
+            return Ok(Dispatched::nothing());
         };
         let now = self.now();
         let cursor_key = keys::cursor(&source.connection, &source.kind, &tag);
         let holder = request.id.to_string();
         let Some((cursor, version)) = self.take_lease(&cursor_key, &holder, now).await? else {
             tracing::info!(source = %source.name(), "another poll of this source is running; backing off");
-            return Ok(nothing());
+            return Ok(Dispatched::nothing());
         };
         let key = format!("poll/{}", request.id);
         let ctx = self.call_context(&connection, &key);
@@ -118,8 +123,10 @@ impl Engine {
                 // Give the source back so the next tick can try at once.
                 let released = Cursor {
                     lease: None,
+                    failures: cursor.failures.saturating_add(1),
                     ..cursor
                 };
+                let failures = released.failures;
                 if let Err(release) = self
                     .store
                     .update_if_version(item(cursor_key, &released)?, version)
@@ -127,9 +134,17 @@ impl Engine {
                 {
                     tracing::warn!(error = %release, "could not release the poll lease");
                 }
-                if let Some(reason) = err.credentials_refused() {
-                    self.mark_credentials_refused(&source.connection, &reason)
-                        .await?;
+                self.note_refusal(&source.tenant, &source.connection, &err)
+                    .await?;
+                if failures >= POLL_FAILURES_ALERT {
+                    let detail = format!("{failures} polls in a row failed; the last: {err}");
+                    self.raise_alert(
+                        &source.tenant,
+                        AlertCause::PollFailing,
+                        &source.name(),
+                        &detail,
+                    )
+                    .await;
                 }
                 return Err(EngineError::Action {
                     what: format!("polling {} on {}", source.kind, source.connection),
@@ -169,6 +184,7 @@ impl Engine {
             value: batch.cursor,
             polled_at: now,
             lease: None,
+            failures: 0,
         };
         let moved = match self
             .store
@@ -180,7 +196,11 @@ impl Engine {
             Err(err) => return Err(err.into()),
         };
         tracing::info!(source = %source.name(), found, accepted, moved, "polled");
-        Ok(nothing())
+        if moved && cursor.failures >= POLL_FAILURES_ALERT {
+            self.resolve_alert(&source.tenant, AlertCause::PollFailing, &source.name())
+                .await;
+        }
+        Ok(Dispatched::nothing())
     }
 
     /// Takes the source's lease for `holder`: the cursor as it was and the
@@ -222,6 +242,7 @@ impl Engine {
                     value: Value::Null,
                     polled_at: now,
                     lease: Some(lease),
+                    failures: 0,
                 };
                 match self.store.put_if_absent(item(key.clone(), &fresh)?).await? {
                     PutOutcome::Inserted => Ok(Some((fresh, 1))),

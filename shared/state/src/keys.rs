@@ -32,6 +32,8 @@
 //! | dedupe claim (TTL) | `DEDUPE#{connection}#{action}` | `{field}#{normalised value}` |
 //! | tick record (TTL) | `TICK` | `{started_at}` |
 //! | OAuth tokens of a connection (versioned, sealed) | `OAUTH#{connection}` | `TOKENS` |
+//! | alert destination (secrets sealed) | `TENANT#{tenant}` | `ALERTDEST#{destination}` |
+//! | an alert's cause (versioned) | `ALERT#{tenant}` | `{cause}#{subject}` |
 //! | pending OAuth consent (TTL) | `OAUTHSTATE#{sha256 of the state}` | `STATE` |
 
 /// A table key.
@@ -224,4 +226,24 @@ pub fn dedupe_claim(connection: &str, action: &str, field: &str, value: &str) ->
         format!("DEDUPE#{connection}#{action}"),
         format!("{field}#{value}"),
     )
+}
+
+pub fn alert_destination(tenant: &str, destination: &str) -> Key {
+    key(
+        format!("TENANT#{tenant}"),
+        format!("ALERTDEST#{destination}"),
+    )
+}
+
+pub fn tenant_alert_destinations(tenant: &str) -> (String, &'static str) {
+    (format!("TENANT#{tenant}"), "ALERTDEST#")
+}
+
+/// One item per cause and subject: raised once, resolved once.
+pub fn alert(tenant: &str, cause: &str, subject: &str) -> Key {
+    key(format!("ALERT#{tenant}"), format!("{cause}#{subject}"))
+}
+
+pub fn tenant_alerts(tenant: &str) -> (String, &'static str) {
+    (format!("ALERT#{tenant}"), "")
 }

@@ -383,3 +383,139 @@ pub fn scope_tag(scope: &serde_json::Value) -> String {
         crate::sha256_hex(&scope.to_string())[..16].to_owned()
     }
 }
+
+/// Where a tenant's alerts go: a URL that receives alert messages signed
+/// per the Standard Webhooks specification. The signing secrets are
+/// sealed (a JSON list of [`AlertSecret`]); the API shows a new secret
+/// once, when it is made.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertDestinationRecord {
+    /// `ads_…`
+    pub id: String,
+    pub tenant: String,
+    pub url: String,
+    #[serde(default)]
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    /// Sealed `Vec<AlertSecret>`, newest first.
+    pub secrets: String,
+}
+
+impl std::fmt::Debug for AlertDestinationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertDestinationRecord")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One signing secret of an alert destination (`whsec_…`). A rotated-out
+/// secret keeps signing beside the new one until `retires_at`, so a
+/// receiver can switch without missing a message.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertSecret {
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retires_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for AlertSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertSecret")
+            .field("retires_at", &self.retires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an alert is about. Each cause has a subject (an automation, a
+/// connection, a poll source) and is raised once until it clears.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertCause {
+    /// Runs of an automation fail for good (a vendor refusal, retries
+    /// spent, a dead-lettered event); clears with its next success.
+    RunsFailing,
+    /// An automation was halted after failures in a row; clears when a
+    /// person saves or enables it again.
+    AutomationHalted,
+    /// A vendor refused a connection's credentials; clears when they are
+    /// replaced or a check passes.
+    CredentialsRefused,
+    /// An OAuth grant was refused; clears when the connection is
+    /// authorized again.
+    ReauthorizationNeeded,
+    /// A poll source failed several ticks in a row; clears when a poll
+    /// succeeds.
+    PollFailing,
+}
+
+impl AlertCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertCause::RunsFailing => "runs_failing",
+            AlertCause::AutomationHalted => "automation_halted",
+            AlertCause::CredentialsRefused => "credentials_refused",
+            AlertCause::ReauthorizationNeeded => "reauthorization_needed",
+            AlertCause::PollFailing => "poll_failing",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    Open,
+    Resolved,
+}
+
+/// The state of one cause of alerts for a tenant (versioned): open from
+/// the first occurrence until it clears, announced to the destinations
+/// once per status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AlertRecord {
+    /// `alr_…`, new each time the cause opens again.
+    pub id: String,
+    pub tenant: String,
+    pub cause: AlertCause,
+    /// The automation, connection or poll source it is about.
+    pub subject: String,
+    pub status: AlertStatus,
+    /// What happened first (no secret in it).
+    pub detail: String,
+    pub opened_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// The message for the current status is on the bus (a process that
+    /// died before putting it there leaves `false`, and the next
+    /// occurrence puts it there again, under the same message id).
+    #[serde(default)]
+    pub announced: bool,
+}
+
+/// What one attempt to send an alert message did (the admin API's test
+/// send answers it).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct AlertSendOutcome {
+    /// The receiver's HTTP status; absent when it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub delivered: bool,
+    /// Why it was not delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub message_id: String,
+}

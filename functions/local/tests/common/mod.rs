@@ -134,3 +134,187 @@ pub async fn get_json(server: &Server, key: &str, path: &str) -> Value {
 pub async fn pause() {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// The Python of the test tools (infra/test.sh installs them into
+/// .tools/venv, the `standardwebhooks` reference implementation among them).
+pub fn python() -> std::path::PathBuf {
+    let venv =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run `bash infra/test.sh` once (it installs the test tools, standardwebhooks among them)",
+        venv.display()
+    );
+    venv
+}
+
+/// A webhook delivery as a test sends it, and as a dry run takes it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub content_type: String,
+    pub body: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Delivery {
+    pub fn form(pairs: &[(&str, &str)]) -> Self {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        Self {
+            content_type: "application/x-www-form-urlencoded".into(),
+            body,
+            query: String::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn json(value: &Value) -> Self {
+        Self {
+            content_type: "application/json".into(),
+            body: value.to_string(),
+            query: String::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The `delivery` of a dry run.
+    pub fn sample(&self) -> Value {
+        let headers: serde_json::Map<String, Value> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        serde_json::json!({"body": self.body, "content_type": self.content_type,
+                           "query": self.query, "headers": headers})
+    }
+
+    /// Sends it to `url` (a webhook path's full URL).
+    pub async fn send(&self, url: &str) -> reqwest::Response {
+        let url = if self.query.is_empty() {
+            url.to_owned()
+        } else {
+            format!("{url}?{}", self.query)
+        };
+        let mut request = client()
+            .post(url)
+            .header("content-type", &self.content_type)
+            .body(self.body.clone());
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// The dry run of `automation` (`body`: the sample and options); checks it
+/// answered 200 and wrote nothing: `writes()` (the vendors' count of write
+/// requests) is the same after it.
+pub async fn dry_run(
+    server: &Server,
+    key: &str,
+    automation: &str,
+    body: Value,
+    writes: impl Fn() -> usize,
+) -> Value {
+    let before = writes();
+    let response = client()
+        .post(format!("{}/v1/automations/{automation}/test", server.base))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let plan: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{plan:#}");
+    assert_eq!(writes(), before, "the dry run wrote to a vendor: {plan:#}");
+    assert_eq!(plan["vendor_writes"], 0, "{plan:#}");
+    plan
+}
+
+/// Replaces each `<steps.{step}.{field}>` placeholder of a plan with what
+/// the run's step put out.
+fn fill_placeholders(value: &Value, outputs: &std::collections::BTreeMap<String, Value>) -> Value {
+    match value {
+        Value::String(text) if text.contains("<steps.") => {
+            let mut out = String::new();
+            let mut rest = text.as_str();
+            while let Some(start) = rest.find("<steps.") {
+                out.push_str(&rest[..start]);
+                let end = start + rest[start..].find('>').unwrap();
+                let path = &rest[start + "<steps.".len()..end];
+                let (step, field) = path.split_once('.').unwrap();
+                let found = &outputs[step][field];
+                match found {
+                    Value::String(s) => out.push_str(s),
+                    other => out.push_str(&other.to_string()),
+                }
+                rest = &rest[end + 1..];
+            }
+            out.push_str(rest);
+            Value::String(out)
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| fill_placeholders(v, outputs))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), fill_placeholders(v, outputs)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Checks that `run` (from `GET /v1/runs/{id}`) sent what `plan` said:
+/// the same steps called, each with the same action, connection, target
+/// and fields (placeholders standing for the run's own outputs), and the
+/// same steps skipped. Returns how many calls were compared.
+pub fn assert_plan_matches(plan: &Value, run: &Value) -> usize {
+    let steps = run["steps"].as_array().unwrap();
+    let outputs: std::collections::BTreeMap<String, Value> = steps
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_owned(), s["output"].clone()))
+        .collect();
+    let mut compared = 0;
+    for planned in plan["steps"].as_array().unwrap() {
+        let id = planned["id"].as_str().unwrap();
+        let real = steps.iter().find(|s| s["id"] == id);
+        match planned["plan"].as_str().unwrap() {
+            "call" => {
+                let real = real.unwrap_or_else(|| panic!("step {id} planned, not run: {run:#}"));
+                assert_eq!(real["status"], "succeeded", "{real:#}");
+                let want = fill_placeholders(&planned["request"], &outputs);
+                for part in ["action", "connection", "target", "fields"] {
+                    assert_eq!(
+                        want[part], real["request"][part],
+                        "step {id}: the {part} planned and sent differ\nplan: {planned:#}\nrun: {real:#}"
+                    );
+                }
+                compared += 1;
+            }
+            "skip" => {
+                if let Some(real) = real {
+                    assert_eq!(real["status"], "skipped", "step {id}: {real:#}");
+                }
+            }
+            other => panic!("step {id} planned as {other}: {planned:#}"),
+        }
+    }
+    let called = steps.iter().filter(|s| s["status"] == "succeeded").count();
+    assert_eq!(
+        compared, called,
+        "the run called steps the plan did not: {run:#}\nplan: {plan:#}"
+    );
+    compared
+}

@@ -1017,6 +1017,10 @@ impl Action for GetProject {
         Resend::Repeatable
     }
 
+    fn reads_only(&self) -> bool {
+        true
+    }
+
     async fn execute(
         &self,
         ctx: &CallContext<'_>,

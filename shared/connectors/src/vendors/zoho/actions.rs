@@ -717,6 +717,10 @@ impl Action for FindCaller {
         ])
     }
 
+    fn reads_only(&self) -> bool {
+        true
+    }
+
     fn resend(&self, _fields: &Map<String, Value>) -> Resend {
         Resend::Repeatable
     }

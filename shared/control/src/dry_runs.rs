@@ -1,0 +1,209 @@
+//! Testing an automation before it writes into a live CRM: the admin side
+//! of the dry run (`crmbridge_engine::dry_run`). The event comes from a
+//! sample (its data, or a whole webhook delivery decoded as the trigger's
+//! connection decodes it) or is the last real event the automation ran
+//! for; the automation is a saved one or a document not saved yet.
+
+use std::collections::BTreeMap;
+
+use crmbridge_engine::bookkeeping::AutomationRecord;
+use crmbridge_engine::dry_run::{DryRun, DryRunOptions, SampleDelivery};
+use crmbridge_engine::records::{Role, RunRecord, RunSummary};
+use crmbridge_engine::{Engine, EngineError, EngineResult, decode, keys, random_id};
+use crmbridge_mapping::{Automation, Event, EventId, Subject};
+use crmbridge_store::Query;
+use serde_json::Value;
+
+use crate::admin::Principal;
+use crate::automations::Automations as _;
+
+/// The event a dry run plans for.
+#[derive(Debug, Clone)]
+pub enum DrySample {
+    /// Event data as templates see it (`event.*`), with an optional
+    /// subject (`kind`, `id`) for links.
+    Data {
+        data: Value,
+        subject: Option<Subject>,
+    },
+    /// A webhook delivery to the trigger's connection.
+    Delivery(SampleDelivery),
+    /// The event of the automation's newest run.
+    LastReal,
+}
+
+pub trait DryRuns {
+    /// Plans a saved automation's run.
+    async fn test_automation(
+        &self,
+        who: &Principal,
+        id: &str,
+        sample: DrySample,
+        options: DryRunOptions,
+    ) -> EngineResult<DryRun>;
+
+    /// Plans the run of an automation document that is not saved (it is
+    /// validated as saving would).
+    async fn test_automation_document(
+        &self,
+        who: &Principal,
+        automation: Automation,
+        sample: DrySample,
+        options: DryRunOptions,
+    ) -> EngineResult<DryRun>;
+}
+
+/// The event a dry run plans for, from its sample.
+async fn sample_event(
+    engine: &Engine,
+    who: &Principal,
+    automation: &Automation,
+    sample: DrySample,
+) -> EngineResult<Event> {
+    let trigger = &automation.trigger;
+    match sample {
+        DrySample::Data { data, subject } => {
+            if !data.is_object() {
+                return Err(EngineError::bad_request(
+                    "event.data",
+                    "an object: the event's fields as templates see them",
+                ));
+            }
+            let connection = engine
+                .open_connection(&who.tenant, &trigger.connection)
+                .await?;
+            let now = engine.now();
+            let id = EventId::from_source(&trigger.connection, &random_id("dry"));
+            let subject = subject.unwrap_or_else(|| Subject {
+                kind: trigger
+                    .event
+                    .split('.')
+                    .nth(1)
+                    .unwrap_or("record")
+                    .to_owned(),
+                id: "sample".into(),
+            });
+            Ok(Event {
+                id,
+                tenant: who.tenant.clone(),
+                connection: trigger.connection.clone(),
+                app: connection.record.app.clone(),
+                kind: trigger.event.clone(),
+                subject,
+                occurred_at: now,
+                received_at: now,
+                data,
+            })
+        }
+        DrySample::Delivery(delivery) => {
+            let events = engine
+                .sample_events(&who.tenant, &trigger.connection, &delivery)
+                .await
+                .map_err(|err| match err {
+                    EngineError::BadRequest { field, message } => {
+                        EngineError::bad_request(format!("delivery.{field}"), message)
+                    }
+                    EngineError::Unauthorized(message) => {
+                        EngineError::bad_request("delivery", message)
+                    }
+                    other => other,
+                })?;
+            let kinds: Vec<String> = events.iter().map(|e| e.kind.clone()).collect();
+            events
+                .into_iter()
+                .find(|e| e.kind == trigger.event)
+                .ok_or_else(|| {
+                    EngineError::bad_request(
+                        "delivery",
+                        format!(
+                            "holds no {} event (it holds: {})",
+                            trigger.event,
+                            if kinds.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                kinds.join(", ")
+                            }
+                        ),
+                    )
+                })
+        }
+        DrySample::LastReal => {
+            let page = engine
+                .store()
+                .query(
+                    Query::prefix(keys::automation_runs_pk(&who.tenant, &automation.id), "")
+                        .limit(1)
+                        .descending(),
+                )
+                .await?;
+            let Some(entry) = page.items.first() else {
+                return Err(EngineError::bad_request(
+                    "event",
+                    format!(
+                        "automation {} has not run for a real event yet: give a sample event or delivery",
+                        automation.id
+                    ),
+                ));
+            };
+            let summary: RunSummary = decode(entry)?;
+            let Some((run, _)) = engine.read::<RunRecord>(&keys::run(&summary.id)).await? else {
+                return Err(EngineError::bad_request(
+                    "event",
+                    "the newest run has expired from the log: give a sample event or delivery",
+                ));
+            };
+            engine.stored_event(run.event).await
+        }
+    }
+}
+
+impl DryRuns for Engine {
+    async fn test_automation(
+        &self,
+        who: &Principal,
+        id: &str,
+        sample: DrySample,
+        options: DryRunOptions,
+    ) -> EngineResult<DryRun> {
+        who.require_role(Role::Admin, "test automations")?;
+        let record = self.get_automation(who, id).await?;
+        let event = sample_event(self, who, &record.automation, sample).await?;
+        self.dry_run(&record, event, &options).await
+    }
+
+    async fn test_automation_document(
+        &self,
+        who: &Principal,
+        automation: Automation,
+        sample: DrySample,
+        options: DryRunOptions,
+    ) -> EngineResult<DryRun> {
+        who.require_role(Role::Admin, "test automations")?;
+        self.validate_automation(who, &automation).await?;
+        let now = self.now();
+        let record = AutomationRecord {
+            tenant: who.tenant.clone(),
+            health: None,
+            failure_streak: 0,
+            halted: None,
+            created_at: now,
+            updated_at: now,
+            automation,
+        };
+        let event = sample_event(self, who, &record.automation, sample).await?;
+        self.dry_run(&record, event, &options).await
+    }
+}
+
+/// Step outputs given by the caller, checked to be objects.
+pub fn given_outputs(outputs: BTreeMap<String, Value>) -> EngineResult<BTreeMap<String, Value>> {
+    for (step, output) in &outputs {
+        if !output.is_object() {
+            return Err(EngineError::bad_request(
+                format!("outputs.{step}"),
+                "an object: the step's output fields",
+            ));
+        }
+    }
+    Ok(outputs)
+}
