@@ -276,6 +276,7 @@ on_both_stores!(
     a_run_whose_worker_dies_every_time_is_given_up,
     two_owners_revoking_each_other_keep_one_owner_key,
     automation_ids_are_plain_everywhere,
+    an_alert_raised_by_two_processes_at_once_is_announced_once,
 );
 
 /// Four deliveries of one event at once (EventBridge and the outbox both
@@ -904,4 +905,104 @@ async fn automation_ids_are_plain_everywhere(h: Harness) {
         assert_eq!(filter.status(), 400, "{id}");
     }
     assert!(h.engine.list_automations(&who).await.unwrap().is_empty());
+}
+
+/// Eight runs failing at once on two processes raise one cause: one
+/// alert opens and one message per destination goes on the bus; eight
+/// successes at once resolve it once. A process that died between opening
+/// an alert and announcing it leaves it unannounced: the first occurrence
+/// once it is stale announces it (under the same alert id), and later ones
+/// add nothing.
+async fn an_alert_raised_by_two_processes_at_once_is_announced_once(h: Harness) {
+    use crmbridge_control::alerts::NewAlertDestination;
+    use crmbridge_engine::records::{AlertCause, AlertRecord, AlertStatus};
+
+    let who = h.owner().await;
+    for url in ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"] {
+        h.engine
+            .create_alert_destination(
+                &who,
+                NewAlertDestination {
+                    url: url.into(),
+                    description: String::new(),
+                    secret: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let other = h.another_process(false);
+    let pending = || async { h.bus.stats().await.unwrap().pending };
+    let tenant = who.tenant.clone();
+    let at_once = |resolve: bool| {
+        let mut tasks = Vec::new();
+        for n in 0..8 {
+            let engine = if n % 2 == 0 {
+                Arc::clone(&h.engine)
+            } else {
+                Arc::clone(&other)
+            };
+            let tenant = tenant.clone();
+            tasks.push(tokio::spawn(async move {
+                if resolve {
+                    engine
+                        .resolve_alert(&tenant, AlertCause::RunsFailing, "orders")
+                        .await;
+                } else {
+                    engine
+                        .raise_alert(&tenant, AlertCause::RunsFailing, "orders", &format!("failure {n}"))
+                        .await;
+                }
+            }));
+        }
+        tasks
+    };
+    for task in at_once(false) {
+        task.await.unwrap();
+    }
+    let alerts = h.engine.alerts(&tenant).await.unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].status, AlertStatus::Open);
+    assert!(alerts[0].announced, "{alerts:?}");
+    assert_eq!(pending().await, 2, "one message per destination");
+    let opened = alerts[0].id.clone();
+
+    for task in at_once(true) {
+        task.await.unwrap();
+    }
+    let alerts = h.engine.alerts(&tenant).await.unwrap();
+    assert_eq!(alerts[0].status, AlertStatus::Resolved, "{alerts:?}");
+    assert_eq!(alerts[0].id, opened, "the same alert, resolved");
+    assert_eq!(pending().await, 4, "one resolved message per destination");
+
+    // Opened by a process that died before announcing it.
+    let key = crmbridge_engine::keys::alert(&tenant, AlertCause::CredentialsRefused.as_str(), "con_x");
+    let orphan = AlertRecord {
+        id: "alr_orphan".into(),
+        tenant: tenant.clone(),
+        cause: AlertCause::CredentialsRefused,
+        subject: "con_x".into(),
+        status: AlertStatus::Open,
+        detail: "refused".into(),
+        opened_at: chrono::Utc::now() - chrono::Duration::minutes(5),
+        resolved_at: None,
+        announced: false,
+    };
+    h.store
+        .put(crmbridge_engine::item(key, &orphan).unwrap())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        other
+            .raise_alert(&tenant, AlertCause::CredentialsRefused, "con_x", "refused again")
+            .await;
+    }
+    let alerts = h.engine.alerts(&tenant).await.unwrap();
+    let found = alerts
+        .iter()
+        .find(|a| a.cause == AlertCause::CredentialsRefused)
+        .unwrap();
+    assert_eq!(found.id, "alr_orphan", "{alerts:?}");
+    assert!(found.announced);
+    assert_eq!(pending().await, 6, "announced once, for both destinations");
 }

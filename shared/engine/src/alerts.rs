@@ -129,7 +129,13 @@ impl Engine {
             if let Some((alert, version)) = &found
                 && alert.status == AlertStatus::Open
             {
-                if !alert.announced {
+                // Unannounced for longer than an announcement takes: the
+                // process that opened it died first. Announcing it again
+                // publishes under the same ids; a younger one is left to
+                // the process announcing it now.
+                let abandoned = self.now() - alert.opened_at
+                    > chrono::Duration::seconds(self.config.accept_stale_secs);
+                if !alert.announced && abandoned {
                     self.announce(alert, *version).await?;
                 }
                 return Ok(());
