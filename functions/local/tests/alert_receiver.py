@@ -6,10 +6,12 @@ what it verified, and can be told to hang, as a receiver that is down does.
 
 POST /control {"hang": true|false} or {"secrets": [...]} (the secrets it
 verifies with from now on); GET /received; POST / (deliveries).
-While hanging, deliveries wait until released and are then refused (503):
-a receiver that never answered never took them.
+While hanging, deliveries wait until released (then refused, 503: a
+receiver that never answered never took them) or until the sender gives
+up; `hanging_max` is the most held open at once.
 """
 import json
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,9 +20,22 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 hooks = [Webhook(secret) for secret in sys.argv[1:]]
 lock = threading.Lock()
-state = {"received": [], "rejected": [], "hung": 0}
+state = {"received": [], "rejected": [], "hung": 0, "hanging_now": 0, "hanging_max": 0}
 released = threading.Event()
 released.set()
+
+
+def client_gone(sock):
+    """Whether the sender closed the connection (gave up waiting)."""
+    try:
+        sock.setblocking(False)
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -51,8 +66,17 @@ class Handler(BaseHTTPRequestHandler):
         if not released.is_set():
             with lock:
                 state["hung"] += 1
-            released.wait(120)
-            self._answer(503, {"error": "was hanging"})
+                state["hanging_now"] += 1
+                state["hanging_max"] = max(state["hanging_max"], state["hanging_now"])
+            # Held until released, or until the sender gives up: what is
+            # counted is the requests held open at once.
+            while not released.wait(0.05):
+                if client_gone(self.connection):
+                    break
+            with lock:
+                state["hanging_now"] -= 1
+            if released.is_set():
+                self._answer(503, {"error": "was hanging"})
             return
         headers = {name.lower(): value for name, value in self.headers.items()}
         for hook in hooks:

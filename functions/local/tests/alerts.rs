@@ -152,8 +152,19 @@ async fn one_alert_per_cause_then_one_resolved_and_a_hung_receiver_holds_up_noth
     let destination: Value = response.json().await.unwrap();
     let destination_id = destination["id"].as_str().unwrap().to_owned();
     assert!(destination_id.starts_with("ads_"), "{destination}");
+    // Three more destinations on the same receiver: four messages per
+    // alert, all of them held while it hangs.
+    for n in 0..3 {
+        let response = post(
+            "/v1/alert-destinations",
+            json!({"url": format!("{}/alerts/{n}", receiver.url), "secret": secret}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 201);
+    }
     let listed = common::get_json(&server, &key, "/v1/alert-destinations").await;
-    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["items"].as_array().unwrap().len(), 4, "{listed}");
     assert!(!listed.to_string().contains("whsec_"), "{listed}");
 
     // The test send reaches the receiver, verified.
@@ -259,11 +270,15 @@ async fn one_alert_per_cause_then_one_resolved_and_a_hung_receiver_holds_up_noth
             && state["received"].as_array().unwrap().len() == 1,
         "dispatch finished while the alert was still held by the receiver: {state}"
     );
+    assert_eq!(
+        state["hanging_max"], 1,
+        "four messages, one held at a time: the other workers stayed with the runs: {state}"
+    );
 
     // Back up: exactly one alert for the three failures arrives.
     receiver.hang(false).await;
-    until("the opened alert", 120, || async {
-        !receiver.received("alert.opened").await.is_empty()
+    until("the opened alert at every destination", 120, || async {
+        receiver.received("alert.opened").await.len() == 4
     })
     .await;
     // A fourth failure opens nothing new.
@@ -278,10 +293,19 @@ async fn one_alert_per_cause_then_one_resolved_and_a_hung_receiver_holds_up_noth
         !receiver.received("alert.resolved").await.is_empty()
     })
     .await;
+    until("the resolved alert at every destination", 120, || async {
+        receiver.received("alert.resolved").await.len() == 4
+    })
+    .await;
     let opened = receiver.received("alert.opened").await;
     let resolved = receiver.received("alert.resolved").await;
-    assert_eq!(opened.len(), 1, "{opened:#?}");
-    assert_eq!(resolved.len(), 1, "{resolved:#?}");
+    assert_eq!(opened.len(), 4, "one per destination: {opened:#?}");
+    assert_eq!(resolved.len(), 4, "{resolved:#?}");
+    let ids: std::collections::BTreeSet<&str> = opened
+        .iter()
+        .map(|m| m["payload"]["data"]["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "one alert: {opened:#?}");
     let data = &opened[0]["payload"]["data"];
     assert_eq!(data["cause"], "runs_failing", "{data}");
     assert_eq!(data["subject"], "orders", "{data}");
@@ -354,5 +378,5 @@ async fn one_alert_per_cause_then_one_resolved_and_a_hung_receiver_holds_up_noth
         .unwrap();
     assert_eq!(response.status(), 204);
     let listed = common::get_json(&server, &key, "/v1/alert-destinations").await;
-    assert!(listed["items"].as_array().unwrap().is_empty(), "{listed}");
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3, "{listed}");
 }

@@ -308,7 +308,18 @@ fn truncate(text: String, max: usize) -> String {
 impl VendorClient {
     /// Built once at start-up.
     pub fn new() -> Self {
+        Self::with_redirects(reqwest::redirect::Policy::default())
+    }
+
+    /// A client that never follows a redirect: for URLs a user gives
+    /// (alert destinations), where a redirect could lead inward.
+    pub fn without_redirects() -> Self {
+        Self::with_redirects(reqwest::redirect::Policy::none())
+    }
+
+    fn with_redirects(policy: reqwest::redirect::Policy) -> Self {
         let client = reqwest::Client::builder()
+            .redirect(policy)
             .gzip(true)
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))

@@ -219,6 +219,11 @@ impl Automations for Engine {
             sk: index.sk,
         });
         self.store().transact(writes).await?;
+        // Gone: nothing is failing any more (an automation made again under
+        // this id gets alerts of its own).
+        for cause in [AlertCause::RunsFailing, AlertCause::AutomationHalted] {
+            self.resolve_alert(&who.tenant, cause, id).await;
+        }
         Ok(())
     }
 
@@ -302,6 +307,12 @@ impl Automations for Engine {
                 },
             ])
             .await?;
+        for cause in [
+            AlertCause::CredentialsRefused,
+            AlertCause::ReauthorizationNeeded,
+        ] {
+            self.resolve_alert(&who.tenant, cause, id).await;
+        }
         tracing::info!(tenant = %who.tenant, connection = %id, automations = affected.len(), "connection deleted");
         Ok(affected)
     }

@@ -53,6 +53,13 @@ pub trait DryRuns {
     ) -> EngineResult<DryRun>;
 }
 
+fn missing_trigger(connection: &str) -> EngineError {
+    EngineError::bad_request(
+        "trigger.connection",
+        format!("connection {connection} does not exist"),
+    )
+}
+
 /// The event a dry run plans for, from its sample.
 async fn sample_event(
     engine: &Engine,
@@ -71,7 +78,8 @@ async fn sample_event(
             }
             let connection = engine
                 .open_connection(&who.tenant, &trigger.connection)
-                .await?;
+                .await
+                .map_err(|_| missing_trigger(&trigger.connection))?;
             let now = engine.now();
             let id = EventId::from_source(&trigger.connection, &random_id("dry"));
             let subject = subject.unwrap_or_else(|| Subject {
@@ -96,6 +104,10 @@ async fn sample_event(
             })
         }
         DrySample::Delivery(delivery) => {
+            engine
+                .open_connection(&who.tenant, &trigger.connection)
+                .await
+                .map_err(|_| missing_trigger(&trigger.connection))?;
             let events = engine
                 .sample_events(&who.tenant, &trigger.connection, &delivery)
                 .await

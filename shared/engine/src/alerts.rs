@@ -41,8 +41,8 @@ pub const ALERT_DELIVERY: &str = "crmbridge.alert.delivery";
 /// How long one delivery attempt may take before the bus retries it later.
 pub const ALERT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Alert deliveries one process makes at once: a hung receiver may hold
-/// these, never the workers that runs need.
+/// Alert deliveries one process makes at once: a hung receiver holds one
+/// worker at most, the others stay with the runs.
 pub const ALERT_SLOTS: usize = 1;
 
 /// Detail kept from the occurrence that opened an alert.
@@ -129,16 +129,17 @@ impl Engine {
             if let Some((alert, version)) = &found
                 && alert.status == AlertStatus::Open
             {
-                // Unannounced for longer than an announcement takes: the
-                // process that opened it died first. Announcing it again
-                // publishes under the same ids; a younger one is left to
-                // the process announcing it now.
-                let abandoned = self.now() - alert.opened_at
-                    > chrono::Duration::seconds(self.config.accept_stale_secs);
-                if !alert.announced && abandoned {
+                if self.abandoned(alert) {
                     self.announce(alert, *version).await?;
                 }
                 return Ok(());
+            }
+            if let Some((previous, version)) = &found
+                && self.abandoned(previous)
+            {
+                // Its resolution was never announced: announce it first.
+                self.announce(previous, *version).await?;
+                continue;
             }
             let alert = AlertRecord {
                 id: random_id("alr"),
@@ -178,6 +179,9 @@ impl Engine {
                 return Ok(());
             };
             if alert.status != AlertStatus::Open {
+                if self.abandoned(&alert) {
+                    self.announce(&alert, version).await?;
+                }
                 return Ok(());
             }
             alert.status = AlertStatus::Resolved;
@@ -189,6 +193,16 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Whether an alert's current status went unannounced for longer than
+    /// an announcement takes: the process that changed it died first.
+    /// Announcing it again publishes under the same ids; a younger one is
+    /// left to the process announcing it now.
+    fn abandoned(&self, alert: &AlertRecord) -> bool {
+        let changed = alert.resolved_at.unwrap_or(alert.opened_at);
+        !alert.announced
+            && self.now() - changed > chrono::Duration::seconds(self.config.accept_stale_secs)
     }
 
     /// A conditional write of an alert: `None` when another worker changed
@@ -354,9 +368,15 @@ impl Engine {
             retry_header: RetryHeader::RetryAfterSeconds,
             ..VendorPolicy::new("alerts", 10, Duration::from_secs(1), 1)
         };
+        // A destination URL may carry a token (in its path or query): the
+        // transport's errors name the URL, so it is taken out of them.
+        let shown_url = url::Url::parse(&destination.url)
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        let hidden = [destination.url.as_str(), shown_url.as_str()];
         let outcome = match self
-            .http
-            .send(&destination.id, &policy, &request, &[])
+            .alert_http
+            .send(&destination.id, &policy, &request, &hidden)
             .await
         {
             Ok(response) if response.is_success() => AlertSendOutcome {
@@ -365,13 +385,14 @@ impl Engine {
                 error: None,
                 message_id: message_id.to_owned(),
             },
+            // A redirect is not followed (it could lead inward), and the
+            // body of a refusal is not repeated: the status says enough.
             Ok(response) => AlertSendOutcome {
                 status: Some(response.status),
                 delivered: false,
                 error: Some(format!(
-                    "the receiver answered {}: {}",
-                    response.status,
-                    truncate_chars(&response.text(), 200)
+                    "the receiver answered {} (2xx expected; redirects are not followed)",
+                    response.status
                 )),
                 message_id: message_id.to_owned(),
             },
@@ -398,8 +419,8 @@ impl Engine {
             tracing::info!(destination = %request.destination, message = %request.message_id, "the alert destination was deleted; not delivered");
             return Ok(Dispatched::nothing());
         };
-        // A hung receiver holds a slot, never a worker a run could use: a
-        // delivery finding none free comes back later.
+        // A hung receiver holds the slot, one worker at most: a delivery
+        // that finds it taken comes back later (a retry of the bus).
         let Ok(_slot) = self.alert_slots.try_acquire() else {
             return Err(EngineError::Action {
                 what: format!("alert {} to {}", request.message_id, destination.id),

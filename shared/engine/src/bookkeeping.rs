@@ -103,6 +103,15 @@ impl Engine {
         record: &AutomationRecord,
         outcome: &str,
     ) -> EngineResult<()> {
+        // Opened before the streak grows: a success that sees the streak
+        // (and clears it) then finds the alert to resolve.
+        self.raise_alert(
+            &record.tenant,
+            AlertCause::RunsFailing,
+            &record.automation.id,
+            outcome,
+        )
+        .await;
         let threshold = record
             .automation
             .halt_after
@@ -125,13 +134,6 @@ impl Engine {
                 true
             })
             .await?;
-        self.raise_alert(
-            &record.tenant,
-            AlertCause::RunsFailing,
-            &record.automation.id,
-            outcome,
-        )
-        .await;
         if let Some(reason) = updated.and_then(|r| r.halted) {
             tracing::warn!(tenant = %record.tenant, automation = %record.automation.id, reason = %reason, "automation halted");
             self.raise_alert(

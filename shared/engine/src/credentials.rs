@@ -80,8 +80,14 @@ impl Engine {
     ) -> EngineResult<()> {
         let key = keys::connection_health(connection);
         self.store.delete(&key.pk, &key.sk).await?;
-        self.resolve_alert(tenant, AlertCause::CredentialsRefused, connection)
-            .await;
+        // New credentials (or a refresh token pasted in) and a passing
+        // check answer both causes.
+        for cause in [
+            AlertCause::CredentialsRefused,
+            AlertCause::ReauthorizationNeeded,
+        ] {
+            self.resolve_alert(tenant, cause, connection).await;
+        }
         Ok(())
     }
 

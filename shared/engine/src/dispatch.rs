@@ -1617,7 +1617,7 @@ fn store_failure(err: EngineError) -> ActionError {
 
 /// The claim keys of a create step: one per non-empty dedupe key, with the
 /// value normalised so `+7 916…` and `8 916…` are one claim.
-fn dedupe_claims(
+pub(crate) fn dedupe_claims(
     connection: &str,
     action: &str,
     lookup: &[crmbridge_mapping::LookupKey],
@@ -1644,14 +1644,14 @@ fn dedupe_claims(
         .collect()
 }
 
-enum ClaimState {
+pub(crate) enum ClaimState {
     Free,
     HeldBy(String),
     Resolved(String),
 }
 
 impl Engine {
-    async fn read_claims(&self, claims: &[keys::Key]) -> EngineResult<ClaimState> {
+    pub(crate) async fn read_claims(&self, claims: &[keys::Key]) -> EngineResult<ClaimState> {
         let mut held = None;
         for claim in claims {
             if let Some(item) = self.store.get(&claim.pk, &claim.sk).await? {

@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::bookkeeping::AutomationRecord;
+use crate::dispatch::{ClaimState, dedupe_claims};
 use crate::ingest::WebhookRequest;
 use crate::links::RecordRef;
 use crate::{Engine, EngineError, EngineResult};
@@ -183,6 +184,14 @@ impl Engine {
             settings.insert(id.clone(), open.record.settings.clone());
             connections.insert(id.clone(), open);
         }
+        for step in options.outputs.keys() {
+            if !automation.steps.iter().any(|s| &s.id == step) {
+                return Err(EngineError::bad_request(
+                    format!("outputs.{step}"),
+                    "the automation has no step with this id",
+                ));
+            }
+        }
         let mut vendor_reads = 0;
         if options.reads
             && let Some(source) = self.event_source(&event.app)
@@ -199,6 +208,21 @@ impl Engine {
                     message: err.to_string(),
                 })?;
             vendor_reads += 1;
+        }
+        // The trigger's options (a NetHunt folder and value, …) choose the
+        // events its runs are for, as in dispatch.
+        if let Some(source) = self.event_source(&event.app)
+            && !source.trigger_matches(&automation.trigger.options, &event)
+        {
+            return Ok(DryRun {
+                event,
+                filter: FilterOutcome::Filtered {
+                    reason: "the trigger's options do not match this event: no run".into(),
+                },
+                steps: Vec::new(),
+                vendor_reads,
+                vendor_writes: 0,
+            });
         }
         let subject = RecordRef {
             connection: event.connection.clone(),
@@ -296,6 +320,17 @@ impl Engine {
                 })
             } else if !request.dedupe.needs_search() {
                 Some(request.dedupe.decide(None))
+            } else if let ClaimState::Resolved(id) = self
+                .read_claims(&dedupe_claims(
+                    &request.connection,
+                    &request.action,
+                    &request.dedupe.lookup,
+                ))
+                .await?
+            {
+                // An earlier run made the record under these keys: a run
+                // uses it without searching.
+                Some(request.dedupe.decide(Some(&id)))
             } else if options.reads {
                 let lookup = action.lookup().ok_or_else(|| {
                     EngineError::bad_request(
@@ -340,16 +375,21 @@ impl Engine {
                 }
                 (record, OutputSource::Read)
             } else {
-                let known = match &decision {
-                    Some(DedupeDecision::UseExisting { id } | DedupeDecision::Update { id }) => {
-                        Some(id.as_str())
-                    }
-                    _ => None,
-                };
-                (
-                    placeholder_output(&step.id, &action.spec(), known),
-                    OutputSource::Placeholder,
-                )
+                match &decision {
+                    // What a run puts out for a record it uses unchanged.
+                    Some(DedupeDecision::UseExisting { id }) => (
+                        json!({"id": id, "existing": true}),
+                        OutputSource::Placeholder,
+                    ),
+                    Some(DedupeDecision::Update { id }) => (
+                        placeholder_output(&step.id, &action.spec(), Some(id)),
+                        OutputSource::Placeholder,
+                    ),
+                    _ => (
+                        placeholder_output(&step.id, &action.spec(), None),
+                        OutputSource::Placeholder,
+                    ),
+                }
             };
             if let Some(DedupeDecision::Stop { reason }) = &decision {
                 steps.push(DryStep {

@@ -114,6 +114,8 @@ pub struct Engine {
     metrics: Arc<dyn metrics::Metrics>,
     /// Alert deliveries in flight in this process (see [`alerts`]).
     alert_slots: tokio::sync::Semaphore,
+    /// The HTTP stack to alert destinations: no redirects followed.
+    alert_http: VendorClient,
 }
 
 impl std::fmt::Debug for Engine {
@@ -145,6 +147,7 @@ impl Engine {
             instance: random_id("ins"),
             metrics: Arc::new(metrics::Unrecorded),
             alert_slots: tokio::sync::Semaphore::new(alerts::ALERT_SLOTS),
+            alert_http: VendorClient::without_redirects(),
         }
     }
 

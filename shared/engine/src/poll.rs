@@ -196,7 +196,7 @@ impl Engine {
             Err(err) => return Err(err.into()),
         };
         tracing::info!(source = %source.name(), found, accepted, moved, "polled");
-        if moved && cursor.failures >= POLL_FAILURES_ALERT {
+        if moved && cursor.failures > 0 {
             self.resolve_alert(&source.tenant, AlertCause::PollFailing, &source.name())
                 .await;
         }

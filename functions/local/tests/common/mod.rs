@@ -295,12 +295,16 @@ pub fn assert_plan_matches(plan: &Value, run: &Value) -> usize {
                 let real = real.unwrap_or_else(|| panic!("step {id} planned, not run: {run:#}"));
                 assert_eq!(real["status"], "succeeded", "{real:#}");
                 let want = fill_placeholders(&planned["request"], &outputs);
-                for part in ["action", "connection", "target", "fields"] {
+                for part in ["action", "connection", "target", "fields", "link"] {
                     assert_eq!(
                         want[part], real["request"][part],
                         "step {id}: the {part} planned and sent differ\nplan: {planned:#}\nrun: {real:#}"
                     );
                 }
+                assert_eq!(
+                    want["dedupe"]["lookup"], real["request"]["dedupe"]["lookup"],
+                    "step {id}: the look-up keys planned and used differ"
+                );
                 compared += 1;
             }
             "skip" => {
