@@ -120,6 +120,11 @@ async fn one_alert_per_cause_then_one_resolved_and_a_hung_receiver_holds_up_noth
             .json(&body)
             .send()
     };
+    // `POST …/test`: what the receiver did with one signed test message.
+    let test_send = |destination: &str| {
+        let request = post(&format!("/v1/alert-destinations/{destination}/test"), json!({}));
+        async move { request.await.unwrap().json::<Value>().await.unwrap() }
+    };
 
     // A destination: a bad URL or secret is refused naming the field, and
     // nothing is made.
@@ -168,15 +173,7 @@ async fn one_alert_per_cause_then_one_resolved_and_a_hung_receiver_holds_up_noth
     assert!(!listed.to_string().contains("whsec_"), "{listed}");
 
     // The test send reaches the receiver, verified.
-    let tested: Value = post(
-        &format!("/v1/alert-destinations/{destination_id}/test"),
-        json!({}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let tested = test_send(&destination_id).await;
     assert_eq!(tested["delivered"], true, "{tested}");
     assert_eq!(receiver.received("alert.test").await.len(), 1);
 
@@ -344,27 +341,11 @@ async fn one_alert_per_cause_then_one_resolved_and_a_hung_receiver_holds_up_noth
     assert!(rotated["previous_secret_until"].is_string(), "{rotated}");
     for secrets in [vec![fresh.as_str()], vec![secret]] {
         receiver.set_secrets(&secrets).await;
-        let tested: Value = post(
-            &format!("/v1/alert-destinations/{destination_id}/test"),
-            json!({}),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let tested = test_send(&destination_id).await;
         assert_eq!(tested["delivered"], true, "{secrets:?}: {tested}");
     }
     receiver.set_secrets(&["whsec_dGhpcyBpcyBub3QgdGhlIHJpZ2h0IGtleSE="]).await;
-    let tested: Value = post(
-        &format!("/v1/alert-destinations/{destination_id}/test"),
-        json!({}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let tested = test_send(&destination_id).await;
     assert_eq!(tested["delivered"], false, "{tested}");
     assert_eq!(tested["status"], 400, "{tested}");
     let response = client()

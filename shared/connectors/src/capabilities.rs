@@ -488,6 +488,12 @@ impl Registry {
         self.vendors.get(app)
     }
 
+    /// An action by its full id (`app.entity.verb`).
+    pub fn action(&self, id: &str) -> Option<&Arc<dyn Action>> {
+        let app = id.split('.').next()?;
+        self.get(app)?.find_action(id)
+    }
+
     pub fn apps(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.vendors.keys().copied()
     }

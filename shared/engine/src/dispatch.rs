@@ -860,12 +860,7 @@ impl Engine {
                 .map(|()| StepFlow::Stop);
         };
         let app = request.action.split('.').next().unwrap_or_default();
-        let Some(action) = self
-            .connectors
-            .get(app)
-            .and_then(|vendor| vendor.find_action(&request.action))
-            .cloned()
-        else {
+        let Some(action) = self.connectors.action(&request.action).cloned() else {
             return self
                 .finish(
                     run,

@@ -289,19 +289,13 @@ impl Engine {
                 }
                 Ok(StepPlan::Call(request)) => request,
             };
-            let app = request.action.split('.').next().unwrap_or_default();
-            let Some(action) = self
-                .connectors
-                .get(app)
-                .and_then(|vendor| vendor.find_action(&request.action))
-                .cloned()
-            else {
+            let Some(action) = self.connectors.action(&request.action).cloned() else {
                 steps.push(DryStep {
                     id: step.id.clone(),
                     action: step.action.clone(),
                     plan: DryStepPlan::Error {
                         path: format!("steps[{index}].action"),
-                        message: format!("{app} has no action {}", request.action),
+                        message: format!("no connector has the action {}", request.action),
                     },
                 });
                 break;
