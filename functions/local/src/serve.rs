@@ -45,6 +45,10 @@ impl EventHandler for Dispatcher {
             tracing::error!(event_id, error = %err, "could not record a dead-lettered event's runs");
         }
     }
+
+    fn max_attempts(&self, event: &Event) -> Option<u32> {
+        crmbridge_engine::alerts::delivery_attempts(event)
+    }
 }
 
 /// For commands that never publish (bootstrap): refuses, loudly.

@@ -44,6 +44,12 @@ pub trait EventHandler: Send + Sync {
     /// allowed delivery. The handler records that (the engine fails the
     /// event's runs with `reason`); it is called once per dead letter.
     async fn give_up(&self, _event: Event, _reason: String) {}
+
+    /// Deliveries this event may take, when it needs another budget than
+    /// the bus's (`None`: [`OutboxConfig::max_attempts`]).
+    fn max_attempts(&self, _event: &Event) -> Option<u32> {
+        None
+    }
 }
 
 /// A failed delivery; the event will be retried.
@@ -56,6 +62,8 @@ pub struct OutboxConfig {
     pub workers: usize,
     pub max_attempts: u32,
     pub base_backoff: Duration,
+    /// The longest wait between two deliveries of one row.
+    pub max_backoff: Duration,
     /// How long a claimed row stays invisible to other workers.
     pub lease: Duration,
     /// How often idle workers look for rows whose backoff has passed.
@@ -68,6 +76,7 @@ impl Default for OutboxConfig {
             workers: 4,
             max_attempts: 8,
             base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(300),
             lease: Duration::from_secs(300),
             poll_interval: Duration::from_millis(500),
         }
@@ -201,12 +210,13 @@ impl OutboxBus {
         .await
     }
 
-    async fn fail(&self, claimed: &Claimed, error: String) -> Result<(), BusError> {
-        let dead = claimed.attempts >= self.config.max_attempts;
+    async fn fail(&self, claimed: &Claimed, error: String, allowed: u32) -> Result<(), BusError> {
+        let dead = claimed.attempts >= allowed;
         let backoff = self
             .config
             .base_backoff
-            .saturating_mul(1 << claimed.attempts.saturating_sub(1).min(16));
+            .saturating_mul(1 << claimed.attempts.saturating_sub(1).min(16))
+            .min(self.config.max_backoff);
         let seq = claimed.seq;
         self.with_conn("fail", move |conn| {
             conn.prepare_cached(
@@ -258,7 +268,9 @@ impl OutboxBus {
                 // Attempts are counted when a row is claimed, so a row whose
                 // handling kills the process (and never reaches `fail`)
                 // still runs out of attempts instead of crash-looping.
-                Ok(Some(claimed)) if claimed.attempts > self.config.max_attempts => {
+                Ok(Some(claimed))
+                    if claimed.attempts > self.allowed(handler.as_ref(), &claimed) =>
+                {
                     self.bury(worker, handler.as_ref(), claimed).await;
                 }
                 Ok(Some(claimed)) => self.deliver(worker, handler.as_ref(), claimed).await,
@@ -280,6 +292,18 @@ impl OutboxBus {
                 }
             }
         }
+    }
+
+    /// Deliveries a claimed row may take: the bus's, or its event's own
+    /// (read only once the bus's are spent).
+    fn allowed(&self, handler: &dyn EventHandler, claimed: &Claimed) -> u32 {
+        if claimed.attempts <= self.config.max_attempts {
+            return self.config.max_attempts;
+        }
+        serde_json::from_str::<Event>(&claimed.body)
+            .ok()
+            .and_then(|event| handler.max_attempts(&event))
+            .unwrap_or(self.config.max_attempts)
     }
 
     /// Dead-letters a row whose every delivery ended with its worker gone.
@@ -329,9 +353,14 @@ impl OutboxBus {
         let result = match outcome {
             Ok(()) => self.complete(claimed.seq).await,
             Err((event_id, error)) => {
-                let last = claimed.attempts >= self.config.max_attempts;
+                let allowed = event
+                    .as_ref()
+                    .ok()
+                    .and_then(|event| handler.max_attempts(event))
+                    .unwrap_or(self.config.max_attempts);
+                let last = claimed.attempts >= allowed;
                 tracing::warn!(worker, event_id, attempt = claimed.attempts, last, error = %error, "dispatch failed");
-                let failed = self.fail(&claimed, error.clone()).await;
+                let failed = self.fail(&claimed, error.clone(), allowed).await;
                 if last
                     && failed.is_ok()
                     && let Ok(event) = event

@@ -38,6 +38,7 @@ fn fast_config() -> OutboxConfig {
         workers: 3,
         max_attempts: 3,
         base_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(40),
         lease: Duration::from_secs(30),
         poll_interval: Duration::from_millis(20),
     }
@@ -151,6 +152,46 @@ async fn outbox_retries_a_failed_delivery() {
     let got = receive(&mut rx, 1).await;
     assert_eq!(got[0].id, event(7).id);
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
+}
+
+/// A handler whose events get more deliveries than the bus's three.
+struct Patient(Recorder);
+
+#[async_trait]
+impl EventHandler for Patient {
+    async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+        self.0.handle(event).await
+    }
+
+    fn max_attempts(&self, _event: &Event) -> Option<u32> {
+        Some(6)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_with_its_own_budget_outlives_the_buses_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = OutboxBus::open(&dir.path().join("s.db"), fast_config()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let (_stop, shutdown) = watch::channel(false);
+    bus.spawn_workers(
+        Arc::new(Patient(Recorder {
+            tx,
+            failures: 5,
+            attempts: Arc::clone(&attempts),
+        })),
+        shutdown,
+    );
+    bus.publish(&[event(11)]).await.unwrap();
+    let got = receive(&mut rx, 1).await;
+    assert_eq!(got[0].id, event(11).id);
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        6,
+        "five failures, then taken"
+    );
+    assert_eq!(bus.stats().await.unwrap().dead, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,16 @@ pub const ALERT_TIMEOUT: Duration = Duration::from_secs(10);
 /// worker at most, the others stay with the runs.
 pub const ALERT_SLOTS: usize = 1;
 
+/// Deliveries an alert message may take on a bus whose own budget is
+/// shorter (the local outbox: 8, about a minute): with backoff capped at
+/// five minutes, about two hours of a receiver being down.
+pub const ALERT_DELIVERY_ATTEMPTS: u32 = 30;
+
+/// The delivery budget of a bus event, when it is an alert message.
+pub fn delivery_attempts(event: &Event) -> Option<u32> {
+    (event.kind == ALERT_DELIVERY).then_some(ALERT_DELIVERY_ATTEMPTS)
+}
+
 /// Detail kept from the occurrence that opened an alert.
 const MAX_DETAIL_CHARS: usize = 500;
 
