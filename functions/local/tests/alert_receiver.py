@@ -85,7 +85,9 @@ class Handler(BaseHTTPRequestHandler):
             except WebhookVerificationError:
                 continue
             with lock:
-                state["received"].append({"id": headers["webhook-id"], "payload": payload})
+                state["received"].append(
+                    {"id": headers["webhook-id"], "path": self.path, "payload": payload}
+                )
             self._answer(204, {})
             return
         with lock:

@@ -298,6 +298,17 @@ async fn one_alert_per_cause_then_one_resolved_and_a_hung_receiver_holds_up_noth
     let resolved = receiver.received("alert.resolved").await;
     assert_eq!(opened.len(), 4, "one per destination: {opened:#?}");
     assert_eq!(resolved.len(), 4, "{resolved:#?}");
+    // The first destination, as a person reading it sees it: exactly one
+    // alert for the four failures, then exactly one resolution.
+    let at_first = |messages: &[Value]| {
+        messages
+            .iter()
+            .filter(|m| m["path"] == "/alerts")
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    assert_eq!(at_first(&opened).len(), 1, "{opened:#?}");
+    assert_eq!(at_first(&resolved).len(), 1, "{resolved:#?}");
     let ids: std::collections::BTreeSet<&str> = opened
         .iter()
         .map(|m| m["payload"]["data"]["alert_id"].as_str().unwrap())
