@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use common::{Server, client, pause, serve_with};
+use common::{Server, client, deliver, post_json, runs_with, serve_with};
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use serde_json::{Value, json};
@@ -33,71 +33,6 @@ const SHOPS: usize = 16;
 
 fn start(data: &Path) -> Server {
     serve_with(data, 4, &["--allow-any-vendor-url"])
-}
-
-async fn post_json(base: &str, key: &str, path: &str, body: Value) -> Value {
-    let response = client()
-        .post(format!("{base}{path}"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert!(status.is_success(), "{path}: {status} {body}");
-    body
-}
-
-/// Every run with this status (all pages).
-async fn runs_with(base: &str, key: &str, status: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut request = client()
-            .get(format!("{base}/v1/runs"))
-            .bearer_auth(key)
-            .query(&[("limit", "200"), ("status", status)]);
-        if let Some(cursor) = &cursor {
-            request = request.query(&[("cursor", cursor)]);
-        }
-        let page: Value = request.send().await.unwrap().json().await.unwrap();
-        let Some(items) = page["items"].as_array() else {
-            panic!("listing {status} runs: {page}");
-        };
-        all.extend(items.iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return all,
-        }
-    }
-}
-
-/// Posts one delivery until the server takes it (2xx), through restarts:
-/// what a vendor's retry does. `base` follows the current server.
-async fn deliver(base: &RwLock<String>, hook_path: &str, body: String) -> u16 {
-    let http = client();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let url = format!("{}{hook_path}", base.read().unwrap());
-        if let Ok(response) = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-        {
-            let status = response.status().as_u16();
-            if (200..300).contains(&status) {
-                return status;
-            }
-            // 503 = the copy before us is still being accepted: retry.
-            assert!(status >= 500, "delivery refused with {status}");
-        }
-        assert!(Instant::now() < deadline, "a delivery was never accepted");
-        pause().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

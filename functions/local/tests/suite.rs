@@ -23,6 +23,7 @@ suites!(
     chaos,
     faults,
     generic_signatures,
+    http_request,
     hubspot_webhooks,
     kado_hubspot,
     nethunt_worksection,

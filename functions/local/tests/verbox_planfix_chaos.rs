@@ -20,11 +20,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use common::{Server, client, pause, serve_with};
+use common::{Server, pause, post_json, runs_with, serve_with};
 use crmbridge_fakes::Fault;
 use crmbridge_fakes::vendors::planfix::{FakePlanfix, OperatorReply};
 use crmbridge_fakes::vendors::verbox::FakeVerbox;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const CHATS: usize = 20;
 const PER_CHAT: usize = 10;
@@ -33,40 +33,6 @@ const PROVIDER_KEY: &str = "pk-chaos";
 
 fn start(data: &std::path::Path) -> Server {
     serve_with(data, WORKERS, &["--allow-any-vendor-url"])
-}
-
-async fn post(base: &str, key: &str, path: &str, body: Value) -> Value {
-    let response = client()
-        .post(format!("{base}{path}"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {body}");
-    body
-}
-
-async fn runs_with(base: &str, key: &str, status: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut request = client()
-            .get(format!("{base}/v1/runs"))
-            .bearer_auth(key)
-            .query(&[("limit", "200"), ("status", status)]);
-        if let Some(cursor) = &cursor {
-            request = request.query(&[("cursor", cursor)]);
-        }
-        let page: Value = request.send().await.unwrap().json().await.unwrap();
-        all.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return all,
-        }
-    }
 }
 
 fn visitor_text(chat: usize, i: usize) -> String {
@@ -95,7 +61,7 @@ async fn two_hundred_messages_each_way_arrive_once_and_in_order() {
     let mut server = start(&data);
     let key = server.owner_key.clone().unwrap();
     let b = server.base.clone();
-    let vb = post(
+    let vb = post_json(
         &b,
         &key,
         "/v1/connections",
@@ -103,10 +69,10 @@ async fn two_hundred_messages_each_way_arrive_once_and_in_order() {
         "settings": {"base_url": verbox.base_url()}, "credentials": {"token": "vb-chaos"}}),
     )
     .await;
-    let pf = post(&b, &key, "/v1/connections", json!({"app": "planfix", "name": "Planfix",
+    let pf = post_json(&b, &key, "/v1/connections", json!({"app": "planfix", "name": "Planfix",
         "settings": {"base_url": planfix.base_url(), "chat_endpoint": planfix.chat_endpoint(), "max_requests_per_second": 50},
         "credentials": {"token": "pf-chaos", "planfix_token": "pf-chat-chaos", "provider_key": PROVIDER_KEY}})).await;
-    post(
+    post_json(
         &b,
         &key,
         "/v1/recipes/verbox-planfix/instantiate",

@@ -26,7 +26,7 @@
 //! difference.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,6 +34,8 @@ use rand::Rng;
 use reqwest::header::HeaderMap;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use crate::public_address;
 
 /// Which header a vendor uses to say how long to wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +230,12 @@ impl Limiter {
 #[derive(Clone)]
 pub struct VendorClient {
     client: reqwest::Client,
+    /// The stack for [`VendorRequest::public_only`] requests, whose URL a
+    /// user chose: it connects only to public addresses and checks every
+    /// redirect target. Built on first use, so a process that never makes
+    /// such a request never pays for a second TLS setup.
+    public: Arc<OnceLock<reqwest::Client>>,
+    follow_redirects: bool,
     limiters: Arc<Mutex<HashMap<String, Arc<Limiter>>>>,
 }
 
@@ -251,6 +259,9 @@ pub struct VendorRequest {
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
     pub idempotency: Idempotency,
+    /// The URL is the user's choice, not a vendor's: connect only to public
+    /// addresses (see [`crate::public_address`]).
+    pub public_only: bool,
 }
 
 impl VendorRequest {
@@ -261,6 +272,7 @@ impl VendorRequest {
             headers: Vec::new(),
             body: None,
             idempotency: Idempotency::Idempotent,
+            public_only: false,
         }
     }
 
@@ -276,6 +288,7 @@ impl VendorRequest {
             headers: Vec::new(),
             body: Some(body),
             idempotency,
+            public_only: false,
         }
     }
 
@@ -283,6 +296,23 @@ impl VendorRequest {
         self.headers.push((name.to_owned(), value.into()));
         self
     }
+
+    /// Sent only to a public address (outside test mode).
+    pub fn public_only(mut self, public_only: bool) -> Self {
+        self.public_only = public_only;
+        self
+    }
+}
+
+/// How many redirects a request to a user's URL follows.
+const MAX_REDIRECTS: usize = 5;
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .gzip(true)
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("crmbridge/", env!("CARGO_PKG_VERSION")))
 }
 
 /// Removes every secret from a text before it reaches a log or an error.
@@ -294,7 +324,7 @@ pub fn redact(text: &str, secrets: &[&str]) -> String {
     out
 }
 
-fn truncate(text: String, max: usize) -> String {
+pub(crate) fn truncate(text: String, max: usize) -> String {
     if text.len() <= max {
         return text;
     }
@@ -308,30 +338,63 @@ fn truncate(text: String, max: usize) -> String {
 impl VendorClient {
     /// Built once at start-up.
     pub fn new() -> Self {
-        Self::with_redirects(reqwest::redirect::Policy::default())
+        Self::with_redirects(true)
     }
 
     /// A client that never follows a redirect: for URLs a user gives
-    /// (alert destinations), where a redirect could lead inward.
+    /// (alert destinations), where the receiver's answer is all we want.
     pub fn without_redirects() -> Self {
-        Self::with_redirects(reqwest::redirect::Policy::none())
+        Self::with_redirects(false)
     }
 
-    fn with_redirects(policy: reqwest::redirect::Policy) -> Self {
-        let client = reqwest::Client::builder()
-            .redirect(policy)
-            .gzip(true)
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("crmbridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            // Only a broken TLS backend fails here; the plain client then
-            // fails the same way, loudly, at start-up.
-            .unwrap_or_else(|_| reqwest::Client::new());
+    fn with_redirects(follow: bool) -> Self {
+        let policy = if follow {
+            reqwest::redirect::Policy::default()
+        } else {
+            reqwest::redirect::Policy::none()
+        };
         Self {
-            client,
+            client: builder()
+                .redirect(policy)
+                .build()
+                // Only a broken TLS backend fails here; the plain client
+                // then fails the same way, loudly, at start-up.
+                .unwrap_or_else(|_| reqwest::Client::new()),
+            public: Arc::default(),
+            follow_redirects: follow,
             limiters: Arc::default(),
         }
+    }
+
+    /// The stack for requests whose URL a user chose.
+    fn public_client(&self) -> &reqwest::Client {
+        self.public.get_or_init(|| {
+            let follow = self.follow_redirects;
+            let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+                if !follow {
+                    return attempt.stop();
+                }
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error(public_address::NonPublicAddress(format!(
+                        "more than {MAX_REDIRECTS} redirects"
+                    )));
+                }
+                match public_address::check_url(attempt.url(), false) {
+                    Ok(()) => attempt.follow(),
+                    Err(refused) => {
+                        let host = attempt.url().host_str().unwrap_or("").to_owned();
+                        attempt.error(public_address::NonPublicAddress(format!(
+                            "redirected to {host}: {refused}"
+                        )))
+                    }
+                }
+            });
+            builder()
+                .redirect(redirects)
+                .dns_resolver(Arc::new(public_address::PublicOnlyResolver))
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new())
+        })
     }
 
     fn limiter(&self, connection: &str, policy: &VendorPolicy) -> Arc<Limiter> {
@@ -353,6 +416,13 @@ impl VendorClient {
         request: &VendorRequest,
         secrets: &[&str],
     ) -> Result<VendorResponse, VendorError> {
+        if request.public_only {
+            // IP literals never reach the resolver: check them here.
+            let url = url::Url::parse(&request.url)
+                .map_err(|err| VendorError::Invalid(format!("not a URL: {err}")))?;
+            public_address::check_url(&url, false)
+                .map_err(|refused| VendorError::Invalid(redact(&refused.0, secrets)))?;
+        }
         let limiter = self.limiter(connection, policy);
         let mut attempt = 0;
         loop {
@@ -416,6 +486,9 @@ impl VendorClient {
                     (true, hint, failure)
                 }
                 Err(err) => {
+                    if let Some(refused) = public_address::refused_by_guard(&err) {
+                        return Err(VendorError::Invalid(redact(&refused.0, secrets)));
+                    }
                     // A request that never connected cannot have been seen.
                     let unseen = err.is_connect();
                     let retry = unseen || request.idempotency == Idempotency::Idempotent;
@@ -458,8 +531,12 @@ impl VendorClient {
         policy: &VendorPolicy,
         request: &VendorRequest,
     ) -> Result<VendorResponse, reqwest::Error> {
-        let mut builder = self
-            .client
+        let client = if request.public_only {
+            self.public_client()
+        } else {
+            &self.client
+        };
+        let mut builder = client
             .request(request.method.clone(), &request.url)
             .timeout(policy.timeout);
         for (name, value) in &request.headers {

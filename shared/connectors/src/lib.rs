@@ -18,6 +18,7 @@
 mod capabilities;
 pub mod client;
 pub mod oauth;
+pub mod public_address;
 pub mod standard_webhooks;
 mod support;
 pub mod vendors;

@@ -29,6 +29,7 @@ use crmbridge_connectors::oauth::AccessTokens;
 use crmbridge_connectors::{ActionError, Resend, Sent, VendorClient};
 use crmbridge_fakes::oauth::{FakeOAuth, OAuthConfig};
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
+use crmbridge_fakes::vendors::http::FakeReceiver;
 use crmbridge_fakes::vendors::hubspot::FakeHubSpot;
 use crmbridge_fakes::vendors::kado::FakeKado;
 use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
@@ -67,6 +68,9 @@ pub trait ContractSubject: Sized + Send + Sync {
     fn clear_requests(&self);
     /// The setting that points the connector at the vendor's API.
     const BASE_URL_SETTING: &'static str = "base_url";
+    /// The user chooses the host (the generic `http` action): any public
+    /// one is allowed, only non-public ones are refused.
+    const ANY_PUBLIC_HOST: bool = false;
     /// Access tokens for an OAuth vendor, made from the credentials.
     fn tokens(&self, _credentials: &BTreeMap<String, String>) -> Option<Box<dyn AccessTokens>> {
         None
@@ -93,11 +97,12 @@ pub async fn base_url_outside_the_vendor_is_refused<S: ContractSubject>() {
         .settings
         .validate_settings(&settings, true)
         .unwrap_or_else(|e| panic!("{}: the fake's settings are refused: {e:?}", S::APP));
-    for hostile in [
+    let foreign = [
         "https://attacker.example/api",
         "http://169.254.169.254/latest/meta-data",
         "https://127.0.0.1:8080/",
-    ] {
+    ];
+    for hostile in foreign.into_iter().skip(usize::from(S::ANY_PUBLIC_HOST)) {
         settings[S::BASE_URL_SETTING] = json!(hostile);
         let errors = vendor
             .settings
@@ -562,6 +567,7 @@ contract_suite!(hubspot, HubSpotSubject);
 contract_suite!(kado, KadoSubject);
 contract_suite!(planfix, PlanfixSubject);
 contract_suite!(verbox, VerboxSubject);
+contract_suite!(http, HttpSubject);
 
 pub struct PlanfixSubject {
     fake: FakePlanfix,
@@ -642,6 +648,48 @@ impl ContractSubject for VerboxSubject {
     forward_fake!();
 }
 
+/// The generic outbound action, against a receiver that honours
+/// `Idempotency-Key` and requires a bearer token.
+pub struct HttpSubject {
+    fake: FakeReceiver,
+}
+
+#[async_trait]
+impl ContractSubject for HttpSubject {
+    const APP: &'static str = "http";
+    const ANY_PUBLIC_HOST: bool = true;
+    fn create_request(&self) -> &'static str {
+        "/orders"
+    }
+    async fn start() -> Self {
+        let fake = FakeReceiver::start().await.unwrap();
+        fake.require_authorization("Bearer http-contract-token");
+        Self { fake }
+    }
+    fn settings(&self) -> Value {
+        json!({"base_url": self.fake.base_url(), "check_path": "/health"})
+    }
+    fn credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("authorization".into(), "Bearer http-contract-token".into())])
+    }
+    fn wrong_credentials(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("authorization".into(), "Bearer http-wrong-token-9".into())])
+    }
+    fn create(&self) -> (&'static str, Map<String, Value>) {
+        (
+            "http.request.send",
+            fields(json!({"url": "/orders", "json": {"order": "A-1", "sum": 10}})),
+        )
+    }
+    fn records(&self) -> usize {
+        self.fake.delivery_count()
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+    forward_fake!();
+}
+
 /// The vendors this suite covers, for the registry test.
 #[test]
 fn the_suite_covers_every_vendor_that_calls_out() {
@@ -656,6 +704,7 @@ fn the_suite_covers_every_vendor_that_calls_out() {
         KadoSubject::APP,
         PlanfixSubject::APP,
         VerboxSubject::APP,
+        HttpSubject::APP,
     ];
     let registry = crmbridge_connectors::Registry::builtin();
     for vendor in registry.vendors() {

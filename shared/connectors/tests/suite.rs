@@ -16,6 +16,7 @@ macro_rules! suites {
 suites!(
     contract,
     fuzz_replay,
+    http_request,
     moysklad_retailcrm_calltouch,
     nethunt_worksection,
     verbox_planfix,

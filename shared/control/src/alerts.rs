@@ -7,8 +7,7 @@
 //! or its secret rotated; a rotated-out secret keeps signing beside the new
 //! one for a day, so the receiver can switch without refusing a message.
 
-use std::net::IpAddr;
-
+use crmbridge_connectors::public_address;
 use crmbridge_connectors::standard_webhooks::SigningSecret;
 use crmbridge_engine::alerts::secret_retirement;
 use crmbridge_engine::records::{
@@ -95,57 +94,11 @@ pub trait Alerts {
 
 /// Why `url` may not receive alerts, if it may not. Outside test mode the
 /// URL must be https on a public host: an alert destination must not make
-/// crmbridge call into the network it runs in.
+/// crmbridge call into the network it runs in (a name is checked again
+/// when each alert is sent, against the addresses it resolves to).
 fn check_destination_url(url: &str, allow_any: bool) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|err| format!("not a URL: {err}"))?;
-    match parsed.scheme() {
-        "https" => {}
-        "http" if allow_any => {}
-        _ => return Err("must be an https:// URL".into()),
-    }
-    if parsed.username() != "" || parsed.password().is_some() {
-        return Err("must not carry credentials".into());
-    }
-    if allow_any {
-        return Ok(());
-    }
-    let host = match parsed.host() {
-        Some(url::Host::Domain(domain)) => {
-            let domain = domain.to_ascii_lowercase();
-            if domain == "localhost" || domain.ends_with(".localhost") || !domain.contains('.') {
-                return Err(format!("host {domain} is not a public host"));
-            }
-            return Ok(());
-        }
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
-        None => return Err("has no host".into()),
-    };
-    let private = match host {
-        IpAddr::V4(ip) => {
-            ip.is_private()
-                || ip.is_loopback()
-                || ip.is_link_local()
-                || ip.is_unspecified()
-                || ip.is_broadcast()
-                || ip.is_multicast()
-                // Carrier-grade NAT, 100.64.0.0/10.
-                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(ip) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || ip.is_multicast()
-                || ip.is_unique_local()
-                || ip.is_unicast_link_local()
-                || ip.to_ipv4_mapped().is_some()
-        }
-    };
-    if private {
-        Err(format!("{host} is not a public address"))
-    } else {
-        Ok(())
-    }
+    public_address::check_url(&parsed, allow_any).map_err(|refused| refused.0)
 }
 
 fn view(record: &AlertDestinationRecord, secrets: &[AlertSecret]) -> AlertDestinationView {

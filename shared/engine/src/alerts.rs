@@ -368,7 +368,10 @@ impl Engine {
             Idempotency::Idempotent,
         )
         .header("content-type", "application/json")
-        .header("user-agent", "crmbridge-alerts");
+        .header("user-agent", "crmbridge-alerts")
+        // The URL was checked when it was saved; the address its name
+        // resolves to now is checked as the alert is sent.
+        .public_only(!self.config.allow_any_base_url);
         for (name, value) in signature_headers(&secrets, message_id, now.timestamp(), &body) {
             request = request.header(name, value);
         }

@@ -4,8 +4,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -321,4 +321,70 @@ pub fn assert_plan_matches(plan: &Value, run: &Value) -> usize {
         "the run called steps the plan did not: {run:#}\nplan: {plan:#}"
     );
     compared
+}
+
+/// POSTs an admin request; asserts a 2xx and returns the body.
+pub async fn post_json(base: &str, key: &str, path: &str, body: Value) -> Value {
+    let response = client()
+        .post(format!("{base}{path}"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {body}");
+    body
+}
+
+/// Every run with this status (all pages).
+pub async fn runs_with(base: &str, key: &str, status: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = client()
+            .get(format!("{base}/v1/runs"))
+            .bearer_auth(key)
+            .query(&[("limit", "200"), ("status", status)]);
+        if let Some(cursor) = &cursor {
+            request = request.query(&[("cursor", cursor)]);
+        }
+        let page: Value = request.send().await.unwrap().json().await.unwrap();
+        let Some(items) = page["items"].as_array() else {
+            panic!("listing {status} runs: {page}");
+        };
+        all.extend(items.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return all,
+        }
+    }
+}
+
+/// Posts one delivery until the server takes it (2xx), through restarts:
+/// what a vendor's retry does. `base` follows the current server.
+pub async fn deliver(base: &RwLock<String>, hook_path: &str, body: String) -> u16 {
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let url = format!("{}{hook_path}", base.read().unwrap());
+        if let Ok(response) = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        {
+            let status = response.status().as_u16();
+            if (200..300).contains(&status) {
+                return status;
+            }
+            // 503 = the copy before us is still being accepted: retry.
+            assert!(status >= 500, "delivery refused with {status}");
+        }
+        assert!(Instant::now() < deadline, "a delivery was never accepted");
+        pause().await;
+    }
 }

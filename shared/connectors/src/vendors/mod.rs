@@ -19,6 +19,7 @@ macro_rules! vendors {
 vendors! {
     calltouch,
     generic,
+    http,
     hubspot,
     kado,
     moysklad,

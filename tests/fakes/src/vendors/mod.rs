@@ -3,6 +3,7 @@
 //! connector's `API.md`.
 
 pub mod calltouch;
+pub mod http;
 pub mod hubspot;
 pub mod kado;
 pub mod moysklad;
@@ -17,6 +18,7 @@ pub mod zoho;
 /// The vendors that have a fake, for the registry's completeness check.
 pub const FAKED: &[&str] = &[
     "calltouch",
+    "http",
     "hubspot",
     "kado",
     "moysklad",
