@@ -100,12 +100,15 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("cost.db");
     let counters = Arc::new(Counters::default());
+    let sqlite = SqliteStore::open(&db)?;
+    let writer = sqlite.writer();
     let store = Arc::new(CountingStore {
-        inner: Arc::new(SqliteStore::open(&db)?),
+        inner: Arc::new(sqlite),
         counters: Arc::clone(&counters),
     });
     let bus = Arc::new(CountingBus {
-        inner: Arc::new(OutboxBus::open(
+        inner: Arc::new(OutboxBus::open_on(
+            writer,
             &db,
             OutboxConfig {
                 workers: 0,

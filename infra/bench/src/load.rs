@@ -38,7 +38,7 @@ pub struct LoadReport {
     pub cpu_seconds_per_1000_events: f64,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

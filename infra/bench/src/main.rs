@@ -7,6 +7,7 @@ mod cost;
 mod counting;
 mod import;
 mod load;
+mod peers;
 mod relay;
 mod serve;
 
@@ -42,6 +43,18 @@ struct Args {
     /// Only the load benchmark (e.g. under a profiler).
     #[arg(long)]
     load_only: bool,
+    /// Only the peers' workload (webhook → six fields → one
+    /// `http.request.send` POST), with --seconds, --concurrency,
+    /// --workers and --rate.
+    #[arg(long)]
+    peers_only: bool,
+    /// Dispatch workers of `crmbridge serve` in the peers' workload.
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+    /// Webhooks per second the senders keep to (open loop); without it
+    /// they send as fast as answers come.
+    #[arg(long)]
+    rate: Option<f64>,
     /// HubSpot contacts the import benchmark starts with (30 % as many
     /// notes; a fifth of the people already in KADO).
     #[arg(long, default_value_t = 10_000)]
@@ -77,9 +90,6 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     // Binaries are spawned from other working directories.
     args.bin_dir = args.bin_dir.canonicalize()?;
-    let endpoint = std::env::var("CRMBRIDGE_TEST_AWS_ENDPOINT").map_err(|_| {
-        anyhow::anyhow!("CRMBRIDGE_TEST_AWS_ENDPOINT (moto) is not set: run infra/bench.sh")
-    })?;
 
     if args.load_only {
         let load = load::run(
@@ -90,6 +100,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         println!("{}", serde_json::to_string_pretty(&load)?);
+        return Ok(());
+    }
+    if args.peers_only {
+        let peers = peers::run(&args.bin_dir.join("crmbridge"), peers_args(&args)).await?;
+        println!("{}", serde_json::to_string_pretty(&peers)?);
         return Ok(());
     }
     if args.relay_only {
@@ -107,6 +122,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&import)?);
         return Ok(());
     }
+    // Only the cold starts need the emulator.
+    let endpoint = std::env::var("CRMBRIDGE_TEST_AWS_ENDPOINT").map_err(|_| {
+        anyhow::anyhow!("CRMBRIDGE_TEST_AWS_ENDPOINT (moto) is not set: run infra/bench.sh")
+    })?;
     eprintln!("==> cold start ({} rounds per function)", args.rounds);
     let key = format!("bench:{}", base64_key());
     let env = vec![
@@ -195,6 +214,15 @@ async fn main() -> anyhow::Result<()> {
         args.json.display()
     );
     Ok(())
+}
+
+fn peers_args(args: &Args) -> peers::PeersArgs {
+    peers::PeersArgs {
+        workers: args.workers,
+        concurrency: args.concurrency,
+        duration: Duration::from_secs(args.seconds),
+        rate: args.rate,
+    }
 }
 
 fn base64_key() -> String {

@@ -19,6 +19,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crmbridge_store::{SqliteWriter, StoreError};
+
 use crate::{Bus, BusError};
 
 const SCHEMA: &str = "
@@ -32,7 +34,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     dead INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );
-CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (dead, available_at, seq);
+DROP INDEX IF EXISTS outbox_ready;
+CREATE INDEX IF NOT EXISTS outbox_claim ON outbox (dead, seq);
 ";
 
 /// Handles one event taken off the bus (the engine's dispatch).
@@ -92,7 +95,11 @@ pub struct OutboxStats {
 
 #[derive(Clone)]
 pub struct OutboxBus {
+    /// For reads (the stats).
     conn: Arc<Mutex<Connection>>,
+    /// Every write (publish, claim, completion) goes through the file's
+    /// writer, in its batched commits.
+    writer: SqliteWriter,
     wake: Arc<Notify>,
     config: OutboxConfig,
 }
@@ -113,6 +120,31 @@ fn backend(operation: &'static str) -> impl Fn(rusqlite::Error) -> BusError {
     }
 }
 
+fn store_backend(operation: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |err| StoreError::Backend {
+        backend: "sqlite outbox",
+        operation,
+        message: err.to_string(),
+    }
+}
+
+fn from_store(err: StoreError) -> BusError {
+    match err {
+        StoreError::Backend {
+            operation, message, ..
+        } => BusError::Backend {
+            backend: "sqlite outbox",
+            operation,
+            message,
+        },
+        other => BusError::Backend {
+            backend: "sqlite outbox",
+            operation: "write",
+            message: other.to_string(),
+        },
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -127,19 +159,49 @@ struct Claimed {
 }
 
 impl OutboxBus {
-    /// Opens the outbox in `path` (normally the store's file) and releases
+    /// Opens the outbox in `path` with a writer of its own, and releases
     /// the leases of a previous process.
     pub fn open(path: &Path, config: OutboxConfig) -> Result<Self, BusError> {
         let conn = crmbridge_store::open_connection(path).map_err(backend("open"))?;
+        let writer = SqliteWriter::start(conn).map_err(from_store)?;
+        Self::open_on(writer, path, config)
+    }
+
+    /// Opens the outbox in the store's file, sharing the store's writer
+    /// (`writer` must be the writer of the file at `path`): outbox rows and
+    /// store items are committed together, one fsync per batch.
+    pub fn open_on(
+        writer: SqliteWriter,
+        path: &Path,
+        config: OutboxConfig,
+    ) -> Result<Self, BusError> {
+        let conn = crmbridge_store::open_connection(path).map_err(backend("open"))?;
+        // Once, before any worker starts: on this connection, waiting for
+        // the writer's lock like any other writer of the file.
         conn.execute_batch(SCHEMA)
             .map_err(backend("create schema"))?;
         conn.execute("UPDATE outbox SET leased_until = 0 WHERE dead = 0", [])
             .map_err(backend("release leases"))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            writer,
             wake: Arc::new(Notify::new()),
             config,
         })
+    }
+
+    /// One write, committed in the writer's next batch.
+    async fn write<T, F>(&self, operation: &'static str, f: F) -> Result<T, BusError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    {
+        self.writer
+            .write(operation, move |conn| {
+                f(conn).map_err(store_backend(operation))
+            })
+            .await
+            .map_err(from_store)
     }
 
     async fn with_conn<T, F>(&self, operation: &'static str, f: F) -> Result<T, BusError>
@@ -179,7 +241,7 @@ impl OutboxBus {
 
     async fn claim(&self) -> Result<Option<Claimed>, BusError> {
         let lease_ms = self.config.lease.as_millis() as i64;
-        self.with_conn("claim", move |conn| {
+        self.write("claim", move |conn| {
             let now = now_ms();
             // Prepared once per connection: this runs for every event.
             conn.prepare_cached(
@@ -202,7 +264,7 @@ impl OutboxBus {
     }
 
     async fn complete(&self, seq: i64) -> Result<(), BusError> {
-        self.with_conn("complete", move |conn| {
+        self.write("complete", move |conn| {
             conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
                 .execute(params![seq])
                 .map(|_| ())
@@ -218,7 +280,7 @@ impl OutboxBus {
             .saturating_mul(1 << claimed.attempts.saturating_sub(1).min(16))
             .min(self.config.max_backoff);
         let seq = claimed.seq;
-        self.with_conn("fail", move |conn| {
+        self.write("fail", move |conn| {
             conn.prepare_cached(
                 "UPDATE outbox SET leased_until = 0, available_at = ?2, dead = ?3, last_error = ?4
                  WHERE seq = ?1",
@@ -320,7 +382,7 @@ impl OutboxBus {
         let seq = claimed.seq;
         let error = reason.clone();
         let marked = self
-            .with_conn("bury", move |conn| {
+            .write("bury", move |conn| {
                 conn.prepare_cached(
                     "UPDATE outbox SET leased_until = 0, dead = 1, last_error = ?2 WHERE seq = ?1",
                 )?
@@ -392,18 +454,16 @@ impl Bus for OutboxBus {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.with_conn("publish", move |conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO outbox (event_id, body, available_at) VALUES (?1, ?2, ?3)",
-                )?;
-                let now = now_ms();
-                for (event_id, body) in &rows {
-                    insert.execute(params![event_id, body, now])?;
-                }
+        // One write: its rows are committed together or not at all.
+        self.write("publish", move |conn| {
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO outbox (event_id, body, available_at) VALUES (?1, ?2, ?3)",
+            )?;
+            let now = now_ms();
+            for (event_id, body) in &rows {
+                insert.execute(params![event_id, body, now])?;
             }
-            tx.commit()
+            Ok(())
         })
         .await?;
         self.wake.notify_waiters();

@@ -13,7 +13,7 @@ macro_rules! suites {
     };
 }
 
-suites!(engine, exactly_once, oauth, registry,);
+suites!(engine, exactly_once, oauth, registry, write_budget,);
 
 #[test]
 fn every_file_under_tests_is_a_suite() {

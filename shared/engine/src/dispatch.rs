@@ -614,6 +614,30 @@ impl Engine {
         }
     }
 
+    /// Saves a running run's progress (a step begun or done). Its status
+    /// and outcome are what its index entries already say (written when it
+    /// was created or taken), so only the run item is written: one write,
+    /// not a transaction of three.
+    async fn save_progress(&self, run: &mut RunRecord, version: &mut u64) -> EngineResult<()> {
+        debug_assert_eq!(run.status, RunStatus::Running);
+        run.updated_at = self.now();
+        run.lease = run.lease.take().map(|lease| self.lease(&lease.owner));
+        let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
+        let item = item(keys::run(&run.id), run)?.expiring_at(expires);
+        match self.store.update_if_version(item, *version).await {
+            Ok(next) => {
+                *version = next;
+                Ok(())
+            }
+            Err(StoreError::Conflict { .. }) => Err(EngineError::Action {
+                what: format!("saving run {}", run.id),
+                transient: true,
+                message: "another worker took the run over (this worker's lease lapsed)".into(),
+            }),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     async fn save_run(&self, run: &mut RunRecord, version: &mut u64) -> EngineResult<()> {
         run.updated_at = self.now();
         // Every save renews the lease: a live worker keeps its run.
@@ -840,7 +864,7 @@ impl Engine {
                     },
                 );
                 outputs.insert(step_id, json!({}));
-                self.save_run(run, version).await?;
+                self.save_progress(run, version).await?;
                 return Ok(StepFlow::Next);
             }
             Ok(StepPlan::Call(request)) => request,
@@ -981,7 +1005,7 @@ impl Engine {
                     started_at: Some(started_at),
                 },
             );
-            self.save_run(run, version).await?;
+            self.save_progress(run, version).await?;
         }
         // An update known in advance is remembered before it is sent: the
         // vendor's report of it may arrive before its answer is read.
@@ -1103,7 +1127,7 @@ impl Engine {
                     },
                 );
                 outputs.insert(step_id, record_output);
-                self.save_run(run, version).await?;
+                self.save_progress(run, version).await?;
             }
             Ok(StepOutcome::Stopped(reason)) => {
                 self.put_step(

@@ -3,24 +3,103 @@
 //!
 //! WAL mode with `synchronous = FULL`: an acknowledged write survives a
 //! process kill and a power cut, which is what lets the local gateway answer
-//! 202 only after an event is durable. rusqlite is blocking, so every call
-//! runs on tokio's blocking pool behind one connection mutex; SQLite
-//! serialises writers anyway.
+//! 202 only after an event is durable.
+//!
+//! **Group commit.** Every write goes to one writer thread, which owns the
+//! only writing connection. It takes whatever writes are waiting (up to
+//! [`MAX_BATCH`]), runs them one after another inside one SQLite
+//! transaction, each in its own savepoint (a write whose condition fails
+//! is rolled back alone and answered with its conflict), commits once, and
+//! only then answers every caller: one fsync for the whole batch, and no
+//! caller hears "done" before its own write is durable. Run one by one in
+//! one transaction, the writes behave exactly as if each had its own (each
+//! condition sees every write before it). Under load, batches grow by
+//! themselves: while one commit waits on the disk, the next batch queues.
+//!
+//! Reads use a few other connections, which WAL lets read while the writer
+//! writes; they see only committed data.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
 
 use crate::item::{check_limit, check_transaction};
 use crate::{
     Item, Page, PutOutcome, Query, Store, StoreError, StoreResult, Write, now_epoch_seconds,
 };
 
+/// The most writes one commit carries.
+pub const MAX_BATCH: usize = 256;
+/// Read connections.
+const READERS: usize = 4;
+
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: Arc<AtomicUsize>,
+    writer: SqliteWriter,
+}
+
+/// The one writer of a SQLite file: writes queued from anywhere in the
+/// process are committed in batches by its thread (see the module docs).
+/// The embedded bus shares the store's, so its outbox rows ride in the
+/// same commits as the store's items.
+#[derive(Clone)]
+pub struct SqliteWriter {
+    jobs: mpsc::Sender<Box<dyn WriteJob>>,
+}
+
+impl std::fmt::Debug for SqliteWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteWriter").finish_non_exhaustive()
+    }
+}
+
+impl SqliteWriter {
+    /// Starts the writer thread on this connection (opened with
+    /// [`open_connection`]); it stops when the last handle is dropped,
+    /// after answering every queued write.
+    pub fn start(conn: Connection) -> StoreResult<Self> {
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_batches(conn, queue))
+            .map_err(|err| StoreError::Backend {
+                backend: "sqlite",
+                operation: "open",
+                message: format!("starting the writer thread: {err}"),
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Queues a write for the next batch and waits until it is committed.
+    /// `write` runs on the writer thread inside the batch's transaction
+    /// (in its own savepoint): an `Err` undoes its changes alone.
+    pub async fn write<T, F>(&self, operation: &'static str, write: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Backend {
+            backend: "sqlite",
+            operation,
+            message: "the writer thread has stopped".into(),
+        };
+        self.jobs
+            .send(Box::new(Pending {
+                write: Some(write),
+                result: None,
+                operation,
+                reply,
+            }))
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -59,29 +138,155 @@ pub fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
+/// One write waiting for the writer thread: run inside the batch's
+/// transaction, then answered once the batch is committed (or not).
+trait WriteJob: Send {
+    /// Runs the write; `false` if it failed (its savepoint is rolled back).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller: its result if the batch committed, else why not.
+    fn answer(self: Box<Self>, committed: Result<(), &str>);
+}
+
+struct Pending<T, F> {
+    write: Option<F>,
+    result: Option<StoreResult<T>>,
+    operation: &'static str,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> WriteJob for Pending<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(write) = self.write.take() else {
+            return false;
+        };
+        // A panic in one write must not take the writer (and every later
+        // write) down with it: it fails that write alone.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(conn)))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Backend {
+                    backend: "sqlite",
+                    operation: self.operation,
+                    message: "the write panicked".into(),
+                })
+            });
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), &str>) {
+        let outcome = match (committed, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Err(message), _) => Err(StoreError::Backend {
+                backend: "sqlite",
+                operation: self.operation,
+                message: message.to_owned(),
+            }),
+            (Ok(()), None) => Err(StoreError::Backend {
+                backend: "sqlite",
+                operation: self.operation,
+                message: "the write was never run".into(),
+            }),
+        };
+        // The caller may have gone away (a cancelled request): nothing to do.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// The writer thread: batches, one transaction and one commit each.
+fn write_batches(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, batch);
+    }
+}
+
+fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteJob>>) {
+    // IMMEDIATE takes the write lock up front, so the read-then-write of a
+    // condition cannot race another process on the same file.
+    if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let message = err.to_string();
+        for job in batch {
+            job.answer(Err(&message));
+        }
+        return;
+    }
+    for job in &mut batch {
+        let step = conn
+            .execute_batch("SAVEPOINT write")
+            .map(|()| job.run(conn))
+            .and_then(|ok| {
+                if ok {
+                    conn.execute_batch("RELEASE write")
+                } else {
+                    conn.execute_batch("ROLLBACK TO write; RELEASE write")
+                }
+            });
+        if let Err(err) = step {
+            let message = err.to_string();
+            let _ = conn.execute_batch("ROLLBACK");
+            for job in batch {
+                job.answer(Err(&message));
+            }
+            return;
+        }
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(|err| {
+        let _ = conn.execute_batch("ROLLBACK");
+        err.to_string()
+    });
+    for job in batch {
+        job.answer(committed.as_ref().map(|_| ()).map_err(String::as_str));
+    }
+}
+
 impl SqliteStore {
     /// Opens (and creates if needed) the store in a SQLite file.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let conn = open_connection(path).map_err(backend("open"))?;
         conn.execute_batch(SCHEMA)
             .map_err(backend("create schema"))?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(Mutex::new(open_connection(path).map_err(backend("open"))?));
+        }
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(readers),
+            next_reader: Arc::default(),
+            writer: SqliteWriter::start(conn)?,
         })
     }
 
-    async fn with_conn<T, F>(&self, operation: &'static str, f: F) -> StoreResult<T>
+    /// The file's writer, for the bus that keeps its outbox in the same
+    /// file.
+    pub fn writer(&self) -> SqliteWriter {
+        self.writer.clone()
+    }
+
+    async fn read<T, F>(&self, operation: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        let readers = Arc::clone(&self.readers);
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % READERS;
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock cannot leave SQLite itself in a
-            // torn state (transactions roll back), so a poisoned mutex is safe
-            // to keep using.
-            let mut guard = conn.lock().unwrap_or_else(|poison| poison.into_inner());
-            f(&mut guard)
+            // torn state, so a poisoned mutex is safe to keep using.
+            let guard = readers[index]
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            f(&guard)
         })
         .await
         .map_err(|err| StoreError::Backend {
@@ -89,6 +294,14 @@ impl SqliteStore {
             operation,
             message: format!("blocking task failed: {err}"),
         })?
+    }
+
+    async fn write<T, F>(&self, operation: &'static str, write: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer.write(operation, write).await
     }
 }
 
@@ -189,58 +402,38 @@ fn apply(conn: &Connection, write: &Write, now: i64) -> StoreResult<()> {
     }
 }
 
-fn in_transaction<T>(
-    conn: &mut Connection,
-    operation: &'static str,
-    f: impl FnOnce(&Connection) -> StoreResult<T>,
-) -> StoreResult<T> {
-    // IMMEDIATE takes the write lock up front, so the read-then-write of a
-    // condition cannot race another process on the same file.
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend(operation))?;
-    let value = f(&tx)?;
-    tx.commit().map_err(backend(operation))?;
-    Ok(value)
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn get(&self, pk: &str, sk: &str) -> StoreResult<Option<Item>> {
         let (pk, sk) = (pk.to_owned(), sk.to_owned());
-        self.with_conn("get", move |conn| {
+        self.read("get", move |conn| {
             read_item(conn, &pk, &sk, now_epoch_seconds())
         })
         .await
     }
 
     async fn put(&self, item: Item) -> StoreResult<()> {
-        self.with_conn("put", move |conn| write_item(conn, &item))
-            .await
+        self.write("put", move |conn| write_item(conn, &item)).await
     }
 
     async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome> {
-        self.with_conn("put_if_absent", move |conn| {
-            in_transaction(conn, "put_if_absent", |tx| {
-                match read_item(tx, &item.pk, &item.sk, now_epoch_seconds())? {
-                    Some(existing) => Ok(PutOutcome::Exists(existing)),
-                    None => write_item(tx, &item).map(|()| PutOutcome::Inserted),
-                }
-            })
+        self.write("put_if_absent", move |conn| {
+            match read_item(conn, &item.pk, &item.sk, now_epoch_seconds())? {
+                Some(existing) => Ok(PutOutcome::Exists(existing)),
+                None => write_item(conn, &item).map(|()| PutOutcome::Inserted),
+            }
         })
         .await
     }
 
     async fn update_if_version(&self, item: Item, expected: u64) -> StoreResult<u64> {
-        self.with_conn("update_if_version", move |conn| {
-            in_transaction(conn, "update_if_version", |tx| {
-                apply(
-                    tx,
-                    &Write::UpdateIfVersion { item, expected },
-                    now_epoch_seconds(),
-                )
-                .map(|()| expected + 1)
-            })
+        self.write("update_if_version", move |conn| {
+            apply(
+                conn,
+                &Write::UpdateIfVersion { item, expected },
+                now_epoch_seconds(),
+            )
+            .map(|()| expected + 1)
         })
         .await
     }
@@ -250,7 +443,7 @@ impl Store for SqliteStore {
             pk: pk.to_owned(),
             sk: sk.to_owned(),
         };
-        self.with_conn("delete", move |conn| {
+        self.write("delete", move |conn| {
             apply(conn, &write, now_epoch_seconds())
         })
         .await
@@ -258,7 +451,7 @@ impl Store for SqliteStore {
 
     async fn query(&self, query: Query) -> StoreResult<Page> {
         check_limit(&query)?;
-        self.with_conn("query", move |conn| {
+        self.read("query", move |conn| {
             let order = if query.descending { "DESC" } else { "ASC" };
             let cmp = if query.descending { "<" } else { ">" };
             // substr() counts characters, so pass the prefix's char count.
@@ -310,22 +503,20 @@ impl Store for SqliteStore {
 
     async fn transact(&self, writes: Vec<Write>) -> StoreResult<()> {
         check_transaction(&writes)?;
-        self.with_conn("transact", move |conn| {
-            in_transaction(conn, "transact", |tx| {
-                let now = now_epoch_seconds();
-                for (index, write) in writes.iter().enumerate() {
-                    if let Err(err) = apply(tx, write, now) {
-                        // Dropping the transaction rolls every write back.
-                        return Err(match err {
-                            StoreError::Conflict { pk, sk } => {
-                                StoreError::TransactionConflict { index, pk, sk }
-                            }
-                            other => other,
-                        });
-                    }
+        self.write("transact", move |conn| {
+            let now = now_epoch_seconds();
+            for (index, write) in writes.iter().enumerate() {
+                if let Err(err) = apply(conn, write, now) {
+                    // Its savepoint is rolled back: every write of it.
+                    return Err(match err {
+                        StoreError::Conflict { pk, sk } => {
+                            StoreError::TransactionConflict { index, pk, sk }
+                        }
+                        other => other,
+                    });
                 }
-                Ok(())
-            })
+            }
+            Ok(())
         })
         .await
     }
