@@ -41,9 +41,13 @@ mod tests {
     async fn the_sample_event_is_dispatched_into_one_run() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
+        let store = crmbridge_store::SqliteStore::open(&path).unwrap();
         let engine = Engine::new(
-            Arc::new(crmbridge_store::SqliteStore::open(&path).unwrap()),
-            Arc::new(crmbridge_bus::OutboxBus::open(&path, Default::default()).unwrap()),
+            Arc::new(store.clone()),
+            Arc::new(
+                crmbridge_bus::OutboxBus::open_on(store.writer(), &path, Default::default())
+                    .unwrap(),
+            ),
             crmbridge_connectors::Registry::builtin(),
             crmbridge_engine::Keyring::parse(&crmbridge_engine::Keyring::generate_spec("t"))
                 .unwrap(),

@@ -238,7 +238,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     private_files(&args.data_dir)?;
     let db = args.data_dir.join(DB_FILE);
     let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
-    // The outbox shares the store's writer: one commit carries both.
+    // The outbox shares the store's writer: writes of both share commits.
     let bus = OutboxBus::open_on(
         store.writer(),
         &db,

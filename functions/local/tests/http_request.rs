@@ -4,7 +4,8 @@
 //! three times at once while the server is SIGKILLed twice; the receiver
 //! (which verifies every signature and the bearer credential) must see
 //! one delivery per order, and every resent POST must carry the first
-//! one's idempotency key, so a receiver that honours it drops the repeat.
+//! one's idempotency key, so a receiver that honours it drops the repeat
+//! (the step says `on_unknown_outcome: resend`: this receiver does).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
@@ -62,7 +63,7 @@ async fn each_order_reaches_the_receiver_once_through_duplicates_and_kills() {
         "trigger": trigger,
         "steps": [
             {"id": "notify", "action": "http.request.send", "connection": out["id"],
-             "fields": {"url": "/orders", "json": {
+             "fields": {"url": "/orders", "on_unknown_outcome": "resend", "json": {
                 "order": "{{ event.id }}", "customer": "{{ event.customer.name }}",
                 "phone": "{{ event.customer.phone }}", "email": "{{ event.customer.email | lower }}",
                 "sum": "{{ event.sum }}", "currency": "RUB"}}},

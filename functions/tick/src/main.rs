@@ -51,7 +51,10 @@ mod tests {
         let store = Arc::new(crmbridge_store::SqliteStore::open(&path).unwrap());
         let engine = Engine::new(
             store.clone(),
-            Arc::new(crmbridge_bus::OutboxBus::open(&path, Default::default()).unwrap()),
+            Arc::new(
+                crmbridge_bus::OutboxBus::open_on(store.writer(), &path, Default::default())
+                    .unwrap(),
+            ),
             crmbridge_connectors::Registry::builtin(),
             crmbridge_engine::Keyring::parse(&crmbridge_engine::Keyring::generate_spec("t"))
                 .unwrap(),

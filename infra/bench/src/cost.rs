@@ -10,8 +10,9 @@ use crmbridge_connectors::Registry;
 use crmbridge_control::admin::NewConnection;
 use crmbridge_control::prelude::*;
 use crmbridge_engine::ingest::WebhookRequest;
-use crmbridge_engine::{Engine, EngineConfig, Keyring};
+use crmbridge_engine::{Automation, Engine, EngineConfig, Keyring};
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
+use crmbridge_fakes::vendors::http::FakeReceiver;
 use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 use crmbridge_store::SqliteStore;
 use serde::Serialize;
@@ -174,9 +175,74 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
         .unwrap_or_default()
         .to_owned();
 
-    // Warm-up: the first call of a connection reads vendor metadata.
+    // 0. The peers' workload: webhook JSON → six fields → one POST.
+    let receiver = FakeReceiver::start().await?;
+    let shop = engine
+        .create_connection(
+            &who,
+            NewConnection {
+                app: "generic".into(),
+                name: "shop".into(),
+                settings: json!({"event_id_pointer": "/id", "kind": "order.created"}),
+                credentials: Default::default(),
+            },
+        )
+        .await?;
+    let out = engine
+        .create_connection(
+            &who,
+            NewConnection {
+                app: "http".into(),
+                name: "receiver".into(),
+                settings: json!({"base_url": receiver.base_url(), "requests_per_second": 1000}),
+                credentials: Default::default(),
+            },
+        )
+        .await?;
+    let peers = json!({"id": "peers", "name": "webhook → POST",
+        "trigger": {"connection": shop.id, "event": "generic.order.created"},
+        "steps": [{"id": "post", "action": "http.request.send", "connection": out.id,
+            "fields": {"url": "/orders", "json": {
+                "order": "{{ event.id }}", "name": "{{ event.customer.name }}",
+                "email": "{{ event.customer.email | lower }}", "phone": "{{ event.customer.phone }}",
+                "sum": "{{ event.sum }}", "currency": "RUB"}}}]});
+    engine
+        .save_automation(&who, Automation::from_json_str(&peers.to_string())?)
+        .await?;
+    let shop_token = shop
+        .webhook_path
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let order = |n: u64| {
+        json!({"id": format!("O-{n}"), "sum": 100 + n, "customer": {
+            "name": format!("Buyer {n}"), "email": format!("Buyer{n}@Example.com"), "phone": "+79161234567"}})
+        .to_string()
+        .into_bytes()
+    };
     let take_published =
         || std::mem::take(&mut *bus.published.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut peers_path = Snapshot::default();
+    for n in 0..=events {
+        let body = order(n);
+        let before = counters.snapshot();
+        engine
+            .ingest_webhook(WebhookRequest {
+                content_type: Some("application/json"),
+                ..hook(&shop.id, &shop_token, &body)
+            })
+            .await?;
+        for event in take_published() {
+            engine.dispatch(event).await?;
+        }
+        // The first order warms the caches.
+        if n > 0 {
+            peers_path = peers_path + (counters.snapshot() - before);
+        }
+    }
+
+    // Warm-up: the first call of a connection reads vendor metadata.
     let call = |n: u64| {
         form(&[
             ("callId", &(900_000 + n).to_string()),
@@ -260,6 +326,17 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
     let tick_path = counters.snapshot() - before;
 
     Ok(vec![
+        path_cost(
+            "webhook → six fields → one http.request.send",
+            events,
+            peers_path,
+            2.0,
+            1.0,
+            gb_seconds(&[
+                (durations.webhook_ms, 128.0),
+                (durations.dispatch_ms, 256.0),
+            ]),
+        ),
         path_cost(
             "call webhook → deal + counterparty + order",
             events,

@@ -38,6 +38,18 @@ impl Counters {
     }
 }
 
+impl std::ops::Add for Snapshot {
+    type Output = Snapshot;
+    fn add(self, rhs: Snapshot) -> Snapshot {
+        Snapshot {
+            read_units: self.read_units + rhs.read_units,
+            write_units: self.write_units + rhs.write_units,
+            requests: self.requests + rhs.requests,
+            bus_entries: self.bus_entries + rhs.bus_entries,
+        }
+    }
+}
+
 impl std::ops::Sub for Snapshot {
     type Output = Snapshot;
     fn sub(self, rhs: Snapshot) -> Snapshot {

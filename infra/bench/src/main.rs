@@ -62,6 +62,19 @@ struct Args {
     /// Only the import benchmark.
     #[arg(long)]
     import_only: bool,
+    /// Only the cost table, with the warm durations given by --webhook-ms,
+    /// --dispatch-ms and --tick-ms instead of measured cold starts.
+    #[arg(long)]
+    cost_only: bool,
+    /// Warm webhook invocation (ms) for --cost-only.
+    #[arg(long, default_value_t = 5.0)]
+    webhook_ms: f64,
+    /// Warm dispatch invocation (ms) for --cost-only (at least 50).
+    #[arg(long, default_value_t = 50.0)]
+    dispatch_ms: f64,
+    /// Warm tick invocation (ms) for --cost-only.
+    #[arg(long, default_value_t = 8.0)]
+    tick_ms: f64,
     /// Only the chat relay benchmark (Verbox ↔ Planfix latency).
     #[arg(long)]
     relay_only: bool,
@@ -105,6 +118,19 @@ async fn main() -> anyhow::Result<()> {
     if args.peers_only {
         let peers = peers::run(&args.bin_dir.join("crmbridge"), peers_args(&args)).await?;
         println!("{}", serde_json::to_string_pretty(&peers)?);
+        return Ok(());
+    }
+    if args.cost_only {
+        let costs = cost::run(
+            args.cost_events,
+            cost::Durations {
+                webhook_ms: args.webhook_ms,
+                dispatch_ms: args.dispatch_ms.max(50.0),
+                tick_ms: args.tick_ms,
+            },
+        )
+        .await?;
+        println!("{}", serde_json::to_string_pretty(&costs)?);
         return Ok(());
     }
     if args.relay_only {
@@ -182,6 +208,12 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     eprintln!(
+        "==> peers' workload: {} workers, {} concurrent, {} s",
+        args.workers, args.concurrency, args.seconds
+    );
+    let peers = peers::run(&args.bin_dir.join("crmbridge"), peers_args(&args)).await?;
+
+    eprintln!(
         "==> import: {} HubSpot contacts into KADO",
         args.import_contacts
     );
@@ -193,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
         "date": chrono::Utc::now().to_rfc3339(),
         "mapping_render_ns_per_event": args.mapping_ns,
         "load": load,
+        "peers": peers,
         "import": imported,
         "cold_start": cold,
         "cost": costs,
@@ -207,7 +240,10 @@ async fn main() -> anyhow::Result<()> {
         },
     });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
-    std::fs::write(&args.out, markdown(&args, &load, &imported, &cold, &costs))?;
+    std::fs::write(
+        &args.out,
+        markdown(&args, &load, &peers, &imported, &cold, &costs),
+    )?;
     eprintln!(
         "==> wrote {} and {}",
         args.out.display(),
@@ -236,6 +272,7 @@ fn base64_key() -> String {
 fn markdown(
     args: &Args,
     load: &load::LoadReport,
+    peers: &peers::PeersReport,
     imported: &import::ImportReport,
     cold: &[coldstart::ColdStart],
     costs: &[cost::PathCost],
@@ -267,6 +304,20 @@ fn markdown(
         load.cpu_seconds_per_1000_events
     ));
     md.push_str("Completed automations/s is bounded by the vendors' per-connection limits (Calltouch 5 requests/s, MoySklad 45 per 3 s): each connection pair completes at most ~5 a second.\n\n");
+    md.push_str("## Load: the peers' workload, webhook → six fields → one `http.request.send` POST (`crmbridge serve`, release, fsync on)\n\n");
+    md.push_str(&format!(
+        "{} dispatch workers, {} concurrent senders{}, {:.0} s of load.\n\n| metric | value |\n|---|---|\n\
+         | accepted webhooks/s | {:.0} |\n| completed automations/s (at the receiver, during the load) | {:.0} |\n\
+         | completed automations/s (until the backlog drained) | {:.0} |\n| lost / doubled | {} / {} |\n\
+         | webhook answer p50 / p99 | {:.2} ms / {:.2} ms |\n| webhook → receiver p50 / p99 | {:.0} ms / {:.0} ms |\n\
+         | CPU ms (serve) per event | {:.3} |\n| peak RSS of serve | {:.1} MiB |\n\n",
+        peers.workers, peers.concurrency,
+        peers.rate_per_s.map(|r| format!(" at {r:.0} webhooks/s")).unwrap_or_default(),
+        peers.duration_s, peers.accepted_per_s, peers.completed_during_load_per_s, peers.completed_per_s,
+        peers.lost, peers.doubled, peers.webhook_p50_ms, peers.webhook_p99_ms,
+        peers.end_to_end_p50_ms, peers.end_to_end_p99_ms, peers.cpu_ms_per_event,
+        peers.peak_rss_kib as f64 / 1024.0
+    ));
     md.push_str("## Import: HubSpot contacts and notes into KADO on activation (`crmbridge serve`, release, fsync on, 8 workers)\n\n");
     md.push_str(&format!(
         "{} contacts and {} notes in HubSpot, {} of the people already in KADO (matched by e-mail).\n\n| metric | value |\n|---|---|\n\

@@ -168,8 +168,10 @@ impl OutboxBus {
     }
 
     /// Opens the outbox in the store's file, sharing the store's writer
-    /// (`writer` must be the writer of the file at `path`): outbox rows and
-    /// store items are committed together, one fsync per batch.
+    /// (`writer` must be the writer of the file at `path`): outbox writes
+    /// and store writes waiting at the same moment share one commit and
+    /// one fsync. Each is its own write: nothing relies on two of them
+    /// being committed together.
     pub fn open_on(
         writer: SqliteWriter,
         path: &Path,

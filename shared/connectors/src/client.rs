@@ -306,6 +306,8 @@ impl VendorRequest {
 
 /// How many redirects a request to a user's URL follows.
 const MAX_REDIRECTS: usize = 5;
+/// The most of an answer read from a URL a user chose (the rest is cut).
+pub const MAX_PUBLIC_BODY: usize = 1024 * 1024;
 
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
@@ -379,6 +381,15 @@ impl VendorClient {
                         "more than {MAX_REDIRECTS} redirects"
                     )));
                 }
+                // Only within the same origin: the step's own headers, its
+                // key and its signature must not reach another host.
+                let same_origin = attempt
+                    .previous()
+                    .first()
+                    .is_some_and(|first| first.origin() == attempt.url().origin());
+                if !same_origin {
+                    return attempt.stop();
+                }
                 match public_address::check_url(attempt.url(), false) {
                     Ok(()) => attempt.follow(),
                     Err(refused) => {
@@ -391,6 +402,8 @@ impl VendorClient {
             });
             builder()
                 .redirect(redirects)
+                // A proxy would resolve the name itself, past the guard.
+                .no_proxy()
                 .dns_resolver(Arc::new(public_address::PublicOnlyResolver))
                 .build()
                 .unwrap_or_else(|_| reqwest::Client::new())
@@ -545,10 +558,24 @@ impl VendorClient {
         if let Some(body) = &request.body {
             builder = builder.body(body.clone());
         }
-        let response = builder.send().await?;
+        let mut response = builder.send().await?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.bytes().await?.to_vec();
+        let body = if request.public_only {
+            // A URL a user chose may answer with anything, a decompression
+            // bomb included: read at most MAX_PUBLIC_BODY, then stop.
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > MAX_PUBLIC_BODY {
+                    body.extend_from_slice(&chunk[..MAX_PUBLIC_BODY - body.len()]);
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            body
+        } else {
+            response.bytes().await?.to_vec()
+        };
         Ok(VendorResponse {
             status,
             headers,

@@ -54,8 +54,15 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || ip.is_unicast_link_local()
         // NAT64 (64:ff9b::/96) reaches whatever IPv4 address it embeds.
         || (first == 0x64 && ip.segments()[1] == 0xff9b)
-        // Documentation, 2001:db8::/32.
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8)
+        // Documentation, 2001:db8::/32; Teredo, 2001::/32 (tunnels to
+        // whatever IPv4 address it embeds).
+        || (first == 0x2001 && (ip.segments()[1] == 0x0db8 || ip.segments()[1] == 0))
+        // 6to4, 2002::/16: an IPv4 address behind a relay.
+        || first == 0x2002
+        // Site-local (deprecated, still routed inward by some), fec0::/10.
+        || (first & 0xffc0) == 0xfec0
+        // Discard-only, 100::/64.
+        || (first == 0x0100 && ip.segments()[1..4] == [0, 0, 0])
         // IPv4-compatible and other ::/8 forms.
         || first == 0)
 }
@@ -195,6 +202,10 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
             "::127.0.0.1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "100::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} passed");
         }

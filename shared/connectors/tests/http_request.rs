@@ -34,6 +34,7 @@ async fn a_signed_post_reaches_the_receiver_once_under_its_key_and_its_answer_is
         "query": {"source": "crm"},
         "headers": {"X-Tenant": "acme"},
         "json": {"order": "A-1", "sum": 10.5},
+        "on_unknown_outcome": "resend",
     }));
     let first = vendor("http")
         .execute(&ctx, "http.request.send", &step, None)
@@ -92,7 +93,7 @@ async fn statuses_become_errors_the_engine_can_act_on() {
     let http = VendorClient::new();
     let ctx = context(&settings, &credentials, &http, "run_3/notify");
     let call = |url: &str| {
-        let step = fields(json!({"url": url, "form": {"a": "b"}}));
+        let step = fields(json!({"url": url, "form": {"a": "b"}, "on_unknown_outcome": "resend"}));
         let ctx = &ctx;
         async move { vendor("http").execute(ctx, "http.request.send", &step, None).await }
     };
@@ -116,14 +117,15 @@ async fn statuses_become_errors_the_engine_can_act_on() {
 }
 
 #[tokio::test]
-async fn a_review_step_is_not_resent_inside_the_call_after_a_lost_answer() {
+async fn a_post_is_not_resent_inside_the_call_after_a_lost_answer() {
     let receiver = FakeReceiver::start().await.unwrap();
     let settings = json!({"base_url": receiver.base_url()});
     let credentials = BTreeMap::new();
     let http = VendorClient::new();
     let ctx = context(&settings, &credentials, &http, "run_4/notify");
     receiver.fail_next(1, Fault::DropAfterCommit);
-    let step = fields(json!({"url": "/orders", "json": {"n": 1}, "on_unknown_outcome": "review"}));
+    // The default: a POST is not sent again when its outcome is unknown.
+    let step = fields(json!({"url": "/orders", "json": {"n": 1}}));
     let err = vendor("http")
         .execute(&ctx, "http.request.send", &step, None)
         .await

@@ -602,3 +602,68 @@ async fn moysklad_orders_carry_positions_past_the_1000_cap() {
     );
     assert_eq!(ms.orders().len(), 1);
 }
+
+/// MoySklad's poll reads the last 60 s again (a change commits with an
+/// `updated` that may be older than one already read), but what it already
+/// reported from that window it does not report again: an idle poll finds
+/// nothing, and a newer version of the same order is still a change.
+#[tokio::test]
+async fn moysklad_polls_report_each_order_version_once_across_the_overlap() {
+    let ms = FakeMoySklad::start("ms-token-poll").await.unwrap();
+    let http = VendorClient::new();
+    let settings = json!({"base_url": ms.base_url()});
+    let token = credential("token", "ms-token-poll");
+    let ctx = context(&settings, &token, &http, "poll/1");
+    let connector = vendor("moysklad");
+    let kind = "moysklad.customerorder.updated";
+    let poll = |cursor: Option<Value>| {
+        let ctx = &ctx;
+        let connector = &connector;
+        async move {
+            connector
+                .poll(ctx, kind, &Value::Null, cursor.as_ref(), chrono::Utc::now())
+                .await
+                .unwrap()
+        }
+    };
+    let first = poll(None).await;
+    assert!(first.events.is_empty());
+    let agent = ms
+        .insert_counterparty(json!({"name": "ACME", "phone": "+79160000000"}))
+        .unwrap();
+    let step = context(&settings, &token, &http, "run/1/order");
+    let order = connector
+        .execute(
+            &step,
+            "moysklad.customerorder.create",
+            &fields(json!({"agent": agent["id"], "state": "Новый"})),
+            None,
+        )
+        .await
+        .unwrap();
+    ms.advance_clock(std::time::Duration::from_secs(2));
+    ms.set_order_state(&order.id, "Подтвержден").unwrap();
+    let second = poll(Some(first.cursor)).await;
+    assert_eq!(second.events.len(), 1, "{:#?}", second.events);
+    let version = second.events[0].source_id.clone().unwrap();
+    assert_eq!(second.cursor["seen"].as_array().unwrap().len(), 1, "{}", second.cursor);
+    // Polled again within the minute: the window is read, nothing reported.
+    let third = poll(Some(second.cursor.clone())).await;
+    assert!(third.events.is_empty(), "{:#?}", third.events);
+    assert_eq!(third.cursor, second.cursor);
+    let requests = ms.requests();
+    assert!(
+        requests
+            .last()
+            .unwrap()
+            .query_param("filter")
+            .is_some_and(|f| f.starts_with("updated>=")),
+        "the overlap was read again"
+    );
+    // A newer version of the order is a change again.
+    ms.advance_clock(std::time::Duration::from_secs(2));
+    ms.set_order_state(&order.id, "Новый").unwrap();
+    let fourth = poll(Some(third.cursor)).await;
+    assert_eq!(fourth.events.len(), 1, "{:#?}", fourth.events);
+    assert_ne!(fourth.events[0].source_id.as_ref(), Some(&version));
+}

@@ -2,10 +2,19 @@
 //! fans the work out on the bus (one poll request per source), so a single
 //! invocation stays short however many tenants there are. Each tick is
 //! recorded with what it asked to poll.
+//!
+//! A tick claims its record (one conditional write per tick, whatever the
+//! number of sources) before it publishes: a tick delivered again, or two
+//! ticks in the same second, find the claim and ask for nothing more. A
+//! tick whose publish fails gives its claim back for its retry; one that
+//! dies between its claim and its publish is skipped: the next
+//! tick polls the same sources from the same cursors, so nothing is lost,
+//! only later. (An acceptance record per poll request cost two writes per
+//! source on every tick.)
 
 use chrono::{DateTime, Utc};
 use crmbridge_mapping::{Event, EventId, Subject};
-use crmbridge_store::Query;
+use crmbridge_store::{PutOutcome, Query};
 
 use crate::bookkeeping::PollSource;
 use crate::records::TickRecord;
@@ -29,6 +38,7 @@ pub fn check_schedule(source: &str, detail_type: &str) -> Result<(), String> {
 
 impl Engine {
     pub async fn tick(&self, started_at: DateTime<Utc>) -> EngineResult<TickRecord> {
+        let stamp = started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut sources: Vec<PollSource> = Vec::new();
         let mut after = None;
         loop {
@@ -48,7 +58,6 @@ impl Engine {
                 None => break,
             }
         }
-        let stamp = started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let requests: Vec<Event> = sources
             .iter()
             .map(|source| {
@@ -71,20 +80,31 @@ impl Engine {
                 }
             })
             .collect();
-        let published = if requests.is_empty() {
-            0
-        } else {
-            self.accept(requests).await?.accepted.len()
-        };
         let record = TickRecord {
             started_at,
             sources: sources.iter().map(PollSource::name).collect(),
-            published,
+            published: requests.len(),
         };
         let expires = started_at.timestamp() + self.config.tick_ttl_secs;
-        self.store
-            .put(item(keys::tick(&stamp), &record)?.expiring_at(expires))
-            .await?;
+        let claim = item(keys::tick(&stamp), &record)?.expiring_at(expires);
+        if let PutOutcome::Exists(_) = self.store.put_if_absent(claim).await? {
+            tracing::info!(tick = %stamp, "tick already handled");
+            return Ok(TickRecord {
+                published: 0,
+                ..record
+            });
+        }
+        if !requests.is_empty()
+            && let Err(err) = self.bus.publish(&requests).await
+        {
+            // Give the claim back, so the tick's retry publishes.
+            let key = keys::tick(&stamp);
+            if let Err(release) = self.store.delete(&key.pk, &key.sk).await {
+                tracing::warn!(tick = %stamp, error = %release, "could not release the tick's claim");
+            }
+            return Err(err.into());
+        }
+        let published = record.published;
         tracing::info!(sources = record.sources.len(), published, "tick recorded");
         Ok(record)
     }

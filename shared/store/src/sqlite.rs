@@ -212,6 +212,11 @@ fn write_batches(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
 }
 
 fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteJob>>) {
+    if !conn.is_autocommit() {
+        // A rollback that failed earlier left a transaction open: end it,
+        // or every later batch would fail on BEGIN.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     // IMMEDIATE takes the write lock up front, so the read-then-write of a
     // condition cannot race another process on the same file.
     if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {

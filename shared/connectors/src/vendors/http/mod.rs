@@ -143,7 +143,17 @@ fn address(ctx: &CallContext<'_>, fields: &Map<String, Value>) -> Result<url::Ur
         }
         _ => return Err(ActionError::field("fields.url", "required")),
     };
-    let base = setting(ctx.settings, "base_url");
+    // Parsed, so that `https://API.example.com:443/v1` and a step's
+    // `https://api.example.com/v1/x` compare as the same place.
+    let base = match setting(ctx.settings, "base_url") {
+        Some(text) => Some(
+            url::Url::parse(text)
+                .map_err(|err| ActionError::Config(format!("settings.base_url: {err}")))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let base = base.as_deref();
     let url = match (base, text.starts_with('/')) {
         (Some(base), true) => format!("{}{text}", base.trim_end_matches('/')),
         (None, true) => {
@@ -314,12 +324,14 @@ fn refusal(response: &VendorResponse, secrets: &[&str]) -> VendorError {
 }
 
 /// What the step's later steps can read: the status, the body (JSON when
-/// it is JSON, else text), the headers, and an id.
-fn output(response: &VendorResponse, id_pointer: &str) -> ActionOutput {
+/// it is JSON, else text), the headers, and an id. Runs keep it, so the
+/// connection's secrets are taken out (an endpoint may echo the request).
+fn output(response: &VendorResponse, id_pointer: &str, secrets: &[&str]) -> ActionOutput {
     let body = if response.body.len() > MAX_KEPT_BODY {
         Value::Null
     } else {
-        serde_json::from_slice(&response.body).unwrap_or_else(|_| Value::String(response.text()))
+        let text = redact(&response.text(), secrets);
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     let id = match body.pointer(id_pointer) {
         Some(Value::String(text)) => text.clone(),
@@ -331,7 +343,10 @@ fn output(response: &VendorResponse, id_pointer: &str) -> ActionOutput {
         .iter()
         .filter(|(name, _)| *name != reqwest::header::SET_COOKIE)
         .filter_map(|(name, value)| {
-            Some((name.as_str().to_owned(), Value::String(value.to_str().ok()?.to_owned())))
+            Some((
+                name.as_str().to_owned(),
+                Value::String(redact(value.to_str().ok()?, secrets)),
+            ))
         })
         .collect();
     let mut record = json!({
@@ -384,6 +399,13 @@ impl HttpRequest {
             request = request.header(idempotency_header(ctx.settings), ctx.idempotency_key);
         }
         if let Some(authorization) = ctx.credentials.get("authorization") {
+            // Saving refuses this too; a connection stored before that rule
+            // must not send its credential anywhere a step names.
+            if setting(ctx.settings, "base_url").is_none() {
+                return Err(ActionError::Config(
+                    "the credential authorization needs settings.base_url".into(),
+                ));
+            }
             request = request.header("authorization", authorization.clone());
         }
         if signs {
@@ -430,7 +452,7 @@ impl Action for HttpRequest {
                 field("json", FieldType::Any, "a JSON body"),
                 field("form", FieldType::Object, "a form body (application/x-www-form-urlencoded), name → value"),
                 field("id_pointer", FieldType::String, "JSON pointer into the response body to the id later steps see as steps.<id>.id (default /id)"),
-                field("on_unknown_outcome", FieldType::Enum(vec!["resend".into(), "review".into()]), "when a POST or PATCH may or may not have arrived: resend it under the same idempotency key (the receiver drops the repeat), or stop the run for review (default resend)"),
+                field("on_unknown_outcome", FieldType::Enum(vec!["resend".into(), "review".into()]), "when a POST or PATCH may or may not have arrived: stop the run for review (the default), or resend it under the same idempotency key, for a receiver that drops repeats"),
             ],
         )
         .with_output(vec![
@@ -440,17 +462,20 @@ impl Action for HttpRequest {
         ])
     }
 
-    /// GET, PUT and DELETE may be sent again; a POST or PATCH carries the
-    /// step's idempotency key, so the receiver can drop a repeat, unless
-    /// the step asks for review instead.
+    /// GET, PUT and DELETE may be sent again. A POST or PATCH whose
+    /// outcome is unknown is held for review, since most receivers ignore
+    /// an idempotency key; a step whose receiver honours it (or drops
+    /// repeated Standard Webhooks ids, as the specification asks) says
+    /// `on_unknown_outcome: resend`, and is then sent again under the same
+    /// key.
     fn resend(&self, fields: &Map<String, Value>) -> Resend {
         let method = method_of(fields).unwrap_or(Method::POST);
         if method == Method::GET || method == Method::PUT || method == Method::DELETE {
             Resend::Repeatable
-        } else if fields.get("on_unknown_outcome").and_then(Value::as_str) == Some("review") {
-            Resend::Unsafe
-        } else {
+        } else if fields.get("on_unknown_outcome").and_then(Value::as_str) == Some("resend") {
             Resend::Keyed
+        } else {
+            Resend::Unsafe
         }
     }
 
@@ -478,7 +503,7 @@ impl Action for HttpRequest {
         if !response.is_success() {
             return Err(refusal(&response, &secrets(ctx)).into());
         }
-        Ok(output(&response, &id_pointer))
+        Ok(output(&response, &id_pointer, &secrets(ctx)))
     }
 }
 
@@ -715,12 +740,12 @@ mod tests {
     }
 
     #[test]
-    fn a_post_is_keyed_unless_the_step_asks_for_review() {
+    fn a_post_is_reviewed_unless_the_step_says_its_receiver_drops_repeats() {
         let action = HttpRequest;
-        assert_eq!(action.resend(&fields(json!({"url": "x"}))), Resend::Keyed);
+        assert_eq!(action.resend(&fields(json!({"url": "x"}))), Resend::Unsafe);
         assert_eq!(
-            action.resend(&fields(json!({"url": "x", "on_unknown_outcome": "review"}))),
-            Resend::Unsafe
+            action.resend(&fields(json!({"url": "x", "on_unknown_outcome": "resend"}))),
+            Resend::Keyed
         );
         for method in ["GET", "PUT", "DELETE", "put"] {
             assert_eq!(
@@ -785,7 +810,7 @@ mod tests {
             body: br#"{"data":{"id":42},"id":"top"}"#.to_vec(),
             attempts: 1,
         };
-        let out = output(&response, "/data/id");
+        let out = output(&response, "/data/id", &[]);
         assert_eq!(out.id, "42");
         assert_eq!(out.record["status"], 201);
         assert_eq!(out.record["body"]["id"], "top");
@@ -794,14 +819,39 @@ mod tests {
             body: b"accepted".to_vec(),
             ..response.clone()
         };
-        assert_eq!(output(&text, "/id").record["body"], "accepted");
-        assert_eq!(output(&text, "/id").id, "");
+        assert_eq!(output(&text, "/id", &[]).record["body"], "accepted");
+        assert_eq!(output(&text, "/id", &[]).id, "");
         let big = VendorResponse {
             body: vec![b'a'; MAX_KEPT_BODY + 1],
             ..response
         };
-        let out = output(&big, "/id");
+        let out = output(&big, "/id", &[]);
         assert!(out.record["body"].is_null());
         assert_eq!(out.record["body_bytes"], MAX_KEPT_BODY + 1);
+        // An endpoint that echoes the request does not put the credential
+        // into the run.
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-echo", HeaderValue::from_static("Bearer s3cret-token"));
+        let echo = VendorResponse {
+            status: 200,
+            headers,
+            body: br#"{"headers":{"Authorization":"Bearer s3cret-token"}}"#.to_vec(),
+            attempts: 1,
+        };
+        let out = output(&echo, "/id", &["Bearer s3cret-token"]);
+        assert!(!out.record.to_string().contains("s3cret"), "{}", out.record);
+        assert_eq!(out.record["body"]["headers"]["Authorization"], "***");
+    }
+
+    #[test]
+    fn the_base_url_is_compared_as_an_address_not_as_text() {
+        let settings = json!({"base_url": "https://API.example.com:443/v1"});
+        for url in ["/orders", "https://api.example.com/v1/orders"] {
+            let described = with_ctx(settings.clone(), false, |ctx| {
+                describe(ctx, &fields(json!({"url": url})))
+            })
+            .unwrap_or_else(|err| panic!("{url}: {err:?}"));
+            assert_eq!(described.url.as_str(), "https://api.example.com/v1/orders");
+        }
     }
 }
