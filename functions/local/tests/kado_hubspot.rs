@@ -159,17 +159,7 @@ impl World {
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
-        let response = client()
-            .post(format!("{}{path}", self.server.base))
-            .bearer_auth(&self.key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {body}");
-        body
+        common::post_json(&self.server.base, &self.key, path, body).await
     }
 
     async fn get(&self, path: &str) -> Value {

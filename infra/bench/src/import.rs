@@ -80,28 +80,17 @@ pub async fn run(serve_binary: &Path, contacts: usize) -> anyhow::Result<ImportR
     let server = crate::serve::spawn(serve_binary, 8)?;
     let (base, key, pid) = (server.base.clone(), server.key.clone(), server.pid);
     let http = reqwest::Client::new();
-    let post = |path: &str, body: Value| {
-        let request = http
-            .post(format!("{base}{path}"))
-            .bearer_auth(&key)
-            .json(&body);
-        async move {
-            let response = request.send().await?;
-            let status = response.status();
-            let body: Value = response.json().await?;
-            anyhow::ensure!(status.is_success(), "{status}: {body}");
-            Ok::<Value, anyhow::Error>(body)
-        }
-    };
-    let hs = post(
-        "/v1/connections",
-        json!({"app": "hubspot", "name": "HubSpot",
+    let hs = server
+        .admin(
+            &http,
+            "/v1/connections",
+            json!({"app": "hubspot", "name": "HubSpot",
                "settings": {"base_url": hubspot.base_url(), "oauth_url": accounts.base_url()},
                "credentials": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
                                "refresh_token": accounts.issue_refresh_token()}}),
-    )
-    .await?;
-    let kd = post(
+        )
+        .await?;
+    let kd = server.admin(&http, 
         "/v1/connections",
         json!({"app": "kado", "name": "KADO",
                "settings": {"base_url": kado.base_url(), "company_id": "co_1", "teams": ["t_sales"]},
@@ -112,7 +101,7 @@ pub async fn run(serve_binary: &Path, contacts: usize) -> anyhow::Result<ImportR
     let kado_before = kado.api_calls();
     let (_, cpu_before) = crate::load::proc_stat(pid);
     let started = Instant::now();
-    let created = post(
+    let created = server.admin(&http, 
         "/v1/recipes/kado-hubspot/instantiate",
         json!({"connections": {"kado": kd["id"], "hubspot": hs["id"]}, "parameters": {"team": "t_sales"}}),
     )

@@ -92,36 +92,27 @@ pub async fn run(serve_binary: &Path, args: PeersArgs) -> anyhow::Result<PeersRe
     let receiver = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let server = crate::serve::spawn(serve_binary, args.workers)?;
-    let (base, key, pid) = (server.base.clone(), server.key.clone(), server.pid);
+    let (base, pid) = (server.base.clone(), server.pid);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .build()?;
-    let admin = |path: &str, body: Value| {
-        let request = http
-            .post(format!("{base}{path}"))
-            .bearer_auth(&key)
-            .json(&body);
-        async move {
-            let response = request.send().await?;
-            let status = response.status();
-            let body: Value = response.json().await?;
-            anyhow::ensure!(status.is_success(), "{status}: {body}");
-            anyhow::Ok(body)
-        }
-    };
-    let source = admin(
-        "/v1/connections",
-        json!({"app": "generic", "name": "shop",
+    let source = server
+        .admin(
+            &http,
+            "/v1/connections",
+            json!({"app": "generic", "name": "shop",
         "settings": {"event_id_pointer": "/id", "kind": "order.created"}}),
-    )
-    .await?;
-    let out = admin(
-        "/v1/connections",
-        json!({"app": "http", "name": "receiver",
+        )
+        .await?;
+    let out = server
+        .admin(
+            &http,
+            "/v1/connections",
+            json!({"app": "http", "name": "receiver",
         "settings": {"base_url": receiver_url, "requests_per_second": 1000, "parallel": 64}}),
-    )
-    .await?;
-    admin("/v1/automations", json!({"id": "peers", "name": "webhook → POST",
+        )
+        .await?;
+    server.admin(&http, "/v1/automations", json!({"id": "peers", "name": "webhook → POST",
         "trigger": {"connection": source["id"], "event": "generic.order.created"},
         "steps": [{"id": "post", "action": "http.request.send", "connection": out["id"],
             "fields": {"url": "/orders", "json": {

@@ -74,34 +74,25 @@ pub async fn run(
     let planfix = Arc::new(FakePlanfix::start("pf-bench", "pf-chat-bench").await?);
     let server = crate::serve::spawn(serve_binary, 8)?;
     let http = reqwest::Client::new();
-    let post = |path: &str, body: Value| {
-        let request = http
-            .post(format!("{}{path}", server.base))
-            .bearer_auth(&server.key)
-            .json(&body);
-        async move {
-            let response = request.send().await?;
-            let status = response.status();
-            let body: Value = response.json().await?;
-            anyhow::ensure!(status.is_success(), "{status}: {body}");
-            Ok::<Value, anyhow::Error>(body)
-        }
-    };
-    let vb = post(
-        "/v1/connections",
-        json!({"app": "verbox", "name": "Verbox",
+    let vb = server
+        .admin(
+            &http,
+            "/v1/connections",
+            json!({"app": "verbox", "name": "Verbox",
         "settings": {"base_url": verbox.base_url()}, "credentials": {"token": "vb-bench"}}),
-    )
-    .await?;
-    let pf = post("/v1/connections", json!({"app": "planfix", "name": "Planfix",
+        )
+        .await?;
+    let pf = server.admin(&http, "/v1/connections", json!({"app": "planfix", "name": "Planfix",
         "settings": {"base_url": planfix.base_url(), "chat_endpoint": planfix.chat_endpoint(), "max_requests_per_second": 50},
         "credentials": {"token": "pf-bench", "planfix_token": "pf-chat-bench", "provider_key": PROVIDER_KEY}})).await?;
-    post(
-        "/v1/recipes/verbox-planfix/instantiate",
-        json!({"connections": {"verbox": vb["id"], "planfix": pf["id"]},
+    server
+        .admin(
+            &http,
+            "/v1/recipes/verbox-planfix/instantiate",
+            json!({"connections": {"verbox": vb["id"], "planfix": pf["id"]},
         "parameters": {"reply_operator": "olga"}}),
-    )
-    .await?;
+        )
+        .await?;
     let verbox_hook = format!(
         "{}{}",
         server.base,

@@ -22,6 +22,28 @@ impl Drop for Serve {
     }
 }
 
+impl Serve {
+    /// POSTs an admin request with the owner key; the body of a 2xx, else
+    /// an error naming the status and body.
+    pub async fn admin(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let response = http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        anyhow::ensure!(status.is_success(), "{path}: {status}: {body}");
+        Ok(body)
+    }
+}
+
 pub fn spawn(binary: &Path, workers: usize) -> anyhow::Result<Serve> {
     let data = tempfile::tempdir()?;
     let mut child = Command::new(binary)
