@@ -90,7 +90,7 @@ pub async fn run(serve_binary: &Path, contacts: usize) -> anyhow::Result<ImportR
                                "refresh_token": accounts.issue_refresh_token()}}),
         )
         .await?;
-    let kd = server.admin(&http, 
+    let kd = server.admin(&http,
         "/v1/connections",
         json!({"app": "kado", "name": "KADO",
                "settings": {"base_url": kado.base_url(), "company_id": "co_1", "teams": ["t_sales"]},
@@ -101,7 +101,7 @@ pub async fn run(serve_binary: &Path, contacts: usize) -> anyhow::Result<ImportR
     let kado_before = kado.api_calls();
     let (_, cpu_before) = crate::load::proc_stat(pid);
     let started = Instant::now();
-    let created = server.admin(&http, 
+    let created = server.admin(&http,
         "/v1/recipes/kado-hubspot/instantiate",
         json!({"connections": {"kado": kd["id"], "hubspot": hs["id"]}, "parameters": {"team": "t_sales"}}),
     )
