@@ -62,15 +62,10 @@ impl std::ops::Sub for Snapshot {
     }
 }
 
-/// The size DynamoDB bills for an item in our layout: attribute names plus
-/// values (pk, sk, version, expires_at, body).
+/// The size DynamoDB bills for an item as the DynamoDB store writes it
+/// (large bodies deflated).
 pub fn item_bytes(item: &Item) -> u64 {
-    let number = |n: u64| n.to_string().len() as u64;
-    let mut size = 2 + item.pk.len() as u64 + 2 + item.sk.len() as u64 + 7 + number(item.version);
-    if let Some(at) = item.expires_at {
-        size += 10 + number(at.unsigned_abs());
-    }
-    size + 4 + item.body.to_string().len() as u64
+    crmbridge_store::billed_bytes(item)
 }
 
 fn write_units(bytes: u64) -> u64 {
@@ -108,6 +103,12 @@ impl Store for CountingStore {
     async fn put(&self, item: Item) -> StoreResult<()> {
         self.add(0, write_units(item_bytes(&item)));
         self.inner.put(item).await
+    }
+
+    async fn put_many(&self, items: Vec<Item>) -> StoreResult<()> {
+        // BatchWriteItem bills each item as a plain put.
+        self.add(0, items.iter().map(|i| write_units(item_bytes(i))).sum());
+        self.inner.put_many(items).await
     }
 
     async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome> {

@@ -3,7 +3,8 @@
 //!
 //! Every run is indexed twice, under its tenant and under its automation,
 //! by `{created_at}#{run}`, so a listing by time (and by automation) is a
-//! range of one partition, newest first.
+//! range of one partition, newest first. The entries are written once, when
+//! the run is created; a listing reads each listed run for its status.
 //!
 //! **Replay** resumes a *failed* run of an automation for the event it
 //! stored: steps that succeeded are not repeated (their outputs feed the
@@ -17,14 +18,14 @@
 //! may be failed again (the error is in its steps).
 
 use chrono::{DateTime, Utc};
-use crmbridge_store::{Query, Write};
+use crmbridge_store::Query;
 use serde::Serialize;
 
 use crate::admin::{Listing, Principal};
 use crate::automations::{Automations as _, PLAIN_ID_RULE, is_plain_id};
-use crmbridge_engine::bookkeeping::{index_writes, sort_time};
+use crmbridge_engine::bookkeeping::sort_time;
 use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary, StepStatus};
-use crmbridge_engine::{Engine, EngineError, EngineResult, decode, item, keys};
+use crmbridge_engine::{Engine, EngineError, EngineResult, item, keys};
 
 /// The most index entries one listing reads before it returns a short page
 /// with a cursor (a selective status filter must not scan forever).
@@ -138,27 +139,35 @@ impl Runs for Engine {
         let mut items = Vec::new();
         let mut scanned = 0;
         loop {
+            // Each entry costs a read of its run: without a status filter,
+            // ask for no more than the page still needs.
+            let wanted = match filter.status {
+                Some(_) => 200,
+                None => filter.limit - items.len(),
+            };
             let page = self
                 .store()
                 .query(
                     Query::prefix(pk.clone(), "")
-                        .limit(200)
+                        .limit(wanted)
                         .after(start.clone())
                         .descending(),
                 )
                 .await?;
             let count = page.items.len();
-            for (i, entry) in page.items.iter().enumerate() {
-                if since.as_ref().is_some_and(|since| entry.sk < *since) {
-                    return Ok(Listing {
-                        items,
-                        next_cursor: None,
-                    });
-                }
+            let entries: Vec<_> = page
+                .items
+                .iter()
+                .take_while(|entry| since.as_ref().is_none_or(|since| entry.sk >= *since))
+                .cloned()
+                .collect();
+            let current = self.runs_of_entries(&entries).await?;
+            for (i, (entry, summary)) in page.items.iter().zip(current).enumerate() {
                 scanned += 1;
                 start = Some(entry.sk.clone());
-                let summary: RunSummary = decode(entry)?;
-                if filter.status.is_none_or(|status| status == summary.status) {
+                if let Some(summary) = summary
+                    && filter.status.is_none_or(|status| status == summary.status)
+                {
                     items.push(summary);
                 }
                 let last = i + 1 == count && page.next.is_none();
@@ -169,7 +178,8 @@ impl Runs for Engine {
                     });
                 }
             }
-            if page.next.is_none() {
+            if entries.len() < count || page.next.is_none() {
+                // Past `since`, or the end of the log.
                 return Ok(Listing {
                     items,
                     next_cursor: None,
@@ -214,8 +224,12 @@ impl Runs for Engine {
                 .store()
                 .query(Query::prefix(pk.clone(), "").limit(200).after(start))
                 .await?;
-            for entry in &page.items {
-                let summary: RunSummary = decode(entry)?;
+            for summary in self
+                .runs_of_entries(&page.items)
+                .await?
+                .into_iter()
+                .flatten()
+            {
                 if summary.status == RunStatus::Failed {
                     if failed.len() == MAX_REPLAYED {
                         more = true;
@@ -282,19 +296,16 @@ impl RunsInternal for Engine {
             }
         }
         let expires = run.created_at.timestamp() + self.config().run_ttl_secs;
-        let mut writes = vec![Write::UpdateIfVersion {
-            item: item(keys::run(id), &run)?.expiring_at(expires),
-            expected: version,
-        }];
-        writes.extend(index_writes(&run, expires)?);
-        match self.store().transact(writes).await {
-            Ok(()) => Ok(()),
-            Err(crmbridge_store::StoreError::TransactionConflict { index: 0, .. }) => {
-                Err(EngineError::conflict(
-                    "run",
-                    format!("run {id} changed while it was being replayed; try again"),
-                ))
-            }
+        match self
+            .store()
+            .update_if_version(item(keys::run(id), &run)?.expiring_at(expires), version)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(crmbridge_store::StoreError::Conflict { .. }) => Err(EngineError::conflict(
+                "run",
+                format!("run {id} changed while it was being replayed; try again"),
+            )),
             Err(err) => Err(err.into()),
         }
     }

@@ -18,6 +18,7 @@ use crmbridge_bus::{EventHandler, HandlerError, OutboxBus, OutboxConfig};
 use crmbridge_connectors::Registry;
 use crmbridge_control::admin::{NewConnection, Principal};
 use crmbridge_control::prelude::*;
+use crmbridge_control::runs::RunFilter;
 use crmbridge_control::tenants::{NewKey, NewTenant};
 use crmbridge_engine::ingest::WebhookRequest;
 use crmbridge_engine::records::{Role, RunStatus, StepStatus};
@@ -27,7 +28,7 @@ use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use crmbridge_fakes::vendors::verbox::FakeVerbox;
 use crmbridge_mapping::Event;
-use crmbridge_store::Store;
+use crmbridge_store::{Item, Page, PutOutcome, Query, Store, StoreError, StoreResult, Write};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
@@ -277,6 +278,7 @@ on_both_stores!(
     two_owners_revoking_each_other_keep_one_owner_key,
     automation_ids_are_plain_everywhere,
     an_alert_raised_by_two_processes_at_once_is_announced_once,
+    a_worker_dying_between_a_runs_index_entries_and_the_run_leaves_nothing_half_done,
 );
 
 /// Four deliveries of one event at once (EventBridge and the outbox both
@@ -329,6 +331,95 @@ async fn one_event_dispatched_by_four_workers_at_once_calls_the_vendor_once(h: H
     }
     assert_eq!(creates(&nethunt), 1);
     assert_eq!(nethunt.records(&deals).len(), 1);
+    // Each delivery wrote index entries before losing the run's creation:
+    // the log lists the one run, as it stands.
+    let listed = h.engine.list_runs(&who, RunFilter::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1, "{:?}", listed.items);
+    assert_eq!(listed.items[0].status, RunStatus::Succeeded);
+}
+
+/// A store whose next `put_many` fails, the way a worker that dies right
+/// after writing a run's index entries leaves things (the entries are
+/// written, nothing after them).
+struct DiesAfterBatch {
+    inner: Arc<dyn Store>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Store for DiesAfterBatch {
+    async fn get(&self, pk: &str, sk: &str) -> StoreResult<Option<Item>> {
+        self.inner.get(pk, sk).await
+    }
+    async fn put(&self, item: Item) -> StoreResult<()> {
+        self.inner.put(item).await
+    }
+    async fn put_many(&self, items: Vec<Item>) -> StoreResult<()> {
+        self.inner.put_many(items).await?;
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend {
+                backend: "test",
+                operation: "put_many",
+                message: "the worker died here".into(),
+            });
+        }
+        Ok(())
+    }
+    async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome> {
+        self.inner.put_if_absent(item).await
+    }
+    async fn update_if_version(&self, item: Item, expected: u64) -> StoreResult<u64> {
+        self.inner.update_if_version(item, expected).await
+    }
+    async fn delete(&self, pk: &str, sk: &str) -> StoreResult<()> {
+        self.inner.delete(pk, sk).await
+    }
+    async fn query(&self, query: Query) -> StoreResult<Page> {
+        self.inner.query(query).await
+    }
+    async fn transact(&self, writes: Vec<Write>) -> StoreResult<()> {
+        self.inner.transact(writes).await
+    }
+}
+
+/// A run's index entries are written before the run: a worker that dies
+/// between the two has called no vendor and stored no run, so the next
+/// delivery runs it once, with no review (no intent was left behind), and
+/// the log lists it once.
+async fn a_worker_dying_between_a_runs_index_entries_and_the_run_leaves_nothing_half_done(
+    h: Harness,
+) {
+    let who = h.owner().await;
+    let (nethunt, deals, (source, token)) = orders_to_nethunt(&h, &who).await;
+    let event = h
+        .event(&source, &token, json!({"id": "I-1", "name": "ACME"}))
+        .await;
+    let dying = Engine::new(
+        Arc::new(DiesAfterBatch {
+            inner: Arc::clone(&h.store),
+            armed: true.into(),
+        }),
+        h.bus.clone(),
+        Registry::builtin(),
+        Keyring::parse(&h.keyring).unwrap(),
+        h.config.clone(),
+    );
+    let err = dying.dispatch(event.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("the worker died here"), "{err}");
+    assert_eq!(creates(&nethunt), 0, "no call before the run is stored");
+    let listed = h.engine.list_runs(&who, RunFilter::default()).await.unwrap();
+    assert!(listed.items.is_empty(), "an entry without its run is not listed: {listed:?}");
+
+    let done = h.engine.dispatch(event.clone()).await.unwrap();
+    assert_eq!(done.runs[0].status, RunStatus::Succeeded, "{done:?}");
+    assert!(!done.duplicate);
+    assert_eq!(creates(&nethunt), 1);
+    assert_eq!(nethunt.records(&deals).len(), 1);
+    let listed = h.engine.list_runs(&who, RunFilter::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1, "{:?}", listed.items);
+    assert_eq!(listed.items[0].status, RunStatus::Succeeded);
+    assert!(h.engine.dispatch(event).await.unwrap().duplicate);
+    assert_eq!(creates(&nethunt), 1);
 }
 
 /// The worker dies while NetHunt has committed the record but not yet

@@ -5,7 +5,7 @@
 //! automations; this side only reads them and records what runs did.
 
 use chrono::{DateTime, Utc};
-use crmbridge_store::{StoreError, Write};
+use crmbridge_store::{Item, StoreError};
 
 pub use crmbridge_state::records::{AutomationRecord, AutomationRef, PollSource, scope_tag};
 
@@ -20,28 +20,31 @@ fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
-/// The index entries of a run (tenant and automation), for the same
-/// transaction that writes the run.
-pub fn index_writes(run: &RunRecord, expires: i64) -> EngineResult<Vec<Write>> {
+/// The index entries of a run (tenant and automation). They are written
+/// once, just before the run is created, and never rewritten: they hold
+/// only what does not change (id, automation, event, creation time), and a
+/// listing reads each run for its status. So every later save of a run is
+/// one conditional write of the run item, never a transaction.
+pub fn index_items(run: &RunRecord, expires: i64) -> EngineResult<Vec<Item>> {
     let created_at = sort_time(run.created_at);
     let summary = RunSummary::from(run);
-    let mut writes = vec![Write::Put(
+    let mut items = vec![
         item(
             keys::tenant_run_index(&run.tenant, &created_at, &run.id),
             &summary,
         )?
         .expiring_at(expires),
-    )];
+    ];
     if let Some(automation) = &run.automation {
-        writes.push(Write::Put(
+        items.push(
             item(
                 keys::automation_run_index(&run.tenant, automation, &created_at, &run.id),
                 &summary,
             )?
             .expiring_at(expires),
-        ));
+        );
     }
-    Ok(writes)
+    Ok(items)
 }
 
 /// The sort-key form of a time: fixed width, so it sorts as it compares.
@@ -217,5 +220,33 @@ impl Engine {
         Err(EngineError::InProgress(format!(
             "automation {id} kept changing while its bookkeeping was updated"
         )))
+    }
+}
+
+impl Engine {
+    /// The runs behind a page of run index entries, as they stand now: the
+    /// entries keep only what a run was created with, so each run is read
+    /// for its status. An entry is `None`, in its place, when its run is not
+    /// there (expired, or its creator died between the entry and the run)
+    /// or was created at another time than the entry says (the entry of a
+    /// delivery that lost the run's creation to another).
+    pub async fn runs_of_entries(&self, entries: &[Item]) -> EngineResult<Vec<Option<RunSummary>>> {
+        let reads = entries.iter().map(|entry| async move {
+            let indexed: RunSummary = decode(entry)?;
+            let current = self.read::<RunRecord>(&keys::run(&indexed.id)).await?;
+            Ok::<_, EngineError>(current.and_then(|(run, _)| {
+                let created_at = sort_time(run.created_at);
+                let same_run = entry
+                    .sk
+                    .strip_prefix(created_at.as_str())
+                    .is_some_and(|rest| rest.starts_with('#'));
+                same_run.then(|| RunSummary::from(&run))
+            }))
+        });
+        let mut runs = Vec::with_capacity(entries.len());
+        for read in futures_util::future::join_all(reads).await {
+            runs.push(read?);
+        }
+        Ok(runs)
     }
 }

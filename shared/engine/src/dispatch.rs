@@ -21,7 +21,7 @@ use crmbridge_connectors::{Action, ActionError, ActionOutput, CallContext, Resen
 use crmbridge_mapping::{
     CompiledAutomation, DedupeDecision, Event, EventId, FilterOutcome, RenderContext, StepPlan,
 };
-use crmbridge_store::{StoreError, Write};
+use crmbridge_store::{PutOutcome, StoreError};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -431,37 +431,58 @@ impl Engine {
         let automation = &record.automation;
         let id = run_id(&event.id, Some(&automation.id));
         let owner = self.lease_owner();
-        let fresh = self.new_run(
+        // A first delivery's run is not written yet: it is stored (created,
+        // conditionally) at its first save, which comes before any vendor
+        // call, so its claim carries the first call's intent, or the run's
+        // end when it makes no call. If that save finds the run created by
+        // another delivery, this one takes the stored run instead.
+        let mut fresh = Some(self.new_run(
             event,
             Some(&automation.id),
             RunStatus::Running,
             "running".into(),
             Some(self.lease(&owner)),
-        );
-        let created = self.create_run(&fresh).await?;
-        let (mut run, mut version) = if created {
-            (fresh, 1)
-        } else {
-            match self.take_run(&id, event, &owner).await? {
-                Taken::Mine(run, version) => (run, version),
-                Taken::Finished(run) => return Ok((RunSummary::from(&run), false)),
-                Taken::Busy(run) => {
-                    tracing::info!(run = %id, "another worker holds this run; backing off");
-                    if self.config.sole_worker {
-                        // The holder is in this process and its delivery
-                        // is still outstanding: it finishes the run.
-                        return Ok((RunSummary::from(&run), false));
+        ));
+        loop {
+            let (mut run, mut version) = match fresh.take() {
+                Some(run) => (run, 0),
+                None => match self.take_run(&id, event, &owner).await? {
+                    Taken::Mine(run, version) => (run, version),
+                    Taken::Finished(run) => return Ok((RunSummary::from(&run), false)),
+                    Taken::Busy(run) => {
+                        tracing::info!(run = %id, "another worker holds this run; backing off");
+                        if self.config.sole_worker {
+                            // The holder is in this process and its delivery
+                            // is still outstanding: it finishes the run.
+                            return Ok((RunSummary::from(&run), false));
+                        }
+                        // Elsewhere it may die with its container: have the
+                        // bus come back after the lease has had time to lapse.
+                        return Err(EngineError::Action {
+                            what: format!("run {id}"),
+                            transient: true,
+                            message: "another worker is running it; retrying later".into(),
+                        });
                     }
-                    // Elsewhere it may die with its container: have the
-                    // bus come back after the lease has had time to lapse.
-                    return Err(EngineError::Action {
-                        what: format!("run {id}"),
-                        transient: true,
-                        message: "another worker is running it; retrying later".into(),
-                    });
-                }
+                },
+            };
+            let first = version == 0;
+            match self.take_on(&mut run, &mut version, record).await {
+                Err(EngineError::RunCreatedElsewhere(_)) if first => continue,
+                // Created by this call once its first save went through.
+                outcome => return outcome.map(|summary| (summary, first && version > 0)),
             }
-        };
+        }
+    }
+
+    /// Runs a run this worker holds (fresh, or taken over) to its end or
+    /// to a stop.
+    async fn take_on(
+        &self,
+        run: &mut RunRecord,
+        version: &mut u64,
+        record: &AutomationRecord,
+    ) -> EngineResult<RunSummary> {
         let used = run.attempts.saturating_sub(run.attempts_before_replay);
         if used > self.config.max_run_attempts {
             let outcome = format!(
@@ -469,26 +490,26 @@ impl Engine {
                 used - 1,
                 run.outcome
             );
-            self.finish(&mut run, &mut version, RunStatus::Failed, outcome)
+            self.finish(run, version, RunStatus::Failed, outcome)
                 .await?;
-            self.measure_run(&run);
-            self.track_outcome(record, &run).await?;
-            return Ok((RunSummary::from(&run), created));
+            self.measure_run(run);
+            self.track_outcome(record, run).await?;
+            return Ok(RunSummary::from(&*run));
         }
         if let Some(reason) = &record.halted {
             let outcome = format!(
                 "not run: the automation is halted ({reason}); enable it, then replay this run"
             );
-            self.finish(&mut run, &mut version, RunStatus::Failed, outcome)
+            self.finish(run, version, RunStatus::Failed, outcome)
                 .await?;
-            self.measure_run(&run);
-            return Ok((RunSummary::from(&run), created));
+            self.measure_run(run);
+            return Ok(RunSummary::from(&*run));
         }
-        match self.execute_run(&mut run, &mut version, record).await {
+        match self.execute_run(run, version, record).await {
             Ok(()) => {
-                self.measure_run(&run);
-                self.track_outcome(record, &run).await?;
-                Ok((RunSummary::from(&run), created))
+                self.measure_run(run);
+                self.track_outcome(record, run).await?;
+                Ok(RunSummary::from(&*run))
             }
             Err(err) if used >= self.config.max_run_attempts && is_transient(&err) => {
                 // A step whose arrival could never be read back: a person
@@ -500,8 +521,8 @@ impl Engine {
                     .cloned()
                 {
                     self.needs_review(
-                        &mut run,
-                        &mut version,
+                        run,
+                        version,
                         &step.id,
                         &step.action,
                         step.request,
@@ -509,15 +530,15 @@ impl Engine {
                         Some(format!("and reading it back did not settle it: {err}")),
                     )
                     .await?;
-                    self.measure_run(&run);
-                    self.track_outcome(record, &run).await?;
-                    return Ok((RunSummary::from(&run), created));
+                    self.measure_run(run);
+                    self.track_outcome(record, run).await?;
+                    return Ok(RunSummary::from(&*run));
                 }
                 // The last delivery the bus will make: the run is failed
                 // for good (replayable), and counts towards halting.
                 tracing::warn!(run = %run.id, attempts = used, error = %err, "giving up on a run that keeps failing");
-                self.measure_run(&run);
-                self.track_outcome(record, &run).await?;
+                self.measure_run(run);
+                self.track_outcome(record, run).await?;
                 Err(err)
             }
             Err(err) => Err(err),
@@ -614,49 +635,33 @@ impl Engine {
         }
     }
 
-    /// Saves a running run's progress (a step begun or done). Its status
-    /// and outcome are what its index entries already say (written when it
-    /// was created or taken), so only the run item is written: one write,
-    /// not a transaction of three.
-    async fn save_progress(&self, run: &mut RunRecord, version: &mut u64) -> EngineResult<()> {
-        if run.status != RunStatus::Running {
-            // Not what the index says: write it with the run.
-            return self.save_run(run, version).await;
-        }
+    /// Saves a run (its progress, a takeover or its end): one conditional
+    /// write of the run item on the version this worker last saw. Its index
+    /// entries never change after creation, so nothing else is written.
+    ///
+    /// Version 0 is a fresh run not stored yet: this save creates it, with
+    /// its index entries, or finds it created by another delivery
+    /// ([`EngineError::RunCreatedElsewhere`]).
+    async fn save_run(&self, run: &mut RunRecord, version: &mut u64) -> EngineResult<()> {
         run.updated_at = self.now();
+        // Every save renews the lease: a live worker keeps its run.
         run.lease = run.lease.take().map(|lease| self.lease(&lease.owner));
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
         let item = item(keys::run(&run.id), run)?.expiring_at(expires);
+        if *version == 0 {
+            return if self.create_run(run).await? {
+                *version = 1;
+                Ok(())
+            } else {
+                Err(EngineError::RunCreatedElsewhere(run.id.clone()))
+            };
+        }
         match self.store.update_if_version(item, *version).await {
             Ok(next) => {
                 *version = next;
                 Ok(())
             }
             Err(StoreError::Conflict { .. }) => Err(EngineError::Action {
-                what: format!("saving run {}", run.id),
-                transient: true,
-                message: "another worker took the run over (this worker's lease lapsed)".into(),
-            }),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    async fn save_run(&self, run: &mut RunRecord, version: &mut u64) -> EngineResult<()> {
-        run.updated_at = self.now();
-        // Every save renews the lease: a live worker keeps its run.
-        run.lease = run.lease.take().map(|lease| self.lease(&lease.owner));
-        let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
-        let mut writes = vec![Write::UpdateIfVersion {
-            item: item(keys::run(&run.id), run)?.expiring_at(expires),
-            expected: *version,
-        }];
-        writes.extend(crate::bookkeeping::index_writes(run, expires)?);
-        match self.store.transact(writes).await {
-            Ok(()) => {
-                *version += 1;
-                Ok(())
-            }
-            Err(StoreError::TransactionConflict { index: 0, .. }) => Err(EngineError::Action {
                 what: format!("saving run {}", run.id),
                 transient: true,
                 message: "another worker took the run over (this worker's lease lapsed)".into(),
@@ -867,7 +872,7 @@ impl Engine {
                     },
                 );
                 outputs.insert(step_id, json!({}));
-                self.save_progress(run, version).await?;
+                self.save_run(run, version).await?;
                 return Ok(StepFlow::Next);
             }
             Ok(StepPlan::Call(request)) => request,
@@ -1008,7 +1013,10 @@ impl Engine {
                     started_at: Some(started_at),
                 },
             );
-            self.save_progress(run, version).await?;
+            self.save_run(run, version).await?;
+        } else if *version == 0 {
+            // No vendor call before the run is claimed.
+            self.save_run(run, version).await?;
         }
         // An update known in advance is remembered before it is sent: the
         // vendor's report of it may arrive before its answer is read.
@@ -1139,7 +1147,7 @@ impl Engine {
                 // the step as a crash just before this save would (its
                 // `calling` mark, or nothing), so nothing new can happen.
                 if !last {
-                    self.save_progress(run, version).await?;
+                    self.save_run(run, version).await?;
                 }
             }
             Ok(StepOutcome::Stopped(reason)) => {
@@ -1401,18 +1409,32 @@ impl Engine {
         );
     }
 
-    /// Writes a run and its index entry together; `false` if it existed.
+    /// Creates a run after its index entries; `false` if the run existed.
+    ///
+    /// Not one transaction (that would bill every item twice on DynamoDB):
+    /// the entries go first, so a run is never stored unlisted, and the
+    /// run's conditional insert decides. A worker that dies in between, or
+    /// loses the insert to another delivery, leaves entries that name a run
+    /// created at another time or not at all; listings skip those (see
+    /// [`Engine::runs_of_entries`]) and they expire with the run's TTL.
     pub(crate) async fn create_run(&self, run: &RunRecord) -> EngineResult<bool> {
+        self.index_run(run).await?;
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
-        let mut writes = vec![Write::PutIfAbsent(
-            item(keys::run(&run.id), run)?.expiring_at(expires),
-        )];
-        writes.extend(crate::bookkeeping::index_writes(run, expires)?);
-        match self.store.transact(writes).await {
-            Ok(()) => Ok(true),
-            Err(StoreError::TransactionConflict { index: 0, .. }) => Ok(false),
-            Err(err) => Err(EngineError::from(err)),
-        }
+        Ok(matches!(
+            self.store
+                .put_if_absent(item(keys::run(&run.id), run)?.expiring_at(expires))
+                .await?,
+            PutOutcome::Inserted
+        ))
+    }
+
+    /// Writes a run's index entries (see [`crate::bookkeeping::index_items`]).
+    async fn index_run(&self, run: &RunRecord) -> EngineResult<()> {
+        let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
+        self.store
+            .put_many(crate::bookkeeping::index_items(run, expires)?)
+            .await?;
+        Ok(())
     }
 }
 

@@ -33,6 +33,10 @@ pub enum EngineError {
     /// same event): retry shortly.
     #[error("{0}")]
     InProgress(String),
+    /// A run's first save found it created by another delivery of the same
+    /// event. Dispatch takes that run instead; it is never answered.
+    #[error("run {0} was created by another delivery of its event")]
+    RunCreatedElsewhere(String),
     #[error("{} invalid field(s)", .0.len())]
     Invalid(Vec<FieldError>),
     #[error("store: {0}")]
@@ -88,7 +92,7 @@ impl EngineError {
             Self::Forbidden(_) => 403,
             Self::BadRequest { .. } => 400,
             Self::PayloadTooLarge { .. } | Self::TooManyEvents { .. } => 413,
-            Self::InProgress(_) => 503,
+            Self::InProgress(_) | Self::RunCreatedElsewhere(_) => 503,
             Self::Invalid(_) => 422,
             // The sender should retry: nothing was acknowledged.
             Self::Store(_) | Self::Bus(_) => 503,
@@ -111,7 +115,7 @@ impl EngineError {
             Self::BadRequest { .. } => "bad_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::TooManyEvents { .. } => "too_many_events",
-            Self::InProgress(_) => "in_progress",
+            Self::InProgress(_) | Self::RunCreatedElsewhere(_) => "in_progress",
             Self::Invalid(_) => "invalid",
             Self::Store(_) => "store_unavailable",
             Self::Bus(_) => "bus_unavailable",

@@ -3,32 +3,49 @@
 //! Item layout: `pk` (S), `sk` (S), `version` (N), `expires_at` (N, the
 //! table's TTL attribute, absent when the item never expires) and `body` (S,
 //! the record as JSON). Keeping the record as one JSON string rather than
-//! native attributes keeps both backends byte-for-byte alike and lets the
-//! domain types evolve without a migration; nothing queries inside a body.
+//! native attributes keeps both backends alike and lets the domain types
+//! evolve without a migration; nothing queries inside a body.
+//!
+//! A body longer than [`COMPRESS_ABOVE`] bytes is stored deflated instead,
+//! as `bodyz` (B): DynamoDB bills writes per started KB of the item, and a
+//! run (its event, each step's request and answer) deflates to less than
+//! half, so most runs are written for one unit instead of two to four.
+//! Both forms are read; [`billed_bytes`] is the size DynamoDB bills.
 //!
 //! Expired-but-not-yet-reaped items are treated as absent: every condition
 //! says "absent OR expired", and reads filter on `expires_at`.
 
 use std::collections::HashMap;
+use std::io::{Read, Write as _};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType, Put,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
-    TransactWriteItem,
+    PutRequest, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem, WriteRequest,
 };
+use flate2::Compression;
+use flate2::read::DeflateDecoder;
+use flate2::write::DeflateEncoder;
 
-use crate::item::{check_limit, check_transaction};
+use crate::item::{check_batch, check_limit, check_transaction};
 use crate::{
     Item, Page, PutOutcome, Query, Store, StoreError, StoreResult, Write, now_epoch_seconds,
 };
 
+/// Bodies longer than this (bytes of JSON) are stored deflated.
+pub const COMPRESS_ABOVE: usize = 400;
+
 /// The name of the TTL attribute; template.yaml declares the same.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+/// How often one `put_many` sends what DynamoDB left unprocessed.
+const BATCH_ATTEMPTS: u32 = 5;
 
 const ABSENT_OR_EXPIRED: &str = "attribute_not_exists(pk) OR expires_at <= :now";
 const LIVE_AT_VERSION: &str = "attribute_exists(pk) AND version = :expected AND (attribute_not_exists(expires_at) OR expires_at > :now)";
@@ -121,8 +138,49 @@ fn to_attributes(item: &Item) -> AttributeMap {
     if let Some(at) = item.expires_at {
         map.insert(TTL_ATTRIBUTE.into(), AttributeValue::N(at.to_string()));
     }
-    map.insert("body".into(), AttributeValue::S(item.body.to_string()));
+    match stored_body(item) {
+        StoredBody::Plain(json) => map.insert("body".into(), AttributeValue::S(json)),
+        StoredBody::Deflated(bytes) => {
+            map.insert("bodyz".into(), AttributeValue::B(Blob::new(bytes)))
+        }
+    };
     map
+}
+
+/// How an item's body is stored.
+enum StoredBody {
+    Plain(String),
+    Deflated(Vec<u8>),
+}
+
+fn stored_body(item: &Item) -> StoredBody {
+    let json = item.body.to_string();
+    if json.len() <= COMPRESS_ABOVE {
+        return StoredBody::Plain(json);
+    }
+    let mut encoder = DeflateEncoder::new(Vec::new(), Compression::fast());
+    // Writing into a Vec cannot fail; if it somehow did, store it plain.
+    match encoder
+        .write_all(json.as_bytes())
+        .and_then(|()| encoder.finish())
+    {
+        Ok(bytes) if bytes.len() < json.len() => StoredBody::Deflated(bytes),
+        _ => StoredBody::Plain(json),
+    }
+}
+
+/// The bytes DynamoDB bills for `item` as this store writes it: attribute
+/// names plus values (numbers counted as their digits, a close upper bound).
+pub fn billed_bytes(item: &Item) -> u64 {
+    let digits = |n: u64| n.to_string().len() as u64;
+    let mut size = 2 + item.pk.len() as u64 + 2 + item.sk.len() as u64 + 7 + digits(item.version);
+    if let Some(at) = item.expires_at {
+        size += TTL_ATTRIBUTE.len() as u64 + digits(at.unsigned_abs());
+    }
+    size + match stored_body(item) {
+        StoredBody::Plain(json) => 4 + json.len() as u64,
+        StoredBody::Deflated(bytes) => 5 + bytes.len() as u64,
+    }
 }
 
 fn from_attributes(map: &AttributeMap) -> StoreResult<Item> {
@@ -141,8 +199,19 @@ fn from_attributes(map: &AttributeMap) -> StoreResult<Item> {
         sk: sk.clone(),
         reason,
     };
-    let body = text("body").ok_or_else(|| corrupt("no body attribute".into()))?;
-    let body = serde_json::from_str(&body).map_err(|err| corrupt(err.to_string()))?;
+    let body = match (map.get("body"), map.get("bodyz")) {
+        (Some(AttributeValue::S(json)), _) => {
+            serde_json::from_str(json).map_err(|err| corrupt(err.to_string()))?
+        }
+        (_, Some(AttributeValue::B(deflated))) => {
+            let mut json = Vec::new();
+            DeflateDecoder::new(deflated.as_ref())
+                .read_to_end(&mut json)
+                .map_err(|err| corrupt(format!("bodyz does not inflate: {err}")))?;
+            serde_json::from_slice(&json).map_err(|err| corrupt(err.to_string()))?
+        }
+        _ => return Err(corrupt("no body attribute".into())),
+    };
     let version = number("version").ok_or_else(|| corrupt("no version attribute".into()))?;
     Ok(Item {
         pk: pk.clone(),
@@ -239,6 +308,48 @@ impl Store for DynamoStore {
             .await
             .map_err(backend("put"))?;
         Ok(())
+    }
+
+    async fn put_many(&self, items: Vec<Item>) -> StoreResult<()> {
+        check_batch(&items)?;
+        let mut pending: Vec<WriteRequest> = items
+            .iter()
+            .map(|item| {
+                PutRequest::builder()
+                    .set_item(Some(to_attributes(item)))
+                    .build()
+                    .map(|put| WriteRequest::builder().put_request(put).build())
+                    .map_err(backend("put_many"))
+            })
+            .collect::<StoreResult<_>>()?;
+        // DynamoDB may leave some of a batch unprocessed when a partition is
+        // busy: send those again, backing off, before calling it a failure.
+        for attempt in 0..BATCH_ATTEMPTS {
+            let answer = self
+                .client
+                .batch_write_item()
+                .request_items(self.table.clone(), pending)
+                .send()
+                .await
+                .map_err(backend("put_many"))?;
+            pending = answer
+                .unprocessed_items
+                .and_then(|mut left| left.remove(&self.table))
+                .unwrap_or_default();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+        }
+        Err(StoreError::Backend {
+            backend: "dynamodb",
+            operation: "put_many",
+            message: format!(
+                "{} of {} items still unprocessed after {BATCH_ATTEMPTS} attempts",
+                pending.len(),
+                items.len()
+            ),
+        })
     }
 
     async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome> {
@@ -402,5 +513,66 @@ impl Store for DynamoStore {
             },
             Err(other) => Err(backend("transact")(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn run_like(steps: usize) -> Item {
+        let step = serde_json::json!({"action": "http.request.send", "attempts": 1, "id": "post",
+            "request": {"connection": "con_932715fe593befcf5e25c53d", "fields": {"json": {"email": "buyer1@example.com", "order": "O-1"}, "url": "/orders"}},
+            "output": {"status": 201, "headers": {"content-type": "application/json"}}, "status": "succeeded"});
+        Item::new(
+            "RUN#run_fa703a6f8af820d4260b815dd068f8f0",
+            "RUN",
+            serde_json::json!({"tenant": "ten_6d85ede475fd6fb60c08ebed", "steps": vec![step; steps]}),
+        )
+        .expiring_at(1_800_000_000)
+    }
+
+    #[test]
+    fn small_bodies_stay_plain_and_large_ones_are_billed_deflated() {
+        let small = Item::new("P", "S", serde_json::json!({"a": 1}));
+        assert!(matches!(stored_body(&small), StoredBody::Plain(_)));
+        assert_eq!(
+            billed_bytes(&small),
+            2 + 1 + 2 + 1 + 7 + 1 + 4 + small.body.to_string().len() as u64
+        );
+        let large = run_like(6);
+        let plain = large.body.to_string().len() as u64;
+        assert!(matches!(stored_body(&large), StoredBody::Deflated(_)));
+        assert!(
+            billed_bytes(&large) < plain / 2,
+            "{} of {plain}",
+            billed_bytes(&large)
+        );
+    }
+
+    #[test]
+    fn a_deflated_body_reads_back_as_written() {
+        let large = run_like(3);
+        let read = from_attributes(&to_attributes(&large)).unwrap();
+        assert_eq!(read, large);
+        assert!(to_attributes(&large).contains_key("bodyz"));
+        assert!(!to_attributes(&large).contains_key("body"));
+    }
+
+    #[test]
+    fn an_item_without_a_readable_body_is_corrupt() {
+        let mut map = to_attributes(&run_like(3));
+        map.insert("bodyz".into(), AttributeValue::B(Blob::new(vec![1, 2, 3])));
+        assert!(matches!(
+            from_attributes(&map),
+            Err(StoreError::Corrupt { .. })
+        ));
+        map.remove("bodyz");
+        assert!(matches!(
+            from_attributes(&map),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

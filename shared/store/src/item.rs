@@ -145,3 +145,26 @@ pub(crate) fn check_transaction(writes: &[Write]) -> Result<(), crate::StoreErro
     }
     Ok(())
 }
+
+pub(crate) fn check_batch(items: &[Item]) -> Result<(), crate::StoreError> {
+    if items.is_empty() || items.len() > crate::MAX_BATCH_PUTS {
+        return Err(crate::StoreError::Invalid(format!(
+            "a batch puts 1 to {} items, got {}",
+            crate::MAX_BATCH_PUTS,
+            items.len()
+        )));
+    }
+    let mut keys: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| (i.pk.as_str(), i.sk.as_str()))
+        .collect();
+    keys.sort_unstable();
+    if let Some(pair) = keys.windows(2).find(|pair| pair[0] == pair[1]) {
+        // DynamoDB rejects a batch naming one item twice.
+        return Err(crate::StoreError::Invalid(format!(
+            "a batch puts {} / {} twice",
+            pair[0].0, pair[0].1
+        )));
+    }
+    Ok(())
+}

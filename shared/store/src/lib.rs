@@ -17,7 +17,7 @@ mod dynamo;
 mod item;
 mod sqlite;
 
-pub use dynamo::DynamoStore;
+pub use dynamo::{COMPRESS_ABOVE, DynamoStore, billed_bytes};
 pub use item::{Item, Page, PutOutcome, Query, Write, now_epoch_seconds};
 pub use sqlite::{SqliteStore, SqliteWriter, open_connection};
 
@@ -74,6 +74,12 @@ pub trait Store: Send + Sync {
     /// another version is [`StoreError::Conflict`].
     async fn update_if_version(&self, item: Item, expected: u64) -> StoreResult<u64>;
 
+    /// Writes up to [`MAX_BATCH_PUTS`] items unconditionally in one request,
+    /// each replacing any earlier one: not atomic (an error may leave some
+    /// written), and billed per item, not twice like a transaction. For
+    /// entries that may be written again whole (index entries).
+    async fn put_many(&self, items: Vec<Item>) -> StoreResult<()>;
+
     /// Deletes an item; deleting a missing item is not an error.
     async fn delete(&self, pk: &str, sk: &str) -> StoreResult<()>;
 
@@ -88,3 +94,7 @@ pub trait Store: Send + Sync {
 
 /// The most writes one [`Store::transact`] call may carry (DynamoDB's limit).
 pub const MAX_TRANSACTION_WRITES: usize = 100;
+
+/// The most items one [`Store::put_many`] call may carry (DynamoDB's
+/// `BatchWriteItem` limit).
+pub const MAX_BATCH_PUTS: usize = 25;

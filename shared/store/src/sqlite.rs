@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::item::{check_limit, check_transaction};
+use crate::item::{check_batch, check_limit, check_transaction};
 use crate::{
     Item, Page, PutOutcome, Query, Store, StoreError, StoreResult, Write, now_epoch_seconds,
 };
@@ -419,6 +419,14 @@ impl Store for SqliteStore {
 
     async fn put(&self, item: Item) -> StoreResult<()> {
         self.write("put", move |conn| write_item(conn, &item)).await
+    }
+
+    async fn put_many(&self, items: Vec<Item>) -> StoreResult<()> {
+        check_batch(&items)?;
+        self.write("put_many", move |conn| {
+            items.iter().try_for_each(|item| write_item(conn, item))
+        })
+        .await
     }
 
     async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome> {

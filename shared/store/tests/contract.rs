@@ -89,6 +89,9 @@ contract!(
     transact_applies_every_write,
     transact_applies_nothing_when_one_condition_fails,
     transact_rejects_duplicate_keys_and_empty_batches,
+    put_many_writes_every_item_replacing_earlier_ones,
+    large_bodies_round_trip_through_every_write,
+    put_many_rejects_an_empty_oversized_or_repeating_batch,
     racing_inserts_have_exactly_one_winner,
     racing_updates_have_exactly_one_winner,
     concurrent_writes_each_get_their_own_answer,
@@ -377,6 +380,104 @@ mod cases {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    }
+
+    pub async fn put_many_writes_every_item_replacing_earlier_ones(store: Arc<impl Store>) {
+        store
+            .put(Item::new("B", "old", json!("before")).expiring_at(now_epoch_seconds() + 60))
+            .await
+            .unwrap();
+        let mut items: Vec<Item> = (0..24)
+            .map(|i| Item::new("B", format!("n{i:02}"), json!({"i": i})))
+            .collect();
+        items.push(Item::new("B", "old", json!("after")));
+        store.put_many(items).await.unwrap();
+        let page = store
+            .query(Query::prefix("B", "n").limit(100))
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 24);
+        assert_eq!(page.items[7].body, json!({"i": 7}));
+        let replaced = store.get("B", "old").await.unwrap().unwrap();
+        assert_eq!(replaced.body, json!("after"));
+        assert_eq!(replaced.expires_at, None, "replaced whole, TTL included");
+    }
+
+    pub async fn large_bodies_round_trip_through_every_write(store: Arc<impl Store>) {
+        // Past the size DynamoDB stores deflated, with text that does not
+        // compress away (ids) and text that does (repeats), unicode included.
+        let large = |n: u64| {
+            json!({
+                "n": n,
+                "ids": (0..120).map(|i| format!("id_{:016x}", i * 7919 + n)).collect::<Vec<_>>(),
+                "note": "Заказ №42 — ".repeat(80),
+            })
+        };
+        assert!(large(0).to_string().len() > 4 * crmbridge_store::COMPRESS_ABOVE);
+        store.put(Item::new("L", "put", large(1))).await.unwrap();
+        store
+            .put_if_absent(Item::new("L", "absent", large(2)))
+            .await
+            .unwrap();
+        let PutOutcome::Exists(existing) = store
+            .put_if_absent(Item::new("L", "absent", large(3)))
+            .await
+            .unwrap()
+        else {
+            panic!("inserted twice");
+        };
+        assert_eq!(
+            existing.body,
+            large(2),
+            "the existing item comes back whole"
+        );
+        store
+            .update_if_version(Item::new("L", "absent", large(4)), 1)
+            .await
+            .unwrap();
+        store
+            .transact(vec![Write::PutIfAbsent(Item::new("L", "tx", large(5)))])
+            .await
+            .unwrap();
+        store
+            .put_many(vec![Item::new("L", "many", large(6))])
+            .await
+            .unwrap();
+        assert_eq!(store.get("L", "put").await.unwrap().unwrap().body, large(1));
+        assert_eq!(
+            store.get("L", "absent").await.unwrap().unwrap().body,
+            large(4)
+        );
+        let page = store.query(Query::prefix("L", "").limit(10)).await.unwrap();
+        let bodies: Vec<_> = page.items.into_iter().map(|i| (i.sk, i.body)).collect();
+        assert_eq!(
+            bodies,
+            vec![
+                ("absent".to_owned(), large(4)),
+                ("many".to_owned(), large(6)),
+                ("put".to_owned(), large(1)),
+                ("tx".to_owned(), large(5)),
+            ]
+        );
+    }
+
+    pub async fn put_many_rejects_an_empty_oversized_or_repeating_batch(store: Arc<impl Store>) {
+        let many: Vec<Item> = (0..=crmbridge_store::MAX_BATCH_PUTS)
+            .map(|i| Item::new("C", format!("{i}"), json!(i)))
+            .collect();
+        for batch in [
+            Vec::new(),
+            many,
+            vec![Item::new("C", "a", json!(1)), Item::new("C", "a", json!(2))],
+        ] {
+            let err = store.put_many(batch).await.unwrap_err();
+            assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        }
+        let page = store
+            .query(Query::prefix("C", "").limit(100))
+            .await
+            .unwrap();
+        assert!(page.items.is_empty(), "a refused batch writes nothing");
     }
 
     pub async fn transact_applies_every_write(store: Arc<impl Store>) {
