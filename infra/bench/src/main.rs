@@ -48,8 +48,9 @@ struct Args {
     /// --workers and --rate.
     #[arg(long)]
     peers_only: bool,
-    /// Dispatch workers of `crmbridge serve` in the peers' workload.
-    #[arg(long, default_value_t = 16)]
+    /// Dispatch workers of `crmbridge serve` in the peers' workload (its
+    /// default).
+    #[arg(long, default_value_t = 64)]
     workers: usize,
     /// Webhooks per second the senders keep to (open loop); without it
     /// they send as fast as answers come.

@@ -109,7 +109,7 @@ pub async fn run(serve_binary: &Path, args: PeersArgs) -> anyhow::Result<PeersRe
             &http,
             "/v1/connections",
             json!({"app": "http", "name": "receiver",
-        "settings": {"base_url": receiver_url, "requests_per_second": 1000, "parallel": 64}}),
+        "settings": {"base_url": receiver_url, "requests_per_second": 100000, "parallel": 256}}),
         )
         .await?;
     server.admin(&http, "/v1/automations", json!({"id": "peers", "name": "webhook → POST",

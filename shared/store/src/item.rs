@@ -127,42 +127,44 @@ pub(crate) fn check_limit(query: &Query) -> Result<(), crate::StoreError> {
 }
 
 pub(crate) fn check_transaction(writes: &[Write]) -> Result<(), crate::StoreError> {
-    if writes.is_empty() || writes.len() > crate::MAX_TRANSACTION_WRITES {
-        return Err(crate::StoreError::Invalid(format!(
-            "a transaction takes 1 to {} writes, got {}",
-            crate::MAX_TRANSACTION_WRITES,
-            writes.len()
-        )));
-    }
-    let mut keys: Vec<(&str, &str)> = writes.iter().map(Write::key).collect();
-    keys.sort_unstable();
-    if let Some(pair) = keys.windows(2).find(|pair| pair[0] == pair[1]) {
-        // DynamoDB rejects two writes on one item; reject it everywhere.
-        return Err(crate::StoreError::Invalid(format!(
-            "a transaction writes {} / {} twice",
-            pair[0].0, pair[0].1
-        )));
-    }
-    Ok(())
+    check_request(
+        "a transaction",
+        "writes",
+        crate::MAX_TRANSACTION_WRITES,
+        writes.iter().map(Write::key).collect(),
+    )
 }
 
 pub(crate) fn check_batch(items: &[Item]) -> Result<(), crate::StoreError> {
-    if items.is_empty() || items.len() > crate::MAX_BATCH_PUTS {
+    check_request(
+        "a batch",
+        "items",
+        crate::MAX_BATCH_PUTS,
+        items
+            .iter()
+            .map(|i| (i.pk.as_str(), i.sk.as_str()))
+            .collect(),
+    )
+}
+
+/// Refuses a multi-item request that is empty, larger than `max`, or names
+/// one item twice: DynamoDB refuses those, so both stores do.
+fn check_request(
+    what: &str,
+    unit: &str,
+    max: usize,
+    mut keys: Vec<(&str, &str)>,
+) -> Result<(), crate::StoreError> {
+    if keys.is_empty() || keys.len() > max {
         return Err(crate::StoreError::Invalid(format!(
-            "a batch puts 1 to {} items, got {}",
-            crate::MAX_BATCH_PUTS,
-            items.len()
+            "{what} takes 1 to {max} {unit}, got {}",
+            keys.len()
         )));
     }
-    let mut keys: Vec<(&str, &str)> = items
-        .iter()
-        .map(|i| (i.pk.as_str(), i.sk.as_str()))
-        .collect();
     keys.sort_unstable();
     if let Some(pair) = keys.windows(2).find(|pair| pair[0] == pair[1]) {
-        // DynamoDB rejects a batch naming one item twice.
         return Err(crate::StoreError::Invalid(format!(
-            "a batch puts {} / {} twice",
+            "{what} names {} / {} twice",
             pair[0].0, pair[0].1
         )));
     }

@@ -7,8 +7,8 @@
 //! | setting | meaning | default |
 //! |---|---|---|
 //! | `base_url` | where this connection's requests may go: a step's `url` is a path under it, or an absolute URL that starts with it. Required when the connection carries an `authorization` credential, so an automation cannot send that credential elsewhere | none: any public URL |
-//! | `requests_per_second` | rate limit per connection (1–1000) | 20 |
-//! | `parallel` | requests in flight per connection (1–64) | 8 |
+//! | `requests_per_second` | rate limit per connection (1–100000) | 20 |
+//! | `parallel` | requests in flight per connection (1–1024) | 8 |
 //! | `timeout_ms` | per attempt (100–60000) | 20000 |
 //! | `idempotency_header` | the header that carries the step's idempotency key | `Idempotency-Key` |
 //! | `signature` | `standard_webhooks`: every request is signed ([Standard Webhooks](https://www.standardwebhooks.com)) with the credential `signing_secret`; `webhook-id` is the idempotency key | none |
@@ -95,6 +95,10 @@ fn setting<'a>(settings: &'a Value, name: &str) -> Option<&'a str> {
     settings.get(name).and_then(Value::as_str)
 }
 
+/// The receiver is the user's own: it may take far more than a SaaS API.
+const RATE_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000;
+const PARALLEL_RANGE: std::ops::RangeInclusive<u64> = 1..=1024;
+
 fn whole_in(settings: &Value, name: &str, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
     settings
         .get(name)
@@ -103,8 +107,8 @@ fn whole_in(settings: &Value, name: &str, range: std::ops::RangeInclusive<u64>) 
 }
 
 fn policy(settings: &Value) -> VendorPolicy {
-    let rate = whole_in(settings, "requests_per_second", 1..=1000).unwrap_or(20);
-    let parallel = whole_in(settings, "parallel", 1..=64).unwrap_or(8);
+    let rate = whole_in(settings, "requests_per_second", RATE_RANGE).unwrap_or(20);
+    let parallel = whole_in(settings, "parallel", PARALLEL_RANGE).unwrap_or(8);
     with_timeout(
         VendorPolicy::new(
             APP,
@@ -565,11 +569,11 @@ impl VendorSettings for HttpRequest {
                     Some(Err(err)) => problem(name, format!("not a URL: {err}")),
                     None => problem(name, "must be a string".into()),
                 },
-                "requests_per_second" if whole_in(settings, name, 1..=1000).is_none() => {
-                    problem(name, "must be a whole number from 1 to 1000".into())
+                "requests_per_second" if whole_in(settings, name, RATE_RANGE).is_none() => {
+                    problem(name, "must be a whole number from 1 to 100000".into())
                 }
-                "parallel" if whole_in(settings, name, 1..=64).is_none() => {
-                    problem(name, "must be a whole number from 1 to 64".into())
+                "parallel" if whole_in(settings, name, PARALLEL_RANGE).is_none() => {
+                    problem(name, "must be a whole number from 1 to 1024".into())
                 }
                 "timeout_ms" if whole_in(settings, name, 100..=60_000).is_none() => problem(
                     name,
