@@ -769,7 +769,7 @@ mod tests {
                 &json!({
                     "base_url": "https://169.254.169.254/",
                     "parallel": 0,
-                    "requests_per_second": 5000,
+                    "requests_per_second": 200000,
                     "idempotency_header": "Authorization",
                     "signature": "hmac",
                     "check_path": "health",
