@@ -82,6 +82,15 @@ pub struct CountingStore {
 }
 
 impl CountingStore {
+    /// `CRMBRIDGE_BENCH_TRACE=1` prints every counted call (op, key, units)
+    /// to stderr: where a path's units go, one line each.
+    fn trace(&self, op: &str, key: &str, units: u64) {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *ON.get_or_init(|| std::env::var_os("CRMBRIDGE_BENCH_TRACE").is_some()) {
+            eprintln!("store {op:<18} {units:>2}u  {key}");
+        }
+    }
+
     fn add(&self, reads: u64, writes: u64) {
         self.counters.read_units.fetch_add(reads, Ordering::SeqCst);
         self.counters
@@ -96,40 +105,55 @@ impl Store for CountingStore {
     async fn get(&self, pk: &str, sk: &str) -> StoreResult<Option<Item>> {
         let found = self.inner.get(pk, sk).await?;
         // Strongly consistent: 1 unit per 4 KB, at least 1 even when absent.
-        self.add(read_units(found.as_ref().map_or(0, item_bytes)), 0);
+        let units = read_units(found.as_ref().map_or(0, item_bytes));
+        self.trace("get", &format!("{pk} {sk}"), units);
+        self.add(units, 0);
         Ok(found)
     }
 
     async fn put(&self, item: Item) -> StoreResult<()> {
-        self.add(0, write_units(item_bytes(&item)));
+        let units = write_units(item_bytes(&item));
+        self.trace("put", &format!("{} {}", item.pk, item.sk), units);
+        self.add(0, units);
         self.inner.put(item).await
     }
 
     async fn put_many(&self, items: Vec<Item>) -> StoreResult<()> {
         // BatchWriteItem bills each item as a plain put.
-        self.add(0, items.iter().map(|i| write_units(item_bytes(i))).sum());
+        let units = items.iter().map(|i| write_units(item_bytes(i))).sum();
+        let keys: Vec<String> = items.iter().map(|i| format!("{} {}", i.pk, i.sk)).collect();
+        self.trace("put_many", &keys.join(" | "), units);
+        self.add(0, units);
         self.inner.put_many(items).await
     }
 
     async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome> {
         // A failed condition still consumes the write.
-        self.add(0, write_units(item_bytes(&item)));
+        let units = write_units(item_bytes(&item));
+        self.trace("put_if_absent", &format!("{} {}", item.pk, item.sk), units);
+        self.add(0, units);
         self.inner.put_if_absent(item).await
     }
 
     async fn update_if_version(&self, item: Item, expected: u64) -> StoreResult<u64> {
-        self.add(0, write_units(item_bytes(&item)));
+        let units = write_units(item_bytes(&item));
+        self.trace("update_if_version", &format!("{} {}", item.pk, item.sk), units);
+        self.add(0, units);
         self.inner.update_if_version(item, expected).await
     }
 
     async fn delete(&self, pk: &str, sk: &str) -> StoreResult<()> {
+        self.trace("delete", &format!("{pk} {sk}"), 1);
         self.add(0, 1);
         self.inner.delete(pk, sk).await
     }
 
     async fn query(&self, query: Query) -> StoreResult<Page> {
+        let described = format!("{query:?}");
         let page = self.inner.query(query).await?;
-        self.add(read_units(page.items.iter().map(item_bytes).sum()), 0);
+        let units = read_units(page.items.iter().map(item_bytes).sum());
+        self.trace("query", &described, units);
+        self.add(units, 0);
         Ok(page)
     }
 
@@ -144,6 +168,7 @@ impl Store for CountingStore {
                 Write::Delete { .. } => 2,
             })
             .sum();
+        self.trace("transact", &format!("{} writes", writes.len()), units);
         self.add(0, units);
         self.inner.transact(writes).await
     }

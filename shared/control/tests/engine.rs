@@ -218,7 +218,7 @@ on_both_stores!(
     chat_is_dispatched_inline_once,
     keys_tenants_and_connection_updates,
     runs_are_filtered_by_status_and_time,
-    concurrent_polls_back_off_and_a_dead_poll_resumes,
+    concurrent_polls_find_a_change_once_and_a_dead_poll_resumes,
     an_import_reads_each_page_once_however_its_requests_are_delivered,
     refused_credentials_mark_the_connection_until_they_change,
     a_chats_messages_are_relayed_in_order_whatever_order_they_are_dispatched_in,
@@ -1204,13 +1204,12 @@ mod cases {
         );
     }
 
-    /// Two ticks poll one NetHunt source at once: the cursor's conditional
-    /// update gives it to one, the other backs off without asking NetHunt.
-    /// The poll that held it dies halfway (its task is dropped mid-call);
-    /// a later tick still backs off while the lease runs, the dead poll's
-    /// redelivery resumes it, and the record that became Won gives exactly
-    /// one event, one run and one task.
-    pub async fn concurrent_polls_back_off_and_a_dead_poll_resumes(h: Harness) {
+    /// Two ticks poll one NetHunt source at once: both ask NetHunt, and
+    /// the one that finishes publishes the change and moves the cursor.
+    /// The other dies halfway (its task is dropped mid-call); its
+    /// redelivery asks again and finds nothing new. The record that became
+    /// Won gives exactly one event, one run and one task.
+    pub async fn concurrent_polls_find_a_change_once_and_a_dead_poll_resumes(h: Harness) {
         use crmbridge_fakes::Fault;
         use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
         use crmbridge_fakes::vendors::worksection::FakeWorksection;
@@ -1344,33 +1343,33 @@ mod cases {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         nethunt.wait_in_flight(1).await;
-        // The second tick's poll backs off: no second call to NetHunt.
+        // The second tick's poll runs alongside: it asks NetHunt too, finds
+        // the change, publishes it and moves the cursor.
         let outcome = engine.dispatch(second.clone()).await.unwrap();
         assert!(outcome.runs.is_empty());
-        assert_eq!(polls_of(&nethunt), 1);
-        // The first poll dies halfway: the cursor has not moved.
-        dying.abort();
-        assert!(dying.await.unwrap_err().is_cancelled());
-        engine.dispatch(second.clone()).await.unwrap();
-        assert_eq!(polls_of(&nethunt), 1, "the lease still holds");
-        assert!(worksection.tasks().is_empty());
-
-        // The dead poll is redelivered (same request): it resumes.
-        engine.dispatch(first).await.unwrap();
         assert_eq!(polls_of(&nethunt), 2);
         let change = next().await;
         assert_eq!(change.kind, "nethunt.record.field_changed");
         assert_eq!(change.subject.id, record);
         assert_eq!(change.data["value"], "Won");
+        // The first poll dies halfway.
+        dying.abort();
+        assert!(dying.await.unwrap_err().is_cancelled());
+        assert!(worksection.tasks().is_empty());
+
+        // The dead poll is redelivered (same request): it asks again, and
+        // the change it finds is the one already published.
+        engine.dispatch(first).await.unwrap();
+        assert_eq!(polls_of(&nethunt), 3);
         let dispatched = engine.dispatch(change.clone()).await.unwrap();
         assert_eq!(dispatched.runs.len(), 1);
         assert_eq!(dispatched.runs[0].status, RunStatus::Succeeded);
         assert_eq!(worksection.tasks().len(), 1);
 
-        // Now free, the second tick's poll runs; the record is seen again
+        // The second tick's poll, redelivered: the record is seen again
         // (overlap) but has not changed: no new event.
         engine.dispatch(second).await.unwrap();
-        assert_eq!(polls_of(&nethunt), 3);
+        assert_eq!(polls_of(&nethunt), 4);
         // A third poll after the record changed again (another field) is
         // still the same Won: nothing new either.
         nethunt
@@ -1387,7 +1386,7 @@ mod cases {
             engine.dispatch(request).await.unwrap();
             polled += 1;
         }
-        assert_eq!(polls_of(&nethunt), 4);
+        assert_eq!(polls_of(&nethunt), 5);
         // Anything published since would be a second change.
         engine.dispatch(change).await.unwrap();
         assert!(rx.try_recv().is_err(), "no second change was published");

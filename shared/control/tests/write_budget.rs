@@ -5,7 +5,8 @@
 //!
 //! The budget, as the README states it: accepting a webhook ≤ 2 writes;
 //! a one-step run ≤ 3 writes of ≤ 4 items, none a transaction; neither
-//! reads back what it just wrote.
+//! reads back what it just wrote. And a poll that finds nothing new: its
+//! tick writes its claim, the poll itself writes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
@@ -248,6 +249,107 @@ fn read_nothing_just_written(calls: &[Call], report: &str) {
             );
         }
     }
+}
+
+/// A polled source (MoySklad orders → one POST) ticked in the steady
+/// state with nothing new at the vendor.
+async fn idle_poll_budget(dynamo: bool) {
+    use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
+
+    let dir = tempfile::tempdir().unwrap();
+    let inner = common::store(dynamo, dir.path(), &format!("idle-{}", common::unique())).await;
+    let store = Arc::new(Logged {
+        inner,
+        calls: Mutex::default(),
+    });
+    let bus = Arc::new(Kept::default());
+    let engine = Engine::new(
+        store.clone(),
+        bus.clone(),
+        Registry::builtin(),
+        Keyring::parse(&Keyring::generate_spec("test")).unwrap(),
+        EngineConfig {
+            allow_any_base_url: true,
+            ..EngineConfig::default()
+        },
+    );
+    let moysklad = FakeMoySklad::start("ms").await.unwrap();
+    let receiver = FakeReceiver::start().await.unwrap();
+    let boot = engine.bootstrap("Acme").await.unwrap().unwrap();
+    let who = engine
+        .authenticate(Some(&format!("Bearer {}", boot.owner_key)))
+        .await
+        .unwrap();
+    let ms = engine
+        .create_connection(&who, NewConnection {
+            app: "moysklad".into(),
+            name: "ms".into(),
+            settings: json!({"base_url": moysklad.base_url()}),
+            credentials: [("token".to_owned(), "ms".to_owned())].into(),
+        })
+        .await
+        .unwrap();
+    let out = engine
+        .create_connection(&who, NewConnection {
+            app: "http".into(),
+            name: "out".into(),
+            settings: json!({"base_url": receiver.base_url()}),
+            credentials: Default::default(),
+        })
+        .await
+        .unwrap();
+    let automation = json!({"id": "orders-out", "name": "Orders out",
+        "trigger": {"connection": ms.id, "event": "moysklad.customerorder.updated"},
+        "steps": [{"id": "notify", "action": "http.request.send", "connection": out.id,
+                   "fields": {"url": "/orders", "json": {"order": "{{ event.id }}"}}}]});
+    engine
+        .save_automation(&who, Automation::from_json_str(&automation.to_string()).unwrap())
+        .await
+        .unwrap();
+    let backend = if dynamo { "DynamoDB" } else { "SQLite" };
+    let t0 = chrono::Utc::now();
+    // The first tick's poll sets the cursor; the next two are counted.
+    for n in 0..3 {
+        store.take();
+        let ticked = engine.tick(t0 + chrono::Duration::minutes(5 * n)).await.unwrap();
+        assert_eq!(ticked.published, 1, "{ticked:?}");
+        let tick = store.take();
+        let requests = std::mem::take(&mut *bus.0.lock().unwrap());
+        assert_eq!(requests.len(), 1);
+        for request in requests {
+            engine.dispatch(request).await.unwrap();
+        }
+        let poll = store.take();
+        if n == 0 {
+            assert!(writes(&poll) > 0, "the first poll stores its cursor");
+            continue;
+        }
+        let report = format!(
+            "{backend}: tick {} writes:\n{}\n{backend}: idle poll {} writes:\n{}",
+            writes(&tick),
+            shown(&tick),
+            writes(&poll),
+            shown(&poll)
+        );
+        println!("{report}");
+        assert!(writes(&tick) <= 1, "the tick: {report}");
+        assert_eq!(writes(&poll), 0, "an idle poll: {report}");
+    }
+    assert!(
+        moysklad.requests().iter().filter(|r| r.path.ends_with("/entity/customerorder")).count() >= 2,
+        "the idle polls asked MoySklad"
+    );
+    assert_eq!(receiver.delivery_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_poll_writes_nothing_on_sqlite() {
+    idle_poll_budget(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_poll_writes_nothing_on_dynamodb() {
+    idle_poll_budget(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,16 +1,17 @@
 //! Polling one source (a connection, an event kind, a scope) when tick
-//! asks: take the source's lease, ask the connector what changed since the
-//! cursor, turn observations into changes, accept the changes exactly as
+//! asks: read the source's cursor, ask the connector what changed since
+//! it, turn observations into changes, accept the changes exactly as
 //! webhooks are accepted (same ids, same de-duplication), then move the
-//! cursor and give the lease back — all with conditional writes.
+//! cursor with a write conditional on the version read.
 //!
-//! Two polls of one source at once (two ticks, a redelivery): the cursor's
-//! conditional update gives the lease to one; the other backs off without
-//! calling the vendor. A poll that dies halfway leaves the cursor where it
-//! was: its redelivery (same request id, so the lease is still its own)
-//! or, once the lease ran out, the next tick asks again, and every change
-//! it finds again has the same event id, so nothing is skipped and
-//! nothing doubled.
+//! No lease: a poll that finds nothing new and leaves the cursor where it
+//! was writes nothing at all, which is what most polls do. Two polls of
+//! one source at once (overlapping ticks, a redelivery) both ask the
+//! vendor; every change they both find has the same event id, so it is
+//! accepted once, and only the first cursor write lands (the other's
+//! condition fails and it is dropped). A poll that dies halfway leaves the
+//! cursor where it was: the next one asks again and finds the same
+//! changes under the same ids, so nothing is skipped and nothing doubled.
 //!
 //! Observations: a source that only reports records' current state
 //! (NetHunt) has the engine remember the last value seen per record and
@@ -31,15 +32,13 @@ use crate::metrics::Metric;
 use crate::records::AlertCause;
 use crate::{Engine, EngineError, EngineResult, item, keys};
 
-/// How long a poll may hold its source before another may take it over.
-const POLL_LEASE_SECS: i64 = 240;
-
+/// A source's position. Cursors written by builds that leased them carry a
+/// `lease` field too; it is ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Cursor {
     value: Value,
+    /// When the cursor last moved (an idle poll does not write it).
     polled_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    lease: Option<Lease>,
     /// Polls in a row that failed (an alert at [`POLL_FAILURES_ALERT`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     failures: u32,
@@ -52,13 +51,6 @@ fn is_zero(n: &u32) -> bool {
 /// Failed polls in a row that raise a `poll_failing` alert: one failure is
 /// an outage the next tick usually outlives.
 pub const POLL_FAILURES_ALERT: u32 = 3;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Lease {
-    /// The poll request holding it.
-    holder: String,
-    until: DateTime<Utc>,
-}
 
 /// The last value seen of an observed field and how many changes it had.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,10 +93,16 @@ impl Engine {
         };
         let now = self.now();
         let cursor_key = keys::cursor(&source.connection, &source.kind, &tag);
-        let holder = request.id.to_string();
-        let Some((cursor, version)) = self.take_lease(&cursor_key, &holder, now).await? else {
-            tracing::info!(source = %source.name(), "another poll of this source is running; backing off");
-            return Ok(Dispatched::nothing());
+        let (cursor, version) = match self.read::<Cursor>(&cursor_key).await? {
+            Some((cursor, version)) => (cursor, Some(version)),
+            None => (
+                Cursor {
+                    value: Value::Null,
+                    polled_at: now,
+                    failures: 0,
+                },
+                None,
+            ),
         };
         let key = format!("poll/{}", request.id);
         let ctx = self.call_context(&connection, &key);
@@ -120,19 +118,13 @@ impl Engine {
         let batch = match polled {
             Ok(batch) => batch,
             Err(err) => {
-                // Give the source back so the next tick can try at once.
-                let released = Cursor {
-                    lease: None,
+                let failed = Cursor {
                     failures: cursor.failures.saturating_add(1),
                     ..cursor
                 };
-                let failures = released.failures;
-                if let Err(release) = self
-                    .store
-                    .update_if_version(item(cursor_key, &released)?, version)
-                    .await
-                {
-                    tracing::warn!(error = %release, "could not release the poll lease");
+                let failures = failed.failures;
+                if let Err(counted) = self.save_cursor(&cursor_key, &failed, version).await {
+                    tracing::warn!(error = %counted, "could not count the failed poll");
                 }
                 self.note_refusal(&source.tenant, &source.connection, &err)
                     .await?;
@@ -180,21 +172,20 @@ impl Engine {
         for (key, observed) in remember {
             self.store.put(item(key, &observed)?).await?;
         }
-        let next = Cursor {
-            value: batch.cursor,
-            polled_at: now,
-            lease: None,
-            failures: 0,
-        };
-        let moved = match self
-            .store
-            .update_if_version(item(cursor_key, &next)?, version)
-            .await
-        {
-            Ok(_) => true,
-            Err(StoreError::Conflict { .. }) => false,
-            Err(err) => return Err(err.into()),
-        };
+        // Idle: nothing to write (the same position, no failures to forget).
+        let unchanged = version.is_some() && batch.cursor == cursor.value && cursor.failures == 0;
+        let moved = !unchanged
+            && self
+                .save_cursor(
+                    &cursor_key,
+                    &Cursor {
+                        value: batch.cursor,
+                        polled_at: now,
+                        failures: 0,
+                    },
+                    version,
+                )
+                .await?;
         tracing::info!(source = %source.name(), found, accepted, moved, "polled");
         if moved && cursor.failures > 0 {
             self.resolve_alert(&source.tenant, AlertCause::PollFailing, &source.name())
@@ -203,52 +194,25 @@ impl Engine {
         Ok(Dispatched::nothing())
     }
 
-    /// Takes the source's lease for `holder`: the cursor as it was and the
-    /// version now held, or `None` when another poll holds it.
-    async fn take_lease(
+    /// Writes the cursor over the version read (`None`: there was none).
+    /// `false` when another poll moved it first: its position stands.
+    async fn save_cursor(
         &self,
         key: &keys::Key,
-        holder: &str,
-        now: DateTime<Utc>,
-    ) -> EngineResult<Option<(Cursor, u64)>> {
-        let lease = Lease {
-            holder: holder.to_owned(),
-            until: now + chrono::Duration::seconds(POLL_LEASE_SECS),
-        };
-        match self.read::<Cursor>(key).await? {
-            Some((cursor, version)) => {
-                if let Some(held) = &cursor.lease
-                    && held.holder != holder
-                    && held.until > now
-                {
-                    return Ok(None);
-                }
-                let leased = Cursor {
-                    lease: Some(lease),
-                    ..cursor.clone()
-                };
-                match self
-                    .store
-                    .update_if_version(item(key.clone(), &leased)?, version)
-                    .await
-                {
-                    Ok(version) => Ok(Some((cursor, version))),
-                    Err(StoreError::Conflict { .. }) => Ok(None),
-                    Err(err) => Err(err.into()),
-                }
-            }
-            None => {
-                let fresh = Cursor {
-                    value: Value::Null,
-                    polled_at: now,
-                    lease: Some(lease),
-                    failures: 0,
-                };
-                match self.store.put_if_absent(item(key.clone(), &fresh)?).await? {
-                    PutOutcome::Inserted => Ok(Some((fresh, 1))),
-                    PutOutcome::Exists(_) => Ok(None),
-                }
-            }
+        cursor: &Cursor,
+        version: Option<u64>,
+    ) -> EngineResult<bool> {
+        let written = item(key.clone(), cursor)?;
+        match version {
+            None => Ok(matches!(
+                self.store.put_if_absent(written).await?,
+                PutOutcome::Inserted
+            )),
+            Some(version) => match self.store.update_if_version(written, version).await {
+                Ok(_) => Ok(true),
+                Err(StoreError::Conflict { .. }) => Ok(false),
+                Err(err) => Err(err.into()),
+            },
         }
     }
 

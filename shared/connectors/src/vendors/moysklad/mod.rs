@@ -815,10 +815,12 @@ impl Poller for MoySklad {
             .and_then(|c| c["updated"].as_str())
             .and_then(parse_msk)
         else {
-            // First poll: start from now; history is not replayed.
+            // First poll: start from now; history is not replayed. The
+            // cursor has the shape an idle poll returns, so that poll finds
+            // it unchanged and writes nothing.
             return Ok(PollBatch {
                 events: vec![],
-                cursor: json!({"updated": format_msk(now)}),
+                cursor: json!({"updated": format_msk(now), "seen": []}),
             });
         };
         let base = self.base(ctx)?;
