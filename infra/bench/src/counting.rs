@@ -137,7 +137,11 @@ impl Store for CountingStore {
 
     async fn update_if_version(&self, item: Item, expected: u64) -> StoreResult<u64> {
         let units = write_units(item_bytes(&item));
-        self.trace("update_if_version", &format!("{} {}", item.pk, item.sk), units);
+        self.trace(
+            "update_if_version",
+            &format!("{} {}", item.pk, item.sk),
+            units,
+        );
         self.add(0, units);
         self.inner.update_if_version(item, expected).await
     }

@@ -302,6 +302,7 @@ impl Admin for Engine {
                     keys::tenant_connection_index(&who.tenant, &id),
                     &index,
                 )?),
+                self.stamp_write(&who.tenant)?,
             ])
             .await?;
         tracing::info!(tenant = %who.tenant, connection = %id, app = %record.app, "connection created");
@@ -419,6 +420,7 @@ impl Admin for Engine {
                     keys::tenant_connection_index(&who.tenant, id),
                     &index,
                 )?),
+                self.stamp_write(&who.tenant)?,
             ])
             .await;
         match result {
@@ -563,7 +565,7 @@ pub(crate) trait AdminInternal {
         tenant: &str,
         id: &str,
     ) -> EngineResult<(
-        crmbridge_engine::dispatch::OpenConnection,
+        std::sync::Arc<crmbridge_engine::dispatch::OpenConnection>,
         crmbridge_connectors::Vendor,
     )>;
 
@@ -594,7 +596,7 @@ impl AdminInternal for Engine {
         tenant: &str,
         id: &str,
     ) -> EngineResult<(
-        crmbridge_engine::dispatch::OpenConnection,
+        std::sync::Arc<crmbridge_engine::dispatch::OpenConnection>,
         crmbridge_connectors::Vendor,
     )> {
         let open = self.open_connection(tenant, id).await?;

@@ -218,6 +218,7 @@ impl Automations for Engine {
             pk: index.pk,
             sk: index.sk,
         });
+        writes.push(self.stamp_write(&who.tenant)?);
         self.store().transact(writes).await?;
         // Gone: nothing is failing any more (an automation made again under
         // this id gets alerts of its own).
@@ -305,6 +306,7 @@ impl Automations for Engine {
                     pk: index.pk,
                     sk: index.sk,
                 },
+                self.stamp_write(&who.tenant)?,
             ])
             .await?;
         for cause in [
@@ -377,6 +379,7 @@ impl AutomationsInternal for Engine {
                 automation: record.automation.id.clone(),
             },
         )?));
+        writes.push(self.stamp_write(&who.tenant)?);
         dedupe_writes(&mut writes);
         self.store().transact(writes).await?;
         if let Some((old, _)) = &existing

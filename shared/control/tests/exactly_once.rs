@@ -279,6 +279,8 @@ on_both_stores!(
     automation_ids_are_plain_everywhere,
     an_alert_raised_by_two_processes_at_once_is_announced_once,
     a_worker_dying_between_a_runs_index_entries_and_the_run_leaves_nothing_half_done,
+    a_run_killed_between_two_linked_steps_links_both_records_when_it_finishes,
+    a_configuration_change_made_in_one_process_applies_to_the_next_dispatch_in_another,
 );
 
 /// Four deliveries of one event at once (EventBridge and the outbox both
@@ -1096,4 +1098,190 @@ async fn an_alert_raised_by_two_processes_at_once_is_announced_once(h: Harness) 
     assert_eq!(found.id, "alr_orphan", "{alerts:?}");
     assert!(found.announced);
     assert_eq!(pending().await, 6, "announced once, for both destinations");
+}
+
+/// A run of two linked steps (a NetHunt record, then a Calltouch deal)
+/// whose worker is killed in the second call. Links are written when a run
+/// finishes, so nothing is linked yet; the process that resumes it sends
+/// neither record twice and links both: the event's subject and each
+/// record know the others. A redelivery afterwards writes no link again.
+async fn a_run_killed_between_two_linked_steps_links_both_records_when_it_finishes(h: Harness) {
+    let who = h.owner().await;
+    let nethunt = FakeNetHunt::start("owner@acme.test", "nh-key")
+        .await
+        .unwrap();
+    let folder = nethunt.add_folder("Deals");
+    nethunt.add_field(&folder, "Name").unwrap();
+    let calltouch = FakeCalltouch::start("ct-token", "999").await.unwrap();
+    let (source, token) = h.connect(&who, "generic", GENERIC(), &[]).await;
+    let (nh, _) = h
+        .connect(
+            &who,
+            "nethunt",
+            json!({"base_url": nethunt.base_url()}),
+            &[("email", "owner@acme.test"), ("api_key", "nh-key")],
+        )
+        .await;
+    let (ct, _) = h
+        .connect(
+            &who,
+            "calltouch",
+            json!({"site_id": "999", "base_url": calltouch.base_url(), "timeout_ms": 60000}),
+            &[("access_token", "ct-token")],
+        )
+        .await;
+    h.automation(
+        &who,
+        json!({
+            "id": "orders-linked", "name": "Orders → NetHunt and Calltouch",
+            "trigger": {"connection": source, "event": "generic.order.created"},
+            "steps": [
+                {"id": "record", "action": "nethunt.record.create", "connection": nh,
+                 "link": {"name": "record"},
+                 "fields": {"folder": "Deals", "fields": {"Name": "{{ event.name }}"}}},
+                {"id": "deal", "action": "calltouch.deal.create", "connection": ct,
+                 "link": {"name": "deal"},
+                 "fields": {"order_number": "order-{{ event.id }}", "phone": "+79161234567", "status": "PENDING", "revenue": 0}}
+            ]
+        }),
+    )
+    .await;
+    let event = h.event(&source, &token, json!({"id": "L-1", "name": "ACME"})).await;
+    let links_of = |connection: &str, entity: &str, id: &str| {
+        let key = crmbridge_engine::keys::links(connection, entity, id);
+        let store = Arc::clone(&h.store);
+        async move { store.get(&key.pk, &key.sk).await.unwrap() }
+    };
+    calltouch.fail_next_on(
+        Some("POST"),
+        "/client-order/create",
+        1,
+        Fault::Slow(Duration::from_secs(60)),
+    );
+    let dying = tokio::spawn({
+        let engine = Arc::clone(&h.engine);
+        let event = event.clone();
+        async move { engine.dispatch(event).await }
+    });
+    eventually("Calltouch commits the deal", || {
+        calltouch.deal("order-L-1").is_some()
+    })
+    .await;
+    dying.abort();
+    assert!(dying.await.unwrap_err().is_cancelled());
+    let subject = (event.connection.clone(), event.subject.kind.clone(), event.subject.id.clone());
+    assert!(
+        links_of(&subject.0, &subject.1, &subject.2).await.is_none(),
+        "nothing is linked before the run finishes"
+    );
+
+    let restarted = h.another_process(true);
+    let resumed = restarted.dispatch(event.clone()).await.unwrap();
+    assert_eq!(resumed.runs[0].status, RunStatus::Succeeded, "{resumed:?}");
+    assert_eq!(creates(&nethunt), 1, "the record is not made twice");
+    let deals = calltouch
+        .deals()
+        .into_iter()
+        .filter(|d| d["orderNumber"] == "order-L-1")
+        .count();
+    assert_eq!(deals, 1);
+    let run = restarted.get_run(&who, &resumed.runs[0].id).await.unwrap();
+    let record_id = run.steps[0].output["id"].as_str().unwrap().to_owned();
+    let deal_id = run.steps[1].output["id"].as_str().unwrap().to_owned();
+    let record = json!({"connection": nh, "entity": "record", "id": record_id});
+    let deal = json!({"connection": ct, "entity": "deal", "id": deal_id});
+    let origin = json!({"connection": subject.0, "entity": subject.1, "id": subject.2});
+
+    let at_subject = links_of(&subject.0, &subject.1, &subject.2).await.unwrap();
+    assert_eq!(at_subject.body, json!({"record": record, "deal": deal}));
+    let at_record = links_of(&nh, "record", &record_id).await.unwrap();
+    assert_eq!(at_record.body, json!({"deal": deal, subject.1.clone(): origin}));
+    let at_deal = links_of(&ct, "deal", &deal_id).await.unwrap();
+    assert_eq!(at_deal.body, json!({"record": record, subject.1.clone(): origin}));
+
+    // Delivered again: the run is done, and no link is written again.
+    let again = restarted.dispatch(event).await.unwrap();
+    assert!(again.runs.is_empty() || again.runs[0].status == RunStatus::Succeeded, "{again:?}");
+    for (connection, entity, id, before) in [
+        (subject.0.as_str(), subject.1.as_str(), subject.2.as_str(), &at_subject),
+        (nh.as_str(), "record", record_id.as_str(), &at_record),
+        (ct.as_str(), "deal", deal_id.as_str(), &at_deal),
+    ] {
+        let now = links_of(connection, entity, id).await.unwrap();
+        assert_eq!(now.version, before.version, "{entity} {id} rewritten");
+    }
+}
+
+/// Dispatch serves connections and automations from a per-process cache
+/// checked against the tenant's stamp. Changes made through another
+/// process — the automation's template, the connection's address, the
+/// automation disabled — apply from the very next dispatch here.
+async fn a_configuration_change_made_in_one_process_applies_to_the_next_dispatch_in_another(
+    h: Harness,
+) {
+    use crmbridge_control::admin::ConnectionPatch;
+    use crmbridge_fakes::vendors::http::FakeReceiver;
+
+    let who = h.owner().await;
+    let first = FakeReceiver::start().await.unwrap();
+    let second = FakeReceiver::start().await.unwrap();
+    let (source, token) = h.connect(&who, "generic", GENERIC(), &[]).await;
+    let (out, _) = h
+        .connect(&who, "http", json!({"base_url": first.base_url()}), &[])
+        .await;
+    let automation = |version: u32| {
+        json!({"id": "orders-out", "name": "Orders out",
+            "trigger": {"connection": source, "event": "generic.order.created"},
+            "steps": [{"id": "post", "action": "http.request.send", "connection": out,
+                       "fields": {"url": "/orders", "json": {"order": "{{ event.id }}", "version": version}}}]})
+    };
+    h.automation(&who, automation(1)).await;
+    let admin = h.another_process(false);
+    let dispatched = |id: &'static str| {
+        let (h, source, token) = (&h, source.clone(), token.clone());
+        async move {
+            let event = h.event(&source, &token, json!({"id": id})).await;
+            h.engine.dispatch(event).await.unwrap()
+        }
+    };
+
+    let runs = dispatched("C-1").await.runs;
+    assert_eq!(runs[0].status, RunStatus::Succeeded, "{runs:?}");
+    assert_eq!(first.deliveries(), [json!({"order": "C-1", "version": 1})]);
+
+    // The template changes elsewhere.
+    admin
+        .save_automation(&who, Automation::from_json_str(&automation(2).to_string()).unwrap())
+        .await
+        .unwrap();
+    dispatched("C-2").await;
+    assert_eq!(first.deliveries()[1], json!({"order": "C-2", "version": 2}));
+
+    // The connection's address changes elsewhere.
+    admin
+        .update_connection(
+            &who,
+            &out,
+            ConnectionPatch {
+                settings: Some(json!({"base_url": second.base_url()})),
+                ..ConnectionPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    dispatched("C-3").await;
+    assert_eq!(first.delivery_count(), 2);
+    assert_eq!(second.deliveries(), [json!({"order": "C-3", "version": 2})]);
+
+    // Disabled elsewhere: the next event runs nothing.
+    admin
+        .set_automation_enabled(&who, "orders-out", false)
+        .await
+        .unwrap();
+    let runs = dispatched("C-4").await.runs;
+    assert!(
+        runs.iter().all(|r| r.status == RunStatus::NoMatch && r.automation.is_none()),
+        "{runs:?}"
+    );
+    assert_eq!((first.delivery_count(), second.delivery_count()), (2, 1));
 }

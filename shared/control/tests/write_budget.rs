@@ -5,7 +5,8 @@
 //!
 //! The budget, as the README states it: accepting a webhook ≤ 2 writes;
 //! a one-step run ≤ 3 writes of ≤ 4 items, none a transaction; neither
-//! reads back what it just wrote. And a poll that finds nothing new: its
+//! reads back what it just wrote; the run reads nothing but the tenant's
+//! configuration stamp and the subject's links. And a poll that finds nothing new: its
 //! tick writes its claim, the poll itself writes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -221,6 +222,16 @@ async fn budget(dynamo: bool) {
         // call, then finished with the call's outcome) and its two index
         // entries once, in one batch.
         assert!(writes(run) <= 4, "the run: {report}");
+        // Reads: the connection of the webhook's URL; then the tenant's
+        // configuration stamp (automations and connections come from the
+        // cache it validates) and the links of the event's subject.
+        let reads = |calls: &[Call]| calls.iter().filter(|c| c.writes == 0).count();
+        assert!(reads(accept) <= 1, "accepting: {report}");
+        assert!(reads(run) <= 2, "the run: {report}");
+        assert!(
+            run.iter().any(|c| c.key.ends_with("| CONFIG")),
+            "the run checks the configuration stamp: {report}"
+        );
         // A transaction bills every item twice on DynamoDB: none here.
         for phase in [accept, run] {
             assert!(

@@ -5,7 +5,7 @@
 //! automations; this side only reads them and records what runs did.
 
 use chrono::{DateTime, Utc};
-use crmbridge_store::{Item, StoreError};
+use crmbridge_store::{Item, StoreError, Write};
 
 pub use crmbridge_state::records::{AutomationRecord, AutomationRef, PollSource, scope_tag};
 
@@ -77,6 +77,23 @@ impl Engine {
 
     /// The enabled automations an event triggers.
     pub(crate) async fn automations_for(
+        &self,
+        tenant: &str,
+        connection: &str,
+        kind: &str,
+    ) -> EngineResult<Vec<AutomationRecord>> {
+        let (view, cached) = self.cached_automations(tenant, connection, kind);
+        if let Some(found) = cached {
+            return Ok(found);
+        }
+        let found = self.read_automations_for(connection, kind).await?;
+        if let Some(view) = view {
+            self.keep_automations(&view, connection, kind, &found);
+        }
+        Ok(found)
+    }
+
+    async fn read_automations_for(
         &self,
         connection: &str,
         kind: &str,
@@ -207,13 +224,18 @@ impl Engine {
             if !change(&mut record) {
                 return Ok(None);
             }
-            match self
-                .store
-                .update_if_version(item(key.clone(), &record)?, version)
-                .await
-            {
-                Ok(_) => return Ok(Some(record)),
-                Err(StoreError::Conflict { .. }) => continue,
+            // Dispatch reads the record from the configuration cache: the
+            // tenant's stamp changes with it.
+            let writes = vec![
+                Write::UpdateIfVersion {
+                    item: item(key.clone(), &record)?,
+                    expected: version,
+                },
+                self.stamp_write(tenant)?,
+            ];
+            match self.store.transact(writes).await {
+                Ok(()) => return Ok(Some(record)),
+                Err(StoreError::TransactionConflict { index: 0, .. }) => continue,
                 Err(err) => return Err(err.into()),
             }
         }

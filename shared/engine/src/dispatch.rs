@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::alerts::ALERT_DELIVERY;
 use crate::bookkeeping::AutomationRecord;
 use crate::import::IMPORT_PAGE;
-use crate::links::RecordRef;
+use crate::links::{RecordRef, linked_by};
 use crate::metrics::{Metric, status_class};
 use crate::records::{
     ConnectionRecord, ConnectionSecrets, RunLease, RunRecord, RunStatus, RunSummary, StepRecord,
@@ -65,10 +65,6 @@ impl Dispatched {
     }
 }
 
-fn entity_of(action: &str) -> String {
-    action.split('.').nth(1).unwrap_or_default().to_owned()
-}
-
 impl Engine {
     /// Runs every automation the event triggers, once; a chat's message
     /// waits for the one before it (see `sequence`).
@@ -84,7 +80,9 @@ impl Engine {
             }
         };
         let connection = event.connection.clone();
-        let dispatched = self.dispatch_now(event).await;
+        let tenant = event.tenant.clone();
+        let dispatched = self.with_config(&tenant, self.dispatch_now(event)).await;
+        let dispatched = dispatched.and_then(|d| d);
         if let Some(turn) = &turn {
             match &dispatched {
                 // Retried by the bus: the chat waits for it.
@@ -114,7 +112,9 @@ impl Engine {
         if event.kind == ALERT_DELIVERY {
             return self.deliver_alert(&event).await;
         }
-        let automations = self.automations_for(&event.connection, &event.kind).await?;
+        let automations = self
+            .automations_for(&event.tenant, &event.connection, &event.kind)
+            .await?;
         if automations.is_empty() {
             return self.record_no_match(event).await;
         }
@@ -192,7 +192,9 @@ impl Engine {
             tracing::warn!(tenant = %event.tenant, destination = %event.connection, reason, "an alert could not be delivered; given up");
             return Ok(());
         }
-        let automations = self.automations_for(&event.connection, &event.kind).await?;
+        let automations = self
+            .automations_for(&event.tenant, &event.connection, &event.kind)
+            .await?;
         let connector = self.event_source(&event.app);
         for record in automations {
             if connector
@@ -363,7 +365,25 @@ impl Engine {
         }
     }
 
-    pub async fn open_connection(&self, tenant: &str, id: &str) -> EngineResult<OpenConnection> {
+    /// A connection with its secrets opened; inside a dispatch, from the
+    /// configuration cache (see `config_cache`).
+    pub async fn open_connection(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> EngineResult<Arc<OpenConnection>> {
+        let (view, cached) = self.cached_connection(tenant, id);
+        if let Some(open) = cached {
+            return Ok(open);
+        }
+        let open = Arc::new(self.read_connection(tenant, id).await?);
+        if let Some(view) = view {
+            self.keep_connection(&view, id, &open);
+        }
+        Ok(open)
+    }
+
+    async fn read_connection(&self, tenant: &str, id: &str) -> EngineResult<OpenConnection> {
         let record = match self.read::<ConnectionRecord>(&keys::connection(id)).await? {
             Some((record, _)) if record.tenant == tenant => record,
             _ => {
@@ -691,7 +711,7 @@ impl Engine {
         };
         let event = run.event.clone();
         // Connections used by the automation, opened once per run.
-        let mut connections: BTreeMap<String, OpenConnection> = BTreeMap::new();
+        let mut connections: BTreeMap<String, Arc<OpenConnection>> = BTreeMap::new();
         let mut settings: BTreeMap<String, Value> = BTreeMap::new();
         let mut ids: Vec<&str> = vec![record.automation.trigger.connection.as_str()];
         ids.extend(
@@ -722,15 +742,13 @@ impl Engine {
                 }
             }
         }
-        let subject = RecordRef {
-            connection: event.connection.clone(),
-            entity: event.subject.kind.clone(),
-            id: event.subject.id.clone(),
-        };
+        // Linked so far, and by this run's steps done before a restart
+        // (linked only when it finishes).
         let links: BTreeMap<String, String> = self
-            .links_of(&subject)
+            .links_of(&RecordRef::subject_of(&event))
             .await?
             .into_iter()
+            .chain(linked_by(run))
             .map(|(name, r)| (name, r.id))
             .collect();
         let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
@@ -772,7 +790,6 @@ impl Engine {
             event,
             connections,
             settings,
-            subject,
             links,
             outputs,
             now,
@@ -816,13 +833,11 @@ impl Engine {
             event,
             connections,
             settings,
-            subject,
             links,
             outputs,
             now,
         } = scope;
-        let (event, connections, settings, subject, now) =
-            (&*event, &*connections, &*settings, &*subject, *now);
+        let (event, connections, settings, now) = (&*event, &*connections, &*settings, *now);
         let step_id = record.automation.steps[index].id.clone();
         if outputs.contains_key(&step_id) {
             return Ok(StepFlow::Next);
@@ -987,7 +1002,7 @@ impl Engine {
                     run,
                     version,
                     record,
-                    (event, subject, links, outputs),
+                    (links, outputs),
                     attempt,
                     Ok(StepOutcome::Done(output)),
                 )
@@ -1067,15 +1082,8 @@ impl Engine {
             read_back,
             started_at,
         };
-        self.settle_step(
-            run,
-            version,
-            record,
-            (event, subject, links, outputs),
-            attempt,
-            outcome,
-        )
-        .await
+        self.settle_step(run, version, record, (links, outputs), attempt, outcome)
+            .await
     }
 
     /// Records how a step's call ended: its output (and link) on success,
@@ -1087,12 +1095,7 @@ impl Engine {
         run: &mut RunRecord,
         version: &mut u64,
         record: &AutomationRecord,
-        (event, subject, links, outputs): (
-            &Event,
-            &RecordRef,
-            &mut BTreeMap<String, String>,
-            &mut BTreeMap<String, Value>,
-        ),
+        (links, outputs): (&mut BTreeMap<String, String>, &mut BTreeMap<String, Value>),
         attempt: Attempt,
         outcome: Result<StepOutcome, ActionError>,
     ) -> EngineResult<StepFlow> {
@@ -1107,14 +1110,8 @@ impl Engine {
         } = attempt;
         match outcome {
             Ok(StepOutcome::Done(output)) => {
+                // Stored when the run finishes (see `links`).
                 if let Some(name) = &request.link {
-                    let target = RecordRef {
-                        connection: request.connection.clone(),
-                        entity: entity_of(&request.action),
-                        id: output.id.clone(),
-                    };
-                    self.link(subject, &event.subject.kind, name, &target)
-                        .await?;
                     links.insert(name.clone(), output.id.clone());
                 }
                 let mut record_output = output.record.clone();
@@ -1357,6 +1354,14 @@ impl Engine {
         status: RunStatus,
         outcome: String,
     ) -> EngineResult<()> {
+        // Before the run's last save: a crash in between leaves the run
+        // unfinished, and whoever finishes it links again (nothing new).
+        self.link_group(
+            &RecordRef::subject_of(&run.event),
+            &run.event.subject.kind,
+            &linked_by(run),
+        )
+        .await?;
         run.status = status;
         run.outcome = outcome;
         run.lease = None;
@@ -1502,9 +1507,8 @@ pub struct OpenConnection {
 /// once, the records linked to the event's subject, the outputs so far.
 struct RunScope {
     event: Event,
-    connections: BTreeMap<String, OpenConnection>,
+    connections: BTreeMap<String, Arc<OpenConnection>>,
     settings: BTreeMap<String, Value>,
-    subject: RecordRef,
     links: BTreeMap<String, String>,
     outputs: BTreeMap<String, Value>,
     now: chrono::DateTime<chrono::Utc>,

@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod bookkeeping;
+mod config_cache;
 pub mod credentials;
 pub mod dispatch;
 pub mod dry_run;
@@ -109,6 +110,7 @@ pub struct Engine {
     config: EngineConfig,
     http: VendorClient,
     compiled: Mutex<CompiledCache>,
+    config_cache: config_cache::ConfigCache,
     /// Names this process in leases (`ins_…`).
     instance: String,
     metrics: Arc<dyn metrics::Metrics>,
@@ -144,6 +146,7 @@ impl Engine {
             config,
             http: VendorClient::new(),
             compiled: Mutex::new(HashMap::new()),
+            config_cache: Default::default(),
             instance: random_id("ins"),
             metrics: Arc::new(metrics::Unrecorded),
             alert_slots: tokio::sync::Semaphore::new(alerts::ALERT_SLOTS),

@@ -71,7 +71,7 @@ impl Engine {
             })?;
         let tag = source.scope_tag();
         let serving = self
-            .automations_for(&source.connection, &source.kind)
+            .automations_for(&source.tenant, &source.connection, &source.kind)
             .await?
             .iter()
             .any(|record| self.poll_source_of(record).scope_tag() == tag);

@@ -9,6 +9,7 @@
 //! | tenant's key index | `TENANT#{tenant}` | `KEY#{key id}` |
 //! | connection | `CONN#{connection}` | `META` |
 //! | tenant's connection index | `TENANT#{tenant}` | `CONN#{connection}` |
+//! | tenant's configuration stamp (rewritten with every connection or automation change) | `TENANT#{tenant}` | `CONFIG` |
 //! | accepted event (idempotency, TTL) | `EVENT#{event}` | `ACCEPT` |
 //! | a change claimed by one event (TTL) | `EVENT#{change id}` | `CHANGE` |
 //! | event data too large for the bus (TTL) | `EVENT#{event}` | `DATA#{part:04}` |
@@ -77,6 +78,10 @@ pub fn oauth_tokens(connection: &str) -> Key {
 
 pub fn oauth_state(state_hash: &str) -> Key {
     key(format!("OAUTHSTATE#{state_hash}"), "STATE")
+}
+
+pub fn config_stamp(tenant: &str) -> Key {
+    key(format!("TENANT#{tenant}"), "CONFIG")
 }
 
 pub fn tenant_connection_index(tenant: &str, connection: &str) -> Key {
