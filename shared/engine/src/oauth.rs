@@ -106,7 +106,6 @@ pub(crate) struct ConnectionTokens {
     /// A refresh token pasted as a credential (the headless path), used
     /// until consent or rotation stores one with the tokens.
     pasted_refresh_token: Option<String>,
-    owner: String,
     /// The API domain of the tokens last read or granted.
     api_domain: std::sync::Mutex<Option<String>>,
 }
@@ -188,6 +187,10 @@ impl ConnectionTokens {
     /// A token valid past the margin that is not `rejected`, refreshing
     /// (once, across workers) when there is none.
     async fn token(&self, rejected: Option<&str>) -> Result<String, ActionError> {
+        // The refresh lease's owner is this call, not the connection (one
+        // opened connection serves many runs at once, from the cache): two
+        // calls refreshing at once, in one process or two, make one refresh.
+        let owner = crate::random_id("rfr");
         let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
         loop {
             let now = Utc::now();
@@ -210,7 +213,7 @@ impl ConnectionTokens {
                 return Ok(current.access_token.clone());
             }
             if let Some(lease) = &record.refreshing
-                && lease.owner != self.owner
+                && lease.owner != owner
                 && lease.until > now
             {
                 // Another worker is refreshing: wait for its result.
@@ -226,7 +229,7 @@ impl ConnectionTokens {
             }
             let mut claimed = record.clone();
             claimed.refreshing = Some(RefreshLease {
-                owner: self.owner.clone(),
+                owner: owner.clone(),
                 until: now + chrono::Duration::seconds(REFRESH_LEASE_SECS),
             });
             claimed.updated_at = Some(now);
@@ -368,9 +371,6 @@ impl Engine {
             client_id: client.client_id.to_owned(),
             client_secret: client.client_secret.to_owned(),
             pasted_refresh_token: secrets.credentials.get("refresh_token").cloned(),
-            // Per call context, not per process: two tasks of one process
-            // refreshing at once must also make one refresh.
-            owner: crate::random_id("rfr"),
             api_domain: std::sync::Mutex::new(None),
         }))
     }
