@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use crmbridge_engine::bookkeeping::AutomationRecord;
 use crmbridge_engine::dry_run::{DryRun, DryRunOptions, SampleDelivery};
-use crmbridge_engine::records::{Role, RunRecord, RunSummary};
-use crmbridge_engine::{Engine, EngineError, EngineResult, decode, keys, random_id};
+use crmbridge_engine::records::{Role, RunRecord};
+use crmbridge_engine::{Engine, EngineError, EngineResult, keys, random_id};
 use crmbridge_mapping::{Automation, Event, EventId, Subject};
 use crmbridge_store::Query;
 use serde_json::Value;
@@ -140,15 +140,23 @@ async fn sample_event(
                 })
         }
         DrySample::LastReal => {
+            // The newest entry whose run exists (an entry can be written
+            // just before its worker died, with no run behind it).
             let page = engine
                 .store()
                 .query(
                     Query::prefix(keys::automation_runs_pk(&who.tenant, &automation.id), "")
-                        .limit(1)
+                        .limit(10)
                         .descending(),
                 )
                 .await?;
-            let Some(entry) = page.items.first() else {
+            let newest = engine
+                .runs_of_entries(&page.items)
+                .await?
+                .into_iter()
+                .flatten()
+                .next();
+            let Some(summary) = newest else {
                 return Err(EngineError::bad_request(
                     "event",
                     format!(
@@ -157,7 +165,6 @@ async fn sample_event(
                     ),
                 ));
             };
-            let summary: RunSummary = decode(entry)?;
             let Some((run, _)) = engine.read::<RunRecord>(&keys::run(&summary.id)).await? else {
                 return Err(EngineError::bad_request(
                     "event",

@@ -3,8 +3,9 @@
 //!
 //! Every run is indexed twice, under its tenant and under its automation,
 //! by `{created_at}#{run}`, so a listing by time (and by automation) is a
-//! range of one partition, newest first. The entries are written once, when
-//! the run is created; a listing reads each listed run for its status.
+//! range of one partition, newest first. The entries never change after the
+//! run is created (`created_at` is the event's arrival, so another delivery
+//! writes the same entries); a listing reads each listed run for its status.
 //!
 //! **Replay** resumes a *failed* run of an automation for the event it
 //! stored: steps that succeeded are not repeated (their outputs feed the
@@ -170,7 +171,8 @@ impl Runs for Engine {
                 {
                     items.push(summary);
                 }
-                let last = i + 1 == count && page.next.is_none();
+                // Nothing after this one: the end of the log, or `since`.
+                let last = i + 1 == entries.len() && (entries.len() < count || page.next.is_none());
                 if items.len() == filter.limit || scanned >= MAX_SCANNED {
                     return Ok(Listing {
                         items,

@@ -22,7 +22,7 @@ use crmbridge_control::runs::RunFilter;
 use crmbridge_control::tenants::{NewKey, NewTenant};
 use crmbridge_engine::ingest::WebhookRequest;
 use crmbridge_engine::records::{Role, RunStatus, StepStatus};
-use crmbridge_engine::{Automation, Engine, EngineConfig, EngineError, Keyring};
+use crmbridge_engine::{Automation, Engine, EngineConfig, EngineError, Keyring, keys};
 use crmbridge_fakes::Fault;
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
@@ -213,6 +213,15 @@ async fn orders_to_nethunt(
     (nethunt, deals, source)
 }
 
+/// The entries of the tenant's run index, as stored.
+async fn run_index_entries(h: &Harness, who: &Principal) -> Vec<Item> {
+    h.store
+        .query(Query::prefix(keys::tenant_runs_pk(&who.tenant), ""))
+        .await
+        .unwrap()
+        .items
+}
+
 /// Waits (with a deadline) until `condition` holds.
 async fn eventually(what: &str, condition: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -333,11 +342,14 @@ async fn one_event_dispatched_by_four_workers_at_once_calls_the_vendor_once(h: H
     }
     assert_eq!(creates(&nethunt), 1);
     assert_eq!(nethunt.records(&deals).len(), 1);
-    // Each delivery wrote index entries before losing the run's creation:
-    // the log lists the one run, as it stands.
+    // Each delivery wrote the run's index entries before losing its
+    // creation: the same entries (the run is listed under its event's
+    // arrival), so the log holds one entry and lists the one run.
     let listed = h.engine.list_runs(&who, RunFilter::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1, "{:?}", listed.items);
     assert_eq!(listed.items[0].status, RunStatus::Succeeded);
+    let entries = run_index_entries(&h, &who).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
 }
 
 /// A store whose next `put_many` fails, the way a worker that dies right
@@ -495,6 +507,9 @@ async fn a_worker_killed_mid_call_leaves_a_run_that_needs_review_not_a_second_re
     assert_eq!(replayed.status, RunStatus::Succeeded, "{replayed:?}");
     assert_eq!(creates(&nethunt), 2);
     assert_eq!(nethunt.records(&deals).len(), 2);
+    // Redeliveries and the replay named the run's own index entry again.
+    let entries = run_index_entries(&h, &who).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
 }
 
 /// The same kill on a keyed action (Calltouch deals are keyed by their

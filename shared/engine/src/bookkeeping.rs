@@ -245,30 +245,40 @@ impl Engine {
     }
 }
 
+/// Runs one listing reads at once.
+const LISTING_READS_IN_FLIGHT: usize = 16;
+
 impl Engine {
     /// The runs behind a page of run index entries, as they stand now: the
     /// entries keep only what a run was created with, so each run is read
     /// for its status. An entry is `None`, in its place, when its run is not
     /// there (expired, or its creator died between the entry and the run)
-    /// or was created at another time than the entry says (the entry of a
-    /// delivery that lost the run's creation to another).
+    /// or was created at another time than the entry says (an event whose
+    /// acceptance was taken over and published again, with a new arrival).
     pub async fn runs_of_entries(&self, entries: &[Item]) -> EngineResult<Vec<Option<RunSummary>>> {
-        let reads = entries.iter().map(|entry| async move {
-            let indexed: RunSummary = decode(entry)?;
-            let current = self.read::<RunRecord>(&keys::run(&indexed.id)).await?;
-            Ok::<_, EngineError>(current.and_then(|(run, _)| {
-                let created_at = sort_time(run.created_at);
-                let same_run = entry
-                    .sk
-                    .strip_prefix(created_at.as_str())
-                    .is_some_and(|rest| rest.starts_with('#'));
-                same_run.then(|| RunSummary::from(&run))
-            }))
-        });
+        // A bounded number at a time: one listing must not become hundreds
+        // of reads in flight at once.
         let mut runs = Vec::with_capacity(entries.len());
-        for read in futures_util::future::join_all(reads).await {
-            runs.push(read?);
+        for chunk in entries.chunks(LISTING_READS_IN_FLIGHT) {
+            let reads = chunk.iter().map(|entry| self.current_run(entry));
+            for read in futures_util::future::join_all(reads).await {
+                runs.push(read?);
+            }
         }
         Ok(runs)
+    }
+
+    /// The run behind one index entry, if it is the run the entry names.
+    async fn current_run(&self, entry: &Item) -> EngineResult<Option<RunSummary>> {
+        let indexed: RunSummary = decode(entry)?;
+        let Some((run, _)) = self.read::<RunRecord>(&keys::run(&indexed.id)).await? else {
+            return Ok(None);
+        };
+        let created_at = sort_time(run.created_at);
+        let same_run = entry
+            .sk
+            .strip_prefix(created_at.as_str())
+            .is_some_and(|rest| rest.starts_with('#'));
+        Ok(same_run.then(|| RunSummary::from(&run)))
     }
 }

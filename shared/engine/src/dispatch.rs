@@ -566,7 +566,10 @@ impl Engine {
     }
 
     /// A run of `event` (by `automation`, or of no automation), first
-    /// attempt, as it is created.
+    /// attempt, as it is created. Its `created_at` is its event's arrival:
+    /// the same for every delivery of the event, so each one that builds
+    /// this run (a redelivery, a replay, a give-up) names the same index
+    /// entries, and writing them again overwrites instead of adding.
     fn new_run(
         &self,
         event: &Event,
@@ -590,7 +593,7 @@ impl Engine {
             attempts: 1,
             attempts_before_replay: 0,
             lease,
-            created_at: now,
+            created_at: event.received_at,
             updated_at: now,
         }
     }
@@ -1418,10 +1421,10 @@ impl Engine {
     ///
     /// Not one transaction (that would bill every item twice on DynamoDB):
     /// the entries go first, so a run is never stored unlisted, and the
-    /// run's conditional insert decides. A worker that dies in between, or
-    /// loses the insert to another delivery, leaves entries that name a run
-    /// created at another time or not at all; listings skip those (see
-    /// [`Engine::runs_of_entries`]) and they expire with the run's TTL.
+    /// run's conditional insert decides. A delivery that loses the insert
+    /// wrote the same entries again (same keys: see [`Engine::new_run`]);
+    /// a worker that dies in between leaves entries whose run does not
+    /// exist yet, which listings skip (see [`Engine::runs_of_entries`]).
     pub(crate) async fn create_run(&self, run: &RunRecord) -> EngineResult<bool> {
         self.index_run(run).await?;
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;

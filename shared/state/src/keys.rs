@@ -14,8 +14,8 @@
 //! | a change claimed by one event (TTL) | `EVENT#{change id}` | `CHANGE` |
 //! | event data too large for the bus (TTL) | `EVENT#{event}` | `DATA#{part:04}` |
 //! | run (TTL) | `RUN#{run}` | `RUN` |
-//! | tenant's run index (TTL, written once) | `TENANT#{tenant}#RUNS` | `{created_at}#{run}` |
-//! | automation's run index (TTL, written once) | `AUTORUNS#{tenant}#{automation}` | `{created_at}#{run}` |
+//! | tenant's run index (TTL, never updated) | `TENANT#{tenant}#RUNS` | `{created_at}#{run}` |
+//! | automation's run index (TTL, never updated) | `AUTORUNS#{tenant}#{automation}` | `{created_at}#{run}` |
 //! | automation | `AUTO#{tenant}#{automation}` | `META` |
 //! | tenant's automation index | `TENANT#{tenant}` | `AUTO#{automation}` |
 //! | trigger index | `TRIGGER#{connection}#{kind}` | `AUTO#{tenant}#{automation}` |

@@ -228,6 +228,8 @@ pub struct RunRecord {
     pub attempts_before_replay: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<RunLease>,
+    /// When its event arrived (the same for every delivery of the event,
+    /// so every delivery lists the run under the same time).
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -339,7 +339,9 @@ impl Store for DynamoStore {
             if pending.is_empty() {
                 return Ok(());
             }
-            tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+            if attempt + 1 < BATCH_ATTEMPTS {
+                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+            }
         }
         Err(StoreError::Backend {
             backend: "dynamodb",

@@ -278,26 +278,38 @@ impl SqliteStore {
         self.writer.clone()
     }
 
-    /// Runs a read on the calling thread, on a free read connection. A read
-    /// of pages the OS has cached takes microseconds: less than handing it
-    /// to a blocking thread and back, which a profile of `serve` under load
-    /// showed as its largest cost (two context switches per read).
-    async fn read<T, F>(&self, _operation: &'static str, f: F) -> StoreResult<T>
+    /// Runs a read on the calling thread when a read connection is free. A
+    /// read of pages the OS has cached takes microseconds: less than handing
+    /// it to a blocking thread and back, which a profile of `serve` under
+    /// load showed as its largest cost (two context switches per read).
+    /// When every connection is busy, the read waits for one on a blocking
+    /// thread instead, so an async worker thread never waits on a lock.
+    async fn read<T, F>(&self, operation: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        let free = (0..READERS).find_map(|i| self.readers[(start + i) % READERS].try_lock().ok());
-        // A panic while holding the lock cannot leave SQLite itself in a
-        // torn state, so a poisoned mutex is safe to keep using.
-        let guard = match free {
-            Some(guard) => guard,
-            None => self.readers[start % READERS]
+        if let Some(free) =
+            (0..READERS).find_map(|i| self.readers[(start + i) % READERS].try_lock().ok())
+        {
+            return f(&free);
+        }
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite itself in a
+            // torn state, so a poisoned mutex is safe to keep using.
+            let guard = readers[start % READERS]
                 .lock()
-                .unwrap_or_else(|poison| poison.into_inner()),
-        };
-        f(&guard)
+                .unwrap_or_else(|poison| poison.into_inner());
+            f(&guard)
+        })
+        .await
+        .map_err(|err| StoreError::Backend {
+            backend: "sqlite",
+            operation,
+            message: format!("blocking task failed: {err}"),
+        })?
     }
 
     async fn write<T, F>(&self, operation: &'static str, write: F) -> StoreResult<T>
