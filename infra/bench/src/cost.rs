@@ -14,6 +14,8 @@ use crmbridge_engine::{Automation, Engine, EngineConfig, Keyring};
 use crmbridge_fakes::vendors::calltouch::FakeCalltouch;
 use crmbridge_fakes::vendors::http::FakeReceiver;
 use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
+use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
+use crmbridge_fakes::vendors::worksection::FakeWorksection;
 use crmbridge_store::SqliteStore;
 use serde::Serialize;
 use serde_json::json;
@@ -95,47 +97,155 @@ pub struct Durations {
     pub tick_ms: f64,
 }
 
+/// An engine on the counting store and bus, bootstrapped, with its owner.
+struct Rig {
+    engine: Engine,
+    counters: Arc<Counters>,
+    bus: Arc<CountingBus>,
+    who: crmbridge_control::admin::Principal,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("cost.db");
+        let counters = Arc::new(Counters::default());
+        let sqlite = SqliteStore::open(&db)?;
+        let writer = sqlite.writer();
+        let store = Arc::new(CountingStore {
+            inner: Arc::new(sqlite),
+            counters: Arc::clone(&counters),
+        });
+        let bus = Arc::new(CountingBus {
+            inner: Arc::new(OutboxBus::open_on(
+                writer,
+                &db,
+                OutboxConfig {
+                    workers: 0,
+                    ..OutboxConfig::default()
+                },
+            )?),
+            counters: Arc::clone(&counters),
+            published: Default::default(),
+        });
+        let engine = Engine::new(
+            store,
+            bus.clone(),
+            Registry::builtin(),
+            Keyring::parse(&Keyring::generate_spec("bench"))?,
+            EngineConfig {
+                allow_any_base_url: true,
+                ..EngineConfig::default()
+            },
+        );
+        let boot = engine
+            .bootstrap("bench")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("already bootstrapped"))?;
+        let who = engine
+            .authenticate(Some(&format!("Bearer {}", boot.owner_key)))
+            .await?;
+        Ok(Self {
+            engine,
+            counters,
+            bus,
+            who,
+            _dir: dir,
+        })
+    }
+
+    /// Dispatches everything published so far, as the bus would.
+    async fn dispatch_published(&self) -> anyhow::Result<()> {
+        let published = std::mem::take(
+            &mut *self
+                .bus
+                .published
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for event in published {
+            self.engine.dispatch(event).await?;
+        }
+        Ok(())
+    }
+
+    /// What `ticks` ticks five minutes apart cost, after three that let the
+    /// sources settle (first cursors, changes made before).
+    async fn idle_ticks(&self, ticks: u64) -> anyhow::Result<Snapshot> {
+        let start = chrono::Utc::now();
+        for n in 0..3 {
+            self.engine
+                .tick(start + chrono::Duration::minutes(5 * n))
+                .await?;
+            self.dispatch_published().await?;
+        }
+        let before = self.counters.snapshot();
+        let start = start + chrono::Duration::minutes(15);
+        for n in 0..ticks as i64 {
+            self.engine
+                .tick(start + chrono::Duration::minutes(5 * n))
+                .await?;
+            self.dispatch_published().await?;
+        }
+        Ok(self.counters.snapshot() - before)
+    }
+}
+
+/// A NetHunt folder polled for Status = Won (→ a Worksection task), ticked
+/// with nothing changing at NetHunt.
+async fn nethunt_idle_ticks(ticks: u64) -> anyhow::Result<Snapshot> {
+    let rig = Rig::start().await?;
+    let nethunt = FakeNetHunt::start("owner@acme.test", "nh-key").await?;
+    let deals = nethunt.add_folder("Deals");
+    for field in ["Name", "Status"] {
+        nethunt.add_field(&deals, field)?;
+    }
+    let record = nethunt.insert_record(&deals, json!({"Name": "ACME", "Status": "New"}))?;
+    let worksection = FakeWorksection::start("ws-key").await?;
+    let project = worksection.add_project("Delivery");
+    let nh = rig
+        .engine
+        .create_connection(&rig.who, NewConnection {
+            app: "nethunt".into(),
+            name: "nh".into(),
+            settings: json!({"base_url": nethunt.base_url()}),
+            credentials: [
+                ("email".to_owned(), "owner@acme.test".to_owned()),
+                ("api_key".to_owned(), "nh-key".to_owned()),
+            ]
+            .into(),
+        })
+        .await?;
+    let ws = rig
+        .engine
+        .create_connection(&rig.who, NewConnection {
+            app: "worksection".into(),
+            name: "ws".into(),
+            settings: json!({"base_url": worksection.base_url(), "auth_scheme": "header"}),
+            credentials: [("admin_key".to_owned(), "ws-key".to_owned())].into(),
+        })
+        .await?;
+    let won = json!({"id": "won-to-task", "name": "Won → task",
+        "trigger": {"connection": nh.id, "event": "nethunt.record.field_changed",
+                    "options": {"folder": "Deals", "field": "Status", "value": "Won"}},
+        "steps": [{"id": "task", "action": "worksection.task.create", "connection": ws.id,
+                   "fields": {"project": project, "title": "{{ event.name }}"}}]});
+    rig.engine
+        .save_automation(&rig.who, Automation::from_json_str(&won.to_string())?)
+        .await?;
+    // The record was edited before: the polls see it in their window.
+    nethunt.set_field(&record, "Name", json!("ACME Ltd"))?;
+    let used = rig.idle_ticks(ticks).await?;
+    anyhow::ensure!(worksection.tasks().is_empty(), "nothing was won");
+    Ok(used)
+}
+
 pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCost>> {
     let calltouch = FakeCalltouch::start("ct", "1").await?;
     let moysklad = FakeMoySklad::start("ms").await?;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("cost.db");
-    let counters = Arc::new(Counters::default());
-    let sqlite = SqliteStore::open(&db)?;
-    let writer = sqlite.writer();
-    let store = Arc::new(CountingStore {
-        inner: Arc::new(sqlite),
-        counters: Arc::clone(&counters),
-    });
-    let bus = Arc::new(CountingBus {
-        inner: Arc::new(OutboxBus::open_on(
-            writer,
-            &db,
-            OutboxConfig {
-                workers: 0,
-                ..OutboxConfig::default()
-            },
-        )?),
-        counters: Arc::clone(&counters),
-        published: Default::default(),
-    });
-    let engine = Engine::new(
-        store,
-        bus.clone(),
-        Registry::builtin(),
-        Keyring::parse(&Keyring::generate_spec("bench"))?,
-        EngineConfig {
-            allow_any_base_url: true,
-            ..EngineConfig::default()
-        },
-    );
-    let boot = engine
-        .bootstrap("bench")
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("already bootstrapped"))?;
-    let who = engine
-        .authenticate(Some(&format!("Bearer {}", boot.owner_key)))
-        .await?;
+    let rig = Rig::start().await?;
+    let (engine, counters, who) = (&rig.engine, &rig.counters, &rig.who);
     let ct = engine
         .create_connection(&who, NewConnection {
             app: "calltouch".into(),
@@ -221,8 +331,6 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
         .to_string()
         .into_bytes()
     };
-    let take_published =
-        || std::mem::take(&mut *bus.published.lock().unwrap_or_else(|p| p.into_inner()));
     let mut peers_path = Snapshot::default();
     for n in 0..=events {
         let body = order(n);
@@ -233,9 +341,7 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
                 ..hook(&shop.id, &shop_token, &body)
             })
             .await?;
-        for event in take_published() {
-            engine.dispatch(event).await?;
-        }
+        rig.dispatch_published().await?;
         // The first order warms the caches.
         if n > 0 {
             peers_path = peers_path + (counters.snapshot() - before);
@@ -255,18 +361,14 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
     };
     let warm = call(events + 1);
     engine.ingest_webhook(hook(&ct.id, &token, &warm)).await?;
-    for event in take_published() {
-        engine.dispatch(event).await?;
-    }
+    rig.dispatch_published().await?;
 
     // 1. webhook → dispatch → Calltouch deal, MoySklad counterparty, order.
     let before = counters.snapshot();
     for n in 0..events {
         let body = call(n);
         engine.ingest_webhook(hook(&ct.id, &token, &body)).await?;
-        for event in take_published() {
-            engine.dispatch(event).await?;
-        }
+        rig.dispatch_published().await?;
     }
     let call_path = counters.snapshot() - before;
 
@@ -293,37 +395,18 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
                 url: None,
             })
             .await?;
-        for event in take_published() {
-            engine.dispatch(event).await?;
-        }
+        rig.dispatch_published().await?;
     }
     let sync_events = orders.len().min(events as usize) as u64;
     let sync_path = counters.snapshot() - before;
 
     // 3. tick → poll request → poll (MoySklad order polling, nothing new):
-    // a few ticks first absorb the changes made above (webhook-delivered,
-    // so the poll's copies are skipped), then steady-state ticks are counted.
-    let start = chrono::Utc::now();
-    for n in 0..3 {
-        engine
-            .tick(start + chrono::Duration::minutes(5 * n))
-            .await?;
-        for event in take_published() {
-            engine.dispatch(event).await?;
-        }
-    }
-    let before = counters.snapshot();
+    // the first ticks absorb the changes made above (webhook-delivered,
+    // so the poll's copies are skipped), then steady-state ticks count.
     let ticks = 20u64;
-    let start = start + chrono::Duration::minutes(15);
-    for n in 0..ticks {
-        engine
-            .tick(start + chrono::Duration::minutes(5 * n as i64))
-            .await?;
-        for event in take_published() {
-            engine.dispatch(event).await?;
-        }
-    }
-    let tick_path = counters.snapshot() - before;
+    let tick_path = rig.idle_ticks(ticks).await?;
+    // 4. The same for a NetHunt folder (observed records), on its own.
+    let nethunt_path = nethunt_idle_ticks(ticks).await?;
 
     Ok(vec![
         path_cost(
@@ -360,9 +443,17 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
             ]),
         ),
         path_cost(
-            "tick → poll one source (no changes)",
+            "tick → poll one MoySklad source (no changes)",
             ticks,
             tick_path,
+            2.0,
+            0.0,
+            gb_seconds(&[(durations.tick_ms, 128.0), (durations.dispatch_ms, 256.0)]),
+        ),
+        path_cost(
+            "tick → poll one NetHunt folder (no changes)",
+            ticks,
+            nethunt_path,
             2.0,
             0.0,
             gb_seconds(&[(durations.tick_ms, 128.0), (durations.dispatch_ms, 256.0)]),
