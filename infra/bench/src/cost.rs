@@ -157,13 +157,8 @@ impl Rig {
 
     /// Dispatches everything published so far, as the bus would.
     async fn dispatch_published(&self) -> anyhow::Result<()> {
-        let published = std::mem::take(
-            &mut *self
-                .bus
-                .published
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let published =
+            std::mem::take(&mut *self.bus.published.lock().unwrap_or_else(|p| p.into_inner()));
         for event in published {
             self.engine.dispatch(event).await?;
         }
@@ -206,25 +201,31 @@ async fn nethunt_idle_ticks(ticks: u64) -> anyhow::Result<Snapshot> {
     let project = worksection.add_project("Delivery");
     let nh = rig
         .engine
-        .create_connection(&rig.who, NewConnection {
-            app: "nethunt".into(),
-            name: "nh".into(),
-            settings: json!({"base_url": nethunt.base_url()}),
-            credentials: [
-                ("email".to_owned(), "owner@acme.test".to_owned()),
-                ("api_key".to_owned(), "nh-key".to_owned()),
-            ]
-            .into(),
-        })
+        .create_connection(
+            &rig.who,
+            NewConnection {
+                app: "nethunt".into(),
+                name: "nh".into(),
+                settings: json!({"base_url": nethunt.base_url()}),
+                credentials: [
+                    ("email".to_owned(), "owner@acme.test".to_owned()),
+                    ("api_key".to_owned(), "nh-key".to_owned()),
+                ]
+                .into(),
+            },
+        )
         .await?;
     let ws = rig
         .engine
-        .create_connection(&rig.who, NewConnection {
-            app: "worksection".into(),
-            name: "ws".into(),
-            settings: json!({"base_url": worksection.base_url(), "auth_scheme": "header"}),
-            credentials: [("admin_key".to_owned(), "ws-key".to_owned())].into(),
-        })
+        .create_connection(
+            &rig.who,
+            NewConnection {
+                app: "worksection".into(),
+                name: "ws".into(),
+                settings: json!({"base_url": worksection.base_url(), "auth_scheme": "header"}),
+                credentials: [("admin_key".to_owned(), "ws-key".to_owned())].into(),
+            },
+        )
         .await?;
     let won = json!({"id": "won-to-task", "name": "Won → task",
         "trigger": {"connection": nh.id, "event": "nethunt.record.field_changed",
@@ -247,7 +248,7 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
     let rig = Rig::start().await?;
     let (engine, counters, who) = (&rig.engine, &rig.counters, &rig.who);
     let ct = engine
-        .create_connection(&who, NewConnection {
+        .create_connection(who, NewConnection {
             app: "calltouch".into(),
             name: "ct".into(),
             settings: json!({"site_id": "1", "base_url": calltouch.base_url(), "default_region": "RU"}),
@@ -256,7 +257,7 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
         .await?;
     let ms = engine
         .create_connection(
-            &who,
+            who,
             NewConnection {
                 app: "moysklad".into(),
                 name: "ms".into(),
@@ -270,7 +271,7 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
         ("moysklad".to_owned(), ms.id.clone()),
     ]);
     engine
-        .instantiate_recipe(&who, "calltouch-moysklad", &roles, &Default::default())
+        .instantiate_recipe(who, "calltouch-moysklad", &roles, &Default::default())
         .await?;
     let token = ct
         .webhook_path
@@ -289,7 +290,7 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
     let receiver = FakeReceiver::start().await?;
     let shop = engine
         .create_connection(
-            &who,
+            who,
             NewConnection {
                 app: "generic".into(),
                 name: "shop".into(),
@@ -300,7 +301,7 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
         .await?;
     let out = engine
         .create_connection(
-            &who,
+            who,
             NewConnection {
                 app: "http".into(),
                 name: "receiver".into(),
@@ -317,7 +318,7 @@ pub async fn run(events: u64, durations: Durations) -> anyhow::Result<Vec<PathCo
                 "email": "{{ event.customer.email | lower }}", "phone": "{{ event.customer.phone }}",
                 "sum": "{{ event.sum }}", "currency": "RUB"}}}]});
     engine
-        .save_automation(&who, Automation::from_json_str(&peers.to_string())?)
+        .save_automation(who, Automation::from_json_str(&peers.to_string())?)
         .await?;
     let shop_token = shop
         .webhook_path

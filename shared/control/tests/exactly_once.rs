@@ -126,6 +126,16 @@ impl Harness {
         (view.id, token)
     }
 
+    /// A Calltouch connection to the fake (site 999), with a timeout long
+    /// enough for a held-back answer.
+    async fn calltouch(&self, who: &Principal, calltouch: &FakeCalltouch) -> String {
+        let settings =
+            json!({"site_id": "999", "base_url": calltouch.base_url(), "timeout_ms": 60000});
+        self.connect(who, "calltouch", settings, &[("access_token", "ct-token")])
+            .await
+            .0
+    }
+
     async fn automation(&self, who: &Principal, doc: Value) {
         let automation = Automation::from_json_str(&doc.to_string()).unwrap();
         self.engine.save_automation(who, automation).await.unwrap();
@@ -211,6 +221,25 @@ async fn orders_to_nethunt(
     )
     .await;
     (nethunt, deals, source)
+}
+
+/// Dispatches `event` with Calltouch holding back its answer to the deal
+/// create, and kills the dispatch once Calltouch has committed `order`.
+async fn killed_while_calltouch_creates(h: &Harness, calltouch: &FakeCalltouch, event: &Event, order: &str) {
+    calltouch.fail_next_on(
+        Some("POST"),
+        "/client-order/create",
+        1,
+        Fault::Slow(Duration::from_secs(60)),
+    );
+    let dying = tokio::spawn({
+        let engine = Arc::clone(&h.engine);
+        let event = event.clone();
+        async move { engine.dispatch(event).await }
+    });
+    eventually("Calltouch commits the deal", || calltouch.deal(order).is_some()).await;
+    dying.abort();
+    assert!(dying.await.unwrap_err().is_cancelled());
 }
 
 /// The entries of the tenant's run index, as stored.
@@ -519,14 +548,7 @@ async fn a_keyed_step_killed_mid_call_is_sent_again_and_the_vendor_keeps_one_rec
     let who = h.owner().await;
     let calltouch = FakeCalltouch::start("ct-token", "999").await.unwrap();
     let (source, token) = h.connect(&who, "generic", GENERIC(), &[]).await;
-    let (ct, _) = h
-        .connect(
-            &who,
-            "calltouch",
-            json!({"site_id": "999", "base_url": calltouch.base_url(), "timeout_ms": 60000}),
-            &[("access_token", "ct-token")],
-        )
-        .await;
+    let ct = h.calltouch(&who, &calltouch).await;
     h.automation(
         &who,
         json!({
@@ -538,23 +560,7 @@ async fn a_keyed_step_killed_mid_call_is_sent_again_and_the_vendor_keeps_one_rec
     )
     .await;
     let event = h.event(&source, &token, json!({"id": "K-2"})).await;
-    calltouch.fail_next_on(
-        Some("POST"),
-        "/client-order/create",
-        1,
-        Fault::Slow(Duration::from_secs(60)),
-    );
-    let dying = tokio::spawn({
-        let engine = Arc::clone(&h.engine);
-        let event = event.clone();
-        async move { engine.dispatch(event).await }
-    });
-    eventually("Calltouch commits the deal", || {
-        calltouch.deal("order-K-2").is_some()
-    })
-    .await;
-    dying.abort();
-    assert!(dying.await.unwrap_err().is_cancelled());
+    killed_while_calltouch_creates(&h, &calltouch, &event, "order-K-2").await;
 
     let restarted = h.another_process(true);
     let resumed = restarted.dispatch(event).await.unwrap();
@@ -863,14 +869,7 @@ async fn a_run_whose_worker_dies_every_time_is_given_up(h: Harness) {
     let who = h.owner().await;
     let calltouch = FakeCalltouch::start("ct-token", "999").await.unwrap();
     let (source, token) = h.connect(&who, "generic", GENERIC(), &[]).await;
-    let (ct, _) = h
-        .connect(
-            &who,
-            "calltouch",
-            json!({"site_id": "999", "base_url": calltouch.base_url(), "timeout_ms": 60000}),
-            &[("access_token", "ct-token")],
-        )
-        .await;
+    let ct = h.calltouch(&who, &calltouch).await;
     h.automation(
         &who,
         json!({
@@ -1137,14 +1136,7 @@ async fn a_run_killed_between_two_linked_steps_links_both_records_when_it_finish
             &[("email", "owner@acme.test"), ("api_key", "nh-key")],
         )
         .await;
-    let (ct, _) = h
-        .connect(
-            &who,
-            "calltouch",
-            json!({"site_id": "999", "base_url": calltouch.base_url(), "timeout_ms": 60000}),
-            &[("access_token", "ct-token")],
-        )
-        .await;
+    let ct = h.calltouch(&who, &calltouch).await;
     h.automation(
         &who,
         json!({
@@ -1167,23 +1159,7 @@ async fn a_run_killed_between_two_linked_steps_links_both_records_when_it_finish
         let store = Arc::clone(&h.store);
         async move { store.get(&key.pk, &key.sk).await.unwrap() }
     };
-    calltouch.fail_next_on(
-        Some("POST"),
-        "/client-order/create",
-        1,
-        Fault::Slow(Duration::from_secs(60)),
-    );
-    let dying = tokio::spawn({
-        let engine = Arc::clone(&h.engine);
-        let event = event.clone();
-        async move { engine.dispatch(event).await }
-    });
-    eventually("Calltouch commits the deal", || {
-        calltouch.deal("order-L-1").is_some()
-    })
-    .await;
-    dying.abort();
-    assert!(dying.await.unwrap_err().is_cancelled());
+    killed_while_calltouch_creates(&h, &calltouch, &event, "order-L-1").await;
     let subject = (event.connection.clone(), event.subject.kind.clone(), event.subject.id.clone());
     assert!(
         links_of(&subject.0, &subject.1, &subject.2).await.is_none(),

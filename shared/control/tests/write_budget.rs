@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use crmbridge_bus::{Bus, BusError};
 use crmbridge_connectors::Registry;
-use crmbridge_control::admin::NewConnection;
+use crmbridge_control::admin::{NewConnection, Principal};
 use crmbridge_control::prelude::*;
 use crmbridge_engine::ingest::WebhookRequest;
 use crmbridge_engine::{Automation, Engine, EngineConfig, Keyring};
@@ -124,9 +124,14 @@ fn shown(calls: &[Call]) -> String {
         .join("\n")
 }
 
-async fn budget(dynamo: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let inner = common::store(dynamo, dir.path(), &format!("budget-{}", common::unique())).await;
+/// An engine on a logged store (of either backend) and a keeping bus,
+/// bootstrapped, with its owner.
+async fn logged_engine(
+    dynamo: bool,
+    dir: &tempfile::TempDir,
+    name: &str,
+) -> (Arc<Logged>, Arc<Kept>, Engine, Principal) {
+    let inner = common::store(dynamo, dir.path(), &format!("{name}-{}", common::unique())).await;
     let store = Arc::new(Logged {
         inner,
         calls: Mutex::default(),
@@ -142,12 +147,18 @@ async fn budget(dynamo: bool) {
             ..EngineConfig::default()
         },
     );
-    let receiver = FakeReceiver::start().await.unwrap();
     let boot = engine.bootstrap("Acme").await.unwrap().unwrap();
     let who = engine
         .authenticate(Some(&format!("Bearer {}", boot.owner_key)))
         .await
         .unwrap();
+    (store, bus, engine, who)
+}
+
+async fn budget(dynamo: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bus, engine, who) = logged_engine(dynamo, &dir, "budget").await;
+    let receiver = FakeReceiver::start().await.unwrap();
     let connect = |app: &str, settings| NewConnection {
         app: app.into(),
         name: app.into(),
@@ -268,29 +279,9 @@ async fn idle_poll_budget(dynamo: bool) {
     use crmbridge_fakes::vendors::moysklad::FakeMoySklad;
 
     let dir = tempfile::tempdir().unwrap();
-    let inner = common::store(dynamo, dir.path(), &format!("idle-{}", common::unique())).await;
-    let store = Arc::new(Logged {
-        inner,
-        calls: Mutex::default(),
-    });
-    let bus = Arc::new(Kept::default());
-    let engine = Engine::new(
-        store.clone(),
-        bus.clone(),
-        Registry::builtin(),
-        Keyring::parse(&Keyring::generate_spec("test")).unwrap(),
-        EngineConfig {
-            allow_any_base_url: true,
-            ..EngineConfig::default()
-        },
-    );
+    let (store, bus, engine, who) = logged_engine(dynamo, &dir, "idle").await;
     let moysklad = FakeMoySklad::start("ms").await.unwrap();
     let receiver = FakeReceiver::start().await.unwrap();
-    let boot = engine.bootstrap("Acme").await.unwrap().unwrap();
-    let who = engine
-        .authenticate(Some(&format!("Bearer {}", boot.owner_key)))
-        .await
-        .unwrap();
     let ms = engine
         .create_connection(&who, NewConnection {
             app: "moysklad".into(),
