@@ -16,6 +16,7 @@ pub use outbox::{EventHandler, HandlerError, OutboxBus, OutboxConfig, OutboxStat
 
 use async_trait::async_trait;
 use crmbridge_mapping::Event;
+use crmbridge_store::{Item, PutOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -48,4 +49,24 @@ pub enum BusError {
 #[async_trait]
 pub trait Bus: Send + Sync {
     async fn publish(&self, events: &[Event]) -> Result<(), BusError>;
+
+    /// The bus's own way to record acceptances and publish in one commit,
+    /// when it has one (an outbox in the store's database).
+    fn atomic_acceptance(&self) -> Option<&dyn AtomicAcceptance> {
+        None
+    }
+}
+
+/// Acceptance and publication as one commit: an event is published only
+/// if its acceptance item was inserted, in the same transaction, so no copy
+/// of it is published twice and none is recorded unpublished. Only a bus
+/// that lives in the store's own database can offer it.
+#[async_trait]
+pub trait AtomicAcceptance: Send + Sync {
+    /// Per event, in order: `Inserted` (its acceptance recorded and the
+    /// event published) or the acceptance found (nothing done).
+    async fn publish_if_absent(
+        &self,
+        entries: Vec<(Event, Item)>,
+    ) -> Result<Vec<PutOutcome>, BusError>;
 }

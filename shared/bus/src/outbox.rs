@@ -19,9 +19,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crmbridge_store::{SqliteWriter, StoreError};
+use crmbridge_store::{Item, PreparedInsert, PutOutcome, SqliteWriter, StoreError};
 
-use crate::{Bus, BusError};
+use crate::{AtomicAcceptance, Bus, BusError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS outbox (
@@ -102,6 +102,9 @@ pub struct OutboxBus {
     writer: SqliteWriter,
     wake: Arc<Notify>,
     config: OutboxConfig,
+    /// The outbox shares the store's file and writer (`open_on`): it can
+    /// record an acceptance and publish in one commit.
+    in_store: bool,
 }
 
 impl std::fmt::Debug for OutboxBus {
@@ -164,14 +167,18 @@ impl OutboxBus {
     pub fn open(path: &Path, config: OutboxConfig) -> Result<Self, BusError> {
         let conn = crmbridge_store::open_connection(path).map_err(backend("open"))?;
         let writer = SqliteWriter::start(conn).map_err(from_store)?;
-        Self::open_on(writer, path, config)
+        Ok(Self {
+            in_store: false,
+            ..Self::open_on(writer, path, config)?
+        })
     }
 
     /// Opens the outbox in the store's file, sharing the store's writer
     /// (`writer` must be the writer of the file at `path`): outbox writes
     /// and store writes waiting at the same moment share one commit and
-    /// one fsync. Each is its own write: nothing relies on two of them
-    /// being committed together.
+    /// one fsync. An event's acceptance and its outbox row are one write
+    /// ([`AtomicAcceptance`]); nothing else relies on two writes being
+    /// committed together.
     pub fn open_on(
         writer: SqliteWriter,
         path: &Path,
@@ -189,6 +196,7 @@ impl OutboxBus {
             writer,
             wake: Arc::new(Notify::new()),
             config,
+            in_store: true,
         })
     }
 
@@ -470,5 +478,57 @@ impl Bus for OutboxBus {
         .await?;
         self.wake.notify_waiters();
         Ok(())
+    }
+
+    fn atomic_acceptance(&self) -> Option<&dyn AtomicAcceptance> {
+        self.in_store.then_some(self as &dyn AtomicAcceptance)
+    }
+}
+
+#[async_trait]
+impl AtomicAcceptance for OutboxBus {
+    async fn publish_if_absent(
+        &self,
+        entries: Vec<(Event, Item)>,
+    ) -> Result<Vec<PutOutcome>, BusError> {
+        let rows = entries
+            .into_iter()
+            .map(|(event, acceptance)| {
+                serde_json::to_string(&event)
+                    .map(|body| (event.id.to_string(), body, PreparedInsert::of(acceptance)))
+                    .map_err(|err| BusError::Backend {
+                        backend: "sqlite outbox",
+                        operation: "serialise",
+                        message: err.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcomes = self
+            .writer
+            .write("publish if absent", move |conn| {
+                let mut insert = conn
+                    .prepare_cached(
+                        "INSERT INTO outbox (event_id, body, available_at) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(store_backend("publish if absent"))?;
+                let now = now_ms();
+                let mut outcomes = Vec::with_capacity(rows.len());
+                for (event_id, body, acceptance) in &rows {
+                    let outcome = acceptance.run(conn)?;
+                    if let PutOutcome::Inserted = outcome {
+                        insert
+                            .execute(params![event_id, body, now])
+                            .map_err(store_backend("publish if absent"))?;
+                    }
+                    outcomes.push(outcome);
+                }
+                Ok(outcomes)
+            })
+            .await
+            .map_err(from_store)?;
+        if outcomes.iter().any(|o| matches!(o, PutOutcome::Inserted)) {
+            self.wake.notify_waiters();
+        }
+        Ok(outcomes)
     }
 }

@@ -327,3 +327,48 @@ async fn eventbridge_routes_events_to_a_rule_target_intact() {
     want.sort_by_key(|e| e.id.clone());
     assert_eq!(received, want);
 }
+
+/// The outbox in the store's own file records an event's acceptance and
+/// publishes it in one commit: of eight copies sent at once, one inserts
+/// the acceptance and publishes; the others find it and publish nothing.
+/// A bus in a file of its own does not offer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_accepted_at_once_in_the_stores_file_are_published_once() {
+    use crmbridge_store::{Item, PutOutcome, SqliteStore, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crmbridge.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let config = OutboxConfig {
+        workers: 0,
+        ..OutboxConfig::default()
+    };
+    let bus = Arc::new(OutboxBus::open_on(store.writer(), &path, config.clone()).unwrap());
+    let acceptance = || Item::new("EVENT#call-1", "ACCEPT", json!({"state": "published"}));
+    let copies: Vec<_> = (0..8)
+        .map(|_| {
+            let bus = Arc::clone(&bus);
+            let entry = (event(1), acceptance());
+            tokio::spawn(async move {
+                let atomic = bus.atomic_acceptance().expect("in the store's file");
+                atomic.publish_if_absent(vec![entry]).await.unwrap()
+            })
+        })
+        .collect();
+    let mut inserted = 0;
+    for copy in copies {
+        let outcomes = copy.await.unwrap();
+        assert_eq!(outcomes.len(), 1);
+        match &outcomes[0] {
+            PutOutcome::Inserted => inserted += 1,
+            PutOutcome::Exists(found) => assert_eq!(found.body["state"], "published"),
+        }
+    }
+    assert_eq!(inserted, 1);
+    assert_eq!(bus.stats().await.unwrap().pending, 1, "published once");
+    let stored = store.get("EVENT#call-1", "ACCEPT").await.unwrap().unwrap();
+    assert_eq!(stored.body["state"], "published");
+
+    let own = OutboxBus::open(&dir.path().join("bus.db"), config).unwrap();
+    assert!(own.atomic_acceptance().is_none());
+}

@@ -1,10 +1,12 @@
 //! Ingress: a webhook is authenticated, decoded by its connector, accepted
 //! (one conditional write per event) and published, and only then answered.
 //!
-//! The idempotency record is written *before* publishing and marked
-//! published after: a crash or a bus failure in between leaves it pending,
-//! and the sender's retry publishes again (dispatch de-duplicates), so an
-//! event is never acknowledged and lost, nor processed twice.
+//! On a bus of its own (EventBridge), the idempotency record is written
+//! *before* publishing and marked published after: a crash or a bus
+//! failure in between leaves it pending, and the sender's retry publishes
+//! again (dispatch de-duplicates), so an event is never acknowledged and
+//! lost, nor processed twice. On an outbox in the store's own database
+//! (`serve`), the record and the outbox row are one commit instead.
 
 use chrono::{DateTime, Utc};
 use crmbridge_connectors::{ConnectionView, DecodedEvent, InboundRequest};
@@ -260,10 +262,87 @@ impl Engine {
     /// takes the event over only when the first publisher is surely gone.
     /// If the wait runs out, the answer is 503 and the sender retries.
     pub async fn accept(&self, events: Vec<Event>) -> EngineResult<Accepted> {
-        let publisher = self.lease_owner();
         // One delivery comes from one connection: any event names its
         // tenant and app for the duplicate count.
         let origin = events.first().map(|e| (e.tenant.clone(), e.app.clone()));
+        let (fresh, duplicates) = match self.bus.atomic_acceptance() {
+            Some(atomic) => self.accept_atomically(atomic, events).await?,
+            None => self.claim_and_publish(events).await?,
+        };
+        for event in &fresh {
+            self.measure(Metric::EventsAccepted, &[&event.tenant, &event.app], 1.0);
+        }
+        if let Some((tenant, app)) = &origin
+            && !duplicates.is_empty()
+        {
+            self.measure(
+                Metric::EventsDuplicate,
+                &[tenant, app],
+                duplicates.len() as f64,
+            );
+        }
+        Ok(Accepted {
+            accepted: fresh.into_iter().map(|e| e.id).collect(),
+            duplicates,
+            ack_status: 202,
+            ack_body: None,
+        })
+    }
+
+    /// Acceptance on a bus that lives in the store's database (`serve`):
+    /// each event's acceptance is inserted, and the event published, in
+    /// one commit, so a copy either finds it published or publishes it;
+    /// no copy waits and none is ever left pending. An acceptance left
+    /// pending by the other way (a build before this one) goes that way.
+    async fn accept_atomically(
+        &self,
+        atomic: &dyn crmbridge_bus::AtomicAcceptance,
+        events: Vec<Event>,
+    ) -> EngineResult<(Vec<Event>, Vec<EventId>)> {
+        // A chat's messages get their places before any can be dispatched
+        // (a copy's place is the one its first copy got).
+        self.assign_turns(&events).await?;
+        let mut entries = Vec::with_capacity(events.len());
+        for event in &events {
+            let record = AcceptRecord {
+                state: AcceptState::Published,
+                connection: event.connection.clone(),
+                accepted_at: event.received_at,
+                publisher: None,
+                publishing_since: None,
+            };
+            let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
+            let acceptance =
+                item(keys::event_accept(event.id.as_str()), &record)?.expiring_at(expires);
+            entries.push((self.externalise(event).await?, acceptance));
+        }
+        let outcomes = atomic.publish_if_absent(entries).await?;
+        let (mut fresh, mut duplicates, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+        for (event, outcome) in events.into_iter().zip(outcomes) {
+            match outcome {
+                PutOutcome::Inserted => fresh.push(event),
+                PutOutcome::Exists(found)
+                    if decode::<AcceptRecord>(&found)?.state == AcceptState::Published =>
+                {
+                    duplicates.push(event.id);
+                }
+                PutOutcome::Exists(_) => pending.push(event),
+            }
+        }
+        if !pending.is_empty() {
+            let (taken, seen) = self.claim_and_publish(pending).await?;
+            fresh.extend(taken);
+            duplicates.extend(seen);
+        }
+        Ok((fresh, duplicates))
+    }
+
+    /// Acceptance on a bus of its own (EventBridge): claim, publish, mark.
+    async fn claim_and_publish(
+        &self,
+        events: Vec<Event>,
+    ) -> EngineResult<(Vec<Event>, Vec<EventId>)> {
+        let publisher = self.lease_owner();
         let mut fresh = Vec::new();
         let mut duplicates = Vec::new();
         let mut waiting = Vec::new();
@@ -310,24 +389,7 @@ impl Engine {
                 first.id
             )));
         }
-        for event in &fresh {
-            self.measure(Metric::EventsAccepted, &[&event.tenant, &event.app], 1.0);
-        }
-        if let Some((tenant, app)) = &origin
-            && !duplicates.is_empty()
-        {
-            self.measure(
-                Metric::EventsDuplicate,
-                &[tenant, app],
-                duplicates.len() as f64,
-            );
-        }
-        Ok(Accepted {
-            accepted: fresh.into_iter().map(|e| e.id).collect(),
-            duplicates,
-            ack_status: 202,
-            ack_body: None,
-        })
+        Ok((fresh, duplicates))
     }
 
     async fn publish_fresh(&self, fresh: &[Event]) -> EngineResult<()> {

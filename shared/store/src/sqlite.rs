@@ -409,6 +409,26 @@ impl From<Write> for RowWrite {
     }
 }
 
+/// A conditional insert of one item, serialized off the writer thread, to
+/// run inside another write of the same file's writer (the embedded bus
+/// records an event's acceptance and its outbox row in one commit).
+pub struct PreparedInsert(Row);
+
+impl PreparedInsert {
+    pub fn of(item: Item) -> Self {
+        Self(Row::of(item))
+    }
+
+    /// Inserts the item unless its key holds a live item (returned).
+    pub fn run(&self, conn: &Connection) -> StoreResult<PutOutcome> {
+        let row = &self.0;
+        match read_item(conn, &row.pk, &row.sk, now_epoch_seconds())? {
+            Some(existing) => Ok(PutOutcome::Exists(existing)),
+            None => write_row(conn, row, row.version).map(|()| PutOutcome::Inserted),
+        }
+    }
+}
+
 fn write_row(conn: &Connection, row: &Row, version: i64) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO items (pk, sk, version, expires_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -490,14 +510,9 @@ impl Store for SqliteStore {
     }
 
     async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome> {
-        let row = Row::of(item);
-        self.write("put_if_absent", move |conn| {
-            match read_item(conn, &row.pk, &row.sk, now_epoch_seconds())? {
-                Some(existing) => Ok(PutOutcome::Exists(existing)),
-                None => write_row(conn, &row, row.version).map(|()| PutOutcome::Inserted),
-            }
-        })
-        .await
+        let insert = PreparedInsert::of(item);
+        self.write("put_if_absent", move |conn| insert.run(conn))
+            .await
     }
 
     async fn update_if_version(&self, item: Item, expected: u64) -> StoreResult<u64> {
