@@ -304,16 +304,7 @@ impl Engine {
         self.assign_turns(&events).await?;
         let mut entries = Vec::with_capacity(events.len());
         for event in &events {
-            let record = AcceptRecord {
-                state: AcceptState::Published,
-                connection: event.connection.clone(),
-                accepted_at: event.received_at,
-                publisher: None,
-                publishing_since: None,
-            };
-            let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
-            let acceptance =
-                item(keys::event_accept(event.id.as_str()), &record)?.expiring_at(expires);
+            let acceptance = self.published_acceptance(event)?;
             entries.push((self.externalise(event).await?, acceptance));
         }
         let outcomes = atomic.publish_if_absent(entries).await?;
@@ -401,16 +392,7 @@ impl Engine {
         }
         self.bus.publish(&travelling).await?;
         for event in fresh {
-            let record = AcceptRecord {
-                state: AcceptState::Published,
-                connection: event.connection.clone(),
-                accepted_at: event.received_at,
-                publisher: None,
-                publishing_since: None,
-            };
-            let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
-            let marked = item(keys::event_accept(event.id.as_str()), &record)
-                .map(|i| i.expiring_at(expires));
+            let marked = self.published_acceptance(event);
             // Failing here is safe: the record stays pending, a duplicate
             // takes it over once it is stale, and dispatch runs each
             // automation once however often the event is published.
@@ -422,6 +404,19 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The acceptance of an event that is on the bus.
+    fn published_acceptance(&self, event: &Event) -> EngineResult<crmbridge_store::Item> {
+        let record = AcceptRecord {
+            state: AcceptState::Published,
+            connection: event.connection.clone(),
+            accepted_at: event.received_at,
+            publisher: None,
+            publishing_since: None,
+        };
+        let expires = event.received_at.timestamp() + self.config.idempotency_ttl_secs;
+        Ok(item(keys::event_accept(event.id.as_str()), &record)?.expiring_at(expires))
     }
 
     /// Makes `publisher` the one that publishes `event`, unless the event is
