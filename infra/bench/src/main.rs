@@ -63,6 +63,9 @@ struct Args {
     /// Only the import benchmark.
     #[arg(long)]
     import_only: bool,
+    /// Only the Lambda cold starts (needs the emulator, as the full run).
+    #[arg(long)]
+    cold_only: bool,
     /// Only the cost table, with the warm durations given by --webhook-ms,
     /// --dispatch-ms and --tick-ms instead of measured cold starts.
     #[arg(long)]
@@ -179,6 +182,10 @@ async fn main() -> anyhow::Result<()> {
         String::from_utf8_lossy(&bootstrap.stderr)
     );
     let cold = coldstart::run(&args.bin_dir, &env, args.rounds).await?;
+    if args.cold_only {
+        println!("{}", serde_json::to_string_pretty(&cold)?);
+        return Ok(());
+    }
     let warm = |name: &str| {
         cold.iter()
             .find(|c| c.function == name)

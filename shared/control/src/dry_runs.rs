@@ -6,16 +6,20 @@
 
 use std::collections::BTreeMap;
 
-use crmbridge_engine::bookkeeping::AutomationRecord;
+use crmbridge_engine::bookkeeping::{AutomationRecord, indexes_run_of};
 use crmbridge_engine::dry_run::{DryRun, DryRunOptions, SampleDelivery};
 use crmbridge_engine::records::{Role, RunRecord};
 use crmbridge_engine::{Engine, EngineError, EngineResult, keys, random_id};
 use crmbridge_mapping::{Automation, Event, EventId, Subject};
-use crmbridge_store::Query;
+use crmbridge_store::{Item, Query};
 use serde_json::Value;
 
 use crate::admin::Principal;
 use crate::automations::Automations as _;
+
+/// Pages of the tenant's run index (200 entries each) a dry run searches
+/// for the automation's newest real event.
+const LAST_REAL_PAGES: usize = 10;
 
 /// The event a dry run plans for.
 #[derive(Debug, Clone)]
@@ -140,28 +144,48 @@ async fn sample_event(
                 })
         }
         DrySample::LastReal => {
-            // The newest entry whose run exists (an entry can be written
-            // just before its worker died, with no run behind it).
-            let page = engine
-                .store()
-                .query(
-                    Query::prefix(keys::automation_runs_pk(&who.tenant, &automation.id), "")
-                        .limit(10)
-                        .descending(),
-                )
-                .await?;
-            let newest = engine
-                .runs_of_entries(&page.items)
-                .await?
-                .into_iter()
-                .flatten()
-                .next();
+            // The newest entry of this automation whose run exists (an
+            // entry can be written just before its worker died, with no run
+            // behind it), among the tenant's newest runs.
+            let mut newest = None;
+            let mut start = None;
+            for _ in 0..LAST_REAL_PAGES {
+                let page = engine
+                    .store()
+                    .query(
+                        Query::prefix(keys::tenant_runs_pk(&who.tenant), "")
+                            .limit(200)
+                            .after(start)
+                            .descending(),
+                    )
+                    .await?;
+                let own: Vec<Item> = page
+                    .items
+                    .into_iter()
+                    .filter(|entry| indexes_run_of(entry, &automation.id))
+                    .take(10)
+                    .collect();
+                newest = engine
+                    .runs_of_entries(&own)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .next();
+                if newest.is_some() {
+                    break;
+                }
+                match page.next {
+                    Some(next) => start = Some(next),
+                    None => break,
+                }
+            }
             let Some(summary) = newest else {
                 return Err(EngineError::bad_request(
                     "event",
                     format!(
-                        "automation {} has not run for a real event yet: give a sample event or delivery",
-                        automation.id
+                        "automation {} has no run for a real event among the tenant's newest {} runs: give a sample event or delivery",
+                        automation.id,
+                        LAST_REAL_PAGES * 200
                     ),
                 ));
             };

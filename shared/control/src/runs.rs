@@ -1,11 +1,13 @@
 //! The run log: the indexes every run is listed under, listing with
 //! filters, and replay.
 //!
-//! Every run is indexed twice, under its tenant and under its automation,
-//! by `{created_at}#{run}`, so a listing by time (and by automation) is a
-//! range of one partition, newest first. The entries never change after the
-//! run is created (`created_at` is the event's arrival, so another delivery
-//! writes the same entries); a listing reads each listed run for its status.
+//! Every run is indexed once, under its tenant, by `{created_at}#{run}`, so
+//! a listing by time is a range of one partition, newest first. A listing
+//! (or replay) of one automation reads the same range and passes over other
+//! automations' entries without reading their runs. The entries never
+//! change after the run is created (`created_at` is the event's arrival, so
+//! another delivery writes the same entry); a listing reads each listed run
+//! for its status.
 //!
 //! **Replay** resumes a *failed* run of an automation for the event it
 //! stored: steps that succeeded are not repeated (their outputs feed the
@@ -19,18 +21,22 @@
 //! may be failed again (the error is in its steps).
 
 use chrono::{DateTime, Utc};
-use crmbridge_store::Query;
+use crmbridge_store::{Item, Query};
 use serde::Serialize;
 
 use crate::admin::{Listing, Principal};
 use crate::automations::{Automations as _, PLAIN_ID_RULE, is_plain_id};
-use crmbridge_engine::bookkeeping::sort_time;
+use crmbridge_engine::bookkeeping::{indexes_run_of, sort_time};
 use crmbridge_engine::records::{Role, RunRecord, RunStatus, RunSummary, StepStatus};
 use crmbridge_engine::{Engine, EngineError, EngineResult, item, keys};
 
-/// The most index entries one listing reads before it returns a short page
-/// with a cursor (a selective status filter must not scan forever).
+/// The most runs one listing reads before it returns a short page with a
+/// cursor (a selective status filter must not scan forever).
 const MAX_SCANNED: usize = 2000;
+/// The most entries of other automations one listing of an automation
+/// passes over before it returns a short page with a cursor. They cost only
+/// the bytes of the query, not a read of their runs each.
+const MAX_PASSED_OVER: usize = 20_000;
 /// The most runs one automation replay handles; `more` says to call again.
 pub const MAX_REPLAYED: usize = 100;
 
@@ -121,12 +127,15 @@ impl Runs for Engine {
                 "not a cursor from an earlier page",
             ));
         }
-        let pk = match &filter.automation {
-            Some(automation) => {
-                check_id("automation", automation)?;
-                keys::automation_runs_pk(&who.tenant, automation)
-            }
-            None => keys::tenant_runs_pk(&who.tenant),
+        if let Some(automation) = &filter.automation {
+            check_id("automation", automation)?;
+        }
+        let pk = keys::tenant_runs_pk(&who.tenant);
+        let of_listed = |entry: &Item| {
+            filter
+                .automation
+                .as_deref()
+                .is_none_or(|automation| indexes_run_of(entry, automation))
         };
         // Newest first: start below `until` (exclusive) or the cursor.
         let mut start = filter.until.map(sort_time);
@@ -138,13 +147,14 @@ impl Runs for Engine {
         }
         let since = filter.since.map(sort_time);
         let mut items = Vec::new();
-        let mut scanned = 0;
+        let (mut scanned, mut passed_over) = (0, 0);
         loop {
-            // Each entry costs a read of its run: without a status filter,
+            // Each listed entry costs a read of its run: without a filter,
             // ask for no more than the page still needs.
-            let wanted = match filter.status {
-                Some(_) => 200,
-                None => filter.limit - items.len(),
+            let wanted = if filter.status.is_some() || filter.automation.is_some() {
+                200
+            } else {
+                filter.limit - items.len()
             };
             let page = self
                 .store()
@@ -156,32 +166,44 @@ impl Runs for Engine {
                 )
                 .await?;
             let count = page.items.len();
-            let entries: Vec<_> = page
+            let entries: Vec<&Item> = page
                 .items
                 .iter()
                 .take_while(|entry| since.as_ref().is_none_or(|since| entry.sk >= *since))
-                .cloned()
                 .collect();
-            let current = self.runs_of_entries(&entries).await?;
-            for (i, (entry, summary)) in page.items.iter().zip(current).enumerate() {
-                scanned += 1;
+            // Nothing after this page: the end of the log, or `since`.
+            let ended = entries.len() < count || page.next.is_none();
+            // Other automations' runs are passed over unread.
+            let listed: Vec<Item> = entries
+                .iter()
+                .filter(|entry| of_listed(entry))
+                .map(|entry| (*entry).clone())
+                .collect();
+            let mut current = self.runs_of_entries(&listed).await?.into_iter();
+            for (i, entry) in entries.iter().enumerate() {
                 start = Some(entry.sk.clone());
-                if let Some(summary) = summary
-                    && filter.status.is_none_or(|status| status == summary.status)
-                {
-                    items.push(summary);
+                if of_listed(entry) {
+                    scanned += 1;
+                    if let Some(Some(summary)) = current.next()
+                        && filter.status.is_none_or(|status| status == summary.status)
+                    {
+                        items.push(summary);
+                    }
+                } else {
+                    passed_over += 1;
                 }
-                // Nothing after this one: the end of the log, or `since`.
-                let last = i + 1 == entries.len() && (entries.len() < count || page.next.is_none());
-                if items.len() == filter.limit || scanned >= MAX_SCANNED {
+                let last = i + 1 == entries.len() && ended;
+                if items.len() == filter.limit
+                    || scanned >= MAX_SCANNED
+                    || passed_over >= MAX_PASSED_OVER
+                {
                     return Ok(Listing {
                         items,
                         next_cursor: if last { None } else { start },
                     });
                 }
             }
-            if entries.len() < count || page.next.is_none() {
-                // Past `since`, or the end of the log.
+            if ended {
                 return Ok(Listing {
                     items,
                     next_cursor: None,
@@ -216,7 +238,7 @@ impl Runs for Engine {
         who.require_role(Role::Admin, "replay runs")?;
         let record = self.get_automation(who, automation).await?;
         self.check_replayable(&record)?;
-        let pk = keys::automation_runs_pk(&who.tenant, automation);
+        let pk = keys::tenant_runs_pk(&who.tenant);
         let mut failed = Vec::new();
         let mut more = false;
         // Ascending from `since`: `{since}#run…` sorts after `{since}`.
@@ -226,12 +248,12 @@ impl Runs for Engine {
                 .store()
                 .query(Query::prefix(pk.clone(), "").limit(200).after(start))
                 .await?;
-            for summary in self
-                .runs_of_entries(&page.items)
-                .await?
+            let own: Vec<Item> = page
+                .items
                 .into_iter()
-                .flatten()
-            {
+                .filter(|entry| indexes_run_of(entry, automation))
+                .collect();
+            for summary in self.runs_of_entries(&own).await?.into_iter().flatten() {
                 if summary.status == RunStatus::Failed {
                     if failed.len() == MAX_REPLAYED {
                         more = true;

@@ -316,9 +316,10 @@ on_both_stores!(
     two_owners_revoking_each_other_keep_one_owner_key,
     automation_ids_are_plain_everywhere,
     an_alert_raised_by_two_processes_at_once_is_announced_once,
-    a_worker_dying_between_a_runs_index_entries_and_the_run_leaves_nothing_half_done,
+    a_worker_dying_between_a_runs_index_entry_and_the_run_leaves_nothing_half_done,
     a_run_killed_between_two_linked_steps_links_both_records_when_it_finishes,
     a_configuration_change_made_in_one_process_applies_to_the_next_dispatch_in_another,
+    two_runs_linking_one_subject_at_once_both_land,
 );
 
 /// Four deliveries of one event at once (EventBridge and the outbox both
@@ -371,8 +372,8 @@ async fn one_event_dispatched_by_four_workers_at_once_calls_the_vendor_once(h: H
     }
     assert_eq!(creates(&nethunt), 1);
     assert_eq!(nethunt.records(&deals).len(), 1);
-    // Each delivery wrote the run's index entries before losing its
-    // creation: the same entries (the run is listed under its event's
+    // Each delivery wrote the run's index entry before losing its
+    // creation: the same entry (the run is listed under its event's
     // arrival), so the log holds one entry and lists the one run.
     let listed = h.engine.list_runs(&who, RunFilter::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1, "{:?}", listed.items);
@@ -381,32 +382,33 @@ async fn one_event_dispatched_by_four_workers_at_once_calls_the_vendor_once(h: H
     assert_eq!(entries.len(), 1, "{entries:?}");
 }
 
-/// A store whose next `put_many` fails, the way a worker that dies right
-/// after writing a run's index entries leaves things (the entries are
-/// written, nothing after them).
-struct DiesAfterBatch {
+/// A store whose next write of a run index entry fails after it landed,
+/// the way a worker that dies right after writing it leaves things (the
+/// entry is written, nothing after it).
+struct DiesAfterIndexEntry {
     inner: Arc<dyn Store>,
     armed: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
-impl Store for DiesAfterBatch {
+impl Store for DiesAfterIndexEntry {
     async fn get(&self, pk: &str, sk: &str) -> StoreResult<Option<Item>> {
         self.inner.get(pk, sk).await
     }
     async fn put(&self, item: Item) -> StoreResult<()> {
-        self.inner.put(item).await
-    }
-    async fn put_many(&self, items: Vec<Item>) -> StoreResult<()> {
-        self.inner.put_many(items).await?;
-        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        let index_entry = item.pk.ends_with("#RUNS");
+        self.inner.put(item).await?;
+        if index_entry && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Backend {
                 backend: "test",
-                operation: "put_many",
+                operation: "put",
                 message: "the worker died here".into(),
             });
         }
         Ok(())
+    }
+    async fn put_many(&self, items: Vec<Item>) -> StoreResult<()> {
+        self.inner.put_many(items).await
     }
     async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome> {
         self.inner.put_if_absent(item).await
@@ -425,11 +427,11 @@ impl Store for DiesAfterBatch {
     }
 }
 
-/// A run's index entries are written before the run: a worker that dies
+/// A run's index entry is written before the run: a worker that dies
 /// between the two has called no vendor and stored no run, so the next
 /// delivery runs it once, with no review (no intent was left behind), and
 /// the log lists it once.
-async fn a_worker_dying_between_a_runs_index_entries_and_the_run_leaves_nothing_half_done(
+async fn a_worker_dying_between_a_runs_index_entry_and_the_run_leaves_nothing_half_done(
     h: Harness,
 ) {
     let who = h.owner().await;
@@ -438,7 +440,7 @@ async fn a_worker_dying_between_a_runs_index_entries_and_the_run_leaves_nothing_
         .event(&source, &token, json!({"id": "I-1", "name": "ACME"}))
         .await;
     let dying = Engine::new(
-        Arc::new(DiesAfterBatch {
+        Arc::new(DiesAfterIndexEntry {
             inner: Arc::clone(&h.store),
             armed: true.into(),
         }),
@@ -825,6 +827,40 @@ async fn runs_that_keep_failing_halt_their_automation_and_replay_after_enabling(
         .filter(|r| r.outcome.starts_with("not run: the automation is halted"))
         .count();
     assert_eq!(halted_runs, 2, "{runs:?}");
+    // The other automation's runs, two a page: the listing passes over the
+    // poisoned ones between them and its cursor resumes after the last.
+    let mut healthy_runs = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = h
+            .engine
+            .list_runs(
+                &who,
+                crmbridge_control::runs::RunFilter {
+                    automation: Some("healthy".into()),
+                    limit: 2,
+                    cursor,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2, "{page:?}");
+        healthy_runs.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(healthy_runs.len(), 5, "{healthy_runs:?}");
+    assert!(
+        healthy_runs
+            .iter()
+            .all(|r| r.automation.as_deref() == Some("healthy") && r.status == RunStatus::Succeeded),
+        "{healthy_runs:?}"
+    );
+    let distinct: std::collections::BTreeSet<_> = healthy_runs.iter().map(|r| &r.id).collect();
+    assert_eq!(distinct.len(), 5, "a page repeated a run: {healthy_runs:?}");
     // Replaying while halted is refused.
     let refused = h
         .engine
@@ -1201,6 +1237,86 @@ async fn a_run_killed_between_two_linked_steps_links_both_records_when_it_finish
         let now = links_of(connection, entity, id).await.unwrap();
         assert_eq!(now.version, before.version, "{entity} {id} rewritten");
     }
+}
+
+/// Two runs on one subject (two events about order O-1, each triggering its
+/// own automation) link what they make at once. The first reads the
+/// subject's links at its start (none yet) and is held in its Calltouch
+/// call; the second, in another process, runs whole and links its deal.
+/// The first then finishes with what it read at its start, out of date:
+/// its write is conditional on that, so it reads again and both links land.
+async fn two_runs_linking_one_subject_at_once_both_land(h: Harness) {
+    use crmbridge_fakes::Gate;
+
+    let who = h.owner().await;
+    let calltouch = FakeCalltouch::start("ct-token", "999").await.unwrap();
+    let (source, token) = h
+        .connect(
+            &who,
+            "generic",
+            json!({"event_id_pointer": "/id", "subject_id_pointer": "/order", "kind": "order.created"}),
+            &[],
+        )
+        .await;
+    let ct = h.calltouch(&who, &calltouch).await;
+    for side in ["a", "b"] {
+        h.automation(
+            &who,
+            json!({
+                "id": format!("deal-{side}"), "name": format!("deal {side}"),
+                "trigger": {"connection": source, "event": "generic.order.created"},
+                "filter": {"field": "side", "eq": side},
+                "steps": [{"id": "deal", "action": "calltouch.deal.create", "connection": ct,
+                           "link": {"name": format!("deal_{side}")},
+                           "fields": {"order_number": "{{ event.id }}", "phone": "+79161234567", "status": "PENDING", "revenue": 0}}]
+            }),
+        )
+        .await;
+    }
+    let first = h
+        .event(&source, &token, json!({"id": "E-a", "order": "O-1", "side": "a"}))
+        .await;
+    let second = h
+        .event(&source, &token, json!({"id": "E-b", "order": "O-1", "side": "b"}))
+        .await;
+    assert_eq!(first.subject, second.subject);
+
+    let gate = Gate::new();
+    calltouch.fail_next_on(
+        Some("POST"),
+        "/client-order/create",
+        1,
+        Fault::HeldUntil(gate.clone()),
+    );
+    let held = tokio::spawn({
+        let engine = Arc::clone(&h.engine);
+        async move { engine.dispatch(first).await }
+    });
+    eventually("Calltouch commits the first deal", || calltouch.deal("E-a").is_some()).await;
+    let other = h.another_process(false);
+    let made = |done: crmbridge_engine::dispatch::Dispatched| {
+        let ran: Vec<_> = done.runs.iter().filter(|r| r.status == RunStatus::Succeeded).collect();
+        assert_eq!(ran.len(), 1, "{done:?}");
+        let (h, who, id) = (&h, &who, ran[0].id.clone());
+        async move {
+            let run = h.engine.get_run(who, &id).await.unwrap();
+            run.steps[0].output["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let deal_b = made(other.dispatch(second.clone()).await.unwrap()).await;
+    gate.open();
+    let deal_a = made(held.await.unwrap().unwrap()).await;
+    assert_eq!(calltouch.deals().len(), 2);
+    let key = crmbridge_engine::keys::links(&second.connection, &second.subject.kind, &second.subject.id);
+    let at_subject = h.store.get(&key.pk, &key.sk).await.unwrap().unwrap();
+    assert_eq!(
+        at_subject.body,
+        json!({
+            "deal_a": {"connection": ct, "entity": "deal", "id": deal_a},
+            "deal_b": {"connection": ct, "entity": "deal", "id": deal_b},
+        }),
+        "one run's link was lost"
+    );
 }
 
 /// Dispatch serves connections and automations from a per-process cache

@@ -20,31 +20,30 @@ fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
-/// The index entries of a run (tenant and automation). They are written
-/// once, just before the run is created, and never rewritten: they hold
-/// only what does not change (id, automation, event, creation time), and a
-/// listing reads each run for its status. So every later save of a run is
-/// one conditional write of the run item, never a transaction.
-pub fn index_items(run: &RunRecord, expires: i64) -> EngineResult<Vec<Item>> {
+/// The run's index entry, under its tenant. It is written once, just
+/// before the run is created, and never rewritten: it holds only what does
+/// not change (id, automation, event, creation time), and a listing reads
+/// each run for its status. So every later save of a run is one conditional
+/// write of the run item, never a transaction.
+///
+/// There is no second entry under the automation: a listing, replay or dry
+/// run of one automation reads the tenant's entries and passes over other
+/// automations' without reading their runs. A query is billed by the bytes
+/// it reads, so that costs far less than a second write for every run.
+pub fn index_item(run: &RunRecord, expires: i64) -> EngineResult<Item> {
     let created_at = sort_time(run.created_at);
-    let summary = RunSummary::from(run);
-    let mut items = vec![
-        item(
-            keys::tenant_run_index(&run.tenant, &created_at, &run.id),
-            &summary,
-        )?
-        .expiring_at(expires),
-    ];
-    if let Some(automation) = &run.automation {
-        items.push(
-            item(
-                keys::automation_run_index(&run.tenant, automation, &created_at, &run.id),
-                &summary,
-            )?
-            .expiring_at(expires),
-        );
-    }
-    Ok(items)
+    Ok(item(
+        keys::tenant_run_index(&run.tenant, &created_at, &run.id),
+        &RunSummary::from(run),
+    )?
+    .expiring_at(expires))
+}
+
+/// Whether a run index entry is one of `automation`'s runs. An entry that
+/// does not decode belongs to no automation.
+pub fn indexes_run_of(entry: &Item, automation: &str) -> bool {
+    decode::<RunSummary>(entry)
+        .is_ok_and(|summary| summary.automation.as_deref() == Some(automation))
 }
 
 /// The sort-key form of a time: fixed width, so it sorts as it compares.

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::alerts::ALERT_DELIVERY;
 use crate::bookkeeping::AutomationRecord;
 use crate::import::IMPORT_PAGE;
-use crate::links::{RecordRef, linked_by};
+use crate::links::{RecordRef, StoredLinks, linked_by};
 use crate::metrics::{Metric, status_class};
 use crate::records::{
     ConnectionRecord, ConnectionSecrets, RunLease, RunRecord, RunStatus, RunSummary, StepRecord,
@@ -746,11 +746,16 @@ impl Engine {
             }
         }
         // Linked so far, and by this run's steps done before a restart
-        // (linked only when it finishes).
-        let links: BTreeMap<String, String> = self
-            .links_of(&RecordRef::subject_of(&event))
-            .await?
-            .into_iter()
+        // (linked only when it finishes). An automation that uses no links
+        // makes none either: it need not read them.
+        let stored = if compiled.reads_links() {
+            Some(self.links_of(&RecordRef::subject_of(&event)).await?)
+        } else {
+            None
+        };
+        let links: BTreeMap<String, String> = stored
+            .iter()
+            .flat_map(|stored| stored.set.clone())
             .chain(linked_by(run))
             .map(|(name, r)| (name, r.id))
             .collect();
@@ -811,11 +816,11 @@ impl Engine {
             .iter()
             .filter(|s| s.status == StepStatus::Succeeded)
             .count();
-        self.finish(
+        self.finish_linking(
             run,
             version,
-            RunStatus::Succeeded,
-            format!("{done} step(s) succeeded"),
+            (RunStatus::Succeeded, format!("{done} step(s) succeeded")),
+            stored,
         )
         .await
     }
@@ -1357,12 +1362,26 @@ impl Engine {
         status: RunStatus,
         outcome: String,
     ) -> EngineResult<()> {
+        self.finish_linking(run, version, (status, outcome), None)
+            .await
+    }
+
+    /// Finishes a run whose start read the subject's links (`read`), so
+    /// linking what it made does not read them again.
+    async fn finish_linking(
+        &self,
+        run: &mut RunRecord,
+        version: &mut u64,
+        (status, outcome): (RunStatus, String),
+        read: Option<StoredLinks>,
+    ) -> EngineResult<()> {
         // Before the run's last save: a crash in between leaves the run
         // unfinished, and whoever finishes it links again (nothing new).
         self.link_group(
             &RecordRef::subject_of(&run.event),
             &run.event.subject.kind,
             &linked_by(run),
+            read,
         )
         .await?;
         run.status = status;
@@ -1436,11 +1455,11 @@ impl Engine {
         ))
     }
 
-    /// Writes a run's index entries (see [`crate::bookkeeping::index_items`]).
+    /// Writes a run's index entry (see [`crate::bookkeeping::index_item`]).
     async fn index_run(&self, run: &RunRecord) -> EngineResult<()> {
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
         self.store
-            .put_many(crate::bookkeeping::index_items(run, expires)?)
+            .put(crate::bookkeeping::index_item(run, expires)?)
             .await?;
         Ok(())
     }

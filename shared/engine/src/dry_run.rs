@@ -232,6 +232,7 @@ impl Engine {
         let mut links: BTreeMap<String, String> = self
             .links_of(&subject)
             .await?
+            .set
             .into_iter()
             .map(|(name, r)| (name, r.id))
             .collect();

@@ -81,32 +81,49 @@ enum Known {
     At(LinkSet, u64),
 }
 
+/// A record's stored links as read, with the version they were read at
+/// (`None`: none stored), so the run that read them at its start can merge
+/// into them when it finishes without reading them again.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StoredLinks {
+    pub(crate) set: LinkSet,
+    pub(crate) version: Option<u64>,
+}
+
 impl Engine {
-    pub(crate) async fn links_of(&self, record: &RecordRef) -> EngineResult<LinkSet> {
+    pub(crate) async fn links_of(&self, record: &RecordRef) -> EngineResult<StoredLinks> {
         let key = keys::links(&record.connection, &record.entity, &record.id);
-        Ok(self
-            .read::<LinkSet>(&key)
-            .await?
-            .map(|(set, _)| set)
-            .unwrap_or_default())
+        Ok(match self.store.get(&key.pk, &key.sk).await? {
+            Some(found) => StoredLinks {
+                set: decode(&found)?,
+                version: Some(found.version),
+            },
+            None => StoredLinks::default(),
+        })
     }
 
     /// Adds `made` (link name → record) to the group of `subject` (named
     /// `subject_name` from the other side): every member learns about
-    /// every other, the subject last.
+    /// every other, the subject last. `read` is the subject's links as the
+    /// run read them, if it did: they may have changed since, and a write
+    /// that finds so reads them again (the write is conditional on the
+    /// version read).
     pub(crate) async fn link_group(
         &self,
         subject: &RecordRef,
         subject_name: &str,
         made: &LinkSet,
+        read: Option<StoredLinks>,
     ) -> EngineResult<()> {
         if made.is_empty() {
             return Ok(());
         }
-        let key = keys::links(&subject.connection, &subject.entity, &subject.id);
-        let (known, version) = match self.store.get(&key.pk, &key.sk).await? {
-            Some(found) => (decode::<LinkSet>(&found)?, Some(found.version)),
-            None => (LinkSet::new(), None),
+        let StoredLinks {
+            set: known,
+            version,
+        } = match read {
+            Some(read) => read,
+            None => self.links_of(subject).await?,
         };
         let mut group = known.clone();
         group.extend(made.iter().map(|(n, r)| (n.clone(), r.clone())));

@@ -141,6 +141,7 @@ pub struct CompiledAutomation {
     filter: Option<CompiledFilter>,
     steps: Vec<CompiledStep>,
     sites: Vec<TemplateSite>,
+    reads_links: bool,
 }
 
 impl std::fmt::Debug for CompiledAutomation {
@@ -334,20 +335,42 @@ impl CompiledAutomation {
             .filter
             .as_ref()
             .map(|filter| compiler.filter(filter, "filter", None));
-        let steps = automation
+        let steps: Vec<CompiledStep> = automation
             .steps
             .iter()
             .enumerate()
             .map(|(i, step)| compile_step(&mut compiler, step, i))
             .collect();
+        let reads_links = automation.steps.iter().any(|step| {
+            step.link.is_some() || step.target.as_ref().is_some_and(|t| t.link.is_some())
+        }) || filter.iter().any(filter_reads_links)
+            || steps
+                .iter()
+                .filter_map(|step| step.filter.as_ref())
+                .any(filter_reads_links)
+            || compiler.sites.iter().any(|site| {
+                compiler
+                    .env
+                    .get_template(&site.path)
+                    .is_ok_and(|t| t.undeclared_variables(false).contains("links"))
+            });
         let compiled = CompiledAutomation {
             automation: automation.clone(),
             env: compiler.env,
             filter,
             steps,
             sites: compiler.sites,
+            reads_links,
         };
         (compiled, compiler.errors)
+    }
+
+    /// Whether running the automation needs the records linked to the
+    /// event's subject: a template, filter or target reads `links`, or a
+    /// step links what it makes (merged into what is linked already). When
+    /// it does not, a run need not read them at all.
+    pub fn reads_links(&self) -> bool {
+        self.reads_links
     }
 
     /// The automation this was compiled from.
@@ -663,6 +686,17 @@ impl CompiledAutomation {
                 evaluate_condition(field, op, actual.as_deref(), operand.as_ref(), operand_path)
             }
         }
+    }
+}
+
+/// Whether a condition of the tree tests a path rooted at `links` (its
+/// operands are templates, checked with the others).
+fn filter_reads_links(filter: &CompiledFilter) -> bool {
+    match filter {
+        CompiledFilter::All(children) | CompiledFilter::Any(children) => {
+            children.iter().any(filter_reads_links)
+        }
+        CompiledFilter::Condition { path, .. } => path.root == Root::Links,
     }
 }
 

@@ -215,6 +215,37 @@ steps:
     ));
 }
 
+/// A run reads the subject's links only for an automation that uses them:
+/// in a template, a filter, a target or a step's `link`.
+#[test]
+fn an_automation_says_whether_it_reads_links() {
+    let with_step = |step: &str| {
+        automation(&format!(
+            "id: a\nname: a\ntrigger: {{ connection: ct, event: calltouch.call.completed }}\nsteps:\n  - id: s\n    action: x.y.create\n    connection: ct\n{step}"
+        ))
+    };
+    for (step, reads) in [
+        ("    fields: { id: \"{{ event.call_id }}\", n: 1 }\n", false),
+        // A field of the event named `links` is not the links.
+        ("    fields: { l: \"{{ event.links.order }}\" }\n", false),
+        ("    fields: { s: \"{{ steps.first.id | default('') }}\" }\n", false),
+        ("    fields: { o: \"{{ links.order }}\" }\n", true),
+        ("    fields: { o: { deep: [\"{{ links['order'] | default('') }}\"] } }\n", true),
+        ("    fields: { o: \"{% if links %}x{% endif %}\" }\n", true),
+        ("    filter: { field: links.order, exists: true }\n", true),
+        ("    filter: { field: status, eq: \"{{ links.order }}\" }\n", true),
+        ("    filter: { any: [ { field: status, eq: a }, { field: links.deal, missing: true } ] }\n", true),
+        ("    target: { link: order }\n", true),
+        ("    link: { name: order }\n", true),
+    ] {
+        assert_eq!(with_step(step).reads_links(), reads, "{step}");
+    }
+    let filtered = automation(
+        "id: a\nname: a\ntrigger: { connection: ct, event: calltouch.call.completed }\nfilter: { field: links.order, missing: true }\nsteps: []\n",
+    );
+    assert!(filtered.reads_links());
+}
+
 #[test]
 fn disabled_and_foreign_events_are_filtered() {
     let yaml = "id: a\nname: a\nenabled: false\ntrigger: { connection: ct, event: calltouch.call.completed }\nsteps: []\n";

@@ -15,7 +15,6 @@
 //! | event data too large for the bus (TTL) | `EVENT#{event}` | `DATA#{part:04}` |
 //! | run (TTL) | `RUN#{run}` | `RUN` |
 //! | tenant's run index (TTL, never updated) | `TENANT#{tenant}#RUNS` | `{created_at}#{run}` |
-//! | automation's run index (TTL, never updated) | `AUTORUNS#{tenant}#{automation}` | `{created_at}#{run}` |
 //! | automation | `AUTO#{tenant}#{automation}` | `META` |
 //! | tenant's automation index | `TENANT#{tenant}` | `AUTO#{automation}` |
 //! | trigger index | `TRIGGER#{connection}#{kind}` | `AUTO#{tenant}#{automation}` |
@@ -126,17 +125,6 @@ pub fn tenant_runs_pk(tenant: &str) -> String {
 
 pub fn tenant_run_index(tenant: &str, created_at: &str, run: &str) -> Key {
     key(tenant_runs_pk(tenant), format!("{created_at}#{run}"))
-}
-
-pub fn automation_runs_pk(tenant: &str, automation: &str) -> String {
-    format!("AUTORUNS#{tenant}#{automation}")
-}
-
-pub fn automation_run_index(tenant: &str, automation: &str, created_at: &str, run: &str) -> Key {
-    key(
-        automation_runs_pk(tenant, automation),
-        format!("{created_at}#{run}"),
-    )
 }
 
 pub fn tenant_keys(tenant: &str) -> (String, &'static str) {

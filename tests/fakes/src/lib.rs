@@ -75,7 +75,7 @@ mod server;
 mod util;
 pub mod vendors;
 
-pub use server::{Fault, RecordedRequest};
+pub use server::{Fault, Gate, RecordedRequest};
 
 /// Errors of the fakes' constructors and helpers.
 #[derive(Debug, thiserror::Error)]

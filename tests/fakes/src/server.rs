@@ -55,7 +55,46 @@ pub enum Fault {
     /// The request is handled (its writes are committed), then the connection
     /// is closed without an answer.
     DropAfterCommit,
+    /// The request is handled normally (its writes are committed at once),
+    /// then the answer is held back until the test opens the gate: a caller
+    /// stopped in its vendor call for exactly as long as the test needs.
+    HeldUntil(Gate),
 }
+
+/// A gate a held answer waits behind ([`Fault::HeldUntil`]); opening it
+/// releases every answer held behind it, now and later.
+#[derive(Debug, Clone)]
+pub struct Gate(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Gate {
+    pub fn new() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
+    pub fn open(&self) {
+        self.0.close();
+    }
+
+    async fn passed(&self) {
+        // No permit is ever added: acquiring ends only when the gate closes
+        // the semaphore, which `open` does.
+        let _ = self.0.acquire().await;
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Gate {}
 
 /// One request as the fake received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -594,6 +633,11 @@ async fn handle<V: Vendor>(
         Some(Fault::DropAfterCommit) => {
             let _ = vendor.handle_async(&req).await;
             return Err(Dropped);
+        }
+        Some(Fault::HeldUntil(gate)) => {
+            let resp = vendor.handle_async(&req).await;
+            gate.passed().await;
+            resp
         }
         None => vendor.handle_async(&req).await,
     };
