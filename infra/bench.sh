@@ -19,8 +19,16 @@ trap cleanup EXIT
 
 mkdir -p .tools/logs
 
-echo "==> release build (LTO; the Lambda profile)"
-cargo build --release --locked --bins --workspace
+# The Lambda bootstraps with the release profile (fat LTO, size-optimised),
+# built apart from the `crmbridge` command line so that its extra features
+# (SSO credentials for `bootstrap --aws`) are not unified into them: as
+# `cargo lambda build` and `sam build` build each function.
+echo "==> Lambda functions (release profile)"
+cargo build --release --locked -p crmbridge-webhook -p crmbridge-chat -p crmbridge-admin \
+  -p crmbridge-dispatch -p crmbridge-tick
+cargo build --release --locked -p crmbridge-bench --bin hello-lambda
+echo "==> crmbridge serve and the benchmark (serve profile)"
+cargo build --profile serve --locked --bin crmbridge --bin crmbridge-bench
 
 echo "==> mapping benchmark (criterion)"
 cargo bench --locked -p crmbridge-mapping --bench render -- --noplot 2>&1 | tee .tools/logs/criterion.log
@@ -50,7 +58,7 @@ export CRMBRIDGE_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
 
 machine="$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-args=(--bin-dir target/release --machine "$machine" --commit "$commit")
+args=(--bin-dir target/serve --lambda-dir target/release --machine "$machine" --commit "$commit")
 [ -n "$mapping_ns" ] && args+=(--mapping-ns "$mapping_ns")
-target/release/crmbridge-bench "${args[@]}" "$@"
+target/serve/crmbridge-bench "${args[@]}" "$@"
 cat bench-report.md

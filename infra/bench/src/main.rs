@@ -19,9 +19,16 @@ use serde_json::json;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Directory with the release binaries (crmbridge, the five functions, hello-lambda).
-    #[arg(long, default_value = "target/release")]
+    /// Directory with the `crmbridge` binary the load, peers' and import
+    /// benchmarks start as `crmbridge serve` (infra/bench.sh: the serve
+    /// profile).
+    #[arg(long, default_value = "target/serve")]
     bin_dir: PathBuf,
+    /// Directory with the Lambda bootstraps (the five functions and
+    /// hello-lambda), built with the release profile as `cargo lambda`
+    /// builds them.
+    #[arg(long, default_value = "target/release")]
+    lambda_dir: PathBuf,
     /// Connection pairs the load is spread over.
     #[arg(long, default_value_t = 64)]
     pairs: usize,
@@ -107,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     // Binaries are spawned from other working directories.
     args.bin_dir = args.bin_dir.canonicalize()?;
+    args.lambda_dir = args.lambda_dir.canonicalize()?;
 
     if args.load_only {
         let load = load::run(
@@ -181,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
         "bootstrap failed: {}",
         String::from_utf8_lossy(&bootstrap.stderr)
     );
-    let cold = coldstart::run(&args.bin_dir, &env, args.rounds).await?;
+    let cold = coldstart::run(&args.lambda_dir, &env, args.rounds).await?;
     if args.cold_only {
         println!("{}", serde_json::to_string_pretty(&cold)?);
         return Ok(());

@@ -273,6 +273,17 @@ impl OutboxBus {
         .await
     }
 
+    /// Wakes one idle worker per row just published. Waking every idle
+    /// worker for each row made each of them claim, and all but one claim
+    /// found nothing: a writer job each, on the one writer thread every
+    /// write waits for. A worker that is busy claims again as soon as it is
+    /// done, so a row published while none is idle waits for no one.
+    fn wake_workers(&self, rows: usize) {
+        for _ in 0..rows {
+            self.wake.notify_one();
+        }
+    }
+
     async fn complete(&self, seq: i64) -> Result<(), BusError> {
         self.write("complete", move |conn| {
             conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
@@ -476,7 +487,7 @@ impl Bus for OutboxBus {
             Ok(())
         })
         .await?;
-        self.wake.notify_waiters();
+        self.wake_workers(events.len());
         Ok(())
     }
 
@@ -526,9 +537,12 @@ impl AtomicAcceptance for OutboxBus {
             })
             .await
             .map_err(from_store)?;
-        if outcomes.iter().any(|o| matches!(o, PutOutcome::Inserted)) {
-            self.wake.notify_waiters();
-        }
+        self.wake_workers(
+            outcomes
+                .iter()
+                .filter(|o| matches!(o, PutOutcome::Inserted))
+                .count(),
+        );
         Ok(outcomes)
     }
 }

@@ -104,6 +104,88 @@ async fn outbox_delivers_every_event_intact_once() {
     assert_eq!(bus.stats().await.unwrap().pending, 0);
 }
 
+/// Holds every delivery at a gate the test opens, and says when one
+/// arrives there.
+struct Gated {
+    entered: mpsc::UnboundedSender<()>,
+    gate: Arc<tokio::sync::Semaphore>,
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+#[async_trait]
+impl EventHandler for Gated {
+    async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+        let _ = self.entered.send(());
+        self.gate
+            .acquire()
+            .await
+            .map_err(|e| HandlerError(e.to_string()))?
+            .forget();
+        self.tx.send(event).map_err(|e| HandlerError(e.to_string()))
+    }
+}
+
+/// Idle workers wake on publishes alone (the poll tick is an hour away):
+/// one worker per row published. Rows published one by one at once, while
+/// every worker is busy and while they are idle, are all delivered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_published_is_picked_up_without_the_poll_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = OutboxBus::open(
+        &dir.path().join("s.db"),
+        OutboxConfig {
+            workers: 8,
+            poll_interval: Duration::from_secs(3600),
+            ..fast_config()
+        },
+    )
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (stop, shutdown) = watch::channel(false);
+    let workers = bus.spawn_workers(
+        Arc::new(Gated {
+            entered: entered_tx,
+            gate: Arc::clone(&gate),
+            tx,
+        }),
+        shutdown,
+    );
+    let publish_each = |events: Vec<Event>| {
+        let bus = bus.clone();
+        async move {
+            let publishes = events.into_iter().map(|event| {
+                let bus = bus.clone();
+                async move { bus.publish(&[event]).await.unwrap() }
+            });
+            futures_util::future::join_all(publishes).await;
+        }
+    };
+    // Every worker busy, held at the gate.
+    publish_each((0..8).map(event).collect()).await;
+    for _ in 0..8 {
+        tokio::time::timeout(Duration::from_secs(20), entered.recv())
+            .await
+            .expect("a worker was not woken for its row")
+            .unwrap();
+    }
+    // Forty more while none is idle, then every delivery let through.
+    publish_each((8..48).map(event).collect()).await;
+    gate.add_permits(1000);
+    // And forty more while they are idle.
+    publish_each((48..88).map(event).collect()).await;
+    let got = receive(&mut rx, 88).await;
+    let distinct: BTreeSet<_> = got.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(distinct.len(), 88, "an event was delivered twice");
+    stop.send(true).unwrap();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(rx.try_recv().is_err(), "an event was delivered twice");
+    assert_eq!(bus.stats().await.unwrap().pending, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_keeps_published_events_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -229,7 +229,10 @@ impl Limiter {
 /// The shared client: one connection pool, one limiter per connection.
 #[derive(Clone)]
 pub struct VendorClient {
-    client: reqwest::Client,
+    /// Built on first use: building one loads and parses the system's
+    /// certificate store, most of a Lambda function's start-up, and a
+    /// function that calls no vendor (webhook, tick) never needs it.
+    client: Arc<OnceLock<reqwest::Client>>,
     /// The stack for [`VendorRequest::public_only`] requests, whose URL a
     /// user chose: it connects only to public addresses and checks every
     /// redirect target. Built on first use, so a process that never makes
@@ -350,22 +353,29 @@ impl VendorClient {
     }
 
     fn with_redirects(follow: bool) -> Self {
-        let policy = if follow {
-            reqwest::redirect::Policy::default()
-        } else {
-            reqwest::redirect::Policy::none()
-        };
         Self {
-            client: builder()
-                .redirect(policy)
-                .build()
-                // Only a broken TLS backend fails here; the plain client
-                // then fails the same way, loudly, at start-up.
-                .unwrap_or_else(|_| reqwest::Client::new()),
+            client: Arc::default(),
             public: Arc::default(),
             follow_redirects: follow,
             limiters: Arc::default(),
         }
+    }
+
+    /// The stack for requests to vendors' own APIs.
+    fn vendor_client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            let policy = if self.follow_redirects {
+                reqwest::redirect::Policy::default()
+            } else {
+                reqwest::redirect::Policy::none()
+            };
+            builder()
+                .redirect(policy)
+                .build()
+                // Only a broken TLS backend fails here; the plain client
+                // then fails the same way, loudly, on its first request.
+                .unwrap_or_else(|_| reqwest::Client::new())
+        })
     }
 
     /// The stack for requests whose URL a user chose.
@@ -547,7 +557,7 @@ impl VendorClient {
         let client = if request.public_only {
             self.public_client()
         } else {
-            &self.client
+            self.vendor_client()
         };
         let mut builder = client
             .request(request.method.clone(), &request.url)
