@@ -249,9 +249,18 @@ impl OutboxBus {
         .await
     }
 
-    async fn claim(&self) -> Result<Option<Claimed>, BusError> {
+    /// Claims the next ready row, first deleting `handled` (the row this
+    /// worker has just handled) in the same write: one writer job where
+    /// there were two, on the one writer thread every write waits for. A
+    /// worker that dies in between leaves that row to be delivered again,
+    /// which the bus allows anyway (at least once).
+    async fn claim(&self, handled: Option<i64>) -> Result<Option<Claimed>, BusError> {
         let lease_ms = self.config.lease.as_millis() as i64;
         self.write("claim", move |conn| {
+            if let Some(seq) = handled {
+                conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+                    .execute(params![seq])?;
+            }
             let now = now_ms();
             // Prepared once per connection: this runs for every event.
             conn.prepare_cached(
@@ -341,13 +350,19 @@ impl OutboxBus {
         handler: Arc<dyn EventHandler>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // The row handled last, deleted with the next claim.
+        let mut handled = None;
         while !*shutdown.borrow() {
             // Register for a wake-up *before* looking, so a publish that lands
             // between an empty claim and the wait is not missed.
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.claim().await {
+            let claimed = self.claim(handled).await;
+            if claimed.is_ok() {
+                handled = None;
+            }
+            match claimed {
                 // Attempts are counted when a row is claimed, so a row whose
                 // handling kills the process (and never reaches `fail`)
                 // still runs out of attempts instead of crash-looping.
@@ -356,7 +371,9 @@ impl OutboxBus {
                 {
                     self.bury(worker, handler.as_ref(), claimed).await;
                 }
-                Ok(Some(claimed)) => self.deliver(worker, handler.as_ref(), claimed).await,
+                Ok(Some(claimed)) => {
+                    handled = self.deliver(worker, handler.as_ref(), claimed).await;
+                }
                 Ok(None) => {
                     // Idle: wake on a publish, a shutdown, or the poll tick
                     // (for rows whose backoff has just passed).
@@ -374,6 +391,12 @@ impl OutboxBus {
                     }
                 }
             }
+        }
+        if let Some(seq) = handled
+            && let Err(err) = self.complete(seq).await
+        {
+            // Delivered again after a restart: at least once.
+            tracing::error!(worker, error = %err, "outbox bookkeeping failed");
         }
     }
 
@@ -420,7 +443,14 @@ impl OutboxBus {
         }
     }
 
-    async fn deliver(&self, worker: usize, handler: &dyn EventHandler, claimed: Claimed) {
+    /// Hands a claimed row to the handler. Returns the row when it was
+    /// handled, for the worker to delete with its next claim.
+    async fn deliver(
+        &self,
+        worker: usize,
+        handler: &dyn EventHandler,
+        claimed: Claimed,
+    ) -> Option<i64> {
         let event = serde_json::from_str::<Event>(&claimed.body);
         let outcome = match &event {
             Ok(event) => {
@@ -434,7 +464,7 @@ impl OutboxBus {
             Err(err) => Err((String::new(), format!("undecodable outbox row: {err}"))),
         };
         let result = match outcome {
-            Ok(()) => self.complete(claimed.seq).await,
+            Ok(()) => return Some(claimed.seq),
             Err((event_id, error)) => {
                 let allowed = event
                     .as_ref()
@@ -457,6 +487,7 @@ impl OutboxBus {
             // The lease expires and the row is delivered again: at least once.
             tracing::error!(worker, error = %err, "outbox bookkeeping failed");
         }
+        None
     }
 }
 
