@@ -173,16 +173,19 @@ impl Runs for Engine {
                 .collect();
             // Nothing after this page: the end of the log, or `since`.
             let ended = entries.len() < count || page.next.is_none();
-            // Other automations' runs are passed over unread.
+            // Other automations' runs are passed over unread (each entry is
+            // decoded once to tell).
+            let is_listed: Vec<bool> = entries.iter().map(|entry| of_listed(entry)).collect();
             let listed: Vec<Item> = entries
                 .iter()
-                .filter(|entry| of_listed(entry))
-                .map(|entry| (*entry).clone())
+                .zip(&is_listed)
+                .filter(|(_, listed)| **listed)
+                .map(|(entry, _)| (*entry).clone())
                 .collect();
             let mut current = self.runs_of_entries(&listed).await?.into_iter();
-            for (i, entry) in entries.iter().enumerate() {
+            for (i, (entry, listed)) in entries.iter().zip(is_listed).enumerate() {
                 start = Some(entry.sk.clone());
-                if of_listed(entry) {
+                if listed {
                     scanned += 1;
                     if let Some(Some(summary)) = current.next()
                         && filter.status.is_none_or(|status| status == summary.status)

@@ -755,9 +755,9 @@ impl Engine {
         };
         let links: BTreeMap<String, String> = stored
             .iter()
-            .flat_map(|stored| stored.set.clone())
-            .chain(linked_by(run))
-            .map(|(name, r)| (name, r.id))
+            .flat_map(|stored| &stored.set)
+            .map(|(name, r)| (name.clone(), r.id.clone()))
+            .chain(linked_by(run).into_iter().map(|(name, r)| (name, r.id)))
             .collect();
         let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
         for step in &run.steps {
