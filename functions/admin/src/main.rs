@@ -5,7 +5,9 @@
 
 use crmbridge_api::{HttpState, admin_router};
 
-#[tokio::main]
+// Lambda gives an environment one event at a time: worker threads would
+// only lengthen the cold start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     crmbridge_runtime::init_tracing();
     let (engine, settings) = crmbridge_runtime::aws_engine().await?;

@@ -21,7 +21,9 @@ async fn handle(
     Ok(json!({ "runs": dispatched.runs, "duplicate": dispatched.duplicate }))
 }
 
-#[tokio::main]
+// Lambda gives an environment one event at a time: worker threads would
+// only lengthen the cold start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     crmbridge_runtime::init_tracing();
     let (engine, _settings): (Arc<Engine>, _) = crmbridge_runtime::aws_engine().await?;

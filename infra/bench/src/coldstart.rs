@@ -83,35 +83,49 @@ fn sample(function: &str) -> Value {
     }
 }
 
+/// The bootstraps measured, hello-world first (the others' yardstick).
+const FUNCTIONS: [&str; 6] = [
+    "hello-lambda",
+    "webhook",
+    "chat",
+    "admin",
+    "dispatch",
+    "tick",
+];
+
+/// One function's timings over the rounds.
+#[derive(Default)]
+struct Samples {
+    inits: Vec<f64>,
+    firsts: Vec<f64>,
+    warms: Vec<f64>,
+    rss: u64,
+}
+
 pub async fn run(
     dir: &Path,
     env: &[(String, String)],
     rounds: usize,
 ) -> anyhow::Result<Vec<ColdStart>> {
     let emulator = LambdaEmulator::new();
-    let mut results = Vec::new();
-    let mut hello_init = f64::NAN;
-    for function in [
-        "hello-lambda",
-        "webhook",
-        "chat",
-        "admin",
-        "dispatch",
-        "tick",
-    ] {
-        let binary: PathBuf = dir.join(function);
+    let binaries: Vec<PathBuf> = FUNCTIONS.iter().map(|f| dir.join(f)).collect();
+    for binary in &binaries {
         anyhow::ensure!(
             binary.exists(),
             "{} is missing: build with --release first",
             binary.display()
         );
-        let (mut inits, mut firsts, mut warms) = (Vec::new(), Vec::new(), Vec::new());
-        let mut rss = 0;
-        for _ in 0..rounds {
+    }
+    let mut samples: Vec<Samples> = FUNCTIONS.iter().map(|_| Samples::default()).collect();
+    // Round by round, every function once per round: a machine that slows
+    // down mid-run slows every function alike, and the ratios to
+    // hello-world hold.
+    for _ in 0..rounds {
+        for ((function, binary), taken) in FUNCTIONS.iter().zip(&binaries).zip(&mut samples) {
             let process = emulator
                 .spawn(
-                    FunctionSpec::new(&binary)
-                        .name(function)
+                    FunctionSpec::new(binary)
+                        .name(*function)
                         .envs(env.iter().cloned())
                         .timeout(Duration::from_secs(30)),
                 )
@@ -125,29 +139,27 @@ pub async fn run(
                 .invoke(sample(function))
                 .await
                 .map_err(|e| anyhow::anyhow!("{function}: {e}"))?;
-            warms.push(
-                process
-                    .last_invocation_duration()
-                    .unwrap_or_default()
-                    .as_secs_f64()
-                    * 1000.0,
-            );
-            inits.push(process.init_duration().unwrap_or_default().as_secs_f64() * 1000.0);
-            firsts.push(first.as_secs_f64() * 1000.0);
-            rss = rss.max(peak_rss_kib(process.pid()));
+            let warm = process.last_invocation_duration().unwrap_or_default();
+            taken.warms.push(warm.as_secs_f64() * 1000.0);
+            taken
+                .inits
+                .push(process.init_duration().unwrap_or_default().as_secs_f64() * 1000.0);
+            taken.firsts.push(first.as_secs_f64() * 1000.0);
+            taken.rss = taken.rss.max(peak_rss_kib(process.pid()));
         }
-        let init = median(inits);
-        if function == "hello-lambda" {
-            hello_init = init;
-        }
+    }
+    let hello_init = median(samples[0].inits.clone());
+    let mut results = Vec::new();
+    for ((function, binary), taken) in FUNCTIONS.iter().zip(&binaries).zip(samples) {
+        let init = median(taken.inits);
         results.push(ColdStart {
-            function: function.to_owned(),
-            binary_bytes: std::fs::metadata(&binary)?.len(),
-            zip_bytes: zip_size(&binary)?,
+            function: (*function).to_owned(),
+            binary_bytes: std::fs::metadata(binary)?.len(),
+            zip_bytes: zip_size(binary)?,
             init_ms_median: init,
-            first_invocation_ms_median: median(firsts),
-            warm_invocation_ms_median: median(warms),
-            peak_rss_kib: rss,
+            first_invocation_ms_median: median(taken.firsts),
+            warm_invocation_ms_median: median(taken.warms),
+            peak_rss_kib: taken.rss,
             init_ratio_to_hello: init / hello_init,
         });
     }

@@ -166,8 +166,11 @@ async fn main() -> anyhow::Result<()> {
     })?;
     eprintln!("==> cold start ({} rounds per function)", args.rounds);
     let key = format!("bench:{}", base64_key());
+    // A table of its own per run: a second run on the same emulator would
+    // otherwise find the first one's.
+    let table = format!("crmbridge-bench-{}", std::process::id());
     let env = vec![
-        ("CRMBRIDGE_TABLE".to_owned(), "crmbridge-bench".to_owned()),
+        ("CRMBRIDGE_TABLE".to_owned(), table),
         (
             "CRMBRIDGE_EVENT_BUS".to_owned(),
             "crmbridge-bench".to_owned(),

@@ -4,7 +4,7 @@
 //! automation is saved instead of failing at 3 a.m. with "unsupported".
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -455,7 +455,9 @@ impl Vendor {
 #[derive(Clone, Default)]
 pub struct Registry {
     vendors: BTreeMap<&'static str, Vendor>,
-    catalog: StaticCatalog,
+    /// Derived on first use: every action's spec is built for it, which a
+    /// function's cold start should not pay when its requests never ask.
+    catalog: OnceLock<StaticCatalog>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -475,13 +477,19 @@ impl Registry {
     }
 
     pub fn register(&mut self, vendor: Vendor) {
-        self.catalog = std::mem::take(&mut self.catalog).merge(vendor.catalog());
         self.vendors.insert(vendor.app, vendor);
+        self.catalog = OnceLock::new();
     }
 
     /// The catalog of every registered vendor, for validation.
     pub fn catalog(&self) -> &StaticCatalog {
-        &self.catalog
+        self.catalog.get_or_init(|| {
+            self.vendors
+                .values()
+                .fold(StaticCatalog::new(), |catalog, vendor| {
+                    catalog.merge(vendor.catalog())
+                })
+        })
     }
 
     pub fn get(&self, app: &str) -> Option<&Vendor> {

@@ -12,6 +12,7 @@
 //! binary reads `CRMBRIDGE_LOG` (a tracing filter) and the AWS SDK's own
 //! variables (`AWS_ENDPOINT_URL` points it at an emulator).
 
+pub mod lambda_sdk;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -188,7 +189,10 @@ pub fn keyring_from_env() -> Result<Keyring, ConfigError> {
     })
 }
 
-/// The AWS SDK configuration (region, credentials, `AWS_ENDPOINT_URL`).
+/// The AWS SDK configuration of the command line (`bootstrap --aws`):
+/// aws-config's providers (profiles, SSO, `AWS_ENDPOINT_URL`) and the
+/// system's certificate authorities. The Lambda functions use
+/// [`lambda_sdk`] instead.
 pub async fn aws_sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
@@ -208,7 +212,7 @@ pub fn dynamo_store(sdk: &aws_config::SdkConfig) -> Result<DynamoStore, ConfigEr
 /// need the public URL).
 pub async fn aws_engine() -> Result<(Arc<Engine>, Settings), ConfigError> {
     let settings = Settings::from_env()?;
-    let sdk = aws_sdk_config().await;
+    let sdk = lambda_sdk::sdk_config_from_env()?;
     let store = dynamo_store(&sdk)?;
     let bus = EventBridgeBus::new(
         aws_sdk_eventbridge::Client::new(&sdk),
