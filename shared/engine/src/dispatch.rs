@@ -1436,32 +1436,26 @@ impl Engine {
         );
     }
 
-    /// Creates a run after its index entries; `false` if the run existed.
+    /// Creates a run after its index entry; `false` if the run existed.
     ///
     /// Not one transaction (that would bill every item twice on DynamoDB):
-    /// the entries go first, so a run is never stored unlisted, and the
+    /// the entry goes first ([`Store::put_then_insert`]: one write on
+    /// SQLite), so a run is never stored unlisted, and the
     /// run's conditional insert decides. A delivery that loses the insert
-    /// wrote the same entries again (same keys: see [`Engine::new_run`]);
-    /// a worker that dies in between leaves entries whose run does not
+    /// wrote the same entry again (same key: see [`Engine::new_run`]);
+    /// a worker that dies in between leaves an entry whose run does not
     /// exist yet, which listings skip (see [`Engine::runs_of_entries`]).
     pub(crate) async fn create_run(&self, run: &RunRecord) -> EngineResult<bool> {
-        self.index_run(run).await?;
         let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
         Ok(matches!(
             self.store
-                .put_if_absent(item(keys::run(&run.id), run)?.expiring_at(expires))
+                .put_then_insert(
+                    crate::bookkeeping::index_item(run, expires)?,
+                    item(keys::run(&run.id), run)?.expiring_at(expires),
+                )
                 .await?,
             PutOutcome::Inserted
         ))
-    }
-
-    /// Writes a run's index entry (see [`crate::bookkeeping::index_item`]).
-    async fn index_run(&self, run: &RunRecord) -> EngineResult<()> {
-        let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
-        self.store
-            .put(crate::bookkeeping::index_item(run, expires)?)
-            .await?;
-        Ok(())
     }
 }
 

@@ -69,6 +69,18 @@ pub trait Store: Send + Sync {
     /// second read.
     async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome>;
 
+    /// Writes `entry` unconditionally, then inserts `item` as
+    /// [`Store::put_if_absent`] does. The entry is written whatever the
+    /// insert finds, and before it: a failure in between leaves the entry
+    /// alone, never the item without its entry (a run and its index entry).
+    /// Two requests on DynamoDB (a transaction would bill both items
+    /// twice); one write on SQLite, whose single writer thread is what
+    /// bounds `crmbridge serve`.
+    async fn put_then_insert(&self, entry: Item, item: Item) -> StoreResult<PutOutcome> {
+        self.put(entry).await?;
+        self.put_if_absent(item).await
+    }
+
     /// Replaces an item only if its stored version is `expected`; the stored
     /// item gets version `expected + 1`, which is returned. A missing item or
     /// another version is [`StoreError::Conflict`].

@@ -515,6 +515,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn put_then_insert(&self, entry: Item, item: Item) -> StoreResult<PutOutcome> {
+        let entry = Row::of(entry);
+        let insert = PreparedInsert::of(item);
+        self.write("put_then_insert", move |conn| {
+            write_row(conn, &entry, entry.version)?;
+            insert.run(conn)
+        })
+        .await
+    }
+
     async fn update_if_version(&self, item: Item, expected: u64) -> StoreResult<u64> {
         let write = RowWrite::UpdateIfVersion {
             row: Row::of(item),

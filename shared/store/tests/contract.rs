@@ -79,6 +79,8 @@ contract!(
     put_replaces_an_item,
     put_if_absent_inserts_once_and_returns_the_existing_item,
     put_if_absent_replaces_an_expired_item,
+    put_then_insert_writes_the_entry_whatever_the_insert_finds,
+    racing_put_then_inserts_have_one_winner_and_every_entry,
     expired_items_are_invisible,
     update_if_version_bumps_the_version,
     update_if_version_rejects_a_stale_or_missing_item,
@@ -238,6 +240,61 @@ mod cases {
             PutOutcome::Inserted
         );
         assert_eq!(store.get("IDEM#2", "IDEM").await.unwrap(), Some(fresh));
+    }
+
+    pub async fn put_then_insert_writes_the_entry_whatever_the_insert_finds(
+        store: Arc<impl Store>,
+    ) {
+        let run = Item::new("RUN#1", "RUN", json!({"state": "first"}));
+        assert_eq!(
+            store
+                .put_then_insert(Item::new("T#RUNS", "e1", json!({"n": 1})), run.clone())
+                .await
+                .unwrap(),
+            PutOutcome::Inserted
+        );
+        // The insert finds the run: the entry is written (replaced) all the same.
+        let again = Item::new("RUN#1", "RUN", json!({"state": "second"}));
+        assert_eq!(
+            store
+                .put_then_insert(Item::new("T#RUNS", "e1", json!({"n": 2})), again)
+                .await
+                .unwrap(),
+            PutOutcome::Exists(run.clone())
+        );
+        assert_eq!(store.get("RUN#1", "RUN").await.unwrap(), Some(run));
+        let entry = store.get("T#RUNS", "e1").await.unwrap().unwrap();
+        assert_eq!(entry.body, json!({"n": 2}));
+    }
+
+    /// The same run created by several workers at once, each with its own
+    /// entry: one insert wins, and no entry is lost.
+    pub async fn racing_put_then_inserts_have_one_winner_and_every_entry(
+        store: Arc<impl Store + 'static>,
+    ) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..8 {
+            let store = Arc::clone(&store);
+            tasks.spawn(async move {
+                store
+                    .put_then_insert(
+                        Item::new("T#RUNS", format!("e{n}"), json!({"n": n})),
+                        Item::new("RUN#R", "RUN", json!({"by": n})),
+                    )
+                    .await
+                    .unwrap()
+            });
+        }
+        let mut inserted = 0;
+        while let Some(outcome) = tasks.join_next().await {
+            inserted += usize::from(matches!(outcome.unwrap(), PutOutcome::Inserted));
+        }
+        assert_eq!(inserted, 1);
+        let page = store
+            .query(Query::prefix("T#RUNS", "e").limit(20))
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 8);
     }
 
     pub async fn expired_items_are_invisible(store: Arc<impl Store>) {
