@@ -75,7 +75,11 @@ async fn tls_endpoint() -> TlsEndpoint {
 }
 
 fn dynamodb(endpoint: &TlsEndpoint, extra: Option<&[u8]>) -> aws_sdk_dynamodb::Client {
-    let https = crmbridge_runtime::lambda_sdk::aws_https_client(extra).unwrap();
+    let https = crmbridge_runtime::lambda_sdk::aws_https_client(
+        crmbridge_runtime::lambda_sdk::Trust::AmazonTrustServices,
+        extra,
+    )
+    .unwrap();
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))

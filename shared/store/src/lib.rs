@@ -71,8 +71,9 @@ pub trait Store: Send + Sync {
 
     /// Writes `entry` unconditionally, then inserts `item` as
     /// [`Store::put_if_absent`] does. The entry is written whatever the
-    /// insert finds, and before it: a failure in between leaves the entry
-    /// alone, never the item without its entry (a run and its index entry).
+    /// insert finds, and before it: a failure leaves the entry alone (or,
+    /// on SQLite, nothing), never the item without its entry (a run and
+    /// its index entry).
     /// Two requests on DynamoDB (a transaction would bill both items
     /// twice); one write on SQLite, whose single writer thread is what
     /// bounds `crmbridge serve`.
