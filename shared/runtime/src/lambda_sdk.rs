@@ -94,10 +94,7 @@ pub fn aws_https_client(
         Trust::System => TrustStore::empty().with_native_roots(true),
     };
     if let Some(pem) = extra_pem {
-        let count = check_roots(pem).map_err(|message| ConfigError::Invalid {
-            name: CA_BUNDLE_VARIABLE.into(),
-            message,
-        })?;
+        let count = check_roots(pem).map_err(|message| invalid(CA_BUNDLE_VARIABLE, message))?;
         tracing::info!(
             roots = count,
             "trusting the roots in {CA_BUNDLE_VARIABLE} too"
@@ -107,10 +104,7 @@ pub fn aws_https_client(
     let context = TlsContext::builder()
         .with_trust_store(store)
         .build()
-        .map_err(|err| ConfigError::Invalid {
-            name: "the AWS SDK's TLS context".into(),
-            message: err.to_string(),
-        })?;
+        .map_err(|err| invalid("the AWS SDK's TLS context", err.to_string()))?;
     // As the SDK's own default client is built (settings, sleep, proxy
     // from the environment), with these roots.
     Ok(

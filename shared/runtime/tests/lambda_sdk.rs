@@ -99,7 +99,7 @@ async fn an_endpoint_outside_amazon_trust_services_is_refused() {
         .send()
         .await
         .expect_err("a certificate from another authority must not be trusted");
-    let chain = format!("{:?}", aws_smithy_types_error_chain(&err));
+    let chain = format!("{:?}", error_chain(&err));
     assert!(chain.contains("UnknownIssuer"), "{chain}");
     assert_eq!(endpoint.requests.load(Ordering::SeqCst), 0);
 }
@@ -117,7 +117,7 @@ async fn a_root_from_aws_ca_bundle_is_trusted_as_well() {
 }
 
 /// The error and every source under it, as text.
-fn aws_smithy_types_error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
     let mut chain = vec![format!("{err:?}")];
     let mut source = err.source();
     while let Some(next) = source {
