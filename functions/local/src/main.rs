@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bootstrap_aws(tenant_name: &str, create_table: bool) -> anyhow::Result<()> {
-    let sdk = crmbridge_runtime::aws_sdk_config().await;
+    let sdk = crmbridge_runtime::aws_sdk_config().await?;
     let store = crmbridge_runtime::dynamo_store(&sdk)?;
     if create_table {
         store.create_table().await?;

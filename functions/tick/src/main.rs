@@ -32,7 +32,7 @@ async fn handle(
 // only lengthen the cold start.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    crmbridge_runtime::init_tracing();
+    crmbridge_runtime::init_lambda_tracing();
     let (engine, _settings): (Arc<Engine>, _) = crmbridge_runtime::aws_engine().await?;
     lambda_runtime::run(service_fn(|event| {
         let engine = Arc::clone(&engine);

@@ -9,7 +9,7 @@ use crmbridge_api::{HttpState, webhook_router};
 // only lengthen the cold start.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    crmbridge_runtime::init_tracing();
+    crmbridge_runtime::init_lambda_tracing();
     let (engine, settings) = crmbridge_runtime::aws_engine().await?;
     let state = HttpState {
         engine,

@@ -313,6 +313,7 @@ const MAX_REDIRECTS: usize = 5;
 pub const MAX_PUBLIC_BODY: usize = 1024 * 1024;
 
 fn builder() -> reqwest::ClientBuilder {
+    crate::tls::install_crypto_provider();
     reqwest::Client::builder()
         .gzip(true)
         .connect_timeout(Duration::from_secs(5))

@@ -21,6 +21,7 @@ pub mod oauth;
 pub mod public_address;
 pub mod standard_webhooks;
 mod support;
+pub mod tls;
 pub mod vendors;
 
 use std::collections::BTreeMap;

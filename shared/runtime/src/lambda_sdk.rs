@@ -111,7 +111,7 @@ pub fn aws_https_client(
         aws_smithy_http_client::Builder::new().build_with_connector_fn(
             move |settings, components| {
                 let mut connector = aws_smithy_http_client::ConnectorBuilder::default()
-                    .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+                    .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
                     .tls_context(context.clone());
                 connector.set_connector_settings(settings.cloned());
                 if let Some(components) = components {

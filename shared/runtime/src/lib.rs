@@ -1,6 +1,6 @@
 //! Start-up wiring shared by every binary: tracing, the one configuration
 //! type ([`Settings`]), and an [`Engine`] built once from it. Lambda
-//! `main`s stay glue: they call [`init_tracing`] and [`aws_engine`], then
+//! `main`s stay glue: they call [`init_lambda_tracing`] and [`aws_engine`], then
 //! hand requests to the engine.
 //!
 //! [`Settings`] is read by the Lambda functions from the environment and
@@ -16,6 +16,8 @@ pub mod lambda_sdk;
 pub mod metrics;
 
 use std::sync::Arc;
+
+use tracing_subscriber::filter::Targets;
 
 use crmbridge_bus::EventBridgeBus;
 use crmbridge_connectors::Registry;
@@ -159,20 +161,71 @@ pub enum ConfigError {
     Invalid { name: String, message: String },
 }
 
-/// JSON logs on Lambda (CloudWatch parses them), readable text elsewhere.
+/// The variable holding the log filter.
+pub const LOG_VARIABLE: &str = "CRMBRIDGE_LOG";
+
+/// Readable text logs, filtered by [`LOG_VARIABLE`]: the `crmbridge`
+/// command line and `serve`.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CRMBRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let result = if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
-        builder.json().flatten_event(true).without_time().try_init()
-    } else {
-        builder.try_init()
-    };
+    use std::io::IsTerminal;
+    // Colours only on a terminal: not in a file, a pipe or journald.
+    install_tracing(
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::stdout().is_terminal()),
+    );
+}
+
+/// JSON logs, one flat object per event (CloudWatch parses them), filtered
+/// by [`LOG_VARIABLE`]: the Lambda functions. Apart from [`init_tracing`]
+/// so a bootstrap links only the one formatter it uses.
+pub fn init_lambda_tracing() {
+    install_tracing(
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .json()
+            .flatten_event(true)
+            .without_time(),
+    );
+}
+
+fn install_tracing<L>(layer: L)
+where
+    L: tracing_subscriber::Layer<
+            tracing_subscriber::layer::Layered<Targets, tracing_subscriber::Registry>,
+        > + Send
+        + Sync
+        + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let (filter, problem) = log_filter(std::env::var(LOG_VARIABLE).ok().as_deref());
+    let result = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init();
     // A second init (tests) keeps the first subscriber.
     drop(result);
+    if let Some(problem) = problem {
+        tracing::warn!(variable = LOG_VARIABLE, %problem, "logging at info instead");
+    }
+}
+
+/// The filter a [`LOG_VARIABLE`] value names (`info`,
+/// `info,crmbridge_engine=debug`: a default level and levels per module),
+/// or `info` and why the value was not used. Per-module levels, not
+/// `EnvFilter`'s span and field matching: that links a regular-expression
+/// compiler into every bootstrap for a filter nobody sets on a function.
+fn log_filter(value: Option<&str>) -> (Targets, Option<String>) {
+    let info = || Targets::new().with_default(tracing::Level::INFO);
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => (info(), None),
+        Some(value) => match value.parse::<Targets>() {
+            Ok(targets) => (targets, None),
+            Err(err) => (info(), Some(format!("'{value}' is not a filter: {err}"))),
+        },
+    }
 }
 
 fn required(name: &'static str) -> Result<String, ConfigError> {
@@ -193,10 +246,12 @@ pub fn keyring_from_env() -> Result<Keyring, ConfigError> {
 /// aws-config's providers (profiles, SSO, `AWS_ENDPOINT_URL`) and the
 /// system's certificate authorities. The Lambda functions use
 /// [`lambda_sdk`] instead.
-pub async fn aws_sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+pub async fn aws_sdk_config() -> Result<aws_config::SdkConfig, ConfigError> {
+    let https = lambda_sdk::aws_https_client(lambda_sdk::Trust::System, None)?;
+    Ok(aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https)
         .load()
-        .await
+        .await)
 }
 
 /// The DynamoDB store named by `CRMBRIDGE_TABLE`.
@@ -233,7 +288,33 @@ pub async fn aws_engine() -> Result<(Arc<Engine>, Settings), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+
     #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_log_filter_takes_a_default_level_and_levels_per_module() {
+        use tracing::Level;
+        use tracing_subscriber::filter::LevelFilter;
+
+        let (filter, problem) = super::log_filter(Some(" info,crmbridge_engine=debug "));
+        assert_eq!(problem, None);
+        assert!(filter.would_enable("crmbridge_engine::dispatch", &Level::DEBUG));
+        assert!(!filter.would_enable("crmbridge_store", &Level::DEBUG));
+        assert!(filter.would_enable("crmbridge_store", &Level::INFO));
+
+        let (filter, problem) = super::log_filter(None);
+        assert_eq!(problem, None);
+        assert_eq!(filter.default_level(), Some(LevelFilter::INFO));
+
+        let (filter, problem) = super::log_filter(Some("info,crmbridge_engine=loud"));
+        assert_eq!(filter.default_level(), Some(LevelFilter::INFO));
+        assert!(!filter.would_enable("crmbridge_engine", &Level::DEBUG));
+        let problem = problem.unwrap();
+        assert!(
+            problem.contains("'info,crmbridge_engine=loud'"),
+            "{problem}"
+        );
+    }
     use super::*;
 
     #[test]

@@ -289,12 +289,18 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        if let Some(free) =
-            (0..READERS).find_map(|i| self.readers[(start + i) % READERS].try_lock().ok())
+        // The lowest free connection, not the next in turn: every commit
+        // empties each reader's page cache, and pages read again through a
+        // connection that was just used are more often still cached there
+        // than in one idle since several commits ago.
+        if let Some(free) = self
+            .readers
+            .iter()
+            .find_map(|reader| reader.try_lock().ok())
         {
             return f(&free);
         }
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
         let readers = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock cannot leave SQLite itself in a
