@@ -106,15 +106,22 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    crmbridge_runtime::init_tracing();
     match Cli::parse().command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => {
+            crmbridge_runtime::init_tracing();
+            serve::run(args).await
+        }
         Command::Admin(AdminCommand::Bootstrap {
             tenant_name,
             create_table,
-        }) => bootstrap_aws(&tenant_name, create_table).await,
+        }) => {
+            crmbridge_runtime::init_tracing();
+            bootstrap_aws(&tenant_name, create_table).await
+        }
+        // The document alone on stdout (it is redirected to a file): no
+        // logging, whose lines would go there too.
         Command::Openapi => {
-            println!("{}", crmbridge_api::openapi_json());
+            print!("{}", crmbridge_api::openapi_json());
             Ok(())
         }
     }

@@ -26,3 +26,74 @@ pub fn install_crypto_provider() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::path::{Path, PathBuf};
+
+    use rustls::crypto::CryptoProvider;
+
+    #[test]
+    fn the_installed_provider_is_ring() {
+        super::install_crypto_provider();
+        super::install_crypto_provider();
+        let names = |provider: &CryptoProvider| {
+            provider
+                .kx_groups
+                .iter()
+                .map(|group| group.name())
+                .collect::<Vec<_>>()
+        };
+        let installed = CryptoProvider::get_default().expect("a provider is installed");
+        assert_eq!(
+            names(installed),
+            names(&rustls::crypto::ring::default_provider())
+        );
+    }
+
+    fn rust_files(dir: &Path, into: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, into);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                into.push(path);
+            }
+        }
+    }
+
+    /// reqwest is built without a provider of its own: a client built
+    /// anywhere but `client.rs` (which installs ring first) would panic in
+    /// a release build. The tests cannot see that panic (the fakes give
+    /// reqwest a provider of its own), so this looks at the sources.
+    #[test]
+    fn only_the_vendor_client_module_builds_reqwest_clients() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files = Vec::new();
+        for group in ["shared", "functions"] {
+            for krate in std::fs::read_dir(root.join(group)).unwrap() {
+                let src = krate.unwrap().path().join("src");
+                if src.is_dir() {
+                    rust_files(&src, &mut files);
+                }
+            }
+        }
+        assert!(files.len() > 50, "found only {} files", files.len());
+        let builds = ["reqwest::Client::", "ClientBuilder::new", "reqwest::get("];
+        let offenders: Vec<_> = files
+            .iter()
+            .filter(|path| !path.ends_with("connectors/src/client.rs"))
+            .filter(|path| !path.ends_with("connectors/src/tls.rs"))
+            .filter(|path| {
+                let text = std::fs::read_to_string(path).unwrap();
+                builds.iter().any(|b| text.contains(b))
+            })
+            .collect();
+        assert!(
+            offenders.is_empty(),
+            "reqwest clients built outside shared/connectors/src/client.rs: {offenders:?}"
+        );
+    }
+}

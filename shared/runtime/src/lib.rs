@@ -9,7 +9,7 @@
 //! defaults ([`Deployment`]) the setting is optional and the deployment
 //! fills it in. Lambda also needs `CRMBRIDGE_TABLE`, `CRMBRIDGE_EVENT_BUS`
 //! and `CRMBRIDGE_ENCRYPTION_KEYS` (template.yaml sets them), and every
-//! binary reads `CRMBRIDGE_LOG` (a tracing filter) and the AWS SDK's own
+//! binary reads `CRMBRIDGE_LOG` (log levels) and the AWS SDK's own
 //! variables (`AWS_ENDPOINT_URL` points it at an emulator).
 
 pub mod lambda_sdk;
@@ -168,7 +168,8 @@ pub const LOG_VARIABLE: &str = "CRMBRIDGE_LOG";
 /// command line and `serve`.
 pub fn init_tracing() {
     use std::io::IsTerminal;
-    // Colours only on a terminal: not in a file, a pipe or journald.
+    // Colours only on a terminal: not in a file, a pipe or journald. (The
+    // `crmbridge` crate, the one caller, turns on tracing-subscriber's `ansi`.)
     install_tracing(
         tracing_subscriber::fmt::layer()
             .with_target(false)
