@@ -8,9 +8,10 @@
 //! X25519 and P-256 key exchanges and the AES-GCM and ChaCha20 suites that
 //! DynamoDB, EventBridge and the vendors' APIs negotiate. What ring lacks
 //! is the post-quantum hybrid key exchange (X25519MLKEM768) and a FIPS
-//! validated module: a deployment that must have either can switch the
-//! provider here and the `rustls-ring` feature of `aws-smithy-http-client`
-//! in the workspace manifest.
+//! validated module: a deployment that must have either switches three
+//! places together: the provider here, the SDK client's `CryptoMode` in
+//! crmbridge-runtime's `lambda_sdk`, and the `rustls-ring` feature of
+//! `aws-smithy-http-client` in the workspace manifest.
 //!
 //! reqwest is built without a provider of its own and takes the process's
 //! default, so it is installed before the first client is built.

@@ -289,25 +289,26 @@ pub async fn aws_engine() -> Result<(Arc<Engine>, Settings), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-
     #![allow(clippy::unwrap_used)]
+
+    use super::*;
 
     #[test]
     fn the_log_filter_takes_a_default_level_and_levels_per_module() {
         use tracing::Level;
         use tracing_subscriber::filter::LevelFilter;
 
-        let (filter, problem) = super::log_filter(Some(" info,crmbridge_engine=debug "));
+        let (filter, problem) = log_filter(Some(" info,crmbridge_engine=debug "));
         assert_eq!(problem, None);
         assert!(filter.would_enable("crmbridge_engine::dispatch", &Level::DEBUG));
         assert!(!filter.would_enable("crmbridge_store", &Level::DEBUG));
         assert!(filter.would_enable("crmbridge_store", &Level::INFO));
 
-        let (filter, problem) = super::log_filter(None);
+        let (filter, problem) = log_filter(None);
         assert_eq!(problem, None);
         assert_eq!(filter.default_level(), Some(LevelFilter::INFO));
 
-        let (filter, problem) = super::log_filter(Some("info,crmbridge_engine=loud"));
+        let (filter, problem) = log_filter(Some("info,crmbridge_engine=loud"));
         assert_eq!(filter.default_level(), Some(LevelFilter::INFO));
         assert!(!filter.would_enable("crmbridge_engine", &Level::DEBUG));
         let problem = problem.unwrap();
@@ -316,7 +317,6 @@ mod tests {
             "{problem}"
         );
     }
-    use super::*;
 
     #[test]
     fn each_deployment_fills_in_its_own_defaults() {

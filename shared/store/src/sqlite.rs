@@ -289,10 +289,10 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        // The lowest free connection, not the next in turn: every commit
-        // empties each reader's page cache, and pages read again through a
-        // connection that was just used are more often still cached there
-        // than in one idle since several commits ago.
+        // The lowest free connection, not the next in turn: a connection's
+        // first read after a commit empties its page cache, so the reads
+        // between two commits reload the pages they need once through one
+        // connection, and up to once per connection spread over all four.
         if let Some(free) = self
             .readers
             .iter()
