@@ -207,8 +207,8 @@ impl OutboxBus {
         F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     {
         self.writer
-            .write(operation, move |conn| {
-                f(conn).map_err(store_backend(operation))
+            .write(operation, move |tx| {
+                f(tx.connection()).map_err(store_backend(operation))
             })
             .await
             .map_err(from_store)
@@ -547,8 +547,9 @@ impl AtomicAcceptance for OutboxBus {
             .collect::<Result<Vec<_>, _>>()?;
         let outcomes = self
             .writer
-            .write("publish if absent", move |conn| {
-                let mut insert = conn
+            .write("publish if absent", move |tx| {
+                let mut insert = tx
+                    .connection()
                     .prepare_cached(
                         "INSERT INTO outbox (event_id, body, available_at) VALUES (?1, ?2, ?3)",
                     )
@@ -556,7 +557,7 @@ impl AtomicAcceptance for OutboxBus {
                 let now = now_ms();
                 let mut outcomes = Vec::with_capacity(rows.len());
                 for (event_id, body, acceptance) in &rows {
-                    let outcome = acceptance.run(conn)?;
+                    let outcome = acceptance.run(tx)?;
                     if let PutOutcome::Inserted = outcome {
                         insert
                             .execute(params![event_id, body, now])

@@ -15,11 +15,12 @@
 
 mod dynamo;
 mod item;
+mod read_cache;
 mod sqlite;
 
 pub use dynamo::{COMPRESS_ABOVE, DynamoStore, billed_bytes};
 pub use item::{Item, Page, PutOutcome, Query, Write, now_epoch_seconds};
-pub use sqlite::{PreparedInsert, SqliteStore, SqliteWriter, open_connection};
+pub use sqlite::{PreparedInsert, SqliteStore, SqliteWriter, WriteTx, open_connection};
 
 use async_trait::async_trait;
 

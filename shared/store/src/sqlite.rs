@@ -17,8 +17,10 @@
 //! themselves: while one commit waits on the disk, the next batch queues.
 //!
 //! Reads use a few other connections, which WAL lets read while the writer
-//! writes; they see only committed data.
+//! writes; they see only committed data. Single-item reads are cached in
+//! process, kept exact by the writer (see [`crate::read_cache`]).
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -28,6 +30,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::item::{check_batch, check_limit, check_transaction};
+use crate::read_cache::{self, Key, Lookup, ReadCache};
 use crate::{
     Item, Page, PutOutcome, Query, Store, StoreError, StoreResult, Write, now_epoch_seconds,
 };
@@ -51,6 +54,30 @@ pub struct SqliteStore {
 #[derive(Clone)]
 pub struct SqliteWriter {
     jobs: mpsc::Sender<Box<dyn WriteJob>>,
+    /// The file's read cache, which only this writer's commits change.
+    cache: Arc<ReadCache>,
+}
+
+/// The writer's connection inside a batch's transaction, as a write sees
+/// it. Items are written only through this module's functions
+/// ([`PreparedInsert::run`] outside it), which note each key written so
+/// the read cache can drop it before the commit.
+pub struct WriteTx<'c> {
+    conn: &'c Connection,
+    written: RefCell<Vec<Key>>,
+}
+
+impl WriteTx<'_> {
+    fn wrote(&self, pk: &str, sk: &str) {
+        self.written.borrow_mut().push(read_cache::key(pk, sk));
+    }
+
+    /// The connection, for tables other than `items` (the embedded bus's
+    /// outbox). A statement that changed `items` through it would be
+    /// missed by the read cache.
+    pub fn connection(&self) -> &Connection {
+        self.conn
+    }
 }
 
 impl std::fmt::Debug for SqliteWriter {
@@ -65,15 +92,17 @@ impl SqliteWriter {
     /// after answering every queued write.
     pub fn start(conn: Connection) -> StoreResult<Self> {
         let (jobs, queue) = mpsc::channel();
+        let cache = Arc::new(ReadCache::default());
+        let writer_cache = Arc::clone(&cache);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || write_batches(conn, queue))
+            .spawn(move || write_batches(conn, &writer_cache, queue))
             .map_err(|err| StoreError::Backend {
                 backend: "sqlite",
                 operation: "open",
                 message: format!("starting the writer thread: {err}"),
             })?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, cache })
     }
 
     /// Queues a write for the next batch and waits until it is committed.
@@ -82,7 +111,7 @@ impl SqliteWriter {
     pub async fn write<T, F>(&self, operation: &'static str, write: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&WriteTx<'_>) -> StoreResult<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Backend {
@@ -142,7 +171,7 @@ pub fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
 /// transaction, then answered once the batch is committed (or not).
 trait WriteJob: Send {
     /// Runs the write; `false` if it failed (its savepoint is rolled back).
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, tx: &WriteTx<'_>) -> bool;
     /// Answers the caller: its result if the batch committed, else why not.
     fn answer(self: Box<Self>, committed: Result<(), &str>);
 }
@@ -157,15 +186,15 @@ struct Pending<T, F> {
 impl<T, F> WriteJob for Pending<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> StoreResult<T> + Send,
+    F: FnOnce(&WriteTx<'_>) -> StoreResult<T> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, tx: &WriteTx<'_>) -> bool {
         let Some(write) = self.write.take() else {
             return false;
         };
         // A panic in one write must not take the writer (and every later
         // write) down with it: it fails that write alone.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(conn)))
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(tx)))
             .unwrap_or_else(|_| {
                 Err(StoreError::Backend {
                     backend: "sqlite",
@@ -198,7 +227,7 @@ where
 }
 
 /// The writer thread: batches, one transaction and one commit each.
-fn write_batches(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn write_batches(conn: Connection, cache: &ReadCache, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -207,11 +236,11 @@ fn write_batches(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, batch);
+        commit_batch(&conn, cache, batch);
     }
 }
 
-fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteJob>>) {
+fn commit_batch(conn: &Connection, cache: &ReadCache, mut batch: Vec<Box<dyn WriteJob>>) {
     if !conn.is_autocommit() {
         // A rollback that failed earlier left a transaction open: end it,
         // or every later batch would fail on BEGIN.
@@ -228,9 +257,13 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteJob>>) {
     }
     // Prepared once: parsing these for every write showed in the profile.
     let statement = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    let tx = WriteTx {
+        conn,
+        written: RefCell::default(),
+    };
     for job in &mut batch {
         let step = statement("SAVEPOINT write")
-            .map(|_| job.run(conn))
+            .map(|_| job.run(&tx))
             .and_then(|ok| {
                 if !ok {
                     statement("ROLLBACK TO write")?;
@@ -246,10 +279,14 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn WriteJob>>) {
             return;
         }
     }
+    // Keys a rolled-back write noted are dropped too: harmless.
+    let written = tx.written.take();
+    cache.committing(&written);
     let committed = conn.execute_batch("COMMIT").map_err(|err| {
         let _ = conn.execute_batch("ROLLBACK");
         err.to_string()
     });
+    cache.committed(&written);
     for job in batch {
         job.answer(committed.as_ref().map(|_| ()).map_err(String::as_str));
     }
@@ -321,7 +358,7 @@ impl SqliteStore {
     async fn write<T, F>(&self, operation: &'static str, write: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&WriteTx<'_>) -> StoreResult<T> + Send + 'static,
     {
         self.writer.write(operation, write).await
     }
@@ -331,6 +368,16 @@ impl SqliteStore {
 // of `crmbridge serve` under load showed SQL parsing as the store's largest
 // CPU cost when every call re-prepared its statement.
 fn read_item(conn: &Connection, pk: &str, sk: &str, now: i64) -> StoreResult<Option<Item>> {
+    Ok(read_sized_item(conn, pk, sk, now)?.map(|(item, _)| item))
+}
+
+/// A live item with its stored body's length in bytes.
+fn read_sized_item(
+    conn: &Connection,
+    pk: &str,
+    sk: &str,
+    now: i64,
+) -> StoreResult<Option<(Item, usize)>> {
     let row = conn
         .prepare_cached("SELECT version, expires_at, body FROM items WHERE pk = ?1 AND sk = ?2")
         .map_err(backend("get"))?
@@ -347,7 +394,7 @@ fn read_item(conn: &Connection, pk: &str, sk: &str, now: i64) -> StoreResult<Opt
         return Ok(None);
     };
     let item = decode(pk.to_owned(), sk.to_owned(), version, expires_at, &body)?;
-    Ok(item.is_live(now).then_some(item))
+    Ok(item.is_live(now).then_some((item, body.len())))
 }
 
 fn decode(
@@ -426,24 +473,26 @@ impl PreparedInsert {
     }
 
     /// Inserts the item unless its key holds a live item (returned).
-    pub fn run(&self, conn: &Connection) -> StoreResult<PutOutcome> {
+    pub fn run(&self, tx: &WriteTx<'_>) -> StoreResult<PutOutcome> {
         let row = &self.0;
-        match read_item(conn, &row.pk, &row.sk, now_epoch_seconds())? {
+        match read_item(tx.conn, &row.pk, &row.sk, now_epoch_seconds())? {
             Some(existing) => Ok(PutOutcome::Exists(existing)),
-            None => write_row(conn, row, row.version).map(|()| PutOutcome::Inserted),
+            None => write_row(tx, row, row.version).map(|()| PutOutcome::Inserted),
         }
     }
 }
 
-fn write_row(conn: &Connection, row: &Row, version: i64) -> StoreResult<()> {
-    conn.prepare_cached(
-        "INSERT INTO items (pk, sk, version, expires_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
+fn write_row(tx: &WriteTx<'_>, row: &Row, version: i64) -> StoreResult<()> {
+    tx.wrote(&row.pk, &row.sk);
+    tx.conn
+        .prepare_cached(
+            "INSERT INTO items (pk, sk, version, expires_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version,
              expires_at = excluded.expires_at, body = excluded.body",
-    )
-    .map_err(backend("put"))?
-    .execute(params![row.pk, row.sk, version, row.expires_at, row.body])
-    .map_err(backend("put"))?;
+        )
+        .map_err(backend("put"))?
+        .execute(params![row.pk, row.sk, version, row.expires_at, row.body])
+        .map_err(backend("put"))?;
     Ok(())
 }
 
@@ -461,26 +510,28 @@ fn live_version(conn: &Connection, pk: &str, sk: &str, now: i64) -> StoreResult<
 
 /// Applies one write inside an open transaction; `Err(Conflict)` when its
 /// condition fails.
-fn apply(conn: &Connection, write: &RowWrite, now: i64) -> StoreResult<()> {
+fn apply(tx: &WriteTx<'_>, write: &RowWrite, now: i64) -> StoreResult<()> {
     let conflict = |row: &Row| StoreError::Conflict {
         pk: row.pk.clone(),
         sk: row.sk.clone(),
     };
     match write {
-        RowWrite::Put(row) => write_row(conn, row, row.version),
-        RowWrite::PutIfAbsent(row) => match live_version(conn, &row.pk, &row.sk, now)? {
+        RowWrite::Put(row) => write_row(tx, row, row.version),
+        RowWrite::PutIfAbsent(row) => match live_version(tx.conn, &row.pk, &row.sk, now)? {
             Some(_) => Err(conflict(row)),
-            None => write_row(conn, row, row.version),
+            None => write_row(tx, row, row.version),
         },
         RowWrite::UpdateIfVersion { row, expected } => {
             let expected = i64::try_from(*expected).unwrap_or(i64::MAX);
-            match live_version(conn, &row.pk, &row.sk, now)? {
-                Some(current) if current == expected => write_row(conn, row, expected + 1),
+            match live_version(tx.conn, &row.pk, &row.sk, now)? {
+                Some(current) if current == expected => write_row(tx, row, expected + 1),
                 _ => Err(conflict(row)),
             }
         }
         RowWrite::Delete { pk, sk } => {
-            conn.prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")
+            tx.wrote(pk, sk);
+            tx.conn
+                .prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")
                 .map_err(backend("delete"))?
                 .execute(params![pk, sk])
                 .map_err(backend("delete"))?;
@@ -492,41 +543,51 @@ fn apply(conn: &Connection, write: &RowWrite, now: i64) -> StoreResult<()> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn get(&self, pk: &str, sk: &str) -> StoreResult<Option<Item>> {
+        let ticket = match self.writer.cache.lookup(pk, sk, now_epoch_seconds()) {
+            Lookup::Hit(found) => return Ok(found),
+            Lookup::Miss(ticket) => Some(ticket),
+            Lookup::Bypass => None,
+        };
         let (pk, sk) = (pk.to_owned(), sk.to_owned());
+        let cache = Arc::clone(&self.writer.cache);
         self.read("get", move |conn| {
-            read_item(conn, &pk, &sk, now_epoch_seconds())
+            let found = read_sized_item(conn, &pk, &sk, now_epoch_seconds())?;
+            if let Some(ticket) = ticket {
+                let offered = found.as_ref().map(|(item, bytes)| (item, *bytes));
+                cache.fill(ticket, &pk, &sk, offered);
+            }
+            Ok(found.map(|(item, _)| item))
         })
         .await
     }
 
     async fn put(&self, item: Item) -> StoreResult<()> {
         let row = Row::of(item);
-        self.write("put", move |conn| write_row(conn, &row, row.version))
+        self.write("put", move |tx| write_row(tx, &row, row.version))
             .await
     }
 
     async fn put_many(&self, items: Vec<Item>) -> StoreResult<()> {
         check_batch(&items)?;
         let rows: Vec<Row> = items.into_iter().map(Row::of).collect();
-        self.write("put_many", move |conn| {
+        self.write("put_many", move |tx| {
             rows.iter()
-                .try_for_each(|row| write_row(conn, row, row.version))
+                .try_for_each(|row| write_row(tx, row, row.version))
         })
         .await
     }
 
     async fn put_if_absent(&self, item: Item) -> StoreResult<PutOutcome> {
         let insert = PreparedInsert::of(item);
-        self.write("put_if_absent", move |conn| insert.run(conn))
-            .await
+        self.write("put_if_absent", move |tx| insert.run(tx)).await
     }
 
     async fn put_then_insert(&self, entry: Item, item: Item) -> StoreResult<PutOutcome> {
         let entry = Row::of(entry);
         let insert = PreparedInsert::of(item);
-        self.write("put_then_insert", move |conn| {
-            write_row(conn, &entry, entry.version)?;
-            insert.run(conn)
+        self.write("put_then_insert", move |tx| {
+            write_row(tx, &entry, entry.version)?;
+            insert.run(tx)
         })
         .await
     }
@@ -536,8 +597,8 @@ impl Store for SqliteStore {
             row: Row::of(item),
             expected,
         };
-        self.write("update_if_version", move |conn| {
-            apply(conn, &write, now_epoch_seconds()).map(|()| expected + 1)
+        self.write("update_if_version", move |tx| {
+            apply(tx, &write, now_epoch_seconds()).map(|()| expected + 1)
         })
         .await
     }
@@ -547,10 +608,8 @@ impl Store for SqliteStore {
             pk: pk.to_owned(),
             sk: sk.to_owned(),
         };
-        self.write("delete", move |conn| {
-            apply(conn, &write, now_epoch_seconds())
-        })
-        .await
+        self.write("delete", move |tx| apply(tx, &write, now_epoch_seconds()))
+            .await
     }
 
     async fn query(&self, query: Query) -> StoreResult<Page> {
@@ -608,10 +667,10 @@ impl Store for SqliteStore {
     async fn transact(&self, writes: Vec<Write>) -> StoreResult<()> {
         check_transaction(&writes)?;
         let writes: Vec<RowWrite> = writes.into_iter().map(RowWrite::from).collect();
-        self.write("transact", move |conn| {
+        self.write("transact", move |tx| {
             let now = now_epoch_seconds();
             for (index, write) in writes.iter().enumerate() {
-                if let Err(err) = apply(conn, write, now) {
+                if let Err(err) = apply(tx, write, now) {
                     // Its savepoint is rolled back: every write of it.
                     return Err(match err {
                         StoreError::Conflict { pk, sk } => {

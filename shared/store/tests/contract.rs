@@ -97,6 +97,8 @@ contract!(
     racing_inserts_have_exactly_one_winner,
     racing_updates_have_exactly_one_winner,
     concurrent_writes_each_get_their_own_answer,
+    every_kind_of_write_is_seen_by_the_next_read,
+    reads_racing_writes_never_go_back,
 );
 
 /// SQLite commits writes in batches (one transaction, one fsync): every
@@ -109,6 +111,30 @@ async fn sqlite_writes_acknowledged_in_batches_are_all_in_the_file() {
     drop(store);
     let reopened = SqliteStore::open(&dir.path().join("store.db")).unwrap();
     cases::check_concurrent_writes(&reopened).await;
+}
+
+/// The embedded bus inserts acceptance items through the store's writer
+/// (`PreparedInsert`, in its own write): a read that cached the key's
+/// absence just before sees the item once that write is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_items_inserted_by_another_writer_job_are_seen_by_the_next_read() {
+    let (store, _dir) = sqlite_store();
+    assert_eq!(store.get("ACCEPT", "E1").await.unwrap(), None);
+    let insert = crmbridge_store::PreparedInsert::of(Item::new("ACCEPT", "E1", json!(1)));
+    let outcome = store
+        .writer()
+        .write("accept", move |tx| insert.run(tx))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Inserted);
+    assert_eq!(
+        store
+            .get("ACCEPT", "E1")
+            .await
+            .unwrap()
+            .map(|item| item.body),
+        Some(json!(1))
+    );
 }
 
 mod cases {
@@ -189,6 +215,154 @@ mod cases {
         numbers.sort_unstable();
         assert_eq!(numbers, (0..KEYS as u64).step_by(2).collect::<Vec<_>>());
         assert_eq!(store.get("TX", "never").await.unwrap(), None);
+    }
+
+    /// Each write is read right after it is acknowledged, the key having
+    /// been read (and so possibly cached) just before: a read must never
+    /// answer from what it saw before the write.
+    pub async fn every_kind_of_write_is_seen_by_the_next_read(store: Arc<impl Store>) {
+        let read = |sk: &'static str| {
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .get("SEEN", sk)
+                    .await
+                    .unwrap()
+                    .map(|item| (item.version, item.body))
+            }
+        };
+        assert_eq!(read("A").await, None);
+        assert_eq!(
+            store
+                .put_if_absent(Item::new("SEEN", "A", json!(1)))
+                .await
+                .unwrap(),
+            PutOutcome::Inserted
+        );
+        assert_eq!(read("A").await, Some((1, json!(1))), "after an insert");
+        store.put(Item::new("SEEN", "A", json!(2))).await.unwrap();
+        assert_eq!(read("A").await, Some((1, json!(2))), "after a put");
+        store
+            .update_if_version(Item::new("SEEN", "A", json!(3)), 1)
+            .await
+            .unwrap();
+        assert_eq!(read("A").await, Some((2, json!(3))), "after an update");
+        store.delete("SEEN", "A").await.unwrap();
+        assert_eq!(read("A").await, None, "after a delete");
+
+        assert_eq!(read("B").await, None);
+        store
+            .transact(vec![
+                Write::Put(Item::new("SEEN", "B", json!(4))),
+                Write::Put(Item::new("SEEN", "C", json!(4))),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(read("B").await, Some((1, json!(4))), "after a transaction");
+        store
+            .transact(vec![Write::Delete {
+                pk: "SEEN".into(),
+                sk: "B".into(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(read("B").await, None, "after a transaction's delete");
+
+        assert_eq!(read("C").await, Some((1, json!(4))));
+        store
+            .put_many(vec![Item::new("SEEN", "C", json!(5))])
+            .await
+            .unwrap();
+        assert_eq!(read("C").await, Some((1, json!(5))), "after a batch");
+
+        assert_eq!(read("D").await, None);
+        assert_eq!(read("E").await, None);
+        store
+            .put_then_insert(
+                Item::new("SEEN", "D", json!(6)),
+                Item::new("SEEN", "E", json!(6)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(read("D").await, Some((1, json!(6))), "the entry");
+        assert_eq!(read("E").await, Some((1, json!(6))), "the insert");
+
+        // Read while live, then rewritten as already expired: absent.
+        store
+            .put(Item::new("SEEN", "F", json!(7)).expiring_at(now_epoch_seconds() + 3600))
+            .await
+            .unwrap();
+        assert_eq!(read("F").await, Some((1, json!(7))));
+        store
+            .put(Item::new("SEEN", "F", json!(8)).expiring_at(now_epoch_seconds() - 1))
+            .await
+            .unwrap();
+        assert_eq!(read("F").await, None, "after it was written expired");
+    }
+
+    /// Reads racing a stream of updates never see a version older than
+    /// one already acknowledged when the read began, or than one any
+    /// read already returned (what a read cache that kept a value read
+    /// before a commit would answer).
+    pub async fn reads_racing_writes_never_go_back(store: Arc<impl Store + 'static>) {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+        const UPDATES: u64 = 150;
+        store
+            .put(Item::new("RACE", "READ", json!(1)))
+            .await
+            .unwrap();
+        let acknowledged = Arc::new(AtomicU64::new(1));
+        let returned = Arc::new(AtomicU64::new(1));
+        let done = Arc::new(AtomicBool::new(false));
+        let mut readers = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (store, acknowledged, returned, done) = (
+                Arc::clone(&store),
+                Arc::clone(&acknowledged),
+                Arc::clone(&returned),
+                Arc::clone(&done),
+            );
+            readers.spawn(async move {
+                let mut reads = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    let floor = acknowledged
+                        .load(Ordering::SeqCst)
+                        .max(returned.load(Ordering::SeqCst));
+                    let read = store.get("RACE", "READ").await.unwrap().unwrap();
+                    assert!(
+                        read.version >= floor,
+                        "read version {} after version {floor} was acknowledged or returned",
+                        read.version
+                    );
+                    assert_eq!(read.body, json!(read.version), "a torn item");
+                    returned.fetch_max(read.version, Ordering::SeqCst);
+                    reads += 1;
+                }
+                reads
+            });
+        }
+        for version in 1..UPDATES {
+            // Commits of other keys in between move the cache's
+            // generation without touching this one.
+            store
+                .put(Item::new("RACE", format!("OTHER{version}"), json!(version)))
+                .await
+                .unwrap();
+            let next = store
+                .update_if_version(Item::new("RACE", "READ", json!(version + 1)), version)
+                .await
+                .unwrap();
+            acknowledged.store(next, Ordering::SeqCst);
+        }
+        done.store(true, Ordering::SeqCst);
+        let mut reads = 0;
+        while let Some(count) = readers.join_next().await {
+            reads += count.unwrap();
+        }
+        assert!(reads >= 4, "every reader read");
+        let last = store.get("RACE", "READ").await.unwrap().unwrap();
+        assert_eq!(last.version, UPDATES);
     }
 
     pub async fn get_of_a_missing_item_is_none(store: Arc<impl Store>) {
