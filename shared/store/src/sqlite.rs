@@ -137,16 +137,76 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Items live in a rowid table, found through a unique index on their
+/// key. Not `WITHOUT ROWID`: there a row is a cell of the key's b-tree, and
+/// a row longer than about 1 KB (a run, an event's acceptance) spills onto
+/// overflow pages, which SQLite reads in full for every comparison a seek
+/// makes against that cell. Under load the writer spent more time reading
+/// those pages than writing. The index's cells hold only the key, and a
+/// table page keeps rows of up to 4 KB whole.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS items (
     pk TEXT NOT NULL,
     sk TEXT NOT NULL,
     version INTEGER NOT NULL,
     expires_at INTEGER,
-    body TEXT NOT NULL,
-    PRIMARY KEY (pk, sk)
-) WITHOUT ROWID;
+    body TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS items_by_key ON items (pk, sk);
 ";
+
+/// A file written by an earlier build has its items in a `WITHOUT ROWID`
+/// table: copied into the current schema once, in one transaction.
+const FROM_WITHOUT_ROWID: &str = "
+ALTER TABLE items RENAME TO items_without_rowid;
+CREATE TABLE items (
+    pk TEXT NOT NULL,
+    sk TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    expires_at INTEGER,
+    body TEXT NOT NULL
+);
+INSERT INTO items (pk, sk, version, expires_at, body)
+    SELECT pk, sk, version, expires_at, body FROM items_without_rowid ORDER BY pk, sk;
+DROP TABLE items_without_rowid;
+CREATE UNIQUE INDEX items_by_key ON items (pk, sk);
+";
+
+/// Whether the file's items table is an earlier build's `WITHOUT ROWID` one.
+fn items_without_rowid(conn: &Connection) -> rusqlite::Result<bool> {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'items'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(sql.is_some_and(|sql| sql.to_ascii_uppercase().contains("WITHOUT ROWID")))
+}
+
+/// Creates the schema, first moving an earlier build's items into it. A
+/// file that is current is not written (a read-only file opens too).
+fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
+    if items_without_rowid(conn)? {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        // Checked again under the write lock: another process may have
+        // moved them meanwhile.
+        let moved = items_without_rowid(conn)
+            .and_then(|old| {
+                if old {
+                    conn.execute_batch(FROM_WITHOUT_ROWID)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| conn.execute_batch("COMMIT"));
+        if let Err(err) = moved {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(err);
+        }
+    }
+    conn.execute_batch(SCHEMA)
+}
 
 fn backend(operation: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |err| StoreError::Backend {
@@ -296,8 +356,7 @@ impl SqliteStore {
     /// Opens (and creates if needed) the store in a SQLite file.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let conn = open_connection(path).map_err(backend("open"))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(backend("create schema"))?;
+        create_schema(&conn).map_err(backend("create schema"))?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(Mutex::new(open_connection(path).map_err(backend("open"))?));

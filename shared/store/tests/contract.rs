@@ -137,6 +137,77 @@ async fn sqlite_items_inserted_by_another_writer_job_are_seen_by_the_next_read()
     );
 }
 
+/// A file from a build that kept items in a `WITHOUT ROWID` table opens
+/// with every item, moved once into the current schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_file_from_an_earlier_build_keeps_its_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let long = "x".repeat(5000);
+    {
+        let conn = crmbridge_store::open_connection(&path).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE items (
+                pk TEXT NOT NULL, sk TEXT NOT NULL, version INTEGER NOT NULL,
+                expires_at INTEGER, body TEXT NOT NULL, PRIMARY KEY (pk, sk)
+            ) WITHOUT ROWID;
+            INSERT INTO items VALUES ('T', 'B', 1, 4102444800, '\"{long}\"');
+            INSERT INTO items VALUES ('T', 'A', 3, NULL, '{{\"a\": 1}}');
+            INSERT INTO items VALUES ('U', 'A', 1, NULL, '2');"
+        ))
+        .unwrap();
+    }
+    let schema = |path: &std::path::Path| -> (String, i64) {
+        let conn = crmbridge_store::open_connection(path).unwrap();
+        let table = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'items'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let indexes = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'items_by_key'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        (table, indexes)
+    };
+    for opening in 0..2 {
+        let store = SqliteStore::open(&path).unwrap();
+        let a = store.get("T", "A").await.unwrap().unwrap();
+        assert_eq!(
+            (a.version, a.expires_at, a.body),
+            (3, None, json!({"a": 1}))
+        );
+        let page = store.query(Query::prefix("T", "")).await.unwrap();
+        let listed: Vec<_> = page
+            .items
+            .iter()
+            .map(|item| (item.sk.as_str(), item.version, item.expires_at))
+            .collect();
+        assert_eq!(listed, [("A", 3, None), ("B", 1, Some(4_102_444_800))]);
+        assert_eq!(page.items[1].body, json!(long));
+        // The key is still unique, and a conditional write still sees it.
+        assert!(matches!(
+            store
+                .put_if_absent(Item::new("U", "A", json!(9)))
+                .await
+                .unwrap(),
+            PutOutcome::Exists(_)
+        ));
+        drop(store);
+        let (table, indexes) = schema(&path);
+        assert!(
+            !table.to_uppercase().contains("WITHOUT ROWID"),
+            "{opening}: {table}"
+        );
+        assert_eq!(indexes, 1, "{opening}");
+    }
+}
+
 mod cases {
     use super::*;
 
