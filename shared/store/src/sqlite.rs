@@ -39,6 +39,8 @@ use crate::{
 pub const MAX_BATCH: usize = 256;
 /// Read connections.
 const READERS: usize = 4;
+/// The writer connection's page cache, in KiB.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -91,6 +93,13 @@ impl SqliteWriter {
     /// [`open_connection`]); it stops when the last handle is dropped,
     /// after answering every queued write.
     pub fn start(conn: Connection) -> StoreResult<Self> {
+        // Every conditional write seeks its key in the index, at a random
+        // place (event and run ids are digests). With SQLite's default
+        // 2 MiB page cache, the writer (the serial part of every commit)
+        // re-read index pages from the OS once the file held a few hundred
+        // thousand events.
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(backend("open"))?;
         let (jobs, queue) = mpsc::channel();
         let cache = Arc::new(ReadCache::default());
         let writer_cache = Arc::clone(&cache);
