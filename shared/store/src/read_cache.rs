@@ -207,11 +207,28 @@ mod tests {
         }
     }
 
-    fn ticket(cache: &ReadCache) -> ReadTicket {
-        match cache.lookup("T", "C", 100) {
+    /// The ticket of a read of `T` / `sk` that missed.
+    fn ticket_for(cache: &ReadCache, sk: &str) -> ReadTicket {
+        match cache.lookup("T", sk, 100) {
             Lookup::Miss(ticket) => ticket,
-            _ => panic!("expected a miss"),
+            _ => panic!("expected a miss of {sk}"),
         }
+    }
+
+    fn ticket(cache: &ReadCache) -> ReadTicket {
+        ticket_for(cache, "C")
+    }
+
+    /// Whether a read of `T` / `C` would go to SQLite and may fill.
+    fn misses(cache: &ReadCache) -> bool {
+        matches!(cache.lookup("T", "C", 100), Lookup::Miss(_))
+    }
+
+    /// A whole commit of `T` / `sk`, marked and unmarked.
+    fn commit(cache: &ReadCache, sk: &str) {
+        let keys = [key("T", sk)];
+        cache.committing(&keys);
+        cache.committed(&keys);
     }
 
     #[test]
@@ -224,7 +241,7 @@ mod tests {
         cache.committing(&keys);
         assert!(matches!(cache.lookup("T", "C", 100), Lookup::Bypass));
         cache.committed(&keys);
-        assert!(matches!(cache.lookup("T", "C", 100), Lookup::Miss(_)));
+        assert!(misses(&cache));
     }
 
     #[test]
@@ -232,21 +249,16 @@ mod tests {
         let cache = ReadCache::default();
         // The read saw version 1 in SQLite; then a commit wrote version 2.
         let read = ticket(&cache);
-        let keys = [key("T", "C")];
-        cache.committing(&keys);
-        cache.committed(&keys);
+        commit(&cache, "C");
         cache.fill(read, "T", "C", Some((&item(1, None), 10)));
-        assert!(
-            matches!(cache.lookup("T", "C", 100), Lookup::Miss(_)),
-            "the old value must not be cached"
-        );
+        assert!(misses(&cache), "the old value must not be cached");
         // Even a commit of another key: the read cannot know which it saw.
         let read = ticket(&cache);
         let other = [key("T", "other")];
         cache.committing(&other);
         cache.fill(read, "T", "C", Some((&item(1, None), 10)));
         cache.committed(&other);
-        assert!(matches!(cache.lookup("T", "C", 100), Lookup::Miss(_)));
+        assert!(misses(&cache));
     }
 
     #[test]
@@ -255,12 +267,10 @@ mod tests {
         let keys = [key("T", "C")];
         cache.committing(&keys);
         // A ticket from another key, taken after the marking.
-        let Lookup::Miss(read) = cache.lookup("T", "other", 100) else {
-            panic!("expected a miss");
-        };
+        let read = ticket_for(&cache, "other");
         cache.fill(read, "T", "C", Some((&item(1, None), 10)));
         cache.committed(&keys);
-        assert!(matches!(cache.lookup("T", "C", 100), Lookup::Miss(_)));
+        assert!(misses(&cache));
     }
 
     #[test]
@@ -281,9 +291,7 @@ mod tests {
     }
 
     fn fill_absent(cache: &ReadCache, sk: &str) {
-        let Lookup::Miss(read) = cache.lookup("T", sk, 100) else {
-            panic!("expected a miss");
-        };
+        let read = ticket_for(cache, sk);
         cache.fill(read, "T", sk, None);
     }
 
@@ -292,7 +300,7 @@ mod tests {
         let cache = ReadCache::default();
         let read = ticket(&cache);
         cache.fill(read, "T", "C", Some((&item(1, None), MAX_ENTRY_BYTES + 1)));
-        assert!(matches!(cache.lookup("T", "C", 100), Lookup::Miss(_)));
+        assert!(misses(&cache));
 
         // Keys that do not exist, as many as a caller cares to name.
         let mut named = 0;
@@ -315,9 +323,7 @@ mod tests {
 
         let read = ticket(&cache);
         cache.fill(read, "T", "C", Some((&item(2, None), 10)));
-        let keys = [key("T", "C")];
-        cache.committing(&keys);
-        cache.committed(&keys);
+        commit(&cache, "C");
         let state = cache.state();
         assert_eq!(state.entries.len(), 1);
         assert_eq!(
