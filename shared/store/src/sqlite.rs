@@ -165,20 +165,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS items_by_key ON items (pk, sk);
 ";
 
 /// A file written by an earlier build has its items in a `WITHOUT ROWID`
-/// table: copied into the current schema once, in one transaction.
-const FROM_WITHOUT_ROWID: &str = "
-ALTER TABLE items RENAME TO items_without_rowid;
-CREATE TABLE items (
-    pk TEXT NOT NULL,
-    sk TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    expires_at INTEGER,
-    body TEXT NOT NULL
-);
+/// table: set aside, [`SCHEMA`] created, then copied into it once, all in
+/// one transaction.
+const SET_WITHOUT_ROWID_ASIDE: &str = "ALTER TABLE items RENAME TO items_without_rowid;";
+const COPY_FROM_WITHOUT_ROWID: &str = "
 INSERT INTO items (pk, sk, version, expires_at, body)
     SELECT pk, sk, version, expires_at, body FROM items_without_rowid ORDER BY pk, sk;
 DROP TABLE items_without_rowid;
-CREATE UNIQUE INDEX items_by_key ON items (pk, sk);
 ";
 
 /// Whether the file's items table is an earlier build's `WITHOUT ROWID` one.
@@ -203,7 +196,9 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
         let moved = items_without_rowid(conn)
             .and_then(|old| {
                 if old {
-                    conn.execute_batch(FROM_WITHOUT_ROWID)
+                    conn.execute_batch(SET_WITHOUT_ROWID_ASIDE)?;
+                    conn.execute_batch(SCHEMA)?;
+                    conn.execute_batch(COPY_FROM_WITHOUT_ROWID)
                 } else {
                     Ok(())
                 }
