@@ -8,8 +8,22 @@
 //! `max_attempts` the row is kept as dead (the local twin of the dispatch
 //! dead-letter queue). On open, leases left by a crashed process are
 //! released: one process owns a data directory.
+//!
+//! **Handed rows.** Claiming is a write of its own: one more trip through
+//! the file's writer thread per event, which every write waits for. So
+//! while its workers keep up, a publish inserts its rows already leased
+//! (to this process, the file's only user) and hands them to the workers
+//! in memory ([`Handoff`]): no claim. The table still has them, for a
+//! restart (which releases their leases) and for a failed delivery (which
+//! goes back to the table with its backoff, like any other). Handled rows
+//! are deleted with the next write that goes by (a publish or a claim),
+//! not with a write of their own: a row handled but not yet deleted when
+//! the process dies is delivered again, which the bus allows (at least
+//! once; dispatch makes it exactly once).
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -105,6 +119,84 @@ pub struct OutboxBus {
     /// The outbox shares the store's file and writer (`open_on`): it can
     /// record an acceptance and publish in one commit.
     in_store: bool,
+    handoff: Arc<Handoff>,
+}
+
+/// Rows published by this process and handed to its workers in memory,
+/// leased since their insert (see the module docs).
+#[derive(Default)]
+struct Handoff {
+    queue: Mutex<VecDeque<Handed>>,
+    /// Places left in the queue. A publish reserves places before its
+    /// insert, so a row inserted leased always has one. None until
+    /// workers start: rows published before wait in the table, unleased.
+    free: AtomicUsize,
+    /// A row waits in the table unleased (a publish found no place): rows
+    /// are not handed until a claim finds the table empty, so none waits
+    /// long behind newer ones.
+    table_first: AtomicBool,
+    /// When a worker last claimed from the table (ms since the epoch):
+    /// rows whose backoff has passed wait there, so busy workers still
+    /// look once a poll interval.
+    table_looked_at: AtomicI64,
+    /// Rows handled, deleted with the next publish or claim.
+    done: Mutex<Vec<i64>>,
+}
+
+struct Handed {
+    seq: i64,
+    event: Event,
+}
+
+impl Handoff {
+    /// Reserves up to `wanted` places for a publish.
+    fn reserve(&self, wanted: usize) -> usize {
+        if wanted == 0 || self.table_first.load(Ordering::Acquire) {
+            return 0;
+        }
+        let free = self
+            .free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
+                Some(free - free.min(wanted))
+            })
+            .unwrap_or_default();
+        let got = free.min(wanted);
+        if got < wanted {
+            self.table_first.store(true, Ordering::Release);
+        }
+        got
+    }
+
+    /// Queues the rows a publish committed leased; returns its unused places.
+    fn hand(&self, reserved: usize, handed: Vec<Handed>) {
+        let unused = reserved.saturating_sub(handed.len());
+        lock(&self.queue).extend(handed);
+        self.free.fetch_add(unused, Ordering::AcqRel);
+    }
+
+    fn table_look_due(&self, poll_interval: Duration) -> bool {
+        let looked_at = self.table_looked_at.load(Ordering::Acquire);
+        now_ms().saturating_sub(looked_at) >= poll_interval.as_millis() as i64
+    }
+
+    fn take(&self) -> Option<Claimed> {
+        let Handed { seq, event } = lock(&self.queue).pop_front()?;
+        self.free.fetch_add(1, Ordering::AcqRel);
+        Some(Claimed {
+            seq,
+            body: ClaimedBody::Handed(event),
+            attempts: 1,
+        })
+    }
+
+    fn take_done(&self) -> Vec<i64> {
+        std::mem::take(&mut *lock(&self.done))
+    }
+
+    /// Rows whose delete was not committed: deleted with a later write.
+    fn put_back_done(&self, seqs: Vec<i64>) {
+        lock(&self.done).extend(seqs);
+    }
 }
 
 impl std::fmt::Debug for OutboxBus {
@@ -113,6 +205,18 @@ impl std::fmt::Debug for OutboxBus {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn delete_rows(conn: &Connection, seqs: &[i64]) -> Result<(), rusqlite::Error> {
+    let mut delete = conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+    for seq in seqs {
+        delete.execute(params![seq])?;
+    }
+    Ok(())
 }
 
 fn backend(operation: &'static str) -> impl Fn(rusqlite::Error) -> BusError {
@@ -155,10 +259,56 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// Inserts one published row: leased and handed while `handed` has
+/// fewer rows than the publish `reserved` places, else unleased for a
+/// worker to claim.
+fn insert_row(
+    conn: &Connection,
+    row: NewRow,
+    reserved: usize,
+    lease_ms: i64,
+    handed: &mut Vec<Handed>,
+) -> Result<(), rusqlite::Error> {
+    let now = now_ms();
+    let event_id = row.event.id.to_string();
+    if handed.len() < reserved {
+        conn.prepare_cached(
+            "INSERT INTO outbox (event_id, body, available_at, attempts, leased_until)
+             VALUES (?1, ?2, ?3, 1, ?4)",
+        )?
+        .execute(params![event_id, row.body, now, now + lease_ms])?;
+        handed.push(Handed {
+            seq: conn.last_insert_rowid(),
+            event: row.event,
+        });
+    } else {
+        conn.prepare_cached(
+            "INSERT INTO outbox (event_id, body, available_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![event_id, row.body, now])?;
+    }
+    Ok(())
+}
+
 struct Claimed {
     seq: i64,
-    body: String,
+    body: ClaimedBody,
     attempts: u32,
+}
+
+/// A claimed row's event: as the table stores it, or as it was handed.
+enum ClaimedBody {
+    Stored(String),
+    Handed(Event),
+}
+
+impl Claimed {
+    fn event(&self) -> Result<Event, serde_json::Error> {
+        match &self.body {
+            ClaimedBody::Stored(json) => serde_json::from_str(json),
+            ClaimedBody::Handed(event) => Ok(event.clone()),
+        }
+    }
 }
 
 impl OutboxBus {
@@ -197,6 +347,7 @@ impl OutboxBus {
             wake: Arc::new(Notify::new()),
             config,
             in_store: true,
+            handoff: Arc::default(),
         })
     }
 
@@ -249,37 +400,61 @@ impl OutboxBus {
         .await
     }
 
-    /// Claims the next ready row, first deleting `handled` (the row this
-    /// worker has just handled) in the same write: one writer job where
-    /// there were two, on the one writer thread every write waits for. A
-    /// worker that dies in between leaves that row to be delivered again,
-    /// which the bus allows anyway (at least once).
-    async fn claim(&self, handled: Option<i64>) -> Result<Option<Claimed>, BusError> {
+    /// Claims the next ready row from the table, first deleting the rows
+    /// handled since the last write that deleted them, in the same write.
+    async fn claim(&self) -> Result<Option<Claimed>, BusError> {
         let lease_ms = self.config.lease.as_millis() as i64;
-        self.write("claim", move |conn| {
-            if let Some(seq) = handled {
-                conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-                    .execute(params![seq])?;
-            }
-            let now = now_ms();
-            // Prepared once per connection: this runs for every event.
-            conn.prepare_cached(
-                "UPDATE outbox SET leased_until = ?1, attempts = attempts + 1
+        self.handoff
+            .table_looked_at
+            .store(now_ms(), Ordering::Release);
+        let done = self.handoff.take_done();
+        let deleting = done.clone();
+        let claimed = self
+            .write("claim", move |conn| {
+                delete_rows(conn, &deleting)?;
+                Self::claim_row(conn, lease_ms)
+            })
+            .await;
+        match &claimed {
+            Ok(None) => self.handoff.table_first.store(false, Ordering::Release),
+            Ok(Some(_)) => {}
+            Err(_) => self.handoff.put_back_done(done),
+        }
+        claimed
+    }
+
+    fn claim_row(conn: &Connection, lease_ms: i64) -> Result<Option<Claimed>, rusqlite::Error> {
+        let now = now_ms();
+        // Prepared once per connection: this runs for every event.
+        conn.prepare_cached(
+            "UPDATE outbox SET leased_until = ?1, attempts = attempts + 1
                  WHERE seq = (SELECT seq FROM outbox
                               WHERE dead = 0 AND available_at <= ?2 AND leased_until <= ?2
                               ORDER BY seq LIMIT 1)
                  RETURNING seq, body, attempts",
-            )?
-            .query_row(params![now + lease_ms, now], |row| {
-                Ok(Claimed {
-                    seq: row.get(0)?,
-                    body: row.get(1)?,
-                    attempts: row.get::<_, i64>(2)? as u32,
-                })
+        )?
+        .query_row(params![now + lease_ms, now], |row| {
+            Ok(Claimed {
+                seq: row.get(0)?,
+                body: ClaimedBody::Stored(row.get(1)?),
+                attempts: row.get::<_, i64>(2)? as u32,
             })
-            .optional()
         })
-        .await
+        .optional()
+    }
+
+    /// The next row for a worker: a handed one, else one claimed from the
+    /// table (first, once a poll interval).
+    async fn next_row(&self) -> Result<Option<Claimed>, BusError> {
+        if !self.handoff.table_look_due(self.config.poll_interval)
+            && let Some(handed) = self.handoff.take()
+        {
+            return Ok(Some(handed));
+        }
+        match self.claim().await? {
+            Some(claimed) => Ok(Some(claimed)),
+            None => Ok(self.handoff.take()),
+        }
     }
 
     /// Wakes one idle worker per row just published. Waking every idle
@@ -293,13 +468,20 @@ impl OutboxBus {
         }
     }
 
-    async fn complete(&self, seq: i64) -> Result<(), BusError> {
-        self.write("complete", move |conn| {
-            conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-                .execute(params![seq])
-                .map(|_| ())
-        })
-        .await
+    /// Deletes the rows handled and not yet deleted (a worker stopping).
+    async fn complete_done(&self) -> Result<(), BusError> {
+        let done = self.handoff.take_done();
+        if done.is_empty() {
+            return Ok(());
+        }
+        let deleting = done.clone();
+        let deleted = self
+            .write("complete", move |conn| delete_rows(conn, &deleting))
+            .await;
+        if deleted.is_err() {
+            self.handoff.put_back_done(done);
+        }
+        deleted
     }
 
     async fn fail(&self, claimed: &Claimed, error: String, allowed: u32) -> Result<(), BusError> {
@@ -334,6 +516,10 @@ impl OutboxBus {
         handler: Arc<dyn EventHandler>,
         shutdown: watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
+        // Two places per worker: one in hand, one ready.
+        self.handoff
+            .free
+            .fetch_add(self.config.workers * 2, Ordering::AcqRel);
         (0..self.config.workers)
             .map(|worker| {
                 let bus = self.clone();
@@ -350,19 +536,13 @@ impl OutboxBus {
         handler: Arc<dyn EventHandler>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        // The row handled last, deleted with the next claim.
-        let mut handled = None;
         while !*shutdown.borrow() {
             // Register for a wake-up *before* looking, so a publish that lands
             // between an empty claim and the wait is not missed.
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let claimed = self.claim(handled).await;
-            if claimed.is_ok() {
-                handled = None;
-            }
-            match claimed {
+            match self.next_row().await {
                 // Attempts are counted when a row is claimed, so a row whose
                 // handling kills the process (and never reaches `fail`)
                 // still runs out of attempts instead of crash-looping.
@@ -372,7 +552,9 @@ impl OutboxBus {
                     self.bury(worker, handler.as_ref(), claimed).await;
                 }
                 Ok(Some(claimed)) => {
-                    handled = self.deliver(worker, handler.as_ref(), claimed).await;
+                    if let Some(seq) = self.deliver(worker, handler.as_ref(), claimed).await {
+                        lock(&self.handoff.done).push(seq);
+                    }
                 }
                 Ok(None) => {
                     // Idle: wake on a publish, a shutdown, or the poll tick
@@ -392,9 +574,7 @@ impl OutboxBus {
                 }
             }
         }
-        if let Some(seq) = handled
-            && let Err(err) = self.complete(seq).await
-        {
+        if let Err(err) = self.complete_done().await {
             // Delivered again after a restart: at least once.
             tracing::error!(worker, error = %err, "outbox bookkeeping failed");
         }
@@ -406,7 +586,8 @@ impl OutboxBus {
         if claimed.attempts <= self.config.max_attempts {
             return self.config.max_attempts;
         }
-        serde_json::from_str::<Event>(&claimed.body)
+        claimed
+            .event()
             .ok()
             .and_then(|event| handler.max_attempts(&event))
             .unwrap_or(self.config.max_attempts)
@@ -438,7 +619,7 @@ impl OutboxBus {
             tracing::error!(worker, error = %err, "outbox bookkeeping failed");
             return;
         }
-        if let Ok(event) = serde_json::from_str::<Event>(&claimed.body) {
+        if let Ok(event) = claimed.event() {
             handler.give_up(event, reason).await;
         }
     }
@@ -449,9 +630,12 @@ impl OutboxBus {
         &self,
         worker: usize,
         handler: &dyn EventHandler,
-        claimed: Claimed,
+        mut claimed: Claimed,
     ) -> Option<i64> {
-        let event = serde_json::from_str::<Event>(&claimed.body);
+        let event = match std::mem::replace(&mut claimed.body, ClaimedBody::Stored(String::new())) {
+            ClaimedBody::Stored(json) => serde_json::from_str::<Event>(&json),
+            ClaimedBody::Handed(event) => Ok(event),
+        };
         let outcome = match &event {
             Ok(event) => {
                 let event_id = event.id.to_string();
@@ -491,35 +675,109 @@ impl OutboxBus {
     }
 }
 
+/// A row to publish; with an acceptance, only if that inserts.
+struct NewRow {
+    event: Event,
+    body: String,
+    acceptance: Option<PreparedInsert>,
+}
+
+impl NewRow {
+    fn of(event: Event, acceptance: Option<PreparedInsert>) -> Result<Self, BusError> {
+        let body = serde_json::to_string(&event).map_err(|err| BusError::Backend {
+            backend: "sqlite outbox",
+            operation: "serialise",
+            message: err.to_string(),
+        })?;
+        Ok(Self {
+            event,
+            body,
+            acceptance,
+        })
+    }
+}
+
+impl OutboxBus {
+    /// Publishes `rows` in one write (committed together or not at all),
+    /// deleting the rows handled since the last such write in the same
+    /// one, and hands the workers what has a place.
+    ///
+    /// On a task of its own: a caller dropped while it waits (a webhook's
+    /// client hanging up) must not leave rows committed leased and never
+    /// handed, which would wait out their lease.
+    async fn insert_rows(
+        &self,
+        operation: &'static str,
+        rows: Vec<NewRow>,
+    ) -> Result<Vec<PutOutcome>, BusError> {
+        let bus = self.clone();
+        tokio::spawn(async move { bus.insert_and_hand(operation, rows).await })
+            .await
+            .map_err(|err| BusError::Backend {
+                backend: "sqlite outbox",
+                operation,
+                message: format!("publishing task failed: {err}"),
+            })?
+    }
+
+    async fn insert_and_hand(
+        &self,
+        operation: &'static str,
+        rows: Vec<NewRow>,
+    ) -> Result<Vec<PutOutcome>, BusError> {
+        let reserved = self.handoff.reserve(rows.len());
+        let done = self.handoff.take_done();
+        let deleting = done.clone();
+        let lease_ms = self.config.lease.as_millis() as i64;
+        let written = self
+            .writer
+            .write(operation, move |tx| {
+                let conn = tx.connection();
+                delete_rows(conn, &deleting).map_err(store_backend(operation))?;
+                let mut outcomes = Vec::with_capacity(rows.len());
+                let mut handed = Vec::with_capacity(reserved);
+                for row in rows {
+                    let outcome = match &row.acceptance {
+                        Some(acceptance) => acceptance.run(tx)?,
+                        None => PutOutcome::Inserted,
+                    };
+                    if let PutOutcome::Inserted = outcome {
+                        insert_row(conn, row, reserved, lease_ms, &mut handed)
+                            .map_err(store_backend(operation))?;
+                    }
+                    outcomes.push(outcome);
+                }
+                Ok((outcomes, handed))
+            })
+            .await;
+        match written {
+            Ok((outcomes, handed)) => {
+                self.handoff.hand(reserved, handed);
+                self.wake_workers(
+                    outcomes
+                        .iter()
+                        .filter(|o| matches!(o, PutOutcome::Inserted))
+                        .count(),
+                );
+                Ok(outcomes)
+            }
+            Err(err) => {
+                self.handoff.free.fetch_add(reserved, Ordering::AcqRel);
+                self.handoff.put_back_done(done);
+                Err(from_store(err))
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Bus for OutboxBus {
     async fn publish(&self, events: &[Event]) -> Result<(), BusError> {
         let rows = events
             .iter()
-            .map(|event| {
-                serde_json::to_string(event)
-                    .map(|body| (event.id.to_string(), body))
-                    .map_err(|err| BusError::Backend {
-                        backend: "sqlite outbox",
-                        operation: "serialise",
-                        message: err.to_string(),
-                    })
-            })
+            .map(|event| NewRow::of(event.clone(), None))
             .collect::<Result<Vec<_>, _>>()?;
-        // One write: its rows are committed together or not at all.
-        self.write("publish", move |conn| {
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO outbox (event_id, body, available_at) VALUES (?1, ?2, ?3)",
-            )?;
-            let now = now_ms();
-            for (event_id, body) in &rows {
-                insert.execute(params![event_id, body, now])?;
-            }
-            Ok(())
-        })
-        .await?;
-        self.wake_workers(events.len());
-        Ok(())
+        self.insert_rows("publish", rows).await.map(|_| ())
     }
 
     fn atomic_acceptance(&self) -> Option<&dyn AtomicAcceptance> {
@@ -535,46 +793,8 @@ impl AtomicAcceptance for OutboxBus {
     ) -> Result<Vec<PutOutcome>, BusError> {
         let rows = entries
             .into_iter()
-            .map(|(event, acceptance)| {
-                serde_json::to_string(&event)
-                    .map(|body| (event.id.to_string(), body, PreparedInsert::of(acceptance)))
-                    .map_err(|err| BusError::Backend {
-                        backend: "sqlite outbox",
-                        operation: "serialise",
-                        message: err.to_string(),
-                    })
-            })
+            .map(|(event, acceptance)| NewRow::of(event, Some(PreparedInsert::of(acceptance))))
             .collect::<Result<Vec<_>, _>>()?;
-        let outcomes = self
-            .writer
-            .write("publish if absent", move |tx| {
-                let mut insert = tx
-                    .connection()
-                    .prepare_cached(
-                        "INSERT INTO outbox (event_id, body, available_at) VALUES (?1, ?2, ?3)",
-                    )
-                    .map_err(store_backend("publish if absent"))?;
-                let now = now_ms();
-                let mut outcomes = Vec::with_capacity(rows.len());
-                for (event_id, body, acceptance) in &rows {
-                    let outcome = acceptance.run(tx)?;
-                    if let PutOutcome::Inserted = outcome {
-                        insert
-                            .execute(params![event_id, body, now])
-                            .map_err(store_backend("publish if absent"))?;
-                    }
-                    outcomes.push(outcome);
-                }
-                Ok(outcomes)
-            })
-            .await
-            .map_err(from_store)?;
-        self.wake_workers(
-            outcomes
-                .iter()
-                .filter(|o| matches!(o, PutOutcome::Inserted))
-                .count(),
-        );
-        Ok(outcomes)
+        self.insert_rows("publish if absent", rows).await
     }
 }

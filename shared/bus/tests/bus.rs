@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -453,4 +454,186 @@ async fn copies_accepted_at_once_in_the_stores_file_are_published_once() {
 
     let own = OutboxBus::open(&dir.path().join("bus.db"), config).unwrap();
     assert!(own.atomic_acceptance().is_none());
+}
+
+/// Waits until every published row is deleted (handled rows are deleted
+/// with a later write, not at once).
+async fn until_drained(bus: &OutboxBus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = bus.stats().await.unwrap();
+        if stats.pending == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "handled rows were never deleted: {stats:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Rows handed to the workers in memory are leased from their insert:
+/// workers that look at the table before every row (a poll interval of
+/// zero) while sixty publishes race never claim one of them too. Every
+/// event is delivered once, and every row is deleted without a stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_handed_in_memory_are_never_claimed_from_the_table_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = OutboxBus::open(
+        &dir.path().join("s.db"),
+        OutboxConfig {
+            workers: 6,
+            poll_interval: Duration::ZERO,
+            ..fast_config()
+        },
+    )
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_stop, shutdown) = watch::channel(false);
+    bus.spawn_workers(
+        Arc::new(Recorder {
+            tx,
+            failures: 0,
+            attempts: Arc::default(),
+        }),
+        shutdown,
+    );
+    let publishes = (0..60).map(|n| {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.publish(&[event(n)]).await.unwrap() })
+    });
+    for publish in futures_util::future::join_all(publishes).await {
+        publish.unwrap();
+    }
+    let got = receive(&mut rx, 60).await;
+    let distinct: BTreeSet<_> = got.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(distinct.len(), 60);
+    until_drained(&bus).await;
+    assert!(rx.try_recv().is_err(), "an event was delivered twice");
+}
+
+/// Two workers hold four rows in memory at most; rows published beyond
+/// that wait in the table and are claimed from it, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_published_while_the_workers_are_full_wait_in_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = OutboxBus::open(
+        &dir.path().join("s.db"),
+        OutboxConfig {
+            workers: 2,
+            poll_interval: Duration::from_secs(3600),
+            ..fast_config()
+        },
+    )
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (_stop, shutdown) = watch::channel(false);
+    bus.spawn_workers(
+        Arc::new(Gated {
+            entered: entered_tx,
+            gate: Arc::clone(&gate),
+            tx,
+        }),
+        shutdown,
+    );
+    for n in 0..20 {
+        bus.publish(&[event(n)]).await.unwrap();
+    }
+    for _ in 0..2 {
+        entered.recv().await.unwrap();
+    }
+    assert_eq!(bus.stats().await.unwrap().pending, 20);
+    gate.add_permits(1000);
+    let got = receive(&mut rx, 20).await;
+    let distinct: BTreeSet<_> = got.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(distinct.len(), 20);
+    until_drained(&bus).await;
+    assert!(rx.try_recv().is_err(), "an event was delivered twice");
+}
+
+/// A process killed while its workers hold handed rows (leased in the
+/// table since their insert) loses none: the next process over the file
+/// releases the leases and delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_handed_to_workers_that_die_are_delivered_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    {
+        let bus = OutboxBus::open(&path, fast_config()).unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (entered_tx, mut entered) = mpsc::unbounded_channel();
+        let (_stop, shutdown) = watch::channel(false);
+        let workers = bus.spawn_workers(
+            Arc::new(Gated {
+                entered: entered_tx,
+                gate: Arc::new(tokio::sync::Semaphore::new(0)),
+                tx,
+            }),
+            shutdown,
+        );
+        bus.publish(&[event(1), event(2), event(3)]).await.unwrap();
+        for _ in 0..3 {
+            entered.recv().await.unwrap();
+        }
+        // Killed in the middle of every delivery.
+        for worker in workers {
+            worker.abort();
+            assert!(worker.await.unwrap_err().is_cancelled());
+        }
+    }
+    let bus = OutboxBus::open(&path, fast_config()).unwrap();
+    assert_eq!(bus.stats().await.unwrap().pending, 3);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_stop, shutdown) = watch::channel(false);
+    bus.spawn_workers(
+        Arc::new(Recorder {
+            tx,
+            failures: 0,
+            attempts: Arc::default(),
+        }),
+        shutdown,
+    );
+    let got: BTreeSet<_> = receive(&mut rx, 3)
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(got, BTreeSet::from([event(1).id, event(2).id, event(3).id]));
+    until_drained(&bus).await;
+}
+
+/// A publish whose caller stops waiting (a webhook's client hanging up)
+/// once its write is queued still hands its row: the row is delivered
+/// now, not when its lease (thirty seconds here) runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_dropped_while_it_waits_still_hands_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = OutboxBus::open(
+        &dir.path().join("s.db"),
+        OutboxConfig {
+            poll_interval: Duration::from_secs(3600),
+            ..fast_config()
+        },
+    )
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_stop, shutdown) = watch::channel(false);
+    bus.spawn_workers(
+        Arc::new(Recorder {
+            tx,
+            failures: 0,
+            attempts: Arc::default(),
+        }),
+        shutdown,
+    );
+    let events = [event(5)];
+    let mut publish = Box::pin(bus.publish(&events));
+    // Polled once (its write queued), then dropped.
+    let _ = std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await;
+    drop(publish);
+    let got = receive(&mut rx, 1).await;
+    assert_eq!(got[0].id, event(5).id);
 }

@@ -669,8 +669,6 @@ impl Engine {
         run.updated_at = self.now();
         // Every save renews the lease: a live worker keeps its run.
         run.lease = run.lease.take().map(|lease| self.lease(&lease.owner));
-        let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
-        let item = item(keys::run(&run.id), run)?.expiring_at(expires);
         if *version == 0 {
             return if self.create_run(run).await? {
                 *version = 1;
@@ -679,6 +677,8 @@ impl Engine {
                 Err(EngineError::RunCreatedElsewhere(run.id.clone()))
             };
         }
+        let expires = run.created_at.timestamp() + self.config.run_ttl_secs;
+        let item = item(keys::run(&run.id), run)?.expiring_at(expires);
         match self.store.update_if_version(item, *version).await {
             Ok(next) => {
                 *version = next;
