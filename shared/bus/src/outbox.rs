@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -131,10 +131,14 @@ struct Handoff {
     /// insert, so a row inserted leased always has one. None until
     /// workers start: rows published before wait in the table, unleased.
     free: AtomicUsize,
-    /// A row waits in the table unleased (a publish found no place): rows
-    /// are not handed until a claim finds the table empty, so none waits
-    /// long behind newer ones.
-    table_first: AtomicBool,
+    /// Whether the table may hold rows ready for a claim (bit 0), and how
+    /// many times that was last said (the other bits). Set by a publish
+    /// that left rows unleased (no place for them), by a claim that found
+    /// a row, and at open (a previous process's rows); cleared by a claim
+    /// that found none, unless it was set again meanwhile. While it is set,
+    /// workers claim from the table and publishes hand nothing, so no row
+    /// waits long behind newer ones.
+    table_rows: AtomicU64,
     /// When a worker last claimed from the table (ms since the epoch):
     /// rows whose backoff has passed wait there, so busy workers still
     /// look once a poll interval.
@@ -151,7 +155,7 @@ struct Handed {
 impl Handoff {
     /// Reserves up to `wanted` places for a publish.
     fn reserve(&self, wanted: usize) -> usize {
-        if wanted == 0 || self.table_first.load(Ordering::Acquire) {
+        if wanted == 0 || self.table_may_have_rows() {
             return 0;
         }
         let free = self
@@ -160,11 +164,26 @@ impl Handoff {
                 Some(free - free.min(wanted))
             })
             .unwrap_or_default();
-        let got = free.min(wanted);
-        if got < wanted {
-            self.table_first.store(true, Ordering::Release);
-        }
-        got
+        free.min(wanted)
+    }
+
+    fn table_may_have_rows(&self) -> bool {
+        self.table_rows.load(Ordering::Acquire) & 1 == 1
+    }
+
+    fn mark_table_rows(&self) {
+        let _ = self
+            .table_rows
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |said| {
+                Some((((said >> 1) + 1) << 1) | 1)
+            });
+    }
+
+    /// A claim that began when the mark was `seen` found the table empty.
+    fn table_found_empty(&self, seen: u64) {
+        let _ =
+            self.table_rows
+                .compare_exchange(seen, seen & !1, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Queues the rows a publish committed leased; returns its unused places.
@@ -347,7 +366,11 @@ impl OutboxBus {
             wake: Arc::new(Notify::new()),
             config,
             in_store: true,
-            handoff: Arc::default(),
+            // The previous process's rows wait in the table.
+            handoff: Arc::new(Handoff {
+                table_rows: AtomicU64::new(1),
+                ..Handoff::default()
+            }),
         })
     }
 
@@ -407,6 +430,7 @@ impl OutboxBus {
         self.handoff
             .table_looked_at
             .store(now_ms(), Ordering::Release);
+        let seen = self.handoff.table_rows.load(Ordering::Acquire);
         let done = self.handoff.take_done();
         let deleting = done.clone();
         let claimed = self
@@ -416,8 +440,8 @@ impl OutboxBus {
             })
             .await;
         match &claimed {
-            Ok(None) => self.handoff.table_first.store(false, Ordering::Release),
-            Ok(Some(_)) => {}
+            Ok(None) => self.handoff.table_found_empty(seen),
+            Ok(Some(_)) => self.handoff.mark_table_rows(),
             Err(_) => self.handoff.put_back_done(done),
         }
         claimed
@@ -443,13 +467,15 @@ impl OutboxBus {
         .optional()
     }
 
-    /// The next row for a worker: a handed one, else one claimed from the
-    /// table (first, once a poll interval).
+    /// The next row for a worker: one claimed from the table while it may
+    /// hold ready rows (and once a poll interval, for rows whose backoff
+    /// has passed), else a handed one. A worker that finds nothing claims
+    /// nothing: a claim is a write, and most would find nothing.
     async fn next_row(&self) -> Result<Option<Claimed>, BusError> {
-        if !self.handoff.table_look_due(self.config.poll_interval)
-            && let Some(handed) = self.handoff.take()
+        if !self.handoff.table_may_have_rows()
+            && !self.handoff.table_look_due(self.config.poll_interval)
         {
-            return Ok(Some(handed));
+            return Ok(self.handoff.take());
         }
         match self.claim().await? {
             Some(claimed) => Ok(Some(claimed)),
@@ -752,13 +778,15 @@ impl OutboxBus {
             .await;
         match written {
             Ok((outcomes, handed)) => {
+                let inserted = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, PutOutcome::Inserted))
+                    .count();
+                if inserted > handed.len() {
+                    self.handoff.mark_table_rows();
+                }
                 self.handoff.hand(reserved, handed);
-                self.wake_workers(
-                    outcomes
-                        .iter()
-                        .filter(|o| matches!(o, PutOutcome::Inserted))
-                        .count(),
-                );
+                self.wake_workers(inserted);
                 Ok(outcomes)
             }
             Err(err) => {

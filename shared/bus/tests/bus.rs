@@ -530,8 +530,8 @@ async fn rows_published_while_the_workers_are_full_wait_in_the_table() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (entered_tx, mut entered) = mpsc::unbounded_channel();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let (_stop, shutdown) = watch::channel(false);
-    bus.spawn_workers(
+    let (stop, shutdown) = watch::channel(false);
+    let workers = bus.spawn_workers(
         Arc::new(Gated {
             entered: entered_tx,
             gate: Arc::clone(&gate),
@@ -550,8 +550,12 @@ async fn rows_published_while_the_workers_are_full_wait_in_the_table() {
     let got = receive(&mut rx, 20).await;
     let distinct: BTreeSet<_> = got.iter().map(|e| e.id.clone()).collect();
     assert_eq!(distinct.len(), 20);
-    until_drained(&bus).await;
+    stop.send(true).unwrap();
+    for worker in workers {
+        worker.await.unwrap();
+    }
     assert!(rx.try_recv().is_err(), "an event was delivered twice");
+    assert_eq!(bus.stats().await.unwrap().pending, 0);
 }
 
 /// A process killed while its workers hold handed rows (leased in the
@@ -636,4 +640,44 @@ async fn a_publish_dropped_while_it_waits_still_hands_its_row() {
     drop(publish);
     let got = receive(&mut rx, 1).await;
     assert_eq!(got[0].id, event(5).id);
+}
+
+/// Three hundred publishes at once against two workers (four places)
+/// and no poll tick to rescue a row: rows left unleased in the table are
+/// claimed from it, and claims that find the table empty while publishes
+/// leave rows there do not make the workers stop looking. Every event is
+/// delivered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_row_left_unleased_in_the_table_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = OutboxBus::open(
+        &dir.path().join("s.db"),
+        OutboxConfig {
+            workers: 2,
+            poll_interval: Duration::from_secs(3600),
+            ..fast_config()
+        },
+    )
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_stop, shutdown) = watch::channel(false);
+    bus.spawn_workers(
+        Arc::new(Recorder {
+            tx,
+            failures: 0,
+            attempts: Arc::default(),
+        }),
+        shutdown,
+    );
+    let publishes = (0..300).map(|n| {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.publish(&[event(n)]).await.unwrap() })
+    });
+    for publish in futures_util::future::join_all(publishes).await {
+        publish.unwrap();
+    }
+    let got = receive(&mut rx, 300).await;
+    let distinct: BTreeSet<_> = got.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(distinct.len(), 300);
+    assert!(rx.try_recv().is_err(), "an event was delivered twice");
 }
