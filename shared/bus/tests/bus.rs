@@ -480,17 +480,36 @@ async fn until_drained(bus: &OutboxBus) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_handed_in_memory_are_never_claimed_from_the_table_too() {
     let dir = tempfile::tempdir().unwrap();
+    let (bus, mut rx, _stop) = publish_at_once(dir.path(), 6, Duration::ZERO, 60).await;
+    until_drained(&bus).await;
+    assert!(rx.try_recv().is_err(), "an event was delivered twice");
+}
+
+/// A bus of `workers` recording workers looking at the table once a
+/// `poll_interval`, and `n` events published each on its own, all at
+/// once; returns once each was delivered (once so far), with the
+/// workers' stop.
+async fn publish_at_once(
+    dir: &std::path::Path,
+    workers: usize,
+    poll_interval: Duration,
+    n: usize,
+) -> (
+    OutboxBus,
+    mpsc::UnboundedReceiver<Event>,
+    watch::Sender<bool>,
+) {
     let bus = OutboxBus::open(
-        &dir.path().join("s.db"),
+        &dir.join("s.db"),
         OutboxConfig {
-            workers: 6,
-            poll_interval: Duration::ZERO,
+            workers,
+            poll_interval,
             ..fast_config()
         },
     )
     .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (_stop, shutdown) = watch::channel(false);
+    let (stop, shutdown) = watch::channel(false);
     bus.spawn_workers(
         Arc::new(Recorder {
             tx,
@@ -499,18 +518,17 @@ async fn rows_handed_in_memory_are_never_claimed_from_the_table_too() {
         }),
         shutdown,
     );
-    let publishes = (0..60).map(|n| {
+    let publishes = (0..n).map(|n| {
         let bus = bus.clone();
         tokio::spawn(async move { bus.publish(&[event(n)]).await.unwrap() })
     });
     for publish in futures_util::future::join_all(publishes).await {
         publish.unwrap();
     }
-    let got = receive(&mut rx, 60).await;
+    let got = receive(&mut rx, n).await;
     let distinct: BTreeSet<_> = got.iter().map(|e| e.id.clone()).collect();
-    assert_eq!(distinct.len(), 60);
-    until_drained(&bus).await;
-    assert!(rx.try_recv().is_err(), "an event was delivered twice");
+    assert_eq!(distinct.len(), n, "an event was delivered twice");
+    (bus, rx, stop)
 }
 
 /// Two workers hold four rows in memory at most; rows published beyond
@@ -650,34 +668,7 @@ async fn a_publish_dropped_while_it_waits_still_hands_its_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_row_left_unleased_in_the_table_is_forgotten() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = OutboxBus::open(
-        &dir.path().join("s.db"),
-        OutboxConfig {
-            workers: 2,
-            poll_interval: Duration::from_secs(3600),
-            ..fast_config()
-        },
-    )
-    .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (_stop, shutdown) = watch::channel(false);
-    bus.spawn_workers(
-        Arc::new(Recorder {
-            tx,
-            failures: 0,
-            attempts: Arc::default(),
-        }),
-        shutdown,
-    );
-    let publishes = (0..300).map(|n| {
-        let bus = bus.clone();
-        tokio::spawn(async move { bus.publish(&[event(n)]).await.unwrap() })
-    });
-    for publish in futures_util::future::join_all(publishes).await {
-        publish.unwrap();
-    }
-    let got = receive(&mut rx, 300).await;
-    let distinct: BTreeSet<_> = got.iter().map(|e| e.id.clone()).collect();
-    assert_eq!(distinct.len(), 300);
+    let (_bus, mut rx, _stop) =
+        publish_at_once(dir.path(), 2, Duration::from_secs(3600), 300).await;
     assert!(rx.try_recv().is_err(), "an event was delivered twice");
 }
