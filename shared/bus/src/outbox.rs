@@ -33,7 +33,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crmbridge_store::{Item, PreparedInsert, PutOutcome, SqliteWriter, StoreError};
+use crmbridge_store::{Item, PreparedInsert, PutOutcome, SqliteWriter, StoreError, WriteTx};
 
 use crate::{AtomicAcceptance, Bus, BusError};
 
@@ -388,6 +388,29 @@ impl OutboxBus {
             .map_err(from_store)
     }
 
+    /// One write that first deletes the rows handled since the last such
+    /// write, then runs `f`; the rows go back to be deleted later if the
+    /// write is not committed.
+    async fn write_deleting_done<T, F>(&self, operation: &'static str, f: F) -> Result<T, BusError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let done = self.handoff.take_done();
+        let deleting = done.clone();
+        let written = self
+            .writer
+            .write(operation, move |tx| {
+                delete_rows(tx.connection(), &deleting).map_err(store_backend(operation))?;
+                f(tx)
+            })
+            .await;
+        if written.is_err() {
+            self.handoff.put_back_done(done);
+        }
+        written.map_err(from_store)
+    }
+
     async fn with_conn<T, F>(&self, operation: &'static str, f: F) -> Result<T, BusError>
     where
         T: Send + 'static,
@@ -431,18 +454,15 @@ impl OutboxBus {
             .table_looked_at
             .store(now_ms(), Ordering::Release);
         let seen = self.handoff.table_rows.load(Ordering::Acquire);
-        let done = self.handoff.take_done();
-        let deleting = done.clone();
         let claimed = self
-            .write("claim", move |conn| {
-                delete_rows(conn, &deleting)?;
-                Self::claim_row(conn, lease_ms)
+            .write_deleting_done("claim", move |tx| {
+                Self::claim_row(tx.connection(), lease_ms).map_err(store_backend("claim"))
             })
             .await;
         match &claimed {
             Ok(None) => self.handoff.table_found_empty(seen),
             Ok(Some(_)) => self.handoff.mark_table_rows(),
-            Err(_) => self.handoff.put_back_done(done),
+            Err(_) => {}
         }
         claimed
     }
@@ -496,18 +516,10 @@ impl OutboxBus {
 
     /// Deletes the rows handled and not yet deleted (a worker stopping).
     async fn complete_done(&self) -> Result<(), BusError> {
-        let done = self.handoff.take_done();
-        if done.is_empty() {
+        if lock(&self.handoff.done).is_empty() {
             return Ok(());
         }
-        let deleting = done.clone();
-        let deleted = self
-            .write("complete", move |conn| delete_rows(conn, &deleting))
-            .await;
-        if deleted.is_err() {
-            self.handoff.put_back_done(done);
-        }
-        deleted
+        self.write_deleting_done("complete", |_| Ok(())).await
     }
 
     async fn fail(&self, claimed: &Claimed, error: String, allowed: u32) -> Result<(), BusError> {
@@ -752,14 +764,10 @@ impl OutboxBus {
         rows: Vec<NewRow>,
     ) -> Result<Vec<PutOutcome>, BusError> {
         let reserved = self.handoff.reserve(rows.len());
-        let done = self.handoff.take_done();
-        let deleting = done.clone();
         let lease_ms = self.config.lease.as_millis() as i64;
         let written = self
-            .writer
-            .write(operation, move |tx| {
+            .write_deleting_done(operation, move |tx| {
                 let conn = tx.connection();
-                delete_rows(conn, &deleting).map_err(store_backend(operation))?;
                 let mut outcomes = Vec::with_capacity(rows.len());
                 let mut handed = Vec::with_capacity(reserved);
                 for row in rows {
@@ -791,8 +799,7 @@ impl OutboxBus {
             }
             Err(err) => {
                 self.handoff.free.fetch_add(reserved, Ordering::AcqRel);
-                self.handoff.put_back_done(done);
-                Err(from_store(err))
+                Err(err)
             }
         }
     }

@@ -126,6 +126,37 @@ impl EventHandler for Gated {
     }
 }
 
+/// Gated workers on a bus, and the test's ends of them.
+struct GatedWorkers {
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    entered: mpsc::UnboundedReceiver<()>,
+    gate: Arc<tokio::sync::Semaphore>,
+    delivered: mpsc::UnboundedReceiver<Event>,
+    stop: watch::Sender<bool>,
+}
+
+fn spawn_gated(bus: &OutboxBus) -> GatedWorkers {
+    let (tx, delivered) = mpsc::unbounded_channel();
+    let (entered_tx, entered) = mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (stop, shutdown) = watch::channel(false);
+    let workers = bus.spawn_workers(
+        Arc::new(Gated {
+            entered: entered_tx,
+            gate: Arc::clone(&gate),
+            tx,
+        }),
+        shutdown,
+    );
+    GatedWorkers {
+        workers,
+        entered,
+        gate,
+        delivered,
+        stop,
+    }
+}
+
 /// Idle workers wake on publishes alone (the poll tick is an hour away):
 /// one worker per row published. Rows published one by one at once, while
 /// every worker is busy and while they are idle, are all delivered, once.
@@ -141,18 +172,13 @@ async fn every_row_published_is_picked_up_without_the_poll_tick() {
         },
     )
     .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (entered_tx, mut entered) = mpsc::unbounded_channel();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let (stop, shutdown) = watch::channel(false);
-    let workers = bus.spawn_workers(
-        Arc::new(Gated {
-            entered: entered_tx,
-            gate: Arc::clone(&gate),
-            tx,
-        }),
-        shutdown,
-    );
+    let GatedWorkers {
+        workers,
+        mut entered,
+        gate,
+        delivered: mut rx,
+        stop,
+    } = spawn_gated(&bus);
     let publish_each = |events: Vec<Event>| {
         let bus = bus.clone();
         async move {
@@ -545,18 +571,13 @@ async fn rows_published_while_the_workers_are_full_wait_in_the_table() {
         },
     )
     .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (entered_tx, mut entered) = mpsc::unbounded_channel();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let (stop, shutdown) = watch::channel(false);
-    let workers = bus.spawn_workers(
-        Arc::new(Gated {
-            entered: entered_tx,
-            gate: Arc::clone(&gate),
-            tx,
-        }),
-        shutdown,
-    );
+    let GatedWorkers {
+        workers,
+        mut entered,
+        gate,
+        delivered: mut rx,
+        stop,
+    } = spawn_gated(&bus);
     for n in 0..20 {
         bus.publish(&[event(n)]).await.unwrap();
     }
@@ -585,17 +606,12 @@ async fn rows_handed_to_workers_that_die_are_delivered_after_a_restart() {
     let path = dir.path().join("s.db");
     {
         let bus = OutboxBus::open(&path, fast_config()).unwrap();
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let (entered_tx, mut entered) = mpsc::unbounded_channel();
-        let (_stop, shutdown) = watch::channel(false);
-        let workers = bus.spawn_workers(
-            Arc::new(Gated {
-                entered: entered_tx,
-                gate: Arc::new(tokio::sync::Semaphore::new(0)),
-                tx,
-            }),
-            shutdown,
-        );
+        let GatedWorkers {
+            workers,
+            mut entered,
+            stop: _stop,
+            ..
+        } = spawn_gated(&bus);
         bus.publish(&[event(1), event(2), event(3)]).await.unwrap();
         for _ in 0..3 {
             entered.recv().await.unwrap();
