@@ -261,7 +261,7 @@ impl LambdaEmulator {
             "arn:aws:lambda:{}:{}:function:{}",
             self.region, self.account_id, spec.name
         );
-        let logs = Arc::new(Mutex::new(VecDeque::new()));
+        let logs = Arc::new(LogBook::default());
 
         let mut command = tokio::process::Command::new(&spec.binary);
         let task_root = spec
@@ -322,10 +322,10 @@ impl LambdaEmulator {
         })?;
         let pid = child.id();
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(collect_lines(stdout, Arc::clone(&logs)));
+            tokio::spawn(Arc::clone(&logs).collect(stdout));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(collect_lines(stderr, Arc::clone(&logs)));
+            tokio::spawn(Arc::clone(&logs).collect(stderr));
         }
         let server = tokio::spawn(serve(listener, Arc::clone(&sandbox)));
         let exit = exit_tx.clone();
@@ -372,7 +372,7 @@ pub struct FunctionProcess {
     queue: mpsc::UnboundedSender<Queued>,
     exit: watch::Sender<Option<String>>,
     kill: watch::Sender<bool>,
-    logs: Arc<Mutex<VecDeque<String>>>,
+    logs: Arc<LogBook>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -433,8 +433,48 @@ impl FunctionProcess {
     }
 
     /// Everything the process wrote to stdout and stderr (the newest lines).
+    ///
+    /// Lines are read from the process's pipes as it writes them, so a line
+    /// written during an invocation may arrive after its response: wait
+    /// for it with [`Self::wait_for_log`].
     pub fn logs(&self) -> Vec<String> {
-        lock(&self.logs).iter().cloned().collect()
+        lock(&self.logs.lines).lines.iter().cloned().collect()
+    }
+
+    /// How many lines the process has written so far: a position for
+    /// [`Self::wait_for_log`].
+    pub fn log_position(&self) -> u64 {
+        lock(&self.logs.lines).written
+    }
+
+    /// The first line written at or after `position` that `matches`,
+    /// waiting up to `within` for it.
+    pub async fn wait_for_log(
+        &self,
+        position: u64,
+        within: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let mut written = self.logs.written.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            {
+                let book = lock(&self.logs.lines);
+                // Lines older than the kept window are gone: look at what is kept.
+                let kept_from = book.written - book.lines.len() as u64;
+                let skip = position.saturating_sub(kept_from) as usize;
+                if let Some(line) = book.lines.iter().skip(skip).find(|line| matches(line)) {
+                    return Some(line.clone());
+                }
+                written.borrow_and_update();
+            }
+            if tokio::time::timeout_at(deadline, written.changed())
+                .await
+                .map_or(true, |changed| changed.is_err())
+            {
+                return None;
+            }
+        }
     }
 
     /// The exit status, once the process has ended.
@@ -523,7 +563,8 @@ impl FunctionProcess {
     }
 
     fn log_tail(&self) -> String {
-        let logs = lock(&self.logs);
+        let book = lock(&self.logs.lines);
+        let logs = &book.lines;
         let skip = logs.len().saturating_sub(LOG_LINES_QUOTED);
         logs.iter()
             .skip(skip)
@@ -601,14 +642,35 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn collect_lines(stream: impl AsyncRead + Unpin, logs: Arc<Mutex<VecDeque<String>>>) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let mut logs = lock(&logs);
-        if logs.len() == LOG_LINES_KEPT {
-            logs.pop_front();
+/// A process's output lines, the newest [`LOG_LINES_KEPT`] of them.
+#[derive(Default)]
+struct LogBook {
+    lines: Mutex<KeptLines>,
+    /// How many lines were written, for waiters.
+    written: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct KeptLines {
+    lines: VecDeque<String>,
+    written: u64,
+}
+
+impl LogBook {
+    async fn collect(self: Arc<Self>, stream: impl AsyncRead + Unpin) {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let written = {
+                let mut book = lock(&self.lines);
+                if book.lines.len() == LOG_LINES_KEPT {
+                    book.lines.pop_front();
+                }
+                book.lines.push_back(line);
+                book.written += 1;
+                book.written
+            };
+            self.written.send_replace(written);
         }
-        logs.push_back(line);
     }
 }
 

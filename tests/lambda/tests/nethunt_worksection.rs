@@ -13,9 +13,9 @@
 use crate::common;
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Stack, admin_request, emf_lines, hook_request, http, pairs};
+use common::{Stack, admin_request, emf_lines, hook_request, http, pairs, wait_for_emf};
 use crmbridge_fakes::vendors::nethunt::FakeNetHunt;
 use crmbridge_fakes::vendors::worksection::FakeWorksection;
 use serde_json::{Value, json};
@@ -99,29 +99,42 @@ async fn tick_and_poll(
     requests.sort_by_key(|r| !sources.is_nethunt(&subject(r)));
 
     let nh_before = nethunt.requests().len();
-    let reply = s.dispatch(&requests[0]).await;
-    assert_eq!(
-        reply,
-        json!({"runs": [], "duplicate": false}),
-        "a poll request starts no run itself"
-    );
+    dispatch_poll(s, &requests[0]).await;
     let nh_made: Vec<String> = nethunt.requests()[nh_before..]
         .iter()
         .map(|r| format!("{} {}?{} -> {:?}", r.method, r.path, r.query, r.status))
         .collect();
 
     let ws_before = ws.requests().len();
-    let reply = s.dispatch(&requests[1]).await;
-    assert_eq!(
-        reply,
-        json!({"runs": [], "duplicate": false}),
-        "a poll request starts no run itself"
-    );
+    dispatch_poll(s, &requests[1]).await;
     let ws_made: Vec<String> = ws.requests()[ws_before..]
         .iter()
         .map(|r| format!("{} {}?{} -> {:?}", r.method, r.path, r.query, r.status))
         .collect();
     (nh_made, ws_made)
+}
+
+/// Dispatches a poll request and waits for its "polled" log line: the
+/// dispatcher's output is read from its pipe, and may arrive after the
+/// invocation's response.
+async fn dispatch_poll(s: &Stack, request: &Value) {
+    let source = request["detail"]["subject"]["id"].as_str().unwrap().to_owned();
+    let position = s.dispatcher.log_position();
+    let reply = s.dispatch(request).await;
+    assert_eq!(
+        reply,
+        json!({"runs": [], "duplicate": false}),
+        "a poll request starts no run itself"
+    );
+    let logged = s
+        .dispatcher
+        .wait_for_log(position, Duration::from_secs(30), |line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|l| {
+                l["message"] == "polled" && l["source"].as_str() == Some(source.as_str())
+            })
+        })
+        .await;
+    assert!(logged.is_some(), "no \"polled\" line for {source}");
 }
 
 /// `(found, accepted)` of the latest poll of the source whose name starts
@@ -307,16 +320,18 @@ async fn won_records_become_tasks_and_closed_tasks_update_the_record() {
     let due_after = utc_date_plus(3);
     // The functions measured it, as CloudWatch embedded metrics in their
     // logs: the change the poll accepted, the Worksection call, the run.
-    let accepted = emf_lines(&s, "crmbridge_events_accepted");
-    assert!(
-        accepted.iter().any(|l| l["app"] == "nethunt" && l["crmbridge_events_accepted"] == 1.0),
-        "{accepted:#?}"
-    );
-    let calls = emf_lines(&s, "crmbridge_vendor_calls");
-    assert!(
-        calls.iter().any(|l| l["vendor"] == "worksection" && l["class"] == "2xx"),
-        "{calls:#?}"
-    );
+    wait_for_emf(&s.dispatcher, "crmbridge_events_accepted", |l| {
+        l["app"] == "nethunt" && l["crmbridge_events_accepted"] == 1.0
+    })
+    .await;
+    wait_for_emf(&s.dispatcher, "crmbridge_vendor_calls", |l| {
+        l["vendor"] == "worksection" && l["class"] == "2xx"
+    })
+    .await;
+    wait_for_emf(&s.dispatcher, "crmbridge_runs", |l| {
+        l["automation"] == TO_TASK && l["status"] == "succeeded"
+    })
+    .await;
     let runs = emf_lines(&s, "crmbridge_runs");
     let succeeded: Vec<&Value> = runs
         .iter()

@@ -370,8 +370,41 @@ impl Stack {
 pub fn emf_lines(stack: &Stack, metric: &str) -> Vec<Value> {
     [&stack.admin, &stack.webhook, &stack.dispatcher, &stack.tick]
         .iter()
-        .flat_map(|process| process.logs())
-        .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+        .flat_map(|process| emf_of(process, metric))
+        .collect()
+}
+
+/// Waits (bounded) for an embedded-metric line for `metric` that
+/// `matches` in `function`'s logs: they are read from its pipe, and may
+/// arrive after the invocation's response.
+pub async fn wait_for_emf(
+    function: &FunctionProcess,
+    metric: &str,
+    matches: impl Fn(&Value) -> bool,
+) -> Value {
+    let line = function
+        .wait_for_log(0, std::time::Duration::from_secs(30), |line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|line| {
+                line["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"] == metric
+                    && matches(&line)
+            })
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no {metric} line from {}:\n{:#?}",
+                function.name(),
+                emf_of(function, metric)
+            )
+        });
+    serde_json::from_str(&line).unwrap()
+}
+
+fn emf_of(function: &FunctionProcess, metric: &str) -> Vec<Value> {
+    function
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|line| line["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"] == metric)
         .collect()
 }
