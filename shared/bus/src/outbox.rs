@@ -136,8 +136,9 @@ struct Handoff {
     /// that left rows unleased (no place for them), by a claim that found
     /// a row, and at open (a previous process's rows); cleared by a claim
     /// that found none, unless it was set again meanwhile. While it is set,
-    /// workers claim from the table and publishes hand nothing, so no row
-    /// waits long behind newer ones.
+    /// publishes hand nothing, and workers claim from the table in order
+    /// once the handed rows are taken, so no row waits long behind newer
+    /// ones.
     table_rows: AtomicU64,
     /// When a worker last claimed from the table (ms since the epoch):
     /// rows whose backoff has passed wait there, so busy workers still
@@ -487,18 +488,31 @@ impl OutboxBus {
         .optional()
     }
 
-    /// The next row for a worker: one claimed from the table while it may
-    /// hold ready rows (and once a poll interval, for rows whose backoff
-    /// has passed), else a handed one. A worker that finds nothing claims
-    /// nothing: a claim is a write, and most would find nothing.
+    /// The next row for a worker, oldest first: a ready row in the table
+    /// once a poll interval (a retry whose backoff has passed), else a
+    /// handed one, else one claimed from the table while it may hold ready
+    /// rows. Handed rows come before the table's: a table that never
+    /// empties under steady load (rows published while the queue was full,
+    /// or while the table was marked) would otherwise hold them back
+    /// without end, and they are never more than two per worker, all older
+    /// than any row the table got after it was marked (none is handed
+    /// while it is). A worker that finds nothing claims nothing: a claim is
+    /// a write, and most would find nothing.
     async fn next_row(&self) -> Result<Option<Claimed>, BusError> {
-        if !self.handoff.table_may_have_rows()
-            && !self.handoff.table_look_due(self.config.poll_interval)
+        if self.handoff.table_look_due(self.config.poll_interval)
+            && let Some(claimed) = self.claim().await?
         {
-            return Ok(self.handoff.take());
+            return Ok(Some(claimed));
+        }
+        if let Some(handed) = self.handoff.take() {
+            return Ok(Some(handed));
+        }
+        if !self.handoff.table_may_have_rows() {
+            return Ok(None);
         }
         match self.claim().await? {
             Some(claimed) => Ok(Some(claimed)),
+            // The claim may have cleared the mark, and a publish handed since.
             None => Ok(self.handoff.take()),
         }
     }
@@ -831,5 +845,76 @@ impl AtomicAcceptance for OutboxBus {
             .map(|(event, acceptance)| NewRow::of(event, Some(PreparedInsert::of(acceptance))))
             .collect::<Result<Vec<_>, _>>()?;
         self.insert_rows("publish if absent", rows).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use crmbridge_mapping::{EventId, Subject};
+
+    use super::*;
+
+    fn event(n: usize) -> Event {
+        Event {
+            id: EventId::from_source("conn-1", &format!("call-{n}")),
+            tenant: "tenant-1".into(),
+            connection: "conn-1".into(),
+            app: "generic".into(),
+            kind: "generic.call.completed".into(),
+            subject: Subject {
+                kind: "call".into(),
+                id: format!("call-{n}"),
+            },
+            occurred_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            received_at: chrono::DateTime::from_timestamp(1_700_000_100, 0).unwrap(),
+            data: serde_json::json!({"n": n}),
+        }
+    }
+
+    async fn next_n(bus: &OutboxBus) -> serde_json::Value {
+        let row = bus.next_row().await.unwrap().expect("a row is ready");
+        row.event().unwrap().data["n"].clone()
+    }
+
+    /// Rows handed to the workers are not held back by the table: under
+    /// steady load the table gets a new row before each one claimed from
+    /// it, so it never empties, and handed rows that waited for an empty
+    /// table were not delivered (a closed task's event in the serve test
+    /// of NetHunt and Worksection waited a minute behind poll requests).
+    /// One worker's view, so the order is the order of delivery.
+    #[tokio::test]
+    async fn handed_rows_are_not_held_back_by_a_table_that_never_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = OutboxBus::open(
+            &dir.path().join("s.db"),
+            OutboxConfig {
+                workers: 1,
+                poll_interval: Duration::from_secs(3600),
+                ..OutboxConfig::default()
+            },
+        )
+        .unwrap();
+        // One worker's two places, as `spawn_workers` gives them; its first
+        // look finds the table (marked at open) empty.
+        bus.handoff.free.store(2, Ordering::Release);
+        assert!(bus.next_row().await.unwrap().is_none());
+        // 0 and 1 are handed; 2 waits in the table, which is now marked.
+        for n in 0..3 {
+            bus.publish(&[event(n)]).await.unwrap();
+        }
+        assert_eq!(lock(&bus.handoff.queue).len(), 2);
+        assert!(bus.handoff.table_may_have_rows());
+        // Each row taken, one more arrives in the table.
+        let mut order = Vec::new();
+        for n in 3..9 {
+            order.push(next_n(&bus).await);
+            bus.publish(&[event(n)]).await.unwrap();
+        }
+        assert_eq!(
+            order,
+            (0..6).map(|n| serde_json::json!(n)).collect::<Vec<_>>()
+        );
     }
 }

@@ -24,6 +24,7 @@ use crmbridge_mapping::{
 use crmbridge_store::{PutOutcome, StoreError};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tracing::Instrument as _;
 
 use crate::alerts::ALERT_DELIVERY;
 use crate::bookkeeping::AutomationRecord;
@@ -102,7 +103,13 @@ impl Engine {
             event_id = %event.id,
             kind = %event.kind
         );
-        let _entered = span.enter();
+        // Instrumented, not entered: a guard held across an await stays
+        // entered on the thread while other tasks run there, and their
+        // lines would carry this event's fields.
+        self.dispatch_resolved(event).instrument(span).await
+    }
+
+    async fn dispatch_resolved(&self, event: Event) -> EngineResult<Dispatched> {
         if event.kind == POLL_REQUESTED {
             return self.poll_requested(&event).await;
         }

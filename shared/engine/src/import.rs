@@ -32,6 +32,7 @@ use crmbridge_mapping::{Event, EventId, Subject};
 use crmbridge_store::{PutOutcome, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::Instrument as _;
 
 use crate::dispatch::Dispatched;
 use crate::records::{ImportProgress, ImportRecord, ImportStatus};
@@ -288,7 +289,18 @@ impl Engine {
             return Ok(Dispatched::nothing());
         };
         let span = tracing::info_span!("import", import = %job.id, page = page.page, tenant = %job.tenant, connection = %job.connection);
-        let _entered = span.enter();
+        self.read_import_page(page, key, job, version)
+            .instrument(span)
+            .await
+    }
+
+    async fn read_import_page(
+        &self,
+        page: PageRequest,
+        key: keys::Key,
+        job: ImportRecord,
+        version: u64,
+    ) -> EngineResult<Dispatched> {
         if job.status == ImportStatus::Finished {
             // Saved as finished by a process that may have died before
             // letting the connection go.

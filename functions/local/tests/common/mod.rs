@@ -17,8 +17,18 @@ pub struct Server {
     pub logs: Arc<Mutex<String>>,
 }
 
+/// Server log lines quoted when a test fails.
+const LOG_LINES_QUOTED: usize = 300;
+
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test shows what the server logged before it.
+            let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+            let lines: Vec<&str> = logs.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_LINES_QUOTED)..];
+            eprintln!("--- the server's last log lines ---\n{}", tail.join("\n"));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
