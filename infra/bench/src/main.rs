@@ -329,13 +329,14 @@ fn markdown(
          | accepted webhooks/s | {:.0} |\n| completed automations/s (at the receiver, during the load) | {:.0} |\n\
          | completed automations/s (until the backlog drained) | {:.0} |\n| lost / doubled | {} / {} |\n\
          | webhook answer p50 / p99 | {:.2} ms / {:.2} ms |\n| webhook → receiver p50 / p99 | {:.0} ms / {:.0} ms |\n\
-         | CPU ms (serve) per event | {:.3} |\n| peak RSS of serve | {:.1} MiB |\n\n",
+         | CPU ms (serve) per event | {:.3} |\n| CPU ms (this harness: senders and receiver) per event | {:.3} |\n\
+         | peak RSS of serve | {:.1} MiB |\n\n",
         peers.workers, peers.concurrency,
         peers.rate_per_s.map(|r| format!(" at {r:.0} webhooks/s")).unwrap_or_default(),
         peers.duration_s, peers.accepted_per_s, peers.completed_during_load_per_s, peers.completed_per_s,
         peers.lost, peers.doubled, peers.webhook_p50_ms, peers.webhook_p99_ms,
         peers.end_to_end_p50_ms, peers.end_to_end_p99_ms, peers.cpu_ms_per_event,
-        peers.peak_rss_kib as f64 / 1024.0
+        peers.harness_cpu_ms_per_event, peers.peak_rss_kib as f64 / 1024.0
     ));
     md.push_str("## Import: HubSpot contacts and notes into KADO on activation (`crmbridge serve`, release, fsync on, 8 workers)\n\n");
     md.push_str(&format!(

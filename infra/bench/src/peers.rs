@@ -13,12 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::load::{percentile, proc_stat};
 
@@ -45,6 +44,9 @@ pub struct PeersReport {
     pub end_to_end_p99_ms: f64,
     pub peak_rss_kib: u64,
     pub cpu_ms_per_event: f64,
+    /// This process's CPU per event: the senders and the receiver share
+    /// the machine with serve, and what they take serve cannot use.
+    pub harness_cpu_ms_per_event: f64,
 }
 
 /// What the receiver saw: order → (first arrival, POSTs).
@@ -55,11 +57,24 @@ struct Arrivals {
     load_over: std::sync::atomic::AtomicBool,
 }
 
+/// The one field the receiver reads.
+#[derive(serde::Deserialize)]
+struct Posted<'a> {
+    #[serde(borrow)]
+    order: std::borrow::Cow<'a, str>,
+}
+
 async fn receive(
     State(arrivals): State<Arc<Arrivals>>,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    let order = body["order"].as_str().unwrap_or_default().to_owned();
+    body: bytes::Bytes,
+) -> (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+) {
+    let order = serde_json::from_slice::<Posted<'_>>(&body)
+        .map(|posted| posted.order.into_owned())
+        .unwrap_or_default();
     let number = {
         let mut seen = arrivals.seen.lock().unwrap_or_else(|p| p.into_inner());
         let entry = seen.entry(order).or_insert((Instant::now(), 0));
@@ -71,8 +86,49 @@ async fn receive(
     };
     (
         StatusCode::CREATED,
-        Json(json!({"id": format!("r{number}")})),
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        format!(r#"{{"id":"r{number}"}}"#),
     )
+}
+
+/// One sender's HTTP/1.1 connection to serve (kept alive, as wrk's are).
+struct Lane {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    authority: String,
+    path: String,
+}
+
+impl Lane {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow::anyhow!("not an http:// URL: {url}"))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let stream = tokio::net::TcpStream::connect(authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Self {
+            sender,
+            authority: authority.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    /// POSTs a JSON body; the answer's status once its body is read.
+    async fn post(&mut self, body: String) -> anyhow::Result<u16> {
+        use http_body_util::BodyExt as _;
+        let request = hyper::Request::post(self.path.as_str())
+            .header(hyper::header::HOST, self.authority.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await?;
+        Ok(status)
+    }
 }
 
 pub struct PeersArgs {
@@ -125,6 +181,7 @@ pub async fn run(serve_binary: &Path, args: PeersArgs) -> anyhow::Result<PeersRe
     );
 
     let (_, cpu_before) = proc_stat(pid);
+    let (_, harness_cpu_before) = proc_stat(std::process::id());
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let answers: Arc<Mutex<Vec<f64>>> = Arc::default();
     let accepted = Arc::new(AtomicU64::new(0));
@@ -137,14 +194,14 @@ pub async fn run(serve_binary: &Path, args: PeersArgs) -> anyhow::Result<PeersRe
         .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate));
     let mut senders = Vec::new();
     for lane in 0..args.concurrency {
-        let (http, hook, sent, answers, accepted, counter) = (
-            http.clone(),
+        let (hook, sent, answers, accepted, counter) = (
             hook.clone(),
             Arc::clone(&sent),
             Arc::clone(&answers),
             Arc::clone(&accepted),
             Arc::clone(&counter),
         );
+        let mut lane_connection = Lane::connect(&hook).await?;
         senders.push(tokio::spawn(async move {
             let mut next = started
                 + interval.map_or(Duration::ZERO, |i| {
@@ -157,16 +214,27 @@ pub async fn run(serve_binary: &Path, args: PeersArgs) -> anyhow::Result<PeersRe
                 }
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let id = format!("O-{n}");
-                let body = json!({"id": id, "sum": 100 + n % 900, "customer": {
-                    "name": format!("Buyer {n}"), "email": format!("Buyer{n}@Example.com"),
-                    "phone": "+79161234567"}});
+                let body = format!(
+                    r#"{{"id":"{id}","sum":{},"customer":{{"name":"Buyer {n}","email":"Buyer{n}@Example.com","phone":"+79161234567"}}}}"#,
+                    100 + n % 900
+                );
                 let t0 = Instant::now();
                 sent.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id, t0);
-                let response = http.post(&hook).json(&body).send().await;
+                let status = match lane_connection.post(body).await {
+                    Ok(status) => status,
+                    // A connection closed under load: a new one, as wrk does.
+                    Err(_) => match Lane::connect(&hook).await {
+                        Ok(fresh) => {
+                            lane_connection = fresh;
+                            continue;
+                        }
+                        Err(_) => continue,
+                    },
+                };
                 let elapsed = t0.elapsed().as_secs_f64() * 1000.0;
-                if response.is_ok_and(|r| r.status().as_u16() == 202) {
+                if status == 202 {
                     accepted.fetch_add(1, Ordering::Relaxed);
                     answers
                         .lock()
@@ -200,6 +268,7 @@ pub async fn run(serve_binary: &Path, args: PeersArgs) -> anyhow::Result<PeersRe
     }
     let total_s = started.elapsed().as_secs_f64();
     let (rss, cpu_after) = proc_stat(pid);
+    let (_, harness_cpu_after) = proc_stat(std::process::id());
     drop(server);
     receiver.abort();
 
@@ -238,5 +307,7 @@ pub async fn run(serve_binary: &Path, args: PeersArgs) -> anyhow::Result<PeersRe
         end_to_end_p99_ms: percentile(&end_to_end, 0.99),
         peak_rss_kib: rss,
         cpu_ms_per_event: (cpu_after - cpu_before) * 1000.0 / accepted.max(1) as f64,
+        harness_cpu_ms_per_event: (harness_cpu_after - harness_cpu_before) * 1000.0
+            / accepted.max(1) as f64,
     })
 }
