@@ -917,4 +917,43 @@ mod tests {
             (0..6).map(|n| serde_json::json!(n)).collect::<Vec<_>>()
         );
     }
+
+    /// A retry whose backoff has passed waits in the table, which nothing
+    /// marks: once a poll interval it comes before the rows handed, so a
+    /// queue that steady load keeps full never holds it back.
+    #[tokio::test]
+    async fn a_ready_retry_comes_before_handed_rows_once_a_poll_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = OutboxBus::open(
+            &dir.path().join("s.db"),
+            OutboxConfig {
+                workers: 1,
+                base_backoff: Duration::ZERO,
+                poll_interval: Duration::from_secs(3600),
+                ..OutboxConfig::default()
+            },
+        )
+        .unwrap();
+        bus.handoff.free.store(2, Ordering::Release);
+        assert!(bus.next_row().await.unwrap().is_none());
+        bus.publish(&[event(0)]).await.unwrap();
+        let first = bus.next_row().await.unwrap().expect("0 was handed");
+        bus.fail(&first, "the vendor answered 503".into(), 8)
+            .await
+            .unwrap();
+        assert!(!bus.handoff.table_may_have_rows());
+        for n in 1..3 {
+            bus.publish(&[event(n)]).await.unwrap();
+        }
+        // Within the poll interval, the handed rows go first.
+        assert_eq!(next_n(&bus).await, serde_json::json!(1));
+        bus.publish(&[event(3)]).await.unwrap();
+        // The interval has passed: the retry, then the handed rows.
+        bus.handoff.table_looked_at.store(0, Ordering::Release);
+        let retried = bus.next_row().await.unwrap().expect("the retry is ready");
+        assert_eq!(retried.event().unwrap().data["n"], serde_json::json!(0));
+        assert_eq!(retried.attempts, 2);
+        assert_eq!(next_n(&bus).await, serde_json::json!(2));
+        assert_eq!(next_n(&bus).await, serde_json::json!(3));
+    }
 }

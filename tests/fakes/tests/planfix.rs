@@ -1312,6 +1312,106 @@ async fn operator_reply_is_sent_form_encoded() {
     assert_eq!((status, answer), (401, json!({"error": "Invalid token"})));
 }
 
+/// A provider that reports each message's status to Planfix before it
+/// answers the message (crmbridge does: the webhook is accepted, and a
+/// worker may run the status step before the answer is read).
+async fn reporting_receiver(pf: &FakePlanfix) -> Receiver {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (got_task, endpoint) = (got.clone(), pf.chat_endpoint());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (got, endpoint) = (got_task.clone(), endpoint.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (got, endpoint) = (got.clone(), endpoint.clone());
+                    async move {
+                        let bytes = req.into_body().collect().await?.to_bytes();
+                        let body = String::from_utf8_lossy(&bytes).into_owned();
+                        let message_id = url::form_urlencoded::parse(body.as_bytes())
+                            .find(|(k, _)| k == "messageId")
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default();
+                        let reported = reqwest::Client::new()
+                            .post(&endpoint)
+                            .form(&with_auth(
+                                "messageStatus",
+                                &[("messageId", &message_id), ("messageStatus", "error")],
+                            ))
+                            .send()
+                            .await
+                            .unwrap()
+                            .status()
+                            .as_u16();
+                        got.lock().unwrap().push(Got {
+                            content_type: Some(format!("status report answered {reported}")),
+                            body,
+                        });
+                        let mut resp = hyper::Response::new(Full::new(Bytes::from(
+                            r#"{"chatId":"vb-9","contactId":"client-9"}"#,
+                        )));
+                        resp.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, hyper::Error>(resp)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Receiver {
+        url: format!("http://{addr}/chat/c1/secret"),
+        got,
+        task,
+    }
+}
+
+/// Planfix has made a message before it sends it: its status may be
+/// reported while the provider has not answered yet (the fake refused such
+/// a report as an unknown message, and crmbridge's status step failed).
+#[tokio::test]
+async fn a_message_status_may_be_reported_before_the_provider_answers() {
+    let pf = start().await;
+    let rx = reporting_receiver(&pf).await;
+    let (status, _) = pf
+        .send_first_message(&rx.url, "provider-key", "89051112233", "Petr", "Hi", "Maria")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let chat_id = pf.bound_chats()[0].chat_id.clone();
+    let reply = OperatorReply {
+        chat_id,
+        message: "Hello again".into(),
+        user_name: "Maria".into(),
+        ..OperatorReply::default()
+    };
+    let (status, _) = pf
+        .send_operator_reply(&rx.url, "provider-key", reply)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let reports: Vec<_> = rx
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|g| g.content_type.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        reports,
+        ["status report answered 200", "status report answered 200"]
+    );
+    let statuses = pf.message_statuses();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(statuses.iter().all(|m| m.status == "error"), "{statuses:?}");
+}
+
 /// Source: Planfix chat API help page ("newMessage (первое сообщение из ПланФикса)": no `chatId`, `contactPhone`
 /// required; the answer's `chatId` and `contactId` are required and bind the chat). Fake's choice (U): the contact with
 /// the same last ten digits (else a new one) and a new task are made before sending; no binding without both ids.

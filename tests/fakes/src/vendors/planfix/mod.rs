@@ -117,7 +117,8 @@
 //!   `{"data":{"number":N}}`, unknown → 400 `{"error":"unknown contact"}`.
 //!   `updateContact` (`contactId`, `contactName`, optional
 //!   `contactLastName`, `contactEmail`, `contactPhone`, `contactData`) → 200
-//!   empty. `messageStatus` (`messageId` — one the fake sent —,
+//!   empty. `messageStatus` (`messageId` — one the fake sent, known from
+//!   before its POST, so a provider may report it before answering —,
 //!   `messageStatus` `error`/`sent`/`read`, anything else counts as
 //!   `sent`, `messageStatusText`?) → 200 empty ([`FakePlanfix::message_statuses`]).
 //!
@@ -366,6 +367,10 @@ struct Data {
     get_task_lag: usize,
     statuses: Vec<MessageStatus>,
     sent: Vec<SentMessage>,
+    /// Ids of the messages sent to the provider, kept before the POST:
+    /// Planfix has made a message before it sends it, so the provider may
+    /// report its status before answering (`sent` is kept after).
+    made_messages: Vec<String>,
     provider_id: String,
     next_contact: i64,
     next_contact_number: i64,
@@ -1000,6 +1005,7 @@ impl FakePlanfix {
                     get_task_lag: 0,
                     statuses: Vec::new(),
                     sent: Vec::new(),
+                    made_messages: Vec::new(),
                     provider_id: DEFAULT_PROVIDER_ID.to_owned(),
                     next_contact: FIRST_CONTACT_ID,
                     next_contact_number: FIRST_CONTACT_NUMBER,
@@ -1232,6 +1238,7 @@ impl FakePlanfix {
                 form.push(("attachments[name]".to_owned(), name.clone()));
                 form.push(("attachments[url]".to_owned(), link.clone()));
             }
+            d.made_messages.push(message_id.clone());
             (form, message_id)
         };
         let (status, answer) = post_form(url, &form).await?;
@@ -1310,6 +1317,7 @@ impl FakePlanfix {
                 ("userIco".to_owned(), String::new()),
                 ("taskEmail".to_owned(), task_email(task_number)),
             ];
+            d.made_messages.push(message_id.clone());
             (form, message_id, contact_id, task_id, task_number, provider)
         };
         let (status, answer) = post_form(url, &form).await?;
@@ -1958,7 +1966,7 @@ impl Inner {
                 else {
                     return invalid_parameters();
                 };
-                if !d.sent.iter().any(|s| s.message_id == message_id) {
+                if !d.made_messages.iter().any(|m| m == message_id) {
                     return invalid_parameters();
                 }
                 let status = match raw {
