@@ -111,7 +111,7 @@ impl Got {
     }
 }
 
-/// A tiny provider answering every POST with `status` and `body`.
+/// A test provider on a local port, and what it received.
 struct Receiver {
     url: String,
     got: Arc<Mutex<Vec<Got>>>,
@@ -124,30 +124,37 @@ impl Drop for Receiver {
     }
 }
 
-async fn receiver(status: u16, body: &'static str) -> Receiver {
+/// How a test provider answers one POST: what it records, then the status
+/// and JSON body it answers with.
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = (Got, u16, &'static str)> + Send>>;
+
+/// A provider on a local port; `answer` decides each POST's answer.
+async fn provider(answer: impl Fn(Got) -> Answer + Send + Sync + 'static) -> Receiver {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
-    let got_task = got.clone();
+    let (got_task, answer) = (got.clone(), Arc::new(answer));
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let got = got_task.clone();
+            let (got, answer) = (got_task.clone(), answer.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let got = got.clone();
+                    let (got, answer) = (got.clone(), answer.clone());
                     async move {
                         let content_type = req
                             .headers()
                             .get("content-type")
                             .map(|v| v.to_str().unwrap().to_owned());
                         let bytes = req.into_body().collect().await?.to_bytes();
-                        got.lock().unwrap().push(Got {
+                        let (recorded, status, body) = answer(Got {
                             content_type,
                             body: String::from_utf8_lossy(&bytes).into_owned(),
-                        });
+                        })
+                        .await;
+                        got.lock().unwrap().push(recorded);
                         let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
                         *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                         resp.headers_mut()
@@ -166,6 +173,11 @@ async fn receiver(status: u16, body: &'static str) -> Receiver {
         got,
         task,
     }
+}
+
+/// A tiny provider answering every POST with `status` and `body`.
+async fn receiver(status: u16, body: &'static str) -> Receiver {
+    provider(move |got| Box::pin(async move { (got, status, body) })).await
 }
 
 /// Source: Planfix REST API v2 swagger (help.planfix.com/restapidocs, `GET /ping` and its 401 example
@@ -1316,60 +1328,33 @@ async fn operator_reply_is_sent_form_encoded() {
 /// answers the message (crmbridge does: the webhook is accepted, and a
 /// worker may run the status step before the answer is read).
 async fn reporting_receiver(pf: &FakePlanfix) -> Receiver {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let (got_task, endpoint) = (got.clone(), pf.chat_endpoint());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+    let endpoint = pf.chat_endpoint();
+    provider(move |got| {
+        let endpoint = endpoint.clone();
+        Box::pin(async move {
+            let message_id = url::form_urlencoded::parse(got.body.as_bytes())
+                .find(|(k, _)| k == "messageId")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            let reported = reqwest::Client::new()
+                .post(&endpoint)
+                .form(&with_auth(
+                    "messageStatus",
+                    &[("messageId", &message_id), ("messageStatus", "error")],
+                ))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            let recorded = Got {
+                content_type: Some(format!("status report answered {reported}")),
+                body: got.body,
             };
-            let (got, endpoint) = (got_task.clone(), endpoint.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (got, endpoint) = (got.clone(), endpoint.clone());
-                    async move {
-                        let bytes = req.into_body().collect().await?.to_bytes();
-                        let body = String::from_utf8_lossy(&bytes).into_owned();
-                        let message_id = url::form_urlencoded::parse(body.as_bytes())
-                            .find(|(k, _)| k == "messageId")
-                            .map(|(_, v)| v.into_owned())
-                            .unwrap_or_default();
-                        let reported = reqwest::Client::new()
-                            .post(&endpoint)
-                            .form(&with_auth(
-                                "messageStatus",
-                                &[("messageId", &message_id), ("messageStatus", "error")],
-                            ))
-                            .send()
-                            .await
-                            .unwrap()
-                            .status()
-                            .as_u16();
-                        got.lock().unwrap().push(Got {
-                            content_type: Some(format!("status report answered {reported}")),
-                            body,
-                        });
-                        let mut resp = hyper::Response::new(Full::new(Bytes::from(
-                            r#"{"chatId":"vb-9","contactId":"client-9"}"#,
-                        )));
-                        resp.headers_mut()
-                            .insert("content-type", "application/json".parse().unwrap());
-                        Ok::<_, hyper::Error>(resp)
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Receiver {
-        url: format!("http://{addr}/chat/c1/secret"),
-        got,
-        task,
-    }
+            (recorded, 200, r#"{"chatId":"vb-9","contactId":"client-9"}"#)
+        })
+    })
+    .await
 }
 
 /// Planfix has made a message before it sends it: its status may be
